@@ -1,0 +1,15 @@
+//! Command-line definitions (clap derive). One variant per subcommand; each subcommand's
+//! arguments and logic live in a module of their own.
+
+use clap::{Parser, Subcommand};
+
+/// Fast, encrypted file transfer over long, lossy networks.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {}

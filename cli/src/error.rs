@@ -1,0 +1,34 @@
+//! The CLI's error type: every failure says what failed, why, and what to do next, and maps to
+//! a documented exit code.
+
+use std::process::ExitCode;
+
+/// A failure the `ferry` command reports to the user.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    /// What failed and why.
+    pub(crate) message: String,
+    /// What the user can do about it.
+    pub(crate) hint: Option<String>,
+    /// The process exit code (see the exit-code table in README.md).
+    pub(crate) code: u8,
+}
+
+impl CliError {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { message: message.into(), hint: None, code }
+    }
+
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub(crate) fn report(&self) -> ExitCode {
+        eprintln!("ferry: error: {}", self.message);
+        if let Some(hint) = &self.hint {
+            eprintln!("ferry: hint: {hint}");
+        }
+        ExitCode::from(self.code)
+    }
+}

@@ -1,0 +1,20 @@
+//! The `ferry` command.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod error;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let result: Result<(), error::CliError> = match args.command {
+        // Subcommands are dispatched here, one module each.
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}

@@ -1,0 +1,9 @@
+//! Ferry's transfer engine.
+//!
+//! The protocol core is sans-IO: the session state machines in [`session`] take datagrams and
+//! the current time as arguments and hand back datagrams to send, the next deadline and events.
+//! They never read a clock or touch a socket, so every behaviour is testable deterministically
+//! in simulated time (see `tests/sim.rs`).
+//!
+//! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
+#![forbid(unsafe_code)]
