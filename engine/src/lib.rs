@@ -7,3 +7,4 @@
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
 #![forbid(unsafe_code)]
+pub mod atrest;
