@@ -12,4 +12,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {}
+pub(crate) enum Command {
+    /// Encrypt, decrypt, inspect and rewrap at-rest envelopes without a transfer.
+    Crypt(crate::crypt::CryptArgs),
+}

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod crypt;
 mod error;
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let result: Result<(), error::CliError> = match args.command {
         // Subcommands are dispatched here, one module each.
+        cli::Command::Crypt(args) => crypt::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
