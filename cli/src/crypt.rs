@@ -466,6 +466,19 @@ fn open_envelope(path: &Path) -> Result<(File, Header), CliError> {
     Ok((f, header))
 }
 
+/// Damaged key slots do not affect the content (slots are not content) and are skipped, so that
+/// a torn slot left by an interrupted rewrap never locks a file; say so, and how to clear them.
+fn warn_damaged(path: &Path, header: &Header) {
+    for &i in header.damaged_slots() {
+        if let Some(e) = header.slot_damage(i) {
+            eprintln!(
+                "ferry: warning: {}: {e}; the slot is ignored (run `ferry crypt rewrap` to clear it)",
+                path.display()
+            );
+        }
+    }
+}
+
 fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
     let to_stdout = a.output.as_deref() == Some(Path::new("-"));
     let output = match &a.output {
@@ -483,6 +496,7 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
         refuse_existing(&output, a.force)?;
     }
     let (file, header) = open_envelope(&a.input)?;
+    warn_damaged(&a.input, &header);
     let pass = passphrase(PASS_ENV, "Passphrase: ", false)?;
     let key = header
         .unlock_with_passphrase(pass.as_bytes())
@@ -571,6 +585,11 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
             slot.index, slot.generation
         );
     }
+    for &i in header.damaged_slots() {
+        if let Some(e) = header.slot_damage(i) {
+            let _ = writeln!(out, "slot {i}:           DAMAGED: {e}");
+        }
+    }
     print!("{out}");
     Ok(())
 }
@@ -631,6 +650,7 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
             .open(path)
             .map_err(|e| io_err("open for writing", path, &e))?;
         let header = read_header(&mut f).map_err(|e| map_err(e, path))?;
+        warn_damaged(path, &header);
         let key = header
             .unlock_with_passphrase(old.as_bytes())
             .map_err(|e| map_err(e, path))?;

@@ -115,6 +115,7 @@ pub struct Header {
     file_id: [u8; 16],
     plaintext_len: u64,
     slots: Vec<Slot>,
+    damaged: Vec<usize>,
 }
 
 fn header_check(bytes: &[u8]) -> [u8; 16] {
@@ -138,6 +139,11 @@ fn slot_aad(context: &[u8], slot: &[u8; SLOT_LEN]) -> Vec<u8> {
     aad.extend_from_slice(&slot[..20]);
     aad.extend_from_slice(&slot[96..176]);
     aad
+}
+
+fn slot_bytes(header: &[u8; HEADER_LEN], index: usize) -> &[u8; SLOT_LEN] {
+    let off = SLOTS_OFFSET + index * SLOT_LEN;
+    header[off..off + SLOT_LEN].try_into().expect("slot length")
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -503,23 +509,42 @@ impl Header {
                 reason: "plaintext length exceeds the format limit",
             });
         }
+        // A damaged slot (failed check, out-of-bounds parameters, bad fields) does not make the
+        // header unreadable: a torn write during a rewrap must leave the other slot usable.
+        // It is remembered and reported if no usable slot opens.
         let mut slots = Vec::new();
+        let mut damaged = Vec::new();
         for i in 0..SLOT_COUNT {
-            let off = SLOTS_OFFSET + i * SLOT_LEN;
-            let raw: &[u8; SLOT_LEN] = b[off..off + SLOT_LEN].try_into().expect("slot length");
-            if let Some(s) = Slot::parse(i, raw)? {
-                slots.push(s);
+            match Slot::parse(i, slot_bytes(&b, i)) {
+                Ok(Some(s)) => slots.push(s),
+                Ok(None) => {}
+                Err(_) => damaged.push(i),
             }
         }
-        if slots.is_empty() {
+        if slots.is_empty() && damaged.is_empty() {
             return Err(AtRestError::NoSlots);
         }
         Ok(Header {
             file_id: b[20..36].try_into().expect("16 bytes"),
             plaintext_len,
             slots,
+            damaged,
             bytes: b,
         })
+    }
+
+    /// Positions of slots that are neither empty nor valid (torn, altered, out of bounds).
+    pub fn damaged_slots(&self) -> &[usize] {
+        &self.damaged
+    }
+
+    /// Why slot `index` is unusable (re-derived from its bytes), if it is damaged.
+    pub fn slot_damage(&self, index: usize) -> Option<AtRestError> {
+        Slot::parse(index, slot_bytes(&self.bytes, index)).err()
+    }
+
+    fn first_damage(&self) -> Option<AtRestError> {
+        self.damaged.first().and_then(|&i| self.slot_damage(i))
     }
 
     /// The header's bytes.
@@ -594,7 +619,7 @@ impl Header {
         Err(if any {
             AtRestError::WrongPassphrase
         } else {
-            AtRestError::NoPassphraseSlot
+            self.first_damage().unwrap_or(AtRestError::NoPassphraseSlot)
         })
     }
 
@@ -641,7 +666,9 @@ impl Header {
                 }
             }
         }
-        Err(first_err.unwrap_or(AtRestError::NoKeystoreSlot))
+        Err(first_err
+            .or_else(|| self.first_damage())
+            .unwrap_or(AtRestError::NoKeystoreSlot))
     }
 
     /// Plan the slot writes that replace the slots at `remove` with `add`, in crash-safe order:
@@ -668,7 +695,10 @@ impl Header {
         for s in &self.slots {
             used[s.index] = true;
         }
-        if self.slots.len()
+        for &d in &self.damaged {
+            used[d] = true;
+        }
+        if self.slots.len() + self.damaged.len()
             - remove
                 .iter()
                 .filter(|&&i| i < SLOT_COUNT && used[i])
@@ -681,6 +711,7 @@ impl Header {
             });
         }
         if self.slots.len().saturating_sub(remove.len()) + add.len() == 0 {
+            // Never erase the last usable slot without a replacement.
             return Err(AtRestError::NoSlots);
         }
         let generation = self

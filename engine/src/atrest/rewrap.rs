@@ -53,6 +53,8 @@ pub fn rewrap_passphrase(
         .iter()
         .filter(|s| matches!(s.kind, SlotKind::Passphrase { .. }))
         .map(|s| s.index)
+        // Damaged slots (e.g. torn by an interrupted rewrap) are cleared as well.
+        .chain(header.damaged_slots().iter().copied())
         .collect();
     let add = [NewSlot::Passphrase {
         passphrase: new_passphrase,
