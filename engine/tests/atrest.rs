@@ -741,7 +741,7 @@ fn mixed_slots_and_slot_limit() {
         })
         .build();
     assert!(matches!(four, Err(AtRestError::NoFreeSlot { max: 3 })));
-    let long = "x".repeat(48);
+    let long = "x".repeat(65);
     let err = EnvelopeBuilder::new(5)
         .slot(NewSlot::Keystore {
             resolver: &r,

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::{AtRestError, Result};
-use super::keys::{Argon2Params, Key32, KeyResolver, argon2id, hkdf32};
+use super::keys::{Argon2Params, Key32, KeyResolver, ResolveError, ResolvedKey, argon2id, hkdf32};
 
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 8] = *b"FERRYENV";
@@ -40,8 +40,12 @@ pub const MAX_USED_SLOTS: usize = SLOT_COUNT - 1;
 const SLOT_TYPE_EMPTY: u8 = 0;
 const SLOT_TYPE_PASSPHRASE: u8 = 1;
 const SLOT_TYPE_KEYSTORE: u8 = 2;
-const OWNER_MAX: usize = 47;
-const CATEGORY_MAX: usize = 31;
+/// Longest keystore owner name in a slot (the keystore allows user names of 1..=64 bytes).
+const OWNER_MAX: usize = 64;
+/// Longest keystore category name in a slot.
+const CATEGORY_MAX: usize = 32;
+/// The packed names area (`slot[96..176]`) holds two length bytes and both names.
+const NAMES_LEN: usize = 80;
 
 /// Number of segments of a plaintext of `len` bytes (at least 1: an empty file has one empty
 /// final segment).
@@ -154,12 +158,25 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-fn read_name(field: &[u8], max: usize) -> Option<String> {
-    let len = field[0] as usize;
-    if len == 0 || len > max || field[1 + len..].iter().any(|&b| b != 0) {
+/// Parse the packed names area `owner_len ‖ owner ‖ category_len ‖ category ‖ zeros`.
+fn read_names(area: &[u8]) -> Option<(String, String)> {
+    let ol = area[0] as usize;
+    if ol == 0 || ol > OWNER_MAX || 2 + ol > area.len() {
         return None;
     }
-    String::from_utf8(field[1..1 + len].to_vec()).ok()
+    let cl = area[1 + ol] as usize;
+    if cl == 0 || cl > CATEGORY_MAX || 2 + ol + cl > area.len() {
+        return None;
+    }
+    if area[2 + ol + cl..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    let owner = String::from_utf8(area[1..1 + ol].to_vec()).ok()?;
+    let category = String::from_utf8(area[2 + ol..2 + ol + cl].to_vec()).ok()?;
+    if check_name(&owner, OWNER_MAX).is_err() || check_name(&category, CATEGORY_MAX).is_err() {
+        return None;
+    }
+    Some((owner, category))
 }
 
 fn check_name(name: &str, max: usize) -> Result<()> {
@@ -223,15 +240,10 @@ impl Slot {
                         reason: "keystore slot reserved parameters are not zero",
                     });
                 }
-                let owner =
-                    read_name(&raw[96..144], OWNER_MAX).ok_or(AtRestError::MalformedHeader {
-                        reason: "keystore slot owner name is invalid",
+                let (owner, category) =
+                    read_names(&raw[96..176]).ok_or(AtRestError::MalformedHeader {
+                        reason: "keystore slot owner/category names are invalid",
                     })?;
-                let category = read_name(&raw[144..176], CATEGORY_MAX).ok_or(
-                    AtRestError::MalformedHeader {
-                        reason: "keystore slot category name is invalid",
-                    },
-                )?;
                 SlotKind::Keystore {
                     owner,
                     category,
@@ -331,6 +343,27 @@ impl SlotRandom {
     }
 }
 
+/// Resolve a keystore secret, turning a refusal by state into [`AtRestError::KeyUnavailable`].
+fn resolve(
+    resolver: &dyn KeyResolver,
+    owner: &str,
+    category: &str,
+    version: u32,
+    operation: &'static str,
+) -> Result<ResolvedKey> {
+    match resolver.resolve(owner, category, version) {
+        Ok(k) => Ok(k),
+        Err(ResolveError::Unavailable { state }) => Err(AtRestError::KeyUnavailable {
+            owner: owner.to_string(),
+            category: category.to_string(),
+            version,
+            state,
+            operation,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Build the 192 bytes of a new slot wrapping `dek`.
 pub(crate) fn build_slot(
     context: &[u8],
@@ -361,8 +394,14 @@ pub(crate) fn build_slot(
         } => {
             check_name(owner, OWNER_MAX)?;
             check_name(category, CATEGORY_MAX)?;
+            if 2 + owner.len() + category.len() > NAMES_LEN {
+                return Err(AtRestError::InvalidName {
+                    name: format!("{owner}/{category}"),
+                    reason: "owner and category together exceed 78 bytes",
+                });
+            }
             let version = resolver.active_version(owner, category)?;
-            let key = resolver.resolve(owner, category, version)?;
+            let key = resolve(*resolver, owner, category, version, "encrypt")?;
             if !key.state.may_encrypt() {
                 return Err(AtRestError::KeyUnavailable {
                     owner: owner.to_string(),
@@ -374,10 +413,12 @@ pub(crate) fn build_slot(
             }
             raw[0] = SLOT_TYPE_KEYSTORE;
             raw[8..12].copy_from_slice(&version.to_be_bytes());
-            raw[96] = owner.len() as u8;
-            raw[97..97 + owner.len()].copy_from_slice(owner.as_bytes());
-            raw[144] = category.len() as u8;
-            raw[145..145 + category.len()].copy_from_slice(category.as_bytes());
+            let (ol, cl) = (owner.len(), category.len());
+            debug_assert!(2 + ol + cl <= NAMES_LEN);
+            raw[96] = ol as u8;
+            raw[97..97 + ol].copy_from_slice(owner.as_bytes());
+            raw[97 + ol] = cl as u8;
+            raw[98 + ol..98 + ol + cl].copy_from_slice(category.as_bytes());
             hkdf32(
                 key.secret.expose(),
                 &rnd.salt,
@@ -635,7 +676,7 @@ impl Header {
             } = &slot.kind
             {
                 let attempt = (|| {
-                    let key = resolver.resolve(owner, category, *version)?;
+                    let key = resolve(resolver, owner, category, *version, "decrypt")?;
                     if !key.state.may_decrypt() {
                         return Err(AtRestError::KeyUnavailable {
                             owner: owner.clone(),

@@ -130,7 +130,13 @@ pub enum ResolveError {
         /// Version (`None`: no version at all / no active version).
         version: String,
     },
-    /// The keystore failed (cannot open, permissions, ...).
+    /// The version exists but its state forbids using it (suspended, destroyed, ...).
+    #[error("the key version is {state}")]
+    Unavailable {
+        /// Its current state.
+        state: KeyState,
+    },
+    /// The keystore failed (cannot open, permissions, below the minimum version, ...).
     #[error("{0}")]
     Backend(String),
 }

@@ -417,13 +417,16 @@ impl<R: Read + Seek> EnvelopeReader<R> {
         let l = enc_len(self.cipher.plaintext_len(), index);
         self.src
             .read_at(segment_offset(index), &mut self.buf[..l])?;
-        let mut probe = self.buf[..l].to_vec();
         if self
             .cipher
             .try_open(index, index + 1 == n, &mut self.buf[..l])
         {
-            probe.zeroize();
             return Ok(&self.buf[12..l - 16]);
+        }
+        // Failure path only: read the (public) encrypted bytes again to diagnose.
+        let mut probe = vec![0u8; l];
+        if let Err(e) = self.src.read_at(segment_offset(index), &mut probe) {
+            return Err(e.into());
         }
         Err(self.diagnose(index, &probe))
     }
