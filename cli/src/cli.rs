@@ -12,4 +12,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {}
+pub(crate) enum Command {
+    /// Manage secrets in the root and local keystores (askmscli-compatible).
+    Keys(crate::keys::KeysArgs),
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod error;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let result: Result<(), error::CliError> = match args.command {
         // Subcommands are dispatched here, one module each.
+        cli::Command::Keys(a) => keys::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -553,11 +553,20 @@ impl Keystore {
         conn.busy_timeout(opts.busy_timeout).map_err(db_err)?;
         conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;")
             .map_err(db_err)?;
+        let actor = format!(
+            "{}uid={} pid={}",
+            opts.actor
+                .as_deref()
+                .map(|a| format!("{a} "))
+                .unwrap_or_default(),
+            fsutil::euid(),
+            std::process::id()
+        );
         let app_id: i64 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
             .map_err(db_err)?;
         if app_id == 0 && mode != Mode::Open {
-            Self::initialise(&conn, path, kind, owner.as_ref(), &wrap)?;
+            Self::initialise(&conn, path, kind, owner.as_ref(), &wrap, &actor)?;
         } else if app_id != APPLICATION_ID {
             return Err(KeystoreError::Corrupt {
                 path: path.to_owned(),
@@ -677,15 +686,6 @@ impl Keystore {
                 found: found.to_string(),
             });
         }
-        let actor = format!(
-            "{}uid={} pid={}",
-            opts.actor
-                .as_deref()
-                .map(|a| format!("{a} "))
-                .unwrap_or_default(),
-            fsutil::euid(),
-            std::process::id()
-        );
         let ks = Keystore {
             conn,
             path: path.to_owned(),
@@ -705,6 +705,7 @@ impl Keystore {
         kind: KeystoreKind,
         owner: Option<&Owner>,
         wrap: &WrapKey,
+        actor: &str,
     ) -> Result<()> {
         let db_err = |e: rusqlite::Error| map_db_err(path, e);
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
@@ -745,11 +746,10 @@ impl Keystore {
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
             ))
             .map_err(db_err)?;
-            let actor = format!("uid={} pid={}", fsutil::euid(), std::process::id());
             let rec = audit::insert(
                 conn,
                 now,
-                &actor,
+                actor,
                 NewRecord {
                     op: "create",
                     owner: owner.map(Owner::as_db),
