@@ -521,7 +521,8 @@ impl Keystore {
         let wrap = WrapKey::derive(&key, key_file.keystore_id());
         drop(key);
 
-        // Look at the database file before SQLite does.
+        // Only metadata here: opening and closing the database file ourselves would drop the
+        // POSIX locks SQLite holds on it for other connections of this process.
         let len = std::fs::metadata(path)
             .map_err(|e| KeystoreError::io(path, e))?
             .len();
@@ -530,18 +531,6 @@ impl Keystore {
                 path: path.to_owned(),
                 reason: "the file is empty; its creation was interrupted".into(),
             });
-        }
-        if len > 0 {
-            let mut header = [0u8; 16];
-            let ok = std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-                .is_ok();
-            if !ok || len < 512 || &header != b"SQLite format 3\0" {
-                return Err(KeystoreError::Corrupt {
-                    path: path.to_owned(),
-                    reason: "not an SQLite database".into(),
-                });
-            }
         }
 
         let db_err = |e: rusqlite::Error| map_db_err(path, e);
@@ -1585,7 +1574,11 @@ fn wrap_id(wrap: &WrapKey) -> [u8; 16] {
 
 fn map_db_err(path: &Path, e: rusqlite::Error) -> KeystoreError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => KeystoreError::Corrupt {
+        Some(ErrorCode::NotADatabase) => KeystoreError::Corrupt {
+            path: path.to_owned(),
+            reason: "not an SQLite database".into(),
+        },
+        Some(ErrorCode::DatabaseCorrupt) => KeystoreError::Corrupt {
             path: path.to_owned(),
             reason: e.to_string(),
         },
