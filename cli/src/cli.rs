@@ -15,4 +15,6 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Encrypt, decrypt, inspect and rewrap at-rest envelopes without a transfer.
     Crypt(crate::crypt::CryptArgs),
+    /// Manage secrets in the root and local keystores (askmscli-compatible).
+    Keys(crate::keys::KeysArgs),
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod crypt;
 mod error;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let result: Result<(), error::CliError> = match args.command {
         // Subcommands are dispatched here, one module each.
         cli::Command::Crypt(args) => crypt::run(args),
+        cli::Command::Keys(a) => keys::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
