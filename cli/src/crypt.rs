@@ -23,12 +23,17 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ferry_engine::atrest::{
-    Argon2Params, AtRestError, EnvelopeBuilder, EnvelopeReader, Header, MAGIC, NewSlot,
-    SEGMENT_SIZE, SlotKind, StreamEncryptor, read_header, rewrap_passphrase,
+    Argon2Params, AtRestError, EnvelopeBuilder, EnvelopeReader, Header, KeyState, MAGIC, NewSlot,
+    SEGMENT_SIZE, SlotKind, StreamEncryptor, read_header, rewrap_keystore_to_active,
+    rewrap_passphrase,
 };
 use zeroize::Zeroizing;
 
 use crate::error::CliError;
+
+mod keystore;
+
+use keystore::{FerryKeystore, KeystoreArgs};
 
 /// Exit code: input missing/unreadable or I/O failure.
 const EXIT_IO: u8 = 3;
@@ -120,8 +125,22 @@ struct EncryptArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
+    /// Wrap the data key under this user's keystore secret (active version) instead of a
+    /// passphrase.
+    #[arg(long, value_name = "USER")]
+    keystore_user: Option<String>,
+    /// Keystore category of that secret.
+    #[arg(
+        long,
+        value_name = "CATEGORY",
+        default_value = "ssear",
+        requires = "keystore_user"
+    )]
+    keystore_category: String,
     #[command(flatten)]
     kdf: KdfArgs,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -134,12 +153,16 @@ struct DecryptArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
 }
 
 #[derive(Debug, Args)]
 struct InspectArgs {
     /// The envelope to inspect.
     input: PathBuf,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +172,8 @@ struct RewrapArgs {
     paths: Vec<PathBuf>,
     #[command(flatten)]
     kdf: KdfArgs,
+    #[command(flatten)]
+    keystore: KeystoreArgs,
 }
 
 /// Run `ferry crypt`.
@@ -211,9 +236,26 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
             EXIT_WRONG_KEY,
             "the keystore holds a different secret under that name and version",
         ),
+        E::KeyUnavailable {
+            state: KeyState::Destroyed,
+            ..
+        } => (
+            EXIT_KEY_STATE,
+            "the key version was destroyed, so this copy cannot be decrypted any more; use a copy \
+             rewrapped to a newer version (`ferry crypt rewrap` before destroying old versions)",
+        ),
+        E::KeyUnavailable {
+            operation: "encrypt",
+            ..
+        } => (
+            EXIT_KEY_STATE,
+            "new files are only wrapped under the active version: activate or rotate the secret \
+             with `ferry keys`",
+        ),
         E::KeyUnavailable { .. } => (
             EXIT_KEY_STATE,
-            "ask the keystore administrator to reactivate the key version, or restore a rewrapped copy",
+            "ask the keystore administrator to reactivate the key version (`ferry keys ... \
+             --activate --version N`), or use a copy rewrapped to an active version",
         ),
         E::Keystore(_) => (
             EXIT_WRONG_KEY,
@@ -394,17 +436,28 @@ fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
         PathBuf::from(s)
     });
     refuse_existing(&output, a.force)?;
-    let params = a.kdf.params()?;
-    let pass = passphrase(PASS_ENV, "Passphrase for the new envelope: ", true)?;
     let len = meta.len();
-    let (header, cipher) = EnvelopeBuilder::new(len)
-        .slot(NewSlot::Passphrase {
-            passphrase: pass.as_bytes(),
-            params,
-        })
-        .build()
-        .map_err(|e| map_err(e, &a.input))?;
-    drop(pass);
+    let (header, cipher) = if let Some(user) = &a.keystore_user {
+        let ks = a.keystore.open()?;
+        EnvelopeBuilder::new(len)
+            .slot(NewSlot::Keystore {
+                resolver: &ks,
+                owner: user,
+                category: &a.keystore_category,
+            })
+            .build()
+            .map_err(|e| map_err(e, &a.input))?
+    } else {
+        let params = a.kdf.params()?;
+        let pass = passphrase(PASS_ENV, "Passphrase for the new envelope: ", true)?;
+        EnvelopeBuilder::new(len)
+            .slot(NewSlot::Passphrase {
+                passphrase: pass.as_bytes(),
+                params,
+            })
+            .build()
+            .map_err(|e| map_err(e, &a.input))?
+    };
     let tmp = temp_next_to(&output)?;
     let writer = BufWriter::with_capacity(
         1 << 20,
@@ -466,6 +519,33 @@ fn open_envelope(path: &Path) -> Result<(File, Header), CliError> {
     Ok((f, header))
 }
 
+/// Open an envelope: with the keystore when it has keystore slots (and either no passphrase
+/// slot or no FERRY_FILEPASS), otherwise with the passphrase.
+fn unlock(
+    header: &Header,
+    ks: &KeystoreArgs,
+    path: &Path,
+) -> Result<ferry_engine::atrest::FileKey, CliError> {
+    let has_ks = header
+        .slots()
+        .iter()
+        .any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
+    let has_pass = header
+        .slots()
+        .iter()
+        .any(|s| matches!(s.kind, SlotKind::Passphrase { .. }));
+    if has_ks && (!has_pass || std::env::var_os(PASS_ENV).is_none()) {
+        let store = ks.open()?;
+        return header
+            .unlock_with_keystore(&store)
+            .map_err(|e| map_err(e, path));
+    }
+    let pass = passphrase(PASS_ENV, "Passphrase: ", false)?;
+    header
+        .unlock_with_passphrase(pass.as_bytes())
+        .map_err(|e| map_err(e, path))
+}
+
 /// Damaged key slots do not affect the content (slots are not content) and are skipped, so that
 /// a torn slot left by an interrupted rewrap never locks a file; say so, and how to clear them.
 fn warn_damaged(path: &Path, header: &Header) {
@@ -497,11 +577,7 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
     }
     let (file, header) = open_envelope(&a.input)?;
     warn_damaged(&a.input, &header);
-    let pass = passphrase(PASS_ENV, "Passphrase: ", false)?;
-    let key = header
-        .unlock_with_passphrase(pass.as_bytes())
-        .map_err(|e| map_err(e, &a.input))?;
-    drop(pass);
+    let key = unlock(&header, &a.keystore, &a.input)?;
     let mut reader = EnvelopeReader::new(file, key).map_err(|e| map_err(e, &a.input))?;
     if to_stdout {
         // Each segment is written only after it authenticated; on a later failure the exit code
@@ -537,6 +613,13 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
 
 fn inspect(a: InspectArgs) -> Result<(), CliError> {
     let (file, header) = open_envelope(&a.input)?;
+    // Key versions' states, when the keystore is reachable (metadata only, no values).
+    let store = header
+        .slots()
+        .iter()
+        .any(|s| matches!(s.kind, SlotKind::Keystore { .. }))
+        .then(|| a.keystore.open().ok())
+        .flatten();
     let actual = file
         .metadata()
         .map_err(|e| io_err("stat", &a.input, &e))?
@@ -577,7 +660,14 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
                 owner,
                 category,
                 version,
-            } => format!("keystore secret {owner}/{category} v{version}"),
+            } => {
+                let state = store
+                    .as_ref()
+                    .and_then(|s| s.state_of(owner, category, *version))
+                    .map(|st| format!(", {st}"))
+                    .unwrap_or_default();
+                format!("keystore secret {owner}/{category} v{version}{state}")
+            }
         };
         let _ = writeln!(
             out,
@@ -640,9 +730,8 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
                 .hint("name envelope files or directories holding them"),
         );
     }
-    let params = a.kdf.params()?;
-    let old = passphrase(PASS_ENV, "Current passphrase: ", false)?;
-    let new = passphrase(NEW_PASS_ENV, "New passphrase: ", true)?;
+    let mut store: Option<FerryKeystore> = None;
+    let mut passes: Option<(Zeroizing<String>, Zeroizing<String>, Argon2Params)> = None;
     for path in &files {
         let mut f = OpenOptions::new()
             .read(true)
@@ -651,15 +740,65 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
             .map_err(|e| io_err("open for writing", path, &e))?;
         let header = read_header(&mut f).map_err(|e| map_err(e, path))?;
         warn_damaged(path, &header);
-        let key = header
-            .unlock_with_passphrase(old.as_bytes())
-            .map_err(|e| map_err(e, path))?;
-        rewrap_passphrase(&mut f, &header, &key, new.as_bytes(), params)
-            .map_err(|e| map_err(e, path))?;
-        eprintln!(
-            "ferry: rewrapped {} (key slots only; payload untouched)",
-            path.display()
-        );
+        let has_ks = header
+            .slots()
+            .iter()
+            .any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
+        if has_ks {
+            // Keystore slots move to the active version of their secret.
+            if store.is_none() {
+                store = Some(a.keystore.open()?);
+            }
+            let ks = store.as_ref().expect("just opened");
+            let key = header
+                .unlock_with_keystore(ks)
+                .map_err(|e| map_err(e, path))?;
+            let (after, moved) = rewrap_keystore_to_active(&mut f, &header, &key, ks)
+                .map_err(|e| map_err(e, path))?;
+            let versions: Vec<String> = after
+                .slots()
+                .iter()
+                .filter_map(|s| match &s.kind {
+                    SlotKind::Keystore {
+                        owner,
+                        category,
+                        version,
+                    } => Some(format!("{owner}/{category} v{version}")),
+                    SlotKind::Passphrase { .. } => None,
+                })
+                .collect();
+            if moved == 0 {
+                eprintln!(
+                    "ferry: {} already uses the active key version ({})",
+                    path.display(),
+                    versions.join(", ")
+                );
+            } else {
+                eprintln!(
+                    "ferry: rewrapped {} to {} (key slots only; payload untouched)",
+                    path.display(),
+                    versions.join(", ")
+                );
+            }
+        } else {
+            // Passphrase slots get the new passphrase (asked once for the whole run).
+            if passes.is_none() {
+                let params = a.kdf.params()?;
+                let old = passphrase(PASS_ENV, "Current passphrase: ", false)?;
+                let new = passphrase(NEW_PASS_ENV, "New passphrase: ", true)?;
+                passes = Some((old, new, params));
+            }
+            let (old, new, params) = passes.as_ref().expect("just set");
+            let key = header
+                .unlock_with_passphrase(old.as_bytes())
+                .map_err(|e| map_err(e, path))?;
+            rewrap_passphrase(&mut f, &header, &key, new.as_bytes(), *params)
+                .map_err(|e| map_err(e, path))?;
+            eprintln!(
+                "ferry: rewrapped {} (key slots only; payload untouched)",
+                path.display()
+            );
+        }
     }
     Ok(())
 }
