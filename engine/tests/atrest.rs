@@ -837,3 +837,12 @@ fn torn_slot_writes_during_rewrap() {
     drop(f);
     assert_eq!(decrypt(&std::fs::read(&path).unwrap(), new).unwrap(), pt);
 }
+
+#[test]
+fn argon2_calibration_never_goes_below_the_default() {
+    // A target below one derivation's cost returns the RFC 9106 default unchanged.
+    let p = Argon2Params::calibrate(std::time::Duration::from_millis(1)).unwrap();
+    assert_eq!(p, Argon2Params::DEFAULT);
+    assert!(p.in_bounds());
+    assert!(Argon2Params::MINIMUM.in_bounds());
+}
