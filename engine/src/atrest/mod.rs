@@ -21,6 +21,7 @@
 
 mod error;
 mod format;
+mod gcm;
 mod keys;
 mod rewrap;
 mod segment;

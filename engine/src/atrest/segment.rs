@@ -3,9 +3,6 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use aes_gcm::aead::consts::U12;
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroize;
 
 use super::error::{AtRestError, Result};
@@ -14,13 +11,14 @@ use super::format::{
     SEGMENTS_PER_KEY, SlotRandom, envelope_len, segment_count, segment_offset,
     segment_plaintext_len,
 };
+use super::gcm::Gcm;
 use super::keys::{Key32, hkdf32};
 
 /// The per-file segment cipher: derives the AES-256-GCM key of each group of 2^20 segments from
 /// the data key and seals/opens segments. Caches the current group's cipher.
 pub struct SegmentCipher {
     key: FileKey,
-    group: Option<(u64, Aes256Gcm)>,
+    group: Option<(u64, Gcm)>,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -54,7 +52,7 @@ impl SegmentCipher {
         segment_count(self.key.plaintext_len)
     }
 
-    fn cipher(&mut self, index: u64) -> &Aes256Gcm {
+    fn cipher(&mut self, index: u64) -> &Gcm {
         let g = index / SEGMENTS_PER_KEY;
         if self.group.as_ref().is_none_or(|(cur, _)| *cur != g) {
             let k: Key32 = hkdf32(
@@ -62,10 +60,7 @@ impl SegmentCipher {
                 &self.key.file_id,
                 &[b"ferry/v1 segment-key", &g.to_be_bytes(), &self.key.context],
             );
-            self.group = Some((
-                g,
-                Aes256Gcm::new_from_slice(k.expose()).expect("32-byte key"),
-            ));
+            self.group = Some((g, Gcm::new(k.expose())));
         }
         &self.group.as_ref().expect("just set").1
     }
@@ -116,14 +111,7 @@ impl SegmentCipher {
         out[..12].copy_from_slice(&iv);
         let (body, tag_out) = out[12..].split_at_mut(plaintext.len());
         body.copy_from_slice(plaintext);
-        let tag = self
-            .cipher(index)
-            .encrypt_inout_detached(
-                &Nonce::<U12>::from(iv),
-                &segment_aad(index, last),
-                body.into(),
-            )
-            .expect("64 KiB is within GCM limits");
+        let tag = self.cipher(index).seal(iv, &segment_aad(index, last), body);
         tag_out.copy_from_slice(&tag);
         Ok(total)
     }
@@ -151,17 +139,11 @@ impl SegmentCipher {
         }
         let iv: [u8; 12] = enc[..12].try_into().expect("12 bytes");
         let len = enc.len();
-        let tag = Tag::try_from(&enc[len - 16..]).expect("16 bytes");
+        let tag: [u8; 16] = enc[len - 16..].try_into().expect("16 bytes");
         let body = &mut enc[12..len - 16];
         let ok = self
             .cipher(index)
-            .decrypt_inout_detached(
-                &Nonce::<U12>::from(iv),
-                &segment_aad(index, last),
-                body.into(),
-                &tag,
-            )
-            .is_ok();
+            .open(iv, &segment_aad(index, last), body, tag);
         if !ok {
             body.zeroize();
         }
