@@ -846,3 +846,45 @@ fn argon2_calibration_never_goes_below_the_default() {
     assert!(p.in_bounds());
     assert!(Argon2Params::MINIMUM.in_bounds());
 }
+
+#[test]
+fn stream_encryptor_any_write_pattern_gives_a_valid_envelope() {
+    let pt = data(5 * SEGMENT_SIZE + 77, 3);
+    for chunk in [
+        1usize,
+        1000,
+        SEGMENT_SIZE - 1,
+        SEGMENT_SIZE,
+        SEGMENT_SIZE + 1,
+        3 * SEGMENT_SIZE,
+        pt.len(),
+    ] {
+        let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
+            .slot(NewSlot::Passphrase {
+                passphrase: PASS,
+                params: FAST,
+            })
+            .build()
+            .unwrap();
+        let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
+        // A small first write, so the direct (unstaged) path starts mid-stream too.
+        enc.update(&pt[..3]).unwrap();
+        for c in pt[3..].chunks(chunk) {
+            enc.update(c).unwrap();
+        }
+        let env = enc.finish().unwrap();
+        assert_eq!(decrypt(&env, PASS).unwrap(), pt, "chunk {chunk}");
+    }
+    // Exactly whole segments, written in one call: the final full segment waits for finish().
+    let pt = data(2 * SEGMENT_SIZE, 4);
+    let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
+        .slot(NewSlot::Passphrase {
+            passphrase: PASS,
+            params: FAST,
+        })
+        .build()
+        .unwrap();
+    let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
+    enc.update(&pt).unwrap();
+    assert_eq!(decrypt(&enc.finish().unwrap(), PASS).unwrap(), pt);
+}

@@ -278,6 +278,19 @@ impl<W: Write> StreamEncryptor<W> {
         }
         self.seen += data.len() as u64;
         while !data.is_empty() {
+            // Whole non-final segments straight from the caller's buffer (no staging copy).
+            if self.buf.is_empty()
+                && data.len() >= SEGMENT_SIZE
+                && self.index + 1 < self.cipher.segment_count()
+            {
+                let n = self
+                    .cipher
+                    .seal(self.index, &data[..SEGMENT_SIZE], &mut self.out)?;
+                self.w.write_all(&self.out[..n])?;
+                self.index += 1;
+                data = &data[SEGMENT_SIZE..];
+                continue;
+            }
             let take = (SEGMENT_SIZE - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
