@@ -7,3 +7,9 @@
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
 #![forbid(unsafe_code)]
+
+pub mod control;
+pub mod crypto;
+pub mod rate;
+pub mod session;
+pub mod wire;
