@@ -167,13 +167,7 @@ impl ControlMessage {
                 let path = std::str::from_utf8(r.take(path_len)?)
                     .map_err(|_| ParseError::Invalid("path is not UTF-8"))?
                     .to_owned();
-                ControlMessage::File(FileEntry {
-                    id,
-                    size,
-                    mtime_ns,
-                    mode,
-                    path,
-                })
+                ControlMessage::File(FileEntry { id, size, mtime_ns, mode, path })
             }
             T_MANIFEST_END => ControlMessage::ManifestEnd { files: r.u32()? },
             T_FILE_DIGEST => {
@@ -253,18 +247,9 @@ mod tests {
                 path: "dir/ünïcode name.bin".into(),
             }),
             ControlMessage::ManifestEnd { files: 4 },
-            ControlMessage::FileDigest {
-                file: 3,
-                digest: [0xab; 32],
-            },
-            ControlMessage::FileResult {
-                file: 3,
-                status: FileStatus::DigestMismatch,
-            },
-            ControlMessage::Abort {
-                code: 2,
-                reason: "disk full".into(),
-            },
+            ControlMessage::FileDigest { file: 3, digest: [0xab; 32] },
+            ControlMessage::FileResult { file: 3, status: FileStatus::DigestMismatch },
+            ControlMessage::Abort { code: 2, reason: "disk full".into() },
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -282,14 +267,8 @@ mod tests {
 
     #[test]
     fn rejects_oversized_unknown_and_trailing() {
-        assert_eq!(
-            ControlMessage::decode(&[0, 2, 0, 0, 1]),
-            Err(ParseError::Oversized)
-        );
-        assert_eq!(
-            ControlMessage::decode(&[0, 0, 0, 1, 99]),
-            Err(ParseError::UnknownType(99))
-        );
+        assert_eq!(ControlMessage::decode(&[0, 2, 0, 0, 1]), Err(ParseError::Oversized));
+        assert_eq!(ControlMessage::decode(&[0, 0, 0, 1, 99]), Err(ParseError::UnknownType(99)));
         assert!(ControlMessage::decode(&[0, 0, 0, 6, T_MANIFEST_END, 0, 0, 0, 1, 9]).is_err());
         assert!(ControlMessage::decode(&[0, 0, 0, 0]).is_err());
     }

@@ -12,4 +12,5 @@ pub mod control;
 pub mod crypto;
 pub mod rate;
 pub mod session;
+pub mod sim;
 pub mod wire;

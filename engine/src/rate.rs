@@ -35,6 +35,8 @@ pub struct RateSample {
     pub min_rtt: Duration,
     /// The smoothed RTT.
     pub srtt: Duration,
+    /// Forward-path queueing delay measured by the receiver from one-way delays.
+    pub queue_delay: Duration,
     /// Payload bits per second the receiver accepted since the previous feedback.
     pub delivery_rate: u64,
     /// The rate the pacer is currently sending at.
@@ -81,9 +83,7 @@ impl std::str::FromStr for Policy {
             "high" => Ok(Policy::High),
             "fair" => Ok(Policy::Fair),
             "low" => Ok(Policy::Low),
-            _ => Err(format!(
-                "unknown policy {s:?}: expected fixed, high, fair or low"
-            )),
+            _ => Err(format!("unknown policy {s:?}: expected fixed, high, fair or low")),
         }
     }
 }
@@ -162,11 +162,7 @@ impl AdaptiveConfig {
 
     /// The `high` policy: tolerates a larger standing queue.
     pub fn high() -> Self {
-        Self {
-            queue_target: Duration::from_millis(25),
-            name: "adaptive-high",
-            ..Self::fair()
-        }
+        Self { queue_target: Duration::from_millis(25), name: "adaptive-high", ..Self::fair() }
     }
 
     /// The `low` policy: a small queue target and a gentle ramp, so it yields.
@@ -190,9 +186,10 @@ impl ControllerFactory for AdaptiveConfig {
 /// Delay-based controller: queueing delay (RTT above the path's minimum) is the congestion
 /// signal; loss is not, so random loss does not slow it down.
 ///
-/// Once per update interval (about one smoothed RTT, at least 5 ms) it takes the smallest RTT
-/// sample of the interval (the *standing* RTT, which filters out jitter and self-inflicted
-/// bursts), computes the standing queue `q = standing − min_rtt`, and moves the rate
+/// Once per update interval (about one smoothed RTT, at least 5 ms) it takes the smallest
+/// forward-path queueing delay the receiver reported in the interval (the *standing* queue `q`,
+/// which filters out jitter and self-inflicted bursts; measured one way, so congestion on the
+/// feedback path does not slow the data down), and moves the rate
 /// multiplicatively: up by `up_gain · (1 − q/target)` while `q` is below the target, down in
 /// proportion to the excess while it is above. The equilibrium is a standing queue equal to the
 /// target. The delivery rate reported by the receiver caps the rate when the queue is above target,
@@ -203,7 +200,7 @@ pub struct Adaptive {
     limits: RateLimits,
     rate: f64,
     interval_start: Option<Instant>,
-    interval_min_rtt: Option<Duration>,
+    interval_min_queue: Option<Duration>,
     interval_max_delivery: u64,
 }
 
@@ -215,7 +212,7 @@ impl Adaptive {
             limits,
             rate: limits.clamp(config.initial_rate) as f64,
             interval_start: None,
-            interval_min_rtt: None,
+            interval_min_queue: None,
             interval_max_delivery: 0,
         }
     }
@@ -223,21 +220,20 @@ impl Adaptive {
 
 impl Controller for Adaptive {
     fn on_sample(&mut self, s: &RateSample) {
-        if let Some(rtt) = s.rtt {
-            self.interval_min_rtt = Some(self.interval_min_rtt.map_or(rtt, |m| m.min(rtt)));
-        }
+        let q = s.queue_delay;
+        self.interval_min_queue = Some(self.interval_min_queue.map_or(q, |m| m.min(q)));
         self.interval_max_delivery = self.interval_max_delivery.max(s.delivery_rate);
         let start = *self.interval_start.get_or_insert(s.now);
         let interval = s.srtt.max(Duration::from_millis(5));
         if s.now.saturating_duration_since(start) < interval {
             return;
         }
-        let Some(standing) = self.interval_min_rtt.take() else {
+        let Some(standing) = self.interval_min_queue.take() else {
             return;
         };
         let delivered = std::mem::take(&mut self.interval_max_delivery) as f64;
         self.interval_start = Some(s.now);
-        let q = standing.saturating_sub(s.min_rtt).as_secs_f64();
+        let q = standing.as_secs_f64();
         let target = self.config.queue_target.as_secs_f64();
         let max = self.limits.target as f64;
         if q < target {
@@ -250,9 +246,7 @@ impl Controller for Adaptive {
                 self.rate = delivered * (1.0 - 0.5 * self.config.down_gain * excess).max(0.5);
             }
         }
-        self.rate = self
-            .rate
-            .clamp(self.limits.min.min(self.limits.target) as f64, max);
+        self.rate = self.rate.clamp(self.limits.min.min(self.limits.target) as f64, max);
     }
 
     fn rate(&self) -> u64 {
@@ -287,12 +281,8 @@ pub const PACER_BURST_TIME: Duration = Duration::from_micros(500);
 impl Pacer {
     /// A pacer at `rate_bps` whose bucket holds at least `min_burst` bytes (e.g. two datagrams).
     pub fn new(rate_bps: u64, min_burst: usize) -> Self {
-        let mut p = Self {
-            rate_bps: 0,
-            tokens: min_burst as f64,
-            burst: min_burst as f64,
-            last: None,
-        };
+        let mut p =
+            Self { rate_bps: 0, tokens: min_burst as f64, burst: min_burst as f64, last: None };
         p.set_rate(rate_bps, min_burst);
         p.tokens = p.burst;
         p
@@ -362,26 +352,22 @@ mod tests {
 
     #[test]
     fn fixed_ignores_feedback_and_limits_clamp() {
-        let limits = RateLimits {
-            target: 50_000_000,
-            min: 1_000_000,
-        };
+        let limits = RateLimits { target: 50_000_000, min: 1_000_000 };
         let mut c = Policy::Fixed.factory().build(limits);
         assert_eq!(c.rate(), 50_000_000);
-        c.set_limits(RateLimits {
-            target: 20_000_000,
-            min: 0,
-        });
+        c.set_limits(RateLimits { target: 20_000_000, min: 0 });
         assert_eq!(c.rate(), 20_000_000);
         assert_eq!(limits.clamp(5), 1_000_000);
     }
 
     fn sample(now: Instant, rtt_ms: f64, min_ms: u64) -> RateSample {
+        let rtt = Duration::from_secs_f64(rtt_ms / 1e3);
         RateSample {
             now,
-            rtt: Some(Duration::from_secs_f64(rtt_ms / 1e3)),
+            rtt: Some(rtt),
             min_rtt: Duration::from_millis(min_ms),
             srtt: Duration::from_millis(min_ms),
+            queue_delay: rtt.saturating_sub(Duration::from_millis(min_ms)),
             delivery_rate: 0,
             sending_rate: 0,
         }
@@ -389,28 +375,18 @@ mod tests {
 
     #[test]
     fn adaptive_ramps_on_an_empty_queue_and_backs_off_on_a_full_one() {
-        let limits = RateLimits {
-            target: 1_000_000_000,
-            min: 0,
-        };
+        let limits = RateLimits { target: 1_000_000_000, min: 0 };
         let mut c = Adaptive::new(AdaptiveConfig::fair(), limits);
         let t0 = Instant::now();
         for i in 0..=10 {
             c.on_sample(&sample(t0 + Duration::from_millis(50 * i), 50.0, 50));
         }
-        assert_eq!(
-            c.rate(),
-            1_000_000_000,
-            "ten RTTs with no queue reach the target"
-        );
+        assert_eq!(c.rate(), 1_000_000_000, "ten RTTs with no queue reach the target");
         let before = c.rate();
         for i in 11..=12 {
             c.on_sample(&sample(t0 + Duration::from_millis(50 * i), 150.0, 50));
         }
-        assert!(
-            c.rate() < before / 2,
-            "a 100 ms standing queue halves the rate or more"
-        );
+        assert!(c.rate() < before / 2, "a 100 ms standing queue halves the rate or more");
         let low = c.rate();
         // Random loss is not an input at all; a clean path ramps back up.
         for i in 13..=20 {

@@ -12,13 +12,13 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 18;
 
 /// Bytes of the encrypted DATA body before the block payload.
-pub const DATA_BODY_LEN: usize = 24;
+pub const DATA_BODY_LEN: usize = 25;
 
 /// Bytes of the encrypted STATUS body.
 pub const STATUS_BODY_LEN: usize = 17;
 
 /// Bytes of the fixed part of the encrypted FEEDBACK body (NACK ranges follow).
-pub const FEEDBACK_FIXED_LEN: usize = 42;
+pub const FEEDBACK_FIXED_LEN: usize = 46;
 
 /// Per-datagram overhead of a DATA packet: header, body fields and the tag.
 pub const DATA_OVERHEAD: usize = HEADER_LEN + DATA_BODY_LEN + crate::crypto::TAG_LEN;
@@ -120,7 +120,12 @@ pub struct DataFields {
     pub frontier: u64,
     /// The sender's smoothed RTT in microseconds (0 if unknown), saturating.
     pub rtt_hint_us: u32,
+    /// [`DATA_RETRANSMISSION`] if the block was sent before.
+    pub flags: u8,
 }
+
+/// [`DataFields::flags`] bit: this block was sent before (the receiver asked for it again).
+pub const DATA_RETRANSMISSION: u8 = 1;
 
 impl DataFields {
     /// Writes the fields into the first [`DATA_BODY_LEN`] bytes of `out`.
@@ -129,6 +134,7 @@ impl DataFields {
         out[8..12].copy_from_slice(&self.send_time_us.to_be_bytes());
         out[12..20].copy_from_slice(&self.frontier.to_be_bytes());
         out[20..24].copy_from_slice(&self.rtt_hint_us.to_be_bytes());
+        out[24] = self.flags;
     }
 
     /// Parses the fields from a decrypted DATA body.
@@ -141,7 +147,11 @@ impl DataFields {
             send_time_us: be_u32(&body[8..12]),
             frontier: be_u64(&body[12..20]),
             rtt_hint_us: be_u32(&body[20..24]),
+            flags: body[24],
         };
+        if f.flags & !DATA_RETRANSMISSION != 0 {
+            return Err(ParseError::Invalid("reserved data flags set"));
+        }
         if f.frontier <= f.block {
             return Err(ParseError::Invalid("frontier must exceed the block index"));
         }
@@ -206,6 +216,10 @@ pub struct FeedbackFields {
     pub rx_packets: u64,
     /// Payload bytes accepted since the session began (duplicates included).
     pub rx_bytes: u64,
+    /// Forward-path queueing delay in microseconds measured by the receiver: the smallest
+    /// one-way delay since the previous FEEDBACK minus the smallest ever seen (sender and receiver
+    /// clocks need not agree: only differences of one-way delays are used).
+    pub queue_delay_us: u32,
     /// Number of NACK ranges that follow.
     pub nack_ranges: u16,
 }
@@ -219,7 +233,8 @@ impl FeedbackFields {
         out[16..24].copy_from_slice(&self.window_end.to_be_bytes());
         out[24..32].copy_from_slice(&self.rx_packets.to_be_bytes());
         out[32..40].copy_from_slice(&self.rx_bytes.to_be_bytes());
-        out[40..42].copy_from_slice(&self.nack_ranges.to_be_bytes());
+        out[40..44].copy_from_slice(&self.queue_delay_us.to_be_bytes());
+        out[44..46].copy_from_slice(&self.nack_ranges.to_be_bytes());
     }
 
     /// Parses the fixed fields; returns them and the encoded NACK ranges that follow.
@@ -234,12 +249,11 @@ impl FeedbackFields {
             window_end: be_u64(&body[16..24]),
             rx_packets: be_u64(&body[24..32]),
             rx_bytes: be_u64(&body[32..40]),
-            nack_ranges: u16::from_be_bytes([body[40], body[41]]),
+            queue_delay_us: be_u32(&body[40..44]),
+            nack_ranges: u16::from_be_bytes([body[44], body[45]]),
         };
         if f.window_end < f.cumulative {
-            return Err(ParseError::Invalid(
-                "window ends below the cumulative acknowledgement",
-            ));
+            return Err(ParseError::Invalid("window ends below the cumulative acknowledgement"));
         }
         Ok((f, &body[FEEDBACK_FIXED_LEN..]))
     }
@@ -259,11 +273,7 @@ pub struct NackRanges<'a> {
 impl<'a> NackRanges<'a> {
     /// Prepares to decode `count` ranges from `buf`, starting from `cumulative`.
     pub fn new(buf: &'a [u8], cumulative: u64, count: u16) -> Self {
-        Self {
-            buf,
-            prev_end: cumulative,
-            remaining: count,
-        }
+        Self { buf, prev_end: cumulative, remaining: count }
     }
 }
 
@@ -286,13 +296,9 @@ impl Iterator for NackRanges<'_> {
             if len == 0 {
                 return Err(ParseError::Invalid("empty NACK range"));
             }
-            let start = self
-                .prev_end
-                .checked_add(gap)
-                .ok_or(ParseError::Invalid("NACK overflow"))?;
-            let end = start
-                .checked_add(len)
-                .ok_or(ParseError::Invalid("NACK overflow"))?;
+            let start =
+                self.prev_end.checked_add(gap).ok_or(ParseError::Invalid("NACK overflow"))?;
+            let end = start.checked_add(len).ok_or(ParseError::Invalid("NACK overflow"))?;
             self.prev_end = end;
             Ok((start, end))
         })();
@@ -381,16 +387,7 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_every_boundary() {
-        for v in [
-            0,
-            63,
-            64,
-            16383,
-            16384,
-            1_073_741_823,
-            1_073_741_824,
-            VARINT_MAX,
-        ] {
+        for v in [0, 63, 64, 16383, 16384, 1_073_741_823, 1_073_741_824, VARINT_MAX] {
             let mut out = Vec::new();
             write_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v));
@@ -410,9 +407,7 @@ mod tests {
             assert!(push_nack_range(&mut out, 1000, prev, s, e));
             prev = e;
         }
-        let got: Vec<_> = NackRanges::new(&out, 100, 3)
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let got: Vec<_> = NackRanges::new(&out, 100, 3).collect::<Result<_, _>>().unwrap();
         assert_eq!(got, vec![(100, 101), (105, 200), (100_000, 100_007)]);
         // Fewer ranges announced than encoded: trailing bytes are an error.
         assert!(NackRanges::new(&out, 100, 2).any(|r| r.is_err()));
@@ -425,18 +420,10 @@ mod tests {
     #[test]
     fn header_rejects_bad_version_type_and_sizes() {
         let mut d = vec![0u8; 64];
-        Header {
-            ptype: PacketType::Data,
-            session_id: 7,
-            packet_number: 9,
-        }
-        .encode(&mut d);
+        Header { ptype: PacketType::Data, session_id: 7, packet_number: 9 }.encode(&mut d);
         assert_eq!(Header::decode(&d).unwrap().packet_number, 9);
         assert_eq!(Header::decode(&d[..20]), Err(ParseError::Truncated));
-        assert_eq!(
-            Header::decode(&vec![1u8; MAX_DATAGRAM + 1]),
-            Err(ParseError::Oversized)
-        );
+        assert_eq!(Header::decode(&vec![1u8; MAX_DATAGRAM + 1]), Err(ParseError::Oversized));
         d[0] = 2;
         assert_eq!(Header::decode(&d), Err(ParseError::Version(2)));
         d[0] = VERSION;

@@ -61,15 +61,7 @@ fn mcgrew_viega_gcm_test_cases() {
                8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad";
     // (test case, key, iv, plaintext, aad, ciphertext, tag)
     let cases: Vec<(u32, String, &str, &str, &str, String, &str)> = vec![
-        (
-            1,
-            "00".repeat(16),
-            z,
-            "",
-            "",
-            String::new(),
-            "58e2fccefa7e3061367f1d57a4e7455a",
-        ),
+        (1, "00".repeat(16), z, "", "", String::new(), "58e2fccefa7e3061367f1d57a4e7455a"),
         (
             2,
             "00".repeat(16),
@@ -79,33 +71,9 @@ fn mcgrew_viega_gcm_test_cases() {
             "0388dace60b6a392f328c2b971b2fe78".into(),
             "ab6e47d42cec13bdf53a67b21257bddf",
         ),
-        (
-            3,
-            k128.into(),
-            iv,
-            p3,
-            "",
-            c3.into(),
-            "4d5c2af327cd64a62cf35abd2ba6fab4",
-        ),
-        (
-            4,
-            k128.into(),
-            iv,
-            p4,
-            a4,
-            c3[..120].into(),
-            "5bc94fbc3221a5db94fae95ae7121a47",
-        ),
-        (
-            7,
-            "00".repeat(24),
-            z,
-            "",
-            "",
-            String::new(),
-            "cd33b28ac773f74ba00ed1f312572435",
-        ),
+        (3, k128.into(), iv, p3, "", c3.into(), "4d5c2af327cd64a62cf35abd2ba6fab4"),
+        (4, k128.into(), iv, p4, a4, c3[..120].into(), "5bc94fbc3221a5db94fae95ae7121a47"),
+        (7, "00".repeat(24), z, "", "", String::new(), "cd33b28ac773f74ba00ed1f312572435"),
         (
             8,
             "00".repeat(24),
@@ -115,33 +83,9 @@ fn mcgrew_viega_gcm_test_cases() {
             "98e7247c07f0fe411c267e4384b0f600".into(),
             "2ff58d80033927ab8ef4d4587514f0fb",
         ),
-        (
-            9,
-            k192.into(),
-            iv,
-            p3,
-            "",
-            c9.into(),
-            "9924a7c8587336bfb118024db8674a14",
-        ),
-        (
-            10,
-            k192.into(),
-            iv,
-            p4,
-            a4,
-            c9[..120].into(),
-            "2519498e80f1478f37ba55bd6d27618c",
-        ),
-        (
-            13,
-            "00".repeat(32),
-            z,
-            "",
-            "",
-            String::new(),
-            "530f8afbc74536b9a963b4f1c4cb738b",
-        ),
+        (9, k192.into(), iv, p3, "", c9.into(), "9924a7c8587336bfb118024db8674a14"),
+        (10, k192.into(), iv, p4, a4, c9[..120].into(), "2519498e80f1478f37ba55bd6d27618c"),
+        (13, "00".repeat(32), z, "", "", String::new(), "530f8afbc74536b9a963b4f1c4cb738b"),
         (
             14,
             "00".repeat(32),
@@ -151,24 +95,8 @@ fn mcgrew_viega_gcm_test_cases() {
             "cea7403d4d606b6e074ec5d3baf39d18".into(),
             "d0d1c8a799996bf0265b98b5d48ab919",
         ),
-        (
-            15,
-            k256.into(),
-            iv,
-            p3,
-            "",
-            c15.into(),
-            "b094dac5d93471bdec1a502270e3cc6c",
-        ),
-        (
-            16,
-            k256.into(),
-            iv,
-            p4,
-            a4,
-            c15[..120].into(),
-            "76fc6ece0f4e1768cddf8853bb2d551b",
-        ),
+        (15, k256.into(), iv, p3, "", c15.into(), "b094dac5d93471bdec1a502270e3cc6c"),
+        (16, k256.into(), iv, p4, a4, c15[..120].into(), "76fc6ece0f4e1768cddf8853bb2d551b"),
     ];
     for (tc, key, iv, p, a, c, t) in cases {
         let gcm = AesGcm::new(&h(&key)).unwrap();
@@ -180,11 +108,7 @@ fn mcgrew_viega_gcm_test_cases() {
         gcm.open(&nonce, &h(a), &mut buf, &tag).unwrap();
         assert_eq!(buf, h(p), "test case {tc}: decrypt");
         if p.is_empty() {
-            assert_eq!(
-                hex::encode(gcm.mac(&nonce, &h(a))),
-                t,
-                "test case {tc}: GMAC"
-            );
+            assert_eq!(hex::encode(gcm.mac(&nonce, &h(a))), t, "test case {tc}: GMAC");
         }
     }
 }
@@ -225,11 +149,7 @@ fn wycheproof_aes_gcm() {
     let suite: Suite =
         serde_json::from_str(include_str!("data/wycheproof/aes_gcm_test.json")).unwrap();
     let (mut valid, mut invalid) = (0, 0);
-    for group in suite
-        .groups
-        .iter()
-        .filter(|g| g.iv_size == 96 && g.tag_size == 128)
-    {
+    for group in suite.groups.iter().filter(|g| g.iv_size == 96 && g.tag_size == 128) {
         for case in &group.tests {
             let gcm = AesGcm::new(&h(&case.key)).unwrap();
             let nonce: [u8; 12] = h(&case.iv).try_into().unwrap();
@@ -247,19 +167,12 @@ fn wycheproof_aes_gcm() {
                 }
                 "invalid" => {
                     assert!(opened.is_err(), "tcId {} must not open", case.id);
-                    assert!(
-                        buf.iter().all(|&b| b == 0),
-                        "tcId {}: no plaintext released",
-                        case.id
-                    );
+                    assert!(buf.iter().all(|&b| b == 0), "tcId {}: no plaintext released", case.id);
                     invalid += 1;
                 }
                 other => panic!("tcId {}: unexpected result {other}", case.id),
             }
         }
     }
-    assert!(
-        valid >= 50 && invalid >= 20,
-        "ran {valid} valid and {invalid} invalid cases"
-    );
+    assert!(valid >= 50 && invalid >= 20, "ran {valid} valid and {invalid} invalid cases");
 }

@@ -34,15 +34,9 @@ enum Aes {
 impl Aes {
     fn new(key: &[u8]) -> Result<Self, InvalidKeyLength> {
         Ok(match key.len() {
-            16 => Aes::A128(Aes128::new(
-                &Array::try_from(key).map_err(|_| InvalidKeyLength)?,
-            )),
-            24 => Aes::A192(Aes192::new(
-                &Array::try_from(key).map_err(|_| InvalidKeyLength)?,
-            )),
-            32 => Aes::A256(Aes256::new(
-                &Array::try_from(key).map_err(|_| InvalidKeyLength)?,
-            )),
+            16 => Aes::A128(Aes128::new(&Array::try_from(key).map_err(|_| InvalidKeyLength)?)),
+            24 => Aes::A192(Aes192::new(&Array::try_from(key).map_err(|_| InvalidKeyLength)?)),
+            32 => Aes::A256(Aes256::new(&Array::try_from(key).map_err(|_| InvalidKeyLength)?)),
             _ => return Err(InvalidKeyLength),
         })
     }
@@ -104,12 +98,7 @@ impl AesGcm {
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let mut ghash = self.ghash.clone();
         ghash.update_padded(aad);
-        self.apply_keystream(
-            nonce,
-            buf,
-            |ghash_input| ghash.update_padded(ghash_input),
-            true,
-        );
+        self.apply_keystream(nonce, buf, |ghash_input| ghash.update_padded(ghash_input), true);
         self.finish(nonce, ghash, aad.len(), buf.len())
     }
 
@@ -124,12 +113,7 @@ impl AesGcm {
     ) -> Result<(), TagMismatch> {
         let mut ghash = self.ghash.clone();
         ghash.update_padded(aad);
-        self.apply_keystream(
-            nonce,
-            buf,
-            |ghash_input| ghash.update_padded(ghash_input),
-            false,
-        );
+        self.apply_keystream(nonce, buf, |ghash_input| ghash.update_padded(ghash_input), false);
         let expected = self.finish(nonce, ghash, aad.len(), buf.len());
         if bool::from(expected.ct_eq(tag)) {
             Ok(())
@@ -155,11 +139,7 @@ impl AesGcm {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), TagMismatch> {
         let expected = self.mac(nonce, aad);
-        if bool::from(expected.ct_eq(tag)) {
-            Ok(())
-        } else {
-            Err(TagMismatch)
-        }
+        if bool::from(expected.ct_eq(tag)) { Ok(()) } else { Err(TagMismatch) }
     }
 
     /// XORs the GCM keystream (counter blocks from inc32(J0)) into `buf`, feeding GHASH with the

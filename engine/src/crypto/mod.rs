@@ -40,12 +40,8 @@ pub enum CipherSuite {
 
 impl CipherSuite {
     /// All suites, in wire-code order.
-    pub const ALL: [CipherSuite; 4] = [
-        CipherSuite::Aes128,
-        CipherSuite::Aes192,
-        CipherSuite::Aes256,
-        CipherSuite::None,
-    ];
+    pub const ALL: [CipherSuite; 4] =
+        [CipherSuite::Aes128, CipherSuite::Aes192, CipherSuite::Aes256, CipherSuite::None];
 
     /// The one-byte code used in key derivation and session setup.
     pub fn code(self) -> u8 {
@@ -85,12 +81,9 @@ impl CipherSuite {
 impl std::str::FromStr for CipherSuite {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                format!("unknown cipher {s:?}: expected one of aes128, aes192, aes256, none")
-            })
+        Self::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            format!("unknown cipher {s:?}: expected one of aes128, aes192, aes256, none")
+        })
     }
 }
 
@@ -188,12 +181,7 @@ impl PacketProtection {
         let (prk, _) = Hkdf::<Sha256>::extract(Some(KDF_SALT), secret.0.as_ref());
         let mut prk_bytes = Zeroizing::new([0u8; 32]);
         prk_bytes.copy_from_slice(&prk);
-        Self {
-            suite,
-            direction,
-            prk: prk_bytes,
-            keys: [None, None],
-        }
+        Self { suite, direction, prk: prk_bytes, keys: [None, None] }
     }
 
     /// The cipher suite in use.
@@ -319,13 +307,7 @@ mod tests {
     fn round_trip_every_suite_and_epoch_boundary() {
         for suite in CipherSuite::ALL {
             let (mut tx, mut rx) = pair(suite);
-            for pn in [
-                0,
-                1,
-                (1 << EPOCH_BITS) - 1,
-                1 << EPOCH_BITS,
-                (1 << EPOCH_BITS) + 5,
-            ] {
+            for pn in [0, 1, (1 << EPOCH_BITS) - 1, 1 << EPOCH_BITS, (1 << EPOCH_BITS) + 5] {
                 let mut pkt = vec![0u8; 10 + 100 + TAG_LEN];
                 pkt[..10].copy_from_slice(b"header0123");
                 for (i, b) in pkt[10..110].iter_mut().enumerate() {
@@ -338,9 +320,7 @@ mod tests {
                 } else {
                     assert_ne!(pkt[10..110], plain[10..110], "{suite:?} encrypts");
                 }
-                let n = rx
-                    .open(pn, &mut pkt, 10, (pn >> EPOCH_BITS).saturating_sub(1))
-                    .unwrap();
+                let n = rx.open(pn, &mut pkt, 10, (pn >> EPOCH_BITS).saturating_sub(1)).unwrap();
                 assert_eq!(n, 100);
                 assert_eq!(pkt[..110], plain[..110]);
             }
@@ -361,15 +341,9 @@ mod tests {
     fn refuses_exhausted_packet_numbers_and_far_epochs() {
         let (mut tx, mut rx) = pair(CipherSuite::Aes256);
         let mut pkt = vec![0u8; 40];
-        assert_eq!(
-            tx.seal(MAX_PACKET_NUMBER + 1, &mut pkt, 8),
-            Err(PacketNumberExhausted)
-        );
+        assert_eq!(tx.seal(MAX_PACKET_NUMBER + 1, &mut pkt, 8), Err(PacketNumberExhausted));
         tx.seal(5 << EPOCH_BITS, &mut pkt, 8).unwrap();
-        assert_eq!(
-            rx.open(5 << EPOCH_BITS, &mut pkt, 8, 0),
-            Err(OpenError::EpochOutOfRange)
-        );
+        assert_eq!(rx.open(5 << EPOCH_BITS, &mut pkt, 8, 0), Err(OpenError::EpochOutOfRange));
         assert_eq!(rx.open(0, &mut pkt[..20], 8, 0), Err(OpenError::Truncated));
     }
 }

@@ -30,18 +30,13 @@ pub struct ReplayWindow {
 
 impl std::fmt::Debug for ReplayWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayWindow")
-            .field("next", &self.next)
-            .finish_non_exhaustive()
+        f.debug_struct("ReplayWindow").field("next", &self.next).finish_non_exhaustive()
     }
 }
 
 impl Default for ReplayWindow {
     fn default() -> Self {
-        Self {
-            next: 0,
-            bits: [0; WORDS],
-        }
+        Self { next: 0, bits: [0; WORDS] }
     }
 }
 
@@ -59,11 +54,7 @@ impl ReplayWindow {
         if self.next - pn > REPLAY_WINDOW {
             return ReplayCheck::TooOld;
         }
-        if self.bit(pn) {
-            ReplayCheck::Duplicate
-        } else {
-            ReplayCheck::Fresh
-        }
+        if self.bit(pn) { ReplayCheck::Duplicate } else { ReplayCheck::Fresh }
     }
 
     /// Records an authenticated packet number. Call only after [`check`](Self::check) said

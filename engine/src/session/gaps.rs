@@ -8,6 +8,17 @@ use std::time::Instant;
 struct Gap {
     end: u64,
     due: Instant,
+    detected: Instant,
+    requested: bool,
+}
+
+/// What was known about a missing block when it arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filled {
+    /// When the receiver noticed the block was missing.
+    pub detected: Instant,
+    /// Whether the receiver had already asked for it.
+    pub requested: bool,
 }
 
 /// Missing block ranges below the receiver's known end.
@@ -21,12 +32,13 @@ pub(crate) struct Gaps {
 }
 
 impl Gaps {
-    /// Adds `[start, end)` as missing, first due at `due`. The range must not overlap a gap.
-    pub fn add(&mut self, start: u64, end: u64, due: Instant) {
+    /// Adds `[start, end)` as missing since `now`, first due at `due`. The range must not
+    /// overlap a gap.
+    pub fn add(&mut self, start: u64, end: u64, now: Instant, due: Instant) {
         if start >= end {
             return;
         }
-        self.map.insert(start, Gap { end, due });
+        self.map.insert(start, Gap { end, due, detected: now, requested: false });
         self.blocks += end - start;
         self.earliest = Some(self.earliest.map_or(due, |e| e.min(due)));
     }
@@ -42,50 +54,29 @@ impl Gaps {
     }
 
     pub fn contains(&self, block: u64) -> bool {
-        self.map
-            .range(..=block)
-            .next_back()
-            .is_some_and(|(_, g)| block < g.end)
+        self.map.range(..=block).next_back().is_some_and(|(_, g)| block < g.end)
     }
 
-    /// Marks `block` as no longer missing. Returns false if it was not missing.
-    pub fn remove(&mut self, block: u64) -> bool {
-        let Some((&start, &gap)) = self.map.range(..=block).next_back() else {
-            return false;
-        };
+    /// Marks `block` as no longer missing. Returns `None` if it was not missing.
+    pub fn remove(&mut self, block: u64) -> Option<Filled> {
+        let (&start, &gap) = self.map.range(..=block).next_back()?;
         if block >= gap.end {
-            return false;
+            return None;
         }
         self.map.remove(&start);
         if start < block {
-            self.map.insert(
-                start,
-                Gap {
-                    end: block,
-                    due: gap.due,
-                },
-            );
+            self.map.insert(start, Gap { end: block, ..gap });
         }
         if block + 1 < gap.end {
-            self.map.insert(
-                block + 1,
-                Gap {
-                    end: gap.end,
-                    due: gap.due,
-                },
-            );
+            self.map.insert(block + 1, gap);
         }
         self.blocks -= 1;
-        true
+        Some(Filled { detected: gap.detected, requested: gap.requested })
     }
 
     /// When the next gap falls due.
     pub fn next_due(&self) -> Option<Instant> {
-        if self.map.is_empty() {
-            None
-        } else {
-            self.earliest
-        }
+        if self.map.is_empty() { None } else { self.earliest }
     }
 
     /// Collects ranges due at `now`, up to `budget` blocks in total, calling `emit(start, end)`
@@ -103,20 +94,15 @@ impl Gaps {
         let mut full = false;
         for (&start, gap) in self.map.iter_mut() {
             if !full && gap.due <= now && budget > 0 {
-                let end = gap.end.min(start + budget);
+                let end = gap.end.min(start.saturating_add(budget));
                 if emit(start, end) {
                     budget -= end - start;
                     if end < gap.end {
-                        splits.push((
-                            end,
-                            Gap {
-                                end: gap.end,
-                                due: gap.due,
-                            },
-                        ));
+                        splits.push((end, *gap));
                         gap.end = end;
                     }
                     gap.due = next_due;
+                    gap.requested = true;
                 } else {
                     full = true;
                 }
@@ -140,11 +126,11 @@ mod tests {
     fn removal_splits_and_due_ranges_respect_budget() {
         let t = Instant::now();
         let mut g = Gaps::default();
-        g.add(10, 20, t);
-        g.add(30, 31, t + Duration::from_secs(1));
-        assert!(g.remove(15));
-        assert!(!g.remove(15));
-        assert!(!g.remove(25));
+        g.add(10, 20, t, t);
+        g.add(30, 31, t, t + Duration::from_secs(1));
+        assert!(g.remove(15).is_some_and(|f| !f.requested));
+        assert!(g.remove(15).is_none());
+        assert!(g.remove(25).is_none());
         assert_eq!(g.blocks(), 10);
         assert!(g.contains(14) && g.contains(16) && !g.contains(15) && !g.contains(20));
         let mut got = Vec::new();
@@ -161,6 +147,7 @@ mod tests {
             true
         });
         assert_eq!(got, vec![(18, 20)]);
+        assert!(g.remove(19).is_some_and(|f| f.requested && f.detected == t));
         assert_eq!(g.next_due(), Some(later));
         assert_eq!(g.first(), Some(10));
     }

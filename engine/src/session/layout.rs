@@ -27,19 +27,12 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub fn new(block_size: usize) -> Self {
-        Self {
-            block_size: block_size as u64,
-            spans: Vec::new(),
-        }
+        Self { block_size: block_size as u64, spans: Vec::new() }
     }
 
     /// Appends a file of `size` bytes; returns its span.
     pub fn push(&mut self, size: u64) -> Span {
-        let span = Span {
-            first: self.end(),
-            blocks: size.div_ceil(self.block_size),
-            size,
-        };
+        let span = Span { first: self.end(), blocks: size.div_ceil(self.block_size), size };
         self.spans.push(span);
         span
     }

@@ -45,6 +45,9 @@ pub struct SessionConfig {
     /// The least time the receiver waits after noticing a missing block before requesting it,
     /// to tolerate reordering. Default 2 ms; the receiver also waits at least RTT/8.
     pub reorder_delay: Duration,
+    /// RTT assumed until the first measurement: the control layer sets it from its handshake.
+    /// Default 100 ms (long enough that early reordering is not mistaken for loss).
+    pub initial_rtt: Duration,
     /// A session with no valid packet from the peer for this long fails. Default 30 s.
     pub idle_timeout: Duration,
     /// Rate limits in bits per second (the sender's `-l` / `-m`).
@@ -60,6 +63,7 @@ impl SessionConfig {
             block_size: MAX_STANDARD_BLOCK,
             max_window: 1 << 20,
             reorder_delay: Duration::from_millis(2),
+            initial_rtt: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             limits,
         }

@@ -28,6 +28,8 @@ pub struct ReceiverStats {
     pub feedback_sent: u64,
     /// Blocks requested again (NACKed), counting each request.
     pub blocks_requested: u64,
+    /// Requested blocks whose first transmission then arrived (reordering mistaken for loss).
+    pub spurious_requests: u64,
     /// Blocks read back from the sink to hash them in order.
     pub blocks_read_back: u64,
     /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
@@ -80,9 +82,25 @@ pub struct Receiver {
     /// Latest (highest packet number) DATA/STATUS packet: its send time and our arrival time.
     echo: Option<(u32, Instant)>,
     rtt_hint: Duration,
+    /// Reordering learned from spurious requests: wait at least this long before a request.
+    reorder_learned: Duration,
+    /// Extra wait before requesting a block again, learned from duplicate retransmissions.
+    renack_extra: Duration,
     rx_packets: u64,
     rx_bytes: u64,
+    start: Instant,
+    /// One-way delay (receiver clock minus sender timestamp, modulo 2^32 us) of the first packet;
+    /// later delays are kept relative to it.
+    owd_origin: Option<u32>,
+    /// Smallest relative one-way delay ever seen, and the smallest since the last feedback.
+    owd_min: i64,
+    owd_min_interval: Option<i64>,
+    owd_last: Option<i64>,
+    /// Interarrival jitter in microseconds (RFC 3550 section 6.4.1 estimator).
+    jitter_us: f64,
+    jitter_samples: u32,
     next_feedback: Option<Instant>,
+    last_feedback: Instant,
     feedback_urgent: bool,
     last_window_sent: u64,
     scratch: Vec<u8>,
@@ -120,9 +138,19 @@ impl Receiver {
             gaps: Gaps::default(),
             echo: None,
             rtt_hint: Duration::ZERO,
+            reorder_learned: Duration::ZERO,
+            renack_extra: Duration::ZERO,
             rx_packets: 0,
             rx_bytes: 0,
+            start: now,
+            owd_origin: None,
+            owd_min: 0,
+            owd_min_interval: None,
+            owd_last: None,
+            jitter_us: 0.0,
+            jitter_samples: 0,
             next_feedback: Some(now),
+            last_feedback: now,
             feedback_urgent: false,
             last_window_sent: 0,
             scratch: vec![0; config.block_size],
@@ -168,10 +196,7 @@ impl Receiver {
                     return self.fail_protocol("file ids out of sequence");
                 }
                 if let Err(e) = sink.open(&entry) {
-                    let error = SessionError::Storage {
-                        file: entry.id,
-                        message: e.to_string(),
-                    };
+                    let error = SessionError::Storage { file: entry.id, message: e.to_string() };
                     return self.fail(error, abort_code::STORAGE);
                 }
                 self.layout.push(entry.size);
@@ -204,8 +229,7 @@ impl Receiver {
             }
             ControlMessage::Abort { code, reason } => {
                 self.state = State::Failed;
-                self.events
-                    .push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
+                self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
             }
             ControlMessage::FileResult { .. } => {
                 self.fail_protocol("unexpected control message for a receiver")
@@ -230,10 +254,7 @@ impl Receiver {
         if self.replay.check(pn) != ReplayCheck::Fresh {
             return self.stats.dropped_replay += 1;
         }
-        let lowest_epoch = self
-            .replay
-            .highest()
-            .map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
+        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
         let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
             Ok(n) => n,
             Err(_) => return self.stats.dropped_auth += 1,
@@ -241,7 +262,10 @@ impl Receiver {
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
         let (send_time_us, frontier, rtt_hint_us, block) = match header.ptype {
             PacketType::Data => match DataFields::decode(body) {
-                Ok(f) => (f.send_time_us, f.frontier, f.rtt_hint_us, Some(f.block)),
+                Ok(f) => {
+                    let retransmission = f.flags & wire::DATA_RETRANSMISSION != 0;
+                    (f.send_time_us, f.frontier, f.rtt_hint_us, Some((f.block, retransmission)))
+                }
                 Err(_) => return self.stats.dropped_malformed += 1,
             },
             _ => match StatusFields::decode(body) {
@@ -254,7 +278,7 @@ impl Receiver {
             return self.stats.dropped_window += 1;
         }
         let payload_range = HEADER_LEN + DATA_BODY_LEN..HEADER_LEN + body_len;
-        if let Some(block) = block {
+        if let Some((block, _)) = block {
             let Some((_, _, expected_len)) = self.layout.locate(block) else {
                 return self.stats.dropped_window += 1;
             };
@@ -268,6 +292,7 @@ impl Receiver {
         if self.replay.highest() == Some(pn) {
             self.echo = Some((send_time_us, now));
         }
+        self.observe_one_way_delay(now, send_time_us);
         if rtt_hint_us != 0 {
             self.rtt_hint = Duration::from_micros(u64::from(rtt_hint_us));
         }
@@ -282,9 +307,9 @@ impl Receiver {
                 self.stats.status_received += 1;
                 self.learn_frontier(now, frontier, None);
             }
-            Some(block) => {
+            Some((block, retransmission)) => {
                 let payload = &datagram[payload_range];
-                self.accept_block(now, block, frontier, payload, sink);
+                self.accept_block(now, block, retransmission, frontier, payload, sink);
             }
         }
     }
@@ -293,6 +318,7 @@ impl Receiver {
         &mut self,
         now: Instant,
         block: u64,
+        retransmission: bool,
         frontier: u64,
         payload: &[u8],
         sink: &mut dyn BlockSink,
@@ -302,6 +328,11 @@ impl Receiver {
         let already = block < self.known_end && !self.gaps.contains(block);
         if already {
             self.stats.duplicate_blocks += 1;
+            if retransmission {
+                // We asked again before the first answer could arrive: wait longer next time.
+                let rtt = self.rtt();
+                self.renack_extra = (self.renack_extra + rtt / 4).min(rtt);
+            }
             self.learn_frontier(now, frontier, None);
             return;
         }
@@ -315,10 +346,7 @@ impl Receiver {
             self.learn_frontier(now, frontier, None);
             return;
         }
-        let (file, offset, _) = self
-            .layout
-            .locate(block)
-            .expect("located in handle_datagram");
+        let (file, offset, _) = self.layout.locate(block).expect("located in handle_datagram");
         match sink.write(file, offset, payload) {
             Ok(()) => {}
             Err(SinkError::Full) => {
@@ -327,35 +355,73 @@ impl Receiver {
                 return;
             }
             Err(SinkError::Io(e)) => {
-                let error = SessionError::Storage {
-                    file,
-                    message: e.to_string(),
-                };
+                let error = SessionError::Storage { file, message: e.to_string() };
                 return self.fail(error, abort_code::STORAGE);
             }
         }
         self.stats.blocks_received += 1;
-        self.learn_frontier(now, frontier, Some(block));
+        if let Some(filled) = self.learn_frontier(now, frontier, Some(block))
+            && filled.requested
+            && !retransmission
+        {
+            // The original arrived after we asked for it again: reordering, not loss. Learn
+            // how late it was, so the next request waits that long.
+            self.stats.spurious_requests += 1;
+            let late = now.saturating_duration_since(filled.detected) * 5 / 4;
+            let cap = self.rtt() + Duration::from_millis(100);
+            self.reorder_learned = self.reorder_learned.max(late).min(cap);
+        }
         self.advance_hash(file, Some((block, payload)), sink);
     }
 
     /// Every block below `frontier` was sent; those not received become gaps. `received` is a
-    /// block that just arrived.
-    fn learn_frontier(&mut self, now: Instant, frontier: u64, received: Option<u64>) {
+    /// block that just arrived; if it filled a gap, what was known about that gap is returned.
+    fn learn_frontier(
+        &mut self,
+        now: Instant,
+        frontier: u64,
+        received: Option<u64>,
+    ) -> Option<super::gaps::Filled> {
         let due = now + self.reorder_delay();
+        let mut filled = None;
         if let Some(b) = received {
             if b >= self.known_end {
-                self.gaps.add(self.known_end, b, due);
+                self.gaps.add(self.known_end, b, now, due);
                 self.known_end = b + 1;
             } else {
-                let was_missing = self.gaps.remove(b);
-                debug_assert!(was_missing);
+                filled = self.gaps.remove(b);
+                debug_assert!(filled.is_some());
             }
         }
         if frontier > self.known_end {
-            self.gaps.add(self.known_end, frontier, due);
+            self.gaps.add(self.known_end, frontier, now, due);
             self.known_end = frontier;
         }
+        filled
+    }
+
+    /// Tracks one-way delay relative to the first packet: its minimum is the path's base delay,
+    /// the excess over it is forward-path queueing (clock offsets cancel out).
+    fn observe_one_way_delay(&mut self, now: Instant, send_time_us: u32) {
+        let local_us = now.saturating_duration_since(self.start).as_micros() as u32;
+        let owd = local_us.wrapping_sub(send_time_us);
+        let origin = *self.owd_origin.get_or_insert(owd);
+        let rel = i64::from(owd.wrapping_sub(origin) as i32);
+        self.owd_min = self.owd_min.min(rel);
+        self.owd_min_interval = Some(self.owd_min_interval.map_or(rel, |m| m.min(rel)));
+        if let Some(last) = self.owd_last {
+            // A plain average over the first samples, then RFC 3550's gain of 1/16.
+            self.jitter_samples = (self.jitter_samples + 1).min(16);
+            let gain = 1.0 / f64::from(self.jitter_samples);
+            self.jitter_us += ((rel - last).abs() as f64 - self.jitter_us) * gain;
+        }
+        self.owd_last = Some(rel);
+    }
+
+    /// The forward queueing delay now: the standing minimum since the last feedback.
+    fn queue_delay(&self) -> Duration {
+        let q = self.owd_min_interval.map_or(0, |m| m - self.owd_min);
+        Duration::from_micros(q.max(0) as u64)
     }
 
     fn cumulative(&self) -> u64 {
@@ -389,10 +455,7 @@ impl Receiver {
                 _ => {
                     let buf = &mut self.scratch[..len];
                     if let Err(e) = sink.read(file, offset, buf) {
-                        let error = SessionError::Storage {
-                            file,
-                            message: e.to_string(),
-                        };
+                        let error = SessionError::Storage { file, message: e.to_string() };
                         return self.fail(error, abort_code::STORAGE);
                     }
                     f.hasher.update(buf);
@@ -414,18 +477,13 @@ impl Receiver {
         let Some(expected) = f.expected else { return };
         let actual = *f.hasher.finalize().as_bytes();
         let verified = bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..]));
-        let mut status = if verified {
-            FileStatus::Verified
-        } else {
-            FileStatus::DigestMismatch
-        };
+        let mut status = if verified { FileStatus::Verified } else { FileStatus::DigestMismatch };
         if sink.finish(file, verified).is_err() {
             status = FileStatus::StorageFailed;
         }
         f.status = Some(status);
         self.verified += 1;
-        self.control_out
-            .push_back(ControlMessage::FileResult { file, status });
+        self.control_out.push_back(ControlMessage::FileResult { file, status });
         self.events.push_back(Event::FileDone { file, status });
         self.check_complete();
     }
@@ -450,7 +508,7 @@ impl Receiver {
         }
         let free = sink.free_blocks();
         let window_end = self.window_end(free);
-        let gap_due = self.gaps.next_due().is_some_and(|d| d <= now) && free > 0;
+        let gap_due = self.request_due().is_some_and(|d| d <= now) && free > 0;
         let timer_due = self.next_feedback.is_some_and(|t| t <= now);
         let urgent = self.feedback_urgent && window_end != self.last_window_sent;
         if !(gap_due || timer_due || urgent) {
@@ -477,10 +535,9 @@ impl Receiver {
         });
         self.stats.blocks_requested += requested;
         let (echo_time_us, echo_delay_us) = match self.echo {
-            Some((t, at)) => (
-                t,
-                wire::duration_us_u32(now.saturating_duration_since(at)).min(u32::MAX - 1),
-            ),
+            Some((t, at)) => {
+                (t, wire::duration_us_u32(now.saturating_duration_since(at)).min(u32::MAX - 1))
+            }
             None => (0, u32::MAX),
         };
         let fields = FeedbackFields {
@@ -490,6 +547,7 @@ impl Receiver {
             window_end,
             rx_packets: self.rx_packets,
             rx_bytes: self.rx_bytes,
+            queue_delay_us: wire::duration_us_u32(self.queue_delay()),
             nack_ranges: count,
         };
         let len = HEADER_LEN + FEEDBACK_FIXED_LEN + self.nack_buf.len() + TAG_LEN;
@@ -509,6 +567,8 @@ impl Receiver {
         }
         self.next_pn += 1;
         self.stats.feedback_sent += 1;
+        self.last_feedback = now;
+        self.owd_min_interval = None;
         self.last_window_sent = window_end;
         self.feedback_urgent = false;
         self.next_feedback = Some(now + self.feedback_interval());
@@ -522,10 +582,7 @@ impl Receiver {
             return None;
         }
         let mut t = self.last_heard + self.config.idle_timeout;
-        for d in [self.next_feedback, self.gaps.next_due()]
-            .into_iter()
-            .flatten()
-        {
+        for d in [self.next_feedback, self.request_due()].into_iter().flatten() {
             t = t.min(d);
         }
         if self.feedback_urgent {
@@ -539,10 +596,15 @@ impl Receiver {
         if self.state == State::Active && now >= self.last_heard + self.config.idle_timeout {
             self.state = State::Failed;
             self.events
-                .push_back(Event::Failed(SessionError::IdleTimeout(
-                    self.config.idle_timeout,
-                )));
+                .push_back(Event::Failed(SessionError::IdleTimeout(self.config.idle_timeout)));
         }
+    }
+
+    /// When the next retransmission request may go out: when a gap falls due, but no sooner than
+    /// [`FEEDBACK_MIN_INTERVAL`] after the previous feedback, so requests falling due close
+    /// together share one packet (they are delayed a little, never sent early).
+    fn request_due(&self) -> Option<Instant> {
+        self.gaps.next_due().map(|d| d.max(self.last_feedback + FEEDBACK_MIN_INTERVAL))
     }
 
     fn window_end(&self, sink_free: u64) -> u64 {
@@ -554,23 +616,27 @@ impl Receiver {
     }
 
     fn feedback_interval(&self) -> Duration {
-        (self.rtt_hint / 8).clamp(FEEDBACK_MIN_INTERVAL, FEEDBACK_MAX_INTERVAL)
+        (self.rtt() / 8).clamp(FEEDBACK_MIN_INTERVAL, FEEDBACK_MAX_INTERVAL)
     }
 
+    fn rtt(&self) -> Duration {
+        if self.rtt_hint.is_zero() { self.config.initial_rtt } else { self.rtt_hint }
+    }
+
+    /// How long a missing block may just be late: at least the configured minimum, an eighth
+    /// of the RTT, four times the measured jitter, and the lateness learned from spurious requests.
     fn reorder_delay(&self) -> Duration {
-        self.config.reorder_delay.max(self.rtt_hint / 8)
+        let jitter = Duration::from_micros((4.0 * self.jitter_us) as u64);
+        self.config.reorder_delay.max(self.rtt() / 8).max(jitter).max(self.reorder_learned)
     }
 
     /// How long after requesting a block the receiver requests it again if it has not arrived:
-    /// one RTT for the request and the block, plus half an RTT and two feedback intervals of
-    /// margin for queueing and jitter.
+    /// one RTT for the request and the block (the smoothed RTT may lag a queue that is building,
+    /// so the forward queue measured now is added), plus half an RTT and two feedback intervals
+    /// of margin for jitter.
     fn renack_delay(&self) -> Duration {
-        let rtt = if self.rtt_hint.is_zero() {
-            Duration::from_millis(100)
-        } else {
-            self.rtt_hint
-        };
-        rtt + rtt / 2 + 2 * self.feedback_interval() + self.reorder_delay()
+        let rtt = self.rtt() + self.queue_delay();
+        rtt + rtt / 2 + 2 * self.feedback_interval() + self.reorder_delay() + self.renack_extra
     }
 
     fn fail_protocol(&mut self, what: &'static str) {
@@ -580,10 +646,7 @@ impl Receiver {
     fn fail(&mut self, error: SessionError, code: u16) {
         if self.state == State::Active {
             self.state = State::Failed;
-            self.control_out.push_back(ControlMessage::Abort {
-                code,
-                reason: error.to_string(),
-            });
+            self.control_out.push_back(ControlMessage::Abort { code, reason: error.to_string() });
             self.events.push_back(Event::Failed(error));
         }
     }

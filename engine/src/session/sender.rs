@@ -146,10 +146,7 @@ impl Sender {
         let id = self.files.len() as u32;
         entry.id = id;
         self.layout.push(entry.size);
-        self.files.push(SendFile {
-            hasher: Some(blake3::Hasher::new()),
-            result: None,
-        });
+        self.files.push(SendFile { hasher: Some(blake3::Hasher::new()), result: None });
         self.control_out.push_back(ControlMessage::File(entry));
         self.queue_ready_digests();
         id
@@ -161,9 +158,7 @@ impl Sender {
             return;
         }
         self.manifest_closed = true;
-        self.control_out.push_back(ControlMessage::ManifestEnd {
-            files: self.files.len() as u32,
-        });
+        self.control_out.push_back(ControlMessage::ManifestEnd { files: self.files.len() as u32 });
         self.check_complete();
     }
 
@@ -227,8 +222,7 @@ impl Sender {
             }
             ControlMessage::Abort { code, reason } => {
                 self.state = State::Failed;
-                self.events
-                    .push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
+                self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
             }
             _ => self.fail_protocol("unexpected control message for a sender"),
         }
@@ -251,10 +245,7 @@ impl Sender {
         if self.replay.check(pn) != ReplayCheck::Fresh {
             return self.stats.dropped_replay += 1;
         }
-        let lowest_epoch = self
-            .replay
-            .highest()
-            .map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
+        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
         let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
             Ok(n) => n,
             Err(_) => return self.stats.dropped_auth += 1,
@@ -280,8 +271,7 @@ impl Sender {
                 self.stats.dropped_malformed += 1;
                 break;
             };
-            self.retransmit
-                .insert(start.max(self.cumulative), end.min(self.frontier));
+            self.retransmit.insert(start.max(self.cumulative), end.min(self.frontier));
         }
         if !newest {
             return;
@@ -309,6 +299,7 @@ impl Sender {
                 rtt,
                 min_rtt,
                 srtt,
+                queue_delay: Duration::from_micros(u64::from(fb.queue_delay_us)),
                 delivery_rate,
                 sending_rate: self.pacer.rate(),
             });
@@ -344,38 +335,23 @@ impl Sender {
         self.paced_until = None;
         let pn = self.next_pn;
         let packet = &mut buf[..len];
-        let ptype = if matches!(next, Next::Status) {
-            PacketType::Status
-        } else {
-            PacketType::Data
-        };
-        Header {
-            ptype,
-            session_id: self.config.session_id,
-            packet_number: pn,
-        }
-        .encode(packet);
+        let ptype =
+            if matches!(next, Next::Status) { PacketType::Status } else { PacketType::Data };
+        Header { ptype, session_id: self.config.session_id, packet_number: pn }.encode(packet);
         let send_time_us = self.micros(now);
         let rtt_hint_us = self.rtt.srtt().map_or(0, wire::duration_us_u32);
         match next {
             Next::Retransmit(block) | Next::New(block) => {
                 let is_new = matches!(next, Next::New(_));
                 let frontier = if is_new { block + 1 } else { self.frontier };
-                let fields = DataFields {
-                    block,
-                    send_time_us,
-                    frontier,
-                    rtt_hint_us,
-                };
+                let flags = if is_new { 0 } else { wire::DATA_RETRANSMISSION };
+                let fields = DataFields { block, send_time_us, frontier, rtt_hint_us, flags };
                 fields.encode(&mut packet[HEADER_LEN..]);
                 let (file, offset, block_len) = self.layout.locate(block).expect("located above");
                 let payload = &mut packet[HEADER_LEN + DATA_BODY_LEN..][..block_len];
                 if let Err(e) = source.read(file, offset, payload) {
                     self.fail(
-                        SessionError::Source {
-                            file,
-                            message: e.to_string(),
-                        },
+                        SessionError::Source { file, message: e.to_string() },
                         abort_code::SOURCE,
                     );
                     return None;
@@ -396,13 +372,8 @@ impl Sender {
             Next::Status => {
                 let blocked = self.frontier >= self.window_end && self.frontier < self.layout.end();
                 let flags = if blocked { STATUS_WINDOW_BLOCKED } else { 0 };
-                StatusFields {
-                    send_time_us,
-                    frontier: self.frontier,
-                    rtt_hint_us,
-                    flags,
-                }
-                .encode(&mut packet[HEADER_LEN..]);
+                StatusFields { send_time_us, frontier: self.frontier, rtt_hint_us, flags }
+                    .encode(&mut packet[HEADER_LEN..]);
                 self.stats.status_packets += 1;
             }
         }
@@ -424,11 +395,8 @@ impl Sender {
             return None;
         }
         let idle = self.last_heard + self.config.idle_timeout;
-        let send = if self.has_data() {
-            self.paced_until.unwrap_or(self.start)
-        } else {
-            self.next_status
-        };
+        let send =
+            if self.has_data() { self.paced_until.unwrap_or(self.start) } else { self.next_status };
         Some(send.min(idle))
     }
 
@@ -437,9 +405,7 @@ impl Sender {
         if self.state == State::Active && now >= self.last_heard + self.config.idle_timeout {
             self.state = State::Failed;
             self.events
-                .push_back(Event::Failed(SessionError::IdleTimeout(
-                    self.config.idle_timeout,
-                )));
+                .push_back(Event::Failed(SessionError::IdleTimeout(self.config.idle_timeout)));
         }
     }
 
@@ -447,10 +413,7 @@ impl Sender {
     pub fn abort(&mut self, code: u16, reason: &str) {
         if self.state == State::Active {
             self.state = State::Failed;
-            self.control_out.push_back(ControlMessage::Abort {
-                code,
-                reason: reason.to_owned(),
-            });
+            self.control_out.push_back(ControlMessage::Abort { code, reason: reason.to_owned() });
         }
     }
 
@@ -469,7 +432,7 @@ impl Sender {
     }
 
     fn status_interval(&self) -> Duration {
-        (self.rtt.srtt().unwrap_or(Duration::from_millis(100)) / 2).max(Duration::from_millis(2))
+        (self.rtt.srtt().unwrap_or(self.config.initial_rtt) / 2).max(Duration::from_millis(2))
     }
 
     fn micros(&self, now: Instant) -> u32 {
@@ -478,8 +441,7 @@ impl Sender {
 
     fn update_pacer(&mut self) {
         let rate = self.config.limits.clamp(self.controller.rate());
-        self.pacer
-            .set_rate(rate, 2 * (self.config.block_size + wire::DATA_OVERHEAD));
+        self.pacer.set_rate(rate, 2 * (self.config.block_size + wire::DATA_OVERHEAD));
     }
 
     /// Queues the digest of every file whose blocks have all been sent once (empty files as soon
@@ -490,13 +452,9 @@ impl Sender {
             if self.layout.span(id).end() > self.frontier {
                 break;
             }
-            let hasher = self.files[id as usize]
-                .hasher
-                .take()
-                .expect("digest queued once");
+            let hasher = self.files[id as usize].hasher.take().expect("digest queued once");
             let digest = *hasher.finalize().as_bytes();
-            self.control_out
-                .push_back(ControlMessage::FileDigest { file: id, digest });
+            self.control_out.push_back(ControlMessage::FileDigest { file: id, digest });
             self.digests_sent += 1;
         }
     }
@@ -515,10 +473,7 @@ impl Sender {
     fn fail(&mut self, error: SessionError, code: u16) {
         if self.state == State::Active {
             self.state = State::Failed;
-            self.control_out.push_back(ControlMessage::Abort {
-                code,
-                reason: error.to_string(),
-            });
+            self.control_out.push_back(ControlMessage::Abort { code, reason: error.to_string() });
             self.events.push_back(Event::Failed(error));
         }
     }
