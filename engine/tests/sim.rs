@@ -151,7 +151,13 @@ fn random_seeds() {
     let mut failures = Vec::new();
     for &seed in &seeds {
         let scenario = random_scenario(seed);
-        let outcome = sim::run(seed, &scenario);
+        let Ok(outcome) = std::panic::catch_unwind(|| sim::run(seed, &scenario)) else {
+            eprintln!(
+                "seed {seed}: panicked\nreplay with: SIM_SEED={seed} cargo test -p ferry-engine --test sim random_seeds -- --nocapture"
+            );
+            failures.push(seed);
+            continue;
+        };
         if verbose {
             println!("{scenario:#?}\n{outcome:#?}");
         }

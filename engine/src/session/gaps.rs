@@ -29,6 +29,7 @@ pub(crate) struct Gaps {
     /// nothing and recomputes it).
     earliest: Option<Instant>,
     blocks: u64,
+    requested: u64,
 }
 
 impl Gaps {
@@ -46,6 +47,11 @@ impl Gaps {
     /// Total missing blocks.
     pub fn blocks(&self) -> u64 {
         self.blocks
+    }
+
+    /// Missing blocks that have been requested at least once (they are on their way).
+    pub fn requested(&self) -> u64 {
+        self.requested
     }
 
     /// The lowest missing block, if any.
@@ -71,6 +77,9 @@ impl Gaps {
             self.map.insert(block + 1, gap);
         }
         self.blocks -= 1;
+        if gap.requested {
+            self.requested -= 1;
+        }
         Some(Filled { detected: gap.detected, requested: gap.requested })
     }
 
@@ -102,7 +111,10 @@ impl Gaps {
                         gap.end = end;
                     }
                     gap.due = next_due;
-                    gap.requested = true;
+                    if !gap.requested {
+                        self.requested += end - start;
+                        gap.requested = true;
+                    }
                 } else {
                     full = true;
                 }

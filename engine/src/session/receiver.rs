@@ -101,6 +101,7 @@ pub struct Receiver {
     jitter_samples: u32,
     next_feedback: Option<Instant>,
     last_feedback: Instant,
+    requests_blocked: bool,
     feedback_urgent: bool,
     last_window_sent: u64,
     scratch: Vec<u8>,
@@ -151,6 +152,7 @@ impl Receiver {
             jitter_samples: 0,
             next_feedback: Some(now),
             last_feedback: now,
+            requests_blocked: false,
             feedback_urgent: false,
             last_window_sent: 0,
             scratch: vec![0; config.block_size],
@@ -506,11 +508,16 @@ impl Receiver {
         if self.state != State::Active {
             return None;
         }
+        // Sink space already spoken for: blocks requested and on their way, and new blocks the
+        // last advertised window let the sender put in flight.
         let free = sink.free_blocks();
-        let window_end = self.window_end(free);
-        let gap_due = self.request_due().is_some_and(|d| d <= now) && free > 0;
+        let in_flight = self.last_window_sent.saturating_sub(self.known_end);
+        let available = free.saturating_sub(self.gaps.requested() + in_flight);
+        // With no space for requested blocks, requests wait for the periodic feedback.
+        self.requests_blocked = available == 0;
+        let gap_due = self.request_due().is_some_and(|d| d <= now) && available > 0;
         let timer_due = self.next_feedback.is_some_and(|t| t <= now);
-        let urgent = self.feedback_urgent && window_end != self.last_window_sent;
+        let urgent = self.feedback_urgent && self.window_end(free) != self.last_window_sent;
         if !(gap_due || timer_due || urgent) {
             self.feedback_urgent = false;
             return None;
@@ -524,7 +531,7 @@ impl Receiver {
         nack.clear();
         let nack_limit = limit - HEADER_LEN - FEEDBACK_FIXED_LEN;
         let mut requested = 0;
-        self.gaps.take_due(now, free, now + renack, |start, end| {
+        self.gaps.take_due(now, available, now + renack, |start, end| {
             if count == u16::MAX || !wire::push_nack_range(nack, nack_limit, prev_end, start, end) {
                 return false;
             }
@@ -534,6 +541,7 @@ impl Receiver {
             true
         });
         self.stats.blocks_requested += requested;
+        let window_end = self.window_end(free);
         let (echo_time_us, echo_delay_us) = match self.echo {
             Some((t, at)) => {
                 (t, wire::duration_us_u32(now.saturating_duration_since(at)).min(u32::MAX - 1))
@@ -604,6 +612,9 @@ impl Receiver {
     /// [`FEEDBACK_MIN_INTERVAL`] after the previous feedback, so requests falling due close
     /// together share one packet (they are delayed a little, never sent early).
     fn request_due(&self) -> Option<Instant> {
+        if self.requests_blocked {
+            return None;
+        }
         self.gaps.next_due().map(|d| d.max(self.last_feedback + FEEDBACK_MIN_INTERVAL))
     }
 
@@ -611,7 +622,7 @@ impl Receiver {
         let cumulative = self.cumulative();
         (cumulative + self.config.max_window)
             .min(self.layout.end())
-            .min(self.known_end.saturating_add(sink_free))
+            .min(self.known_end.saturating_add(sink_free.saturating_sub(self.gaps.requested())))
             .max(cumulative)
     }
 
