@@ -37,8 +37,8 @@ pub struct RateSample {
     pub srtt: Duration,
     /// Forward-path queueing delay measured by the receiver from one-way delays.
     pub queue_delay: Duration,
-    /// Payload bits per second the receiver accepted since the previous feedback.
-    pub delivery_rate: u64,
+    /// Payload bytes the receiver has accepted since the session began (as it reported).
+    pub delivered_bytes: u64,
     /// The rate the pacer is currently sending at.
     pub sending_rate: u64,
 }
@@ -132,15 +132,14 @@ impl Controller for Fixed {
 /// Parameters of the delay-based [`Adaptive`] controller.
 #[derive(Debug, Clone, Copy)]
 pub struct AdaptiveConfig {
-    /// Standing queueing delay the controller aims for. Default (fair): 10 ms, small enough that a
-    /// deep buffer stays nearly empty, large enough to be measured above jitter.
+    /// Standing forward queueing delay the controller aims for. Default (fair): 10 ms, small
+    /// enough that a deep buffer stays nearly empty, large enough to be measured above jitter.
     pub queue_target: Duration,
-    /// Fractional rate increase per update when the queue is empty. Default 1.0: the rate can
-    /// double once per RTT while the path shows no queue, so 10 Mbit/s reaches 1 Gbit/s in
-    /// about 7 RTTs.
-    pub up_gain: f64,
-    /// How hard the controller backs off when the queue is above target. Default 0.5.
-    pub down_gain: f64,
+    /// Largest factor above the measured bottleneck bandwidth the controller sends at while the
+    /// queue is below target (its probing gain). Default 1.25: enough to find new capacity
+    /// quickly, and to keep the link full under up to 20% random loss, which lowers the
+    /// measured delivery rate by the loss fraction.
+    pub max_gain: f64,
     /// Starting rate in bits per second before any feedback (clamped into the limits).
     /// Default 10 Mbit/s.
     pub initial_rate: u64,
@@ -153,8 +152,7 @@ impl AdaptiveConfig {
     pub fn fair() -> Self {
         Self {
             queue_target: Duration::from_millis(10),
-            up_gain: 1.0,
-            down_gain: 0.5,
+            max_gain: 1.25,
             initial_rate: 10_000_000,
             name: "adaptive",
         }
@@ -165,15 +163,9 @@ impl AdaptiveConfig {
         Self { queue_target: Duration::from_millis(25), name: "adaptive-high", ..Self::fair() }
     }
 
-    /// The `low` policy: a small queue target and a gentle ramp, so it yields.
+    /// The `low` policy: a small queue target, so it yields to traffic that builds queues.
     pub fn low() -> Self {
-        Self {
-            queue_target: Duration::from_millis(4),
-            up_gain: 0.25,
-            down_gain: 1.0,
-            name: "adaptive-low",
-            ..Self::fair()
-        }
+        Self { queue_target: Duration::from_millis(4), name: "adaptive-low", ..Self::fair() }
     }
 }
 
@@ -183,25 +175,44 @@ impl ControllerFactory for AdaptiveConfig {
     }
 }
 
-/// Delay-based controller: queueing delay (RTT above the path's minimum) is the congestion
-/// signal; loss is not, so random loss does not slow it down.
+/// Intervals the bottleneck-bandwidth estimate remembers (a windowed maximum).
+const BW_WINDOW: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Doubling every interval until the queue or the delivery rate says the pipe is full.
+    Startup,
+    /// Sending below the bandwidth estimate until the queue startup built is gone.
+    Drain,
+    /// Tracking the bandwidth estimate, steered by the queue.
+    Steady,
+}
+
+/// Delay-based controller with a bandwidth estimate. Forward queueing delay (measured by the
+/// receiver from one-way delays) is the congestion signal; loss is not, so random loss does not
+/// slow it down.
 ///
-/// Once per update interval (about one smoothed RTT, at least 5 ms) it takes the smallest
-/// forward-path queueing delay the receiver reported in the interval (the *standing* queue `q`,
-/// which filters out jitter and self-inflicted bursts; measured one way, so congestion on the
-/// feedback path does not slow the data down), and moves the rate
-/// multiplicatively: up by `up_gain · (1 − q/target)` while `q` is below the target, down in
-/// proportion to the excess while it is above. The equilibrium is a standing queue equal to the
-/// target. The delivery rate reported by the receiver caps the rate when the queue is above target,
-/// so a backlog drains within about one interval.
+/// Every update interval (one smoothed RTT, at least 5 ms) it measures the delivery rate over the
+/// interval and keeps the maximum of the last [`BW_WINDOW`] intervals as the bottleneck bandwidth
+/// `B`, and takes the smallest queueing delay reported in the interval as the standing queue `q`.
+/// - *Startup*: the rate doubles each interval (`2·B`) until `q` exceeds the target or `B` stops
+///   growing by 25% for three intervals; then *drain* at `0.75·B` until `q` is below half the
+///   target.
+/// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
+///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
+///   is three times the target. The equilibrium is a standing queue at or below the target.
 #[derive(Debug)]
 pub struct Adaptive {
     config: AdaptiveConfig,
     limits: RateLimits,
     rate: f64,
-    interval_start: Option<Instant>,
+    phase: Phase,
+    bw: [f64; BW_WINDOW],
+    bw_next: usize,
+    full_bw: f64,
+    full_bw_count: u32,
+    interval: Option<(Instant, u64)>,
     interval_min_queue: Option<Duration>,
-    interval_max_delivery: u64,
 }
 
 impl Adaptive {
@@ -211,10 +222,18 @@ impl Adaptive {
             config,
             limits,
             rate: limits.clamp(config.initial_rate) as f64,
-            interval_start: None,
+            phase: Phase::Startup,
+            bw: [0.0; BW_WINDOW],
+            bw_next: 0,
+            full_bw: 0.0,
+            full_bw_count: 0,
+            interval: None,
             interval_min_queue: None,
-            interval_max_delivery: 0,
         }
+    }
+
+    fn bandwidth(&self) -> f64 {
+        self.bw.iter().copied().fold(0.0, f64::max)
     }
 }
 
@@ -222,31 +241,52 @@ impl Controller for Adaptive {
     fn on_sample(&mut self, s: &RateSample) {
         let q = s.queue_delay;
         self.interval_min_queue = Some(self.interval_min_queue.map_or(q, |m| m.min(q)));
-        self.interval_max_delivery = self.interval_max_delivery.max(s.delivery_rate);
-        let start = *self.interval_start.get_or_insert(s.now);
-        let interval = s.srtt.max(Duration::from_millis(5));
-        if s.now.saturating_duration_since(start) < interval {
+        let (start, start_bytes) = *self.interval.get_or_insert((s.now, s.delivered_bytes));
+        let length = s.now.saturating_duration_since(start);
+        if length < s.srtt.max(Duration::from_millis(5)) {
             return;
         }
-        let Some(standing) = self.interval_min_queue.take() else {
-            return;
-        };
-        let delivered = std::mem::take(&mut self.interval_max_delivery) as f64;
-        self.interval_start = Some(s.now);
-        let q = standing.as_secs_f64();
+        let delivered = s.delivered_bytes.saturating_sub(start_bytes) as f64 * 8.0;
+        self.bw[self.bw_next] = delivered / length.as_secs_f64();
+        self.bw_next = (self.bw_next + 1) % BW_WINDOW;
+        self.interval = Some((s.now, s.delivered_bytes));
+        let q = self.interval_min_queue.take().unwrap_or_default().as_secs_f64();
         let target = self.config.queue_target.as_secs_f64();
-        let max = self.limits.target as f64;
-        if q < target {
-            let headroom = 1.0 - q / target;
-            self.rate *= 1.0 + self.config.up_gain * headroom;
-        } else {
-            let excess = (q - target) / (q + s.min_rtt.as_secs_f64()).max(1e-6);
-            self.rate *= (1.0 - self.config.down_gain * excess).max(0.5);
-            if delivered > 0.0 && self.rate > delivered {
-                self.rate = delivered * (1.0 - 0.5 * self.config.down_gain * excess).max(0.5);
+        let bw = self.bandwidth();
+        match self.phase {
+            Phase::Startup => {
+                if bw >= self.full_bw * 1.25 {
+                    self.full_bw = bw;
+                    self.full_bw_count = 0;
+                } else {
+                    self.full_bw_count += 1;
+                }
+                if q > target || self.full_bw_count >= 3 {
+                    self.phase = Phase::Drain;
+                    self.rate = 0.75 * bw;
+                } else {
+                    self.rate = (2.0 * bw).max(self.rate);
+                }
+            }
+            Phase::Drain => {
+                if q <= target / 2.0 {
+                    self.phase = Phase::Steady;
+                    self.rate = bw;
+                } else {
+                    self.rate = 0.75 * bw;
+                }
+            }
+            Phase::Steady => {
+                let gain = if q <= target {
+                    1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target)
+                } else {
+                    (target / q).max(0.5)
+                };
+                self.rate = bw * gain;
             }
         }
-        self.rate = self.rate.clamp(self.limits.min.min(self.limits.target) as f64, max);
+        let floor = self.limits.min.min(self.limits.target) as f64;
+        self.rate = self.rate.clamp(floor.max(1.0), self.limits.target as f64);
     }
 
     fn rate(&self) -> u64 {
@@ -360,38 +400,64 @@ mod tests {
         assert_eq!(limits.clamp(5), 1_000_000);
     }
 
-    fn sample(now: Instant, rtt_ms: f64, min_ms: u64) -> RateSample {
-        let rtt = Duration::from_secs_f64(rtt_ms / 1e3);
-        RateSample {
-            now,
-            rtt: Some(rtt),
-            min_rtt: Duration::from_millis(min_ms),
-            srtt: Duration::from_millis(min_ms),
-            queue_delay: rtt.saturating_sub(Duration::from_millis(min_ms)),
-            delivery_rate: 0,
-            sending_rate: 0,
+    /// A fluid model of one bottleneck: capacity in bit/s, queue in bits.
+    struct Fluid {
+        capacity: f64,
+        queue: f64,
+        delivered: f64,
+    }
+
+    impl Fluid {
+        /// Sends at `rate` for `dt`; returns the sample the controller would see.
+        fn step(&mut self, now: Instant, rate: f64, dt: f64) -> RateSample {
+            self.queue = (self.queue + (rate - self.capacity) * dt).max(0.0);
+            self.delivered += rate.min(self.capacity) * dt;
+            let q = Duration::from_secs_f64(self.queue / self.capacity);
+            RateSample {
+                now,
+                rtt: Some(Duration::from_millis(50) + q),
+                min_rtt: Duration::from_millis(50),
+                srtt: Duration::from_millis(50),
+                queue_delay: q,
+                delivered_bytes: (self.delivered / 8.0) as u64,
+                sending_rate: rate as u64,
+            }
         }
     }
 
     #[test]
-    fn adaptive_ramps_on_an_empty_queue_and_backs_off_on_a_full_one() {
-        let limits = RateLimits { target: 1_000_000_000, min: 0 };
+    fn adaptive_ramps_holds_a_small_queue_and_follows_capacity_down() {
+        let limits = RateLimits { target: 10_000_000_000, min: 0 };
         let mut c = Adaptive::new(AdaptiveConfig::fair(), limits);
+        let mut link = Fluid { capacity: 1e9, queue: 0.0, delivered: 0.0 };
         let t0 = Instant::now();
-        for i in 0..=10 {
-            c.on_sample(&sample(t0 + Duration::from_millis(50 * i), 50.0, 50));
+        let dt = 0.010;
+        let mut t = 0.0;
+        let mut reached = None;
+        let mut max_queue: f64 = 0.0;
+        while t < 5.0 {
+            t += dt;
+            let now = t0 + Duration::from_secs_f64(t);
+            let s = link.step(now, c.rate() as f64, dt);
+            c.on_sample(&s);
+            if reached.is_none() && c.rate() as f64 >= 0.9e9 {
+                reached = Some(t);
+            }
+            if t > 2.0 {
+                max_queue = max_queue.max(s.queue_delay.as_secs_f64());
+            }
         }
-        assert_eq!(c.rate(), 1_000_000_000, "ten RTTs with no queue reach the target");
-        let before = c.rate();
-        for i in 11..=12 {
-            c.on_sample(&sample(t0 + Duration::from_millis(50 * i), 150.0, 50));
+        let reached = reached.expect("reaches 90% of capacity");
+        assert!(reached < 1.0 + 10.0 * 0.05, "ramp took {reached:.2} s");
+        assert!(max_queue < 0.025, "steady queue {:.1} ms", max_queue * 1e3);
+        link.capacity = 0.5e9;
+        while t < 8.0 {
+            t += dt;
+            let now = t0 + Duration::from_secs_f64(t);
+            let s = link.step(now, c.rate() as f64, dt);
+            c.on_sample(&s);
         }
-        assert!(c.rate() < before / 2, "a 100 ms standing queue halves the rate or more");
-        let low = c.rate();
-        // Random loss is not an input at all; a clean path ramps back up.
-        for i in 13..=20 {
-            c.on_sample(&sample(t0 + Duration::from_millis(50 * i), 50.0, 50));
-        }
-        assert!(c.rate() > low);
+        assert!((c.rate() as f64) < 0.6e9, "follows capacity down: {}", c.rate());
+        assert!(link.queue / link.capacity < 0.025, "queue drained");
     }
 }

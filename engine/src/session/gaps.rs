@@ -45,6 +45,7 @@ impl Gaps {
     }
 
     /// Total missing blocks.
+    #[cfg(test)]
     pub fn blocks(&self) -> u64 {
         self.blocks
     }

@@ -37,10 +37,6 @@ impl Layout {
         span
     }
 
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
     pub fn span(&self, file: u32) -> Span {
         self.spans[file as usize]
     }

@@ -14,6 +14,7 @@ impl RangeSet {
     }
 
     /// Number of values in the set.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.len
     }

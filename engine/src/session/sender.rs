@@ -84,7 +84,6 @@ pub struct Sender {
     cumulative: u64,
     window_end: u64,
     newest_feedback: Option<u64>,
-    last_delivery: Option<(Instant, u64)>,
     rtt: RttEstimator,
     controller: Box<dyn Controller>,
     pacer: Pacer,
@@ -126,7 +125,6 @@ impl Sender {
             cumulative: 0,
             window_end: 0,
             newest_feedback: None,
-            last_delivery: None,
             rtt: RttEstimator::new(),
             controller,
             pacer,
@@ -286,13 +284,7 @@ impl Sender {
         if let Some(r) = rtt {
             self.rtt.update(now, r.max(Duration::from_micros(1)));
         }
-        let delivery_rate = match self.last_delivery {
-            Some((t, bytes)) if now > t && fb.rx_bytes >= bytes => {
-                ((fb.rx_bytes - bytes) as f64 * 8.0 / (now - t).as_secs_f64()) as u64
-            }
-            _ => 0,
-        };
-        self.last_delivery = Some((now, fb.rx_bytes));
+
         if let (Some(srtt), Some(min_rtt)) = (self.rtt.srtt(), self.rtt.min_rtt()) {
             self.controller.on_sample(&RateSample {
                 now,
@@ -300,7 +292,7 @@ impl Sender {
                 min_rtt,
                 srtt,
                 queue_delay: Duration::from_micros(u64::from(fb.queue_delay_us)),
-                delivery_rate,
+                delivered_bytes: fb.rx_bytes,
                 sending_rate: self.pacer.rate(),
             });
             self.update_pacer();
