@@ -35,7 +35,7 @@ pub struct SessionConfig {
     pub session_id: u64,
     /// Transit cipher suite.
     pub suite: CipherSuite,
-    /// File bytes per DATA packet. Default 1414: a DATA packet is then exactly 1472 bytes, the
+    /// File bytes per DATA packet. Default 1413: a DATA packet is then exactly 1472 bytes, the
     /// largest UDP payload that fits a 1500-byte Ethernet MTU over IPv4 without fragmentation.
     pub block_size: usize,
     /// Most blocks the receiver tracks beyond its cumulative acknowledgement (the flow-control
