@@ -12,4 +12,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {}
+pub(crate) enum Command {
+    /// Run the transfer engine end to end over an emulated long, lossy path and summarise.
+    Demo(crate::demo::DemoArgs),
+}

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod demo;
 mod error;
 
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let result: Result<(), error::CliError> = match args.command {
-        // Subcommands are dispatched here, one module each.
+        cli::Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
