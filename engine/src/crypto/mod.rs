@@ -6,8 +6,11 @@
 //! handshake. The nonce is the epoch IV XOR the 64-bit packet number, and packet numbers never
 //! repeat within a direction, so a nonce never repeats under a key.
 
+mod aead;
 mod gcm;
 mod replay;
+
+pub use aead::PacketAead;
 
 pub use gcm::{AesGcm, InvalidKeyLength, NONCE_LEN, TAG_LEN, TagMismatch, aes_ctr32_apply};
 pub use replay::{ReplayCheck, ReplayWindow};
@@ -144,7 +147,7 @@ pub struct PacketNumberExhausted;
 
 struct EpochKey {
     epoch: u64,
-    aead: AesGcm,
+    aead: PacketAead,
     iv: [u8; NONCE_LEN],
 }
 
@@ -199,7 +202,7 @@ impl PacketProtection {
         let mut iv = [0u8; NONCE_LEN];
         info_for(&mut info, self.direction, b"iv", self.suite, epoch);
         hk.expand(&info, &mut iv).expect("valid HKDF length");
-        let aead = AesGcm::new(key).expect("suite key length");
+        let aead = PacketAead::new(key).expect("suite key length");
         EpochKey { epoch, aead, iv }
     }
 
