@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod crypt;
 mod demo;
 mod error;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -12,6 +14,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let result: Result<(), error::CliError> = match args.command {
+        cli::Command::Crypt(args) => crypt::run(args),
+        cli::Command::Keys(a) => keys::run(a),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -8,6 +8,7 @@
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
 #![forbid(unsafe_code)]
 
+pub mod atrest;
 pub mod control;
 pub mod crypto;
 pub mod rate;
