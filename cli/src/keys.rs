@@ -195,7 +195,9 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
             "keystore files must be readable and writable by their owner only, like ssh \
              private keys",
         ),
-        E::WrongOwner { .. } | E::NotRegularFile { .. } => CliError::new(exit::UNSAFE_FILE, msg),
+        E::WrongOwner { .. } | E::NotRegularFile { .. } | E::UnsafeDirectory { .. } => {
+            CliError::new(exit::UNSAFE_FILE, msg)
+        }
         E::Corrupt { .. } | E::CorruptKeyFile { .. } | E::Integrity { .. } => {
             CliError::new(exit::CORRUPT, msg)
         }

@@ -289,6 +289,19 @@ fn unsafe_permissions_are_refused_with_the_fix() {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     e.ok(&["--list"]);
+    // So is a directory others could write to.
+    let dir = e.root().parent().unwrap().to_owned();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    fails(
+        &e.run(&["--list"]),
+        21,
+        &format!(
+            "ferry: error: directory {d} has mode 0775: group or others could replace the keystore \
+             files in it; refusing to use it (fix: chmod go-w {d})\n",
+            d = dir.display()
+        ),
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     // A symlink is refused too.
     let link = e.dir.path().join("link.db");
     std::os::unix::fs::symlink(e.root(), &link).unwrap();

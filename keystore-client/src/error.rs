@@ -44,6 +44,18 @@ pub enum KeystoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The directory holding keystore files can be written by group or others.
+    #[error(
+        "directory {} has mode {mode:04o}: group or others could replace the keystore files \
+         in it; refusing to use it (fix: chmod go-w {})",
+        .path.display(), .path.display()
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A keystore file is a symbolic link or not a regular file.
     #[error("{} is a symbolic link or not a regular file; refusing to use it", .path.display())]
     NotRegularFile {

@@ -44,6 +44,38 @@ pub fn check_private_file(path: &Path) -> Result<bool, KeystoreError> {
     Ok(true)
 }
 
+/// Checks the directory holding keystore files: others must not be able to replace the files
+/// in it (group/other-writable without the sticky bit is refused), and it must belong to this
+/// user or root. A missing directory passes (it will be created with mode 0700).
+pub fn check_private_dir(dir: &Path) -> Result<(), KeystoreError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let md = match fs::metadata(dir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(KeystoreError::io(dir, e)),
+    };
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(KeystoreError::UnsafeDirectory {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    let uid = euid();
+    if uid != 0 && md.uid() != uid && md.uid() != 0 {
+        return Err(KeystoreError::WrongOwner {
+            path: dir.to_owned(),
+            owner: md.uid(),
+            uid,
+        });
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and missing parents) with mode 0700 when it does not exist.
 pub fn ensure_dir(dir: &Path) -> Result<(), KeystoreError> {
     if dir.as_os_str().is_empty() || dir.exists() {
@@ -186,6 +218,16 @@ mod tests {
             check_private_file(&p),
             Err(KeystoreError::UnsafePermissions { mode: 0o640, .. })
         ));
+        let sub = d.path().join("sub");
+        ensure_dir(&sub).unwrap();
+        check_private_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            check_private_dir(&sub),
+            Err(KeystoreError::UnsafeDirectory { mode: 0o777, .. })
+        ));
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_private_dir(&sub).unwrap();
         let l = d.path().join("link");
         std::os::unix::fs::symlink(&p, &l).unwrap();
         assert!(matches!(

@@ -433,6 +433,9 @@ impl Keystore {
     ) -> Result<Keystore> {
         let key_path = key_file_path(path, kind);
         let audit_path = audit_log_path(path);
+        if let Some(dir) = path.parent() {
+            fsutil::check_private_dir(dir)?;
+        }
         let db_exists = fsutil::check_private_file(path)?;
         match (db_exists, mode) {
             (true, Mode::Create) => {

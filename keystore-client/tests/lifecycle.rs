@@ -511,3 +511,11 @@ fn concurrent_creation_and_threads_lose_nothing() {
     want.sort();
     assert_eq!(seen, want);
 }
+
+/// The engine and the daemon share a keystore between threads behind a mutex.
+#[test]
+fn keystore_is_send() {
+    fn send<T: Send>() {}
+    send::<Keystore>();
+    send::<ferry_keystore::Secret>();
+}
