@@ -233,6 +233,12 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
         | E::InvalidValue { .. }
         | E::WrongPlace { .. }
         | E::InvalidArgument(_) => CliError::new(exit::INVALID, msg),
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            CliError::new(exit::UNSAFE_FILE, msg).hint(
+                "run ferry as the keystore's owner (the root keystore belongs to root or the \
+                 service account)",
+            )
+        }
         E::Database { .. } => CliError::new(exit::IO, msg)
             .hint("if another ferry process held the keystore for long, try again"),
         _ => CliError::new(exit::IO, msg),
