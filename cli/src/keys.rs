@@ -751,7 +751,8 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
 }
 
 /// After a change in the root keystore, refreshes the affected user's local keystore when it
-/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE).
+/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE). The
+/// change itself is committed by then, so a failed refresh is a warning, not an error.
 fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Result<(), CliError> {
     if category.home() != Home::Root {
         return Ok(());
@@ -769,23 +770,43 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
     if !path.exists() {
         return Ok(());
     }
-    let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
-    if let (Owner::User(_), Some(o)) = (owner, local.owner())
-        && o != owner
-    {
-        return Ok(());
+    let refresh = || -> Result<Option<String>, CliError> {
+        let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
+        if let (Owner::User(_), Some(o)) = (owner, local.owner())
+            && o != owner
+        {
+            return Ok(None);
+        }
+        let root = ctx.open_root()?;
+        let rep = local
+            .sync_from_root(&root, &ctx.sync_options()?)
+            .map_err(|e| ctx.err(e))?;
+        Ok(Some(format!(
+            "refreshed {} ({} usable, {} metadata only; copies expire at {})",
+            describe(&local),
+            rep.with_value,
+            rep.metadata_only,
+            time::rfc3339(rep.expires_at)
+        )))
+    };
+    match refresh() {
+        Ok(Some(line)) => out(line),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "ferry: warning: the change is committed, but refreshing the local keystore {} \
+                 failed: {}",
+                path.display(),
+                e.message
+            );
+            let who = match owner {
+                Owner::User(u) => u.as_str(),
+                Owner::Shared => "USER",
+            };
+            eprintln!("ferry: hint: refresh it later with `ferry keys -i -u {who}`");
+            Ok(())
+        }
     }
-    let root = ctx.open_root()?;
-    let rep = local
-        .sync_from_root(&root, &ctx.sync_options()?)
-        .map_err(|e| ctx.err(e))?;
-    out(format!(
-        "refreshed {} ({} usable, {} metadata only; copies expire at {})",
-        describe(&local),
-        rep.with_value,
-        rep.metadata_only,
-        time::rfc3339(rep.expires_at)
-    ))
 }
 
 fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {

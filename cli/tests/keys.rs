@@ -516,3 +516,29 @@ fn wrong_states_and_bad_input() {
     assert_eq!(e.run(&[]).status.code(), Some(2));
     assert_eq!(e.run(&["--list", "--audit"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_failed_refresh_after_a_committed_change_is_a_warning() {
+    let e = Env::new();
+    e.ok_stdin(&["-u", "alice", "-s", "ssear"], b"v1");
+    e.ok(&["-i", "-u", "alice"]);
+    std::fs::set_permissions(e.local(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = e.run(&["-u", "alice", "-s", "ssear", "--rotate"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "rotated alice/ssear: new version 2 is active (root keystore {})\n",
+            e.root().display()
+        )
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "ferry: warning: the change is committed, but refreshing the local keystore {p} failed: \
+             {p} has mode 0644: group or others can access it; refusing to use it (fix: chmod 600 \
+             {p})\nferry: hint: refresh it later with `ferry keys -i -u alice`\n",
+            p = e.local().display()
+        )
+    );
+}

@@ -758,7 +758,7 @@ impl Keystore {
         });
         match result {
             Ok(Some(rec)) => {
-                let _ = audit::append_log(&audit_log_path(path), &[rec]);
+                let _ = audit::append_log(&audit_log_path(path), path, &[rec]);
             }
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -822,7 +822,7 @@ impl Keystore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(self.db_err(e));
         }
-        audit::append_log(&self.audit_path, &records).map_err(|source| {
+        audit::append_log(&self.audit_path, &self.path, &records).map_err(|source| {
             KeystoreError::AuditLog {
                 path: self.audit_path.clone(),
                 source,
