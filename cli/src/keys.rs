@@ -185,11 +185,16 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
     let who = user.unwrap_or("USER");
     match &e {
         E::NotFound { kind: KeystoreKind::Root, .. } => CliError::new(exit::MISSING, msg).hint(
-            "create it with `ferry keys -i` (or store a first secret with `ferry keys -s \
-             CATEGORY`), or point --root-keystore / FERRY_ROOT_KEYSTORE at the existing one",
+            "or store a first secret with `ferry keys -s CATEGORY`, or point --root-keystore / \
+             FERRY_ROOT_KEYSTORE at the existing keystore",
         ),
-        E::NotFound { kind: KeystoreKind::Local, .. } => CliError::new(exit::MISSING, msg)
-            .hint(format!("create it with `ferry keys -i -u {who}`")),
+        E::NotFound { kind: KeystoreKind::Local, path } => CliError::new(
+            exit::MISSING,
+            format!(
+                "local keystore {} does not exist; create it with `ferry keys -i -u {who}`",
+                path.display()
+            ),
+        ),
         E::KeyFileMissing { .. } => CliError::new(exit::MISSING, msg),
         E::UnsafePermissions { .. } => CliError::new(exit::UNSAFE_FILE, msg).hint(
             "keystore files must be readable and writable by their owner only, like ssh \

@@ -239,9 +239,9 @@ fn missing_keystores_name_the_creating_command() {
         &e.run(&["--list"]),
         20,
         &format!(
-            "ferry: error: root keystore {} does not exist\nferry: hint: create it with `ferry keys -i` \
-             (or store a first secret with `ferry keys -s CATEGORY`), or point --root-keystore / \
-             FERRY_ROOT_KEYSTORE at the existing one\n",
+            "ferry: error: root keystore {} does not exist; create it with `ferry keys -i`\nferry: \
+             hint: or store a first secret with `ferry keys -s CATEGORY`, or point --root-keystore \
+             / FERRY_ROOT_KEYSTORE at the existing keystore\n",
             e.root().display()
         ),
     );
@@ -249,7 +249,7 @@ fn missing_keystores_name_the_creating_command() {
         &e.run(&["--list", "--local", "-u", "alice"]),
         20,
         &format!(
-            "ferry: error: local keystore {} does not exist\nferry: hint: create it with `ferry keys -i -u alice`\n",
+            "ferry: error: local keystore {} does not exist; create it with `ferry keys -i -u alice`\n",
             e.local().display()
         ),
     );
