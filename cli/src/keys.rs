@@ -344,8 +344,10 @@ fn read_value_from_stdin() -> Result<SecretBytes, CliError> {
         )
         .hint("pipe it in: printf %s \"$SECRET\" | ferry keys ... ; or use --generate"));
     }
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    let limit = (ferry_keystore::MAX_SECRET_LEN + 3) as u64;
+    let limit = ferry_keystore::MAX_SECRET_LEN + 3;
+    // Allocated once at its final size, so no reallocation leaves a copy of the value behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(limit + 1));
+    let limit = limit as u64;
     stdin
         .lock()
         .take(limit)

@@ -512,6 +512,11 @@ fn wrong_states_and_bad_input() {
         26,
         "ferry: error: invalid user name '../etc': a user name must not start with '-' or '.'\n",
     );
+    fails(
+        &e.run_stdin(&["-u", "alice", "-s", "ssear"], &vec![b'x'; 100_000]),
+        26,
+        "ferry: error: invalid ssear value: the value is longer than the limit of 4096 bytes\n",
+    );
     // Nothing to do / clap usage errors exit 2.
     assert_eq!(e.run(&[]).status.code(), Some(2));
     assert_eq!(e.run(&["--list", "--audit"]).status.code(), Some(2));
