@@ -56,6 +56,7 @@ pub(crate) mod exit {
     group(ArgGroup::new("action").multiple(false).args([
         "init", "list", "history", "audit", "generate", "rotate", "activate", "suspend",
         "deactivate", "compromised", "destroy", "min_decryption_version",
+        "set_stash_passphrase", "remove_stash_passphrase",
     ])),
     after_help = "The secret value is read from stdin, never from the command line: \
                   printf %s \"$SECRET\" | ferry keys -u alice -s ssear"
@@ -125,6 +126,20 @@ pub(crate) struct KeysArgs {
     /// Refuse decryption with versions below N (reversible; Vault's min_decryption_version).
     #[arg(long, value_name = "N")]
     min_decryption_version: Option<u32>,
+
+    /// Protect the root keystore's stash with a new passphrase, read from
+    /// --new-stash-passphrase-file or FERRY_NEW_STASH_PASSPHRASE.
+    #[arg(long)]
+    set_stash_passphrase: bool,
+
+    /// Remove the passphrase protection of the root keystore's stash (file permissions only
+    /// from then on).
+    #[arg(long)]
+    remove_stash_passphrase: bool,
+
+    /// File holding the new passphrase for --set-stash-passphrase (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "set_stash_passphrase")]
+    new_stash_passphrase_file: Option<PathBuf>,
 
     /// Store the new version as pre-active (activate it later with --activate --version N).
     #[arg(long)]
@@ -300,20 +315,28 @@ fn current_user_name() -> String {
         .unwrap_or_else(|| format!("uid{uid}"))
 }
 
+/// Reads a passphrase file (it must be private, like the keystore; one trailing newline is
+/// removed).
+fn read_passphrase_file(file: &Path) -> Result<SecretBytes, CliError> {
+    ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
+    Ok(strip_newline(SecretBytes::new(bytes)))
+}
+
+/// A non-empty secret from the environment.
+fn env_secret(name: &str) -> Option<SecretBytes> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(|v| SecretBytes::new(v.into_vec()))
+}
+
 /// Reads the stash passphrase from --stash-passphrase-file or FERRY_STASH_PASSPHRASE.
 fn stash_passphrase(paths: &KeystorePaths) -> Result<Option<SecretBytes>, CliError> {
-    if let Some(file) = &paths.stash_passphrase_file {
-        ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
-        let bytes = std::fs::read(file)
-            .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
-        return Ok(Some(strip_newline(SecretBytes::new(bytes))));
-    }
-    match std::env::var_os("FERRY_STASH_PASSPHRASE") {
-        Some(v) if !v.is_empty() => {
-            use std::os::unix::ffi::OsStringExt;
-            Ok(Some(SecretBytes::new(v.into_vec())))
-        }
-        _ => Ok(None),
+    match &paths.stash_passphrase_file {
+        Some(file) => read_passphrase_file(file).map(Some),
+        None => Ok(env_secret("FERRY_STASH_PASSPHRASE")),
     }
 }
 
@@ -603,6 +626,9 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         }
         return print_infos(&infos, args.json);
     }
+    if args.set_stash_passphrase || args.remove_stash_passphrase {
+        return reprotect(&ctx);
+    }
     if args.audit {
         let ks = if args.local {
             ctx.open_local()?
@@ -814,6 +840,42 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
             Ok(())
         }
     }
+}
+
+/// `--set-stash-passphrase` / `--remove-stash-passphrase`.
+fn reprotect(ctx: &Ctx<'_>) -> Result<(), CliError> {
+    let new = if ctx.args.set_stash_passphrase {
+        let p = match &ctx.args.new_stash_passphrase_file {
+            Some(file) => Some(read_passphrase_file(file)?),
+            None => env_secret("FERRY_NEW_STASH_PASSPHRASE"),
+        };
+        Some(p.ok_or_else(|| {
+            CliError::new(exit::INVALID, "no new stash passphrase given")
+                .hint("pass --new-stash-passphrase-file FILE or set FERRY_NEW_STASH_PASSPHRASE")
+        })?)
+    } else {
+        None
+    };
+    if ctx.args.local {
+        return Err(CliError::new(
+            exit::INVALID,
+            "a stash passphrase protects the root keystore only; local key files rely on the \
+             user's file permissions",
+        ));
+    }
+    let ks = ctx.open_root()?;
+    ks.reprotect_key_file(new.as_ref(), ferry_keystore::Argon2Params::DEFAULT)
+        .map_err(|e| ctx.err(e))?;
+    out(format!(
+        "{} of {} is now protected by {}",
+        ks.key_file_path().display(),
+        describe(&ks),
+        if new.is_some() {
+            "the new passphrase"
+        } else {
+            "file permissions only"
+        }
+    ))
 }
 
 fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {

@@ -547,3 +547,65 @@ fn a_failed_refresh_after_a_committed_change_is_a_warning() {
         )
     );
 }
+
+#[test]
+fn stash_passphrase_can_be_set_and_removed() {
+    let e = Env::new();
+    e.ok_stdin(&["-u", "alice", "-s", "ssear"], b"v1");
+    let pf = e.dir.path().join("newpass");
+    std::fs::write(&pf, "a new stash passphrase\n").unwrap();
+    std::fs::set_permissions(&pf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = e.ok(&[
+        "--set-stash-passphrase",
+        "--new-stash-passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "{} of root keystore {} is now protected by the new passphrase\n",
+            e.stash().display(),
+            e.root().display()
+        )
+    );
+    assert_eq!(
+        std::fs::metadata(e.stash()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read(e.stash()).unwrap()[10],
+        1,
+        "stash not marked as protected"
+    );
+    // From now on the passphrase is needed ...
+    assert_eq!(e.run(&["--list"]).status.code(), Some(23));
+    let mut c = e.cmd(&["-u", "alice", "-H", "ssear"]);
+    c.env("FERRY_STASH_PASSPHRASE", "a new stash passphrase");
+    let o = run_with_stdin(c, b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ... and the secrets are unchanged (same key, re-protected).
+    let ks = Keystore::open_root(
+        &e.root(),
+        &Options::new().passphrase(ferry_keystore::SecretBytes::from_slice(
+            b"a new stash passphrase",
+        )),
+    )
+    .unwrap();
+    assert_eq!(
+        ks.current(&Owner::user("alice").unwrap(), Category::Ssear)
+            .unwrap()
+            .value()
+            .expose(),
+        b"v1"
+    );
+    drop(ks);
+    // Removing the protection needs the current passphrase.
+    let mut c = e.cmd(&["--remove-stash-passphrase"]);
+    c.env("FERRY_STASH_PASSPHRASE", "a new stash passphrase");
+    let o = run_with_stdin(c, b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e.ok(&["--list"]);
+    let audit = e.ok(&["--audit", "--json"]);
+    assert_eq!(audit.matches("\"op\":\"key-file\"").count(), 2, "{audit}");
+    assert!(!audit.contains("a new stash passphrase"));
+}

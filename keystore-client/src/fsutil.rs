@@ -145,6 +145,16 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keysto
 
 /// Replaces `path` with `bytes` atomically (temporary name, fsync, rename), keeping `mode`.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
+    replace_file_owned(path, bytes, mode, None)
+}
+
+/// [`replace_file`], giving the new file `owner` (uid, gid) before it takes the final name.
+pub(crate) fn replace_file_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), KeystoreError> {
     let tmp = temp_name(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -158,6 +168,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keystore
             .map_err(|e| KeystoreError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| KeystoreError::io(&tmp, e))?;
         f.sync_all().map_err(|e| KeystoreError::io(&tmp, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| KeystoreError::io(&tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| KeystoreError::io(path, e))
     })();
     if result.is_err() {
