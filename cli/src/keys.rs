@@ -894,8 +894,9 @@ fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {
                     }
                 )),
                 Err(KeystoreError::AlreadyExists { .. }) => {
-                    // Already there: open it to prove it is healthy.
-                    let ks = ctx.open_root()?;
+                    // Already there: open it to prove it is healthy (and finish a creation that
+                    // was interrupted before the schema was written).
+                    let ks = ctx.open_or_create_root()?;
                     out(format!("{} already exists; nothing to do", describe(&ks)))
                 }
                 Err(e) => Err(ctx.err(e)),

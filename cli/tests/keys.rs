@@ -609,3 +609,25 @@ fn stash_passphrase_can_be_set_and_removed() {
     assert_eq!(audit.matches("\"op\":\"key-file\"").count(), 2, "{audit}");
     assert!(!audit.contains("a new stash passphrase"));
 }
+
+#[test]
+fn an_interrupted_creation_is_finished_by_init() {
+    let e = Env::new();
+    e.ok(&["-i"]);
+    // Simulate a crash after the stash and the empty database file were created.
+    std::fs::write(e.root(), b"").unwrap();
+    let o = e.run(&["--list"]);
+    assert_eq!(o.status.code(), Some(22));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("`ferry keys -i` (with -u USER for a local keystore) finishes it")
+    );
+    assert_eq!(
+        e.ok(&["-i"]),
+        format!(
+            "root keystore {} already exists; nothing to do\n",
+            e.root().display()
+        )
+    );
+    assert_eq!(e.ok(&["--list"]), "no records found\n");
+}

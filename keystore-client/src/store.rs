@@ -533,7 +533,9 @@ impl Keystore {
         if len == 0 && mode == Mode::Open {
             return Err(KeystoreError::Corrupt {
                 path: path.to_owned(),
-                reason: "the file is empty; its creation was interrupted".into(),
+                reason: "the file is empty: its creation was interrupted; `ferry keys -i` \
+                         (with -u USER for a local keystore) finishes it"
+                    .into(),
             });
         }
 
