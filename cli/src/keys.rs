@@ -739,19 +739,17 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         return refresh_after_change(&ctx, &owner, category);
     }
     let put_opts = ctx.put_options()?;
-    let info = if args.rotate {
+    if args.rotate {
         let ks = ctx.home_of(category, false)?;
         let i = ks
             .rotate(&owner, category, &put_opts)
             .map_err(|e| ctx.err(e))?;
         out(format!(
-            "rotated {}: new version {} is {} ({})",
-            format_args!("{owner}/{category}"),
+            "rotated {owner}/{category}: new version {} is {} ({})",
             i.version,
             i.state,
             describe(&ks)
         ))?;
-        i
     } else if args.generate {
         let ks = ctx.home_of(category, true)?;
         let i = ks
@@ -763,7 +761,6 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
             i.state,
             describe(&ks)
         ))?;
-        i
     } else {
         let value = read_value_from_stdin()?;
         let value = category.normalize_value(value).map_err(|e| ctx.err(e))?;
@@ -777,9 +774,7 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
             i.state,
             describe(&ks)
         ))?;
-        i
-    };
-    let _ = info;
+    }
     refresh_after_change(&ctx, &owner, category)
 }
 
