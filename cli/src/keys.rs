@@ -56,6 +56,7 @@ pub(crate) mod exit {
     group(ArgGroup::new("action").multiple(false).args([
         "init", "list", "history", "audit", "generate", "rotate", "activate", "suspend",
         "deactivate", "compromised", "destroy", "min_decryption_version",
+        "set_stash_passphrase", "remove_stash_passphrase",
     ])),
     after_help = "The secret value is read from stdin, never from the command line: \
                   printf %s \"$SECRET\" | ferry keys -u alice -s ssear"
@@ -126,6 +127,20 @@ pub(crate) struct KeysArgs {
     #[arg(long, value_name = "N")]
     min_decryption_version: Option<u32>,
 
+    /// Protect the root keystore's stash with a new passphrase, read from
+    /// --new-stash-passphrase-file or FERRY_NEW_STASH_PASSPHRASE.
+    #[arg(long)]
+    set_stash_passphrase: bool,
+
+    /// Remove the passphrase protection of the root keystore's stash (file permissions only
+    /// from then on).
+    #[arg(long)]
+    remove_stash_passphrase: bool,
+
+    /// File holding the new passphrase for --set-stash-passphrase (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "set_stash_passphrase")]
+    new_stash_passphrase_file: Option<PathBuf>,
+
     /// Store the new version as pre-active (activate it later with --activate --version N).
     #[arg(long)]
     pre_active: bool,
@@ -185,17 +200,24 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
     let who = user.unwrap_or("USER");
     match &e {
         E::NotFound { kind: KeystoreKind::Root, .. } => CliError::new(exit::MISSING, msg).hint(
-            "create it with `ferry keys -i` (or store a first secret with `ferry keys -s \
-             CATEGORY`), or point --root-keystore / FERRY_ROOT_KEYSTORE at the existing one",
+            "or store a first secret with `ferry keys -s CATEGORY`, or point --root-keystore / \
+             FERRY_ROOT_KEYSTORE at the existing keystore",
         ),
-        E::NotFound { kind: KeystoreKind::Local, .. } => CliError::new(exit::MISSING, msg)
-            .hint(format!("create it with `ferry keys -i -u {who}`")),
+        E::NotFound { kind: KeystoreKind::Local, path } => CliError::new(
+            exit::MISSING,
+            format!(
+                "local keystore {} does not exist; create it with `ferry keys -i -u {who}`",
+                path.display()
+            ),
+        ),
         E::KeyFileMissing { .. } => CliError::new(exit::MISSING, msg),
         E::UnsafePermissions { .. } => CliError::new(exit::UNSAFE_FILE, msg).hint(
             "keystore files must be readable and writable by their owner only, like ssh \
              private keys",
         ),
-        E::WrongOwner { .. } | E::NotRegularFile { .. } => CliError::new(exit::UNSAFE_FILE, msg),
+        E::WrongOwner { .. } | E::NotRegularFile { .. } | E::UnsafeDirectory { .. } => {
+            CliError::new(exit::UNSAFE_FILE, msg)
+        }
         E::Corrupt { .. } | E::CorruptKeyFile { .. } | E::Integrity { .. } => {
             CliError::new(exit::CORRUPT, msg)
         }
@@ -231,6 +253,12 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
         | E::InvalidValue { .. }
         | E::WrongPlace { .. }
         | E::InvalidArgument(_) => CliError::new(exit::INVALID, msg),
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            CliError::new(exit::UNSAFE_FILE, msg).hint(
+                "run ferry as the keystore's owner (the root keystore belongs to root or the \
+                 service account)",
+            )
+        }
         E::Database { .. } => CliError::new(exit::IO, msg)
             .hint("if another ferry process held the keystore for long, try again"),
         _ => CliError::new(exit::IO, msg),
@@ -287,20 +315,26 @@ fn current_user_name() -> String {
         .unwrap_or_else(|| format!("uid{uid}"))
 }
 
+/// Reads a passphrase file (it must be private, like the keystore; one trailing newline is
+/// removed).
+fn read_passphrase_file(file: &Path) -> Result<SecretBytes, CliError> {
+    ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
+    Ok(strip_newline(SecretBytes::new(bytes)))
+}
+
+/// A non-empty secret from the environment.
+fn env_secret(name: &str) -> Option<SecretBytes> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(|v| SecretBytes::new(v.into_vec()))
+}
+
 /// Reads the stash passphrase from --stash-passphrase-file or FERRY_STASH_PASSPHRASE.
 fn stash_passphrase(paths: &KeystorePaths) -> Result<Option<SecretBytes>, CliError> {
-    if let Some(file) = &paths.stash_passphrase_file {
-        ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
-        let bytes = std::fs::read(file)
-            .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
-        return Ok(Some(strip_newline(SecretBytes::new(bytes))));
-    }
-    match std::env::var_os("FERRY_STASH_PASSPHRASE") {
-        Some(v) if !v.is_empty() => {
-            use std::os::unix::ffi::OsStringExt;
-            Ok(Some(SecretBytes::new(v.into_vec())))
-        }
-        _ => Ok(None),
+    match &paths.stash_passphrase_file {
+        Some(file) => read_passphrase_file(file).map(Some),
+        None => Ok(env_secret("FERRY_STASH_PASSPHRASE")),
     }
 }
 
@@ -327,8 +361,10 @@ fn read_value_from_stdin() -> Result<SecretBytes, CliError> {
         )
         .hint("pipe it in: printf %s \"$SECRET\" | ferry keys ... ; or use --generate"));
     }
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    let limit = (ferry_keystore::MAX_SECRET_LEN + 3) as u64;
+    let limit = ferry_keystore::MAX_SECRET_LEN + 3;
+    // Allocated once at its final size, so no reallocation leaves a copy of the value behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(limit + 1));
+    let limit = limit as u64;
     stdin
         .lock()
         .take(limit)
@@ -560,6 +596,9 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         }
         return print_infos(&infos, args.json);
     }
+    if args.set_stash_passphrase || args.remove_stash_passphrase {
+        return reprotect(&ctx);
+    }
     if args.audit {
         let ks = if args.local { ctx.open_local()? } else { ctx.open_root()? };
         let records = ks.audit_records(args.limit).map_err(|e| ctx.err(e))?;
@@ -646,36 +685,32 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         return refresh_after_change(&ctx, &owner, category);
     }
     let put_opts = ctx.put_options()?;
-    let info = if args.rotate {
+    if args.rotate {
         let ks = ctx.home_of(category, false)?;
         let i = ks.rotate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
         out(format!(
-            "rotated {}: new version {} is {} ({})",
-            format_args!("{owner}/{category}"),
+            "rotated {owner}/{category}: new version {} is {} ({})",
             i.version,
             i.state,
             describe(&ks)
         ))?;
-        i
     } else if args.generate {
         let ks = ctx.home_of(category, true)?;
         let i = ks.generate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
         out(format!("generated {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
-        i
     } else {
         let value = read_value_from_stdin()?;
         let value = category.normalize_value(value).map_err(|e| ctx.err(e))?;
         let ks = ctx.home_of(category, true)?;
         let i = ks.put(&owner, category, value, &put_opts).map_err(|e| ctx.err(e))?;
         out(format!("stored {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
-        i
-    };
-    let _ = info;
+    }
     refresh_after_change(&ctx, &owner, category)
 }
 
 /// After a change in the root keystore, refreshes the affected user's local keystore when it
-/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE).
+/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE). The
+/// change itself is committed by then, so a failed refresh is a warning, not an error.
 fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Result<(), CliError> {
     if category.home() != Home::Root {
         return Ok(());
@@ -693,20 +728,72 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
     if !path.exists() {
         return Ok(());
     }
-    let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
-    if let (Owner::User(_), Some(o)) = (owner, local.owner())
-        && o != owner
-    {
-        return Ok(());
+    let refresh = || -> Result<Option<String>, CliError> {
+        let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
+        if let (Owner::User(_), Some(o)) = (owner, local.owner())
+            && o != owner
+        {
+            return Ok(None);
+        }
+        let root = ctx.open_root()?;
+        let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
+        Ok(Some(format!(
+            "refreshed {} ({} usable, {} metadata only; copies expire at {})",
+            describe(&local),
+            rep.with_value,
+            rep.metadata_only,
+            time::rfc3339(rep.expires_at)
+        )))
+    };
+    match refresh() {
+        Ok(Some(line)) => out(line),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "ferry: warning: the change is committed, but refreshing the local keystore {} \
+                 failed: {}",
+                path.display(),
+                e.message
+            );
+            let who = match owner {
+                Owner::User(u) => u.as_str(),
+                Owner::Shared => "USER",
+            };
+            eprintln!("ferry: hint: refresh it later with `ferry keys -i -u {who}`");
+            Ok(())
+        }
     }
-    let root = ctx.open_root()?;
-    let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
+}
+
+/// `--set-stash-passphrase` / `--remove-stash-passphrase`.
+fn reprotect(ctx: &Ctx<'_>) -> Result<(), CliError> {
+    let new = if ctx.args.set_stash_passphrase {
+        let p = match &ctx.args.new_stash_passphrase_file {
+            Some(file) => Some(read_passphrase_file(file)?),
+            None => env_secret("FERRY_NEW_STASH_PASSPHRASE"),
+        };
+        Some(p.ok_or_else(|| {
+            CliError::new(exit::INVALID, "no new stash passphrase given")
+                .hint("pass --new-stash-passphrase-file FILE or set FERRY_NEW_STASH_PASSPHRASE")
+        })?)
+    } else {
+        None
+    };
+    if ctx.args.local {
+        return Err(CliError::new(
+            exit::INVALID,
+            "a stash passphrase protects the root keystore only; local key files rely on the \
+             user's file permissions",
+        ));
+    }
+    let ks = ctx.open_root()?;
+    ks.reprotect_key_file(new.as_ref(), ferry_keystore::Argon2Params::DEFAULT)
+        .map_err(|e| ctx.err(e))?;
     out(format!(
-        "refreshed {} ({} usable, {} metadata only; copies expire at {})",
-        describe(&local),
-        rep.with_value,
-        rep.metadata_only,
-        time::rfc3339(rep.expires_at)
+        "{} of {} is now protected by {}",
+        ks.key_file_path().display(),
+        describe(&ks),
+        if new.is_some() { "the new passphrase" } else { "file permissions only" }
     ))
 }
 
@@ -726,8 +813,9 @@ fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {
                     }
                 )),
                 Err(KeystoreError::AlreadyExists { .. }) => {
-                    // Already there: open it to prove it is healthy.
-                    let ks = ctx.open_root()?;
+                    // Already there: open it to prove it is healthy (and finish a creation that
+                    // was interrupted before the schema was written).
+                    let ks = ctx.open_or_create_root()?;
                     out(format!("{} already exists; nothing to do", describe(&ks)))
                 }
                 Err(e) => Err(ctx.err(e)),

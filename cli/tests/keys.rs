@@ -167,9 +167,9 @@ fn missing_keystores_name_the_creating_command() {
         &e.run(&["--list"]),
         20,
         &format!(
-            "ferry: error: root keystore {} does not exist\nferry: hint: create it with `ferry keys -i` \
-             (or store a first secret with `ferry keys -s CATEGORY`), or point --root-keystore / \
-             FERRY_ROOT_KEYSTORE at the existing one\n",
+            "ferry: error: root keystore {} does not exist; create it with `ferry keys -i`\nferry: \
+             hint: or store a first secret with `ferry keys -s CATEGORY`, or point --root-keystore \
+             / FERRY_ROOT_KEYSTORE at the existing keystore\n",
             e.root().display()
         ),
     );
@@ -177,7 +177,7 @@ fn missing_keystores_name_the_creating_command() {
         &e.run(&["--list", "--local", "-u", "alice"]),
         20,
         &format!(
-            "ferry: error: local keystore {} does not exist\nferry: hint: create it with `ferry keys -i -u alice`\n",
+            "ferry: error: local keystore {} does not exist; create it with `ferry keys -i -u alice`\n",
             e.local().display()
         ),
     );
@@ -217,6 +217,19 @@ fn unsafe_permissions_are_refused_with_the_fix() {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     e.ok(&["--list"]);
+    // So is a directory others could write to.
+    let dir = e.root().parent().unwrap().to_owned();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    fails(
+        &e.run(&["--list"]),
+        21,
+        &format!(
+            "ferry: error: directory {d} has mode 0775: group or others could replace the keystore \
+             files in it; refusing to use it (fix: chmod go-w {d})\n",
+            d = dir.display()
+        ),
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     // A symlink is refused too.
     let link = e.dir.path().join("link.db");
     std::os::unix::fs::symlink(e.root(), &link).unwrap();
@@ -408,7 +421,105 @@ fn wrong_states_and_bad_input() {
         26,
         "ferry: error: invalid user name '../etc': a user name must not start with '-' or '.'\n",
     );
+    fails(
+        &e.run_stdin(&["-u", "alice", "-s", "ssear"], &vec![b'x'; 100_000]),
+        26,
+        "ferry: error: invalid ssear value: the value is longer than the limit of 4096 bytes\n",
+    );
     // Nothing to do / clap usage errors exit 2.
     assert_eq!(e.run(&[]).status.code(), Some(2));
     assert_eq!(e.run(&["--list", "--audit"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_failed_refresh_after_a_committed_change_is_a_warning() {
+    let e = Env::new();
+    e.ok_stdin(&["-u", "alice", "-s", "ssear"], b"v1");
+    e.ok(&["-i", "-u", "alice"]);
+    std::fs::set_permissions(e.local(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = e.run(&["-u", "alice", "-s", "ssear", "--rotate"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "rotated alice/ssear: new version 2 is active (root keystore {})\n",
+            e.root().display()
+        )
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "ferry: warning: the change is committed, but refreshing the local keystore {p} failed: \
+             {p} has mode 0644: group or others can access it; refusing to use it (fix: chmod 600 \
+             {p})\nferry: hint: refresh it later with `ferry keys -i -u alice`\n",
+            p = e.local().display()
+        )
+    );
+}
+
+#[test]
+fn stash_passphrase_can_be_set_and_removed() {
+    let e = Env::new();
+    e.ok_stdin(&["-u", "alice", "-s", "ssear"], b"v1");
+    let pf = e.dir.path().join("newpass");
+    std::fs::write(&pf, "a new stash passphrase\n").unwrap();
+    std::fs::set_permissions(&pf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out =
+        e.ok(&["--set-stash-passphrase", "--new-stash-passphrase-file", pf.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        format!(
+            "{} of root keystore {} is now protected by the new passphrase\n",
+            e.stash().display(),
+            e.root().display()
+        )
+    );
+    assert_eq!(std::fs::metadata(e.stash()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(e.stash()).unwrap()[10], 1, "stash not marked as protected");
+    // From now on the passphrase is needed ...
+    assert_eq!(e.run(&["--list"]).status.code(), Some(23));
+    let mut c = e.cmd(&["-u", "alice", "-H", "ssear"]);
+    c.env("FERRY_STASH_PASSPHRASE", "a new stash passphrase");
+    let o = run_with_stdin(c, b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ... and the secrets are unchanged (same key, re-protected).
+    let ks = Keystore::open_root(
+        &e.root(),
+        &Options::new()
+            .passphrase(ferry_keystore::SecretBytes::from_slice(b"a new stash passphrase")),
+    )
+    .unwrap();
+    assert_eq!(
+        ks.current(&Owner::user("alice").unwrap(), Category::Ssear).unwrap().value().expose(),
+        b"v1"
+    );
+    drop(ks);
+    // Removing the protection needs the current passphrase.
+    let mut c = e.cmd(&["--remove-stash-passphrase"]);
+    c.env("FERRY_STASH_PASSPHRASE", "a new stash passphrase");
+    let o = run_with_stdin(c, b"");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e.ok(&["--list"]);
+    let audit = e.ok(&["--audit", "--json"]);
+    assert_eq!(audit.matches("\"op\":\"key-file\"").count(), 2, "{audit}");
+    assert!(!audit.contains("a new stash passphrase"));
+}
+
+#[test]
+fn an_interrupted_creation_is_finished_by_init() {
+    let e = Env::new();
+    e.ok(&["-i"]);
+    // Simulate a crash after the stash and the empty database file were created.
+    std::fs::write(e.root(), b"").unwrap();
+    let o = e.run(&["--list"]);
+    assert_eq!(o.status.code(), Some(22));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("`ferry keys -i` (with -u USER for a local keystore) finishes it")
+    );
+    assert_eq!(
+        e.ok(&["-i"]),
+        format!("root keystore {} already exists; nothing to do\n", e.root().display())
+    );
+    assert_eq!(e.ok(&["--list"]), "no records found\n");
 }

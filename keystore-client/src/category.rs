@@ -104,7 +104,7 @@ impl Category {
         if v.len() > MAX_SECRET_LEN {
             return Err(KeystoreError::InvalidValue {
                 category: self,
-                reason: format!("the value is {} bytes; the limit is {MAX_SECRET_LEN}", v.len()),
+                reason: format!("the value is longer than the limit of {MAX_SECRET_LEN} bytes"),
             });
         }
         if self != Category::RedisMasterKey {

@@ -35,6 +35,27 @@ pub fn check_private_file(path: &Path) -> Result<bool, KeystoreError> {
     Ok(true)
 }
 
+/// Checks the directory holding keystore files: others must not be able to replace the files
+/// in it (group/other-writable without the sticky bit is refused), and it must belong to this
+/// user or root. A missing directory passes (it will be created with mode 0700).
+pub fn check_private_dir(dir: &Path) -> Result<(), KeystoreError> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let md = match fs::metadata(dir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(KeystoreError::io(dir, e)),
+    };
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(KeystoreError::UnsafeDirectory { path: dir.to_owned(), mode });
+    }
+    let uid = euid();
+    if uid != 0 && md.uid() != uid && md.uid() != 0 {
+        return Err(KeystoreError::WrongOwner { path: dir.to_owned(), owner: md.uid(), uid });
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and missing parents) with mode 0700 when it does not exist.
 pub fn ensure_dir(dir: &Path) -> Result<(), KeystoreError> {
     if dir.as_os_str().is_empty() || dir.exists() {
@@ -99,6 +120,16 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keysto
 
 /// Replaces `path` with `bytes` atomically (temporary name, fsync, rename), keeping `mode`.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
+    replace_file_owned(path, bytes, mode, None)
+}
+
+/// [`replace_file`], giving the new file `owner` (uid, gid) before it takes the final name.
+pub(crate) fn replace_file_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), KeystoreError> {
     let tmp = temp_name(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -112,6 +143,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keystore
             .map_err(|e| KeystoreError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| KeystoreError::io(&tmp, e))?;
         f.sync_all().map_err(|e| KeystoreError::io(&tmp, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| KeystoreError::io(&tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| KeystoreError::io(path, e))
     })();
     if result.is_err() {
@@ -164,6 +199,16 @@ mod tests {
             check_private_file(&p),
             Err(KeystoreError::UnsafePermissions { mode: 0o640, .. })
         ));
+        let sub = d.path().join("sub");
+        ensure_dir(&sub).unwrap();
+        check_private_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            check_private_dir(&sub),
+            Err(KeystoreError::UnsafeDirectory { mode: 0o777, .. })
+        ));
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_private_dir(&sub).unwrap();
         let l = d.path().join("link");
         std::os::unix::fs::symlink(&p, &l).unwrap();
         assert!(matches!(check_private_file(&l), Err(KeystoreError::NotRegularFile { .. })));

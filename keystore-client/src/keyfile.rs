@@ -322,4 +322,34 @@ mod tests {
         b[28..32].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(KeyFile::parse(&b), Err(KeyFileError::Malformed(_))));
     }
+
+    /// The fuzz target's property, run over seeded random inputs and mutations of valid files.
+    #[test]
+    fn parse_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = KeyFile::encode(KeystoreKind::Root, [1; 16], &Key32::random(), None).unwrap();
+        for i in 0..20_000 {
+            let mut buf = if i % 2 == 0 {
+                valid.to_vec()
+            } else {
+                (0..(next() % 200) as usize).map(|_| next() as u8).collect()
+            };
+            for _ in 0..(next() % 4) {
+                if !buf.is_empty() {
+                    let at = (next() as usize) % buf.len();
+                    buf[at] = next() as u8;
+                }
+            }
+            if i % 3 == 0 && buf.len() > 10 {
+                buf[10] = 1; // protected: parameters must be bounded before any KDF work
+            }
+            let _ = KeyFile::parse(&buf);
+        }
+    }
 }

@@ -257,6 +257,8 @@ pub struct Keystore {
     id: [u8; 16],
     owner: Option<Owner>,
     wrap: WrapKey,
+    key: Key32,
+    key_path: PathBuf,
     actor: String,
 }
 
@@ -414,6 +416,9 @@ impl Keystore {
     ) -> Result<Keystore> {
         let key_path = key_file_path(path, kind);
         let audit_path = audit_log_path(path);
+        if let Some(dir) = path.parent() {
+            fsutil::check_private_dir(dir)?;
+        }
         let db_exists = fsutil::check_private_file(path)?;
         match (db_exists, mode) {
             (true, Mode::Create) => {
@@ -489,7 +494,6 @@ impl Keystore {
             }
         })?;
         let wrap = WrapKey::derive(&key, key_file.keystore_id());
-        drop(key);
 
         // Only metadata here: opening and closing the database file ourselves would drop the
         // POSIX locks SQLite holds on it for other connections of this process.
@@ -497,7 +501,9 @@ impl Keystore {
         if len == 0 && mode == Mode::Open {
             return Err(KeystoreError::Corrupt {
                 path: path.to_owned(),
-                reason: "the file is empty; its creation was interrupted".into(),
+                reason: "the file is empty: its creation was interrupted; `ferry keys -i` \
+                         (with -u USER for a local keystore) finishes it"
+                    .into(),
             });
         }
 
@@ -628,6 +634,8 @@ impl Keystore {
             id,
             owner: found_owner,
             wrap,
+            key,
+            key_path,
             actor,
         };
         Ok(ks)
@@ -699,7 +707,7 @@ impl Keystore {
         });
         match result {
             Ok(Some(rec)) => {
-                let _ = audit::append_log(&audit_log_path(path), &[rec]);
+                let _ = audit::append_log(&audit_log_path(path), path, &[rec]);
             }
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -760,7 +768,7 @@ impl Keystore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(self.db_err(e));
         }
-        audit::append_log(&self.audit_path, &records)
+        audit::append_log(&self.audit_path, &self.path, &records)
             .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
         Ok(value)
     }
@@ -1312,6 +1320,49 @@ impl Keystore {
                 detail: Some(format!("{old} -> {min}")),
                 ..Default::default()
             })
+        })
+    }
+
+    /// The key file beside the database (`.stash` for root, `.key` for local).
+    pub fn key_file_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Re-protects the key file: under `passphrase` through Argon2id with `params`, or, with
+    /// `None`, by file permissions only. The key itself and the database do not change; the file
+    /// is replaced atomically (temporary name, fsync, rename) with its owner and mode 0600
+    /// kept. Audited as `key-file`.
+    pub fn reprotect_key_file(
+        &self,
+        passphrase: Option<&SecretBytes>,
+        params: Argon2Params,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if passphrase.is_some_and(SecretBytes::is_empty) {
+            return Err(KeystoreError::InvalidArgument("the stash passphrase is empty".into()));
+        }
+        let bytes = KeyFile::encode(self.kind, self.id, &self.key, passphrase.map(|p| (p, params)))
+            .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
+        let md =
+            std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
+        fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+        self.write_tx(|conn, records| {
+            self.record(
+                conn,
+                records,
+                time::now(),
+                NewRecord {
+                    op: "key-file",
+                    detail: Some(match passphrase {
+                        Some(_) => format!(
+                            "key file re-protected by a passphrase (Argon2id m={} KiB, t={}, p={})",
+                            params.m_cost_kib, params.t_cost, params.p_cost
+                        ),
+                        None => "key file re-protected by file permissions only".into(),
+                    }),
+                    ..Default::default()
+                },
+            )
         })
     }
 

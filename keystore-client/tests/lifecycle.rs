@@ -365,3 +365,31 @@ fn concurrent_creation_and_threads_lose_nothing() {
     want.sort();
     assert_eq!(seen, want);
 }
+
+/// The engine and the daemon share a keystore between threads behind a mutex.
+#[test]
+fn keystore_is_send() {
+    fn send<T: Send>() {}
+    send::<Keystore>();
+    send::<ferry_keystore::Secret>();
+}
+
+/// Library users (the daemon) get the creating command in the error itself.
+#[test]
+fn missing_keystores_name_the_creating_command() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("rootkeystore.db");
+    assert_eq!(
+        Keystore::open_root(&p, &Options::new()).unwrap_err().to_string(),
+        format!("root keystore {} does not exist; create it with `ferry keys -i`", p.display())
+    );
+    let l = d.path().join("localkeystore.db");
+    assert_eq!(
+        Keystore::open_local(&l, &Options::new()).unwrap_err().to_string(),
+        format!(
+            "local keystore {} does not exist; create it with `ferry keys -i -u USER`",
+            l.display()
+        )
+    );
+    assert!(!p.exists() && !l.exists());
+}

@@ -124,14 +124,17 @@ fn backup_path(config: &Path) -> PathBuf {
 
 pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
     let cfg = &args.config;
-    let original = std::fs::read(cfg)
-        .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?;
+    // The file holds plaintext secrets: keep our copies of its bytes in zeroizing buffers.
+    let original = zeroize::Zeroizing::new(
+        std::fs::read(cfg)
+            .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?,
+    );
     let mode = std::fs::metadata(cfg)
         .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?
         .permissions()
         .mode()
         & 0o7777;
-    let text = String::from_utf8(original.clone())
+    let text = std::str::from_utf8(&original)
         .map_err(|_| config_error(format!("{} is not UTF-8 text", cfg.display())))?;
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
         config_error(format!("cannot parse {} as TOML: {}", cfg.display(), e.message()))
