@@ -20,6 +20,7 @@ use crate::model::{DirectionConfig, DropCause, Impairment, Verdict};
 
 /// Configuration of both directions. "a" is the client side, "b" the server side.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LinkConfig {
     /// Client -> server.
     pub forward: DirectionConfig,

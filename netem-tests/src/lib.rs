@@ -6,10 +6,13 @@
 
 pub mod emulator;
 pub mod error;
+pub mod grid;
 pub mod model;
 pub mod netns;
+pub mod peers;
 pub mod probe;
 pub mod rng;
+pub mod svg;
 pub mod testbed;
 
 pub use emulator::{DirectionStats, LinkConfig, LinkStats};

@@ -60,8 +60,10 @@ impl GilbertElliott {
     }
 }
 
-/// Configuration of one direction of the emulated link.
+/// Configuration of one direction of the emulated link (JSON fields may be omitted: they
+/// default to "no impairment").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DirectionConfig {
     /// One-way propagation delay, microseconds.
     pub delay_us: u64,

@@ -174,7 +174,17 @@ pub fn iperf3(
             cmd.args(["-C", cc]);
         }
         IperfMode::Udp { rate_bps, len } => {
-            cmd.args(["-u", "-b", &rate_bps.to_string(), "-l", &len.to_string()]);
+            // A 4 MiB socket buffer (net.core.rmem_max here) so that the receiving tool, not
+            // the link, is never what drops datagrams in a burst.
+            cmd.args([
+                "-u",
+                "-b",
+                &rate_bps.to_string(),
+                "-l",
+                &len.to_string(),
+                "-w",
+                "4M",
+            ]);
         }
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -38,6 +38,9 @@ pub enum BackendKind {
     Netem,
     /// The user-space `ferry-linkem` over TUN devices.
     Emulator,
+    /// A plain veth pair without any impairment: the reference the emulator's ceiling is
+    /// compared with.
+    Veth,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -45,6 +48,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             Self::Netem => "netem",
             Self::Emulator => "ferry-linkem",
+            Self::Veth => "plain veth",
         })
     }
 }
@@ -58,6 +62,8 @@ pub enum BackendChoice {
     Netem,
     /// The user-space emulator.
     Emulator,
+    /// A plain veth pair, only for an unimpaired configuration (reference measurements).
+    Veth,
 }
 
 /// The interface both back-ends offer once the link is up.
@@ -154,6 +160,12 @@ impl Testbed {
             }
             BackendChoice::Auto if netem_available() => BackendKind::Netem,
             BackendChoice::Auto => BackendKind::Emulator,
+            BackendChoice::Veth if *config == LinkConfig::default() => BackendKind::Veth,
+            BackendChoice::Veth => {
+                return Err(NetemError::Config(
+                    "a plain veth pair cannot impair the link; use the emulator or netem".into(),
+                ));
+            }
         };
         let client = Netns::create("c")?;
         let server = Netns::create("s")?;
@@ -163,7 +175,14 @@ impl Testbed {
                 let link = EmulatorLink::start(config, opts, &router, &client, &server)?;
                 (Box::new(link), Some(router))
             }
-            BackendKind::Netem => (Box::new(NetemLink::start(config, &client, &server)?), None),
+            BackendKind::Netem => (
+                Box::new(NetemLink::start(config, &client, &server, true)?),
+                None,
+            ),
+            BackendKind::Veth => (
+                Box::new(NetemLink::start(config, &client, &server, false)?),
+                None,
+            ),
         };
         for ns in [&client, &server] {
             // Let TCP windows grow to the bandwidth-delay products of the grid (up to 1 Gbit/s
@@ -344,11 +363,12 @@ impl LinkBackend for EmulatorLink {
     }
 }
 
-/// Kernel netem on a veth pair.
+/// Kernel netem on a veth pair (or the bare veth pair when `netem` is false).
 #[derive(Debug)]
 struct NetemLink {
     client_ns: String,
     server_ns: String,
+    netem: bool,
 }
 
 /// `tc qdisc add ... netem` arguments for one direction.
@@ -399,7 +419,12 @@ pub fn netem_args(d: &DirectionConfig) -> Vec<String> {
 }
 
 impl NetemLink {
-    fn start(config: &LinkConfig, client: &Netns, server: &Netns) -> Result<Self, NetemError> {
+    fn start(
+        config: &LinkConfig,
+        client: &Netns,
+        server: &Netns,
+        netem: bool,
+    ) -> Result<Self, NetemError> {
         client.ip(&[
             "link",
             "add",
@@ -418,6 +443,9 @@ impl NetemLink {
         ] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ns.ip(&["link", "set", dev, "mtu", &MTU.to_string(), "up"])?;
+            if !netem {
+                continue;
+            }
             let mut tc = Command::new("tc");
             tc.args(["-n", ns.name(), "qdisc", "add", "dev", dev, "root"])
                 .args(netem_args(dir));
@@ -426,16 +454,49 @@ impl NetemLink {
         Ok(Self {
             client_ns: client.name().into(),
             server_ns: server.name().into(),
+            netem,
         })
     }
 }
 
 impl LinkBackend for NetemLink {
     fn kind(&self) -> BackendKind {
-        BackendKind::Netem
+        if self.netem {
+            BackendKind::Netem
+        } else {
+            BackendKind::Veth
+        }
     }
 
     fn stats(&mut self) -> Result<LinkStats, NetemError> {
+        if !self.netem {
+            let dev = |ns: &str, dev: &str, c: &str| -> Result<u64, NetemError> {
+                let path = format!("/sys/class/net/{dev}/statistics/{c}");
+                let s = netns::run(Command::new("ip").args(["netns", "exec", ns, "cat", &path]))?;
+                s.trim().parse().map_err(|_| NetemError::Parse {
+                    what: path,
+                    text: s,
+                })
+            };
+            let dir = |from_ns: &str,
+                       from: &str,
+                       to_ns: &str,
+                       to: &str|
+             -> Result<crate::emulator::DirectionStats, NetemError> {
+                Ok(crate::emulator::DirectionStats {
+                    rx_packets: dev(from_ns, from, "tx_packets")?,
+                    rx_bytes: dev(from_ns, from, "tx_bytes")?,
+                    tx_packets: dev(to_ns, to, "rx_packets")?,
+                    tx_bytes: dev(to_ns, to, "rx_bytes")?,
+                    kernel_drops: dev(from_ns, from, "tx_dropped")? + dev(to_ns, to, "rx_dropped")?,
+                    ..Default::default()
+                })
+            };
+            return Ok(LinkStats {
+                forward: dir(&self.client_ns, CLIENT_DEV, &self.server_ns, SERVER_DEV)?,
+                reverse: dir(&self.server_ns, SERVER_DEV, &self.client_ns, CLIENT_DEV)?,
+            });
+        }
         let read = |ns: &str, dev: &str| -> Result<crate::emulator::DirectionStats, NetemError> {
             let text = netns::run(
                 Command::new("tc").args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev]),

@@ -202,3 +202,49 @@ fn tcp_under_loss_follows_mathis_for_cubic_and_bbr_is_far_above() {
         "bbr should ignore random loss"
     );
 }
+
+/// One tiny grid cell per file-copy peer: the file arrives intact across a lossy, delayed
+/// emulated link, and every packet the link dropped has a recorded cause.
+#[test]
+fn tiny_cells_copy_files_intact_across_a_lossy_link() {
+    if skip() {
+        return;
+    }
+    use ferry_netem::grid::{Cell, RunSettings, run_cell};
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let s = RunSettings {
+        seconds: 2,
+        copy_seconds: 0.5,
+        file_bounds: (1 << 20, 1 << 20),
+        scratch: scratch.path().to_path_buf(),
+        testbed: backends().remove(0),
+    };
+    let cell = Cell {
+        rtt_ms: 20,
+        loss: 0.01,
+        rate_mbps: 50,
+        buffer_bdp: 1.0,
+    };
+    for name in ["scp", "uftp"] {
+        let row = ferry_netem::peers::row_by_name(name).expect("known row");
+        if let Err(why) = row.available() {
+            eprintln!("SKIPPED row {name}: {why}");
+            continue;
+        }
+        let r = run_cell(&cell, row.as_ref(), &s).expect("cell runs");
+        eprintln!("{name}: {r:?}");
+        assert!(
+            r.completion_s.is_some(),
+            "{name}: the copy did not complete: {}",
+            r.note
+        );
+        assert_eq!(r.payload_bytes, 1 << 20);
+        assert_eq!(r.unaccounted, 0);
+        // Headers and retransmissions: more than the payload, far less than twice it.
+        assert!(
+            r.wire_ratio > 1.0 && r.wire_ratio < 2.0,
+            "{name}: wire ratio {}",
+            r.wire_ratio
+        );
+    }
+}
