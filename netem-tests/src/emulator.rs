@@ -31,10 +31,7 @@ pub struct LinkConfig {
 impl LinkConfig {
     /// The same impairments in both directions.
     pub fn symmetric(dir: DirectionConfig) -> Self {
-        Self {
-            forward: dir.clone(),
-            reverse: dir,
-        }
+        Self { forward: dir.clone(), reverse: dir }
     }
 }
 
@@ -248,10 +245,7 @@ impl Emulator {
 
     /// A snapshot of both directions' counters.
     pub fn stats(&self) -> LinkStats {
-        LinkStats {
-            forward: self.forward.snapshot(),
-            reverse: self.reverse.snapshot(),
-        }
+        LinkStats { forward: self.forward.snapshot(), reverse: self.reverse.snapshot() }
     }
 }
 
@@ -265,69 +259,56 @@ fn spawn_direction(
     c: Arc<Counters>,
 ) -> std::io::Result<()> {
     let (tx, rx) = crossbeam_channel::unbounded::<Scheduled>();
-    let cap_sleep = if cfg.reorder > 0.0 {
-        Duration::from_micros(100)
-    } else {
-        Duration::from_millis(5)
-    };
+    let cap_sleep =
+        if cfg.reorder > 0.0 { Duration::from_micros(100) } else { Duration::from_millis(5) };
     let rc = c.clone();
     let name = name.to_string();
     let wname = format!("linkem-{name}-wr");
-    thread::Builder::new()
-        .name(format!("linkem-{name}-rd"))
-        .spawn(move || {
-            let mut imp = Impairment::new(cfg, seed);
-            let mut buf = vec![0u8; 65_536];
-            let mut seq = 0u64;
-            loop {
-                let n = match from.recv(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        eprintln!("ferry-linkem: {name}: reading the TUN device failed: {e}");
-                        std::process::exit(3);
+    thread::Builder::new().name(format!("linkem-{name}-rd")).spawn(move || {
+        let mut imp = Impairment::new(cfg, seed);
+        let mut buf = vec![0u8; 65_536];
+        let mut seq = 0u64;
+        loop {
+            let n = match from.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("ferry-linkem: {name}: reading the TUN device failed: {e}");
+                    std::process::exit(3);
+                }
+            };
+            let now = epoch.elapsed().as_nanos() as u64;
+            rc.rx_packets.fetch_add(1, Ordering::Relaxed);
+            rc.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            match imp.on_packet(now, n) {
+                Verdict::Drop(DropCause::RandomLoss) => {
+                    rc.drop_random.fetch_add(1, Ordering::Relaxed)
+                }
+                Verdict::Drop(DropCause::BurstLoss) => {
+                    rc.drop_burst.fetch_add(1, Ordering::Relaxed)
+                }
+                Verdict::Drop(DropCause::QueueFull) => {
+                    rc.drop_queue.fetch_add(1, Ordering::Relaxed)
+                }
+                Verdict::Deliver { at, duplicate_at, reordered } => {
+                    if reordered {
+                        rc.reordered.fetch_add(1, Ordering::Relaxed);
                     }
-                };
-                let now = epoch.elapsed().as_nanos() as u64;
-                rc.rx_packets.fetch_add(1, Ordering::Relaxed);
-                rc.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                match imp.on_packet(now, n) {
-                    Verdict::Drop(DropCause::RandomLoss) => {
-                        rc.drop_random.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Verdict::Drop(DropCause::BurstLoss) => {
-                        rc.drop_burst.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Verdict::Drop(DropCause::QueueFull) => {
-                        rc.drop_queue.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Verdict::Deliver {
-                        at,
-                        duplicate_at,
-                        reordered,
-                    } => {
-                        if reordered {
-                            rc.reordered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let data = buf[..n].to_vec();
-                        if let Some(d) = duplicate_at {
-                            rc.duplicated.fetch_add(1, Ordering::Relaxed);
-                            rc.in_flight.fetch_add(1, Ordering::Relaxed);
-                            seq += 1;
-                            let _ = tx.send(Scheduled {
-                                at: d,
-                                seq,
-                                data: data.clone(),
-                            });
-                        }
+                    let data = buf[..n].to_vec();
+                    if let Some(d) = duplicate_at {
+                        rc.duplicated.fetch_add(1, Ordering::Relaxed);
                         rc.in_flight.fetch_add(1, Ordering::Relaxed);
                         seq += 1;
-                        let _ = tx.send(Scheduled { at, seq, data });
-                        0
+                        let _ = tx.send(Scheduled { at: d, seq, data: data.clone() });
                     }
-                };
-            }
-        })?;
+                    rc.in_flight.fetch_add(1, Ordering::Relaxed);
+                    seq += 1;
+                    let _ = tx.send(Scheduled { at, seq, data });
+                    0
+                }
+            };
+        }
+    })?;
     thread::Builder::new().name(wname).spawn(move || {
         let mut heap: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
         loop {

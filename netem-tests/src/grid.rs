@@ -82,12 +82,7 @@ pub fn full_grid(ceiling_mbps: u64) -> Vec<Cell> {
         for buffer_bdp in [1.0, 4.0] {
             for rtt_ms in [10, 50, 150, 300, 600] {
                 for loss in [0.0, 0.001, 0.01, 0.02, 0.05, 0.10] {
-                    v.push(Cell {
-                        rtt_ms,
-                        loss,
-                        rate_mbps,
-                        buffer_bdp,
-                    });
+                    v.push(Cell { rtt_ms, loss, rate_mbps, buffer_bdp });
                 }
             }
         }
@@ -158,10 +153,7 @@ pub fn run_cell(
     let work = tempfile::Builder::new()
         .prefix("row-")
         .tempdir_in(&s.scratch)
-        .map_err(|e| NetemError::Io {
-            what: "creating a scratch dir".into(),
-            source: e,
-        })?;
+        .map_err(|e| NetemError::Io { what: "creating a scratch dir".into(), source: e })?;
     let ideal_s = size as f64 * 8.0 / cell.ideal_bps();
     let limit = Duration::from_secs_f64(
         (3.0 * ideal_s + 2.0 * cell.rtt_ms as f64 / 100.0 + 15.0).min(180.0),
@@ -181,10 +173,7 @@ pub fn run_cell(
     // Let packets still in the delay line land before reading the counters.
     std::thread::sleep(Duration::from_millis(cell.rtt_ms.min(1500) + 50));
     let after = tb.stats()?;
-    let wire = after
-        .forward
-        .rx_bytes
-        .saturating_sub(before.forward.rx_bytes);
+    let wire = after.forward.rx_bytes.saturating_sub(before.forward.rx_bytes);
     let unaccounted = after.forward.unaccounted() + after.reverse.unaccounted();
     let kernel = after.forward.kernel_drops + after.reverse.kernel_drops;
     let base = |note: String| Result {
@@ -202,17 +191,12 @@ pub fn run_cell(
     };
     Ok(match out {
         Ok(o) => {
-            let goodput = if o.seconds > 0.0 {
-                o.payload_bytes as f64 * 8.0 / o.seconds
-            } else {
-                0.0
-            };
+            let goodput =
+                if o.seconds > 0.0 { o.payload_bytes as f64 * 8.0 / o.seconds } else { 0.0 };
             let mut note = o.note;
             if kernel > 0 {
-                let _ = write!(
-                    note,
-                    "; {kernel} packets dropped by the kernel before the emulator"
-                );
+                let _ =
+                    write!(note, "; {kernel} packets dropped by the kernel before the emulator");
             }
             Result {
                 payload_bytes: o.payload_bytes,
@@ -256,11 +240,8 @@ pub fn markdown(results: &[Result]) -> String {
         } else {
             "-".into()
         };
-        let wire = if r.wire_ratio.is_finite() {
-            format!("{:.3}", r.wire_ratio)
-        } else {
-            "-".into()
-        };
+        let wire =
+            if r.wire_ratio.is_finite() { format!("{:.3}", r.wire_ratio) } else { "-".into() };
         let done = r.completion_s.map_or("-".into(), |t| format!("{t:.1}"));
         let _ = writeln!(
             s,
@@ -286,13 +267,7 @@ pub fn markdown(results: &[Result]) -> String {
 pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>, NetemError> {
     let mut keys: Vec<(u64, u64, u64)> = results
         .iter()
-        .map(|r| {
-            (
-                r.cell.rate_mbps,
-                (r.cell.buffer_bdp * 100.0) as u64,
-                r.cell.rtt_ms,
-            )
-        })
+        .map(|r| (r.cell.rate_mbps, (r.cell.buffer_bdp * 100.0) as u64, r.cell.rtt_ms))
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -332,10 +307,7 @@ pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>
             .collect();
         series.push(crate::svg::Series {
             name: "C x (1-p)".into(),
-            points: losses
-                .iter()
-                .map(|l| (l * 100.0, rate as f64 * (1.0 - l)))
-                .collect(),
+            points: losses.iter().map(|l| (l * 100.0, rate as f64 * (1.0 - l))).collect(),
         });
         let title = format!(
             "goodput vs loss: {rate} Mbit/s, RTT {rtt} ms, buffer {} BDP",
@@ -348,10 +320,7 @@ pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>
             &series,
             true,
         );
-        let path = dir.join(format!(
-            "goodput-{rate}mbps-{rtt}ms-buf{}.svg",
-            buf100 as f64 / 100.0
-        ));
+        let path = dir.join(format!("goodput-{rate}mbps-{rtt}ms-buf{}.svg", buf100 as f64 / 100.0));
         std::fs::write(&path, svg).map_err(|e| NetemError::Io {
             what: format!("writing {}", path.display()),
             source: e,

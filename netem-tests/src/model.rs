@@ -36,17 +36,8 @@ impl GilbertElliott {
     pub fn with_mean(mean_loss: f64, mean_burst: f64) -> Self {
         let r = 1.0 / mean_burst.max(1.0);
         // Stationary share of the bad state is p / (p + r) = mean_loss.
-        let p = if mean_loss >= 1.0 {
-            1.0
-        } else {
-            r * mean_loss / (1.0 - mean_loss)
-        };
-        Self {
-            p_good_to_bad: p.min(1.0),
-            p_bad_to_good: r,
-            loss_good: 0.0,
-            loss_bad: 1.0,
-        }
+        let p = if mean_loss >= 1.0 { 1.0 } else { r * mean_loss / (1.0 - mean_loss) };
+        Self { p_good_to_bad: p.min(1.0), p_bad_to_good: r, loss_good: 0.0, loss_bad: 1.0 }
     }
 
     /// Long-run loss rate of this chain.
@@ -103,11 +94,7 @@ impl DirectionConfig {
 
     /// Checks that every probability is in 0..=1 and that a queue is not empty.
     pub fn validate(&self) -> Result<(), String> {
-        let probs = [
-            ("loss", self.loss),
-            ("reorder", self.reorder),
-            ("duplicate", self.duplicate),
-        ];
+        let probs = [("loss", self.loss), ("reorder", self.reorder), ("duplicate", self.duplicate)];
         for (name, p) in probs {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{name} must be a probability in 0..=1, got {p}"));
@@ -116,9 +103,7 @@ impl DirectionConfig {
         if let Some(g) = self.gilbert {
             for p in [g.p_good_to_bad, g.p_bad_to_good, g.loss_good, g.loss_bad] {
                 if !(0.0..=1.0).contains(&p) {
-                    return Err(format!(
-                        "Gilbert-Elliott parameters must be in 0..=1, got {p}"
-                    ));
+                    return Err(format!("Gilbert-Elliott parameters must be in 0..=1, got {p}"));
                 }
             }
         }
@@ -208,11 +193,7 @@ impl Impairment {
     pub fn on_packet(&mut self, now_ns: u64, len: usize) -> Verdict {
         // 1. Random loss.
         if let Some(g) = self.cfg.gilbert {
-            let flip = if self.ge_bad {
-                g.p_bad_to_good
-            } else {
-                g.p_good_to_bad
-            };
+            let flip = if self.ge_bad { g.p_bad_to_good } else { g.p_good_to_bad };
             if self.rng.chance(flip) {
                 self.ge_bad = !self.ge_bad;
             }
@@ -252,11 +233,7 @@ impl Impairment {
         // 5. Duplication.
         let duplicate_at =
             (self.cfg.duplicate > 0.0 && self.rng.chance(self.cfg.duplicate)).then_some(at);
-        Verdict::Deliver {
-            at,
-            duplicate_at,
-            reordered,
-        }
+        Verdict::Deliver { at, duplicate_at, reordered }
     }
 }
 
@@ -266,24 +243,16 @@ mod tests {
 
     fn run(cfg: DirectionConfig, n: usize, gap_ns: u64, len: usize) -> (Vec<Verdict>, Impairment) {
         let mut imp = Impairment::new(cfg, 42);
-        let v = (0..n)
-            .map(|i| imp.on_packet(i as u64 * gap_ns, len))
-            .collect();
+        let v = (0..n).map(|i| imp.on_packet(i as u64 * gap_ns, len)).collect();
         (v, imp)
     }
 
     #[test]
     fn bernoulli_loss_rate_is_within_binomial_bounds() {
-        let cfg = DirectionConfig {
-            loss: 0.02,
-            ..Default::default()
-        };
+        let cfg = DirectionConfig { loss: 0.02, ..Default::default() };
         let n = 200_000;
         let (v, _) = run(cfg, n, 1000, 1000);
-        let lost = v
-            .iter()
-            .filter(|x| matches!(x, Verdict::Drop(DropCause::RandomLoss)))
-            .count();
+        let lost = v.iter().filter(|x| matches!(x, Verdict::Drop(DropCause::RandomLoss))).count();
         // 99% interval: +-2.576 sigma, sigma = sqrt(n p (1-p)) = 62.6 packets.
         let expect = 0.02 * n as f64;
         assert!(
@@ -296,22 +265,13 @@ mod tests {
     fn gilbert_elliott_mean_and_burstiness() {
         let g = GilbertElliott::with_mean(0.01, 4.0);
         assert!((g.mean_loss() - 0.01).abs() < 1e-9);
-        let cfg = DirectionConfig {
-            gilbert: Some(g),
-            ..Default::default()
-        };
+        let cfg = DirectionConfig { gilbert: Some(g), ..Default::default() };
         let n = 400_000;
         let (v, _) = run(cfg, n, 1000, 1000);
-        let drops: Vec<bool> = v
-            .iter()
-            .map(|x| matches!(x, Verdict::Drop(DropCause::BurstLoss)))
-            .collect();
+        let drops: Vec<bool> =
+            v.iter().map(|x| matches!(x, Verdict::Drop(DropCause::BurstLoss))).collect();
         let lost = drops.iter().filter(|d| **d).count() as f64;
-        assert!(
-            (lost / n as f64 - 0.01).abs() < 0.002,
-            "{}",
-            lost / n as f64
-        );
+        assert!((lost / n as f64 - 0.01).abs() < 0.002, "{}", lost / n as f64);
         let bursts = drops.windows(2).filter(|w| w[1] && !w[0]).count() as f64;
         let mean_burst = lost / bursts;
         assert!((3.0..5.0).contains(&mean_burst), "mean burst {mean_burst}");
@@ -333,10 +293,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let dropped = v
-            .iter()
-            .filter(|x| matches!(x, Verdict::Drop(DropCause::QueueFull)))
-            .count();
+        let dropped = v.iter().filter(|x| matches!(x, Verdict::Drop(DropCause::QueueFull))).count();
         // Half the offered load fits.
         assert!((480..=520).contains(&sent.len()), "{}", sent.len());
         assert_eq!(sent.len() + dropped, 1000);
@@ -346,17 +303,11 @@ mod tests {
 
     #[test]
     fn delay_and_order_preserving_jitter() {
-        let cfg = DirectionConfig {
-            delay_us: 50_000,
-            jitter_us: 5_000,
-            ..Default::default()
-        };
+        let cfg = DirectionConfig { delay_us: 50_000, jitter_us: 5_000, ..Default::default() };
         let (v, _) = run(cfg, 10_000, 10_000, 100);
         let mut last = 0;
         for (i, x) in v.iter().enumerate() {
-            let Verdict::Deliver { at, .. } = *x else {
-                panic!("no loss configured")
-            };
+            let Verdict::Deliver { at, .. } = *x else { panic!("no loss configured") };
             let d = at - i as u64 * 10_000;
             assert!(at >= last);
             assert!((45_000_000..=55_010_000).contains(&d) || at == last, "{d}");
@@ -374,29 +325,11 @@ mod tests {
             ..Default::default()
         };
         let (v, _) = run(cfg, 100_000, 10_000, 100);
-        let reordered = v
-            .iter()
-            .filter(|x| {
-                matches!(
-                    x,
-                    Verdict::Deliver {
-                        reordered: true,
-                        ..
-                    }
-                )
-            })
-            .count();
+        let reordered =
+            v.iter().filter(|x| matches!(x, Verdict::Deliver { reordered: true, .. })).count();
         let dups = v
             .iter()
-            .filter(|x| {
-                matches!(
-                    x,
-                    Verdict::Deliver {
-                        duplicate_at: Some(_),
-                        ..
-                    }
-                )
-            })
+            .filter(|x| matches!(x, Verdict::Deliver { duplicate_at: Some(_), .. }))
             .count();
         assert!((9_000..11_000).contains(&reordered), "{reordered}");
         assert!((4_400..5_600).contains(&dups), "{dups}");
@@ -404,19 +337,9 @@ mod tests {
 
     #[test]
     fn default_queue_is_one_bdp() {
-        let cfg = DirectionConfig {
-            rate_bps: Some(100_000_000),
-            delay_us: 50_000,
-            ..Default::default()
-        };
+        let cfg =
+            DirectionConfig { rate_bps: Some(100_000_000), delay_us: 50_000, ..Default::default() };
         assert_eq!(cfg.effective_queue_bytes(), 1_250_000);
-        assert!(
-            DirectionConfig {
-                loss: 1.5,
-                ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(DirectionConfig { loss: 1.5, ..Default::default() }.validate().is_err());
     }
 }

@@ -34,10 +34,7 @@ pub fn run(cmd: &mut Command) -> Result<String, NetemError> {
 pub fn output(cmd: &mut Command) -> Result<Output, NetemError> {
     cmd.stdin(Stdio::null())
         .output()
-        .map_err(|e| NetemError::Spawn {
-            command: describe(cmd),
-            source: e,
-        })
+        .map_err(|e| NetemError::Spawn { command: describe(cmd), source: e })
 }
 
 /// `prog arg arg ...` for error messages.
@@ -75,11 +72,8 @@ pub fn unavailable_reason() -> Option<String> {
             "`ip netns` is unavailable (install iproute2: scripts/install-deps.sh)".into(),
         );
     }
-    let probe = format!(
-        "{PREFIX}{}-probe{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    let probe =
+        format!("{PREFIX}{}-probe{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     match Netns::create_named(&probe) {
         Ok(ns) => drop(ns),
         Err(e) => return Some(format!("cannot create a network namespace: {e}")),
@@ -103,9 +97,7 @@ impl Netns {
 
     fn create_named(name: &str) -> Result<Self, NetemError> {
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self {
-            name: name.to_string(),
-        };
+        let ns = Self { name: name.to_string() };
         // IPv4 only: no router solicitations or MLD reports on the measured links.
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
@@ -132,10 +124,7 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetemError> {
-        run(self
-            .command("sysctl")
-            .args(["-q", "-w", &format!("{key}={value}")]))
-        .map(|_| ())
+        run(self.command("sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(|_| ())
     }
 
     /// Reads an interface counter (`/sys/class/net/<dev>/statistics/<counter>`) inside the
@@ -143,10 +132,7 @@ impl Netns {
     pub fn counter(&self, dev: &str, counter: &str) -> Result<u64, NetemError> {
         let path = format!("/sys/class/net/{dev}/statistics/{counter}");
         let s = run(self.command("cat").arg(&path))?;
-        s.trim().parse().map_err(|_| NetemError::Parse {
-            what: path,
-            text: s,
-        })
+        s.trim().parse().map_err(|_| NetemError::Parse { what: path, text: s })
     }
 
     /// Pids of the processes living in the namespace.
@@ -157,11 +143,7 @@ impl Netns {
 
 fn pids_of(name: &str) -> Vec<u32> {
     run(Command::new("ip").args(["netns", "pids", name]))
-        .map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
+        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -203,6 +185,18 @@ pub fn cleanup_stale() -> Vec<String> {
     gone
 }
 
+/// Deletes every namespace this process created (killing what runs inside them). For signal
+/// handlers: a harness interrupted by Ctrl-C or SIGTERM leaves nothing behind.
+pub fn cleanup_own() {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else { return };
+    let own = format!("{PREFIX}{}-", std::process::id());
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(&own) {
+            kill_pids_and_delete(name);
+        }
+    }
+}
+
 /// A child process killed (by its pid) and reaped when the guard is dropped.
 #[derive(Debug)]
 pub struct ChildGuard {
@@ -213,14 +207,9 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Spawns `cmd` under a guard; `what` names it in errors.
     pub fn spawn(cmd: &mut Command, what: &str) -> Result<Self, NetemError> {
-        let child = cmd.spawn().map_err(|e| NetemError::Spawn {
-            command: describe(cmd),
-            source: e,
-        })?;
-        Ok(Self {
-            child: Some(child),
-            what: what.to_string(),
-        })
+        let child =
+            cmd.spawn().map_err(|e| NetemError::Spawn { command: describe(cmd), source: e })?;
+        Ok(Self { child: Some(child), what: what.to_string() })
     }
 
     /// The child process.
@@ -263,23 +252,13 @@ impl ChildGuard {
                     })?;
                 }
                 Err(e) => {
-                    return Err(NetemError::Spawn {
-                        command: self.what.clone(),
-                        source: e,
-                    });
+                    return Err(NetemError::Spawn { command: self.what.clone(), source: e });
                 }
             }
         };
         let stdout = ho.join().unwrap_or_default();
         let stderr = he.join().unwrap_or_default();
-        Ok((
-            Output {
-                status,
-                stdout,
-                stderr,
-            },
-            in_time,
-        ))
+        Ok((Output { status, stdout, stderr }, in_time))
     }
 }
 

@@ -84,9 +84,7 @@ fn have(prog: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{prog} is not installed (scripts/install-deps.sh installs it)"
-        ))
+        Err(format!("{prog} is not installed (scripts/install-deps.sh installs it)"))
     }
 }
 
@@ -126,19 +124,13 @@ pub fn wait_listening(ns: &Netns, port: u16, udp: bool) -> Result<(), NetemError
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(NetemError::Emulator(format!(
-        "nothing listens on port {port} in {} after 5 s",
-        ns.name()
-    )))
+    Err(NetemError::Emulator(format!("nothing listens on port {port} in {} after 5 s", ns.name())))
 }
 
 /// Compares two files byte for byte; returns how many leading bytes of `got` are present and
 /// whether it is identical to `want`.
 pub fn verify_copy(want: &Path, got: &Path) -> Result<(u64, bool), NetemError> {
-    let io = |what: &str, e| NetemError::Io {
-        what: what.to_string(),
-        source: e,
-    };
+    let io = |what: &str, e| NetemError::Io { what: what.to_string(), source: e };
     let a = std::fs::read(want).map_err(|e| io("reading the source file", e))?;
     let b = match std::fs::read(got) {
         Ok(b) => b,
@@ -150,10 +142,7 @@ pub fn verify_copy(want: &Path, got: &Path) -> Result<(u64, bool), NetemError> {
 
 /// Writes `bytes` of pseudo-random data (incompressible, so no tool can cheat by compressing).
 pub fn make_file(path: &Path, bytes: u64, seed: u64) -> Result<(), NetemError> {
-    let io = |e| NetemError::Io {
-        what: format!("writing {}", path.display()),
-        source: e,
-    };
+    let io = |e| NetemError::Io { what: format!("writing {}", path.display()), source: e };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut rng = crate::rng::Rng::new(seed);
     let mut left = bytes;
@@ -217,10 +206,7 @@ impl Row for ScpRow {
     }
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
         let d = &w.scratch;
-        let io = |what: &str, e| NetemError::Io {
-            what: what.to_string(),
-            source: e,
-        };
+        let io = |what: &str, e| NetemError::Io { what: what.to_string(), source: e };
         // Only the initial namespace may change the default to a restricted algorithm, so
         // CUBIC is set per route (`congctl`), on both ends.
         tb.client().ip(&[
@@ -243,9 +229,7 @@ impl Row for ScpRow {
         ])?;
         let keygen = |file: &Path| {
             netns::run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(file),
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(file),
             )
             .map(|_| ())
         };
@@ -278,10 +262,7 @@ impl Row for ScpRow {
         scp.args(["-q", "-B", "-c", "aes128-gcm@openssh.com", "-i"])
             .arg(d.join("id"))
             .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                d.join("known_hosts").display()
-            ))
+            .arg(format!("UserKnownHostsFile={}", d.join("known_hosts").display()))
             .args(["-o", "StrictHostKeyChecking=yes"])
             .arg(&w.file)
             .arg(format!("root@{SERVER_IP}:{}", dest.display()));
@@ -307,10 +288,8 @@ impl Row for UftpRow {
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
         let d = &w.scratch;
         let recv = d.join("recv");
-        std::fs::create_dir_all(&recv).map_err(|e| NetemError::Io {
-            what: "creating the receive dir".into(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&recv)
+            .map_err(|e| NetemError::Io { what: "creating the receive dir".into(), source: e })?;
         let mut uftpd = tb.server().command("uftpd");
         uftpd
             .args([
@@ -335,28 +314,14 @@ impl Row for UftpRow {
         wait_listening(tb.server(), 1044, true)?;
         let rate_kbps = (w.rate_bps / 1000).to_string();
         let mut uftp = tb.client().command("uftp");
-        uftp.args([
-            "-M", SERVER_IP, "-I", CLIENT_IP, "-p", "1044", "-R", &rate_kbps,
-        ])
-        .args([
-            "-Y",
-            "aes128-gcm",
-            "-h",
-            "sha256",
-            "-e",
-            "ecdh_ecdsa",
-            "-B",
-            "8388608",
-        ])
-        // The base directory stripped from the sent path must end in a slash.
-        .arg("-E")
-        .arg(format!(
-            "{}/",
-            w.file.parent().unwrap_or(Path::new("")).display()
-        ))
-        .arg("-L")
-        .arg(d.join("uftp.log"))
-        .arg(&w.file);
+        uftp.args(["-M", SERVER_IP, "-I", CLIENT_IP, "-p", "1044", "-R", &rate_kbps])
+            .args(["-Y", "aes128-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", "-B", "8388608"])
+            // The base directory stripped from the sent path must end in a slash.
+            .arg("-E")
+            .arg(format!("{}/", w.file.parent().unwrap_or(Path::new("")).display()))
+            .arg("-L")
+            .arg(d.join("uftp.log"))
+            .arg(&w.file);
         let started = Instant::now();
         let (_, _, in_time) = probe::run_bounded(&mut uftp, w.limit)?;
         let name = w.file.file_name().unwrap_or_default();

@@ -29,36 +29,21 @@ pub struct PingResult {
 pub fn ping(tb: &Testbed, count: u32, interval_ms: u32) -> Result<PingResult, NetemError> {
     let interval = format!("{:.3}", interval_ms as f64 / 1000.0);
     let mut cmd = tb.client().command("ping");
-    cmd.args([
-        "-n",
-        "-q",
-        "-c",
-        &count.to_string(),
-        "-i",
-        &interval,
-        "-W",
-        "2",
-        SERVER_IP,
-    ]);
+    cmd.args(["-n", "-q", "-c", &count.to_string(), "-i", &interval, "-W", "2", SERVER_IP]);
     let limit = Duration::from_millis(u64::from(count) * u64::from(interval_ms) + 10_000);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let guard = ChildGuard::spawn(&mut cmd, "ping")?;
     // ping exits with status 1 when some replies are missing: that is a measurement, not an error.
     let (out, _) = guard.wait_output(limit)?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    parse_ping(&text).ok_or(NetemError::Parse {
-        what: "ping summary".into(),
-        text,
-    })
+    parse_ping(&text).ok_or(NetemError::Parse { what: "ping summary".into(), text })
 }
 
 /// Parses ping's summary lines.
 pub fn parse_ping(text: &str) -> Option<PingResult> {
     let stats = text.lines().find(|l| l.contains("packets transmitted"))?;
-    let nums: Vec<u64> = stats
-        .split(',')
-        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
-        .collect();
+    let nums: Vec<u64> =
+        stats.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
     let (sent, received) = (*nums.first()?, *nums.get(1)?);
     let rtt = text.lines().find(|l| l.contains("min/avg/max"));
     let (min_ms, avg_ms, max_ms) = match rtt {
@@ -76,13 +61,7 @@ pub fn parse_ping(text: &str) -> Option<PingResult> {
         }
         None => (f64::NAN, f64::NAN, f64::NAN),
     };
-    Some(PingResult {
-        sent,
-        received,
-        min_ms,
-        avg_ms,
-        max_ms,
-    })
+    Some(PingResult { sent, received, min_ms, avg_ms, max_ms })
 }
 
 /// An `iperf3` server in the server namespace (one test, then it exits).
@@ -103,22 +82,14 @@ impl Iperf3Server {
         let guard = ChildGuard::spawn(&mut cmd, "iperf3 server")?;
         // Wait until the port is bound (ss inside the namespace), at most 5 s.
         for _ in 0..250 {
-            let ss = netns::run(
-                ns.command("ss")
-                    .args(["-ltnH", &format!("sport = :{port}")]),
-            )
-            .unwrap_or_default();
+            let ss = netns::run(ns.command("ss").args(["-ltnH", &format!("sport = :{port}")]))
+                .unwrap_or_default();
             if !ss.trim().is_empty() {
-                return Ok(Self {
-                    _guard: guard,
-                    port,
-                });
+                return Ok(Self { _guard: guard, port });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(NetemError::Emulator(
-            "iperf3 server did not start listening within 5 s".into(),
-        ))
+        Err(NetemError::Emulator("iperf3 server did not start listening within 5 s".into()))
     }
 }
 
@@ -160,15 +131,7 @@ pub fn iperf3(
 ) -> Result<IperfResult, NetemError> {
     let _server = Iperf3Server::start(tb.server(), port)?;
     let mut cmd = tb.client().command("iperf3");
-    cmd.args([
-        "-c",
-        SERVER_IP,
-        "-p",
-        &port.to_string(),
-        "-J",
-        "-t",
-        &seconds.to_string(),
-    ]);
+    cmd.args(["-c", SERVER_IP, "-p", &port.to_string(), "-J", "-t", &seconds.to_string()]);
     match mode {
         IperfMode::Tcp(cc) => {
             cmd.args(["-C", cc]);
@@ -176,15 +139,7 @@ pub fn iperf3(
         IperfMode::Udp { rate_bps, len } => {
             // A 4 MiB socket buffer (net.core.rmem_max here) so that the receiving tool, not
             // the link, is never what drops datagrams in a burst.
-            cmd.args([
-                "-u",
-                "-b",
-                &rate_bps.to_string(),
-                "-l",
-                &len.to_string(),
-                "-w",
-                "4M",
-            ]);
+            cmd.args(["-u", "-b", &rate_bps.to_string(), "-l", &len.to_string(), "-w", "4M"]);
         }
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -194,9 +149,7 @@ pub fn iperf3(
     let (out, in_time) = guard.wait_output(Duration::from_secs(u64::from(seconds) + 30))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !in_time {
-        return Err(NetemError::Emulator(format!(
-            "`{what}` did not finish in time"
-        )));
+        return Err(NetemError::Emulator(format!("`{what}` did not finish in time")));
     }
     parse_iperf3(&text, matches!(mode, IperfMode::Udp { .. }))
 }
@@ -219,13 +172,10 @@ pub fn parse_iperf3(text: &str, udp: bool) -> Result<IperfResult, NetemError> {
         let seconds = s["seconds"].as_f64().ok_or_else(err)?;
         // iperf3's receiver-side UDP figures: bytes actually received.
         let recv = &end["sum_received"];
-        let bytes_received = recv["bytes"]
-            .as_u64()
-            .unwrap_or_else(|| s["bytes"].as_u64().unwrap_or(0));
+        let bytes_received =
+            recv["bytes"].as_u64().unwrap_or_else(|| s["bytes"].as_u64().unwrap_or(0));
         let rs = recv["seconds"].as_f64().unwrap_or(seconds);
-        let bps = recv["bits_per_second"]
-            .as_f64()
-            .unwrap_or(bytes_received as f64 * 8.0 / rs);
+        let bps = recv["bits_per_second"].as_f64().unwrap_or(bytes_received as f64 * 8.0 / rs);
         Ok(IperfResult {
             bytes_received,
             seconds: rs,

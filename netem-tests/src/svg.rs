@@ -11,14 +11,11 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLORS: &[&str] = &[
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-];
+const COLORS: &[&str] =
+    &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Renders `series` as an 760x440 SVG document. With `log_y`, y values <= 0 are drawn at the
@@ -46,27 +43,15 @@ pub fn line_chart(
         x1 = x0 + 1.0;
     }
     let (ly0, ly1) = if log_y {
-        let lo = if y0 == f64::MAX {
-            0.0
-        } else {
-            y0.log10().floor()
-        };
-        let hi = if y1 == f64::MIN {
-            1.0
-        } else {
-            y1.log10().ceil()
-        };
+        let lo = if y0 == f64::MAX { 0.0 } else { y0.log10().floor() };
+        let hi = if y1 == f64::MIN { 1.0 } else { y1.log10().ceil() };
         (lo, if hi <= lo { lo + 1.0 } else { hi })
     } else {
         (0.0f64.min(y0), if y1 <= 0.0 { 1.0 } else { y1 * 1.1 })
     };
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let py = |y: f64| {
-        let v = if log_y {
-            if y > 0.0 { y.log10() } else { ly0 }
-        } else {
-            y
-        };
+        let v = if log_y { if y > 0.0 { y.log10() } else { ly0 } } else { y };
         h - b - (v - ly0) / (ly1 - ly0) * (h - t - b)
     };
     let mut s = String::new();
@@ -89,16 +74,9 @@ pub fn line_chart(
         w - r,
         h - b
     );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#,
-        h - b
-    );
+    let _ = writeln!(s, r#"<line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#, h - b);
     // X ticks at the data's x values.
-    let mut xs: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .collect();
+    let mut xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     xs.sort_by(f64::total_cmp);
     xs.dedup();
     for x in xs {
@@ -121,9 +99,7 @@ pub fn line_chart(
     let ticks: Vec<f64> = if log_y {
         (ly0 as i32..=ly1 as i32).map(|e| 10f64.powi(e)).collect()
     } else {
-        (0..=5)
-            .map(|i| ly0 + (ly1 - ly0) * i as f64 / 5.0)
-            .collect()
+        (0..=5).map(|i| ly0 + (ly1 - ly0) * i as f64 / 5.0).collect()
     };
     for y in ticks {
         let _ = writeln!(
@@ -155,28 +131,17 @@ pub fn line_chart(
     );
     for (i, se) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        let dash = if se.name.starts_with("C x") {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
-        };
-        let path: Vec<String> = se
-            .points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-            .collect();
+        let dash = if se.name.starts_with("C x") { r#" stroke-dasharray="6 4""# } else { "" };
+        let path: Vec<String> =
+            se.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let _ = writeln!(
             s,
             r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
             path.join(" ")
         );
         for &(x, y) in &se.points {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
-                px(x),
-                py(y)
-            );
+            let _ =
+                writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#, px(x), py(y));
         }
         let ly = t + 10.0 + i as f64 * 18.0;
         let _ = writeln!(
@@ -185,13 +150,8 @@ pub fn line_chart(
             w - r + 10.0,
             w - r + 30.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}">{}</text>"#,
-            w - r + 35.0,
-            ly + 4.0,
-            esc(&se.name)
-        );
+        let _ =
+            writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, w - r + 35.0, ly + 4.0, esc(&se.name));
     }
     s.push_str("</svg>\n");
     s
@@ -204,14 +164,8 @@ mod tests {
     #[test]
     fn renders_every_series_and_escapes_labels() {
         let s = vec![
-            Series {
-                name: "a<b".into(),
-                points: vec![(0.0, 100.0), (1.0, 10.0)],
-            },
-            Series {
-                name: "zero".into(),
-                points: vec![(0.0, 0.0), (1.0, 1.0)],
-            },
+            Series { name: "a<b".into(), points: vec![(0.0, 100.0), (1.0, 10.0)] },
+            Series { name: "zero".into(), points: vec![(0.0, 0.0), (1.0, 1.0)] },
         ];
         let svg = line_chart("t&t", "x", "y", &s, true);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -12,7 +12,7 @@
 //! that exist only inside the namespaces.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::emulator::{LinkConfig, LinkStats};
@@ -83,6 +83,11 @@ pub struct TestbedOptions {
     pub linkem: PathBuf,
     /// Seed of the emulator's random streams.
     pub seed: u64,
+    /// Run the emulator under a real-time scheduling class (`chrt -r 20`, where `chrt`
+    /// exists), so that on a busy machine its delay line is not late because ordinary
+    /// processes (the endpoints, builds) hold the CPUs. The kernel's RT throttling still
+    /// leaves 5% of each CPU to everything else.
+    pub realtime: bool,
 }
 
 impl TestbedOptions {
@@ -92,6 +97,7 @@ impl TestbedOptions {
             backend: BackendChoice::Emulator,
             linkem: linkem_near_current_exe(),
             seed: 1,
+            realtime: true,
         }
     }
 }
@@ -102,11 +108,7 @@ pub fn linkem_near_current_exe() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let here = dir.join("ferry-linkem");
-    if here.exists() {
-        here
-    } else {
-        dir.parent().map(|p| p.join("ferry-linkem")).unwrap_or(here)
-    }
+    if here.exists() { here } else { dir.parent().map(|p| p.join("ferry-linkem")).unwrap_or(here) }
 }
 
 /// True when `tc qdisc ... netem` works on this kernel (probed in a throwaway namespace).
@@ -175,14 +177,12 @@ impl Testbed {
                 let link = EmulatorLink::start(config, opts, &router, &client, &server)?;
                 (Box::new(link), Some(router))
             }
-            BackendKind::Netem => (
-                Box::new(NetemLink::start(config, &client, &server, true)?),
-                None,
-            ),
-            BackendKind::Veth => (
-                Box::new(NetemLink::start(config, &client, &server, false)?),
-                None,
-            ),
+            BackendKind::Netem => {
+                (Box::new(NetemLink::start(config, &client, &server, true)?), None)
+            }
+            BackendKind::Veth => {
+                (Box::new(NetemLink::start(config, &client, &server, false)?), None)
+            }
         };
         for ns in [&client, &server] {
             // Let TCP windows grow to the bandwidth-delay products of the grid (up to 1 Gbit/s
@@ -191,13 +191,7 @@ impl Testbed {
             ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 134217728")?;
             ns.sysctl("net.ipv4.tcp_no_metrics_save", "1")?;
         }
-        Ok(Self {
-            link,
-            client,
-            server,
-            _router: router,
-            config: config.clone(),
-        })
+        Ok(Self { link, client, server, _router: router, config: config.clone() })
     }
 
     /// The client namespace.
@@ -251,7 +245,14 @@ impl EmulatorLink {
             )));
         }
         let json = serde_json::to_string(config).map_err(|e| NetemError::Config(e.to_string()))?;
-        let mut cmd = router.command(&opts.linkem.to_string_lossy());
+        let chrt = opts.realtime && Path::new("/usr/bin/chrt").exists();
+        let mut cmd = if chrt {
+            let mut c = router.command("/usr/bin/chrt");
+            c.args(["-r", "20"]).arg(&opts.linkem);
+            c
+        } else {
+            router.command(&opts.linkem.to_string_lossy())
+        };
         cmd.args([
             "--tun-a",
             CLIENT_DEV,
@@ -285,14 +286,11 @@ impl EmulatorLink {
         };
         let ready = link.read_line()?;
         if !ready.contains("\"ready\"") {
-            return Err(NetemError::Emulator(format!(
-                "unexpected start-up line: {ready}"
-            )));
+            return Err(NetemError::Emulator(format!("unexpected start-up line: {ready}")));
         }
-        for (ns, dev, addr, peer) in [
-            (client, CLIENT_DEV, CLIENT_IP, SERVER_IP),
-            (server, SERVER_DEV, SERVER_IP, CLIENT_IP),
-        ] {
+        for (ns, dev, addr, peer) in
+            [(client, CLIENT_DEV, CLIENT_IP, SERVER_IP), (server, SERVER_DEV, SERVER_IP, CLIENT_IP)]
+        {
             router.ip(&["link", "set", dev, "netns", ns.name()])?;
             ns.ip(&[
                 "addr",
@@ -303,26 +301,15 @@ impl EmulatorLink {
                 "dev",
                 dev,
             ])?;
-            ns.ip(&[
-                "link",
-                "set",
-                dev,
-                "mtu",
-                &MTU.to_string(),
-                "txqueuelen",
-                "10000",
-                "up",
-            ])?;
+            ns.ip(&["link", "set", dev, "mtu", &MTU.to_string(), "txqueuelen", "10000", "up"])?;
         }
         Ok(link)
     }
 
     fn read_line(&mut self) -> Result<String, NetemError> {
         let mut line = String::new();
-        let n = self
-            .stdout
-            .read_line(&mut line)
-            .map_err(|e| NetemError::Emulator(e.to_string()))?;
+        let n =
+            self.stdout.read_line(&mut line).map_err(|e| NetemError::Emulator(e.to_string()))?;
         if n == 0 {
             let status = self.proc.child().try_wait().ok().flatten();
             return Err(NetemError::Emulator(format!(
@@ -344,18 +331,13 @@ impl LinkBackend for EmulatorLink {
             .and_then(|_| self.stdin.flush())
             .map_err(|e| NetemError::Emulator(e.to_string()))?;
         let line = self.read_line()?;
-        let mut stats: LinkStats = serde_json::from_str(&line).map_err(|_| NetemError::Parse {
-            what: "emulator stats".into(),
-            text: line,
-        })?;
+        let mut stats: LinkStats = serde_json::from_str(&line)
+            .map_err(|_| NetemError::Parse { what: "emulator stats".into(), text: line })?;
         // Packets the kernel could not queue towards the emulator (TUN queue full).
         let counter = |ns: &str, dev: &str| -> Result<u64, NetemError> {
             let path = format!("/sys/class/net/{dev}/statistics/tx_dropped");
             let s = netns::run(Command::new("ip").args(["netns", "exec", ns, "cat", &path]))?;
-            s.trim().parse().map_err(|_| NetemError::Parse {
-                what: path,
-                text: s,
-            })
+            s.trim().parse().map_err(|_| NetemError::Parse { what: path, text: s })
         };
         stats.forward.kernel_drops = counter(&self.client_ns, CLIENT_DEV)?;
         stats.reverse.kernel_drops = counter(&self.server_ns, SERVER_DEV)?;
@@ -376,9 +358,8 @@ pub fn netem_args(d: &DirectionConfig) -> Vec<String> {
     let mut a = vec!["netem".to_string()];
     // netem's limit counts every packet it holds, the delay line included: size it for the
     // bottleneck queue plus one direction's delay at line rate.
-    let in_delay = d.rate_bps.map_or(100_000, |r| {
-        crate::model::bdp_bytes(r, d.delay_us + d.jitter_us)
-    });
+    let in_delay =
+        d.rate_bps.map_or(100_000, |r| crate::model::bdp_bytes(r, d.delay_us + d.jitter_us));
     let q = d.effective_queue_bytes().min(1 << 40);
     a.push("limit".into());
     a.push(((q + in_delay) / 1000 + 100).to_string());
@@ -398,11 +379,7 @@ pub fn netem_args(d: &DirectionConfig) -> Vec<String> {
             format!("{}%", g.loss_good * 100.0),
         ]);
     } else if d.loss > 0.0 {
-        a.extend([
-            "loss".into(),
-            "random".into(),
-            format!("{}%", d.loss * 100.0),
-        ]);
+        a.extend(["loss".into(), "random".into(), format!("{}%", d.loss * 100.0)]);
     }
     if d.duplicate > 0.0 {
         a.extend(["duplicate".into(), format!("{}%", d.duplicate * 100.0)]);
@@ -447,25 +424,16 @@ impl NetemLink {
                 continue;
             }
             let mut tc = Command::new("tc");
-            tc.args(["-n", ns.name(), "qdisc", "add", "dev", dev, "root"])
-                .args(netem_args(dir));
+            tc.args(["-n", ns.name(), "qdisc", "add", "dev", dev, "root"]).args(netem_args(dir));
             netns::run(&mut tc)?;
         }
-        Ok(Self {
-            client_ns: client.name().into(),
-            server_ns: server.name().into(),
-            netem,
-        })
+        Ok(Self { client_ns: client.name().into(), server_ns: server.name().into(), netem })
     }
 }
 
 impl LinkBackend for NetemLink {
     fn kind(&self) -> BackendKind {
-        if self.netem {
-            BackendKind::Netem
-        } else {
-            BackendKind::Veth
-        }
+        if self.netem { BackendKind::Netem } else { BackendKind::Veth }
     }
 
     fn stats(&mut self) -> Result<LinkStats, NetemError> {
@@ -473,10 +441,7 @@ impl LinkBackend for NetemLink {
             let dev = |ns: &str, dev: &str, c: &str| -> Result<u64, NetemError> {
                 let path = format!("/sys/class/net/{dev}/statistics/{c}");
                 let s = netns::run(Command::new("ip").args(["netns", "exec", ns, "cat", &path]))?;
-                s.trim().parse().map_err(|_| NetemError::Parse {
-                    what: path,
-                    text: s,
-                })
+                s.trim().parse().map_err(|_| NetemError::Parse { what: path, text: s })
             };
             let dir = |from_ns: &str,
                        from: &str,
@@ -501,18 +466,11 @@ impl LinkBackend for NetemLink {
             let text = netns::run(
                 Command::new("tc").args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev]),
             )?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|_| NetemError::Parse {
-                    what: "tc -s -j".into(),
-                    text: text.clone(),
-                })?;
-            let q = v
-                .as_array()
-                .and_then(|a| a.iter().find(|q| q["kind"] == "netem"))
-                .ok_or_else(|| NetemError::Parse {
-                    what: "netem qdisc".into(),
-                    text: text.clone(),
-                })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|_| NetemError::Parse { what: "tc -s -j".into(), text: text.clone() })?;
+            let q = v.as_array().and_then(|a| a.iter().find(|q| q["kind"] == "netem")).ok_or_else(
+                || NetemError::Parse { what: "netem qdisc".into(), text: text.clone() },
+            )?;
             let n = |k: &str| q[k].as_u64().unwrap_or(0);
             // netem reports one drop counter for every cause; they are all counted as random loss.
             Ok(crate::emulator::DirectionStats {

@@ -11,12 +11,16 @@ use ferry_netem::{
     BackendChoice, DirectionConfig, GilbertElliott, LinkConfig, Testbed, TestbedOptions, netns,
 };
 
-fn skip() -> bool {
+/// The tests measure timing, so they run one at a time (cargo runs tests in parallel threads).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the serial lock, or returns `None` (after saying why) when the tests cannot run here.
+fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
     if let Some(why) = netns::unavailable_reason() {
         eprintln!("SKIPPED: {why}");
-        return true;
+        return None;
     }
-    false
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn backends() -> Vec<TestbedOptions> {
@@ -25,13 +29,10 @@ fn backends() -> Vec<TestbedOptions> {
         backend: BackendChoice::Emulator,
         linkem: linkem.clone(),
         seed: 7,
+        realtime: true,
     }];
     if netem_available() {
-        v.push(TestbedOptions {
-            backend: BackendChoice::Netem,
-            linkem,
-            seed: 7,
-        });
+        v.push(TestbedOptions { backend: BackendChoice::Netem, linkem, seed: 7, realtime: true });
     } else {
         eprintln!("note: kernel netem unavailable here; validating the user-space emulator only");
     }
@@ -39,17 +40,12 @@ fn backends() -> Vec<TestbedOptions> {
 }
 
 fn dir(delay_ms: u64) -> DirectionConfig {
-    DirectionConfig {
-        delay_us: delay_ms * 1000,
-        ..Default::default()
-    }
+    DirectionConfig { delay_us: delay_ms * 1000, ..Default::default() }
 }
 
 #[test]
 fn rtt_matches_configured_delay() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     for opts in backends() {
         // 20 ms one way each direction: 40 ms RTT.
         let mut tb = Testbed::new(&LinkConfig::symmetric(dir(20)), &opts).expect("test bed");
@@ -58,25 +54,17 @@ fn rtt_matches_configured_delay() {
         assert_eq!(r.received, r.sent, "no loss configured");
         // Never early; at most a few ms late on a busy machine.
         assert!(r.min_ms >= 40.0, "RTT below the configured 40 ms: {r:?}");
-        assert!(
-            r.avg_ms < 40.0 + 5.0,
-            "RTT far above the configured 40 ms: {r:?}"
-        );
+        assert!(r.avg_ms < 40.0 + 5.0, "RTT far above the configured 40 ms: {r:?}");
     }
 }
 
 #[test]
 fn loss_rate_matches_configuration_and_drops_are_accounted() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     for opts in backends() {
         // 10% forward loss only, no delay, so 1000 pings take about 2 s.
         let cfg = LinkConfig {
-            forward: DirectionConfig {
-                loss: 0.10,
-                ..Default::default()
-            },
+            forward: DirectionConfig { loss: 0.10, ..Default::default() },
             reverse: dir(0),
         };
         let mut tb = Testbed::new(&cfg, &opts).expect("test bed");
@@ -84,35 +72,24 @@ fn loss_rate_matches_configuration_and_drops_are_accounted() {
         let lost = (r.sent - r.received) as f64 / r.sent as f64;
         eprintln!("{}: ping loss {lost:.4} ({r:?})", tb.kind());
         // Binomial 99.9% interval at n = 1000, p = 0.1: +-3.3 sigma = +-0.031.
-        assert!(
-            (lost - 0.10).abs() < 0.035,
-            "measured loss {lost} vs configured 0.10"
-        );
+        assert!((lost - 0.10).abs() < 0.035, "measured loss {lost} vs configured 0.10");
         std::thread::sleep(std::time::Duration::from_millis(100));
         let s = tb.stats().expect("stats");
         eprintln!("{}: stats {s:?}", tb.kind());
         assert_eq!(s.forward.unaccounted(), 0, "forward: {:?}", s.forward);
         assert_eq!(s.reverse.unaccounted(), 0, "reverse: {:?}", s.reverse);
         assert!(s.forward.rx_packets >= 1000);
-        assert_eq!(
-            s.forward.drop_random,
-            s.forward.rx_packets - s.forward.tx_packets
-        );
+        assert_eq!(s.forward.drop_random, s.forward.rx_packets - s.forward.tx_packets);
     }
 }
 
 #[test]
 fn bursty_loss_has_the_configured_mean() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     let opts = &backends()[0];
     let g = GilbertElliott::with_mean(0.05, 3.0);
     let cfg = LinkConfig {
-        forward: DirectionConfig {
-            gilbert: Some(g),
-            ..Default::default()
-        },
+        forward: DirectionConfig { gilbert: Some(g), ..Default::default() },
         reverse: dir(0),
     };
     let mut tb = Testbed::new(&cfg, opts).expect("test bed");
@@ -122,41 +99,21 @@ fn bursty_loss_has_the_configured_mean() {
     eprintln!("GE loss {rate:.4}, ping {r:?}");
     assert!(s.forward.drop_burst > 0 && s.forward.drop_random == 0);
     // Bursts make the variance larger than binomial: wide bounds.
-    assert!(
-        (0.02..0.09).contains(&rate),
-        "GE mean loss {rate} vs configured 0.05"
-    );
+    assert!((0.02..0.09).contains(&rate), "GE mean loss {rate} vs configured 0.05");
 }
 
 #[test]
 fn bottleneck_rate_matches_configuration() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     for opts in backends() {
         // 50 Mbit/s bottleneck, 5 ms each way, offered 80 Mbit/s of UDP for 3 s.
-        let d = DirectionConfig {
-            delay_us: 5000,
-            rate_bps: Some(50_000_000),
-            ..Default::default()
-        };
+        let d =
+            DirectionConfig { delay_us: 5000, rate_bps: Some(50_000_000), ..Default::default() };
         let mut tb = Testbed::new(&LinkConfig::symmetric(d), &opts).expect("test bed");
-        let r = probe::iperf3(
-            &tb,
-            IperfMode::Udp {
-                rate_bps: 80_000_000,
-                len: 1400,
-            },
-            3,
-            5201,
-        )
-        .expect("iperf3 udp");
+        let r = probe::iperf3(&tb, IperfMode::Udp { rate_bps: 80_000_000, len: 1400 }, 3, 5201)
+            .expect("iperf3 udp");
         let s = tb.stats().expect("stats");
-        eprintln!(
-            "{}: UDP through 50 Mbit/s: {r:?}\nstats {:?}",
-            tb.kind(),
-            s.forward
-        );
+        eprintln!("{}: UDP through 50 Mbit/s: {r:?}\nstats {:?}", tb.kind(), s.forward);
         let mbps = r.bits_per_second / 1e6;
         // iperf3 counts UDP payload; the link carries 28 more header bytes per 1400: 49.0 Mbit/s.
         assert!(
@@ -173,9 +130,7 @@ fn bottleneck_rate_matches_configuration() {
 
 #[test]
 fn tcp_under_loss_follows_mathis_for_cubic_and_bbr_is_far_above() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     let opts = &backends()[0];
     // 100 ms RTT, 1% loss each way (acks lost too, as on a real path), 100 Mbit/s bottleneck.
     let d = DirectionConfig {
@@ -197,19 +152,14 @@ fn tcp_under_loss_follows_mathis_for_cubic_and_bbr_is_far_above() {
     // Mathis is an approximation (slow start and SACK shift it): accept 0.25x..5x.
     let ratio = cubic.bits_per_second / mathis;
     assert!((0.25..5.0).contains(&ratio), "cubic at {ratio:.2} x Mathis");
-    assert!(
-        bbr.bits_per_second > 3.0 * cubic.bits_per_second,
-        "bbr should ignore random loss"
-    );
+    assert!(bbr.bits_per_second > 3.0 * cubic.bits_per_second, "bbr should ignore random loss");
 }
 
 /// One tiny grid cell per file-copy peer: the file arrives intact across a lossy, delayed
 /// emulated link, and every packet the link dropped has a recorded cause.
 #[test]
 fn tiny_cells_copy_files_intact_across_a_lossy_link() {
-    if skip() {
-        return;
-    }
+    let Some(_serial) = setup() else { return };
     use ferry_netem::grid::{Cell, RunSettings, run_cell};
     let scratch = tempfile::tempdir().expect("scratch dir");
     let s = RunSettings {
@@ -219,12 +169,7 @@ fn tiny_cells_copy_files_intact_across_a_lossy_link() {
         scratch: scratch.path().to_path_buf(),
         testbed: backends().remove(0),
     };
-    let cell = Cell {
-        rtt_ms: 20,
-        loss: 0.01,
-        rate_mbps: 50,
-        buffer_bdp: 1.0,
-    };
+    let cell = Cell { rtt_ms: 20, loss: 0.01, rate_mbps: 50, buffer_bdp: 1.0 };
     for name in ["scp", "uftp"] {
         let row = ferry_netem::peers::row_by_name(name).expect("known row");
         if let Err(why) = row.available() {
@@ -233,18 +178,10 @@ fn tiny_cells_copy_files_intact_across_a_lossy_link() {
         }
         let r = run_cell(&cell, row.as_ref(), &s).expect("cell runs");
         eprintln!("{name}: {r:?}");
-        assert!(
-            r.completion_s.is_some(),
-            "{name}: the copy did not complete: {}",
-            r.note
-        );
+        assert!(r.completion_s.is_some(), "{name}: the copy did not complete: {}", r.note);
         assert_eq!(r.payload_bytes, 1 << 20);
         assert_eq!(r.unaccounted, 0);
         // Headers and retransmissions: more than the payload, far less than twice it.
-        assert!(
-            r.wire_ratio > 1.0 && r.wire_ratio < 2.0,
-            "{name}: wire ratio {}",
-            r.wire_ratio
-        );
+        assert!(r.wire_ratio > 1.0 && r.wire_ratio < 2.0, "{name}: wire ratio {}", r.wire_ratio);
     }
 }

@@ -16,10 +16,7 @@ use clap::Parser;
 use ferry_netem::emulator::{Emulator, LinkConfig};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "ferry-linkem",
-    about = "User-space WAN link emulator over two TUN devices"
-)]
+#[command(name = "ferry-linkem", about = "User-space WAN link emulator over two TUN devices")]
 struct Args {
     /// Name of the client-side TUN device to create.
     #[arg(long)]
@@ -53,12 +50,8 @@ fn main() {
 fn run(args: &Args) -> Result<(), String> {
     let cfg: LinkConfig = serde_json::from_str(&args.config)
         .map_err(|e| format!("--config is not a valid link configuration: {e}"))?;
-    cfg.forward
-        .validate()
-        .map_err(|e| format!("forward direction: {e}"))?;
-    cfg.reverse
-        .validate()
-        .map_err(|e| format!("reverse direction: {e}"))?;
+    cfg.forward.validate().map_err(|e| format!("forward direction: {e}"))?;
+    cfg.reverse.validate().map_err(|e| format!("reverse direction: {e}"))?;
     let make = |name: &str| {
         tun_rs::DeviceBuilder::new()
             .name(name)
@@ -74,18 +67,14 @@ fn run(args: &Args) -> Result<(), String> {
     let emu =
         Emulator::start(a, b, &cfg, args.seed).map_err(|e| format!("starting threads: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{{\"ready\":true}}")
-        .and_then(|_| out.flush())
-        .map_err(|e| e.to_string())?;
+    writeln!(out, "{{\"ready\":true}}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         match line.trim() {
             "stats" => {
                 let s = serde_json::to_string(&emu.stats()).map_err(|e| e.to_string())?;
-                writeln!(out, "{s}")
-                    .and_then(|_| out.flush())
-                    .map_err(|e| e.to_string())?;
+                writeln!(out, "{s}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
             }
             "quit" => break,
             "" => {}

@@ -17,10 +17,7 @@ use ferry_netem::testbed::linkem_near_current_exe;
 use ferry_netem::{BackendChoice, DirectionConfig, LinkConfig, Testbed, TestbedOptions, netns};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "wan-grid",
-    about = "WAN benchmark grid: Ferry's peers across an emulated link"
-)]
+#[command(name = "wan-grid", about = "WAN benchmark grid: Ferry's peers across an emulated link")]
 struct Args {
     /// RTTs in ms (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [10u64, 50, 150])]
@@ -68,6 +65,9 @@ struct Args {
     /// Seed of the emulator's random streams.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run the emulator with ordinary scheduling instead of `chrt -r 20`.
+    #[arg(long)]
+    no_realtime: bool,
     /// Measure the link emulator's own ceiling (and a plain veth pair for reference) and exit.
     #[arg(long)]
     ceiling: bool,
@@ -79,11 +79,16 @@ fn main() {
         eprintln!("wan-grid: cannot run: {why}");
         std::process::exit(2);
     }
-    let code = match if args.ceiling {
-        ceiling(&args)
-    } else {
-        run(&args)
-    } {
+    // On Ctrl-C or SIGTERM, kill what runs in our namespaces and delete them before exiting.
+    if let Err(e) = ctrlc::set_handler(|| {
+        netns::cleanup_own();
+        std::process::exit(130);
+    }) {
+        eprintln!(
+            "wan-grid: warning: no signal handler ({e}); an interrupted run leaves namespaces for the next run to delete"
+        );
+    }
+    let code = match if args.ceiling { ceiling(&args) } else { run(&args) } {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("wan-grid: {e}");
@@ -99,15 +104,14 @@ fn options(args: &Args) -> Result<TestbedOptions, String> {
         "emulator" => BackendChoice::Emulator,
         "netem" => BackendChoice::Netem,
         other => {
-            return Err(format!(
-                "unknown --backend {other:?}: use auto, emulator or netem"
-            ));
+            return Err(format!("unknown --backend {other:?}: use auto, emulator or netem"));
         }
     };
     Ok(TestbedOptions {
         backend,
         linkem: linkem_near_current_exe(),
         seed: args.seed,
+        realtime: !args.no_realtime,
     })
 }
 
@@ -120,12 +124,7 @@ fn cells(args: &Args) -> Result<Vec<Cell>, String> {
             for &buffer_bdp in &args.buffer {
                 for &rtt_ms in &args.rtt {
                     for &loss in &args.loss {
-                        v.push(Cell {
-                            rtt_ms,
-                            loss: loss / 100.0,
-                            rate_mbps,
-                            buffer_bdp,
-                        });
+                        v.push(Cell { rtt_ms, loss: loss / 100.0, rate_mbps, buffer_bdp });
                     }
                 }
             }
@@ -136,12 +135,7 @@ fn cells(args: &Args) -> Result<Vec<Cell>, String> {
             .ok_or_else(|| format!("unknown preset {p:?}: use one of {:?}", grid::PRESETS))?;
         for &rate_mbps in &args.rate {
             for &buffer_bdp in &args.buffer {
-                v.push(Cell {
-                    rtt_ms,
-                    loss,
-                    rate_mbps,
-                    buffer_bdp,
-                });
+                v.push(Cell { rtt_ms, loss, rate_mbps, buffer_bdp });
             }
         }
     }
@@ -165,10 +159,8 @@ fn run(args: &Args) -> Result<(), String> {
     }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("creating {}: {e}", args.out.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("wan-grid-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    let scratch =
+        tempfile::Builder::new().prefix("wan-grid-").tempdir().map_err(|e| e.to_string())?;
     let settings = RunSettings {
         seconds: args.seconds,
         copy_seconds: args.copy_seconds,
@@ -224,27 +216,13 @@ fn ceiling(args: &Args) -> Result<(), String> {
     if opts.backend == BackendChoice::Auto {
         opts.backend = BackendChoice::Emulator;
     }
-    let capped = DirectionConfig {
-        delay_us: 10_000,
-        rate_bps: Some(10_000_000_000),
-        ..Default::default()
-    };
-    let c500 = DirectionConfig {
-        delay_us: 10_000,
-        rate_bps: Some(500_000_000),
-        ..Default::default()
-    };
+    let capped =
+        DirectionConfig { delay_us: 10_000, rate_bps: Some(10_000_000_000), ..Default::default() };
+    let c500 =
+        DirectionConfig { delay_us: 10_000, rate_bps: Some(500_000_000), ..Default::default() };
     let setups: [(&str, BackendChoice, LinkConfig); 4] = [
-        (
-            "plain veth (reference)",
-            BackendChoice::Veth,
-            LinkConfig::default(),
-        ),
-        (
-            "ferry-linkem, no impairment",
-            BackendChoice::Emulator,
-            LinkConfig::default(),
-        ),
+        ("plain veth (reference)", BackendChoice::Veth, LinkConfig::default()),
+        ("ferry-linkem, no impairment", BackendChoice::Emulator, LinkConfig::default()),
         (
             "ferry-linkem, 10 Gbit/s cap, 20 ms RTT",
             BackendChoice::Emulator,
@@ -260,27 +238,12 @@ fn ceiling(args: &Args) -> Result<(), String> {
     println!("| link | iperf3 test | receiver goodput (Mbit/s) | loss / notes |");
     println!("|---|---|---:|---|");
     for (label, backend, cfg) in setups {
-        let o = TestbedOptions {
-            backend,
-            ..opts.clone()
-        };
+        let o = TestbedOptions { backend, ..opts.clone() };
         let tests: [(&str, IperfMode<'_>); 4] = [
             ("TCP cubic", IperfMode::Tcp("cubic")),
             ("TCP bbr", IperfMode::Tcp("bbr")),
-            (
-                "UDP 1400 B at 1 Gbit/s",
-                IperfMode::Udp {
-                    rate_bps: 1_000_000_000,
-                    len: 1400,
-                },
-            ),
-            (
-                "UDP 1400 B at 2 Gbit/s",
-                IperfMode::Udp {
-                    rate_bps: 2_000_000_000,
-                    len: 1400,
-                },
-            ),
+            ("UDP 1400 B at 1 Gbit/s", IperfMode::Udp { rate_bps: 1_000_000_000, len: 1400 }),
+            ("UDP 1400 B at 2 Gbit/s", IperfMode::Udp { rate_bps: 2_000_000_000, len: 1400 }),
         ];
         for (name, mode) in tests {
             if label.contains("500 Mbit/s")
@@ -309,10 +272,7 @@ fn ceiling(args: &Args) -> Result<(), String> {
                     s.forward.late_p99_us
                 ));
             }
-            println!(
-                "| {label} | {name} | {:.0} | {note} |",
-                r.bits_per_second / 1e6
-            );
+            println!("| {label} | {name} | {:.0} | {note} |", r.bits_per_second / 1e6);
         }
     }
     Ok(())
