@@ -195,9 +195,9 @@ enum Phase {
 /// Every update interval (one smoothed RTT, at least 5 ms) it measures the delivery rate over the
 /// interval and keeps the maximum of the last [`BW_WINDOW`] intervals as the bottleneck bandwidth
 /// `B`, and takes the smallest queueing delay reported in the interval as the standing queue `q`.
-/// - *Startup*: the rate doubles each interval (`2·B`) until `q` exceeds the target or `B` stops
-///   growing by 25% for three intervals; then *drain* at `0.75·B` until `q` is below half the
-///   target.
+/// - *Startup*: the rate doubles each interval (`2·B`) until a feedback reports `q` above the
+///   target (checked on every feedback, not once per interval) or `B` stops growing by 25% for
+///   three intervals; then *drain* at `0.75·B` until `q` is below half the target.
 /// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
 ///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
 ///   is three times the target. The equilibrium is a standing queue at or below the target.
@@ -241,6 +241,12 @@ impl Controller for Adaptive {
     fn on_sample(&mut self, s: &RateSample) {
         let q = s.queue_delay;
         self.interval_min_queue = Some(self.interval_min_queue.map_or(q, |m| m.min(q)));
+        if self.phase == Phase::Startup && q > self.config.queue_target && self.bandwidth() > 0.0 {
+            // The first sign of a queue ends startup at once, not at the end of the interval:
+            // every interval of doubling past capacity adds a bandwidth-delay product of queue.
+            self.phase = Phase::Drain;
+            self.rate = (0.75 * self.bandwidth()).max(1.0);
+        }
         let (start, start_bytes) = *self.interval.get_or_insert((s.now, s.delivered_bytes));
         let length = s.now.saturating_duration_since(start);
         if length < s.srtt.max(Duration::from_millis(5)) {
