@@ -37,7 +37,8 @@ pub struct RateSample {
     pub srtt: Duration,
     /// Forward-path queueing delay measured by the receiver from one-way delays.
     pub queue_delay: Duration,
-    /// Payload bytes the receiver has accepted since the session began (as it reported).
+    /// Datagram bytes (whole DATA packets, the unit the pacer counts) the receiver has accepted
+    /// since the session began, as it reported.
     pub delivered_bytes: u64,
     /// The rate the pacer is currently sending at.
     pub sending_rate: u64,
@@ -291,8 +292,11 @@ impl Controller for Adaptive {
                 self.rate = bw * gain;
             }
         }
-        let floor = self.limits.min.min(self.limits.target) as f64;
-        self.rate = self.rate.clamp(floor.max(1.0), self.limits.target as f64);
+        // Never so slow that feedback dries up: at least two full-size packets per RTT (per 10
+        // ms on shorter paths), or the user's minimum if higher.
+        let keepalive = 2.0 * 1500.0 * 8.0 / s.srtt.max(Duration::from_millis(10)).as_secs_f64();
+        let floor = (self.limits.min as f64).max(keepalive).min(self.limits.target as f64);
+        self.rate = self.rate.clamp(floor, self.limits.target as f64);
     }
 
     fn rate(&self) -> u64 {

@@ -214,7 +214,8 @@ pub struct FeedbackFields {
     pub window_end: u64,
     /// DATA packets accepted since the session began (duplicates included).
     pub rx_packets: u64,
-    /// Payload bytes accepted since the session began (duplicates included).
+    /// Bytes of the DATA datagrams accepted since the session began (whole UDP payloads: header,
+    /// body and tag; duplicates included), so the sender compares like with like when it paces.
     pub rx_bytes: u64,
     /// Forward-path queueing delay in microseconds measured by the receiver: the smallest
     /// one-way delay since the previous FEEDBACK minus the smallest ever seen (sender and receiver

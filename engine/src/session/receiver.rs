@@ -310,6 +310,7 @@ impl Receiver {
                 self.learn_frontier(now, frontier, None);
             }
             Some((block, retransmission)) => {
+                self.rx_bytes += datagram.len() as u64;
                 let payload = &datagram[payload_range];
                 self.accept_block(now, block, retransmission, frontier, payload, sink);
             }
@@ -326,7 +327,6 @@ impl Receiver {
         sink: &mut dyn BlockSink,
     ) {
         self.rx_packets += 1;
-        self.rx_bytes += payload.len() as u64;
         let already = block < self.known_end && !self.gaps.contains(block);
         if already {
             self.stats.duplicate_blocks += 1;
