@@ -7,8 +7,19 @@ cd "$(dirname "$0")/../fuzz"
 secs="${FUZZ_SECONDS:-20}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
+failed=()
 for target in $(cargo fuzz list); do
   echo "== fuzz $target (${secs}s)"
   mkdir -p "corpus/$target"
-  cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=4096 2>&1 | tail -n 3
+  log="/tmp/ferry-fuzz-$target.log"
+  if ! cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=4096 >"$log" 2>&1; then
+    failed+=("$target")
+    grep -E 'panicked|ERROR|SUMMARY|Failing input|artifacts/' "$log" | head -n 8 || true
+  fi
+  grep -E '^Done [0-9]+ runs' "$log" || true
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz targets that failed: ${failed[*]} (inputs in fuzz/artifacts/)"
+  exit 1
+fi
+echo "all fuzz targets ran clean"
