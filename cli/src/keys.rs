@@ -905,6 +905,7 @@ fn rekey(ctx: &Ctx<'_>) -> Result<(), CliError> {
     let stash = ks.key_file_path().to_owned();
     let protected = std::fs::read(&stash)
         .ok()
+        .map(zeroize::Zeroizing::new)
         .and_then(|b| ferry_keystore::keyfile::KeyFile::parse(&b).ok())
         .is_some_and(|k| k.is_protected());
     let pass = match new_stash_passphrase(ctx)? {

@@ -497,7 +497,10 @@ impl Keystore {
         }
 
         // Unlock the key.
-        let key_bytes = std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?;
+        // Unprotected key files hold the key itself: keep the bytes in a zeroizing buffer.
+        let key_bytes = zeroize::Zeroizing::new(
+            std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?,
+        );
         let key_file = KeyFile::parse(&key_bytes).map_err(|e| KeystoreError::CorruptKeyFile {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -653,7 +656,7 @@ impl Keystore {
         let (key, wrap) = if wrap.verify_key_check(&check_nonce, &check) {
             (key, wrap)
         } else if let Some(found) =
-            finish_interrupted_rekey(&key_path, kind, id, opts, &check_nonce, &check)
+            key_after_rekey(&key_path, &key_bytes, kind, id, opts, &check_nonce, &check)
         {
             found
         } else {
@@ -1602,8 +1605,10 @@ impl Keystore {
         .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
         let md =
             std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
-        fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+        // Inside the write transaction: it re-verifies that no other process rotated the key
+        // since this handle opened it (writing the old key back would lock everyone out).
         self.write_tx(|conn, records| {
+            fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
             self.record(
                 conn,
                 records,
@@ -1816,32 +1821,42 @@ fn pending_key_path(key_path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Completes a rekey that committed but died before renaming `<key file>.new` over the key
-/// file: if the pending file opens the database (same kind and id, key check verifies), it
-/// becomes the key file.
-fn finish_interrupted_rekey(
+/// When the key check fails, a rekey may be the reason: one that committed but died before
+/// renaming `<key file>.new` over the key file (completed here), or one that completed while
+/// this process was opening (the key file changed since it was read). Returns the key that
+/// verifies, if any.
+fn key_after_rekey(
     key_path: &Path,
+    read_before: &[u8],
     kind: KeystoreKind,
     id: [u8; 16],
     opts: &Options,
     check_nonce: &[u8],
     check: &[u8],
 ) -> Option<(Key32, WrapKey)> {
+    let try_file = |path: &Path| -> Option<(Key32, WrapKey)> {
+        if !fsutil::check_private_file(path).ok()? {
+            return None;
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        if path == key_path && bytes.as_slice() == read_before {
+            return None;
+        }
+        let kf = KeyFile::parse(&bytes).ok()?;
+        if kf.kind() != kind || kf.keystore_id() != id {
+            return None;
+        }
+        let key = kf.unlock(opts.passphrase.as_ref()).ok()?;
+        let wrap = WrapKey::derive(&key, id);
+        wrap.verify_key_check(check_nonce, check)
+            .then_some((key, wrap))
+    };
     let pending = pending_key_path(key_path);
-    if !fsutil::check_private_file(&pending).ok()? {
-        return None;
+    if let Some(found) = try_file(&pending) {
+        // Another opener may have completed it first; the key is the same either way.
+        let _ = std::fs::rename(&pending, key_path);
+        fsutil::fsync_parent(key_path);
+        return Some(found);
     }
-    let bytes = std::fs::read(&pending).ok()?;
-    let kf = KeyFile::parse(&bytes).ok()?;
-    if kf.kind() != kind || kf.keystore_id() != id {
-        return None;
-    }
-    let key = kf.unlock(opts.passphrase.as_ref()).ok()?;
-    let wrap = WrapKey::derive(&key, id);
-    if !wrap.verify_key_check(check_nonce, check) {
-        return None;
-    }
-    // Another opener may have completed it first; the key is the same either way.
-    let _ = std::fs::rename(&pending, key_path);
-    Some((key, wrap))
+    try_file(key_path)
 }
