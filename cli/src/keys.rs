@@ -56,7 +56,7 @@ pub(crate) mod exit {
     group(ArgGroup::new("action").multiple(false).args([
         "init", "list", "history", "audit", "generate", "rotate", "activate", "suspend",
         "deactivate", "compromised", "destroy", "min_decryption_version",
-        "set_stash_passphrase", "remove_stash_passphrase",
+        "set_stash_passphrase", "remove_stash_passphrase", "rekey",
     ])),
     after_help = "The secret value is read from stdin, never from the command line: \
                   printf %s \"$SECRET\" | ferry keys -u alice -s ssear"
@@ -137,8 +137,13 @@ pub(crate) struct KeysArgs {
     #[arg(long)]
     remove_stash_passphrase: bool,
 
-    /// File holding the new passphrase for --set-stash-passphrase (mode 0600).
-    #[arg(long, value_name = "FILE", requires = "set_stash_passphrase")]
+    /// Rotate the root keystore key: a new random key, every value re-wrapped under it, a new
+    /// stash (protected like the old one, or by --new-stash-passphrase-file).
+    #[arg(long)]
+    rekey: bool,
+
+    /// File holding the new passphrase for --set-stash-passphrase or --rekey (mode 0600).
+    #[arg(long, value_name = "FILE")]
     new_stash_passphrase_file: Option<PathBuf>,
 
     /// Store the new version as pre-active (activate it later with --activate --version N).
@@ -222,6 +227,7 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
             CliError::new(exit::CORRUPT, msg)
         }
         E::WrongKey { .. } | E::WrongPassphrase { .. } => CliError::new(exit::WRONG_KEY, msg),
+        E::Rekeyed { .. } => CliError::new(exit::IO, msg),
         E::PassphraseRequired { .. } => CliError::new(exit::WRONG_KEY, msg)
             .hint("set FERRY_STASH_PASSPHRASE or pass --stash-passphrase-file FILE"),
         E::WrongState { .. } | E::Transition { .. } | E::BelowMinimum { .. } | E::NoValue { .. } => {
@@ -596,8 +602,17 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         }
         return print_infos(&infos, args.json);
     }
+    if args.new_stash_passphrase_file.is_some() && !(args.set_stash_passphrase || args.rekey) {
+        return Err(CliError::new(
+            2,
+            "--new-stash-passphrase-file goes with --set-stash-passphrase or --rekey",
+        ));
+    }
     if args.set_stash_passphrase || args.remove_stash_passphrase {
         return reprotect(&ctx);
+    }
+    if args.rekey {
+        return rekey(&ctx);
     }
     if args.audit {
         let ks = if args.local { ctx.open_local()? } else { ctx.open_root()? };
@@ -768,11 +783,7 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
 /// `--set-stash-passphrase` / `--remove-stash-passphrase`.
 fn reprotect(ctx: &Ctx<'_>) -> Result<(), CliError> {
     let new = if ctx.args.set_stash_passphrase {
-        let p = match &ctx.args.new_stash_passphrase_file {
-            Some(file) => Some(read_passphrase_file(file)?),
-            None => env_secret("FERRY_NEW_STASH_PASSPHRASE"),
-        };
-        Some(p.ok_or_else(|| {
+        Some(new_stash_passphrase(ctx)?.ok_or_else(|| {
             CliError::new(exit::INVALID, "no new stash passphrase given")
                 .hint("pass --new-stash-passphrase-file FILE or set FERRY_NEW_STASH_PASSPHRASE")
         })?)
@@ -794,6 +805,49 @@ fn reprotect(ctx: &Ctx<'_>) -> Result<(), CliError> {
         ks.key_file_path().display(),
         describe(&ks),
         if new.is_some() { "the new passphrase" } else { "file permissions only" }
+    ))
+}
+
+/// The new stash passphrase, if one was given.
+fn new_stash_passphrase(ctx: &Ctx<'_>) -> Result<Option<SecretBytes>, CliError> {
+    match &ctx.args.new_stash_passphrase_file {
+        Some(file) => read_passphrase_file(file).map(Some),
+        None => Ok(env_secret("FERRY_NEW_STASH_PASSPHRASE")),
+    }
+}
+
+/// `--rekey`: root key rotation.
+fn rekey(ctx: &Ctx<'_>) -> Result<(), CliError> {
+    if ctx.args.local {
+        return Err(CliError::new(
+            exit::INVALID,
+            "--rekey rotates the root keystore key; a local keystore gets new copies with \
+             `ferry keys -i -u USER`",
+        ));
+    }
+    let mut ks = ctx.open_root()?;
+    let stash = ks.key_file_path().to_owned();
+    let protected = std::fs::read(&stash)
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .and_then(|b| ferry_keystore::keyfile::KeyFile::parse(&b).ok())
+        .is_some_and(|k| k.is_protected());
+    let pass = match new_stash_passphrase(ctx)? {
+        Some(p) => Some(p),
+        None if protected => stash_passphrase(&ctx.args.paths)?,
+        None => None,
+    };
+    let n =
+        ks.rekey(pass.as_ref(), ferry_keystore::Argon2Params::DEFAULT).map_err(|e| ctx.err(e))?;
+    out(format!(
+        "re-keyed {}: {n} value(s) re-wrapped under a new key; new stash {} ({})",
+        describe(&ks),
+        stash.display(),
+        if pass.is_some() {
+            "protected by the stash passphrase"
+        } else {
+            "protected by file permissions only"
+        }
     ))
 }
 

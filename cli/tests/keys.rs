@@ -523,3 +523,27 @@ fn an_interrupted_creation_is_finished_by_init() {
     );
     assert_eq!(e.ok(&["--list"]), "no records found\n");
 }
+
+#[test]
+fn rekey_rotates_the_root_key() {
+    let e = Env::new();
+    e.ok_stdin(&["-u", "alice", "-s", "ssear"], b"v1");
+    e.ok(&["-s", "token-key", "--generate"]);
+    let old = std::fs::read(e.stash()).unwrap();
+    assert_eq!(
+        e.ok(&["--rekey"]),
+        format!(
+            "re-keyed root keystore {}: 2 value(s) re-wrapped under a new key; new stash {} \
+             (protected by file permissions only)\n",
+            e.root().display(),
+            e.stash().display()
+        )
+    );
+    assert_ne!(std::fs::read(e.stash()).unwrap(), old);
+    assert_eq!(std::fs::metadata(e.stash()).unwrap().permissions().mode() & 0o777, 0o600);
+    let ks = Keystore::open_root(&e.root(), &Options::new()).unwrap();
+    assert_eq!(
+        ks.current(&Owner::user("alice").unwrap(), Category::Ssear).unwrap().value().expose(),
+        b"v1"
+    );
+}

@@ -118,6 +118,16 @@ pub enum KeystoreError {
         /// What did not match.
         reason: String,
     },
+    /// Another process replaced the keystore key (rekey) after this handle opened it.
+    #[error(
+        "the key of {} was replaced by another process (ferry keys --rekey) after it was \
+         opened; open the keystore again",
+        .path.display()
+    )]
+    Rekeyed {
+        /// The database path.
+        path: PathBuf,
+    },
     /// The key file is passphrase-protected and no passphrase was given.
     #[error("{} is protected by a stash passphrase, and none was given", .key_path.display())]
     PassphraseRequired {

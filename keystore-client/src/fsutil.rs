@@ -81,6 +81,11 @@ fn temp_name(path: &Path) -> PathBuf {
     parent_of(path).join(format!(".{name}.tmp-{}-{tag}", std::process::id()))
 }
 
+/// Makes a rename or new entry in `path`'s directory durable (best effort).
+pub(crate) fn fsync_parent(path: &Path) {
+    fsync_dir(&parent_of(path));
+}
+
 fn fsync_dir(dir: &Path) {
     // Best effort: makes the new directory entry durable.
     if let Ok(d) = File::open(dir) {

@@ -470,7 +470,10 @@ impl Keystore {
         }
 
         // Unlock the key.
-        let key_bytes = std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?;
+        // Unprotected key files hold the key itself: keep the bytes in a zeroizing buffer.
+        let key_bytes = zeroize::Zeroizing::new(
+            std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?,
+        );
         let key_file = KeyFile::parse(&key_bytes).map_err(|e| KeystoreError::CorruptKeyFile {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -598,13 +601,19 @@ impl Keystore {
                 ),
             });
         }
-        if !wrap.verify_key_check(&check_nonce, &check) {
+        let (key, wrap) = if wrap.verify_key_check(&check_nonce, &check) {
+            (key, wrap)
+        } else if let Some(found) =
+            key_after_rekey(&key_path, &key_bytes, kind, id, opts, &check_nonce, &check)
+        {
+            found
+        } else {
             return Err(KeystoreError::WrongKey {
                 path: path.to_owned(),
                 key_path,
                 reason: "the key check value does not verify".into(),
             });
-        }
+        };
         let found_owner = match (kind, found_owner) {
             (KeystoreKind::Local, Some(o)) => Some(Owner::from_db(&o).map_err(|_| {
                 KeystoreError::Corrupt { path: path.to_owned(), reason: "bad owner".into() }
@@ -756,6 +765,10 @@ impl Keystore {
         f: impl FnOnce(&Connection, &mut Vec<AuditRecord>) -> Result<T>,
     ) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.db_err(e))?;
+        if let Err(e) = self.check_key_unchanged() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
         let mut records = Vec::new();
         let value = match f(&self.conn, &mut records) {
             Ok(v) => v,
@@ -1323,6 +1336,129 @@ impl Keystore {
         })
     }
 
+    /// Inside a write transaction: fails with [`KeystoreError::Rekeyed`] if another process
+    /// replaced the keystore key since this handle opened it (a value wrapped under the old key
+    /// would be lost).
+    fn check_key_unchanged(&self) -> Result<()> {
+        let (nonce, check): (Vec<u8>, Vec<u8>) = self
+            .conn
+            .query_row("SELECT key_check_nonce, key_check FROM meta WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.db_err(e))?;
+        if self.wrap.verify_key_check(&nonce, &check) {
+            Ok(())
+        } else {
+            Err(KeystoreError::Rekeyed { path: self.path.clone() })
+        }
+    }
+
+    /// **Root key rotation**: replaces the keystore key with a fresh random one and re-wraps
+    /// every stored value under it, in one transaction, without any value leaving the process.
+    /// The new key file is protected by `passphrase` (Argon2id, `params`) or, with `None`, by
+    /// file permissions only. Returns the number of values re-wrapped. Audited as `rekey`.
+    ///
+    /// Crash safety: the new key file is written as `<key file>.new` (fsynced) while the
+    /// database write lock is held, the rows and the key check are rewritten and committed,
+    /// and only then is `<key file>.new` renamed over the key file. If the process dies between
+    /// the commit and the rename, the next open finds that the old key no longer verifies,
+    /// verifies `<key file>.new` instead and completes the rename. Other open handles notice
+    /// the new key at their next write ([`KeystoreError::Rekeyed`]) and must reopen.
+    pub fn rekey(
+        &mut self,
+        passphrase: Option<&SecretBytes>,
+        params: Argon2Params,
+    ) -> Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        if passphrase.is_some_and(SecretBytes::is_empty) {
+            return Err(KeystoreError::InvalidArgument("the stash passphrase is empty".into()));
+        }
+        let new_key = Key32::random();
+        let new_wrap = WrapKey::derive(&new_key, self.id);
+        let bytes = KeyFile::encode(self.kind, self.id, &new_key, passphrase.map(|p| (p, params)))
+            .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
+        let pending = pending_key_path(&self.key_path);
+        let md =
+            std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
+
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.db_err(e))?;
+        let result = (|| -> Result<(usize, AuditRecord)> {
+            self.check_key_unchanged()?;
+            // Holding the write lock: any `.new` left here is from a rekey that never committed.
+            fsutil::replace_file_owned(&pending, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+            let conn = &self.conn;
+            let mut stmt = conn
+                .prepare(&format!("SELECT {INFO_COLS} FROM secrets WHERE wrapped IS NOT NULL"))
+                .map_err(|e| self.db_err(e))?;
+            let infos = stmt
+                .query_map([], info_from_row)
+                .map_err(|e| self.db_err(e))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.db_err(e))?;
+            drop(stmt);
+            for info in &infos {
+                let value = self.unwrap_value(conn, info)?;
+                let aad = new_wrap.row_aad(&info.owner, info.category, info.version);
+                let (nonce, wrapped) = new_wrap.seal(&aad, value.expose());
+                conn.execute(
+                    "UPDATE secrets SET nonce = ?4, wrapped = ?5 \
+                     WHERE owner = ?1 AND category = ?2 AND version = ?3",
+                    params![
+                        info.owner.as_db(),
+                        info.category.as_str(),
+                        info.version,
+                        nonce.as_slice(),
+                        wrapped
+                    ],
+                )
+                .map_err(|e| self.db_err(e))?;
+            }
+            let (nonce, check) = new_wrap.make_key_check();
+            conn.execute(
+                "UPDATE meta SET key_check_nonce = ?1, key_check = ?2 WHERE id = 1",
+                params![nonce.as_slice(), check],
+            )
+            .map_err(|e| self.db_err(e))?;
+            let rec = audit::insert(
+                conn,
+                time::now(),
+                &self.actor,
+                NewRecord {
+                    op: "rekey",
+                    detail: Some(format!(
+                        "new keystore key; {} value(s) re-wrapped; key file protected by {}",
+                        infos.len(),
+                        if passphrase.is_some() { "a passphrase" } else { "file permissions only" }
+                    )),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| self.db_err(e))?;
+            Ok((infos.len(), rec))
+        })();
+        let (count, rec) = match result.and_then(|v| {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.db_err(e))?;
+            Ok(v)
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
+            }
+        };
+        // Committed: from here on only the new key opens the database.
+        self.key = new_key;
+        self.wrap = new_wrap;
+        std::fs::rename(&pending, &self.key_path)
+            .map_err(|e| KeystoreError::io(&self.key_path, e))?;
+        fsutil::fsync_parent(&self.key_path);
+        let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        audit::append_log(&self.audit_path, &self.path, &[rec])
+            .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
+        Ok(count)
+    }
+
     /// The key file beside the database (`.stash` for root, `.key` for local).
     pub fn key_file_path(&self) -> &Path {
         &self.key_path
@@ -1345,8 +1481,10 @@ impl Keystore {
             .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
         let md =
             std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
-        fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+        // Inside the write transaction: it re-verifies that no other process rotated the key
+        // since this handle opened it (writing the old key back would lock everyone out).
         self.write_tx(|conn, records| {
+            fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
             self.record(
                 conn,
                 records,
@@ -1546,4 +1684,50 @@ fn map_db_err(path: &Path, e: rusqlite::Error) -> KeystoreError {
         }
         _ => KeystoreError::Database { path: path.to_owned(), source: e },
     }
+}
+
+/// Where an in-progress rekey writes the new key file: `<key file>.new`.
+fn pending_key_path(key_path: &Path) -> PathBuf {
+    let mut p = key_path.as_os_str().to_owned();
+    p.push(".new");
+    PathBuf::from(p)
+}
+
+/// When the key check fails, a rekey may be the reason: one that committed but died before
+/// renaming `<key file>.new` over the key file (completed here), or one that completed while
+/// this process was opening (the key file changed since it was read). Returns the key that
+/// verifies, if any.
+fn key_after_rekey(
+    key_path: &Path,
+    read_before: &[u8],
+    kind: KeystoreKind,
+    id: [u8; 16],
+    opts: &Options,
+    check_nonce: &[u8],
+    check: &[u8],
+) -> Option<(Key32, WrapKey)> {
+    let try_file = |path: &Path| -> Option<(Key32, WrapKey)> {
+        if !fsutil::check_private_file(path).ok()? {
+            return None;
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        if path == key_path && bytes.as_slice() == read_before {
+            return None;
+        }
+        let kf = KeyFile::parse(&bytes).ok()?;
+        if kf.kind() != kind || kf.keystore_id() != id {
+            return None;
+        }
+        let key = kf.unlock(opts.passphrase.as_ref()).ok()?;
+        let wrap = WrapKey::derive(&key, id);
+        wrap.verify_key_check(check_nonce, check).then_some((key, wrap))
+    };
+    let pending = pending_key_path(key_path);
+    if let Some(found) = try_file(&pending) {
+        // Another opener may have completed it first; the key is the same either way.
+        let _ = std::fs::rename(&pending, key_path);
+        fsutil::fsync_parent(key_path);
+        return Some(found);
+    }
+    try_file(key_path)
 }

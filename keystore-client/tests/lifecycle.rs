@@ -393,3 +393,132 @@ fn missing_keystores_name_the_creating_command() {
     );
     assert!(!p.exists() && !l.exists());
 }
+
+#[test]
+fn rekey_rewraps_everything_and_retires_the_old_key() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, mut ks) = root(d.path());
+    let a = alice();
+    put(&ks, &a, Category::Ssear, b"one");
+    put(&ks, &a, Category::Ssear, b"two");
+    ks.generate(&Owner::Shared, Category::RedisMasterKey, &PutOptions::default()).unwrap();
+    ks.set_state(&a, Category::Ssear, 1, KeyState::Destroyed).unwrap();
+    let redis = ks.current(&Owner::Shared, Category::RedisMasterKey).unwrap().into_value();
+    let stash = ferry_keystore::key_file_path(&p, ferry_keystore::KeystoreKind::Root);
+    let old_stash = std::fs::read(&stash).unwrap();
+    // Another handle, opened before the rekey.
+    let stale = Keystore::open_root(&p, &Options::new()).unwrap();
+
+    assert_eq!(ks.rekey(None, ferry_keystore::Argon2Params::MIN).unwrap(), 2);
+    assert_ne!(std::fs::read(&stash).unwrap(), old_stash);
+    assert!(!d.path().join("rootkeystore.stash.new").exists());
+    // Same handle keeps working; values are intact.
+    assert_eq!(ks.current(&a, Category::Ssear).unwrap().value().expose(), b"two");
+    put(&ks, &a, Category::Ssear, b"three");
+    drop(ks);
+    let ks = Keystore::open_root(&p, &Options::new()).unwrap();
+    assert_eq!(ks.resolve(&a, Category::Ssear, 2).unwrap().value().expose(), b"two");
+    assert_eq!(ks.resolve(&a, Category::Ssear, 3).unwrap().value().expose(), b"three");
+    assert_eq!(
+        ks.current(&Owner::Shared, Category::RedisMasterKey).unwrap().value().expose(),
+        redis.expose()
+    );
+    assert!(ks.audit_records(100).unwrap().iter().any(|r| r.op == "rekey"));
+    drop(ks);
+
+    // The stale handle may not write under the old key.
+    let e = stale.generate(&a, Category::Ssear, &PutOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the key of {} was replaced by another process (ferry keys --rekey) after it was \
+             opened; open the keystore again",
+            p.display()
+        )
+    );
+    drop(stale);
+
+    // The old stash no longer opens the keystore.
+    let new_stash = std::fs::read(&stash).unwrap();
+    std::fs::write(&stash, &old_stash).unwrap();
+    let e = Keystore::open_root(&p, &Options::new()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the key in {} does not open {} (the key check value does not verify); use the key \
+             file that was created with this keystore",
+            stash.display(),
+            p.display()
+        )
+    );
+
+    // A rekey interrupted after its commit (new key still under `.new`) is completed on open.
+    std::fs::write(d.path().join("rootkeystore.stash.new"), &new_stash).unwrap();
+    std::fs::set_permissions(
+        d.path().join("rootkeystore.stash.new"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let ks = Keystore::open_root(&p, &Options::new()).unwrap();
+    assert_eq!(ks.resolve(&a, Category::Ssear, 3).unwrap().value().expose(), b"three");
+    assert_eq!(std::fs::read(&stash).unwrap(), new_stash);
+    assert!(!d.path().join("rootkeystore.stash.new").exists());
+}
+
+/// Writers racing a root key rotation: a handle opened before the rotation is refused
+/// (`Rekeyed`), reopens and retries; afterwards every value decrypts under the new key.
+#[test]
+fn rekey_under_concurrent_writers_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("rootkeystore.db");
+    drop(Keystore::create_root(&p, &Options::new()).unwrap());
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let owner = Owner::user(&format!("w{t}")).unwrap();
+                let mut ks = Keystore::open_root(&p, &Options::new()).unwrap();
+                let mut refused = 0;
+                for i in 0..15 {
+                    let v = format!("w{t}-{i}");
+                    loop {
+                        match ks.put(
+                            &owner,
+                            Category::Ssear,
+                            SecretBytes::from_slice(v.as_bytes()),
+                            &PutOptions::default(),
+                        ) {
+                            Ok(_) => break,
+                            Err(KeystoreError::Rekeyed { .. }) => {
+                                refused += 1;
+                                assert!(refused < 100);
+                                ks = Keystore::open_root(&p, &Options::new()).unwrap();
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut admin = Keystore::open_root(&p, &Options::new()).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        admin.rekey(None, ferry_keystore::Argon2Params::MIN).unwrap();
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(admin);
+    let ks = Keystore::open_root(&p, &Options::new()).unwrap();
+    for t in 0..3 {
+        let owner = Owner::user(&format!("w{t}")).unwrap();
+        let mut got: Vec<Vec<u8>> = (1..=15u32)
+            .map(|v| ks.resolve(&owner, Category::Ssear, v).unwrap().value().expose().to_vec())
+            .collect();
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..15).map(|i| format!("w{t}-{i}").into_bytes()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+}

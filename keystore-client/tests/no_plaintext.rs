@@ -89,7 +89,7 @@ fn secrets_never_appear_on_disk() {
     let d = tempfile::tempdir().unwrap();
     let rp = d.path().join("root/rootkeystore.db");
     let lp = d.path().join("home/.ferry/localkeystore.db");
-    let root = Keystore::create_root(&rp, &Options::new()).unwrap();
+    let mut root = Keystore::create_root(&rp, &Options::new()).unwrap();
     let alice = Owner::user("alice").unwrap();
     let canary = |tag: &str| {
         format!("FERRY-CANARY-{tag}-{}", hex::encode(SecretBytes::random(8).expose())).into_bytes()
@@ -108,6 +108,8 @@ fn secrets_never_appear_on_disk() {
     )
     .unwrap();
     secrets.push(redis);
+    // Root key rotation re-wraps in place; nothing leaks on the way.
+    assert_eq!(root.rekey(None, ferry_keystore::Argon2Params::MIN).unwrap(), 3);
     let local = Keystore::open_or_create_local(&lp, "alice", &Options::new()).unwrap();
     local.sync_from_root(&root, &SyncOptions::default()).unwrap();
     local
