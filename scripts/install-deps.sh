@@ -4,6 +4,13 @@
 set -euo pipefail
 need=()
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+# WAN test bench (netem-tests): namespaces and tc, ping, TCP and UFTP peers, scp over a local sshd.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v uftp >/dev/null 2>&1 || need+=(uftp)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v scp >/dev/null 2>&1 || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

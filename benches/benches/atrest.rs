@@ -29,10 +29,7 @@ fn segment(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SEGMENT_SIZE as u64));
     let len = 1u64 << 30;
     let (_, mut cipher) = EnvelopeBuilder::new(len)
-        .slot(NewSlot::Passphrase {
-            passphrase: b"bench",
-            params: Argon2Params::MINIMUM,
-        })
+        .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MINIMUM })
         .build()
         .unwrap();
     let pt = vec![0x5au8; SEGMENT_SIZE];
@@ -101,10 +98,7 @@ fn file(c: &mut Criterion) {
     let pt = vec![0x5au8; BYTES];
     let build = || {
         EnvelopeBuilder::new(BYTES as u64)
-            .slot(NewSlot::Passphrase {
-                passphrase: b"bench",
-                params: Argon2Params::MINIMUM,
-            })
+            .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MINIMUM })
             .build()
             .unwrap()
     };
@@ -130,10 +124,7 @@ fn file(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    let key = Header::parse(&env)
-        .unwrap()
-        .unlock_with_passphrase(b"bench")
-        .unwrap();
+    let key = Header::parse(&env).unwrap().unlock_with_passphrase(b"bench").unwrap();
     let mut reader = EnvelopeReader::new(Cursor::new(&env), key).unwrap();
     g.bench_function("ferry_reader_decrypt", |b| {
         b.iter(|| black_box(reader.decrypt_to(&mut std::io::sink()).unwrap()))
@@ -162,17 +153,11 @@ fn rewrap(c: &mut Criterion) {
     let mut g = c.benchmark_group("atrest_rewrap");
     g.sample_size(30);
     let dir = tempfile::tempdir().unwrap();
-    let resolver = BenchResolver {
-        active: Cell::new(1),
-    };
+    let resolver = BenchResolver { active: Cell::new(1) };
     for (name, len) in [("1MiB", 1u64 << 20), ("10GiB_sparse", 10u64 << 30)] {
         let path = dir.path().join(name);
         let (header, _) = EnvelopeBuilder::new(len)
-            .slot(NewSlot::Keystore {
-                resolver: &resolver,
-                owner: "bench",
-                category: "ssear",
-            })
+            .slot(NewSlot::Keystore { resolver: &resolver, owner: "bench", category: "ssear" })
             .build()
             .unwrap();
         let f = std::fs::File::create(&path).unwrap();
@@ -183,11 +168,7 @@ fn rewrap(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 resolver.active.set(resolver.active.get() + 1);
-                let mut f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .unwrap();
+                let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
                 let h = read_header(&mut f).unwrap();
                 let key = h.unlock_with_keystore(&resolver).unwrap();
                 let idx = h.slots()[0].index;
@@ -220,10 +201,7 @@ fn argon2(c: &mut Criterion) {
             b.iter(|| {
                 black_box(
                     EnvelopeBuilder::new(0)
-                        .slot(NewSlot::Passphrase {
-                            passphrase: b"bench",
-                            params,
-                        })
+                        .slot(NewSlot::Passphrase { passphrase: b"bench", params })
                         .build()
                         .unwrap(),
                 )

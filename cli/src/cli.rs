@@ -17,4 +17,6 @@ pub(crate) enum Command {
     Crypt(crate::crypt::CryptArgs),
     /// Manage secrets in the root and local keystores (askmscli-compatible).
     Keys(crate::keys::KeysArgs),
+    /// Run the transfer engine end to end over an emulated long, lossy path and summarise.
+    Demo(crate::demo::DemoArgs),
 }

@@ -130,12 +130,7 @@ struct EncryptArgs {
     #[arg(long, value_name = "USER")]
     keystore_user: Option<String>,
     /// Keystore category of that secret.
-    #[arg(
-        long,
-        value_name = "CATEGORY",
-        default_value = "ssear",
-        requires = "keystore_user"
-    )]
+    #[arg(long, value_name = "CATEGORY", default_value = "ssear", requires = "keystore_user")]
     keystore_category: String,
     #[command(flatten)]
     kdf: KdfArgs,
@@ -191,22 +186,18 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
     let p = path.display();
     use AtRestError as E;
     let (code, hint): (u8, &str) = match &e {
-        E::Io(_) => (
-            EXIT_IO,
-            "check that the path exists and is readable, and that the disk has space",
-        ),
-        E::NotAnEnvelope => (
-            EXIT_FORMAT,
-            "this file was not produced by `ferry crypt encrypt`; nothing to decrypt",
-        ),
-        E::UnsupportedVersion { .. } | E::UnsupportedSuite { .. } => (
-            EXIT_FORMAT,
-            "upgrade ferry to a version that reads this envelope format",
-        ),
-        E::HeaderTruncated { .. } => (
-            EXIT_INTEGRITY,
-            "the file was cut short; fetch a complete copy",
-        ),
+        E::Io(_) => {
+            (EXIT_IO, "check that the path exists and is readable, and that the disk has space")
+        }
+        E::NotAnEnvelope => {
+            (EXIT_FORMAT, "this file was not produced by `ferry crypt encrypt`; nothing to decrypt")
+        }
+        E::UnsupportedVersion { .. } | E::UnsupportedSuite { .. } => {
+            (EXIT_FORMAT, "upgrade ferry to a version that reads this envelope format")
+        }
+        E::HeaderTruncated { .. } => {
+            (EXIT_INTEGRITY, "the file was cut short; fetch a complete copy")
+        }
         E::MalformedHeader { .. } | E::NoSlots => (
             EXIT_FORMAT,
             "the header does not follow docs/FORMAT.md; the file is damaged or not an envelope",
@@ -220,34 +211,24 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
             "refused before running the key derivation: the file may be crafted to exhaust memory",
         ),
         E::InvalidKdfParams { .. } => (2, "choose Argon2id parameters inside the accepted bounds"),
-        E::NoPassphraseSlot => (
-            EXIT_WRONG_KEY,
-            "this envelope is opened with a keystore secret, not a passphrase",
-        ),
-        E::NoKeystoreSlot => (
-            EXIT_WRONG_KEY,
-            "this envelope is opened with a passphrase (FERRY_FILEPASS)",
-        ),
-        E::WrongPassphrase => (
-            EXIT_WRONG_KEY,
-            "check FERRY_FILEPASS (or retype the passphrase) and try again",
-        ),
-        E::WrongKeystoreKey { .. } => (
-            EXIT_WRONG_KEY,
-            "the keystore holds a different secret under that name and version",
-        ),
-        E::KeyUnavailable {
-            state: KeyState::Destroyed,
-            ..
-        } => (
+        E::NoPassphraseSlot => {
+            (EXIT_WRONG_KEY, "this envelope is opened with a keystore secret, not a passphrase")
+        }
+        E::NoKeystoreSlot => {
+            (EXIT_WRONG_KEY, "this envelope is opened with a passphrase (FERRY_FILEPASS)")
+        }
+        E::WrongPassphrase => {
+            (EXIT_WRONG_KEY, "check FERRY_FILEPASS (or retype the passphrase) and try again")
+        }
+        E::WrongKeystoreKey { .. } => {
+            (EXIT_WRONG_KEY, "the keystore holds a different secret under that name and version")
+        }
+        E::KeyUnavailable { state: KeyState::Destroyed, .. } => (
             EXIT_KEY_STATE,
             "the key version was destroyed, so this copy cannot be decrypted any more; use a copy \
              rewrapped to a newer version (`ferry crypt rewrap` before destroying old versions)",
         ),
-        E::KeyUnavailable {
-            operation: "encrypt",
-            ..
-        } => (
+        E::KeyUnavailable { operation: "encrypt", .. } => (
             EXIT_KEY_STATE,
             "new files are only wrapped under the active version: activate or rotate the secret \
              with `ferry keys`",
@@ -257,18 +238,16 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
             "ask the keystore administrator to reactivate the key version (`ferry keys ... \
              --activate --version N`), or use a copy rewrapped to an active version",
         ),
-        E::Keystore(_) => (
-            EXIT_WRONG_KEY,
-            "check the keystore (`ferry keys`) for this owner and category",
-        ),
+        E::Keystore(_) => {
+            (EXIT_WRONG_KEY, "check the keystore (`ferry keys`) for this owner and category")
+        }
         E::CommitmentMismatch => (
             EXIT_INTEGRITY,
             "the header's fixed fields were altered; restore the file from a good copy",
         ),
-        E::Truncated { .. } => (
-            EXIT_INTEGRITY,
-            "the file was cut short (interrupted copy?); fetch a complete copy",
-        ),
+        E::Truncated { .. } => {
+            (EXIT_INTEGRITY, "the file was cut short (interrupted copy?); fetch a complete copy")
+        }
         E::SegmentsRemoved { .. }
         | E::SegmentsInserted { .. }
         | E::TrailingData { .. }
@@ -282,22 +261,14 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
             EXIT_INTEGRITY,
             "the header was copied from another envelope onto this payload; restore the original header",
         ),
-        E::LengthMismatch { .. } => (
-            EXIT_IO,
-            "the input changed while it was being encrypted; retry when it is stable",
-        ),
-        E::TooLarge { .. } => (
-            EXIT_IO,
-            "split the file; the format holds at most 2^40 segments",
-        ),
-        E::InvalidName { .. } => (
-            2,
-            "keystore owner names hold up to 47 bytes, categories up to 31",
-        ),
-        E::NoFreeSlot { .. } => (
-            EXIT_FORMAT,
-            "remove a key slot first (at most 3 slots are used)",
-        ),
+        E::LengthMismatch { .. } => {
+            (EXIT_IO, "the input changed while it was being encrypted; retry when it is stable")
+        }
+        E::TooLarge { .. } => (EXIT_IO, "split the file; the format holds at most 2^40 segments"),
+        E::InvalidName { .. } => {
+            (2, "keystore owner names hold up to 47 bytes, categories up to 31")
+        }
+        E::NoFreeSlot { .. } => (EXIT_FORMAT, "remove a key slot first (at most 3 slots are used)"),
         E::InvalidSegment { .. } | E::OutOfRange { .. } => {
             (1, "this is a bug in ferry; please report it")
         }
@@ -317,10 +288,8 @@ fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Zeroizing<String
             .into_string()
             .map_err(|_| CliError::new(EXIT_NO_PASSPHRASE, format!("{var} is not valid UTF-8")))?;
         if s.is_empty() {
-            return Err(
-                CliError::new(EXIT_NO_PASSPHRASE, format!("{var} is set but empty"))
-                    .hint("set a non-empty passphrase"),
-            );
+            return Err(CliError::new(EXIT_NO_PASSPHRASE, format!("{var} is set but empty"))
+                .hint("set a non-empty passphrase"));
         }
         return Ok(Zeroizing::new(s));
     }
@@ -329,34 +298,21 @@ fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Zeroizing<String
             EXIT_NO_PASSPHRASE,
             "no passphrase: not on a terminal and no environment passphrase",
         )
-        .hint(format!(
-            "set {var} (never pass a passphrase on the command line)"
-        )));
+        .hint(format!("set {var} (never pass a passphrase on the command line)")));
     }
     let read = |p: &str| {
-        rpassword::prompt_password(p)
-            .map(Zeroizing::new)
-            .map_err(|e| {
-                CliError::new(
-                    EXIT_NO_PASSPHRASE,
-                    format!("cannot read the passphrase: {e}"),
-                )
-            })
+        rpassword::prompt_password(p).map(Zeroizing::new).map_err(|e| {
+            CliError::new(EXIT_NO_PASSPHRASE, format!("cannot read the passphrase: {e}"))
+        })
     };
     let first = read(prompt)?;
     if first.is_empty() {
-        return Err(CliError::new(
-            EXIT_NO_PASSPHRASE,
-            "empty passphrase refused",
-        ));
+        return Err(CliError::new(EXIT_NO_PASSPHRASE, "empty passphrase refused"));
     }
     if confirm {
         let second = read("Repeat the passphrase: ")?;
         if *first != *second {
-            return Err(CliError::new(
-                EXIT_NO_PASSPHRASE,
-                "the passphrases do not match",
-            ));
+            return Err(CliError::new(EXIT_NO_PASSPHRASE, "the passphrases do not match"));
         }
     }
     Ok(first)
@@ -368,10 +324,7 @@ fn temp_next_to(final_path: &Path) -> Result<tempfile::NamedTempFile, CliError> 
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
@@ -392,14 +345,9 @@ fn refuse_existing(path: &Path, force: bool) -> Result<(), CliError> {
 
 /// fsync, then rename into place (refusing to clobber unless `force`).
 fn persist(tmp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), CliError> {
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| io_err("sync", tmp.path(), &e))?;
-    let res = if force {
-        tmp.persist(path).map(|_| ())
-    } else {
-        tmp.persist_noclobber(path).map(|_| ())
-    };
+    tmp.as_file().sync_all().map_err(|e| io_err("sync", tmp.path(), &e))?;
+    let res =
+        if force { tmp.persist(path).map(|_| ()) } else { tmp.persist_noclobber(path).map(|_| ()) };
     res.map_err(|e| {
         if e.error.kind() == io::ErrorKind::AlreadyExists {
             CliError::new(
@@ -424,11 +372,10 @@ fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
     let mut input = File::open(&a.input).map_err(|e| io_err("open", &a.input, &e))?;
     let meta = input.metadata().map_err(|e| io_err("stat", &a.input, &e))?;
     if !meta.is_file() {
-        return Err(CliError::new(
-            EXIT_IO,
-            format!("{} is not a regular file", a.input.display()),
-        )
-        .hint("encrypt files one at a time (directories: use a loop or `ferry cp --file-crypt`)"));
+        return Err(CliError::new(EXIT_IO, format!("{} is not a regular file", a.input.display()))
+            .hint(
+                "encrypt files one at a time (directories: use a loop or `ferry cp --file-crypt`)",
+            ));
     }
     let output = a.output.clone().unwrap_or_else(|| {
         let mut s = a.input.clone().into_os_string();
@@ -440,30 +387,21 @@ fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
     let (header, cipher) = if let Some(user) = &a.keystore_user {
         let ks = a.keystore.open()?;
         EnvelopeBuilder::new(len)
-            .slot(NewSlot::Keystore {
-                resolver: &ks,
-                owner: user,
-                category: &a.keystore_category,
-            })
+            .slot(NewSlot::Keystore { resolver: &ks, owner: user, category: &a.keystore_category })
             .build()
             .map_err(|e| map_err(e, &a.input))?
     } else {
         let params = a.kdf.params()?;
         let pass = passphrase(PASS_ENV, "Passphrase for the new envelope: ", true)?;
         EnvelopeBuilder::new(len)
-            .slot(NewSlot::Passphrase {
-                passphrase: pass.as_bytes(),
-                params,
-            })
+            .slot(NewSlot::Passphrase { passphrase: pass.as_bytes(), params })
             .build()
             .map_err(|e| map_err(e, &a.input))?
     };
     let tmp = temp_next_to(&output)?;
     let writer = BufWriter::with_capacity(
         1 << 20,
-        tmp.as_file()
-            .try_clone()
-            .map_err(|e| io_err("open", tmp.path(), &e))?,
+        tmp.as_file().try_clone().map_err(|e| io_err("open", tmp.path(), &e))?,
     );
     let mut enc = StreamEncryptor::new(writer, &header, cipher).map_err(|e| map_err(e, &output))?;
     let mut buf = Zeroizing::new(vec![0u8; 16 * SEGMENT_SIZE]);
@@ -480,11 +418,7 @@ fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
     w.flush().map_err(|e| io_err("write", &output, &e))?;
     drop(w);
     persist(tmp, &output, a.force)?;
-    eprintln!(
-        "ferry: encrypted {} ({len} bytes) to {}",
-        a.input.display(),
-        output.display()
-    );
+    eprintln!("ferry: encrypted {} ({len} bytes) to {}", a.input.display(), output.display());
     Ok(())
 }
 
@@ -505,15 +439,8 @@ fn default_decrypt_output(input: &Path) -> Result<PathBuf, CliError> {
 
 fn open_envelope(path: &Path) -> Result<(File, Header), CliError> {
     let mut f = File::open(path).map_err(|e| io_err("open", path, &e))?;
-    if !f
-        .metadata()
-        .map_err(|e| io_err("stat", path, &e))?
-        .is_file()
-    {
-        return Err(CliError::new(
-            EXIT_IO,
-            format!("{} is not a regular file", path.display()),
-        ));
+    if !f.metadata().map_err(|e| io_err("stat", path, &e))?.is_file() {
+        return Err(CliError::new(EXIT_IO, format!("{} is not a regular file", path.display())));
     }
     let header = read_header(&mut f).map_err(|e| map_err(e, path))?;
     Ok((f, header))
@@ -526,24 +453,14 @@ fn unlock(
     ks: &KeystoreArgs,
     path: &Path,
 ) -> Result<ferry_engine::atrest::FileKey, CliError> {
-    let has_ks = header
-        .slots()
-        .iter()
-        .any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
-    let has_pass = header
-        .slots()
-        .iter()
-        .any(|s| matches!(s.kind, SlotKind::Passphrase { .. }));
+    let has_ks = header.slots().iter().any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
+    let has_pass = header.slots().iter().any(|s| matches!(s.kind, SlotKind::Passphrase { .. }));
     if has_ks && (!has_pass || std::env::var_os(PASS_ENV).is_none()) {
         let store = ks.open()?;
-        return header
-            .unlock_with_keystore(&store)
-            .map_err(|e| map_err(e, path));
+        return header.unlock_with_keystore(&store).map_err(|e| map_err(e, path));
     }
     let pass = passphrase(PASS_ENV, "Passphrase: ", false)?;
-    header
-        .unlock_with_passphrase(pass.as_bytes())
-        .map_err(|e| map_err(e, path))
+    header.unlock_with_passphrase(pass.as_bytes()).map_err(|e| map_err(e, path))
 }
 
 /// Damaged key slots do not affect the content (slots are not content) and are skipped, so that
@@ -585,9 +502,7 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
         let stdout = io::stdout();
         let mut w = BufWriter::new(stdout.lock());
         match reader.decrypt_to(&mut w) {
-            Ok(_) => w
-                .flush()
-                .map_err(|e| io_err("write", Path::new("stdout"), &e)),
+            Ok(_) => w.flush().map_err(|e| io_err("write", Path::new("stdout"), &e)),
             Err(AtRestError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
             Err(e) => Err(map_err(e, &a.input)),
         }
@@ -595,18 +510,12 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
         let tmp = temp_next_to(&output)?;
         {
             let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-            reader
-                .decrypt_to(&mut w)
-                .map_err(|e| map_err(e, &a.input))?;
+            reader.decrypt_to(&mut w).map_err(|e| map_err(e, &a.input))?;
             w.flush().map_err(|e| io_err("write", &output, &e))?;
         }
         // On any error above, `tmp` is dropped and removed: no partial plaintext remains.
         persist(tmp, &output, a.force)?;
-        eprintln!(
-            "ferry: decrypted {} to {}",
-            a.input.display(),
-            output.display()
-        );
+        eprintln!("ferry: decrypted {} to {}", a.input.display(), output.display());
         Ok(())
     }
 }
@@ -620,10 +529,7 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
         .any(|s| matches!(s.kind, SlotKind::Keystore { .. }))
         .then(|| a.keystore.open().ok())
         .flatten();
-    let actual = file
-        .metadata()
-        .map_err(|e| io_err("stat", &a.input, &e))?
-        .len();
+    let actual = file.metadata().map_err(|e| io_err("stat", &a.input, &e))?.len();
     let n = header.segment_count();
     let len = header.plaintext_len();
     let mut out = String::new();
@@ -636,10 +542,7 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
     let _ = writeln!(out, "file id:          {}", hex(header.file_id()));
     let _ = writeln!(out, "plaintext length: {len} bytes");
     let last = len - (n - 1) * SEGMENT_SIZE as u64;
-    let _ = writeln!(
-        out,
-        "segments:         {n} of 65536 bytes (final segment {last} bytes)"
-    );
+    let _ = writeln!(out, "segments:         {n} of 65536 bytes (final segment {last} bytes)");
     let expected = header.envelope_len();
     let status = if actual == expected {
         "matches the header".to_string()
@@ -651,16 +554,9 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
     for slot in header.slots() {
         let desc = match &slot.kind {
             SlotKind::Passphrase { params } => {
-                format!(
-                    "passphrase, Argon2id m={} KiB t={} p={}",
-                    params.m_kib, params.t, params.p
-                )
+                format!("passphrase, Argon2id m={} KiB t={} p={}", params.m_kib, params.t, params.p)
             }
-            SlotKind::Keystore {
-                owner,
-                category,
-                version,
-            } => {
+            SlotKind::Keystore { owner, category, version } => {
                 let state = store
                     .as_ref()
                     .and_then(|s| s.state_of(owner, category, *version))
@@ -669,11 +565,8 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
                 format!("keystore secret {owner}/{category} v{version}{state}")
             }
         };
-        let _ = writeln!(
-            out,
-            "slot {}:           {desc} (generation {})",
-            slot.index, slot.generation
-        );
+        let _ =
+            writeln!(out, "slot {}:           {desc} (generation {})", slot.index, slot.generation);
     }
     for &i in header.damaged_slots() {
         if let Some(e) = header.slot_damage(i) {
@@ -703,10 +596,8 @@ fn collect_envelopes(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError
         }
     } else if meta.is_file() {
         let mut magic = [0u8; 8];
-        let is_env = File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-            && magic == MAGIC;
+        let is_env =
+            File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == MAGIC;
         if is_env {
             out.push(path.to_path_buf());
         }
@@ -725,10 +616,8 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
         }
     }
     if files.is_empty() {
-        return Err(
-            CliError::new(EXIT_IO, "no envelopes found under the given paths")
-                .hint("name envelope files or directories holding them"),
-        );
+        return Err(CliError::new(EXIT_IO, "no envelopes found under the given paths")
+            .hint("name envelope files or directories holding them"));
     }
     let mut store: Option<FerryKeystore> = None;
     let mut passes: Option<(Zeroizing<String>, Zeroizing<String>, Argon2Params)> = None;
@@ -740,30 +629,23 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
             .map_err(|e| io_err("open for writing", path, &e))?;
         let header = read_header(&mut f).map_err(|e| map_err(e, path))?;
         warn_damaged(path, &header);
-        let has_ks = header
-            .slots()
-            .iter()
-            .any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
+        let has_ks = header.slots().iter().any(|s| matches!(s.kind, SlotKind::Keystore { .. }));
         if has_ks {
             // Keystore slots move to the active version of their secret.
             if store.is_none() {
                 store = Some(a.keystore.open()?);
             }
             let ks = store.as_ref().expect("just opened");
-            let key = header
-                .unlock_with_keystore(ks)
-                .map_err(|e| map_err(e, path))?;
+            let key = header.unlock_with_keystore(ks).map_err(|e| map_err(e, path))?;
             let (after, moved) = rewrap_keystore_to_active(&mut f, &header, &key, ks)
                 .map_err(|e| map_err(e, path))?;
             let versions: Vec<String> = after
                 .slots()
                 .iter()
                 .filter_map(|s| match &s.kind {
-                    SlotKind::Keystore {
-                        owner,
-                        category,
-                        version,
-                    } => Some(format!("{owner}/{category} v{version}")),
+                    SlotKind::Keystore { owner, category, version } => {
+                        Some(format!("{owner}/{category} v{version}"))
+                    }
                     SlotKind::Passphrase { .. } => None,
                 })
                 .collect();
@@ -789,15 +671,11 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
                 passes = Some((old, new, params));
             }
             let (old, new, params) = passes.as_ref().expect("just set");
-            let key = header
-                .unlock_with_passphrase(old.as_bytes())
-                .map_err(|e| map_err(e, path))?;
+            let key =
+                header.unlock_with_passphrase(old.as_bytes()).map_err(|e| map_err(e, path))?;
             rewrap_passphrase(&mut f, &header, &key, new.as_bytes(), *params)
                 .map_err(|e| map_err(e, path))?;
-            eprintln!(
-                "ferry: rewrapped {} (key slots only; payload untouched)",
-                path.display()
-            );
+            eprintln!("ferry: rewrapped {} (key slots only; payload untouched)", path.display());
         }
     }
     Ok(())

@@ -16,11 +16,7 @@ pub(crate) struct CliError {
 
 impl CliError {
     pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            hint: None,
-            code,
-        }
+        Self { message: message.into(), hint: None, code }
     }
 
     pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {

@@ -56,6 +56,7 @@ pub(crate) mod exit {
     group(ArgGroup::new("action").multiple(false).args([
         "init", "list", "history", "audit", "generate", "rotate", "activate", "suspend",
         "deactivate", "compromised", "destroy", "min_decryption_version",
+        "set_stash_passphrase", "remove_stash_passphrase", "rekey",
     ])),
     after_help = "The secret value is read from stdin, never from the command line: \
                   printf %s \"$SECRET\" | ferry keys -u alice -s ssear"
@@ -126,6 +127,25 @@ pub(crate) struct KeysArgs {
     #[arg(long, value_name = "N")]
     min_decryption_version: Option<u32>,
 
+    /// Protect the root keystore's stash with a new passphrase, read from
+    /// --new-stash-passphrase-file or FERRY_NEW_STASH_PASSPHRASE.
+    #[arg(long)]
+    set_stash_passphrase: bool,
+
+    /// Remove the passphrase protection of the root keystore's stash (file permissions only
+    /// from then on).
+    #[arg(long)]
+    remove_stash_passphrase: bool,
+
+    /// Rotate the root keystore key: a new random key, every value re-wrapped under it, a new
+    /// stash (protected like the old one, or by --new-stash-passphrase-file).
+    #[arg(long)]
+    rekey: bool,
+
+    /// File holding the new passphrase for --set-stash-passphrase or --rekey (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    new_stash_passphrase_file: Option<PathBuf>,
+
     /// Store the new version as pre-active (activate it later with --activate --version N).
     #[arg(long)]
     pre_active: bool,
@@ -185,21 +205,29 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
     let who = user.unwrap_or("USER");
     match &e {
         E::NotFound { kind: KeystoreKind::Root, .. } => CliError::new(exit::MISSING, msg).hint(
-            "create it with `ferry keys -i` (or store a first secret with `ferry keys -s \
-             CATEGORY`), or point --root-keystore / FERRY_ROOT_KEYSTORE at the existing one",
+            "or store a first secret with `ferry keys -s CATEGORY`, or point --root-keystore / \
+             FERRY_ROOT_KEYSTORE at the existing keystore",
         ),
-        E::NotFound { kind: KeystoreKind::Local, .. } => CliError::new(exit::MISSING, msg)
-            .hint(format!("create it with `ferry keys -i -u {who}`")),
+        E::NotFound { kind: KeystoreKind::Local, path } => CliError::new(
+            exit::MISSING,
+            format!(
+                "local keystore {} does not exist; create it with `ferry keys -i -u {who}`",
+                path.display()
+            ),
+        ),
         E::KeyFileMissing { .. } => CliError::new(exit::MISSING, msg),
         E::UnsafePermissions { .. } => CliError::new(exit::UNSAFE_FILE, msg).hint(
             "keystore files must be readable and writable by their owner only, like ssh \
              private keys",
         ),
-        E::WrongOwner { .. } | E::NotRegularFile { .. } => CliError::new(exit::UNSAFE_FILE, msg),
+        E::WrongOwner { .. } | E::NotRegularFile { .. } | E::UnsafeDirectory { .. } => {
+            CliError::new(exit::UNSAFE_FILE, msg)
+        }
         E::Corrupt { .. } | E::CorruptKeyFile { .. } | E::Integrity { .. } => {
             CliError::new(exit::CORRUPT, msg)
         }
         E::WrongKey { .. } | E::WrongPassphrase { .. } => CliError::new(exit::WRONG_KEY, msg),
+        E::Rekeyed { .. } => CliError::new(exit::IO, msg),
         E::PassphraseRequired { .. } => CliError::new(exit::WRONG_KEY, msg)
             .hint("set FERRY_STASH_PASSPHRASE or pass --stash-passphrase-file FILE"),
         E::WrongState { .. } | E::Transition { .. } | E::BelowMinimum { .. } | E::NoValue { .. } => {
@@ -231,6 +259,12 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
         | E::InvalidValue { .. }
         | E::WrongPlace { .. }
         | E::InvalidArgument(_) => CliError::new(exit::INVALID, msg),
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            CliError::new(exit::UNSAFE_FILE, msg).hint(
+                "run ferry as the keystore's owner (the root keystore belongs to root or the \
+                 service account)",
+            )
+        }
         E::Database { .. } => CliError::new(exit::IO, msg)
             .hint("if another ferry process held the keystore for long, try again"),
         _ => CliError::new(exit::IO, msg),
@@ -287,20 +321,26 @@ fn current_user_name() -> String {
         .unwrap_or_else(|| format!("uid{uid}"))
 }
 
+/// Reads a passphrase file (it must be private, like the keystore; one trailing newline is
+/// removed).
+fn read_passphrase_file(file: &Path) -> Result<SecretBytes, CliError> {
+    ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
+    Ok(strip_newline(SecretBytes::new(bytes)))
+}
+
+/// A non-empty secret from the environment.
+fn env_secret(name: &str) -> Option<SecretBytes> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(|v| SecretBytes::new(v.into_vec()))
+}
+
 /// Reads the stash passphrase from --stash-passphrase-file or FERRY_STASH_PASSPHRASE.
 fn stash_passphrase(paths: &KeystorePaths) -> Result<Option<SecretBytes>, CliError> {
-    if let Some(file) = &paths.stash_passphrase_file {
-        ferry_keystore::check_private_file(file).map_err(|e| keystore_error(e, None))?;
-        let bytes = std::fs::read(file)
-            .map_err(|e| CliError::new(exit::IO, format!("cannot read {}: {e}", file.display())))?;
-        return Ok(Some(strip_newline(SecretBytes::new(bytes))));
-    }
-    match std::env::var_os("FERRY_STASH_PASSPHRASE") {
-        Some(v) if !v.is_empty() => {
-            use std::os::unix::ffi::OsStringExt;
-            Ok(Some(SecretBytes::new(v.into_vec())))
-        }
-        _ => Ok(None),
+    match &paths.stash_passphrase_file {
+        Some(file) => read_passphrase_file(file).map(Some),
+        None => Ok(env_secret("FERRY_STASH_PASSPHRASE")),
     }
 }
 
@@ -313,11 +353,7 @@ fn strip_newline(v: SecretBytes) -> SecretBytes {
     } else {
         0
     };
-    if n == 0 {
-        v
-    } else {
-        SecretBytes::from_slice(&b[..b.len() - n])
-    }
+    if n == 0 { v } else { SecretBytes::from_slice(&b[..b.len() - n]) }
 }
 
 /// Reads a secret value from stdin (never from a terminal, where it would echo).
@@ -331,8 +367,10 @@ fn read_value_from_stdin() -> Result<SecretBytes, CliError> {
         )
         .hint("pipe it in: printf %s \"$SECRET\" | ferry keys ... ; or use --generate"));
     }
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    let limit = (ferry_keystore::MAX_SECRET_LEN + 3) as u64;
+    let limit = ferry_keystore::MAX_SECRET_LEN + 3;
+    // Allocated once at its final size, so no reallocation leaves a copy of the value behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(limit + 1));
+    let limit = limit as u64;
     stdin
         .lock()
         .take(limit)
@@ -373,9 +411,7 @@ impl Ctx<'_> {
 
     /// The local keystore's user: -u USER, else the user running ferry.
     fn local_user(&self) -> String {
-        self.user
-            .map(str::to_owned)
-            .unwrap_or_else(current_user_name)
+        self.user.map(str::to_owned).unwrap_or_else(current_user_name)
     }
 
     /// The local keystore path and, when ferry runs as root for another user, that user's
@@ -456,11 +492,7 @@ impl Ctx<'_> {
             Some(t) => Some(time::parse_duration(t).map_err(|e| CliError::new(exit::INVALID, e))?),
             None => None,
         };
-        let state = if self.args.pre_active {
-            KeyState::PreActive
-        } else {
-            KeyState::Active
-        };
+        let state = if self.args.pre_active { KeyState::PreActive } else { KeyState::Active };
         Ok(PutOptions { state, ttl })
     }
 
@@ -482,10 +514,7 @@ fn out(line: impl AsRef<str>) -> Result<(), CliError> {
     match writeln!(o, "{}", line.as_ref()) {
         // A closed pipe (`ferry keys --list | head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(CliError::new(
-            exit::IO,
-            format!("cannot write to stdout: {e}"),
-        )),
+        Err(e) => Err(CliError::new(exit::IO, format!("cannot write to stdout: {e}"))),
         Ok(()) => Ok(()),
     }
 }
@@ -550,10 +579,7 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
     if let Some(u) = &args.user {
         Owner::user(u).map_err(|e| keystore_error(e, None))?;
     }
-    let ctx = Ctx {
-        args: &args,
-        user: args.user.as_deref(),
-    };
+    let ctx = Ctx { args: &args, user: args.user.as_deref() };
     let category = args.category.as_deref().map(parse_category).transpose()?;
 
     if args.init {
@@ -565,45 +591,38 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
             None => category,
         };
         let local = args.local || cat.is_some_and(|c| c.home() == Home::Local);
-        let ks = if local {
-            ctx.open_local()?
-        } else {
-            ctx.open_root()?
-        };
+        let ks = if local { ctx.open_local()? } else { ctx.open_root()? };
         let owner = match (&args.history, cat) {
             (Some(_), Some(c)) => Some(ctx.owner_for(c)?),
-            _ => args
-                .user
-                .as_deref()
-                .map(Owner::user)
-                .transpose()
-                .map_err(|e| ctx.err(e))?,
+            _ => args.user.as_deref().map(Owner::user).transpose().map_err(|e| ctx.err(e))?,
         };
         let infos = ks.list(owner.as_ref(), cat).map_err(|e| ctx.err(e))?;
         if let (Some(_), Some(c), Some(o), true) = (&args.history, cat, &owner, infos.is_empty()) {
-            return Err(ctx.err(KeystoreError::NoSuchSecret {
-                owner: o.clone(),
-                category: c,
-            }));
+            return Err(ctx.err(KeystoreError::NoSuchSecret { owner: o.clone(), category: c }));
         }
         return print_infos(&infos, args.json);
     }
+    if args.new_stash_passphrase_file.is_some() && !(args.set_stash_passphrase || args.rekey) {
+        return Err(CliError::new(
+            2,
+            "--new-stash-passphrase-file goes with --set-stash-passphrase or --rekey",
+        ));
+    }
+    if args.set_stash_passphrase || args.remove_stash_passphrase {
+        return reprotect(&ctx);
+    }
+    if args.rekey {
+        return rekey(&ctx);
+    }
     if args.audit {
-        let ks = if args.local {
-            ctx.open_local()?
-        } else {
-            ctx.open_root()?
-        };
+        let ks = if args.local { ctx.open_local()? } else { ctx.open_root()? };
         let records = ks.audit_records(args.limit).map_err(|e| ctx.err(e))?;
         for r in records {
             if args.json {
                 out(serde_json::to_string(&r)
                     .map_err(|e| CliError::new(exit::IO, e.to_string()))?)?;
             } else {
-                let owner = r
-                    .owner
-                    .as_deref()
-                    .map(|o| if o == "*" { "shared" } else { o });
+                let owner = r.owner.as_deref().map(|o| if o == "*" { "shared" } else { o });
                 let what = match (owner, &r.category, r.version) {
                     (Some(o), Some(c), Some(v)) => format!("{o}/{c} v{v}"),
                     (Some(o), Some(c), None) => format!("{o}/{c}"),
@@ -651,10 +670,7 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         let ks = ctx.home_of(category, false)?;
         let version = match args.version {
             Some(v) => v,
-            None => match ks
-                .current_version(&owner, category)
-                .map_err(|e| ctx.err(e))?
-            {
+            None => match ks.current_version(&owner, category).map_err(|e| ctx.err(e))? {
                 Some(i) => i.version,
                 None => {
                     let err = if ks
@@ -662,35 +678,21 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
                         .map_err(|e| ctx.err(e))?
                         .is_empty()
                     {
-                        KeystoreError::NoSuchSecret {
-                            owner: owner.clone(),
-                            category,
-                        }
+                        KeystoreError::NoSuchSecret { owner: owner.clone(), category }
                     } else {
-                        KeystoreError::NoActiveVersion {
-                            owner: owner.clone(),
-                            category,
-                        }
+                        KeystoreError::NoActiveVersion { owner: owner.clone(), category }
                     };
                     return Err(ctx.err(err).hint("name the version with --version N"));
                 }
             },
         };
-        let info = ks
-            .set_state(&owner, category, version, to)
-            .map_err(|e| ctx.err(e))?;
-        out(format!(
-            "{}: now {} ({})",
-            info.label(),
-            info.state,
-            describe(&ks)
-        ))?;
+        let info = ks.set_state(&owner, category, version, to).map_err(|e| ctx.err(e))?;
+        out(format!("{}: now {} ({})", info.label(), info.state, describe(&ks)))?;
         return refresh_after_change(&ctx, &owner, category);
     }
     if let Some(min) = args.min_decryption_version {
         let ks = ctx.home_of(category, false)?;
-        ks.set_min_decryption_version(&owner, category, min)
-            .map_err(|e| ctx.err(e))?;
+        ks.set_min_decryption_version(&owner, category, min).map_err(|e| ctx.err(e))?;
         out(format!(
             "{owner}/{category}: minimum decryption version is now {min} ({})",
             describe(&ks)
@@ -698,52 +700,32 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         return refresh_after_change(&ctx, &owner, category);
     }
     let put_opts = ctx.put_options()?;
-    let info = if args.rotate {
+    if args.rotate {
         let ks = ctx.home_of(category, false)?;
-        let i = ks
-            .rotate(&owner, category, &put_opts)
-            .map_err(|e| ctx.err(e))?;
+        let i = ks.rotate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
         out(format!(
-            "rotated {}: new version {} is {} ({})",
-            format_args!("{owner}/{category}"),
+            "rotated {owner}/{category}: new version {} is {} ({})",
             i.version,
             i.state,
             describe(&ks)
         ))?;
-        i
     } else if args.generate {
         let ks = ctx.home_of(category, true)?;
-        let i = ks
-            .generate(&owner, category, &put_opts)
-            .map_err(|e| ctx.err(e))?;
-        out(format!(
-            "generated {} ({}) in {}",
-            i.label(),
-            i.state,
-            describe(&ks)
-        ))?;
-        i
+        let i = ks.generate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
+        out(format!("generated {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
     } else {
         let value = read_value_from_stdin()?;
         let value = category.normalize_value(value).map_err(|e| ctx.err(e))?;
         let ks = ctx.home_of(category, true)?;
-        let i = ks
-            .put(&owner, category, value, &put_opts)
-            .map_err(|e| ctx.err(e))?;
-        out(format!(
-            "stored {} ({}) in {}",
-            i.label(),
-            i.state,
-            describe(&ks)
-        ))?;
-        i
-    };
-    let _ = info;
+        let i = ks.put(&owner, category, value, &put_opts).map_err(|e| ctx.err(e))?;
+        out(format!("stored {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
+    }
     refresh_after_change(&ctx, &owner, category)
 }
 
 /// After a change in the root keystore, refreshes the affected user's local keystore when it
-/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE).
+/// exists (shared keys: only the one named by --local-keystore / FERRY_LOCAL_KEYSTORE). The
+/// change itself is committed by then, so a failed refresh is a warning, not an error.
 fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Result<(), CliError> {
     if category.home() != Home::Root {
         return Ok(());
@@ -761,22 +743,111 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
     if !path.exists() {
         return Ok(());
     }
-    let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
-    if let (Owner::User(_), Some(o)) = (owner, local.owner())
-        && o != owner
-    {
-        return Ok(());
+    let refresh = || -> Result<Option<String>, CliError> {
+        let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
+        if let (Owner::User(_), Some(o)) = (owner, local.owner())
+            && o != owner
+        {
+            return Ok(None);
+        }
+        let root = ctx.open_root()?;
+        let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
+        Ok(Some(format!(
+            "refreshed {} ({} usable, {} metadata only; copies expire at {})",
+            describe(&local),
+            rep.with_value,
+            rep.metadata_only,
+            time::rfc3339(rep.expires_at)
+        )))
+    };
+    match refresh() {
+        Ok(Some(line)) => out(line),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "ferry: warning: the change is committed, but refreshing the local keystore {} \
+                 failed: {}",
+                path.display(),
+                e.message
+            );
+            let who = match owner {
+                Owner::User(u) => u.as_str(),
+                Owner::Shared => "USER",
+            };
+            eprintln!("ferry: hint: refresh it later with `ferry keys -i -u {who}`");
+            Ok(())
+        }
     }
-    let root = ctx.open_root()?;
-    let rep = local
-        .sync_from_root(&root, &ctx.sync_options()?)
+}
+
+/// `--set-stash-passphrase` / `--remove-stash-passphrase`.
+fn reprotect(ctx: &Ctx<'_>) -> Result<(), CliError> {
+    let new = if ctx.args.set_stash_passphrase {
+        Some(new_stash_passphrase(ctx)?.ok_or_else(|| {
+            CliError::new(exit::INVALID, "no new stash passphrase given")
+                .hint("pass --new-stash-passphrase-file FILE or set FERRY_NEW_STASH_PASSPHRASE")
+        })?)
+    } else {
+        None
+    };
+    if ctx.args.local {
+        return Err(CliError::new(
+            exit::INVALID,
+            "a stash passphrase protects the root keystore only; local key files rely on the \
+             user's file permissions",
+        ));
+    }
+    let ks = ctx.open_root()?;
+    ks.reprotect_key_file(new.as_ref(), ferry_keystore::Argon2Params::DEFAULT)
         .map_err(|e| ctx.err(e))?;
     out(format!(
-        "refreshed {} ({} usable, {} metadata only; copies expire at {})",
-        describe(&local),
-        rep.with_value,
-        rep.metadata_only,
-        time::rfc3339(rep.expires_at)
+        "{} of {} is now protected by {}",
+        ks.key_file_path().display(),
+        describe(&ks),
+        if new.is_some() { "the new passphrase" } else { "file permissions only" }
+    ))
+}
+
+/// The new stash passphrase, if one was given.
+fn new_stash_passphrase(ctx: &Ctx<'_>) -> Result<Option<SecretBytes>, CliError> {
+    match &ctx.args.new_stash_passphrase_file {
+        Some(file) => read_passphrase_file(file).map(Some),
+        None => Ok(env_secret("FERRY_NEW_STASH_PASSPHRASE")),
+    }
+}
+
+/// `--rekey`: root key rotation.
+fn rekey(ctx: &Ctx<'_>) -> Result<(), CliError> {
+    if ctx.args.local {
+        return Err(CliError::new(
+            exit::INVALID,
+            "--rekey rotates the root keystore key; a local keystore gets new copies with \
+             `ferry keys -i -u USER`",
+        ));
+    }
+    let mut ks = ctx.open_root()?;
+    let stash = ks.key_file_path().to_owned();
+    let protected = std::fs::read(&stash)
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .and_then(|b| ferry_keystore::keyfile::KeyFile::parse(&b).ok())
+        .is_some_and(|k| k.is_protected());
+    let pass = match new_stash_passphrase(ctx)? {
+        Some(p) => Some(p),
+        None if protected => stash_passphrase(&ctx.args.paths)?,
+        None => None,
+    };
+    let n =
+        ks.rekey(pass.as_ref(), ferry_keystore::Argon2Params::DEFAULT).map_err(|e| ctx.err(e))?;
+    out(format!(
+        "re-keyed {}: {n} value(s) re-wrapped under a new key; new stash {} ({})",
+        describe(&ks),
+        stash.display(),
+        if pass.is_some() {
+            "protected by the stash passphrase"
+        } else {
+            "protected by file permissions only"
+        }
     ))
 }
 
@@ -796,8 +867,9 @@ fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {
                     }
                 )),
                 Err(KeystoreError::AlreadyExists { .. }) => {
-                    // Already there: open it to prove it is healthy.
-                    let ks = ctx.open_root()?;
+                    // Already there: open it to prove it is healthy (and finish a creation that
+                    // was interrupted before the schema was written).
+                    let ks = ctx.open_or_create_root()?;
                     out(format!("{} already exists; nothing to do", describe(&ks)))
                 }
                 Err(e) => Err(ctx.err(e)),
@@ -806,9 +878,7 @@ fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {
         Some(_) => {
             let root = ctx.open_root()?;
             let local = ctx.open_or_create_local()?;
-            let rep = local
-                .sync_from_root(&root, &ctx.sync_options()?)
-                .map_err(|e| ctx.err(e))?;
+            let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
             out(format!(
                 "initialised {} for {} from {}: {} usable, {} metadata only; copies expire at {}",
                 describe(&local),

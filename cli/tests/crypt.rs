@@ -11,23 +11,13 @@ use sha2::{Digest, Sha256};
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 const PASS: &str = "cli test passphrase";
 /// Cheapest accepted Argon2id parameters, to keep the tests fast.
-const FAST: [&str; 6] = [
-    "--argon2-memory",
-    "19456",
-    "--argon2-time",
-    "2",
-    "--argon2-lanes",
-    "1",
-];
+const FAST: [&str; 6] = ["--argon2-memory", "19456", "--argon2-time", "2", "--argon2-lanes", "1"];
 const HEADER: usize = 1024;
 const ENC_SEG: usize = 65_536 + 28;
 
 fn ferry(dir: &Path, args: &[&str], pass: Option<&str>) -> Output {
     let mut c = Command::new(FERRY);
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("FERRY_FILEPASS")
-        .env_remove("FERRY_FILEPASS_NEW");
+    c.current_dir(dir).args(args).env_remove("FERRY_FILEPASS").env_remove("FERRY_FILEPASS_NEW");
     if let Some(p) = pass {
         c.env("FERRY_FILEPASS", p);
     }
@@ -40,9 +30,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn data(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1])
-        .collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect()
 }
 
 /// Encrypt `len` bytes as `name` in `dir`; returns (plaintext, envelope path).
@@ -72,11 +60,7 @@ fn assert_only(dir: &Path, names: &[&str]) {
 fn expect_failure(bad: &[u8], code: i32, needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.ferry"), bad).unwrap();
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", "bad.ferry", "-o", "out.bin"],
-        Some(PASS),
-    );
+    let o = ferry(dir.path(), &["crypt", "decrypt", "bad.ferry", "-o", "out.bin"], Some(PASS));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(code), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
@@ -96,20 +80,13 @@ fn round_trip_sizes_and_stdout() {
         std::fs::remove_file(dir.path().join(name)).unwrap();
         let o = ferry(
             dir.path(),
-            &[
-                "crypt",
-                "decrypt",
-                env.file_name().unwrap().to_str().unwrap(),
-            ],
+            &["crypt", "decrypt", env.file_name().unwrap().to_str().unwrap()],
             Some(PASS),
         );
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), pt, "{name}");
-        let o = ferry(
-            dir.path(),
-            &["crypt", "decrypt", env.to_str().unwrap(), "-o", "-"],
-            Some(PASS),
-        );
+        let o =
+            ferry(dir.path(), &["crypt", "decrypt", env.to_str().unwrap(), "-o", "-"], Some(PASS));
         assert!(o.status.success());
         assert_eq!(o.stdout, pt);
     }
@@ -119,11 +96,8 @@ fn round_trip_sizes_and_stdout() {
 fn wrong_passphrase() {
     let dir = tempfile::tempdir().unwrap();
     let (_, env) = make(dir.path(), "f", 1000);
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", env.to_str().unwrap(), "-o", "out"],
-        Some("nope"),
-    );
+    let o =
+        ferry(dir.path(), &["crypt", "decrypt", env.to_str().unwrap(), "-o", "out"], Some("nope"));
     assert_eq!(o.status.code(), Some(11));
     assert!(stderr(&o).contains("wrong passphrase"));
     assert_only(dir.path(), &["f", "f.ferry"]);
@@ -206,15 +180,7 @@ fn oversized_kdf_parameters() {
     // And the encryptor refuses them.
     let o = ferry(
         dir.path(),
-        &[
-            "crypt",
-            "encrypt",
-            "f",
-            "-o",
-            "g",
-            "--argon2-memory",
-            "4194304",
-        ],
+        &["crypt", "encrypt", "f", "-o", "g", "--argon2-memory", "4194304"],
         Some(PASS),
     );
     assert_eq!(o.status.code(), Some(2));
@@ -225,25 +191,13 @@ fn oversized_kdf_parameters() {
 fn refuses_overwrite_and_missing_passphrase() {
     let dir = tempfile::tempdir().unwrap();
     let (_, env) = make(dir.path(), "f", 10);
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", env.to_str().unwrap()],
-        Some(PASS),
-    );
+    let o = ferry(dir.path(), &["crypt", "decrypt", env.to_str().unwrap()], Some(PASS));
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("already exists"));
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", env.to_str().unwrap(), "-o", "x"],
-        None,
-    );
+    let o = ferry(dir.path(), &["crypt", "decrypt", env.to_str().unwrap(), "-o", "x"], None);
     assert_eq!(o.status.code(), Some(5));
     assert!(stderr(&o).contains("FERRY_FILEPASS"));
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", "missing.ferry", "-o", "x"],
-        Some(PASS),
-    );
+    let o = ferry(dir.path(), &["crypt", "decrypt", "missing.ferry", "-o", "x"], Some(PASS));
     assert_eq!(o.status.code(), Some(3));
     assert_only(dir.path(), &["f", "f.ferry"]);
 }
@@ -252,11 +206,7 @@ fn refuses_overwrite_and_missing_passphrase() {
 fn inspect_shows_fields_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let (_, env) = make(dir.path(), "f", 70_000);
-    let o = ferry(
-        dir.path(),
-        &["crypt", "inspect", env.to_str().unwrap()],
-        None,
-    );
+    let o = ferry(dir.path(), &["crypt", "inspect", env.to_str().unwrap()], None);
     assert!(o.status.success());
     let out = String::from_utf8(o.stdout).unwrap();
     for needle in [
@@ -294,11 +244,8 @@ fn rewrap_changes_only_key_slots() {
     assert_eq!(before[..128], after[..128], "fixed header untouched");
     assert_eq!(before[HEADER..], after[HEADER..], "payload untouched");
     assert_ne!(before[128..HEADER], after[128..HEADER]);
-    let o = ferry(
-        dir.path(),
-        &["crypt", "decrypt", env.to_str().unwrap(), "-o", "old"],
-        Some(PASS),
-    );
+    let o =
+        ferry(dir.path(), &["crypt", "decrypt", env.to_str().unwrap(), "-o", "old"], Some(PASS));
     assert_eq!(o.status.code(), Some(11));
     let o = ferry(
         dir.path(),
@@ -322,11 +269,7 @@ fn interop_python_cryptography_decrypts_ferry_output() {
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ferry_envelope_decrypt.py");
     let dir = tempfile::tempdir().unwrap();
-    for (name, len) in [
-        ("zero", 0usize),
-        ("one", 65_536),
-        ("many", 3 * 65_536 + 12_345),
-    ] {
+    for (name, len) in [("zero", 0usize), ("one", 65_536), ("many", 3 * 65_536 + 12_345)] {
         let (pt, env) = make(dir.path(), name, len);
         let out = dir.path().join(format!("{name}.py"));
         let o = Command::new("python3")
@@ -336,11 +279,7 @@ fn interop_python_cryptography_decrypts_ferry_output() {
             .env("FERRY_FILEPASS", PASS)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "python decryptor failed: {}",
-            stderr(&o)
-        );
+        assert!(o.status.success(), "python decryptor failed: {}", stderr(&o));
         assert_eq!(std::fs::read(&out).unwrap(), pt, "{name}");
         // And it rejects a tampered file.
         let mut bad = std::fs::read(&env).unwrap();

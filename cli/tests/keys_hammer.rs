@@ -42,11 +42,7 @@ fn concurrent_processes_lose_nothing() {
     let root: PathBuf = d.path().join("rootkeystore.db");
     let local: PathBuf = d.path().join("alice/localkeystore.db");
     assert!(ferry(&root, &local, &["-i"], b"").status.success());
-    assert!(
-        ferry(&root, &local, &["-i", "-u", "alice"], b"")
-            .status
-            .success()
-    );
+    assert!(ferry(&root, &local, &["-i", "-u", "alice"], b"").status.success());
 
     let start = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
@@ -56,17 +52,9 @@ fn concurrent_processes_lose_nothing() {
                 for i in 0..WRITES_PER_WORKER {
                     // Even workers all write Alice's secret (same rows, and a refresh of her local
                     // keystore after every write); odd workers write their own user's.
-                    let user = if w % 2 == 0 {
-                        "alice".to_owned()
-                    } else {
-                        format!("user{w}")
-                    };
-                    let o = ferry(
-                        &root,
-                        &local,
-                        &["-u", &user, "-s", "ssear"],
-                        value(w, i).as_bytes(),
-                    );
+                    let user = if w % 2 == 0 { "alice".to_owned() } else { format!("user{w}") };
+                    let o =
+                        ferry(&root, &local, &["-u", &user, "-s", "ssear"], value(w, i).as_bytes());
                     assert!(
                         o.status.success(),
                         "worker {w} write {i}: {}",
@@ -87,18 +75,11 @@ fn concurrent_processes_lose_nothing() {
     for w in workers {
         w.join().unwrap();
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(600),
-        "hammer took too long"
-    );
+    assert!(start.elapsed() < Duration::from_secs(600), "hammer took too long");
 
     let ks = Keystore::open_root(&root, &Options::new()).unwrap();
     for w in 0..WORKERS {
-        let user = if w % 2 == 0 {
-            "alice".to_owned()
-        } else {
-            format!("user{w}")
-        };
+        let user = if w % 2 == 0 { "alice".to_owned() } else { format!("user{w}") };
         let owner = Owner::user(&user).unwrap();
         let infos = ks.list(Some(&owner), Some(Category::Ssear)).unwrap();
         let writers = if w % 2 == 0 { WORKERS.div_ceil(2) } else { 1 };
@@ -110,19 +91,12 @@ fn concurrent_processes_lose_nothing() {
             (1..=expected as u32).collect::<Vec<_>>(),
             "{user}: versions not consecutive"
         );
-        assert_eq!(
-            infos.iter().filter(|i| i.state == KeyState::Active).count(),
-            1
-        );
+        assert_eq!(infos.iter().filter(|i| i.state == KeyState::Active).count(), 1);
         let mut got: Vec<String> = versions
             .iter()
             .map(|v| {
                 String::from_utf8(
-                    ks.resolve(&owner, Category::Ssear, *v)
-                        .unwrap()
-                        .value()
-                        .expose()
-                        .to_vec(),
+                    ks.resolve(&owner, Category::Ssear, *v).unwrap().value().expose().to_vec(),
                 )
                 .unwrap()
             })
@@ -136,12 +110,7 @@ fn concurrent_processes_lose_nothing() {
         assert_eq!(got, want, "{user}: values");
     }
     // Every write is in the audit table and, as a whole JSON line, in the audit log.
-    let puts = ks
-        .audit_records(100_000)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.op == "put")
-        .count();
+    let puts = ks.audit_records(100_000).unwrap().into_iter().filter(|r| r.op == "put").count();
     assert_eq!(puts, WORKERS * WRITES_PER_WORKER);
     let log = std::fs::read_to_string(ferry_keystore::audit_log_path(&root)).unwrap();
     let log_puts = log
@@ -158,13 +127,7 @@ fn concurrent_processes_lose_nothing() {
     let local_alice = lk.list(Some(&alice), None).unwrap();
     assert_eq!(local_alice.len(), root_alice.len());
     let cur = lk.current(&alice, Category::Ssear).unwrap();
-    assert_eq!(
-        cur.value().expose(),
-        ks.current(&alice, Category::Ssear)
-            .unwrap()
-            .value()
-            .expose()
-    );
+    assert_eq!(cur.value().expose(), ks.current(&alice, Category::Ssear).unwrap().value().expose());
     drop((ks, lk));
 
     // No value in any form in any file left behind.
@@ -178,16 +141,10 @@ fn concurrent_processes_lose_nothing() {
         }
     }
     assert!(files.len() >= 6, "{files:?}");
-    let mut hay: Vec<(String, Vec<u8>)> = files
-        .iter()
-        .map(|p| (p.display().to_string(), std::fs::read(p).unwrap()))
-        .collect();
+    let mut hay: Vec<(String, Vec<u8>)> =
+        files.iter().map(|p| (p.display().to_string(), std::fs::read(p).unwrap())).collect();
     for db in [&root, &local] {
-        let dump = Command::new("sqlite3")
-            .arg(db)
-            .arg(".dump")
-            .output()
-            .unwrap();
+        let dump = Command::new("sqlite3").arg(db).arg(".dump").output().unwrap();
         assert!(dump.status.success());
         assert!(String::from_utf8_lossy(&dump.stdout).contains("INSERT INTO secrets"));
         hay.push((format!("sqlite3 .dump {}", db.display()), dump.stdout));
@@ -199,9 +156,7 @@ fn concurrent_processes_lose_nothing() {
                 v.clone().into_bytes(),
                 hex::encode(&v).into_bytes(),
                 hex::encode_upper(&v).into_bytes(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(&v)
-                    .into_bytes(),
+                base64::engine::general_purpose::STANDARD.encode(&v).into_bytes(),
             ] {
                 for (name, bytes) in &hay {
                     assert!(

@@ -45,22 +45,10 @@ fn migrate_moves_secrets_and_keeps_a_backup() {
     let o = migrate(d.path(), &cfg);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
-    assert!(
-        out.starts_with("moved 3 secret(s) into root keystore "),
-        "{out}"
-    );
-    assert!(
-        out.contains("alice/ssear v1 (from users[0].content_protection_secret)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("carol/ssear v1 (from user.carol.content_protection_secret)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("shared/token-key v1 (from token_encryption_key)"),
-        "{out}"
-    );
+    assert!(out.starts_with("moved 3 secret(s) into root keystore "), "{out}");
+    assert!(out.contains("alice/ssear v1 (from users[0].content_protection_secret)"), "{out}");
+    assert!(out.contains("carol/ssear v1 (from user.carol.content_protection_secret)"), "{out}");
+    assert!(out.contains("shared/token-key v1 (from token_encryption_key)"), "{out}");
 
     // Blanked, comments and layout preserved, mode preserved.
     let new = std::fs::read_to_string(&cfg).unwrap();
@@ -71,49 +59,25 @@ fn migrate_moves_secrets_and_keeps_a_backup() {
             .replace("\"alice-plaintext-secret\"", "\"\"")
             .replace("\"carol-plaintext-secret\"", "\"\"")
     );
-    assert_eq!(
-        std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
-        0o640
-    );
+    assert_eq!(std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777, 0o640);
 
     // The backup holds the original, private.
     let backups: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("ferry.toml.bak-")
-        })
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ferry.toml.bak-"))
         .collect();
     assert_eq!(backups.len(), 1);
     assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), CONFIG);
-    assert_eq!(
-        std::fs::metadata(&backups[0]).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&backups[0]).unwrap().permissions().mode() & 0o777, 0o600);
 
     // The keystore holds the values.
     let ks = Keystore::open_root(&d.path().join("rootkeystore.db"), &Options::new()).unwrap();
     let get = |o: Owner, c| ks.current(&o, c).unwrap().value().expose().to_vec();
-    assert_eq!(
-        get(Owner::user("alice").unwrap(), Category::Ssear),
-        b"alice-plaintext-secret"
-    );
-    assert_eq!(
-        get(Owner::user("carol").unwrap(), Category::Ssear),
-        b"carol-plaintext-secret"
-    );
-    assert_eq!(
-        get(Owner::Shared, Category::TokenKey),
-        b"legacy-token-key-123"
-    );
-    assert!(
-        ks.list(Some(&Owner::user("bob").unwrap()), None)
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(get(Owner::user("alice").unwrap(), Category::Ssear), b"alice-plaintext-secret");
+    assert_eq!(get(Owner::user("carol").unwrap(), Category::Ssear), b"carol-plaintext-secret");
+    assert_eq!(get(Owner::Shared, Category::TokenKey), b"legacy-token-key-123");
+    assert!(ks.list(Some(&Owner::user("bob").unwrap()), None).unwrap().is_empty());
     drop(ks);
 
     // Running it again finds nothing to do and changes nothing.
@@ -148,13 +112,9 @@ fn migrate_refuses_ambiguous_or_broken_configs_without_changes() {
     std::fs::write(&cfg, "this is = not [toml").unwrap();
     let o = migrate(d.path(), &cfg);
     assert_eq!(o.status.code(), Some(28));
-    assert!(String::from_utf8_lossy(&o.stderr).starts_with(&format!(
-        "ferry: error: cannot parse {} as TOML: ",
-        cfg.display()
-    )));
-    assert_eq!(
-        std::fs::read_dir(d.path()).unwrap().count(),
-        1,
-        "something was written"
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .starts_with(&format!("ferry: error: cannot parse {} as TOML: ", cfg.display()))
     );
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "something was written");
 }

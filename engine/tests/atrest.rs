@@ -19,17 +19,12 @@ const PASS: &[u8] = b"test passphrase";
 const FAST: Argon2Params = Argon2Params::MINIMUM;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
-        .collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
 }
 
 fn encrypt(pt: &[u8], pass: &[u8]) -> Vec<u8> {
     let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
-        .slot(NewSlot::Passphrase {
-            passphrase: pass,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: pass, params: FAST })
         .build()
         .unwrap();
     let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
@@ -64,21 +59,10 @@ fn decrypt_stream(env: &[u8], pass: &[u8]) -> Result<Vec<u8>, AtRestError> {
 
 #[test]
 fn round_trips_including_edge_lengths() {
-    for len in [
-        0,
-        1,
-        SEGMENT_SIZE - 1,
-        SEGMENT_SIZE,
-        SEGMENT_SIZE + 1,
-        3 * SEGMENT_SIZE,
-        200_000,
-    ] {
+    for len in [0, 1, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE, 200_000] {
         let pt = data(len, 7);
         let env = encrypt(&pt, PASS);
-        assert_eq!(
-            env.len() as u64,
-            ferry_engine::atrest::envelope_len(len as u64)
-        );
+        assert_eq!(env.len() as u64, ferry_engine::atrest::envelope_len(len as u64));
         assert_eq!(decrypt(&env, PASS).unwrap(), pt, "len {len}");
         assert_eq!(decrypt_stream(&env, PASS).unwrap(), pt, "stream len {len}");
     }
@@ -91,14 +75,8 @@ fn zero_length_file_has_one_empty_final_segment() {
     assert_eq!(segment_count(0), 1);
     assert!(decrypt(&env, PASS).unwrap().is_empty());
     // Dropping the empty final segment is truncation, not an empty file.
-    assert!(matches!(
-        decrypt(&env[..HEADER_LEN], PASS),
-        Err(AtRestError::Truncated { .. })
-    ));
-    assert!(matches!(
-        decrypt_stream(&env[..HEADER_LEN], PASS),
-        Err(AtRestError::Truncated { .. })
-    ));
+    assert!(matches!(decrypt(&env[..HEADER_LEN], PASS), Err(AtRestError::Truncated { .. })));
+    assert!(matches!(decrypt_stream(&env[..HEADER_LEN], PASS), Err(AtRestError::Truncated { .. })));
 }
 
 #[test]
@@ -111,20 +89,14 @@ fn exactly_one_segment_file() {
     // The final segment cannot be passed off as a non-final one of a longer file or vice versa.
     let mut cut = env.clone();
     cut.truncate(env.len() - 1);
-    assert!(matches!(
-        decrypt(&cut, PASS),
-        Err(AtRestError::Truncated { .. })
-    ));
+    assert!(matches!(decrypt(&cut, PASS), Err(AtRestError::Truncated { .. })));
 }
 
 #[test]
 fn out_of_order_encryption_and_resume_reencryption() {
     let pt = data(5 * SEGMENT_SIZE + 123, 3);
     let (header, mut cipher) = EnvelopeBuilder::new(pt.len() as u64)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
         .build()
         .unwrap();
     let n = segment_count(pt.len() as u64);
@@ -153,10 +125,7 @@ fn out_of_order_encryption_and_resume_reencryption() {
 #[test]
 fn encryptor_refuses_non_canonical_segments() {
     let (_, mut cipher) = EnvelopeBuilder::new(100_000)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
         .build()
         .unwrap();
     let mut out = vec![0u8; ENC_SEGMENT_SIZE];
@@ -169,17 +138,11 @@ fn encryptor_refuses_non_canonical_segments() {
         Err(AtRestError::InvalidSegment { .. })
     ));
     let (header, cipher) = EnvelopeBuilder::new(10)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
         .build()
         .unwrap();
     let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
-    assert!(matches!(
-        enc.update(&[0u8; 11]),
-        Err(AtRestError::LengthMismatch { .. })
-    ));
+    assert!(matches!(enc.update(&[0u8; 11]), Err(AtRestError::LengthMismatch { .. })));
 }
 
 #[test]
@@ -206,19 +169,13 @@ fn random_access_reads() {
         Err(AtRestError::OutOfRange { .. })
     ));
     // Segment 2 on its own.
-    assert_eq!(
-        r.segment(2).unwrap(),
-        &pt[2 * SEGMENT_SIZE..3 * SEGMENT_SIZE]
-    );
+    assert_eq!(r.segment(2).unwrap(), &pt[2 * SEGMENT_SIZE..3 * SEGMENT_SIZE]);
 }
 
 #[test]
 fn wrong_passphrase() {
     let env = encrypt(&data(1000, 0), PASS);
-    assert!(matches!(
-        decrypt(&env, b"not it"),
-        Err(AtRestError::WrongPassphrase)
-    ));
+    assert!(matches!(decrypt(&env, b"not it"), Err(AtRestError::WrongPassphrase)));
 }
 
 #[test]
@@ -227,15 +184,9 @@ fn not_an_envelope() {
         decrypt(b"hello, this is a plain text file", PASS),
         Err(AtRestError::NotAnEnvelope)
     ));
-    assert!(matches!(
-        decrypt(&[], PASS),
-        Err(AtRestError::NotAnEnvelope)
-    ));
+    assert!(matches!(decrypt(&[], PASS), Err(AtRestError::NotAnEnvelope)));
     let mut r: &[u8] = &[];
-    assert!(matches!(
-        read_header(&mut r),
-        Err(AtRestError::NotAnEnvelope)
-    ));
+    assert!(matches!(read_header(&mut r), Err(AtRestError::NotAnEnvelope)));
 }
 
 #[test]
@@ -243,24 +194,15 @@ fn truncated_files() {
     let pt = data(3 * SEGMENT_SIZE + 10, 0);
     let env = encrypt(&pt, PASS);
     // Inside the header.
-    assert!(matches!(
-        decrypt(&env[..500], PASS),
-        Err(AtRestError::HeaderTruncated { .. })
-    ));
+    assert!(matches!(decrypt(&env[..500], PASS), Err(AtRestError::HeaderTruncated { .. })));
     // Inside the payload, and at a segment boundary.
     for cut in [env.len() - 1, env.len() - 38, HEADER_LEN + ENC_SEGMENT_SIZE] {
         assert!(
-            matches!(
-                decrypt(&env[..cut], PASS),
-                Err(AtRestError::Truncated { .. })
-            ),
+            matches!(decrypt(&env[..cut], PASS), Err(AtRestError::Truncated { .. })),
             "cut {cut}"
         );
         assert!(
-            matches!(
-                decrypt_stream(&env[..cut], PASS),
-                Err(AtRestError::Truncated { .. })
-            ),
+            matches!(decrypt_stream(&env[..cut], PASS), Err(AtRestError::Truncated { .. })),
             "stream cut {cut}"
         );
     }
@@ -275,15 +217,9 @@ fn segment_removed() {
     let env = encrypt(&data(4 * SEGMENT_SIZE + 10, 0), PASS);
     let mut cut = env[..seg_range(1).start].to_vec();
     cut.extend_from_slice(&env[seg_range(1).end..]);
-    assert!(matches!(
-        decrypt(&cut, PASS),
-        Err(AtRestError::SegmentsRemoved { count: 1 })
-    ));
+    assert!(matches!(decrypt(&cut, PASS), Err(AtRestError::SegmentsRemoved { count: 1 })));
     // Sequentially, the hole shows as the segment at position 1 failing (it is segment 2).
-    assert!(matches!(
-        decrypt_stream(&cut, PASS),
-        Err(AtRestError::SegmentCorrupted { index: 1 })
-    ));
+    assert!(matches!(decrypt_stream(&cut, PASS), Err(AtRestError::SegmentCorrupted { index: 1 })));
 }
 
 #[test]
@@ -292,18 +228,12 @@ fn segment_duplicated() {
     // Overwrite segment 2 with a copy of segment 1.
     let mut dup = env.clone();
     dup.copy_within(seg_range(1), seg_range(2).start);
-    assert!(matches!(
-        decrypt(&dup, PASS),
-        Err(AtRestError::SegmentDuplicated { index: 2, of: 1 })
-    ));
+    assert!(matches!(decrypt(&dup, PASS), Err(AtRestError::SegmentDuplicated { index: 2, of: 1 })));
     // Insert an extra copy of segment 1.
     let mut ins = env[..seg_range(2).start].to_vec();
     ins.extend_from_slice(&env[seg_range(1)]);
     ins.extend_from_slice(&env[seg_range(2).start..]);
-    assert!(matches!(
-        decrypt(&ins, PASS),
-        Err(AtRestError::SegmentsInserted { count: 1 })
-    ));
+    assert!(matches!(decrypt(&ins, PASS), Err(AtRestError::SegmentsInserted { count: 1 })));
 }
 
 #[test]
@@ -316,10 +246,7 @@ fn segments_swapped() {
         decrypt(&sw, PASS),
         Err(AtRestError::SegmentOutOfPlace { index: 1, found: 2 })
     ));
-    assert!(matches!(
-        decrypt_stream(&sw, PASS),
-        Err(AtRestError::SegmentCorrupted { index: 1 })
-    ));
+    assert!(matches!(decrypt_stream(&sw, PASS), Err(AtRestError::SegmentCorrupted { index: 1 })));
 }
 
 #[test]
@@ -328,31 +255,19 @@ fn header_from_another_file() {
     let b = encrypt(&data(3 * SEGMENT_SIZE, 2), PASS);
     let mut spliced = b[..HEADER_LEN].to_vec();
     spliced.extend_from_slice(&a[HEADER_LEN..]);
-    assert!(matches!(
-        decrypt(&spliced, PASS),
-        Err(AtRestError::HeaderMismatch)
-    ));
+    assert!(matches!(decrypt(&spliced, PASS), Err(AtRestError::HeaderMismatch)));
     // A segment spliced in from another file is a corrupted segment.
     let mut one = a.clone();
     one[seg_range(1)].copy_from_slice(&b[seg_range(1)]);
-    assert!(matches!(
-        decrypt(&one, PASS),
-        Err(AtRestError::SegmentCorrupted { index: 1 })
-    ));
+    assert!(matches!(decrypt(&one, PASS), Err(AtRestError::SegmentCorrupted { index: 1 })));
 }
 
 #[test]
 fn trailing_data() {
     let mut env = encrypt(&data(1000, 0), PASS);
     env.extend_from_slice(b"extra");
-    assert!(matches!(
-        decrypt(&env, PASS),
-        Err(AtRestError::TrailingData { extra: 5 })
-    ));
-    assert!(matches!(
-        decrypt_stream(&env, PASS),
-        Err(AtRestError::TrailingData { extra: 5 })
-    ));
+    assert!(matches!(decrypt(&env, PASS), Err(AtRestError::TrailingData { extra: 5 })));
+    assert!(matches!(decrypt_stream(&env, PASS), Err(AtRestError::TrailingData { extra: 5 })));
 }
 
 /// Flip one bit in every byte position of a small envelope (header and payload): each flip is
@@ -386,10 +301,7 @@ fn flipped_bits_anywhere() {
             let h = Header::parse(&bad).unwrap();
             let slot = (pos - SLOTS_OFFSET) / 192;
             assert_eq!(h.damaged_slots(), &[slot]);
-            assert!(matches!(
-                h.slot_damage(slot),
-                Some(AtRestError::SlotCorrupted { .. })
-            ));
+            assert!(matches!(h.slot_damage(slot), Some(AtRestError::SlotCorrupted { .. })));
             if (pos - SLOTS_OFFSET).is_multiple_of(192) {
                 assert_eq!(decrypt(&bad, PASS).unwrap(), pt);
             }
@@ -439,52 +351,31 @@ fn tampering_that_fixes_check_values_is_still_caught() {
     let mut bad = env.clone();
     bad[43] ^= 1;
     fix_header_check(&mut bad);
-    assert!(matches!(
-        decrypt(&bad, PASS),
-        Err(AtRestError::WrongPassphrase)
-    ));
+    assert!(matches!(decrypt(&bad, PASS), Err(AtRestError::WrongPassphrase)));
     // Changing the commitment is caught after the slot opens.
     let mut bad = env.clone();
     bad[70] ^= 1;
     fix_header_check(&mut bad);
-    assert!(matches!(
-        decrypt(&bad, PASS),
-        Err(AtRestError::CommitmentMismatch)
-    ));
+    assert!(matches!(decrypt(&bad, PASS), Err(AtRestError::CommitmentMismatch)));
 }
 
 #[test]
 fn oversized_kdf_parameters_are_refused_before_derivation() {
     let env = encrypt(&data(10, 0), PASS);
-    for (field, value) in [
-        (8usize, 4 * 1024 * 1024u32),
-        (12, 1000),
-        (16, 255),
-        (8, 1024),
-    ] {
+    for (field, value) in [(8usize, 4 * 1024 * 1024u32), (12, 1000), (16, 255), (8, 1024)] {
         let mut bad = env.clone();
         let off = SLOTS_OFFSET + field;
         bad[off..off + 4].copy_from_slice(&value.to_be_bytes());
         fix_slot_check(&mut bad, 0);
         assert!(
-            matches!(
-                decrypt(&bad, PASS),
-                Err(AtRestError::KdfParamsOutOfBounds { slot: 0, .. })
-            ),
+            matches!(decrypt(&bad, PASS), Err(AtRestError::KdfParamsOutOfBounds { slot: 0, .. })),
             "field {field} = {value}"
         );
     }
     // The encryptor refuses them too.
-    let huge = Argon2Params {
-        m_kib: 2 * 1024 * 1024,
-        t: 3,
-        p: 4,
-    };
+    let huge = Argon2Params { m_kib: 2 * 1024 * 1024, t: 3, p: 4 };
     let err = EnvelopeBuilder::new(1)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: huge,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: huge })
         .build()
         .unwrap_err();
     assert!(matches!(err, AtRestError::InvalidKdfParams { .. }));
@@ -499,14 +390,7 @@ fn passphrase_rewrap_is_crash_safe_and_touches_only_slots() {
     let new = b"new passphrase";
     let remove: Vec<usize> = header.slots().iter().map(|s| s.index).collect();
     let plan = header
-        .plan_rewrap(
-            &key,
-            &remove,
-            &[NewSlot::Passphrase {
-                passphrase: new,
-                params: FAST,
-            }],
-        )
+        .plan_rewrap(&key, &remove, &[NewSlot::Passphrase { passphrase: new, params: FAST }])
         .unwrap();
     assert_eq!(plan.len(), 2, "write new slot, then erase old");
     // Every prefix of the plan (a crash after k writes) opens with the old or the new passphrase.
@@ -517,17 +401,10 @@ fn passphrase_rewrap_is_crash_safe_and_touches_only_slots() {
             b[off..off + 192].copy_from_slice(&w.bytes);
         }
         assert_eq!(&b[HEADER_LEN..], &env[HEADER_LEN..], "payload untouched");
-        assert_eq!(
-            &b[..SLOTS_OFFSET],
-            &env[..SLOTS_OFFSET],
-            "fixed header untouched"
-        );
+        assert_eq!(&b[..SLOTS_OFFSET], &env[..SLOTS_OFFSET], "fixed header untouched");
         let old_ok = decrypt(&b, PASS).is_ok();
         let new_ok = decrypt(&b, new).is_ok();
-        assert!(
-            old_ok || new_ok,
-            "after {k} writes the file opens with neither key"
-        );
+        assert!(old_ok || new_ok, "after {k} writes the file opens with neither key");
         if k == plan.len() {
             assert!(!old_ok && new_ok);
             assert_eq!(decrypt(&b, new).unwrap(), pt);
@@ -537,11 +414,7 @@ fn passphrase_rewrap_is_crash_safe_and_touches_only_slots() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.ferry");
     std::fs::write(&path, &env).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let h2 = rewrap_passphrase(&mut f, &header, &key, new, FAST).unwrap();
     assert_eq!(h2.slots().len(), 1);
     assert_eq!(h2.slots()[0].generation, 2);
@@ -560,9 +433,7 @@ struct MemResolver {
 
 impl MemResolver {
     fn set(&self, owner: &str, cat: &str, v: u32, byte: u8, state: KeyState) {
-        self.keys
-            .borrow_mut()
-            .insert((owner.into(), cat.into(), v), ([byte; 32], state));
+        self.keys.borrow_mut().insert((owner.into(), cat.into(), v), ([byte; 32], state));
     }
 }
 
@@ -574,17 +445,14 @@ impl KeyResolver for MemResolver {
         version: u32,
     ) -> Result<ResolvedKey, ResolveError> {
         let keys = self.keys.borrow();
-        let (k, state) = keys
-            .get(&(owner.into(), category.into(), version))
-            .ok_or_else(|| ResolveError::NotFound {
+        let (k, state) = keys.get(&(owner.into(), category.into(), version)).ok_or_else(|| {
+            ResolveError::NotFound {
                 owner: owner.into(),
                 category: category.into(),
                 version: version.to_string(),
-            })?;
-        Ok(ResolvedKey {
-            secret: SecretBytes::new(k.to_vec()),
-            state: *state,
-        })
+            }
+        })?;
+        Ok(ResolvedKey { secret: SecretBytes::new(k.to_vec()), state: *state })
     }
 
     fn active_version(&self, owner: &str, category: &str) -> Result<u32, ResolveError> {
@@ -617,26 +485,16 @@ fn keystore_slots_rotation_and_states() {
     r.set("alice", "ssear", 1, 0x11, KeyState::Active);
     let pt = data(70_000, 6);
     let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
-        .slot(NewSlot::Keystore {
-            resolver: &r,
-            owner: "alice",
-            category: "ssear",
-        })
+        .slot(NewSlot::Keystore { resolver: &r, owner: "alice", category: "ssear" })
         .build()
         .unwrap();
     let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
     enc.update(&pt).unwrap();
     let env = enc.finish().unwrap();
-    assert!(matches!(
-        &header.slots()[0].kind,
-        SlotKind::Keystore { version: 1, .. }
-    ));
+    assert!(matches!(&header.slots()[0].kind, SlotKind::Keystore { version: 1, .. }));
     assert_eq!(open_ks(&env, &r).unwrap(), pt);
     // A passphrase does not open a keystore-only file.
-    assert!(matches!(
-        decrypt(&env, PASS),
-        Err(AtRestError::NoPassphraseSlot)
-    ));
+    assert!(matches!(decrypt(&env, PASS), Err(AtRestError::NoPassphraseSlot)));
 
     // Rotate: v2 active, v1 deactivated. The file still opens (v1 may decrypt).
     r.set("alice", "ssear", 1, 0x11, KeyState::Deactivated);
@@ -646,12 +504,7 @@ fn keystore_slots_rotation_and_states() {
     for state in [KeyState::Suspended, KeyState::Destroyed] {
         r.set("alice", "ssear", 1, 0x11, state);
         match open_ks(&env, &r) {
-            Err(AtRestError::KeyUnavailable {
-                owner,
-                version: 1,
-                state: s,
-                ..
-            }) => {
+            Err(AtRestError::KeyUnavailable { owner, version: 1, state: s, .. }) => {
                 assert_eq!(owner, "alice");
                 assert_eq!(s, state);
             }
@@ -662,28 +515,18 @@ fn keystore_slots_rotation_and_states() {
     // A different secret under the same name is a wrong keystore key.
     let wrong = MemResolver::default();
     wrong.set("alice", "ssear", 1, 0x99, KeyState::Active);
-    assert!(matches!(
-        open_ks(&env, &wrong),
-        Err(AtRestError::WrongKeystoreKey { version: 1, .. })
-    ));
+    assert!(matches!(open_ks(&env, &wrong), Err(AtRestError::WrongKeystoreKey { version: 1, .. })));
 
     // Rewrap to the active version in place: payload untouched, now opens with v2 only.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.ferry");
     std::fs::write(&path, &env).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let h = read_header(&mut f).unwrap();
     let key = h.unlock_with_keystore(&r).unwrap();
     let (h2, moved) = rewrap_keystore_to_active(&mut f, &h, &key, &r).unwrap();
     assert_eq!(moved, 1);
-    assert!(matches!(
-        &h2.slots()[0].kind,
-        SlotKind::Keystore { version: 2, .. }
-    ));
+    assert!(matches!(&h2.slots()[0].kind, SlotKind::Keystore { version: 2, .. }));
     drop(f);
     let after = std::fs::read(&path).unwrap();
     assert_eq!(&after[HEADER_LEN..], &env[HEADER_LEN..]);
@@ -692,11 +535,7 @@ fn keystore_slots_rotation_and_states() {
     // Suspended versions cannot wrap new files.
     r.set("alice", "ssear", 2, 0x22, KeyState::Suspended);
     let err = EnvelopeBuilder::new(1)
-        .slot(NewSlot::Keystore {
-            resolver: &r,
-            owner: "alice",
-            category: "ssear",
-        })
+        .slot(NewSlot::Keystore { resolver: &r, owner: "alice", category: "ssear" })
         .build();
     assert!(matches!(err, Err(AtRestError::Keystore(_))));
 }
@@ -706,15 +545,8 @@ fn mixed_slots_and_slot_limit() {
     let r = MemResolver::default();
     r.set("bob", "ssear", 7, 0x33, KeyState::Active);
     let (header, cipher) = EnvelopeBuilder::new(5)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
-        .slot(NewSlot::Keystore {
-            resolver: &r,
-            owner: "bob",
-            category: "ssear",
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
+        .slot(NewSlot::Keystore { resolver: &r, owner: "bob", category: "ssear" })
         .build()
         .unwrap();
     let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
@@ -723,42 +555,22 @@ fn mixed_slots_and_slot_limit() {
     assert_eq!(decrypt(&env, PASS).unwrap(), b"hello");
     assert_eq!(open_ks(&env, &r).unwrap(), b"hello");
     let four = EnvelopeBuilder::new(5)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
         .build();
     assert!(matches!(four, Err(AtRestError::NoFreeSlot { max: 3 })));
     let long = "x".repeat(65);
     let err = EnvelopeBuilder::new(5)
-        .slot(NewSlot::Keystore {
-            resolver: &r,
-            owner: &long,
-            category: "ssear",
-        })
+        .slot(NewSlot::Keystore { resolver: &r, owner: &long, category: "ssear" })
         .build();
     assert!(matches!(err, Err(AtRestError::InvalidName { .. })));
     // apply_plan on a real file with an empty plan is a no-op.
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m");
     std::fs::write(&p, &env).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
     apply_plan(&mut f, &header, &[]).unwrap();
 }
 
@@ -778,13 +590,8 @@ fn stream_decryptor_read_adapter() {
     let mut r: &[u8] = &bad;
     let header = read_header(&mut r).unwrap();
     let key = header.unlock_with_passphrase(PASS).unwrap();
-    let e = StreamDecryptor::new(r, key)
-        .read_to_end(&mut Vec::new())
-        .unwrap_err();
-    assert!(matches!(
-        AtRestError::from_io(e),
-        AtRestError::SegmentCorrupted { index: 0 }
-    ));
+    let e = StreamDecryptor::new(r, key).read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(matches!(AtRestError::from_io(e), AtRestError::SegmentCorrupted { index: 0 }));
 }
 
 /// A crash in the middle of a slot write (torn write) still leaves a file that opens: the torn
@@ -797,23 +604,13 @@ fn torn_slot_writes_during_rewrap() {
     let key = header.unlock_with_passphrase(PASS).unwrap();
     let new = b"the new one";
     let plan = header
-        .plan_rewrap(
-            &key,
-            &[0],
-            &[NewSlot::Passphrase {
-                passphrase: new,
-                params: FAST,
-            }],
-        )
+        .plan_rewrap(&key, &[0], &[NewSlot::Passphrase { passphrase: new, params: FAST }])
         .unwrap();
     // Step 1 torn: only the first 100 bytes of the new slot reached the disk.
     let mut torn = env.clone();
     let off = plan[0].offset() as usize;
     torn[off..off + 100].copy_from_slice(&plan[0].bytes[..100]);
-    assert_eq!(
-        Header::parse(&torn).unwrap().damaged_slots(),
-        &[plan[0].index]
-    );
+    assert_eq!(Header::parse(&torn).unwrap().damaged_slots(), &[plan[0].index]);
     assert_eq!(decrypt(&torn, PASS).unwrap(), pt);
     // Step 2 torn: the new slot is complete, the old one half erased.
     let mut torn2 = env.clone();
@@ -824,11 +621,7 @@ fn torn_slot_writes_during_rewrap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t");
     std::fs::write(&path, &torn).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let h = read_header(&mut f).unwrap();
     let k = h.unlock_with_passphrase(PASS).unwrap();
     let h2 = rewrap_passphrase(&mut f, &h, &k, new, FAST).unwrap();
@@ -850,20 +643,11 @@ fn argon2_calibration_never_goes_below_the_default() {
 #[test]
 fn stream_encryptor_any_write_pattern_gives_a_valid_envelope() {
     let pt = data(5 * SEGMENT_SIZE + 77, 3);
-    for chunk in [
-        1usize,
-        1000,
-        SEGMENT_SIZE - 1,
-        SEGMENT_SIZE,
-        SEGMENT_SIZE + 1,
-        3 * SEGMENT_SIZE,
-        pt.len(),
-    ] {
+    for chunk in
+        [1usize, 1000, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE, pt.len()]
+    {
         let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
-            .slot(NewSlot::Passphrase {
-                passphrase: PASS,
-                params: FAST,
-            })
+            .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
             .build()
             .unwrap();
         let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();
@@ -878,10 +662,7 @@ fn stream_encryptor_any_write_pattern_gives_a_valid_envelope() {
     // Exactly whole segments, written in one call: the final full segment waits for finish().
     let pt = data(2 * SEGMENT_SIZE, 4);
     let (header, cipher) = EnvelopeBuilder::new(pt.len() as u64)
-        .slot(NewSlot::Passphrase {
-            passphrase: PASS,
-            params: FAST,
-        })
+        .slot(NewSlot::Passphrase { passphrase: PASS, params: FAST })
         .build()
         .unwrap();
     let mut enc = StreamEncryptor::new(Vec::new(), &header, cipher).unwrap();

@@ -29,33 +29,18 @@ fn build() -> (Vec<u8>, Vec<(&'static str, String)>) {
         .fixed_for_test_vectors(
             dek,
             file_id,
-            NewSlot::Passphrase {
-                passphrase: PASSPHRASE,
-                params: Argon2Params::MINIMUM,
-            },
+            NewSlot::Passphrase { passphrase: PASSPHRASE, params: Argon2Params::MINIMUM },
             rnd,
         )
         .build()
         .unwrap();
     let mut env = header.as_bytes().to_vec();
     let mut out = vec![0u8; 65_536 + 28];
-    let n0 = cipher
-        .seal_with_iv(
-            0,
-            seq(0xd0, 12).try_into().unwrap(),
-            &pt[..65_536],
-            &mut out,
-        )
-        .unwrap();
+    let n0 =
+        cipher.seal_with_iv(0, seq(0xd0, 12).try_into().unwrap(), &pt[..65_536], &mut out).unwrap();
     env.extend_from_slice(&out[..n0]);
-    let n1 = cipher
-        .seal_with_iv(
-            1,
-            seq(0xe0, 12).try_into().unwrap(),
-            &pt[65_536..],
-            &mut out,
-        )
-        .unwrap();
+    let n1 =
+        cipher.seal_with_iv(1, seq(0xe0, 12).try_into().unwrap(), &pt[65_536..], &mut out).unwrap();
     env.extend_from_slice(&out[..n1]);
     let seg0 = &env[1024..1024 + n0];
     let values = vec![
@@ -76,11 +61,7 @@ fn worked_example_matches_recorded_vector() {
     let recorded: serde_json::Value =
         serde_json::from_str(include_str!("data/atrest_vector.json")).expect("vector file parses");
     for (name, value) in &values {
-        assert_eq!(
-            recorded[name].as_str(),
-            Some(value.as_str()),
-            "vector field {name}"
-        );
+        assert_eq!(recorded[name].as_str(), Some(value.as_str()), "vector field {name}");
     }
     // And it decrypts with the passphrase to the documented plaintext.
     let header = Header::parse(&env).unwrap();
@@ -97,9 +78,7 @@ fn worked_example_matches_recorded_vector() {
 #[ignore]
 fn print_worked_example() {
     let (_, values) = build();
-    let map: serde_json::Map<String, serde_json::Value> = values
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        values.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect();
     println!("{}", serde_json::to_string_pretty(&map).unwrap());
 }

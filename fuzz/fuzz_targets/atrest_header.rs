@@ -8,7 +8,8 @@
 use std::io::Cursor;
 
 use ferry_engine::atrest::{
-    EnvelopeReader, Header, KeyResolver, KeyState, ResolveError, ResolvedKey, SecretBytes, read_header,
+    EnvelopeReader, Header, KeyResolver, KeyState, ResolveError, ResolvedKey, SecretBytes,
+    read_header,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -17,7 +18,10 @@ struct Fixed;
 
 impl KeyResolver for Fixed {
     fn resolve(&self, _: &str, _: &str, version: u32) -> Result<ResolvedKey, ResolveError> {
-        Ok(ResolvedKey { secret: SecretBytes::new(vec![version as u8; 32]), state: KeyState::Active })
+        Ok(ResolvedKey {
+            secret: SecretBytes::new(vec![version as u8; 32]),
+            state: KeyState::Active,
+        })
     }
     fn active_version(&self, _: &str, _: &str) -> Result<u32, ResolveError> {
         Ok(1)

@@ -118,16 +118,20 @@ pub(crate) fn read(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Audi
 }
 
 /// Appends records to the JSON-lines log, one `write` per record (O_APPEND keeps concurrent
-/// writers' lines whole).
-pub(crate) fn append_log(path: &Path, records: &[AuditRecord]) -> std::io::Result<()> {
+/// writers' lines whole). A log that has to be (re)created gets the owner of `db`, so that root
+/// writing to a user's keystore never leaves the user a log they cannot append to.
+pub(crate) fn append_log(path: &Path, db: &Path, records: &[AuditRecord]) -> std::io::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
+    if std::fs::symlink_metadata(path).is_err() {
+        crate::fsutil::create_empty_private(path).map_err(std::io::Error::other)?;
+        if let Ok(md) = std::fs::metadata(db) {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::chown(path, Some(md.uid()), Some(md.gid()));
+        }
+    }
+    let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
     for r in records {
         let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
         line.push(b'\n');

@@ -51,12 +51,8 @@ pub enum Home {
 
 impl Category {
     /// Every category, in display order.
-    pub const ALL: [Category; 4] = [
-        Category::Ssear,
-        Category::RedisMasterKey,
-        Category::TokenKey,
-        Category::Filepass,
-    ];
+    pub const ALL: [Category; 4] =
+        [Category::Ssear, Category::RedisMasterKey, Category::TokenKey, Category::Filepass];
 
     /// The category's name as used on the command line and in the database.
     pub fn as_str(self) -> &'static str {
@@ -108,10 +104,7 @@ impl Category {
         if v.len() > MAX_SECRET_LEN {
             return Err(KeystoreError::InvalidValue {
                 category: self,
-                reason: format!(
-                    "the value is {} bytes; the limit is {MAX_SECRET_LEN}",
-                    v.len()
-                ),
+                reason: format!("the value is longer than the limit of {MAX_SECRET_LEN} bytes"),
             });
         }
         if self != Category::RedisMasterKey {
@@ -159,9 +152,7 @@ impl FromStr for Category {
             "redis-master-key" | "redis-primary-key" => Ok(Category::RedisMasterKey),
             "token-key" => Ok(Category::TokenKey),
             "filepass" => Ok(Category::Filepass),
-            other => Err(KeystoreError::UnknownCategory {
-                name: other.chars().take(64).collect(),
-            }),
+            other => Err(KeystoreError::UnknownCategory { name: other.chars().take(64).collect() }),
         }
     }
 }
@@ -188,13 +179,8 @@ impl Owner {
         if name.starts_with('-') || name.starts_with('.') {
             return Err(bad("a user name must not start with '-' or '.'"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-        {
-            return Err(bad(
-                "a user name may only contain A-Z, a-z, 0-9, '.', '_', '-' and '@'",
-            ));
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)) {
+            return Err(bad("a user name may only contain A-Z, a-z, 0-9, '.', '_', '-' and '@'"));
         }
         Ok(Owner::User(name.to_owned()))
     }
@@ -208,11 +194,7 @@ impl Owner {
     }
 
     pub(crate) fn from_db(s: &str) -> Result<Self, KeystoreError> {
-        if s == "*" {
-            Ok(Owner::Shared)
-        } else {
-            Owner::user(s)
-        }
+        if s == "*" { Ok(Owner::Shared) } else { Owner::user(s) }
     }
 
     /// A stable 16-byte identifier for this owner, the same in every keystore:
@@ -247,10 +229,7 @@ mod tests {
         for c in Category::ALL {
             assert_eq!(c.as_str().parse::<Category>().unwrap(), c);
         }
-        assert_eq!(
-            "redis-primary-key".parse::<Category>().unwrap(),
-            Category::RedisMasterKey
-        );
+        assert_eq!("redis-primary-key".parse::<Category>().unwrap(), Category::RedisMasterKey);
         let e = "redis-password".parse::<Category>().unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -274,19 +253,13 @@ mod tests {
         let hexs = hex::encode(raw);
         let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
         for form in [raw.to_vec(), hexs.into_bytes(), b64.into_bytes()] {
-            let v = Category::RedisMasterKey
-                .normalize_value(SecretBytes::new(form))
-                .unwrap();
+            let v = Category::RedisMasterKey.normalize_value(SecretBytes::new(form)).unwrap();
             assert_eq!(v.expose(), &raw);
         }
         let e = Category::RedisMasterKey
             .normalize_value(SecretBytes::from_slice(b"short"))
             .unwrap_err();
         assert!(e.to_string().contains("256 bits"), "{e}");
-        assert!(
-            Category::Ssear
-                .normalize_value(SecretBytes::new(vec![]))
-                .is_err()
-        );
+        assert!(Category::Ssear.normalize_value(SecretBytes::new(vec![])).is_err());
     }
 }

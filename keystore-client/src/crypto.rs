@@ -56,10 +56,7 @@ impl WrapKey {
         let mut k = Key32::zeroed();
         hk.expand(b"ferry-keystore/v1 wrap", k.expose_mut())
             .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        Self {
-            cipher_key: k,
-            keystore_id,
-        }
+        Self { cipher_key: k, keystore_id }
     }
 
     /// The keystore id this key is bound to.
@@ -89,9 +86,7 @@ impl WrapKey {
             return None;
         }
         let mut buf = Zeroizing::new(wrapped.to_vec());
-        self.cipher()
-            .decrypt_in_place(&Nonce::from(nonce), aad, &mut *buf)
-            .ok()?;
+        self.cipher().decrypt_in_place(&Nonce::from(nonce), aad, &mut *buf).ok()?;
         Some(SecretBytes::new(std::mem::take(&mut *buf)))
     }
 
@@ -143,9 +138,7 @@ mod tests {
         let salt = hex::decode("000102030405060708090a0b0c").unwrap();
         let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
         let mut okm = [0u8; 42];
-        Hkdf::<Sha256>::new(Some(&salt), &ikm)
-            .expand(&info, &mut okm)
-            .unwrap();
+        Hkdf::<Sha256>::new(Some(&salt), &ikm).expand(&info, &mut okm).unwrap();
         assert_eq!(
             hex::encode(okm),
             "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
@@ -157,9 +150,7 @@ mod tests {
     fn aes256_gcm_known_answer() {
         let cipher = Aes256Gcm::new_from_slice(&[0u8; 32]).unwrap();
         let mut buf = vec![0u8; 16];
-        cipher
-            .encrypt_in_place(&Nonce::from([0u8; 12]), b"", &mut buf)
-            .unwrap();
+        cipher.encrypt_in_place(&Nonce::from([0u8; 12]), b"", &mut buf).unwrap();
         assert_eq!(
             hex::encode(&buf),
             "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
@@ -175,22 +166,11 @@ mod tests {
         assert_eq!(k.open(&nonce, &aad, &ct).unwrap().expose(), b"top secret");
         // Any change of identity, key, nonce or ciphertext fails.
         let bob = Owner::user("bob").unwrap();
+        assert!(k.open(&nonce, &k.row_aad(&bob, Category::Ssear, 1), &ct).is_none());
+        assert!(k.open(&nonce, &k.row_aad(&owner, Category::Filepass, 1), &ct).is_none());
+        assert!(k.open(&nonce, &k.row_aad(&owner, Category::Ssear, 2), &ct).is_none());
         assert!(
-            k.open(&nonce, &k.row_aad(&bob, Category::Ssear, 1), &ct)
-                .is_none()
-        );
-        assert!(
-            k.open(&nonce, &k.row_aad(&owner, Category::Filepass, 1), &ct)
-                .is_none()
-        );
-        assert!(
-            k.open(&nonce, &k.row_aad(&owner, Category::Ssear, 2), &ct)
-                .is_none()
-        );
-        assert!(
-            wk(1, 3)
-                .open(&nonce, &wk(1, 3).row_aad(&owner, Category::Ssear, 1), &ct)
-                .is_none()
+            wk(1, 3).open(&nonce, &wk(1, 3).row_aad(&owner, Category::Ssear, 1), &ct).is_none()
         );
         assert!(wk(9, 2).open(&nonce, &aad, &ct).is_none());
         let mut bad = ct.clone();

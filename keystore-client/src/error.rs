@@ -12,8 +12,12 @@ use crate::time::rfc3339;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeystoreError {
-    /// The keystore database does not exist.
-    #[error("{kind} keystore {} does not exist", .path.display())]
+    /// The keystore database does not exist. The message names the command that creates it.
+    #[error(
+        "{kind} keystore {} does not exist; create it with `{}`",
+        .path.display(),
+        match .kind { KeystoreKind::Root => "ferry keys -i", KeystoreKind::Local => "ferry keys -i -u USER" }
+    )]
     NotFound {
         /// Root or local.
         kind: KeystoreKind,
@@ -40,6 +44,18 @@ pub enum KeystoreError {
     )]
     UnsafePermissions {
         /// The offending file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The directory holding keystore files can be written by group or others.
+    #[error(
+        "directory {} has mode {mode:04o}: group or others could replace the keystore files \
+         in it; refusing to use it (fix: chmod go-w {})",
+        .path.display(), .path.display()
+    )]
+    UnsafeDirectory {
+        /// The directory.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
@@ -101,6 +117,16 @@ pub enum KeystoreError {
         key_path: PathBuf,
         /// What did not match.
         reason: String,
+    },
+    /// Another process replaced the keystore key (rekey) after this handle opened it.
+    #[error(
+        "the key of {} was replaced by another process (ferry keys --rekey) after it was \
+         opened; open the keystore again",
+        .path.display()
+    )]
+    Rekeyed {
+        /// The database path.
+        path: PathBuf,
     },
     /// The key file is passphrase-protected and no passphrase was given.
     #[error("{} is protected by a stash passphrase, and none was given", .key_path.display())]
@@ -335,9 +361,6 @@ pub enum KeystoreError {
 
 impl KeystoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        KeystoreError::Io {
-            path: path.into(),
-            source,
-        }
+        KeystoreError::Io { path: path.into(), source }
     }
 }

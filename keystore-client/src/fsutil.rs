@@ -22,26 +22,38 @@ pub fn check_private_file(path: &Path) -> Result<bool, KeystoreError> {
         Err(e) => return Err(KeystoreError::io(path, e)),
     };
     if !md.file_type().is_file() {
-        return Err(KeystoreError::NotRegularFile {
-            path: path.to_owned(),
-        });
+        return Err(KeystoreError::NotRegularFile { path: path.to_owned() });
     }
     let mode = md.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeystoreError::UnsafePermissions {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(KeystoreError::UnsafePermissions { path: path.to_owned(), mode });
     }
     let uid = euid();
     if uid != 0 && md.uid() != uid {
-        return Err(KeystoreError::WrongOwner {
-            path: path.to_owned(),
-            owner: md.uid(),
-            uid,
-        });
+        return Err(KeystoreError::WrongOwner { path: path.to_owned(), owner: md.uid(), uid });
     }
     Ok(true)
+}
+
+/// Checks the directory holding keystore files: others must not be able to replace the files
+/// in it (group/other-writable without the sticky bit is refused), and it must belong to this
+/// user or root. A missing directory passes (it will be created with mode 0700).
+pub fn check_private_dir(dir: &Path) -> Result<(), KeystoreError> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let md = match fs::metadata(dir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(KeystoreError::io(dir, e)),
+    };
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(KeystoreError::UnsafeDirectory { path: dir.to_owned(), mode });
+    }
+    let uid = euid();
+    if uid != 0 && md.uid() != uid && md.uid() != 0 {
+        return Err(KeystoreError::WrongOwner { path: dir.to_owned(), owner: md.uid(), uid });
+    }
+    Ok(())
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 when it does not exist.
@@ -64,12 +76,14 @@ fn parent_of(path: &Path) -> PathBuf {
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = hex::encode(crate::crypto::random_array::<6>());
     parent_of(path).join(format!(".{name}.tmp-{}-{tag}", std::process::id()))
+}
+
+/// Makes a rename or new entry in `path`'s directory durable (best effort).
+pub(crate) fn fsync_parent(path: &Path) {
+    fsync_dir(&parent_of(path));
 }
 
 fn fsync_dir(dir: &Path) {
@@ -97,9 +111,7 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keysto
         match fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(KeystoreError::AlreadyExists {
-                    path: path.to_owned(),
-                })
+                Err(KeystoreError::AlreadyExists { path: path.to_owned() })
             }
             Err(e) => Err(KeystoreError::io(path, e)),
         }
@@ -113,6 +125,16 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keysto
 
 /// Replaces `path` with `bytes` atomically (temporary name, fsync, rename), keeping `mode`.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
+    replace_file_owned(path, bytes, mode, None)
+}
+
+/// [`replace_file`], giving the new file `owner` (uid, gid) before it takes the final name.
+pub(crate) fn replace_file_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), KeystoreError> {
     let tmp = temp_name(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -126,6 +148,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keystore
             .map_err(|e| KeystoreError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| KeystoreError::io(&tmp, e))?;
         f.sync_all().map_err(|e| KeystoreError::io(&tmp, e))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| KeystoreError::io(&tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| KeystoreError::io(path, e))
     })();
     if result.is_err() {
@@ -138,12 +164,7 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keystore
 
 /// Creates an empty file with mode 0600 if it does not exist (never truncates).
 pub fn create_empty_private(path: &Path) -> Result<(), KeystoreError> {
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(f) => {
             f.sync_all().map_err(|e| KeystoreError::io(path, e))?;
             fsync_dir(&parent_of(path));
@@ -168,10 +189,7 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"one");
         // No temporary files are left behind.
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -186,11 +204,18 @@ mod tests {
             check_private_file(&p),
             Err(KeystoreError::UnsafePermissions { mode: 0o640, .. })
         ));
+        let sub = d.path().join("sub");
+        ensure_dir(&sub).unwrap();
+        check_private_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            check_private_dir(&sub),
+            Err(KeystoreError::UnsafeDirectory { mode: 0o777, .. })
+        ));
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_private_dir(&sub).unwrap();
         let l = d.path().join("link");
         std::os::unix::fs::symlink(&p, &l).unwrap();
-        assert!(matches!(
-            check_private_file(&l),
-            Err(KeystoreError::NotRegularFile { .. })
-        ));
+        assert!(matches!(check_private_file(&l), Err(KeystoreError::NotRegularFile { .. })));
     }
 }

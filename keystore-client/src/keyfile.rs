@@ -49,23 +49,11 @@ pub struct Argon2Params {
 
 impl Argon2Params {
     /// RFC 9106's second recommended profile: 64 MiB, t = 3, p = 4.
-    pub const DEFAULT: Argon2Params = Argon2Params {
-        m_cost_kib: 64 * 1024,
-        t_cost: 3,
-        p_cost: 4,
-    };
+    pub const DEFAULT: Argon2Params = Argon2Params { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 4 };
     /// Smallest accepted parameters (OWASP minimum: 19 MiB, t = 2, p = 1).
-    pub const MIN: Argon2Params = Argon2Params {
-        m_cost_kib: 19 * 1024,
-        t_cost: 2,
-        p_cost: 1,
-    };
+    pub const MIN: Argon2Params = Argon2Params { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 };
     /// Largest accepted parameters (bounds the work an untrusted file can demand).
-    pub const MAX: Argon2Params = Argon2Params {
-        m_cost_kib: 1024 * 1024,
-        t_cost: 10,
-        p_cost: 16,
-    };
+    pub const MAX: Argon2Params = Argon2Params { m_cost_kib: 1024 * 1024, t_cost: 10, p_cost: 16 };
 
     fn in_bounds(&self) -> bool {
         (Self::MIN.m_cost_kib..=Self::MAX.m_cost_kib).contains(&self.m_cost_kib)
@@ -120,9 +108,7 @@ impl KeyFile {
             1 => KeystoreKind::Root,
             2 => KeystoreKind::Local,
             k => {
-                return Err(KeyFileError::Malformed(format!(
-                    "unknown keystore kind {k}"
-                )));
+                return Err(KeyFileError::Malformed(format!("unknown keystore kind {k}")));
             }
         };
         if bytes[11] != 0 {
@@ -144,11 +130,7 @@ impl KeyFile {
                 None
             }
             1 => {
-                let p = Argon2Params {
-                    m_cost_kib: be(28),
-                    t_cost: be(32),
-                    p_cost: be(36),
-                };
+                let p = Argon2Params { m_cost_kib: be(28), t_cost: be(32), p_cost: be(36) };
                 if !p.in_bounds() {
                     return Err(KeyFileError::Malformed(format!(
                         "Argon2id parameters out of bounds (m={} KiB, t={}, p={})",
@@ -161,12 +143,7 @@ impl KeyFile {
         };
         let mut raw = Zeroizing::new([0u8; KEY_FILE_LEN]);
         raw.copy_from_slice(bytes);
-        Ok(KeyFile {
-            raw,
-            kind,
-            keystore_id,
-            params,
-        })
+        Ok(KeyFile { raw, kind, keystore_id, params })
     }
 
     /// Root or local.
@@ -303,8 +280,7 @@ mod tests {
         )
         .unwrap();
         let mut out = [0u8; 32];
-        a.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out)
-            .unwrap();
+        a.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out).unwrap();
         assert_eq!(
             hex::encode(out),
             "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"
@@ -332,31 +308,48 @@ mod tests {
     fn protected_round_trip() {
         let key = Key32::random();
         let pass = SecretBytes::from_slice(b"correct horse");
-        let bytes = KeyFile::encode(
-            KeystoreKind::Local,
-            [6; 16],
-            &key,
-            Some((&pass, Argon2Params::MIN)),
-        )
-        .unwrap();
+        let bytes =
+            KeyFile::encode(KeystoreKind::Local, [6; 16], &key, Some((&pass, Argon2Params::MIN)))
+                .unwrap();
         let kf = KeyFile::parse(&*bytes).unwrap();
         assert!(kf.is_protected());
         assert_eq!(kf.unlock(Some(&pass)).unwrap().expose(), key.expose());
-        assert_eq!(
-            kf.unlock(None).unwrap_err(),
-            KeyFileError::PassphraseRequired
-        );
+        assert_eq!(kf.unlock(None).unwrap_err(), KeyFileError::PassphraseRequired);
         let wrong = SecretBytes::from_slice(b"wrong horse");
-        assert_eq!(
-            kf.unlock(Some(&wrong)).unwrap_err(),
-            KeyFileError::WrongPassphrase
-        );
+        assert_eq!(kf.unlock(Some(&wrong)).unwrap_err(), KeyFileError::WrongPassphrase);
         // Out-of-bounds parameters are refused before any KDF work.
         let mut b = *bytes;
         b[28..32].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            KeyFile::parse(&b),
-            Err(KeyFileError::Malformed(_))
-        ));
+        assert!(matches!(KeyFile::parse(&b), Err(KeyFileError::Malformed(_))));
+    }
+
+    /// The fuzz target's property, run over seeded random inputs and mutations of valid files.
+    #[test]
+    fn parse_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = KeyFile::encode(KeystoreKind::Root, [1; 16], &Key32::random(), None).unwrap();
+        for i in 0..20_000 {
+            let mut buf = if i % 2 == 0 {
+                valid.to_vec()
+            } else {
+                (0..(next() % 200) as usize).map(|_| next() as u8).collect()
+            };
+            for _ in 0..(next() % 4) {
+                if !buf.is_empty() {
+                    let at = (next() as usize) % buf.len();
+                    buf[at] = next() as u8;
+                }
+            }
+            if i % 3 == 0 && buf.len() > 10 {
+                buf[10] = 1; // protected: parameters must be bounded before any KDF work
+            }
+            let _ = KeyFile::parse(&buf);
+        }
     }
 }

@@ -141,29 +141,19 @@ mod tests {
     #[test]
     fn operations_per_state() {
         use KeyState::*;
-        let protect: Vec<_> = KeyState::ALL
-            .into_iter()
-            .filter(|s| s.permits(Operation::Protect))
-            .collect();
+        let protect: Vec<_> =
+            KeyState::ALL.into_iter().filter(|s| s.permits(Operation::Protect)).collect();
         assert_eq!(protect, vec![Active]);
-        let process: Vec<_> = KeyState::ALL
-            .into_iter()
-            .filter(|s| s.permits(Operation::Process))
-            .collect();
+        let process: Vec<_> =
+            KeyState::ALL.into_iter().filter(|s| s.permits(Operation::Process)).collect();
         assert_eq!(process, vec![Active, Deactivated]);
     }
 
     #[test]
     fn destroy_only_after_deactivation() {
         use KeyState::*;
-        assert_eq!(
-            Active.check_transition(Destroyed),
-            Err("deactivate it first")
-        );
-        assert_eq!(
-            Suspended.check_transition(Destroyed),
-            Err("deactivate it first")
-        );
+        assert_eq!(Active.check_transition(Destroyed), Err("deactivate it first"));
+        assert_eq!(Suspended.check_transition(Destroyed), Err("deactivate it first"));
         assert!(Deactivated.check_transition(Destroyed).is_ok());
         assert!(Compromised.check_transition(Destroyed).is_ok());
         assert!(PreActive.check_transition(Destroyed).is_ok());

@@ -149,10 +149,7 @@ pub struct PutOptions {
 
 impl Default for PutOptions {
     fn default() -> Self {
-        Self {
-            state: KeyState::Active,
-            ttl: None,
-        }
+        Self { state: KeyState::Active, ttl: None }
     }
 }
 
@@ -165,9 +162,7 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        Self {
-            copy_ttl: DEFAULT_COPY_TTL,
-        }
+        Self { copy_ttl: DEFAULT_COPY_TTL }
     }
 }
 
@@ -262,6 +257,8 @@ pub struct Keystore {
     id: [u8; 16],
     owner: Option<Owner>,
     wrap: WrapKey,
+    key: Key32,
+    key_path: PathBuf,
     actor: String,
 }
 
@@ -362,9 +359,7 @@ fn info_from_row(r: &Row<'_>) -> rusqlite::Result<SecretInfo> {
         owner: Owner::from_db(&owner).map_err(|e| conv_err(0, e))?,
         category: category.parse().map_err(|e| conv_err(1, e))?,
         version: r.get(2)?,
-        state: state
-            .parse::<KeyState>()
-            .map_err(|e| conv_err(3, BadText(e)))?,
+        state: state.parse::<KeyState>().map_err(|e| conv_err(3, BadText(e)))?,
         created_at: r.get(4)?,
         state_changed_at: r.get(5)?,
         activated_at: r.get(6)?,
@@ -396,13 +391,7 @@ impl Keystore {
 
     /// Creates a new local keystore for `user` at `path` (and its key file beside it).
     pub fn create_local(path: &Path, user: &str, opts: &Options) -> Result<Keystore> {
-        Self::open_impl(
-            path,
-            KeystoreKind::Local,
-            Some(Owner::user(user)?),
-            opts,
-            Mode::Create,
-        )
+        Self::open_impl(path, KeystoreKind::Local, Some(Owner::user(user)?), opts, Mode::Create)
     }
 
     /// Opens an existing local keystore (of whichever user it belongs to; see
@@ -415,13 +404,7 @@ impl Keystore {
     /// [`KeystoreError::OwnerMismatch`] if it belongs to another user.
     pub fn open_or_create_local(path: &Path, user: &str, opts: &Options) -> Result<Keystore> {
         let owner = Owner::user(user)?;
-        Self::open_impl(
-            path,
-            KeystoreKind::Local,
-            Some(owner),
-            opts,
-            Mode::OpenOrCreate,
-        )
+        Self::open_impl(path, KeystoreKind::Local, Some(owner), opts, Mode::OpenOrCreate)
     }
 
     fn open_impl(
@@ -433,18 +416,16 @@ impl Keystore {
     ) -> Result<Keystore> {
         let key_path = key_file_path(path, kind);
         let audit_path = audit_log_path(path);
+        if let Some(dir) = path.parent() {
+            fsutil::check_private_dir(dir)?;
+        }
         let db_exists = fsutil::check_private_file(path)?;
         match (db_exists, mode) {
             (true, Mode::Create) => {
-                return Err(KeystoreError::AlreadyExists {
-                    path: path.to_owned(),
-                });
+                return Err(KeystoreError::AlreadyExists { path: path.to_owned() });
             }
             (false, Mode::Open) => {
-                return Err(KeystoreError::NotFound {
-                    kind,
-                    path: path.to_owned(),
-                });
+                return Err(KeystoreError::NotFound { kind, path: path.to_owned() });
             }
             _ => {}
         }
@@ -457,10 +438,7 @@ impl Keystore {
         };
         if db_exists {
             if !fsutil::check_private_file(&key_path)? {
-                return Err(KeystoreError::KeyFileMissing {
-                    key_path,
-                    path: path.to_owned(),
-                });
+                return Err(KeystoreError::KeyFileMissing { key_path, path: path.to_owned() });
             }
         } else {
             if let Some(dir) = path.parent() {
@@ -492,7 +470,10 @@ impl Keystore {
         }
 
         // Unlock the key.
-        let key_bytes = std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?;
+        // Unprotected key files hold the key itself: keep the bytes in a zeroizing buffer.
+        let key_bytes = zeroize::Zeroizing::new(
+            std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?,
+        );
         let key_file = KeyFile::parse(&key_bytes).map_err(|e| KeystoreError::CorruptKeyFile {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -504,32 +485,28 @@ impl Keystore {
                 reason: format!("it is the key file of a {} keystore", key_file.kind()),
             });
         }
-        let key = key_file
-            .unlock(opts.passphrase.as_ref())
-            .map_err(|e| match e {
-                KeyFileError::PassphraseRequired => KeystoreError::PassphraseRequired {
-                    key_path: key_path.clone(),
-                },
-                KeyFileError::WrongPassphrase => KeystoreError::WrongPassphrase {
-                    key_path: key_path.clone(),
-                },
-                KeyFileError::Malformed(reason) => KeystoreError::CorruptKeyFile {
-                    path: key_path.clone(),
-                    reason,
-                },
-            })?;
+        let key = key_file.unlock(opts.passphrase.as_ref()).map_err(|e| match e {
+            KeyFileError::PassphraseRequired => {
+                KeystoreError::PassphraseRequired { key_path: key_path.clone() }
+            }
+            KeyFileError::WrongPassphrase => {
+                KeystoreError::WrongPassphrase { key_path: key_path.clone() }
+            }
+            KeyFileError::Malformed(reason) => {
+                KeystoreError::CorruptKeyFile { path: key_path.clone(), reason }
+            }
+        })?;
         let wrap = WrapKey::derive(&key, key_file.keystore_id());
-        drop(key);
 
         // Only metadata here: opening and closing the database file ourselves would drop the
         // POSIX locks SQLite holds on it for other connections of this process.
-        let len = std::fs::metadata(path)
-            .map_err(|e| KeystoreError::io(path, e))?
-            .len();
+        let len = std::fs::metadata(path).map_err(|e| KeystoreError::io(path, e))?.len();
         if len == 0 && mode == Mode::Open {
             return Err(KeystoreError::Corrupt {
                 path: path.to_owned(),
-                reason: "the file is empty; its creation was interrupted".into(),
+                reason: "the file is empty: its creation was interrupted; `ferry keys -i` \
+                         (with -u USER for a local keystore) finishes it"
+                    .into(),
             });
         }
 
@@ -544,16 +521,12 @@ impl Keystore {
             .map_err(db_err)?;
         let actor = format!(
             "{}uid={} pid={}",
-            opts.actor
-                .as_deref()
-                .map(|a| format!("{a} "))
-                .unwrap_or_default(),
+            opts.actor.as_deref().map(|a| format!("{a} ")).unwrap_or_default(),
             fsutil::euid(),
             std::process::id()
         );
-        let app_id: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(db_err)?;
+        let app_id: i64 =
+            conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(db_err)?;
         if app_id == 0 && mode != Mode::Open {
             Self::initialise(&conn, path, kind, owner.as_ref(), &wrap, &actor)?;
         } else if app_id != APPLICATION_ID {
@@ -562,19 +535,15 @@ impl Keystore {
                 reason: format!("application_id is {app_id:#x}, not Ferry's {APPLICATION_ID:#x}"),
             });
         }
-        let journal: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .map_err(db_err)?;
+        let journal: String =
+            conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(db_err)?;
         if !journal.eq_ignore_ascii_case("wal") {
-            let _: String = conn
-                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-                .map_err(db_err)?;
+            let _: String =
+                conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(db_err)?;
         }
-        conn.execute_batch("PRAGMA synchronous = FULL;")
-            .map_err(db_err)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(db_err)?;
+        conn.execute_batch("PRAGMA synchronous = FULL;").map_err(db_err)?;
+        let check: String =
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(db_err)?;
         if check != "ok" {
             return Err(KeystoreError::Corrupt {
                 path: path.to_owned(),
@@ -588,16 +557,7 @@ impl Keystore {
                 "SELECT schema_version, keystore_id, kind, owner, key_check_nonce, key_check \
                  FROM meta WHERE id = 1",
                 [],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()
             .map_err(db_err)?;
@@ -626,13 +586,10 @@ impl Keystore {
                 found: found_kind,
             });
         }
-        let id: [u8; 16] = id
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeystoreError::Corrupt {
-                path: path.to_owned(),
-                reason: "bad keystore id".into(),
-            })?;
+        let id: [u8; 16] = id.as_slice().try_into().map_err(|_| KeystoreError::Corrupt {
+            path: path.to_owned(),
+            reason: "bad keystore id".into(),
+        })?;
         if id != key_file.keystore_id() {
             return Err(KeystoreError::WrongKey {
                 path: path.to_owned(),
@@ -644,20 +601,23 @@ impl Keystore {
                 ),
             });
         }
-        if !wrap.verify_key_check(&check_nonce, &check) {
+        let (key, wrap) = if wrap.verify_key_check(&check_nonce, &check) {
+            (key, wrap)
+        } else if let Some(found) =
+            key_after_rekey(&key_path, &key_bytes, kind, id, opts, &check_nonce, &check)
+        {
+            found
+        } else {
             return Err(KeystoreError::WrongKey {
                 path: path.to_owned(),
                 key_path,
                 reason: "the key check value does not verify".into(),
             });
-        }
+        };
         let found_owner = match (kind, found_owner) {
-            (KeystoreKind::Local, Some(o)) => {
-                Some(Owner::from_db(&o).map_err(|_| KeystoreError::Corrupt {
-                    path: path.to_owned(),
-                    reason: "bad owner".into(),
-                })?)
-            }
+            (KeystoreKind::Local, Some(o)) => Some(Owner::from_db(&o).map_err(|_| {
+                KeystoreError::Corrupt { path: path.to_owned(), reason: "bad owner".into() }
+            })?),
             (KeystoreKind::Local, None) => {
                 return Err(KeystoreError::Corrupt {
                     path: path.to_owned(),
@@ -683,6 +643,8 @@ impl Keystore {
             id,
             owner: found_owner,
             wrap,
+            key,
+            key_path,
             actor,
         };
         Ok(ks)
@@ -699,9 +661,8 @@ impl Keystore {
         let db_err = |e: rusqlite::Error| map_db_err(path, e);
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
         let result = (|| -> Result<Option<AuditRecord>> {
-            let app_id: i64 = conn
-                .query_row("PRAGMA application_id", [], |r| r.get(0))
-                .map_err(db_err)?;
+            let app_id: i64 =
+                conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(db_err)?;
             if app_id == APPLICATION_ID {
                 return Ok(None); // another process initialised it while we waited
             }
@@ -755,7 +716,7 @@ impl Keystore {
         });
         match result {
             Ok(Some(rec)) => {
-                let _ = audit::append_log(&audit_log_path(path), &[rec]);
+                let _ = audit::append_log(&audit_log_path(path), path, &[rec]);
             }
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -763,9 +724,8 @@ impl Keystore {
                 return Err(e);
             }
         }
-        let _: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(db_err)?;
+        let _: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(db_err)?;
         Ok(())
     }
 
@@ -804,9 +764,11 @@ impl Keystore {
         &self,
         f: impl FnOnce(&Connection, &mut Vec<AuditRecord>) -> Result<T>,
     ) -> Result<T> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.db_err(e))?;
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.db_err(e))?;
+        if let Err(e) = self.check_key_unchanged() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
         let mut records = Vec::new();
         let value = match f(&self.conn, &mut records) {
             Ok(v) => v,
@@ -819,12 +781,8 @@ impl Keystore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(self.db_err(e));
         }
-        audit::append_log(&self.audit_path, &records).map_err(|source| {
-            KeystoreError::AuditLog {
-                path: self.audit_path.clone(),
-                source,
-            }
-        })?;
+        audit::append_log(&self.audit_path, &self.path, &records)
+            .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
         Ok(value)
     }
 
@@ -857,9 +815,7 @@ impl Keystore {
             && let (Owner::User(_), Some(mine)) = (owner, &self.owner)
             && owner != mine
         {
-            return wrong(format!(
-                "this local keystore belongs to {mine}, not to {owner}"
-            ));
+            return wrong(format!("this local keystore belongs to {mine}, not to {owner}"));
         }
         if change {
             match (self.kind, category.home()) {
@@ -904,16 +860,9 @@ impl Keystore {
             Some(i) => Ok(i),
             None => {
                 if self.max_version(conn, owner, category)?.is_none() {
-                    Err(KeystoreError::NoSuchSecret {
-                        owner: owner.clone(),
-                        category,
-                    })
+                    Err(KeystoreError::NoSuchSecret { owner: owner.clone(), category })
                 } else {
-                    Err(KeystoreError::NoSuchVersion {
-                        owner: owner.clone(),
-                        category,
-                        version,
-                    })
+                    Err(KeystoreError::NoSuchVersion { owner: owner.clone(), category, version })
                 }
             }
         }
@@ -978,13 +927,11 @@ impl Keystore {
             });
         };
         let aad = self.wrap.row_aad(&info.owner, info.category, info.version);
-        self.wrap
-            .open(&nonce, &aad, &wrapped)
-            .ok_or_else(|| KeystoreError::Integrity {
-                owner: info.owner.clone(),
-                category: info.category,
-                version: info.version,
-            })
+        self.wrap.open(&nonce, &aad, &wrapped).ok_or_else(|| KeystoreError::Integrity {
+            owner: info.owner.clone(),
+            category: info.category,
+            version: info.version,
+        })
     }
 
     /// Deactivates the active version of (owner, category), if any, inside a transaction.
@@ -1044,14 +991,8 @@ impl Keystore {
             let max = self.max_version(conn, owner, category)?;
             if require_active && self.active_info(conn, owner, category)?.is_none() {
                 return Err(match max {
-                    None => KeystoreError::NoSuchSecret {
-                        owner: owner.clone(),
-                        category,
-                    },
-                    Some(_) => KeystoreError::NoActiveVersion {
-                        owner: owner.clone(),
-                        category,
-                    },
+                    None => KeystoreError::NoSuchSecret { owner: owner.clone(), category },
+                    Some(_) => KeystoreError::NoActiveVersion { owner: owner.clone(), category },
                 });
             }
             let version = max.unwrap_or(0).checked_add(1).ok_or_else(|| {
@@ -1155,14 +1096,10 @@ impl Keystore {
                 Some(i) => i,
                 None => {
                     return Err(match self.max_version(conn, owner, category)? {
-                        None => KeystoreError::NoSuchSecret {
-                            owner: owner.clone(),
-                            category,
-                        },
-                        Some(_) => KeystoreError::NoActiveVersion {
-                            owner: owner.clone(),
-                            category,
-                        },
+                        None => KeystoreError::NoSuchSecret { owner: owner.clone(), category },
+                        Some(_) => {
+                            KeystoreError::NoActiveVersion { owner: owner.clone(), category }
+                        }
                     });
                 }
             };
@@ -1298,8 +1235,7 @@ impl Keystore {
                 info_from_row,
             )
             .map_err(|e| self.db_err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.db_err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.db_err(e))
     }
 
     /// Moves version `version` of (owner, category) to state `to` (see [`crate::state`] for the
@@ -1350,11 +1286,8 @@ impl Keystore {
         })?;
         if to == KeyState::Destroyed {
             // Push the erased page out of the WAL; best effort (a concurrent reader may hold it).
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    r.get::<_, i64>(0)
-                });
+            let _ =
+                self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
         }
         Ok(info)
     }
@@ -1400,6 +1333,174 @@ impl Keystore {
                 detail: Some(format!("{old} -> {min}")),
                 ..Default::default()
             })
+        })
+    }
+
+    /// Inside a write transaction: fails with [`KeystoreError::Rekeyed`] if another process
+    /// replaced the keystore key since this handle opened it (a value wrapped under the old key
+    /// would be lost).
+    fn check_key_unchanged(&self) -> Result<()> {
+        let (nonce, check): (Vec<u8>, Vec<u8>) = self
+            .conn
+            .query_row("SELECT key_check_nonce, key_check FROM meta WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.db_err(e))?;
+        if self.wrap.verify_key_check(&nonce, &check) {
+            Ok(())
+        } else {
+            Err(KeystoreError::Rekeyed { path: self.path.clone() })
+        }
+    }
+
+    /// **Root key rotation**: replaces the keystore key with a fresh random one and re-wraps
+    /// every stored value under it, in one transaction, without any value leaving the process.
+    /// The new key file is protected by `passphrase` (Argon2id, `params`) or, with `None`, by
+    /// file permissions only. Returns the number of values re-wrapped. Audited as `rekey`.
+    ///
+    /// Crash safety: the new key file is written as `<key file>.new` (fsynced) while the
+    /// database write lock is held, the rows and the key check are rewritten and committed,
+    /// and only then is `<key file>.new` renamed over the key file. If the process dies between
+    /// the commit and the rename, the next open finds that the old key no longer verifies,
+    /// verifies `<key file>.new` instead and completes the rename. Other open handles notice
+    /// the new key at their next write ([`KeystoreError::Rekeyed`]) and must reopen.
+    pub fn rekey(
+        &mut self,
+        passphrase: Option<&SecretBytes>,
+        params: Argon2Params,
+    ) -> Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        if passphrase.is_some_and(SecretBytes::is_empty) {
+            return Err(KeystoreError::InvalidArgument("the stash passphrase is empty".into()));
+        }
+        let new_key = Key32::random();
+        let new_wrap = WrapKey::derive(&new_key, self.id);
+        let bytes = KeyFile::encode(self.kind, self.id, &new_key, passphrase.map(|p| (p, params)))
+            .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
+        let pending = pending_key_path(&self.key_path);
+        let md =
+            std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
+
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.db_err(e))?;
+        let result = (|| -> Result<(usize, AuditRecord)> {
+            self.check_key_unchanged()?;
+            // Holding the write lock: any `.new` left here is from a rekey that never committed.
+            fsutil::replace_file_owned(&pending, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+            let conn = &self.conn;
+            let mut stmt = conn
+                .prepare(&format!("SELECT {INFO_COLS} FROM secrets WHERE wrapped IS NOT NULL"))
+                .map_err(|e| self.db_err(e))?;
+            let infos = stmt
+                .query_map([], info_from_row)
+                .map_err(|e| self.db_err(e))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.db_err(e))?;
+            drop(stmt);
+            for info in &infos {
+                let value = self.unwrap_value(conn, info)?;
+                let aad = new_wrap.row_aad(&info.owner, info.category, info.version);
+                let (nonce, wrapped) = new_wrap.seal(&aad, value.expose());
+                conn.execute(
+                    "UPDATE secrets SET nonce = ?4, wrapped = ?5 \
+                     WHERE owner = ?1 AND category = ?2 AND version = ?3",
+                    params![
+                        info.owner.as_db(),
+                        info.category.as_str(),
+                        info.version,
+                        nonce.as_slice(),
+                        wrapped
+                    ],
+                )
+                .map_err(|e| self.db_err(e))?;
+            }
+            let (nonce, check) = new_wrap.make_key_check();
+            conn.execute(
+                "UPDATE meta SET key_check_nonce = ?1, key_check = ?2 WHERE id = 1",
+                params![nonce.as_slice(), check],
+            )
+            .map_err(|e| self.db_err(e))?;
+            let rec = audit::insert(
+                conn,
+                time::now(),
+                &self.actor,
+                NewRecord {
+                    op: "rekey",
+                    detail: Some(format!(
+                        "new keystore key; {} value(s) re-wrapped; key file protected by {}",
+                        infos.len(),
+                        if passphrase.is_some() { "a passphrase" } else { "file permissions only" }
+                    )),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| self.db_err(e))?;
+            Ok((infos.len(), rec))
+        })();
+        let (count, rec) = match result.and_then(|v| {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.db_err(e))?;
+            Ok(v)
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
+            }
+        };
+        // Committed: from here on only the new key opens the database.
+        self.key = new_key;
+        self.wrap = new_wrap;
+        std::fs::rename(&pending, &self.key_path)
+            .map_err(|e| KeystoreError::io(&self.key_path, e))?;
+        fsutil::fsync_parent(&self.key_path);
+        let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        audit::append_log(&self.audit_path, &self.path, &[rec])
+            .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
+        Ok(count)
+    }
+
+    /// The key file beside the database (`.stash` for root, `.key` for local).
+    pub fn key_file_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Re-protects the key file: under `passphrase` through Argon2id with `params`, or, with
+    /// `None`, by file permissions only. The key itself and the database do not change; the file
+    /// is replaced atomically (temporary name, fsync, rename) with its owner and mode 0600
+    /// kept. Audited as `key-file`.
+    pub fn reprotect_key_file(
+        &self,
+        passphrase: Option<&SecretBytes>,
+        params: Argon2Params,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if passphrase.is_some_and(SecretBytes::is_empty) {
+            return Err(KeystoreError::InvalidArgument("the stash passphrase is empty".into()));
+        }
+        let bytes = KeyFile::encode(self.kind, self.id, &self.key, passphrase.map(|p| (p, params)))
+            .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
+        let md =
+            std::fs::metadata(&self.key_path).map_err(|e| KeystoreError::io(&self.key_path, e))?;
+        // Inside the write transaction: it re-verifies that no other process rotated the key
+        // since this handle opened it (writing the old key back would lock everyone out).
+        self.write_tx(|conn, records| {
+            fsutil::replace_file_owned(&self.key_path, &*bytes, 0o600, Some((md.uid(), md.gid())))?;
+            self.record(
+                conn,
+                records,
+                time::now(),
+                NewRecord {
+                    op: "key-file",
+                    detail: Some(match passphrase {
+                        Some(_) => format!(
+                            "key file re-protected by a passphrase (Argon2id m={} KiB, t={}, p={})",
+                            params.m_cost_kib, params.t_cost, params.p_cost
+                        ),
+                        None => "key file re-protected by file permissions only".into(),
+                    }),
+                    ..Default::default()
+                },
+            )
         })
     }
 
@@ -1578,13 +1679,55 @@ fn map_db_err(path: &Path, e: rusqlite::Error) -> KeystoreError {
             path: path.to_owned(),
             reason: "not an SQLite database".into(),
         },
-        Some(ErrorCode::DatabaseCorrupt) => KeystoreError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        },
-        _ => KeystoreError::Database {
-            path: path.to_owned(),
-            source: e,
-        },
+        Some(ErrorCode::DatabaseCorrupt) => {
+            KeystoreError::Corrupt { path: path.to_owned(), reason: e.to_string() }
+        }
+        _ => KeystoreError::Database { path: path.to_owned(), source: e },
     }
+}
+
+/// Where an in-progress rekey writes the new key file: `<key file>.new`.
+fn pending_key_path(key_path: &Path) -> PathBuf {
+    let mut p = key_path.as_os_str().to_owned();
+    p.push(".new");
+    PathBuf::from(p)
+}
+
+/// When the key check fails, a rekey may be the reason: one that committed but died before
+/// renaming `<key file>.new` over the key file (completed here), or one that completed while
+/// this process was opening (the key file changed since it was read). Returns the key that
+/// verifies, if any.
+fn key_after_rekey(
+    key_path: &Path,
+    read_before: &[u8],
+    kind: KeystoreKind,
+    id: [u8; 16],
+    opts: &Options,
+    check_nonce: &[u8],
+    check: &[u8],
+) -> Option<(Key32, WrapKey)> {
+    let try_file = |path: &Path| -> Option<(Key32, WrapKey)> {
+        if !fsutil::check_private_file(path).ok()? {
+            return None;
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        if path == key_path && bytes.as_slice() == read_before {
+            return None;
+        }
+        let kf = KeyFile::parse(&bytes).ok()?;
+        if kf.kind() != kind || kf.keystore_id() != id {
+            return None;
+        }
+        let key = kf.unlock(opts.passphrase.as_ref()).ok()?;
+        let wrap = WrapKey::derive(&key, id);
+        wrap.verify_key_check(check_nonce, check).then_some((key, wrap))
+    };
+    let pending = pending_key_path(key_path);
+    if let Some(found) = try_file(&pending) {
+        // Another opener may have completed it first; the key is the same either way.
+        let _ = std::fs::rename(&pending, key_path);
+        fsutil::fsync_parent(key_path);
+        return Some(found);
+    }
+    try_file(key_path)
 }

@@ -24,12 +24,7 @@ pub fn rfc3339(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs % 3600) / 60, secs % 60)
 }
 
 /// Parses a duration such as `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
@@ -39,18 +34,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}' (examples: 90s, 30m, 24h, 7d)"))?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("invalid duration '{s}' (examples: 90s, 30m, 24h, 7d)"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => {
-            return Err(format!(
-                "invalid duration '{s}' (examples: 90s, 30m, 24h, 7d)"
-            ));
+            return Err(format!("invalid duration '{s}' (examples: 90s, 30m, 24h, 7d)"));
         }
     };
     if n == 0 {

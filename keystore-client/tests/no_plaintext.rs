@@ -17,10 +17,7 @@ fn forms(v: &[u8]) -> Vec<(String, Vec<u8>)> {
         ("hex".into(), hex::encode(v).into_bytes()),
         ("HEX".into(), hex::encode_upper(v).into_bytes()),
         ("base64".into(), STANDARD.encode(v).into_bytes()),
-        (
-            "base64-nopad".into(),
-            STANDARD_NO_PAD.encode(v).into_bytes(),
-        ),
+        ("base64-nopad".into(), STANDARD_NO_PAD.encode(v).into_bytes()),
         ("base64url".into(), URL_SAFE_NO_PAD.encode(v).into_bytes()),
     ]
 }
@@ -52,11 +49,7 @@ fn assert_absent(dir: &Path, secrets: &[Vec<u8>]) -> usize {
                 .arg(".dump")
                 .output()
                 .expect("the sqlite3 shell (scripts/install-deps.sh installs it)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let dump = out.stdout;
             // Positive control: the dump does show the rows (owner names, wrapped blobs).
             assert!(
@@ -71,10 +64,7 @@ fn assert_absent(dir: &Path, secrets: &[Vec<u8>]) -> usize {
         scanned += 1;
         for s in secrets {
             for (form, needle) in forms(s) {
-                assert!(
-                    !contains(bytes, &needle),
-                    "{form} form of a secret found in {name}"
-                );
+                assert!(!contains(bytes, &needle), "{form} form of a secret found in {name}");
             }
         }
     }
@@ -99,25 +89,16 @@ fn secrets_never_appear_on_disk() {
     let d = tempfile::tempdir().unwrap();
     let rp = d.path().join("root/rootkeystore.db");
     let lp = d.path().join("home/.ferry/localkeystore.db");
-    let root = Keystore::create_root(&rp, &Options::new()).unwrap();
+    let mut root = Keystore::create_root(&rp, &Options::new()).unwrap();
     let alice = Owner::user("alice").unwrap();
     let canary = |tag: &str| {
-        format!(
-            "FERRY-CANARY-{tag}-{}",
-            hex::encode(SecretBytes::random(8).expose())
-        )
-        .into_bytes()
+        format!("FERRY-CANARY-{tag}-{}", hex::encode(SecretBytes::random(8).expose())).into_bytes()
     };
     let mut secrets = vec![canary("ssear-1"), canary("ssear-2"), canary("filepass")];
     let redis = SecretBytes::random(32).expose().to_vec();
     for v in &secrets[..2] {
-        root.put(
-            &alice,
-            Category::Ssear,
-            SecretBytes::from_slice(v),
-            &PutOptions::default(),
-        )
-        .unwrap();
+        root.put(&alice, Category::Ssear, SecretBytes::from_slice(v), &PutOptions::default())
+            .unwrap();
     }
     root.put(
         &Owner::Shared,
@@ -127,10 +108,10 @@ fn secrets_never_appear_on_disk() {
     )
     .unwrap();
     secrets.push(redis);
+    // Root key rotation re-wraps in place; nothing leaks on the way.
+    assert_eq!(root.rekey(None, ferry_keystore::Argon2Params::MIN).unwrap(), 3);
     let local = Keystore::open_or_create_local(&lp, "alice", &Options::new()).unwrap();
-    local
-        .sync_from_root(&root, &SyncOptions::default())
-        .unwrap();
+    local.sync_from_root(&root, &SyncOptions::default()).unwrap();
     local
         .put(
             &alice,
@@ -140,32 +121,22 @@ fn secrets_never_appear_on_disk() {
         )
         .unwrap();
     // Generated values (never seen by the caller until read back) are covered too.
-    root.generate(&Owner::Shared, Category::TokenKey, &PutOptions::default())
-        .unwrap();
-    secrets.push(
-        root.current(&Owner::Shared, Category::TokenKey)
-            .unwrap()
-            .value()
-            .expose()
-            .to_vec(),
-    );
+    root.generate(&Owner::Shared, Category::TokenKey, &PutOptions::default()).unwrap();
+    secrets
+        .push(root.current(&Owner::Shared, Category::TokenKey).unwrap().value().expose().to_vec());
     for v in 1..=2 {
         local.resolve(&alice, Category::Ssear, v).unwrap();
     }
 
     // While both keystores are open, their WAL and shared-memory files exist.
     let wal = rp.with_extension("db-wal");
-    assert!(
-        wal.exists(),
-        "expected a WAL file while the keystore is open"
-    );
+    assert!(wal.exists(), "expected a WAL file while the keystore is open");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
     let n = assert_absent(d.path(), &secrets);
     assert!(n >= 10, "only {n} files scanned");
 
     // Destroy one version; after closing, everything is checkpointed into the main files.
-    root.set_state(&alice, Category::Ssear, 1, KeyState::Destroyed)
-        .unwrap();
+    root.set_state(&alice, Category::Ssear, 1, KeyState::Destroyed).unwrap();
     drop(local);
     drop(root);
     assert_absent(d.path(), &secrets);

@@ -57,9 +57,7 @@ pub(crate) struct FerryKeystore {
 
 impl std::fmt::Debug for FerryKeystore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FerryKeystore")
-            .field("path", &self.ks.path())
-            .finish()
+        f.debug_struct("FerryKeystore").field("path", &self.ks.path()).finish()
     }
 }
 
@@ -88,9 +86,9 @@ fn engine_state(s: KeyState) -> atrest::KeyState {
 
 fn resolve_error(e: KeystoreError, owner: &str, category: &str, version: String) -> ResolveError {
     match e {
-        KeystoreError::WrongState { state, .. } => ResolveError::Unavailable {
-            state: engine_state(state),
-        },
+        KeystoreError::WrongState { state, .. } => {
+            ResolveError::Unavailable { state: engine_state(state) }
+        }
         KeystoreError::NoSuchSecret { .. }
         | KeystoreError::NoSuchVersion { .. }
         | KeystoreError::NoActiveVersion { .. } => ResolveError::NotFound {
@@ -136,9 +134,6 @@ impl FerryKeystore {
     /// The state of a version, for `inspect` (metadata only; no value is read).
     pub(crate) fn state_of(&self, owner: &str, category: &str, version: u32) -> Option<String> {
         let (o, c) = (parse_owner(owner).ok()?, parse_category(category).ok()?);
-        self.ks
-            .info(&o, c, version)
-            .ok()
-            .map(|i| i.state.as_str().to_owned())
+        self.ks.info(&o, c, version).ok().map(|i| i.state.as_str().to_owned())
     }
 }

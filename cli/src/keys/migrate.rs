@@ -54,11 +54,7 @@ fn walk(
         let Some(item) = table.get_mut(&k) else {
             continue;
         };
-        let here = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{}.{k}", path.join("."))
-        };
+        let here = if path.is_empty() { k.clone() } else { format!("{}.{k}", path.join(".")) };
         let category = match k.as_str() {
             "content_protection_secret" => Some(Category::Ssear),
             "token_encryption_key" => Some(Category::TokenKey),
@@ -122,39 +118,30 @@ fn walk(
 
 fn backup_path(config: &Path) -> PathBuf {
     let stamp = time::rfc3339(time::now()).replace([':', '-'], "");
-    let name = config
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     config.with_file_name(format!("{name}.bak-{stamp}"))
 }
 
 pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
     let cfg = &args.config;
-    let original = std::fs::read(cfg)
-        .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?;
+    // The file holds plaintext secrets: keep our copies of its bytes in zeroizing buffers.
+    let original = zeroize::Zeroizing::new(
+        std::fs::read(cfg)
+            .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?,
+    );
     let mode = std::fs::metadata(cfg)
         .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?
         .permissions()
         .mode()
         & 0o7777;
-    let text = String::from_utf8(original.clone())
+    let text = std::str::from_utf8(&original)
         .map_err(|_| config_error(format!("{} is not UTF-8 text", cfg.display())))?;
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        config_error(format!(
-            "cannot parse {} as TOML: {}",
-            cfg.display(),
-            e.message()
-        ))
+        config_error(format!("cannot parse {} as TOML: {}", cfg.display(), e.message()))
     })?;
     let mut found = Vec::new();
     let mut problems = Vec::new();
-    walk(
-        doc.as_table_mut(),
-        &mut Vec::new(),
-        &mut found,
-        &mut problems,
-    );
+    walk(doc.as_table_mut(), &mut Vec::new(), &mut found, &mut problems);
     if !problems.is_empty() {
         return Err(config_error(format!(
             "{} was not changed: {}",
@@ -163,10 +150,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
         )));
     }
     if found.is_empty() {
-        return out(format!(
-            "no plaintext secrets in {}; nothing to do",
-            cfg.display()
-        ));
+        return out(format!("no plaintext secrets in {}; nothing to do", cfg.display()));
     }
 
     // 1. Keep the original (it still holds the plaintext secrets: mode 0600, never replaced).
@@ -192,19 +176,13 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
         .map_err(|e| keystore_error(e, None))?;
     let mut stored = Vec::new();
     for f in found {
-        let info = ks
-            .put(&f.owner, f.category, f.value, &PutOptions::default())
-            .map_err(|e| {
-                keystore_error(e, None).hint(format!(
-                    "{} was not changed; the secrets stored so far are: {}",
-                    cfg.display(),
-                    if stored.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        stored.join(", ")
-                    }
-                ))
-            })?;
+        let info = ks.put(&f.owner, f.category, f.value, &PutOptions::default()).map_err(|e| {
+            keystore_error(e, None).hint(format!(
+                "{} was not changed; the secrets stored so far are: {}",
+                cfg.display(),
+                if stored.is_empty() { "none".to_owned() } else { stored.join(", ") }
+            ))
+        })?;
         stored.push(format!("{} (from {})", info.label(), f.path));
     }
 
@@ -215,11 +193,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
         ))
     })?;
 
-    out(format!(
-        "moved {} secret(s) into root keystore {}:",
-        stored.len(),
-        ks.path().display()
-    ))?;
+    out(format!("moved {} secret(s) into root keystore {}:", stored.len(), ks.path().display()))?;
     for s in &stored {
         out(format!("  {s}"))?;
     }

@@ -56,11 +56,7 @@ pub fn segment_count(len: u64) -> u64 {
 /// Plaintext length of segment `index` in a plaintext of `len` bytes.
 pub fn segment_plaintext_len(len: u64, index: u64) -> usize {
     let n = segment_count(len);
-    if index + 1 < n {
-        SEGMENT_SIZE
-    } else {
-        (len - (n - 1) * SEGMENT_SIZE as u64) as usize
-    }
+    if index + 1 < n { SEGMENT_SIZE } else { (len - (n - 1) * SEGMENT_SIZE as u64) as usize }
 }
 
 /// Offset in the envelope of encrypted segment `index`.
@@ -75,10 +71,7 @@ pub fn envelope_len(len: u64) -> u64 {
 
 /// Envelope offset of the segment holding plaintext byte `offset`, and the byte's position in it.
 pub fn locate(offset: u64) -> (u64, usize) {
-    (
-        offset / SEGMENT_SIZE as u64,
-        (offset % SEGMENT_SIZE as u64) as usize,
-    )
+    (offset / SEGMENT_SIZE as u64, (offset % SEGMENT_SIZE as u64) as usize)
 }
 
 /// What a key slot holds, as shown by `inspect` (no secrets).
@@ -189,10 +182,7 @@ fn check_name(name: &str, max: usize) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(AtRestError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
+    Err(AtRestError::InvalidName { name: name.to_owned(), reason })
 }
 
 impl Slot {
@@ -244,24 +234,13 @@ impl Slot {
                     read_names(&raw[96..176]).ok_or(AtRestError::MalformedHeader {
                         reason: "keystore slot owner/category names are invalid",
                     })?;
-                SlotKind::Keystore {
-                    owner,
-                    category,
-                    version: be32(&raw[8..]),
-                }
+                SlotKind::Keystore { owner, category, version: be32(&raw[8..]) }
             }
             _ => {
-                return Err(AtRestError::MalformedHeader {
-                    reason: "unknown key slot type",
-                });
+                return Err(AtRestError::MalformedHeader { reason: "unknown key slot type" });
             }
         };
-        Ok(Some(Slot {
-            index,
-            generation,
-            kind,
-            raw: *raw,
-        }))
+        Ok(Some(Slot { index, generation, kind, raw: *raw }))
     }
 
     /// The raw 192 bytes of the slot (public data only: salt, nonce, wrapped key, tag).
@@ -312,9 +291,7 @@ impl std::fmt::Debug for NewSlot<'_> {
                 .field("passphrase", &"[redacted]")
                 .field("params", params)
                 .finish(),
-            NewSlot::Keystore {
-                owner, category, ..
-            } => f
+            NewSlot::Keystore { owner, category, .. } => f
                 .debug_struct("Keystore")
                 .field("owner", owner)
                 .field("category", category)
@@ -333,10 +310,7 @@ pub struct SlotRandom {
 
 impl SlotRandom {
     fn fresh() -> Self {
-        let mut r = SlotRandom {
-            salt: [0; 16],
-            nonce: [0; 12],
-        };
+        let mut r = SlotRandom { salt: [0; 16], nonce: [0; 12] };
         rand::fill(&mut r.salt[..]);
         rand::fill(&mut r.nonce[..]);
         r
@@ -387,11 +361,7 @@ pub(crate) fn build_slot(
             let k = argon2id(passphrase, &rnd.salt, *params)?;
             hkdf32(k.expose(), file_id, &[b"ferry/v1 passphrase-wrap"])
         }
-        NewSlot::Keystore {
-            resolver,
-            owner,
-            category,
-        } => {
+        NewSlot::Keystore { resolver, owner, category } => {
             check_name(owner, OWNER_MAX)?;
             check_name(category, CATEGORY_MAX)?;
             if 2 + owner.len() + category.len() > NAMES_LEN {
@@ -419,11 +389,7 @@ pub(crate) fn build_slot(
             raw[97..97 + ol].copy_from_slice(owner.as_bytes());
             raw[97 + ol] = cl as u8;
             raw[98 + ol..98 + ol + cl].copy_from_slice(category.as_bytes());
-            hkdf32(
-                key.secret.expose(),
-                &rnd.salt,
-                &[b"ferry/v1 keystore-wrap", file_id],
-            )
+            hkdf32(key.secret.expose(), &rnd.salt, &[b"ferry/v1 keystore-wrap", file_id])
         }
     };
     let cipher = Aes256Gcm::new_from_slice(wrap_key.expose()).expect("32-byte key");
@@ -461,9 +427,7 @@ impl Header {
             return Err(AtRestError::NoSlots);
         }
         if slots.len() > MAX_USED_SLOTS {
-            return Err(AtRestError::NoFreeSlot {
-                max: MAX_USED_SLOTS,
-            });
+            return Err(AtRestError::NoFreeSlot { max: MAX_USED_SLOTS });
         }
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
@@ -516,14 +480,10 @@ impl Header {
             return Err(AtRestError::UnsupportedSuite { suite: b[9] });
         }
         if be32(&b[10..]) != SEGMENT_SIZE as u32 {
-            return Err(AtRestError::MalformedHeader {
-                reason: "segment size is not 65536",
-            });
+            return Err(AtRestError::MalformedHeader { reason: "segment size is not 65536" });
         }
         if u16::from_be_bytes([b[14], b[15]]) != HEADER_LEN as u16 {
-            return Err(AtRestError::MalformedHeader {
-                reason: "header length is not 1024",
-            });
+            return Err(AtRestError::MalformedHeader { reason: "header length is not 1024" });
         }
         if b[16] != SLOT_COUNT as u8 || u16::from_be_bytes([b[18], b[19]]) != SLOT_LEN as u16 {
             return Err(AtRestError::MalformedHeader {
@@ -536,9 +496,7 @@ impl Header {
             });
         }
         if b[112..128].iter().any(|&x| x != 0)
-            || b[SLOTS_OFFSET + SLOT_COUNT * SLOT_LEN..]
-                .iter()
-                .any(|&x| x != 0)
+            || b[SLOTS_OFFSET + SLOT_COUNT * SLOT_LEN..].iter().any(|&x| x != 0)
         {
             return Err(AtRestError::MalformedHeader {
                 reason: "reserved header bytes are not zero",
@@ -669,12 +627,7 @@ impl Header {
     pub fn unlock_with_keystore(&self, resolver: &dyn KeyResolver) -> Result<FileKey> {
         let mut first_err: Option<AtRestError> = None;
         for slot in &self.slots {
-            if let SlotKind::Keystore {
-                owner,
-                category,
-                version,
-            } = &slot.kind
-            {
+            if let SlotKind::Keystore { owner, category, version } = &slot.kind {
                 let attempt = (|| {
                     let key = resolve(resolver, owner, category, *version, "decrypt")?;
                     if !key.state.may_decrypt() {
@@ -707,9 +660,7 @@ impl Header {
                 }
             }
         }
-        Err(first_err
-            .or_else(|| self.first_damage())
-            .unwrap_or(AtRestError::NoKeystoreSlot))
+        Err(first_err.or_else(|| self.first_damage()).unwrap_or(AtRestError::NoKeystoreSlot))
     }
 
     /// Plan the slot writes that replace the slots at `remove` with `add`, in crash-safe order:
@@ -740,49 +691,28 @@ impl Header {
             used[d] = true;
         }
         if self.slots.len() + self.damaged.len()
-            - remove
-                .iter()
-                .filter(|&&i| i < SLOT_COUNT && used[i])
-                .count()
+            - remove.iter().filter(|&&i| i < SLOT_COUNT && used[i]).count()
             + add.len()
             > MAX_USED_SLOTS
         {
-            return Err(AtRestError::NoFreeSlot {
-                max: MAX_USED_SLOTS,
-            });
+            return Err(AtRestError::NoFreeSlot { max: MAX_USED_SLOTS });
         }
         if self.slots.len().saturating_sub(remove.len()) + add.len() == 0 {
             // Never erase the last usable slot without a replacement.
             return Err(AtRestError::NoSlots);
         }
-        let generation = self
-            .slots
-            .iter()
-            .map(|s| s.generation)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1);
+        let generation =
+            self.slots.iter().map(|s| s.generation).max().unwrap_or(0).saturating_add(1);
         let mut plan = Vec::new();
         for step in 0..remove.len().max(add.len()) {
             if let Some(spec) = add.get(step) {
                 let free = (0..SLOT_COUNT)
                     .find(|&i| !used[i])
-                    .ok_or(AtRestError::NoFreeSlot {
-                        max: MAX_USED_SLOTS,
-                    })?;
-                let raw = build_slot(
-                    self.context(),
-                    &self.file_id,
-                    &key.dek,
-                    generation,
-                    spec,
-                    rnd(),
-                )?;
+                    .ok_or(AtRestError::NoFreeSlot { max: MAX_USED_SLOTS })?;
+                let raw =
+                    build_slot(self.context(), &self.file_id, &key.dek, generation, spec, rnd())?;
                 used[free] = true;
-                plan.push(SlotWrite {
-                    index: free,
-                    bytes: raw,
-                });
+                plan.push(SlotWrite { index: free, bytes: raw });
             }
             if let Some(&old) = remove.get(step) {
                 if old >= SLOT_COUNT || !used[old] {
@@ -791,10 +721,7 @@ impl Header {
                     });
                 }
                 used[old] = false;
-                plan.push(SlotWrite {
-                    index: old,
-                    bytes: [0u8; SLOT_LEN],
-                });
+                plan.push(SlotWrite { index: old, bytes: [0u8; SLOT_LEN] });
             }
         }
         Ok(plan)

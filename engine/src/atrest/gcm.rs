@@ -49,9 +49,7 @@ mod imp {
 
     impl Gcm {
         pub(crate) fn new(key: &[u8; 32]) -> Self {
-            Gcm(LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, key).expect("32-byte key"),
-            ))
+            Gcm(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key")))
         }
 
         pub(crate) fn seal(&self, iv: [u8; 12], aad: &[u8], body: &mut [u8]) -> [u8; 16] {

@@ -169,17 +169,9 @@ pub struct Argon2Params {
 impl Argon2Params {
     /// RFC 9106 §4 second recommended option (memory-constrained): 64 MiB, t = 3, p = 4. Files
     /// are attacked offline, so the default is above OWASP's interactive-login minimum.
-    pub const DEFAULT: Argon2Params = Argon2Params {
-        m_kib: 64 * 1024,
-        t: 3,
-        p: 4,
-    };
+    pub const DEFAULT: Argon2Params = Argon2Params { m_kib: 64 * 1024, t: 3, p: 4 };
     /// OWASP Password Storage Cheat Sheet minimum (19 MiB, t = 2, p = 1): the weakest accepted.
-    pub const MINIMUM: Argon2Params = Argon2Params {
-        m_kib: 19 * 1024,
-        t: 2,
-        p: 1,
-    };
+    pub const MINIMUM: Argon2Params = Argon2Params { m_kib: 19 * 1024, t: 2, p: 1 };
     /// Accepted memory range in KiB (19 MiB ..= 1 GiB).
     pub const M_RANGE: std::ops::RangeInclusive<u32> = 19 * 1024..=1024 * 1024;
     /// Accepted time-cost range.
@@ -235,17 +227,12 @@ fn time_one(params: Argon2Params) -> Result<Duration> {
 /// Argon2id (version 0x13) of `passphrase` with `salt`, 32-byte output. Bounds are checked first.
 pub(crate) fn argon2id(passphrase: &[u8], salt: &[u8; 16], params: Argon2Params) -> Result<Key32> {
     params.validate()?;
-    let p = Params::new(params.m_kib, params.t, params.p, Some(32)).map_err(|e| {
-        AtRestError::InvalidKdfParams {
-            reason: e.to_string(),
-        }
-    })?;
+    let p = Params::new(params.m_kib, params.t, params.p, Some(32))
+        .map_err(|e| AtRestError::InvalidKdfParams { reason: e.to_string() })?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, p);
     let mut out = Key32::zero();
     argon
         .hash_password_into(passphrase, salt, &mut out.0[..])
-        .map_err(|e| AtRestError::InvalidKdfParams {
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| AtRestError::InvalidKdfParams { reason: e.to_string() })?;
     Ok(out)
 }

@@ -56,10 +56,7 @@ pub fn rewrap_passphrase(
         // Damaged slots (e.g. torn by an interrupted rewrap) are cleared as well.
         .chain(header.damaged_slots().iter().copied())
         .collect();
-    let add = [NewSlot::Passphrase {
-        passphrase: new_passphrase,
-        params,
-    }];
+    let add = [NewSlot::Passphrase { passphrase: new_passphrase, params }];
     let plan = header.plan_rewrap(key, &remove, &add)?;
     apply_plan(file, header, &plan)
 }
@@ -78,26 +75,20 @@ pub fn rewrap_keystore_to_active(
         .slots()
         .iter()
         .filter_map(|s| match &s.kind {
-            SlotKind::Keystore {
-                owner,
-                category,
-                version,
-            } => match resolver.active_version(owner, category) {
-                Ok(active) if active != *version => {
-                    Some(Ok((s.index, owner.clone(), category.clone())))
+            SlotKind::Keystore { owner, category, version } => {
+                match resolver.active_version(owner, category) {
+                    Ok(active) if active != *version => {
+                        Some(Ok((s.index, owner.clone(), category.clone())))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(AtRestError::from(e))),
                 }
-                Ok(_) => None,
-                Err(e) => Some(Err(AtRestError::from(e))),
-            },
+            }
             SlotKind::Passphrase { .. } => None,
         })
         .collect::<Result<_>>()?;
     for (index, owner, category) in stale {
-        let add = [NewSlot::Keystore {
-            resolver,
-            owner: &owner,
-            category: &category,
-        }];
+        let add = [NewSlot::Keystore { resolver, owner: &owner, category: &category }];
         let plan = current.plan_rewrap(key, &[index], &add)?;
         current = apply_plan(file, &current, &plan)?;
         moved += 1;

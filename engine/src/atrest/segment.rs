@@ -23,9 +23,7 @@ pub struct SegmentCipher {
 
 impl std::fmt::Debug for SegmentCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentCipher")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+        f.debug_struct("SegmentCipher").field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -102,10 +100,7 @@ impl SegmentCipher {
         let last = self.check_index(index, plaintext.len())?;
         let total = plaintext.len() + SEGMENT_OVERHEAD;
         if out.len() < total {
-            return Err(AtRestError::InvalidSegment {
-                index,
-                reason: "output buffer too small",
-            });
+            return Err(AtRestError::InvalidSegment { index, reason: "output buffer too small" });
         }
         let out = &mut out[..total];
         out[..12].copy_from_slice(&iv);
@@ -141,9 +136,7 @@ impl SegmentCipher {
         let len = enc.len();
         let tag: [u8; 16] = enc[len - 16..].try_into().expect("16 bytes");
         let body = &mut enc[12..len - 16];
-        let ok = self
-            .cipher(index)
-            .open(iv, &segment_aad(index, last), body, tag);
+        let ok = self.cipher(index).open(iv, &segment_aad(index, last), body, tag);
         if !ok {
             body.zeroize();
         }
@@ -176,19 +169,12 @@ pub struct EnvelopeBuilder<'a> {
 impl<'a> EnvelopeBuilder<'a> {
     /// A new envelope for a plaintext of exactly `plaintext_len` bytes.
     pub fn new(plaintext_len: u64) -> Self {
-        Self {
-            plaintext_len,
-            slots: Vec::new(),
-            fixed: None,
-        }
+        Self { plaintext_len, slots: Vec::new(), fixed: None }
     }
 
     /// Add a key slot (at most 3).
     pub fn slot(mut self, slot: NewSlot<'a>) -> Self {
-        let mut rnd = SlotRandom {
-            salt: [0; 16],
-            nonce: [0; 12],
-        };
+        let mut rnd = SlotRandom { salt: [0; 16], nonce: [0; 12] };
         rand::fill(&mut rnd.salt[..]);
         rand::fill(&mut rnd.nonce[..]);
         self.slots.push((slot, rnd));
@@ -283,9 +269,7 @@ impl<W: Write> StreamEncryptor<W> {
                 && data.len() >= SEGMENT_SIZE
                 && self.index + 1 < self.cipher.segment_count()
             {
-                let n = self
-                    .cipher
-                    .seal(self.index, &data[..SEGMENT_SIZE], &mut self.out)?;
+                let n = self.cipher.seal(self.index, &data[..SEGMENT_SIZE], &mut self.out)?;
                 self.w.write_all(&self.out[..n])?;
                 self.index += 1;
                 data = &data[SEGMENT_SIZE..];
@@ -306,10 +290,7 @@ impl<W: Write> StreamEncryptor<W> {
     pub fn finish(mut self) -> Result<W> {
         let declared = self.cipher.plaintext_len();
         if self.seen != declared {
-            return Err(AtRestError::LengthMismatch {
-                declared,
-                actual: self.seen,
-            });
+            return Err(AtRestError::LengthMismatch { declared, actual: self.seen });
         }
         self.flush_segment()?;
         Ok(self.w)
@@ -383,11 +364,7 @@ impl<R: Read + Seek> EnvelopeReader<R> {
             }
             return Err(AtRestError::TrailingData { extra });
         }
-        Ok(Self {
-            src,
-            cipher,
-            buf: vec![0u8; ENC_SEGMENT_SIZE],
-        })
+        Ok(Self { src, cipher, buf: vec![0u8; ENC_SEGMENT_SIZE] })
     }
 
     /// Declared plaintext length.
@@ -410,12 +387,8 @@ impl<R: Read + Seek> EnvelopeReader<R> {
             });
         }
         let l = enc_len(self.cipher.plaintext_len(), index);
-        self.src
-            .read_at(segment_offset(index), &mut self.buf[..l])?;
-        if self
-            .cipher
-            .try_open(index, index + 1 == n, &mut self.buf[..l])
-        {
+        self.src.read_at(segment_offset(index), &mut self.buf[..l])?;
+        if self.cipher.try_open(index, index + 1 == n, &mut self.buf[..l]) {
             return Ok(&self.buf[12..l - 16]);
         }
         // Failure path only: read the (public) encrypted bytes again to diagnose.
@@ -561,10 +534,7 @@ impl<R: Read> StreamDecryptor<R> {
             }
         }
         self.consumed += l as u64;
-        if !self
-            .cipher
-            .try_open(index, index + 1 == n, &mut self.buf[..l])
-        {
+        if !self.cipher.try_open(index, index + 1 == n, &mut self.buf[..l]) {
             return Err(AtRestError::SegmentCorrupted { index });
         }
         self.next += 1;

@@ -1,0 +1,331 @@
+//! The WAN benchmark grid: cells (RTT x loss x rate x buffer), a fresh test bed per cell and
+//! row, measurements, and the Markdown and SVG reports.
+//!
+//! Per cell and row:
+//! * goodput = verified payload bytes / seconds (completion time for a finished copy);
+//! * efficiency = goodput / (C x (1 - p)), C the bottleneck rate, p the random loss rate;
+//! * wire ratio = IP bytes the sender put on the link (forward direction, headers and
+//!   retransmissions included, measured by the link) / payload bytes delivered;
+//! * completion time of file copies (or "-" when the row is time-bounded or timed out).
+//!
+//! The link is symmetric: each direction has half the RTT as delay, the same loss rate and the
+//! same bottleneck, so acknowledgements cross the same kind of path as data.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::emulator::LinkConfig;
+use crate::error::NetemError;
+use crate::model::DirectionConfig;
+use crate::peers::{Row, Workload, make_file};
+use crate::probe::mathis_bps;
+use crate::testbed::{Testbed, TestbedOptions};
+
+/// One cell of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Cell {
+    /// Round-trip time, ms.
+    pub rtt_ms: u64,
+    /// Random loss rate per direction, 0..1.
+    pub loss: f64,
+    /// Bottleneck rate, Mbit/s.
+    pub rate_mbps: u64,
+    /// Bottleneck queue, in bandwidth-delay products.
+    pub buffer_bdp: f64,
+}
+
+impl Cell {
+    /// Bottleneck rate in bit/s.
+    pub fn rate_bps(&self) -> u64 {
+        self.rate_mbps * 1_000_000
+    }
+
+    /// The symmetric link configuration of this cell.
+    pub fn link_config(&self) -> LinkConfig {
+        let bdp = crate::model::bdp_bytes(self.rate_bps(), self.rtt_ms * 1000);
+        let d = DirectionConfig {
+            delay_us: self.rtt_ms * 500,
+            loss: self.loss,
+            rate_bps: Some(self.rate_bps()),
+            queue_bytes: Some(((bdp as f64 * self.buffer_bdp) as u64).max(64 * 1024)),
+            ..Default::default()
+        };
+        LinkConfig::symmetric(d)
+    }
+
+    /// C x (1 - p), bit/s: the best goodput a loss-tolerant sender can reach.
+    pub fn ideal_bps(&self) -> f64 {
+        self.rate_bps() as f64 * (1.0 - self.loss)
+    }
+}
+
+/// Named cells from Aspera's published comparisons.
+pub fn preset(name: &str) -> Option<(u64, f64)> {
+    match name {
+        "aspera-200ms-2pct" => Some((200, 0.02)),
+        "aspera-1s-5pct" => Some((1000, 0.05)),
+        _ => None,
+    }
+}
+
+/// The names [`preset`] accepts.
+pub const PRESETS: &[&str] = &["aspera-200ms-2pct", "aspera-1s-5pct"];
+
+/// The full grid of issue 5: RTT {10, 50, 150, 300, 600} ms x loss {0, 0.1, 1, 2, 5, 10} % x
+/// rate {100, 500, 1000} Mbit/s (only rates up to `ceiling_mbps`) x buffer {1, 4} BDP.
+pub fn full_grid(ceiling_mbps: u64) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for rate_mbps in [100, 500, 1000].into_iter().filter(|r| *r <= ceiling_mbps) {
+        for buffer_bdp in [1.0, 4.0] {
+            for rtt_ms in [10, 50, 150, 300, 600] {
+                for loss in [0.0, 0.001, 0.01, 0.02, 0.05, 0.10] {
+                    v.push(Cell { rtt_ms, loss, rate_mbps, buffer_bdp });
+                }
+            }
+        }
+    }
+    v
+}
+
+/// One measured (cell, row) pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Result {
+    /// The cell.
+    pub cell: Cell,
+    /// The row's name.
+    pub tool: String,
+    /// Verified payload bytes delivered.
+    pub payload_bytes: u64,
+    /// Seconds of the measurement.
+    pub seconds: f64,
+    /// Goodput, bit/s.
+    pub goodput_bps: f64,
+    /// goodput / (C x (1 - p)).
+    pub efficiency: f64,
+    /// Forward IP bytes on the link / payload bytes.
+    pub wire_ratio: f64,
+    /// Completion time of a finished file copy, s.
+    pub completion_s: Option<f64>,
+    /// Queue drops at the bottleneck in the forward direction (self-inflicted congestion).
+    pub queue_drops: u64,
+    /// Drops nobody accounted for (must be 0 for the figure to count).
+    pub unaccounted: i64,
+    /// Remark, or the error when the row failed.
+    pub note: String,
+}
+
+/// Settings of a grid run.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Duration of time-bounded rows, s.
+    pub seconds: u32,
+    /// Target duration of an ideal file copy, s (sets the file size per cell).
+    pub copy_seconds: f64,
+    /// Smallest and largest file for file-copy rows, bytes.
+    pub file_bounds: (u64, u64),
+    /// Scratch directory (files, keys, received copies).
+    pub scratch: PathBuf,
+    /// Test bed options.
+    pub testbed: TestbedOptions,
+}
+
+/// File size for a cell: `copy_seconds` at C x (1-p), within `file_bounds`, rounded to MiB.
+pub fn file_size_for(cell: &Cell, s: &RunSettings) -> u64 {
+    let ideal = cell.ideal_bps() / 8.0 * s.copy_seconds;
+    let mib = 1u64 << 20;
+    ((ideal as u64).clamp(s.file_bounds.0, s.file_bounds.1) / mib).max(1) * mib
+}
+
+/// Runs one row in one cell on a fresh test bed.
+pub fn run_cell(
+    cell: &Cell,
+    row: &dyn Row,
+    s: &RunSettings,
+) -> std::result::Result<Result, NetemError> {
+    let size = file_size_for(cell, s);
+    let file = s.scratch.join(format!("payload-{size}.bin"));
+    if !file.exists() {
+        make_file(&file, size, size)?;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("row-")
+        .tempdir_in(&s.scratch)
+        .map_err(|e| NetemError::Io { what: "creating a scratch dir".into(), source: e })?;
+    let ideal_s = size as f64 * 8.0 / cell.ideal_bps();
+    let limit = Duration::from_secs_f64(
+        (3.0 * ideal_s + 2.0 * cell.rtt_ms as f64 / 100.0 + 15.0).min(180.0),
+    );
+    let w = Workload {
+        rate_bps: cell.rate_bps(),
+        loss: cell.loss,
+        seconds: s.seconds,
+        file,
+        file_bytes: size,
+        limit,
+        scratch: work.path().to_path_buf(),
+    };
+    let mut tb = Testbed::new(&cell.link_config(), &s.testbed)?;
+    let before = tb.stats()?;
+    let out = row.run(&tb, &w);
+    // Let packets still in the delay line land before reading the counters.
+    std::thread::sleep(Duration::from_millis(cell.rtt_ms.min(1500) + 50));
+    let after = tb.stats()?;
+    let wire = after.forward.rx_bytes.saturating_sub(before.forward.rx_bytes);
+    let unaccounted = after.forward.unaccounted() + after.reverse.unaccounted();
+    let kernel = after.forward.kernel_drops + after.reverse.kernel_drops;
+    let base = |note: String| Result {
+        cell: *cell,
+        tool: row.name(),
+        payload_bytes: 0,
+        seconds: 0.0,
+        goodput_bps: 0.0,
+        efficiency: 0.0,
+        wire_ratio: f64::NAN,
+        completion_s: None,
+        queue_drops: after.forward.drop_queue,
+        unaccounted,
+        note,
+    };
+    Ok(match out {
+        Ok(o) => {
+            let goodput =
+                if o.seconds > 0.0 { o.payload_bytes as f64 * 8.0 / o.seconds } else { 0.0 };
+            let mut note = o.note;
+            if kernel > 0 {
+                let _ =
+                    write!(note, "; {kernel} packets dropped by the kernel before the emulator");
+            }
+            Result {
+                payload_bytes: o.payload_bytes,
+                seconds: o.seconds,
+                goodput_bps: goodput,
+                efficiency: goodput / cell.ideal_bps(),
+                wire_ratio: if o.payload_bytes > 0 {
+                    wire as f64 / o.payload_bytes as f64
+                } else {
+                    f64::NAN
+                },
+                completion_s: o.completed.then_some(o.seconds),
+                ..base(note)
+            }
+        }
+        Err(e) => base(format!("failed: {e}")),
+    })
+}
+
+fn fmt_rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} G", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} M", bps / 1e6)
+    } else {
+        format!("{:.0} k", bps / 1e3)
+    }
+}
+
+/// The Markdown table of a run (one line per cell and row, with the Mathis bound per cell).
+pub fn markdown(results: &[Result]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | note |\n",
+    );
+    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n");
+    for r in results {
+        let c = &r.cell;
+        let mathis = if c.loss > 0.0 {
+            fmt_rate(mathis_bps(1448.0, c.rtt_ms as f64 / 1000.0, c.loss))
+        } else {
+            "-".into()
+        };
+        let wire =
+            if r.wire_ratio.is_finite() { format!("{:.3}", r.wire_ratio) } else { "-".into() };
+        let done = r.completion_s.map_or("-".into(), |t| format!("{t:.1}"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {} |",
+            c.rate_mbps,
+            c.buffer_bdp,
+            c.rtt_ms,
+            c.loss * 100.0,
+            r.tool,
+            fmt_rate(r.goodput_bps),
+            r.efficiency * 100.0,
+            wire,
+            done,
+            mathis,
+            r.note.replace('|', "/")
+        );
+    }
+    s
+}
+
+/// One SVG per (rate, buffer, RTT): goodput (log scale) against loss, one line per tool, plus
+/// the C x (1-p) line. Returns the files written.
+pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>, NetemError> {
+    let mut keys: Vec<(u64, u64, u64)> = results
+        .iter()
+        .map(|r| (r.cell.rate_mbps, (r.cell.buffer_bdp * 100.0) as u64, r.cell.rtt_ms))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut files = Vec::new();
+    for (rate, buf100, rtt) in keys {
+        let sel: Vec<&Result> = results
+            .iter()
+            .filter(|r| {
+                r.cell.rate_mbps == rate
+                    && (r.cell.buffer_bdp * 100.0) as u64 == buf100
+                    && r.cell.rtt_ms == rtt
+            })
+            .collect();
+        let mut losses: Vec<f64> = sel.iter().map(|r| r.cell.loss).collect();
+        losses.sort_by(f64::total_cmp);
+        losses.dedup();
+        if losses.len() < 2 {
+            continue;
+        }
+        let mut tools: Vec<String> = sel.iter().map(|r| r.tool.clone()).collect();
+        tools.dedup();
+        tools.sort();
+        tools.dedup();
+        let mut series: Vec<crate::svg::Series> = tools
+            .iter()
+            .map(|t| crate::svg::Series {
+                name: t.clone(),
+                points: losses
+                    .iter()
+                    .filter_map(|l| {
+                        sel.iter()
+                            .find(|r| &r.tool == t && r.cell.loss == *l)
+                            .map(|r| (l * 100.0, r.goodput_bps / 1e6))
+                    })
+                    .collect(),
+            })
+            .collect();
+        series.push(crate::svg::Series {
+            name: "C x (1-p)".into(),
+            points: losses.iter().map(|l| (l * 100.0, rate as f64 * (1.0 - l))).collect(),
+        });
+        let title = format!(
+            "goodput vs loss: {rate} Mbit/s, RTT {rtt} ms, buffer {} BDP",
+            buf100 as f64 / 100.0
+        );
+        let svg = crate::svg::line_chart(
+            &title,
+            "random loss per direction (%)",
+            "goodput (Mbit/s, log)",
+            &series,
+            true,
+        );
+        let path = dir.join(format!("goodput-{rate}mbps-{rtt}ms-buf{}.svg", buf100 as f64 / 100.0));
+        std::fs::write(&path, svg).map_err(|e| NetemError::Io {
+            what: format!("writing {}", path.display()),
+            source: e,
+        })?;
+        files.push(path);
+    }
+    Ok(files)
+}

@@ -1,0 +1,336 @@
+//! Benchmark rows: a tool that moves data from the client namespace to the server namespace
+//! across a [`Testbed`], measured the same way for every tool.
+//!
+//! A row implements [`Row`]; the grid runner gives it a fresh test bed per cell, snapshots the
+//! link counters around [`Row::run`] (so "bytes on the wire" is measured by the link, not
+//! reported by the tool), and turns the [`RowOutcome`] into a table line. Ferry's own rows
+//! (`ferry cp` with `--policy fixed` and adaptive) and a quinn bulk-copy row plug in by
+//! implementing [`Row`] and adding a name to [`row_by_name`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::NetemError;
+use crate::netns::{self, ChildGuard, Netns};
+use crate::probe::{self, IperfMode};
+use crate::testbed::{CLIENT_DEV, CLIENT_IP, SERVER_DEV, SERVER_IP, Testbed};
+
+/// What the runner asks of a row in one cell.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The link's bottleneck rate, bit/s (tools with a rate setting are set to it).
+    pub rate_bps: u64,
+    /// The cell's random loss rate.
+    pub loss: f64,
+    /// Duration of time-bounded rows (iperf3).
+    pub seconds: u32,
+    /// The file copied by file-copy rows (random bytes, generated once per size).
+    pub file: PathBuf,
+    /// Its size in bytes.
+    pub file_bytes: u64,
+    /// Wall-clock limit of file-copy rows; a copy still running then is stopped and reported
+    /// with the bytes that had arrived.
+    pub limit: Duration,
+    /// A scratch directory for this row and cell (deleted by the runner).
+    pub scratch: PathBuf,
+}
+
+/// What a row measured in one cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutcome {
+    /// Application bytes delivered and verified at the receiver.
+    pub payload_bytes: u64,
+    /// Seconds over which they were delivered (the completion time of a finished copy).
+    pub seconds: f64,
+    /// True when the whole file arrived intact (always false for time-bounded rows).
+    pub completed: bool,
+    /// Free-form remark for the table (e.g. "timed out", the cipher used).
+    pub note: String,
+}
+
+/// One tool in the comparison.
+pub trait Row: std::fmt::Debug {
+    /// Name shown in the table and the plots.
+    fn name(&self) -> String;
+    /// `Err(reason)` when the tool cannot run on this machine.
+    fn available(&self) -> Result<(), String>;
+    /// Moves data client -> server across `tb`.
+    fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError>;
+}
+
+/// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`.
+pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
+    match name {
+        "iperf3-cubic" => Some(Box::new(Iperf3Row { cc: "cubic" })),
+        "iperf3-bbr" => Some(Box::new(Iperf3Row { cc: "bbr" })),
+        "scp" => Some(Box::new(ScpRow)),
+        "uftp" => Some(Box::new(UftpRow)),
+        _ => None,
+    }
+}
+
+/// Every row name [`row_by_name`] accepts.
+pub const ROW_NAMES: &[&str] = &["iperf3-cubic", "iperf3-bbr", "scp", "uftp"];
+
+fn have(prog: &str) -> Result<(), String> {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{prog} is not installed (scripts/install-deps.sh installs it)"))
+    }
+}
+
+/// Kernel TCP memory to memory with iperf3 (time-bounded).
+#[derive(Debug)]
+pub struct Iperf3Row {
+    /// Congestion control: `cubic` or `bbr`.
+    pub cc: &'static str,
+}
+
+impl Row for Iperf3Row {
+    fn name(&self) -> String {
+        format!("iperf3 TCP {}", self.cc)
+    }
+    fn available(&self) -> Result<(), String> {
+        have("iperf3")
+    }
+    fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
+        let r = probe::iperf3(tb, IperfMode::Tcp(self.cc), w.seconds, 5201)?;
+        Ok(RowOutcome {
+            payload_bytes: r.bytes_received,
+            seconds: r.seconds,
+            completed: false,
+            note: format!("{} s, memory to memory", w.seconds),
+        })
+    }
+}
+
+/// Waits until something listens on `port` (TCP or UDP) inside `ns`, at most 5 s.
+pub fn wait_listening(ns: &Netns, port: u16, udp: bool) -> Result<(), NetemError> {
+    let flag = if udp { "-lunH" } else { "-ltnH" };
+    for _ in 0..250 {
+        let ss = netns::run(ns.command("ss").args([flag, &format!("sport = :{port}")]))
+            .unwrap_or_default();
+        if !ss.trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(NetemError::Emulator(format!("nothing listens on port {port} in {} after 5 s", ns.name())))
+}
+
+/// Compares two files byte for byte; returns how many leading bytes of `got` are present and
+/// whether it is identical to `want`.
+pub fn verify_copy(want: &Path, got: &Path) -> Result<(u64, bool), NetemError> {
+    let io = |what: &str, e| NetemError::Io { what: what.to_string(), source: e };
+    let a = std::fs::read(want).map_err(|e| io("reading the source file", e))?;
+    let b = match std::fs::read(got) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, false)),
+        Err(e) => return Err(io("reading the copy", e)),
+    };
+    Ok((b.len() as u64, a == b))
+}
+
+/// Writes `bytes` of pseudo-random data (incompressible, so no tool can cheat by compressing).
+pub fn make_file(path: &Path, bytes: u64, seed: u64) -> Result<(), NetemError> {
+    let io = |e| NetemError::Io { what: format!("writing {}", path.display()), source: e };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut left = bytes;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            let v = rng.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).map_err(io)?;
+        left -= n as u64;
+    }
+    f.flush().map_err(io)
+}
+
+fn file_copy_outcome(
+    w: &Workload,
+    dest: &Path,
+    started: Instant,
+    in_time: bool,
+    note: &str,
+) -> Result<RowOutcome, NetemError> {
+    let seconds = started.elapsed().as_secs_f64();
+    let (have, same) = verify_copy(&w.file, dest)?;
+    if in_time && !same {
+        return Err(NetemError::Emulator(format!(
+            "{note}: the copy differs from the source ({have} of {} bytes)",
+            w.file_bytes
+        )));
+    }
+    Ok(RowOutcome {
+        payload_bytes: if same { w.file_bytes } else { have },
+        seconds,
+        completed: same,
+        note: if same {
+            note.to_string()
+        } else {
+            format!("{note}; stopped after {:.0} s", w.limit.as_secs_f64())
+        },
+    })
+}
+
+/// `scp` over a throwaway `sshd` in the server namespace: file to file, over TCP CUBIC (Linux's
+/// usual default congestion control, set on the routes of both ends), AES-128-GCM.
+#[derive(Debug)]
+pub struct ScpRow;
+
+impl Row for ScpRow {
+    fn name(&self) -> String {
+        "scp (TCP cubic)".into()
+    }
+    fn available(&self) -> Result<(), String> {
+        have("scp")?;
+        have("ssh-keygen")?;
+        if Path::new("/usr/sbin/sshd").exists() {
+            Ok(())
+        } else {
+            Err("/usr/sbin/sshd is not installed (openssh-server)".into())
+        }
+    }
+    fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
+        let d = &w.scratch;
+        let io = |what: &str, e| NetemError::Io { what: what.to_string(), source: e };
+        // Only the initial namespace may change the default to a restricted algorithm, so
+        // CUBIC is set per route (`congctl`), on both ends.
+        tb.client().ip(&[
+            "route",
+            "replace",
+            &format!("{SERVER_IP}/32"),
+            "dev",
+            CLIENT_DEV,
+            "congctl",
+            "cubic",
+        ])?;
+        tb.server().ip(&[
+            "route",
+            "replace",
+            &format!("{CLIENT_IP}/32"),
+            "dev",
+            SERVER_DEV,
+            "congctl",
+            "cubic",
+        ])?;
+        let keygen = |file: &Path| {
+            netns::run(
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(file),
+            )
+            .map(|_| ())
+        };
+        keygen(&d.join("hostkey"))?;
+        keygen(&d.join("id"))?;
+        std::fs::copy(d.join("id.pub"), d.join("authorized_keys"))
+            .map_err(|e| io("authorized_keys", e))?;
+        let hostpub =
+            std::fs::read_to_string(d.join("hostkey.pub")).map_err(|e| io("host key", e))?;
+        std::fs::write(d.join("known_hosts"), format!("{SERVER_IP} {hostpub}"))
+            .map_err(|e| io("known_hosts", e))?;
+        let config = format!(
+            "Port 22\nListenAddress {SERVER_IP}\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\nSubsystem sftp internal-sftp\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).map_err(|e| io("sshd_config", e))?;
+        // sshd refuses to start without its privilege-separation directory.
+        std::fs::create_dir_all("/run/sshd").map_err(|e| io("creating /run/sshd", e))?;
+        let mut sshd = tb.server().command("/usr/sbin/sshd");
+        sshd.args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _sshd = ChildGuard::spawn(&mut sshd, "sshd")?;
+        wait_listening(tb.server(), 22, false)?;
+        let dest = d.join("received.bin");
+        let mut scp = tb.client().command("scp");
+        scp.args(["-q", "-B", "-c", "aes128-gcm@openssh.com", "-i"])
+            .arg(d.join("id"))
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", d.join("known_hosts").display()))
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg(&w.file)
+            .arg(format!("root@{SERVER_IP}:{}", dest.display()));
+        let started = Instant::now();
+        let (_, _, in_time) = probe::run_bounded(&mut scp, w.limit)?;
+        file_copy_outcome(w, &dest, started, in_time, "scp, aes128-gcm")
+    }
+}
+
+/// UFTP (Debian `uftp`/`uftpd`), unicast to the server address, AES-128-GCM with an ECDH
+/// key exchange, sending at the link rate (`-R`, UFTP's fixed-rate mode).
+#[derive(Debug)]
+pub struct UftpRow;
+
+impl Row for UftpRow {
+    fn name(&self) -> String {
+        "UFTP".into()
+    }
+    fn available(&self) -> Result<(), String> {
+        have("uftp")?;
+        have("uftpd")
+    }
+    fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
+        let d = &w.scratch;
+        let recv = d.join("recv");
+        std::fs::create_dir_all(&recv)
+            .map_err(|e| NetemError::Io { what: "creating the receive dir".into(), source: e })?;
+        let mut uftpd = tb.server().command("uftpd");
+        uftpd
+            .args([
+                "-d",
+                "-E",
+                "-p",
+                "1044",
+                "-I",
+                SERVER_DEV,
+                "-B",
+                "8388608",
+                "-K",
+                "ec:prime256v1",
+                "-D",
+            ])
+            .arg(&recv)
+            .arg("-L")
+            .arg(d.join("uftpd.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _uftpd = ChildGuard::spawn(&mut uftpd, "uftpd")?;
+        wait_listening(tb.server(), 1044, true)?;
+        let rate_kbps = (w.rate_bps / 1000).to_string();
+        let mut uftp = tb.client().command("uftp");
+        uftp.args(["-M", SERVER_IP, "-I", CLIENT_IP, "-p", "1044", "-R", &rate_kbps])
+            .args(["-Y", "aes128-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", "-B", "8388608"])
+            // The base directory stripped from the sent path must end in a slash.
+            .arg("-E")
+            .arg(format!("{}/", w.file.parent().unwrap_or(Path::new("")).display()))
+            .arg("-L")
+            .arg(d.join("uftp.log"))
+            .arg(&w.file);
+        let started = Instant::now();
+        let (_, _, in_time) = probe::run_bounded(&mut uftp, w.limit)?;
+        let name = w.file.file_name().unwrap_or_default();
+        file_copy_outcome(
+            w,
+            &recv.join(name),
+            started,
+            in_time,
+            "unicast, aes128-gcm, -R link rate",
+        )
+    }
+}
