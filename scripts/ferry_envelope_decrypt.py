@@ -2,6 +2,7 @@
 """Independent decryptor for Ferry envelopes, written from docs/FORMAT.md alone.
 
 Usage: FERRY_FILEPASS=... ferry_envelope_decrypt.py ENVELOPE OUTPUT
+   or: FERRY_KEYSTORE_SECRET=<hex of the keystore secret> ferry_envelope_decrypt.py ENVELOPE OUTPUT
 
 Uses only the Python `cryptography` package (Argon2id, HKDF-SHA-256, AES-256-GCM).
 Exits non-zero, writing nothing, if any check fails.
@@ -33,7 +34,8 @@ def fail(msg):
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
-    passphrase = os.environ["FERRY_FILEPASS"].encode()
+    passphrase = os.environ.get("FERRY_FILEPASS", "").encode()
+    ks_secret = bytes.fromhex(os.environ.get("FERRY_KEYSTORE_SECRET", ""))
     data = open(src, "rb").read()
     h = data[:HEADER_LEN]
     if len(h) < HEADER_LEN or h[:8] != b"FERRYENV":
@@ -53,16 +55,23 @@ def main():
     dek = None
     for i in range(4):
         slot = h[128 + 192 * i:128 + 192 * (i + 1)]
-        if slot[0] != 1:  # only passphrase slots here
+        if slot[0] not in (1, 2):
             continue
         if hashlib.sha256(b"ferry/v1 slot-check" + slot[:176]).digest()[:16] != slot[176:]:
-            fail("slot %d check" % i)
-        m, t, p = struct.unpack(">III", slot[8:20])
-        if not (19456 <= m <= 1048576 and 2 <= t <= 10 and 1 <= p <= 16):
-            fail("argon2 parameters out of bounds")
+            continue  # damaged slot: skipped (FORMAT.md section 3, rule 4)
         salt, nonce, wrapped, tag = slot[20:36], slot[36:48], slot[48:80], slot[80:96]
-        k = Argon2id(salt=salt, length=32, iterations=t, lanes=p, memory_cost=m).derive(passphrase)
-        wrap_key = hkdf(k, file_id, b"ferry/v1 passphrase-wrap")
+        if slot[0] == 1:
+            if not passphrase:
+                continue
+            m, t, p = struct.unpack(">III", slot[8:20])
+            if not (19456 <= m <= 1048576 and 2 <= t <= 10 and 1 <= p <= 16):
+                fail("argon2 parameters out of bounds")
+            k = Argon2id(salt=salt, length=32, iterations=t, lanes=p, memory_cost=m).derive(passphrase)
+            wrap_key = hkdf(k, file_id, b"ferry/v1 passphrase-wrap")
+        else:
+            if not ks_secret:
+                continue
+            wrap_key = hkdf(ks_secret, salt, b"ferry/v1 keystore-wrap" + file_id)
         aad = b"ferry/v1 slot" + context + slot[:20] + slot[96:176]
         try:
             dek = AESGCM(wrap_key).decrypt(nonce, wrapped + tag, aad)
@@ -70,7 +79,7 @@ def main():
         except Exception:
             continue
     if dek is None:
-        fail("wrong passphrase")
+        fail("wrong passphrase or keystore secret")
     if not hmac.compare_digest(hkdf(dek, file_id, b"ferry/v1 commit" + context), commit):
         fail("key commitment mismatch")
 

@@ -135,3 +135,46 @@ fn keystore_slots_rotation_rewrap_and_revocation() {
     assert!(stderr(&o).contains("does not open this file"), "{}", stderr(&o));
     assert!(!d.join("f.out").exists());
 }
+
+/// The document is sufficient for keystore slots too: the independent Python decryptor, given
+/// only the keystore secret's bytes, decrypts what `ferry crypt encrypt --keystore-user` wrote.
+#[test]
+fn interop_python_decrypts_keystore_slot_envelope() {
+    let have = Command::new("python3")
+        .args(["-c", "import cryptography.hazmat.primitives.kdf.argon2"])
+        .status();
+    assert!(
+        have.is_ok_and(|s| s.success()),
+        "python3 with the `cryptography` package is required: run scripts/install-deps.sh"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ferry_envelope_decrypt.py");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(3)).collect();
+    ok(&ferry(d, &["keys", "-i"], None));
+    ok(&ferry(d, &["keys", "-u", "carol", "-s", "ssear"], Some(&secret)));
+    let pt: Vec<u8> = (0..150_000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(d.join("p"), &pt).unwrap();
+    ok(&ferry(d, &["crypt", "encrypt", "--keystore-user", "carol", "p"], None));
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg(d.join("p.ferry"))
+        .arg(d.join("p.py"))
+        .env("FERRY_KEYSTORE_SECRET", hex::encode(&secret))
+        .env_remove("FERRY_FILEPASS")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "python decryptor failed: {}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("p.py")).unwrap(), pt);
+    // A different secret is refused.
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg(d.join("p.ferry"))
+        .arg(d.join("p.bad"))
+        .env("FERRY_KEYSTORE_SECRET", hex::encode([0u8; 32]))
+        .env_remove("FERRY_FILEPASS")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!d.join("p.bad").exists());
+}
