@@ -148,6 +148,10 @@ struct DecryptArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
+    /// After a successful decryption, move keystore slots of the envelope to the active key
+    /// version in place (rewrap on access; key slots only).
+    #[arg(long)]
+    rewrap: bool,
     #[command(flatten)]
     keystore: KeystoreArgs,
 }
@@ -502,10 +506,14 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
         let stdout = io::stdout();
         let mut w = BufWriter::new(stdout.lock());
         match reader.decrypt_to(&mut w) {
-            Ok(_) => w.flush().map_err(|e| io_err("write", Path::new("stdout"), &e)),
-            Err(AtRestError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(map_err(e, &a.input)),
+            Ok(_) => w.flush().map_err(|e| io_err("write", Path::new("stdout"), &e))?,
+            Err(AtRestError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(map_err(e, &a.input)),
         }
+        if a.rewrap {
+            rewrap_on_access(&a.input, &a.keystore)?;
+        }
+        Ok(())
     } else {
         let tmp = temp_next_to(&output)?;
         {
@@ -516,8 +524,32 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
         // On any error above, `tmp` is dropped and removed: no partial plaintext remains.
         persist(tmp, &output, a.force)?;
         eprintln!("ferry: decrypted {} to {}", a.input.display(), output.display());
+        if a.rewrap {
+            rewrap_on_access(&a.input, &a.keystore)?;
+        }
         Ok(())
     }
+}
+
+/// Move the keystore slots of `path` to the active key versions (after a successful access).
+fn rewrap_on_access(path: &Path, ks: &KeystoreArgs) -> Result<(), CliError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err("open for writing", path, &e))?;
+    let header = read_header(&mut f).map_err(|e| map_err(e, path))?;
+    if !header.slots().iter().any(|s| matches!(s.kind, SlotKind::Keystore { .. })) {
+        return Ok(());
+    }
+    let store = ks.open()?;
+    let key = header.unlock_with_keystore(&store).map_err(|e| map_err(e, path))?;
+    let (_, moved) =
+        rewrap_keystore_to_active(&mut f, &header, &key, &store).map_err(|e| map_err(e, path))?;
+    if moved > 0 {
+        eprintln!("ferry: rewrapped {} to the active key version", path.display());
+    }
+    Ok(())
 }
 
 fn inspect(a: InspectArgs) -> Result<(), CliError> {

@@ -69,6 +69,13 @@ fn keystore_slots_rotation_rewrap_and_revocation() {
     let o = ferry(d, &["crypt", "decrypt", "tree/a.ferry", "-o", "a2.out"], None);
     ok(&o);
 
+    // Rewrap on access: decrypting b with --rewrap moves its slot to v2.
+    let o = ferry(d, &["crypt", "decrypt", "--rewrap", "tree/sub/b.ferry", "-o", "b1.out"], None);
+    ok(&o);
+    assert!(stderr(&o).contains("rewrapped tree/sub/b.ferry to the active key version"));
+    let o = ferry(d, &["crypt", "inspect", "tree/sub/b.ferry"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("alice/ssear v2, active"));
+
     // Bulk rewrap of the tree to v2: only key slots change.
     let before = std::fs::read(d.join("tree/a.ferry")).unwrap();
     let o = ferry(d, &["crypt", "rewrap", "tree"], None);
