@@ -1,11 +1,12 @@
 //! The packet AEAD: AES-GCM with the fastest correct backend for each key size.
 //!
-//! AES-128-GCM and AES-256-GCM (and AES-128-GMAC for the `none` suite) run on ring's stitched
-//! AES-GCM, which selects AES-NI/PCLMULQDQ/VAES/AVX2 code at run time: about 4x the throughput of
-//! the RustCrypto composition on the target machines (`BENCHMARKS.md`), so one generic binary
-//! gets the CPU's fast paths without `target-cpu=native`. ring has no AES-192, so `aes192` runs on
-//! [`AesGcm`], the RustCrypto composition, which is also the reference implementation the
-//! known-answer tests check both backends against.
+//! AES-128-GCM and AES-256-GCM run on ring's stitched AES-GCM, which selects
+//! AES-NI/PCLMULQDQ/VAES/AVX2 code at run time: about 3x the throughput of the RustCrypto
+//! composition on the target machines (`BENCHMARKS.md`), so one generic binary gets the CPU's
+//! fast paths without `target-cpu=native`. ring has no AES-192, so `aes192` runs on [`AesGcm`],
+//! the RustCrypto composition, which is also the reference implementation the known-answer tests
+//! check both backends against. The `none` suite's GMAC also uses the composition (see
+//! `PacketProtection`): ring's associated-data path is not its fast path.
 
 use ring::aead;
 
