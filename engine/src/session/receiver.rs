@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::gaps::Gaps;
 use super::layout::Layout;
-use super::{BlockSink, Event, SessionConfig, SessionError, SinkError, abort_code};
+use super::{BlockSink, Event, HASH_BATCH, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
 use crate::crypto::{
     Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
@@ -30,8 +30,8 @@ pub struct ReceiverStats {
     pub blocks_requested: u64,
     /// Requested blocks whose first transmission then arrived (reordering mistaken for loss).
     pub spurious_requests: u64,
-    /// Blocks read back from the sink to hash them in order.
-    pub blocks_read_back: u64,
+    /// Bytes read back from the sink to hash files in order, in large batches.
+    pub bytes_read_back: u64,
     /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
     pub dropped_malformed: u64,
     /// Datagrams dropped: another session's id.
@@ -49,7 +49,7 @@ pub struct ReceiverStats {
 #[derive(Debug)]
 struct RecvFile {
     hasher: blake3::Hasher,
-    /// Blocks of this file hashed so far, in order.
+    /// Bytes of this file hashed so far, in order.
     hashed: u64,
     expected: Option<Digest>,
     status: Option<FileStatus>,
@@ -155,7 +155,7 @@ impl Receiver {
             requests_blocked: false,
             feedback_urgent: false,
             last_window_sent: 0,
-            scratch: vec![0; config.block_size],
+            scratch: vec![0; HASH_BATCH],
             nack_buf: Vec::with_capacity(wire::MAX_DATAGRAM),
             last_heard: now,
             state: State::Active,
@@ -373,7 +373,7 @@ impl Receiver {
             let cap = self.rtt() + Duration::from_millis(100);
             self.reorder_learned = self.reorder_learned.max(late).min(cap);
         }
-        self.advance_hash(file, Some((block, payload)), sink);
+        self.advance_hash(file, sink);
     }
 
     /// Every block below `frontier` was sent; those not received become gaps. `received` is a
@@ -430,41 +430,39 @@ impl Receiver {
         self.gaps.first().unwrap_or(self.known_end)
     }
 
-    fn is_received(&self, block: u64) -> bool {
-        block < self.known_end && !self.gaps.contains(block)
-    }
-
-    /// Hashes file `file` in order as far as its received blocks allow, reading back from the
-    /// sink the blocks that arrived ahead of a gap.
-    fn advance_hash(&mut self, file: u32, just: Option<(u64, &[u8])>, sink: &mut dyn BlockSink) {
+    /// Hashes file `file` in order, reading back from the sink in batches of [`HASH_BATCH`]
+    /// bytes once that much has arrived contiguously (or the file is complete).
+    fn advance_hash(&mut self, file: u32, sink: &mut dyn BlockSink) {
         let span = self.layout.span(file);
+        let bs = self.config.block_size as u64;
         loop {
-            let f = &self.files[file as usize];
-            if f.hashed == span.blocks {
+            let hashed = self.files[file as usize].hashed;
+            if hashed == span.size {
                 break;
             }
-            let block = span.first + f.hashed;
-            if !self.is_received(block) {
+            // Received contiguously from the next unhashed block: up to the first gap at or
+            // after it, or the receiver's known end, or the end of the file.
+            let next = span.first + hashed / bs;
+            let limit = self.gaps.first_at_or_after(next).unwrap_or(self.known_end);
+            let contiguous_end = limit.min(self.known_end).min(span.end());
+            let available = if contiguous_end >= span.end() {
+                span.size - hashed
+            } else {
+                (contiguous_end.saturating_sub(span.first) * bs).saturating_sub(hashed)
+            };
+            if available == 0 || (available < HASH_BATCH as u64 && hashed + available < span.size) {
                 break;
             }
-            let offset = f.hashed * self.config.block_size as u64;
-            let len = (span.size - offset).min(self.config.block_size as u64) as usize;
+            let n = available.min(HASH_BATCH as u64) as usize;
+            let buf = &mut self.scratch[..n];
+            if let Err(e) = sink.read(file, hashed, buf) {
+                let error = SessionError::Storage { file, message: e.to_string() };
+                return self.fail(error, abort_code::STORAGE);
+            }
             let f = &mut self.files[file as usize];
-            match just {
-                Some((b, data)) if b == block => {
-                    f.hasher.update(data);
-                }
-                _ => {
-                    let buf = &mut self.scratch[..len];
-                    if let Err(e) = sink.read(file, offset, buf) {
-                        let error = SessionError::Storage { file, message: e.to_string() };
-                        return self.fail(error, abort_code::STORAGE);
-                    }
-                    f.hasher.update(buf);
-                    self.stats.blocks_read_back += 1;
-                }
-            }
-            f.hashed += 1;
+            f.hasher.update(buf);
+            f.hashed += n as u64;
+            self.stats.bytes_read_back += n as u64;
         }
         self.try_finish(file, sink);
     }
@@ -473,7 +471,7 @@ impl Receiver {
     fn try_finish(&mut self, file: u32, sink: &mut dyn BlockSink) {
         let span = self.layout.span(file);
         let f = &mut self.files[file as usize];
-        if f.status.is_some() || f.hashed < span.blocks {
+        if f.status.is_some() || f.hashed < span.size {
             return;
         }
         let Some(expected) = f.expected else { return };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::layout::Layout;
 use super::ranges::RangeSet;
 use super::rtt::RttEstimator;
-use super::{BlockSource, Event, SessionConfig, SessionError, abort_code};
+use super::{BlockSource, Event, HASH_BATCH, SessionConfig, SessionError, abort_code};
 use crate::control::{ControlMessage, FileEntry, FileStatus};
 use crate::crypto::{
     Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
@@ -45,6 +45,8 @@ pub struct SenderStats {
 #[derive(Debug)]
 struct SendFile {
     hasher: Option<blake3::Hasher>,
+    /// Bytes of the file hashed so far (a prefix of what has been sent once).
+    hashed: u64,
     result: Option<FileStatus>,
 }
 
@@ -88,6 +90,7 @@ pub struct Sender {
     controller: Box<dyn Controller>,
     pacer: Pacer,
     paced_until: Option<Instant>,
+    hash_buf: Vec<u8>,
     next_status: Instant,
     last_heard: Instant,
     state: State,
@@ -129,6 +132,7 @@ impl Sender {
             controller,
             pacer,
             paced_until: None,
+            hash_buf: vec![0; HASH_BATCH],
             next_status: now,
             last_heard: now,
             state: State::Active,
@@ -144,9 +148,12 @@ impl Sender {
         let id = self.files.len() as u32;
         entry.id = id;
         self.layout.push(entry.size);
-        self.files.push(SendFile { hasher: Some(blake3::Hasher::new()), result: None });
+        self.files.push(SendFile { hasher: Some(blake3::Hasher::new()), hashed: 0, result: None });
         self.control_out.push_back(ControlMessage::File(entry));
-        self.queue_ready_digests();
+        // An empty file's digest needs no bytes: queue it as soon as its turn comes.
+        if let Err(e) = self.hash_sent(None) {
+            self.fail(e, abort_code::SOURCE);
+        }
         id
     }
 
@@ -349,12 +356,12 @@ impl Sender {
                     return None;
                 }
                 if is_new {
-                    if let Some(h) = &mut self.files[file as usize].hasher {
-                        h.update(payload);
-                    }
                     self.frontier = block + 1;
                     self.stats.data_packets += 1;
-                    self.queue_ready_digests();
+                    if let Err(e) = self.hash_sent(Some(source)) {
+                        self.fail(e, abort_code::SOURCE);
+                        return None;
+                    }
                 } else {
                     self.retransmit.pop_first();
                     self.stats.retransmitted_packets += 1;
@@ -436,19 +443,47 @@ impl Sender {
         self.pacer.set_rate(rate, 2 * (self.config.block_size + wire::DATA_OVERHEAD));
     }
 
-    /// Queues the digest of every file whose blocks have all been sent once (empty files as soon
-    /// as the frontier reaches them), in manifest order.
-    fn queue_ready_digests(&mut self) {
+    /// Hashes what has been sent once, in batches of [`HASH_BATCH`] bytes read again from the
+    /// source, and queues each file's digest (in manifest order) as soon as all its blocks have
+    /// been sent once. An empty file's digest is queued when the frontier reaches it. Without a
+    /// source (while files are being added) only files with nothing left to hash complete.
+    ///
+    /// The digest covers the bytes as read for hashing; if the file changed while it was being
+    /// sent, the receiver's digest of what it stored will not match and the file fails.
+    fn hash_sent(&mut self, mut source: Option<&mut dyn BlockSource>) -> Result<(), SessionError> {
         while self.digests_sent < self.files.len() {
             let id = self.digests_sent as u32;
-            if self.layout.span(id).end() > self.frontier {
+            let span = self.layout.span(id);
+            let sent = if self.frontier >= span.end() {
+                span.size
+            } else {
+                (self.frontier.saturating_sub(span.first) * self.config.block_size as u64)
+                    .min(span.size)
+            };
+            loop {
+                let hashed = self.files[id as usize].hashed;
+                let ready = sent - hashed;
+                if ready == 0 || (ready < HASH_BATCH as u64 && sent < span.size) {
+                    break;
+                }
+                let Some(src) = source.as_deref_mut() else { break };
+                let n = ready.min(HASH_BATCH as u64) as usize;
+                let buf = &mut self.hash_buf[..n];
+                src.read(id, hashed, buf)
+                    .map_err(|e| SessionError::Source { file: id, message: e.to_string() })?;
+                let f = &mut self.files[id as usize];
+                f.hasher.as_mut().expect("hashing before the digest").update(buf);
+                f.hashed += n as u64;
+            }
+            let f = &mut self.files[id as usize];
+            if f.hashed < span.size || span.end() > self.frontier {
                 break;
             }
-            let hasher = self.files[id as usize].hasher.take().expect("digest queued once");
-            let digest = *hasher.finalize().as_bytes();
+            let digest = *f.hasher.take().expect("digest queued once").finalize().as_bytes();
             self.control_out.push_back(ControlMessage::FileDigest { file: id, digest });
             self.digests_sent += 1;
         }
+        Ok(())
     }
 
     fn check_complete(&mut self) {
