@@ -6,12 +6,14 @@
 //! in simulated time (see `tests/sim.rs`).
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod atrest;
 pub mod control;
 pub mod crypto;
+pub mod io;
 pub mod rate;
 pub mod session;
+pub mod setup;
 pub mod sim;
 pub mod wire;
