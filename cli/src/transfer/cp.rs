@@ -136,7 +136,8 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
             }
         }
         Direction::Download => {
-            let d = PathBuf::from(dest);
+            let d =
+                std::path::absolute(dest).map_err(|e| CliError::new(34, format!("{dest}: {e}")))?;
             let (root, destination) = if d.is_dir() {
                 (d.clone(), Destination::Dir(d))
             } else {

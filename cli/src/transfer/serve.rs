@@ -18,6 +18,13 @@ use zeroize::Zeroizing;
 use crate::error::CliError;
 use crate::identity::{self, Identity};
 
+/// Writes a log line to stderr, ignoring a closed stderr (the daemon must not die of it).
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Arguments of `ferry serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -90,8 +97,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
                 .hint("choose a free port with --listen HOST:PORT")
         })?;
         let local = endpoint.local_addr().map_err(|e| CliError::new(1, e.to_string()))?;
-        println!("ferry serve: listening on {local} (UDP), host key {}", id.fingerprint());
-        println!("ferry serve: clients pin it with: ferry cp --host-key {} ...", id.fingerprint());
+        // Ignore write errors: whoever started the server may have closed its stdout.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(
+            stdout,
+            "ferry serve: listening on {local} (UDP), host key {}",
+            id.fingerprint()
+        );
+        let _ = writeln!(
+            stdout,
+            "ferry serve: clients pin it with: ferry cp --host-key {} ...",
+            id.fingerprint()
+        );
         let _ = std::io::stdout().flush();
         while let Some(incoming) = endpoint.accept().await {
             let ctx = ctx.clone();
@@ -100,10 +117,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
                 match incoming.await {
                     Ok(conn) => {
                         if let Err(e) = handle(conn, &ctx).await {
-                            eprintln!("ferry serve: {peer}: {e}");
+                            log!("ferry serve: {peer}: {e}");
                         }
                     }
-                    Err(e) => eprintln!("ferry serve: {peer}: handshake failed: {e}"),
+                    Err(e) => log!("ferry serve: {peer}: handshake failed: {e}"),
                 }
             });
         }
@@ -144,7 +161,7 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
         super::send_abort(&mut send, refusal::AUTHENTICATION, "authentication refused").await;
         return Err(format!("authentication refused for key {fp}"));
     }
-    eprintln!(
+    log!(
         "ferry serve: {peer}: authenticated {fp}, {} {:?}",
         match hello.direction {
             Direction::Upload => "upload to",
@@ -269,7 +286,7 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     match result {
         Ok(()) => {
-            eprintln!(
+            log!(
                 "ferry serve: {peer}: session {session_id:016x} complete, {} files in {secs:.2} s",
                 report.files.len()
             );

@@ -19,6 +19,8 @@ use crate::wire::MAX_DATAGRAM;
 
 /// The longest the driver blocks on the socket before checking the control channel again.
 const MAX_WAIT: Duration = Duration::from_millis(2);
+/// Requested socket buffer size in each direction.
+const SOCKET_BUFFER: usize = 8 << 20;
 /// Datagrams handled per loop iteration before timers and transmission get a turn.
 const RECV_BATCH: usize = 256;
 
@@ -49,6 +51,10 @@ pub trait Side {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Whether the session is over.
     fn is_finished(&self) -> bool;
+    /// A one-line state summary for debugging (`FERRY_DEBUG_DRIVER`).
+    fn debug_line(&self) -> String {
+        String::new()
+    }
 }
 
 /// A [`Sender`] with its file source.
@@ -84,6 +90,14 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn is_finished(&self) -> bool {
         self.sender.is_finished()
+    }
+    fn debug_line(&self) -> String {
+        format!(
+            "rate {} srtt {:?} {:?}",
+            self.sender.rate(),
+            self.sender.srtt(),
+            self.sender.stats()
+        )
     }
 }
 
@@ -178,7 +192,17 @@ fn drive_inner(
     let mut failure: Option<SessionError> = None;
     let mut closed: Option<String> = None;
     socket.set_nonblocking(true).map_err(DriveError::Socket)?;
+    // Large socket buffers absorb scheduling hiccups (best effort: the kernel caps them at
+    // net.core.rmem_max / wmem_max).
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
+    let debug = std::env::var_os("FERRY_DEBUG_DRIVER").is_some();
+    let mut next_debug = Instant::now();
     loop {
+        if debug && Instant::now() >= next_debug {
+            eprintln!("driver: {}", side.debug_line());
+            next_debug += Duration::from_millis(250);
+        }
         loop {
             match control_in.try_recv() {
                 Ok(ControlIn::Message(m)) => {
@@ -245,19 +269,17 @@ fn drive_inner(
             .poll_timeout()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
             .min(MAX_WAIT);
-        if wait >= Duration::from_micros(50) {
-            socket.set_nonblocking(false).map_err(DriveError::Socket)?;
-            socket.set_read_timeout(Some(wait)).map_err(DriveError::Socket)?;
-            let got = socket.recv(&mut rx);
-            socket.set_nonblocking(true).map_err(DriveError::Socket)?;
-            match got {
-                Ok(n) => {
-                    report.datagrams_in += 1;
-                    side.handle_datagram(Instant::now(), &mut rx[..n]);
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(DriveError::Socket(e)),
+        if wait >= Duration::from_micros(20) {
+            // ppoll has high-resolution timers (a socket receive timeout is rounded to jiffies,
+            // which would make pacing gaps milliseconds long).
+            let ts = rustix::event::Timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: i64::from(wait.subsec_nanos()),
+            };
+            let mut fds = [rustix::event::PollFd::new(socket, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(DriveError::Socket(e.into())),
             }
         }
     }

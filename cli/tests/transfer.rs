@@ -1,0 +1,258 @@
+//! `ferry serve` and `ferry cp` end to end: two real processes over loopback (ephemeral ports),
+//! uploads and downloads of files, an empty file, unicode names and a directory tree with
+//! digests compared; an unknown or mismatched host key, an unauthorised client key, paths that
+//! escape the docroot and an existing destination file each refused with their own exit code,
+//! nothing written. Every process is bounded in time and killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Server {
+    child: Child,
+    _stdout: BufReader<std::process::ChildStdout>,
+    port: u16,
+    fingerprint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn docroot(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("id")
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = run(&["keygen", "-f", path.to_str().unwrap()], Path::new("/"));
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+}
+
+/// A server with a fresh identity, a docroot and one authorised client key (`id`).
+fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    keygen(&p.join("id"));
+    std::fs::copy(p.join("id.pub"), p.join("authorized_keys")).unwrap();
+    let state = p.join("state");
+    let out = run(&["serve", "--state-dir", state.to_str().unwrap(), "--print-fingerprint"], p);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fingerprint = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    let mut child = Command::new(FERRY)
+        .current_dir(p)
+        .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
+        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    // "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:..."
+    let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("server said {line:?}"));
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(line.contains(&fingerprint), "{line}");
+    Server { child, _stdout: stdout, port, fingerprint, dir }
+}
+
+/// Runs ferry to completion within [`LIMIT`], killing it if it hangs.
+fn run(args: &[&str], cwd: &Path) -> Output {
+    let mut child = Command::new(FERRY)
+        .current_dir(cwd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("ferry {args:?} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn cp(s: &Server, extra: &[&str], cwd: &Path) -> Output {
+    let port = s.port.to_string();
+    let key = s.key();
+    let mut args = vec!["cp", "-i", key.to_str().unwrap(), "-P", &port];
+    args.extend_from_slice(extra);
+    run(&args, cwd)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn digest(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// Every file below `dir` (relative paths), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn upload_and_download_files_and_trees() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("big.bin"), data(3 << 20, 1)).unwrap();
+    std::fs::write(l.join("empty"), b"").unwrap();
+    std::fs::write(l.join("ünïcödé ✓.txt"), "héllo wörld\n").unwrap();
+    std::fs::create_dir_all(l.join("tree/sub")).unwrap();
+    std::fs::write(l.join("tree/a"), data(5000, 2)).unwrap();
+    std::fs::write(l.join("tree/sub/b"), data(1413, 3)).unwrap();
+    std::fs::write(l.join("tree/sub/empty"), b"").unwrap();
+
+    let fp = s.fingerprint.clone();
+    let dest = "me@127.0.0.1:.".to_string();
+    let out = cp(&s, &["--host-key", &fp, "big.bin", "empty", "ünïcödé ✓.txt", "tree", &dest], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("upload complete: 6 files"), "{summary}");
+    let root = s.docroot();
+    let expected = ["big.bin", "empty", "tree/a", "tree/sub/b", "tree/sub/empty", "ünïcödé ✓.txt"];
+    assert_eq!(tree(&root), expected);
+    for name in expected {
+        assert_eq!(digest(&root.join(name)), digest(&l.join(name)), "{name}");
+    }
+
+    // Download each kind back: a file into a directory, a file under a new name, a tree.
+    let back = tempfile::tempdir().unwrap();
+    let b = back.path();
+    for (src, dst) in
+        [("big.bin", "."), ("ünïcödé ✓.txt", "renamed.txt"), ("empty", "."), ("tree", ".")]
+    {
+        let remote = format!("127.0.0.1:{src}");
+        let out = cp(&s, &["--host-key", &fp, &remote, dst], b);
+        assert!(out.status.success(), "download {src}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("download complete"));
+    }
+    assert_eq!(
+        tree(b),
+        ["big.bin", "empty", "renamed.txt", "tree/a", "tree/sub/b", "tree/sub/empty"]
+    );
+    assert_eq!(digest(&b.join("big.bin")), digest(&l.join("big.bin")));
+    assert_eq!(digest(&b.join("renamed.txt")), digest(&l.join("ünïcödé ✓.txt")));
+    assert_eq!(digest(&b.join("tree/sub/b")), digest(&l.join("tree/sub/b")));
+
+    // Every cipher suite moves the bytes.
+    for c in ["aes192", "aes256", "none"] {
+        let remote = format!("127.0.0.1:{c}.bin");
+        let out = cp(&s, &["--host-key", &fp, "-c", c, "-l", "500m", "big.bin", &remote], l);
+        assert!(out.status.success(), "upload with {c}: {}", stderr(&out));
+        assert_eq!(digest(&root.join(format!("{c}.bin"))), digest(&l.join("big.bin")));
+    }
+}
+
+#[test]
+fn unknown_or_mismatched_host_key_is_refused_with_its_fingerprint() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), b"data").unwrap();
+    let out = cp(&s, &["f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&s.fingerprint), "{err}");
+    assert!(err.contains(&format!("--host-key {}", s.fingerprint)), "{err}");
+
+    let other = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = cp(&s, &["--host-key", other, "f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&s.fingerprint));
+    assert!(tree(&s.docroot()).is_empty());
+}
+
+#[test]
+fn unauthorised_client_key_is_refused() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), b"data").unwrap();
+    keygen(&l.join("stranger"));
+    let port = s.port.to_string();
+    let out = run(
+        &["cp", "-i", "stranger", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."],
+        l,
+    );
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused the key"), "{}", stderr(&out));
+    assert!(tree(&s.docroot()).is_empty());
+}
+
+#[test]
+fn paths_outside_the_docroot_and_existing_files_are_refused() {
+    let s = server();
+    let root = s.docroot();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+    std::fs::write(root.join("keep"), b"original").unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("keep"), b"replacement").unwrap();
+    let fp = s.fingerprint.clone();
+
+    for dest in ["127.0.0.1:../escape", "127.0.0.1:link", "127.0.0.1:link/x", "127.0.0.1:a/../.."] {
+        let out = cp(&s, &["--host-key", &fp, "keep", dest], l);
+        assert_eq!(out.status.code(), Some(35), "{dest}: {}", stderr(&out));
+    }
+    for src in ["127.0.0.1:../x", "127.0.0.1:link/secret", "127.0.0.1:missing"] {
+        let out = cp(&s, &["--host-key", &fp, src, "."], l);
+        assert_eq!(out.status.code(), Some(35), "{src}: {}", stderr(&out));
+        assert!(!stderr(&out).contains(root.to_str().unwrap()), "server path leaked");
+    }
+    assert_eq!(tree(outside.path()), ["secret"]);
+
+    // An existing file is never overwritten, and no partial file is left behind.
+    let out = cp(&s, &["--host-key", &fp, "keep", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(33), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(root.join("keep")).unwrap(), b"original");
+    let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
