@@ -256,3 +256,91 @@ fn paths_outside_the_docroot_and_existing_files_are_refused() {
     let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn a_100_mib_file_round_trips() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("large"), data(100 << 20, 7)).unwrap();
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "-l", "2g", "large", "127.0.0.1:."], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    assert_eq!(digest(&s.docroot().join("large")), digest(&l.join("large")));
+    std::fs::create_dir(l.join("back")).unwrap();
+    let out = cp(&s, &["--host-key", &fp, "-l", "2g", "127.0.0.1:large", "back"], l);
+    assert!(out.status.success(), "download: {}", stderr(&out));
+    assert_eq!(digest(&l.join("back/large")), digest(&l.join("large")));
+}
+
+fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
+    let port = s.port.to_string();
+    let key = s.key();
+    Command::new(FERRY)
+        .current_dir(cwd)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn client_killed_mid_upload_leaves_no_file_on_the_server() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(20 << 20, 9)).unwrap();
+    // 20 MiB at 10 Mbit/s: about 17 s, plenty of time to kill it midway.
+    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let root = s.docroot();
+    wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The server notices (QUIC idle timeout) and removes the partial; nothing lands.
+    wait_for("the partial file to be removed", || names(&root).is_empty());
+    assert!(!root.join("slow").exists());
+}
+
+#[test]
+fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
+    let mut s = server();
+    std::fs::write(s.docroot().join("slow"), data(20 << 20, 11)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = client.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the client did not give up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(33), "{err}");
+    assert!(err.contains("transfer failed"), "{err}");
+    assert!(names(l).is_empty(), "{:?}", names(l));
+}
