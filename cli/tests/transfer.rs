@@ -344,3 +344,34 @@ fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
     assert!(err.contains("transfer failed"), "{err}");
     assert!(names(l).is_empty(), "{:?}", names(l));
 }
+
+#[test]
+fn concurrent_sessions_on_one_server() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let mut clients = Vec::new();
+    for i in 0..3u32 {
+        let name = format!("c{i}");
+        std::fs::write(l.join(&name), data(2 << 20, i)).unwrap();
+        clients.push(spawn_cp(&s, &[&name, "127.0.0.1:."], l));
+    }
+    for mut c in clients {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = c.kill();
+                panic!("a concurrent upload hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success());
+    }
+    for i in 0..3 {
+        let name = format!("c{i}");
+        assert_eq!(digest(&s.docroot().join(&name)), digest(&l.join(&name)));
+    }
+}
