@@ -375,3 +375,64 @@ fn concurrent_sessions_on_one_server() {
         assert_eq!(digest(&s.docroot().join(&name)), digest(&l.join(&name)));
     }
 }
+
+#[test]
+fn an_existing_openssh_key_is_an_identity_and_keygen_never_overwrites() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    // A key written by OpenSSH's ssh-keygen (test data), authorised on the server.
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let key = l.join("openssh_key");
+    std::fs::write(&key, std::fs::read(data_dir.join("ed25519_openssh")).unwrap()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pubkey = std::fs::read_to_string(data_dir.join("ed25519_openssh.pub")).unwrap();
+    let ak = s.dir.path().join("authorized_keys");
+    let mut lines = std::fs::read_to_string(&ak).unwrap();
+    lines.push_str(&pubkey);
+    std::fs::write(&ak, lines).unwrap();
+    std::fs::write(l.join("f"), b"via an OpenSSH key").unwrap();
+    let port = s.port.to_string();
+    let out = run(
+        &["cp", "-i", "openssh_key", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."],
+        l,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("f")).unwrap(), b"via an OpenSSH key");
+
+    // keygen: 0600 private key, .pub line, fingerprint printed; never overwrites.
+    let out = run(&["keygen", "-f", "new"], l);
+    assert!(out.status.success());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(l.join("new")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(l.join("new.pub")).unwrap().starts_with("ssh-ed25519 "));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SHA256:"));
+    let before = std::fs::read(l.join("new")).unwrap();
+    let out = run(&["keygen", "-f", "new"], l);
+    assert_eq!(out.status.code(), Some(36), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"));
+    assert_eq!(std::fs::read(l.join("new")).unwrap(), before);
+    // A private key readable by others is refused as an identity.
+    std::fs::set_permissions(l.join("new"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let out =
+        run(&["cp", "-i", "new", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(36), "{}", stderr(&out));
+}
+
+#[test]
+fn nothing_listening_is_a_connection_error() {
+    // A port that was just free: bind, note it, release it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    keygen(&l.join("id"));
+    std::fs::write(l.join("f"), b"x").unwrap();
+    let port = port.to_string();
+    let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = run(&["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
