@@ -436,3 +436,29 @@ fn nothing_listening_is_a_connection_error() {
     assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_tree_of_many_small_files() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    for d in 0..10 {
+        std::fs::create_dir_all(l.join(format!("many/d{d}"))).unwrap();
+        for f in 0..150 {
+            std::fs::write(l.join(format!("many/d{d}/f{f}")), data(100 + f, d as u32)).unwrap();
+        }
+    }
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "many", "127.0.0.1:."], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1500 files"));
+    std::fs::create_dir(l.join("back")).unwrap();
+    let out = cp(&s, &["--host-key", &fp, "127.0.0.1:many", "back"], l);
+    assert!(out.status.success(), "download: {}", stderr(&out));
+    let theirs = tree(&l.join("back/many"));
+    assert_eq!(theirs.len(), 1500);
+    assert_eq!(theirs, tree(&l.join("many")));
+    for name in theirs.iter().step_by(37) {
+        assert_eq!(digest(&l.join("back/many").join(name)), digest(&l.join("many").join(name)));
+    }
+}

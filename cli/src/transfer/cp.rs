@@ -108,6 +108,7 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
         Direction::Upload => remote_dest.expect("upload"),
         Direction::Download => remote_sources.into_iter().next().flatten().expect("download"),
     };
+    super::raise_fd_limit();
     let id = Identity::read(&args.identity).map_err(|e| {
         CliError::new(36, format!("cannot use the identity: {e}")).hint(
             "create one with `ferry keygen -f PATH` (private key mode 0600) and pass it with -i",
@@ -324,7 +325,7 @@ async fn session(
             let mut source = MmapSource::new();
             for f in upload_files {
                 let size = source
-                    .add(&f.file)
+                    .add_path(&f.path)
                     .map_err(|e| CliError::new(34, format!("{}: {e}", f.rel)))?;
                 sender.add_file(FileEntry { id: 0, size, mtime_ns: 0, mode: f.mode, path: f.rel });
             }

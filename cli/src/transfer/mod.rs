@@ -264,6 +264,17 @@ pub(crate) async fn run_session(
     outcome
 }
 
+/// Raises the soft limit on open files to the hard limit: a receiver holds one descriptor per
+/// file in flight, and the manifest of a large tree arrives ahead of its data.
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 /// Parses a rate in bits/s: a number with an optional `k`, `m` or `g` suffix (powers of 1000),
 /// e.g. `500m`, `1.5g`, `100000`.
 pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {

@@ -69,6 +69,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         println!("{}", id.fingerprint());
         return Ok(());
     }
+    super::raise_fd_limit();
     let docroot = args.docroot.expect("clap requires it");
     let docroot = docroot.canonicalize().map_err(|e| {
         CliError::new(34, format!("docroot {}: {e}", docroot.display()))
@@ -255,7 +256,7 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let mut source = MmapSource::new();
             for f in list {
-                let size = source.add(&f.file).map_err(|e| format!("{}: {e}", f.rel))?;
+                let size = source.add_path(&f.path).map_err(|e| format!("{}: {e}", f.rel))?;
                 sender.add_file(ferry_engine::control::FileEntry {
                     id: 0,
                     size,

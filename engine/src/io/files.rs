@@ -47,6 +47,13 @@ impl MmapSource {
     }
 }
 
+impl MmapSource {
+    /// Opens and maps the file at `path` (the descriptor is closed again; the mapping stays).
+    pub fn add_path(&mut self, path: &Path) -> io::Result<u64> {
+        self.add(&File::open(path)?)
+    }
+}
+
 impl BlockSource for MmapSource {
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let map = self
@@ -268,13 +275,14 @@ impl Drop for FileSink {
     }
 }
 
-/// A file to send: its manifest path and the open file.
+/// A file to send: its manifest path and where it is. Files are opened one at a time when they
+/// are mapped ([`MmapSource::add_path`]), so a large tree never holds a descriptor per file.
 #[derive(Debug)]
 pub struct SourceFile {
     /// Relative `/`-separated path for the manifest.
     pub rel: String,
-    /// The opened file.
-    pub file: File,
+    /// The file on disk.
+    pub path: PathBuf,
     /// Permission bits.
     pub mode: u32,
 }
@@ -302,8 +310,11 @@ pub fn enumerate(path: &Path, root: Option<&Path>) -> io::Result<Vec<SourceFile>
 fn walk(path: &Path, rel: String, out: &mut Vec<SourceFile>) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     if meta.is_file() {
-        let file = File::open(path)?;
-        out.push(SourceFile { rel, file, mode: meta.permissions().mode() & 0o777 });
+        out.push(SourceFile {
+            rel,
+            path: path.to_owned(),
+            mode: meta.permissions().mode() & 0o777,
+        });
     } else if meta.is_dir() {
         let mut names: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
         names.sort_by_key(|e| e.file_name());
