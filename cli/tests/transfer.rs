@@ -79,6 +79,7 @@ fn run(args: &[&str], cwd: &Path) -> Output {
     let mut child = Command::new(FERRY)
         .current_dir(cwd)
         .args(args)
+        .env_remove("HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,6 +206,18 @@ fn unknown_or_mismatched_host_key_is_refused_with_its_fingerprint() {
     assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
     assert!(stderr(&out).contains(&s.fingerprint));
     assert!(tree(&s.docroot()).is_empty());
+
+    // A known-hosts file pins it too: a wrong entry is refused, the right one works.
+    let kh = local.path().join("known_hosts");
+    std::fs::write(&kh, format!("# pins\n127.0.0.1 {other}\n")).unwrap();
+    let khs = kh.to_str().unwrap();
+    let out = cp(&s, &["--known-hosts", khs, "f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    let line = format!("127.0.0.1:{} {}", s.port, s.fingerprint);
+    std::fs::write(&kh, format!("127.0.0.1 {other}\n{line}\n")).unwrap();
+    let out = cp(&s, &["--known-hosts", khs, "f", "127.0.0.1:."], local.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&s.docroot()), ["f"]);
 }
 
 #[test]
@@ -280,6 +293,7 @@ fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
         .current_dir(cwd)
         .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
         .args(extra)
+        .env_remove("HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -25,6 +25,10 @@ pub(crate) struct CpArgs {
     /// The server's host-key fingerprint (`SHA256:...`, from `ferry serve --print-fingerprint`).
     #[arg(long = "host-key", value_name = "FINGERPRINT")]
     host_key: Option<String>,
+    /// File of pinned server keys, one `HOST[:PORT] SHA256:...` per line (`#` comments), used
+    /// when --host-key is not given. Default: `$HOME/.config/ferry/known_hosts` if it exists.
+    #[arg(long = "known-hosts", value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
     /// The server's control port (UDP).
     #[arg(short = 'P', long = "port", value_name = "PORT")]
     port: Option<u16>,
@@ -165,7 +169,11 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
         (false, true) => Ipv4Addr::UNSPECIFIED.into(),
         (false, false) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let (client_config, seen) = super::client_config(args.host_key.clone())
+    let pinned = match &args.host_key {
+        Some(fp) => Some(fp.clone()),
+        None => known_host(args.known_hosts.as_deref(), &remote.host, port)?,
+    };
+    let (client_config, seen) = super::client_config(pinned.clone())
         .map_err(|e| CliError::new(1, format!("cannot configure TLS: {e}")))?;
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
@@ -180,7 +188,7 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
             Ok(c) => c,
             Err(e) => {
                 if let Some(fp) = seen.lock().expect("lock").clone() {
-                    return Err(match &args.host_key {
+                    return Err(match &pinned {
                         None => CliError::new(31, format!(
                             "the server at {server} is unknown: its host key is {fp}, and no key was pinned"
                         )),
@@ -190,7 +198,7 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
                         Some(_) => CliError::new(31, format!("the server at {server} failed to prove its host key {fp}: {e}")),
                     }
                     .hint(format!(
-                        "if you trust this server (compare with `ferry serve --print-fingerprint` on it), run: ferry cp --host-key {fp} ..."
+                        "if you trust this server (compare with `ferry serve --print-fingerprint` on it), run: ferry cp --host-key {fp} ... (or add the line \"{}:{port} {fp}\" to the known-hosts file)", remote.host
                     )));
                 }
                 return Err(CliError::new(30, format!("cannot connect to {server}: {e}"))
@@ -213,6 +221,42 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
         }
     );
     Ok(())
+}
+
+/// The pinned fingerprint for `host` (and `port`) in a known-hosts file: lines
+/// `HOST[:PORT] SHA256:...`; a line with a port wins over one without.
+fn known_host(file: Option<&Path>, host: &str, port: u16) -> Result<Option<String>, CliError> {
+    let default;
+    let path = match file {
+        Some(p) => p,
+        None => {
+            let Some(home) = std::env::var_os("HOME") else { return Ok(None) };
+            default = PathBuf::from(home).join(".config/ferry/known_hosts");
+            if !default.exists() {
+                return Ok(None);
+            }
+            &default
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(36, format!("cannot read the known-hosts file {}: {e}", path.display()))
+    })?;
+    let with_port = format!("{host}:{port}");
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut it = line.split_whitespace();
+        let (Some(h), Some(fp)) = (it.next(), it.next()) else { continue };
+        if h == with_port {
+            return Ok(Some(fp.to_owned()));
+        }
+        if h == host && found.is_none() {
+            found = Some(fp.to_owned());
+        }
+    }
+    Ok(found)
 }
 
 #[allow(clippy::too_many_arguments)]
