@@ -5,7 +5,10 @@ mod cli;
 mod crypt;
 mod demo;
 mod error;
+mod identity;
+mod keygen;
 mod keys;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -17,6 +20,9 @@ fn main() -> ExitCode {
         cli::Command::Crypt(args) => crypt::run(args),
         cli::Command::Keys(a) => keys::run(a),
         cli::Command::Demo(a) => demo::run(a),
+        cli::Command::Keygen(a) => keygen::run(a),
+        cli::Command::Serve(a) => transfer::serve::run(a),
+        cli::Command::Cp(a) => transfer::cp::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,478 @@
+//! `ferry serve` and `ferry cp` end to end: two real processes over loopback (ephemeral ports),
+//! uploads and downloads of files, an empty file, unicode names and a directory tree with
+//! digests compared; an unknown or mismatched host key, an unauthorised client key, paths that
+//! escape the docroot and an existing destination file each refused with their own exit code,
+//! nothing written. Every process is bounded in time and killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Server {
+    child: Child,
+    _stdout: BufReader<std::process::ChildStdout>,
+    port: u16,
+    fingerprint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn docroot(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("id")
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = run(&["keygen", "-f", path.to_str().unwrap()], Path::new("/"));
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+}
+
+/// A server with a fresh identity, a docroot and one authorised client key (`id`).
+fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir(p.join("root")).unwrap();
+    keygen(&p.join("id"));
+    std::fs::copy(p.join("id.pub"), p.join("authorized_keys")).unwrap();
+    let state = p.join("state");
+    let out = run(&["serve", "--state-dir", state.to_str().unwrap(), "--print-fingerprint"], p);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fingerprint = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    let mut child = Command::new(FERRY)
+        .current_dir(p)
+        .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
+        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    // "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:..."
+    let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("server said {line:?}"));
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(line.contains(&fingerprint), "{line}");
+    Server { child, _stdout: stdout, port, fingerprint, dir }
+}
+
+/// Runs ferry to completion within [`LIMIT`], killing it if it hangs.
+fn run(args: &[&str], cwd: &Path) -> Output {
+    let mut child = Command::new(FERRY)
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("ferry {args:?} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn cp(s: &Server, extra: &[&str], cwd: &Path) -> Output {
+    let port = s.port.to_string();
+    let key = s.key();
+    let mut args = vec!["cp", "-i", key.to_str().unwrap(), "-P", &port];
+    args.extend_from_slice(extra);
+    run(&args, cwd)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn digest(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// Every file below `dir` (relative paths), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn upload_and_download_files_and_trees() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("big.bin"), data(3 << 20, 1)).unwrap();
+    std::fs::write(l.join("empty"), b"").unwrap();
+    std::fs::write(l.join("ünïcödé ✓.txt"), "héllo wörld\n").unwrap();
+    std::fs::create_dir_all(l.join("tree/sub")).unwrap();
+    std::fs::write(l.join("tree/a"), data(5000, 2)).unwrap();
+    std::fs::write(l.join("tree/sub/b"), data(1413, 3)).unwrap();
+    std::fs::write(l.join("tree/sub/empty"), b"").unwrap();
+
+    let fp = s.fingerprint.clone();
+    let dest = "me@127.0.0.1:.".to_string();
+    let out = cp(&s, &["--host-key", &fp, "big.bin", "empty", "ünïcödé ✓.txt", "tree", &dest], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("upload complete: 6 files"), "{summary}");
+    let root = s.docroot();
+    let expected = ["big.bin", "empty", "tree/a", "tree/sub/b", "tree/sub/empty", "ünïcödé ✓.txt"];
+    assert_eq!(tree(&root), expected);
+    for name in expected {
+        assert_eq!(digest(&root.join(name)), digest(&l.join(name)), "{name}");
+    }
+
+    // Download each kind back: a file into a directory, a file under a new name, a tree.
+    let back = tempfile::tempdir().unwrap();
+    let b = back.path();
+    for (src, dst) in
+        [("big.bin", "."), ("ünïcödé ✓.txt", "renamed.txt"), ("empty", "."), ("tree", ".")]
+    {
+        let remote = format!("127.0.0.1:{src}");
+        let out = cp(&s, &["--host-key", &fp, &remote, dst], b);
+        assert!(out.status.success(), "download {src}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("download complete"));
+    }
+    assert_eq!(
+        tree(b),
+        ["big.bin", "empty", "renamed.txt", "tree/a", "tree/sub/b", "tree/sub/empty"]
+    );
+    assert_eq!(digest(&b.join("big.bin")), digest(&l.join("big.bin")));
+    assert_eq!(digest(&b.join("renamed.txt")), digest(&l.join("ünïcödé ✓.txt")));
+    assert_eq!(digest(&b.join("tree/sub/b")), digest(&l.join("tree/sub/b")));
+
+    // Every cipher suite moves the bytes.
+    for c in ["aes192", "aes256", "none"] {
+        let remote = format!("127.0.0.1:{c}.bin");
+        let out = cp(&s, &["--host-key", &fp, "-c", c, "-l", "500m", "big.bin", &remote], l);
+        assert!(out.status.success(), "upload with {c}: {}", stderr(&out));
+        assert_eq!(digest(&root.join(format!("{c}.bin"))), digest(&l.join("big.bin")));
+    }
+}
+
+#[test]
+fn unknown_or_mismatched_host_key_is_refused_with_its_fingerprint() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), b"data").unwrap();
+    let out = cp(&s, &["f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&s.fingerprint), "{err}");
+    assert!(err.contains(&format!("--host-key {}", s.fingerprint)), "{err}");
+
+    let other = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = cp(&s, &["--host-key", other, "f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&s.fingerprint));
+    assert!(tree(&s.docroot()).is_empty());
+
+    // A known-hosts file pins it too: a wrong entry is refused, the right one works.
+    let kh = local.path().join("known_hosts");
+    std::fs::write(&kh, format!("# pins\n127.0.0.1 {other}\n")).unwrap();
+    let khs = kh.to_str().unwrap();
+    let out = cp(&s, &["--known-hosts", khs, "f", "127.0.0.1:."], local.path());
+    assert_eq!(out.status.code(), Some(31), "{}", stderr(&out));
+    let line = format!("127.0.0.1:{} {}", s.port, s.fingerprint);
+    std::fs::write(&kh, format!("127.0.0.1 {other}\n{line}\n")).unwrap();
+    let out = cp(&s, &["--known-hosts", khs, "f", "127.0.0.1:."], local.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&s.docroot()), ["f"]);
+}
+
+#[test]
+fn unauthorised_client_key_is_refused() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), b"data").unwrap();
+    keygen(&l.join("stranger"));
+    let port = s.port.to_string();
+    let out = run(
+        &["cp", "-i", "stranger", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."],
+        l,
+    );
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused the key"), "{}", stderr(&out));
+    assert!(tree(&s.docroot()).is_empty());
+}
+
+#[test]
+fn paths_outside_the_docroot_and_existing_files_are_refused() {
+    let s = server();
+    let root = s.docroot();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+    std::fs::write(root.join("keep"), b"original").unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("keep"), b"replacement").unwrap();
+    let fp = s.fingerprint.clone();
+
+    for dest in ["127.0.0.1:../escape", "127.0.0.1:link", "127.0.0.1:link/x", "127.0.0.1:a/../.."] {
+        let out = cp(&s, &["--host-key", &fp, "keep", dest], l);
+        assert_eq!(out.status.code(), Some(35), "{dest}: {}", stderr(&out));
+    }
+    for src in ["127.0.0.1:../x", "127.0.0.1:link/secret", "127.0.0.1:missing"] {
+        let out = cp(&s, &["--host-key", &fp, src, "."], l);
+        assert_eq!(out.status.code(), Some(35), "{src}: {}", stderr(&out));
+        assert!(!stderr(&out).contains(root.to_str().unwrap()), "server path leaked");
+    }
+    assert_eq!(tree(outside.path()), ["secret"]);
+
+    // An existing file is never overwritten, and no partial file is left behind.
+    let out = cp(&s, &["--host-key", &fp, "keep", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(33), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(root.join("keep")).unwrap(), b"original");
+    let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_100_mib_file_round_trips() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("large"), data(100 << 20, 7)).unwrap();
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "-l", "2g", "large", "127.0.0.1:."], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    assert_eq!(digest(&s.docroot().join("large")), digest(&l.join("large")));
+    std::fs::create_dir(l.join("back")).unwrap();
+    let out = cp(&s, &["--host-key", &fp, "-l", "2g", "127.0.0.1:large", "back"], l);
+    assert!(out.status.success(), "download: {}", stderr(&out));
+    assert_eq!(digest(&l.join("back/large")), digest(&l.join("large")));
+}
+
+fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
+    let port = s.port.to_string();
+    let key = s.key();
+    Command::new(FERRY)
+        .current_dir(cwd)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
+        .args(extra)
+        .env_remove("HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn client_killed_mid_upload_leaves_no_file_on_the_server() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(20 << 20, 9)).unwrap();
+    // 20 MiB at 10 Mbit/s: about 17 s, plenty of time to kill it midway.
+    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let root = s.docroot();
+    wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The server notices (QUIC idle timeout) and removes the partial; nothing lands.
+    wait_for("the partial file to be removed", || names(&root).is_empty());
+    assert!(!root.join("slow").exists());
+}
+
+#[test]
+fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
+    let mut s = server();
+    std::fs::write(s.docroot().join("slow"), data(20 << 20, 11)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = client.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the client did not give up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(33), "{err}");
+    assert!(err.contains("transfer failed"), "{err}");
+    assert!(names(l).is_empty(), "{:?}", names(l));
+}
+
+#[test]
+fn concurrent_sessions_on_one_server() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let mut clients = Vec::new();
+    for i in 0..3u32 {
+        let name = format!("c{i}");
+        std::fs::write(l.join(&name), data(2 << 20, i)).unwrap();
+        clients.push(spawn_cp(&s, &[&name, "127.0.0.1:."], l));
+    }
+    for mut c in clients {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = c.kill();
+                panic!("a concurrent upload hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success());
+    }
+    for i in 0..3 {
+        let name = format!("c{i}");
+        assert_eq!(digest(&s.docroot().join(&name)), digest(&l.join(&name)));
+    }
+}
+
+#[test]
+fn an_existing_openssh_key_is_an_identity_and_keygen_never_overwrites() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    // A key written by OpenSSH's ssh-keygen (test data), authorised on the server.
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let key = l.join("openssh_key");
+    std::fs::write(&key, std::fs::read(data_dir.join("ed25519_openssh")).unwrap()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pubkey = std::fs::read_to_string(data_dir.join("ed25519_openssh.pub")).unwrap();
+    let ak = s.dir.path().join("authorized_keys");
+    let mut lines = std::fs::read_to_string(&ak).unwrap();
+    lines.push_str(&pubkey);
+    std::fs::write(&ak, lines).unwrap();
+    std::fs::write(l.join("f"), b"via an OpenSSH key").unwrap();
+    let port = s.port.to_string();
+    let out = run(
+        &["cp", "-i", "openssh_key", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."],
+        l,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("f")).unwrap(), b"via an OpenSSH key");
+
+    // keygen: 0600 private key, .pub line, fingerprint printed; never overwrites.
+    let out = run(&["keygen", "-f", "new"], l);
+    assert!(out.status.success());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(l.join("new")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(l.join("new.pub")).unwrap().starts_with("ssh-ed25519 "));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SHA256:"));
+    let before = std::fs::read(l.join("new")).unwrap();
+    let out = run(&["keygen", "-f", "new"], l);
+    assert_eq!(out.status.code(), Some(36), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"));
+    assert_eq!(std::fs::read(l.join("new")).unwrap(), before);
+    // A private key readable by others is refused as an identity.
+    std::fs::set_permissions(l.join("new"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let out =
+        run(&["cp", "-i", "new", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(36), "{}", stderr(&out));
+}
+
+#[test]
+fn nothing_listening_is_a_connection_error() {
+    // A port that was just free: bind, note it, release it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    keygen(&l.join("id"));
+    std::fs::write(l.join("f"), b"x").unwrap();
+    let port = port.to_string();
+    let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = run(&["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_tree_of_many_small_files() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    for d in 0..10 {
+        std::fs::create_dir_all(l.join(format!("many/d{d}"))).unwrap();
+        for f in 0..150 {
+            std::fs::write(l.join(format!("many/d{d}/f{f}")), data(100 + f, d as u32)).unwrap();
+        }
+    }
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "many", "127.0.0.1:."], l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1500 files"));
+    std::fs::create_dir(l.join("back")).unwrap();
+    let out = cp(&s, &["--host-key", &fp, "127.0.0.1:many", "back"], l);
+    assert!(out.status.success(), "download: {}", stderr(&out));
+    let theirs = tree(&l.join("back/many"));
+    assert_eq!(theirs.len(), 1500);
+    assert_eq!(theirs, tree(&l.join("many")));
+    for name in theirs.iter().step_by(37) {
+        assert_eq!(digest(&l.join("back/many").join(name)), digest(&l.join("many").join(name)));
+    }
+}

@@ -1,0 +1,406 @@
+//! File sources and sinks for real transfers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::control::FileEntry;
+use crate::session::{BlockSink, BlockSource, SinkError};
+
+/// The sender's files, memory-mapped read-only.
+///
+/// A file that another process truncates while it is mapped makes reads of the lost pages fault
+/// (SIGBUS); Ferry sends files that are not being rewritten, like `ascp`. The digest covers the
+/// bytes actually sent, so a file modified (not truncated) during the transfer fails verification
+/// instead of landing silently corrupted.
+#[derive(Debug, Default)]
+pub struct MmapSource {
+    files: Vec<Option<Mmap>>,
+}
+
+impl MmapSource {
+    /// An empty source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `file` (opened for reading) as the next file id and returns its size.
+    #[allow(unsafe_code)]
+    pub fn add(&mut self, file: &File) -> io::Result<u64> {
+        let size = file.metadata()?.len();
+        if size == 0 {
+            self.files.push(None);
+            return Ok(0);
+        }
+        // SAFETY: the mapping is read-only and private to this process; Rust never sees a
+        // reference into it that outlives `self`. Concurrent modification by another process
+        // can change the bytes read (caught by the digest) or fault on truncation (documented
+        // above); it cannot violate memory safety of this process's own data.
+        let map = unsafe { Mmap::map(file)? };
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        self.files.push(Some(map));
+        Ok(size)
+    }
+}
+
+impl MmapSource {
+    /// Opens and maps the file at `path` (the descriptor is closed again; the mapping stays).
+    pub fn add_path(&mut self, path: &Path) -> io::Result<u64> {
+        self.add(&File::open(path)?)
+    }
+}
+
+impl BlockSource for MmapSource {
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let map = self
+            .files
+            .get(file as usize)
+            .ok_or_else(|| io::Error::other("no such file"))?
+            .as_deref()
+            .unwrap_or(&[]);
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let src = map
+            .get(start..start + buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// Where a [`FileSink`] puts the files it receives.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Into this directory: each file at its manifest path below it.
+    Dir(PathBuf),
+    /// The session's single file lands under exactly this name.
+    File(PathBuf),
+}
+
+/// Checks a manifest path: relative, `/`-separated, no empty, `.` or `..` components, no NUL or
+/// backslash, and every component a plain name. Returns the components.
+pub fn validate_relative(path: &str) -> Result<Vec<&str>, String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err(format!("{path:?} is absolute"));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!("{path:?} has an empty, `.` or `..` component"));
+        }
+        if part.contains(['\0', '\\']) || part.chars().any(char::is_control) {
+            return Err(format!("{path:?} contains a control character or backslash"));
+        }
+        if !matches!(Path::new(part).components().next(), Some(Component::Normal(_))) {
+            return Err(format!("{path:?} has an unusual component"));
+        }
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+#[derive(Debug)]
+struct SinkFile {
+    file: Option<File>,
+    partial: PathBuf,
+    target: PathBuf,
+    mode: u32,
+    display: String,
+}
+
+/// A [`BlockSink`] writing each file at its offsets into a partial file
+/// `.NAME.ferry-partial-<random>` beside its final name, renamed into place (without replacing
+/// anything) once the digest verified, removed otherwise and when the sink is dropped unfinished.
+///
+/// Every path stays inside `root`: manifest paths are validated, created directories are checked
+/// against the canonical root (a symlink pointing out is refused), and existing files are never
+/// overwritten. Error messages name only the manifest path, never server-side absolute paths,
+/// because they travel to the peer.
+#[derive(Debug)]
+pub struct FileSink {
+    root: PathBuf,
+    dest: Destination,
+    files: Vec<SinkFile>,
+}
+
+impl FileSink {
+    /// A sink confined to `root` (canonicalised here) writing to `dest` (inside `root`).
+    pub fn new(root: &Path, dest: Destination) -> io::Result<Self> {
+        let root = root.canonicalize()?;
+        Ok(Self { root, dest, files: Vec::new() })
+    }
+
+    /// The final paths of the files announced so far.
+    pub fn targets(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.target.as_path())
+    }
+
+    fn resolve(&self, entry: &FileEntry) -> io::Result<PathBuf> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let parts = validate_relative(&entry.path).map_err(bad)?;
+        let target = match &self.dest {
+            Destination::Dir(dir) => {
+                let mut t = dir.clone();
+                t.extend(&parts);
+                t
+            }
+            Destination::File(file) => {
+                if entry.id != 0 || parts.len() != 1 {
+                    return Err(bad(format!(
+                        "{:?}: the destination is a file name, so only a single file can be sent to it; name an existing directory instead",
+                        entry.path
+                    )));
+                }
+                file.clone()
+            }
+        };
+        let parent = target.parent().ok_or_else(|| bad("no parent directory".into()))?;
+        fs::create_dir_all(parent).map_err(|e| {
+            io::Error::new(e.kind(), format!("{:?}: cannot create its directory: {e}", entry.path))
+        })?;
+        let canon = parent.canonicalize()?;
+        if !canon.starts_with(&self.root) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{:?} leads outside the destination root (symlink)", entry.path),
+            ));
+        }
+        let name = target.file_name().ok_or_else(|| bad("no file name".into()))?;
+        let target = canon.join(name);
+        if target.symlink_metadata().is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{:?} already exists at the destination; Ferry does not overwrite files (remove it or choose another destination)",
+                    entry.path
+                ),
+            ));
+        }
+        Ok(target)
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl BlockSink for FileSink {
+    fn open(&mut self, entry: &FileEntry) -> io::Result<()> {
+        let target = self.resolve(entry)?;
+        let name = target.file_name().expect("resolved target has a name").to_string_lossy();
+        let partial = target.with_file_name(format!(".{name}.ferry-partial-{}", random_suffix()));
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&partial);
+        let file = file.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{:?}: cannot create the partial file: {e}", entry.path),
+            )
+        })?;
+        let mut sf = SinkFile {
+            file: Some(file),
+            partial,
+            target,
+            mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
+            display: entry.path.clone(),
+        };
+        if let Err(e) = sf.file.as_ref().expect("open").set_len(entry.size) {
+            let _ = fs::remove_file(&sf.partial);
+            sf.file = None;
+            return Err(io::Error::new(e.kind(), format!("{:?}: cannot size it: {e}", entry.path)));
+        }
+        self.files.push(sf);
+        Ok(())
+    }
+
+    fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
+        let f = f.ok_or_else(|| SinkError::Io(io::Error::other("file not open")))?;
+        f.write_all_at(data, offset).map_err(SinkError::Io)
+    }
+
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
+        f.ok_or_else(|| io::Error::other("file not open"))?.read_exact_at(buf, offset)
+    }
+
+    fn free_blocks(&self) -> u64 {
+        u64::MAX
+    }
+
+    fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
+        let sf = self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no file"))?;
+        let Some(f) = sf.file.take() else { return Ok(()) };
+        let result = if verified {
+            (|| {
+                f.set_permissions(fs::Permissions::from_mode(sf.mode))?;
+                f.sync_all()?;
+                drop(f);
+                // A hard link never replaces an existing name: no file the user did not ask to
+                // overwrite is lost, even one created during the transfer.
+                fs::hard_link(&sf.partial, &sf.target).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("{:?}: cannot move into place: {e}", sf.display),
+                    )
+                })?;
+                if let Some(dir) = sf.target.parent() {
+                    let _ = File::open(dir).and_then(|d| d.sync_all());
+                }
+                Ok(())
+            })()
+        } else {
+            Ok(())
+        };
+        let _ = fs::remove_file(&sf.partial);
+        result
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        for sf in &mut self.files {
+            if sf.file.take().is_some() {
+                let _ = fs::remove_file(&sf.partial);
+            }
+        }
+    }
+}
+
+/// A file to send: its manifest path and where it is. Files are opened one at a time when they
+/// are mapped ([`MmapSource::add_path`]), so a large tree never holds a descriptor per file.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// Relative `/`-separated path for the manifest.
+    pub rel: String,
+    /// The file on disk.
+    pub path: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Enumerates `path` for sending: a regular file as its base name, a directory recursively as
+/// `NAME/...` (sorted, symlinks and special files skipped). When `root` is given, `path` must lie
+/// inside it (canonically).
+pub fn enumerate(path: &Path, root: Option<&Path>) -> io::Result<Vec<SourceFile>> {
+    let canon = path.canonicalize()?;
+    if let Some(root) = root
+        && !canon.starts_with(root.canonicalize()?)
+    {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "path leads outside the root"));
+    }
+    let name = canon
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the name is not UTF-8"))?
+        .to_owned();
+    let mut out = Vec::new();
+    walk(&canon, name, &mut out)?;
+    Ok(out)
+}
+
+fn walk(path: &Path, rel: String, out: &mut Vec<SourceFile>) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_file() {
+        out.push(SourceFile {
+            rel,
+            path: path.to_owned(),
+            mode: meta.permissions().mode() & 0o777,
+        });
+    } else if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let Some(n) = e.file_name().to_str().map(str::to_owned) else { continue };
+            walk(&e.path(), format!("{rel}/{n}"), out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u32, path: &str, size: u64) -> FileEntry {
+        FileEntry { id, size, mtime_ns: 0, mode: 0o640, path: path.into() }
+    }
+
+    #[test]
+    fn validates_paths() {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a/", "a\\b", "a\0b"] {
+            assert!(validate_relative(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(validate_relative("a/b c/ü.txt").unwrap(), vec!["a", "b c", "ü.txt"]);
+    }
+
+    #[test]
+    fn writes_partial_then_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        sink.open(&entry(0, "sub/ü.bin", 6)).unwrap();
+        sink.write(0, 3, b"def").unwrap();
+        sink.write(0, 0, b"abc").unwrap();
+        assert!(!dir.path().join("sub/ü.bin").exists());
+        let mut buf = [0u8; 6];
+        sink.read(0, 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"abcdef");
+        sink.finish(0, true).unwrap();
+        assert_eq!(fs::read(dir.path().join("sub/ü.bin")).unwrap(), b"abcdef");
+        let names: Vec<_> = fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert_eq!(names.len(), 1, "partial removed");
+    }
+
+    #[test]
+    fn failed_and_dropped_files_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        sink.open(&entry(0, "a", 3)).unwrap();
+        sink.open(&entry(1, "b", 3)).unwrap();
+        sink.finish(0, false).unwrap();
+        drop(sink);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_escape_and_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        fs::write(dir.path().join("exists"), b"keep").unwrap();
+        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        assert!(sink.open(&entry(0, "link/x", 1)).is_err());
+        assert!(sink.open(&entry(0, "../x", 1)).is_err());
+        let e = sink.open(&entry(0, "exists", 1)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(!e.to_string().contains(dir.path().to_str().unwrap()), "no server paths: {e}");
+        assert_eq!(fs::read(dir.path().join("exists")).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn mmap_source_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"hello").unwrap();
+        fs::write(dir.path().join("e"), b"").unwrap();
+        let mut src = MmapSource::new();
+        assert_eq!(src.add(&File::open(dir.path().join("f")).unwrap()).unwrap(), 5);
+        assert_eq!(src.add(&File::open(dir.path().join("e")).unwrap()).unwrap(), 0);
+        let mut b = [0u8; 3];
+        src.read(0, 2, &mut b).unwrap();
+        assert_eq!(&b, b"llo");
+        assert!(src.read(0, 4, &mut b).is_err());
+        let files = enumerate(dir.path(), None).unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        let rels: Vec<_> = files.iter().map(|f| f.rel.clone()).collect();
+        assert_eq!(rels, vec![format!("{name}/e"), format!("{name}/f")]);
+    }
+}
