@@ -111,6 +111,18 @@ pub fn linkem_near_current_exe() -> PathBuf {
     if here.exists() { here } else { dir.parent().map(|p| p.join("ferry-linkem")).unwrap_or(here) }
 }
 
+/// True when `chrt -r 20` can run a program here (root with real-time scheduling allowed; a
+/// container may forbid it). Probed once per process.
+pub fn realtime_allowed() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        Path::new("/usr/bin/chrt").exists()
+            && netns::output(Command::new("/usr/bin/chrt").args(["-r", "20", "true"]))
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+    })
+}
+
 /// True when `tc qdisc ... netem` works on this kernel (probed in a throwaway namespace).
 pub fn netem_available() -> bool {
     let Ok(ns) = Netns::create("probe") else {
@@ -245,7 +257,7 @@ impl EmulatorLink {
             )));
         }
         let json = serde_json::to_string(config).map_err(|e| NetemError::Config(e.to_string()))?;
-        let chrt = opts.realtime && Path::new("/usr/bin/chrt").exists();
+        let chrt = opts.realtime && realtime_allowed();
         let mut cmd = if chrt {
             let mut c = router.command("/usr/bin/chrt");
             c.args(["-r", "20"]).arg(&opts.linkem);
