@@ -208,6 +208,9 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One iperf3 measurement of the ceiling table: its label and mode.
+type CeilingTest<'a> = (String, IperfMode<'a>);
+
 /// The emulator's own ceiling: iperf3 TCP and UDP through an unimpaired link (no rate cap, and
 /// a 10 Gbit/s cap with a 20 ms RTT so the delay line and the rate scheduler are exercised),
 /// next to the same measurements over a plain veth pair.
@@ -235,7 +238,7 @@ fn ceiling(args: &Args) -> Result<(), String> {
     let capped_tests = |offered_mbps: u64| -> Vec<(String, IperfMode<'_>)> {
         tcp.iter().map(|(n, m)| (n.to_string(), *m)).chain([udp(offered_mbps)]).collect()
     };
-    let setups: Vec<(&str, BackendChoice, LinkConfig, Vec<(String, IperfMode<'_>)>)> = vec![
+    let setups: Vec<(&str, BackendChoice, LinkConfig, Vec<CeilingTest<'_>>)> = vec![
         ("plain veth (reference)", BackendChoice::Veth, LinkConfig::default(), all.clone()),
         (
             "ferry-linkem, no impairment",
