@@ -383,11 +383,12 @@ pub fn netem_args(d: &DirectionConfig) -> Vec<String> {
     }
     if let Some(g) = d.gilbert {
         a.extend([
+            // netem's order: p (good->bad), r (bad->good), 1-h (loss in bad), 1-k (loss in good).
             "loss".into(),
             "gemodel".into(),
             format!("{}%", g.p_good_to_bad * 100.0),
             format!("{}%", g.p_bad_to_good * 100.0),
-            format!("{}%", (1.0 - g.loss_bad) * 100.0),
+            format!("{}%", g.loss_bad * 100.0),
             format!("{}%", g.loss_good * 100.0),
         ]);
     } else if d.loss > 0.0 {
@@ -499,5 +500,38 @@ impl LinkBackend for NetemLink {
             forward: read(&self.client_ns, CLIENT_DEV)?,
             reverse: read(&self.server_ns, SERVER_DEV)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GilbertElliott;
+
+    #[test]
+    fn netem_arguments_cover_every_impairment() {
+        let d = DirectionConfig {
+            delay_us: 50_000,
+            jitter_us: 1_000,
+            loss: 0.01,
+            rate_bps: Some(100_000_000),
+            queue_bytes: Some(1_250_000),
+            reorder: 0.05,
+            duplicate: 0.001,
+            ..Default::default()
+        };
+        let a = netem_args(&d).join(" ");
+        // Limit in packets: (1.25 MB queue + 51 ms at 100 Mbit/s = 637.5 kB) / 1000 B + 100.
+        assert_eq!(
+            a,
+            "netem limit 1987 delay 50000us 1000us loss random 1% duplicate 0.1% reorder 5% rate 100000000bit"
+        );
+        let g = DirectionConfig {
+            gilbert: Some(GilbertElliott::with_mean(0.01, 4.0)),
+            ..Default::default()
+        };
+        let a = netem_args(&g).join(" ");
+        assert!(a.contains("loss gemodel"), "{a}");
+        assert!(a.contains(" 25% 100% 0%"), "{a}");
     }
 }
