@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value = "target/wan-grid")]
     out: PathBuf,
     /// Link back-end: auto (netem if the kernel has it), emulator, netem.
-    #[arg(long, default_value = "emulator")]
+    #[arg(long, default_value = "auto")]
     backend: String,
     /// Seed of the emulator's random streams.
     #[arg(long, default_value_t = 1)]
