@@ -17,3 +17,12 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# At rest (issue 6): the interoperability test decrypts envelopes with Python's `cryptography`
+# package (>= 44 for Argon2id), an implementation independent of ours.
+command -v python3 >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null; }
+if ! python3 -c 'import cryptography.hazmat.primitives.kdf.argon2' >/dev/null 2>&1; then
+  echo "== installing: python3 cryptography (pip)"
+  python3 -m pip --version >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null; }
+  python3 -m pip install --quiet --upgrade cryptography 2>/dev/null \
+    || python3 -m pip install --quiet --upgrade --break-system-packages cryptography
+fi

@@ -10,3 +10,5 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== tests"
 cargo test --locked --workspace
+echo "== fuzz smoke"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ./scripts/fuzz-smoke.sh

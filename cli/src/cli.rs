@@ -12,4 +12,11 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {}
+pub(crate) enum Command {
+    /// Encrypt, decrypt, inspect and rewrap at-rest envelopes without a transfer.
+    Crypt(crate::crypt::CryptArgs),
+    /// Manage secrets in the root and local keystores (askmscli-compatible).
+    Keys(crate::keys::KeysArgs),
+    /// Run the transfer engine end to end over an emulated long, lossy path and summarise.
+    Demo(crate::demo::DemoArgs),
+}

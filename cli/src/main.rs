@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod crypt;
+mod demo;
 mod error;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -11,7 +14,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let result: Result<(), error::CliError> = match args.command {
-        // Subcommands are dispatched here, one module each.
+        cli::Command::Crypt(args) => crypt::run(args),
+        cli::Command::Keys(a) => keys::run(a),
+        cli::Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,3 +7,11 @@
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
 #![forbid(unsafe_code)]
+
+pub mod atrest;
+pub mod control;
+pub mod crypto;
+pub mod rate;
+pub mod session;
+pub mod sim;
+pub mod wire;

@@ -1,0 +1,275 @@
+//! Messages of the reliable control channel that the sans-IO sessions exchange (file manifest,
+//! digests, per-file results, abort). Session setup and authentication belong to the control
+//! layer that carries these frames; see `docs/PROTOCOL.md`, "Control messages".
+
+use crate::wire::ParseError;
+
+/// Largest control frame (type byte and payload) accepted.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Longest relative path accepted in a file entry, in bytes.
+pub const MAX_PATH: usize = 4096;
+
+/// A BLAKE3 digest of a whole file.
+pub type Digest = [u8; 32];
+
+/// One file of the session's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Index in the manifest, starting at 0 and increasing by one per entry.
+    pub id: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch (0 if not preserved).
+    pub mtime_ns: i64,
+    /// Unix permission bits (0 if not preserved).
+    pub mode: u32,
+    /// Relative path, `/`-separated, UTF-8. The receiving driver validates it against its docroot.
+    pub path: String,
+}
+
+/// Outcome of one file at the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Every byte arrived and the digest matched.
+    Verified,
+    /// All blocks arrived but the digest did not match the sender's.
+    DigestMismatch,
+    /// The receiver could not store the file.
+    StorageFailed,
+}
+
+impl FileStatus {
+    fn code(self) -> u8 {
+        match self {
+            FileStatus::Verified => 0,
+            FileStatus::DigestMismatch => 1,
+            FileStatus::StorageFailed => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(FileStatus::Verified),
+            1 => Some(FileStatus::DigestMismatch),
+            2 => Some(FileStatus::StorageFailed),
+            _ => None,
+        }
+    }
+}
+
+/// A control-channel message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Sender to receiver: the next manifest entry.
+    File(FileEntry),
+    /// Sender to receiver: the manifest is complete with this many files.
+    ManifestEnd {
+        /// Total number of files.
+        files: u32,
+    },
+    /// Sender to receiver: the BLAKE3 digest of the file as sent.
+    FileDigest {
+        /// File id.
+        file: u32,
+        /// BLAKE3-256 of the file's bytes.
+        digest: Digest,
+    },
+    /// Receiver to sender: the file's final outcome.
+    FileResult {
+        /// File id.
+        file: u32,
+        /// Outcome.
+        status: FileStatus,
+    },
+    /// Either way: the session ends now.
+    Abort {
+        /// Machine-readable reason (see the protocol document).
+        code: u16,
+        /// Human-readable reason, sanitised by the sender of the message.
+        reason: String,
+    },
+}
+
+const T_FILE: u8 = 1;
+const T_MANIFEST_END: u8 = 2;
+const T_FILE_DIGEST: u8 = 3;
+const T_FILE_RESULT: u8 = 4;
+const T_ABORT: u8 = 5;
+
+impl ControlMessage {
+    /// Appends the framed message (4-byte length, type, payload) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            ControlMessage::File(f) => {
+                out.push(T_FILE);
+                out.extend_from_slice(&f.id.to_be_bytes());
+                out.extend_from_slice(&f.size.to_be_bytes());
+                out.extend_from_slice(&f.mtime_ns.to_be_bytes());
+                out.extend_from_slice(&f.mode.to_be_bytes());
+                out.extend_from_slice(&(f.path.len() as u16).to_be_bytes());
+                out.extend_from_slice(f.path.as_bytes());
+            }
+            ControlMessage::ManifestEnd { files } => {
+                out.push(T_MANIFEST_END);
+                out.extend_from_slice(&files.to_be_bytes());
+            }
+            ControlMessage::FileDigest { file, digest } => {
+                out.push(T_FILE_DIGEST);
+                out.extend_from_slice(&file.to_be_bytes());
+                out.extend_from_slice(digest);
+            }
+            ControlMessage::FileResult { file, status } => {
+                out.push(T_FILE_RESULT);
+                out.extend_from_slice(&file.to_be_bytes());
+                out.push(status.code());
+            }
+            ControlMessage::Abort { code, reason } => {
+                out.push(T_ABORT);
+                out.extend_from_slice(&code.to_be_bytes());
+                let reason = truncate_utf8(reason, 1024);
+                out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes one framed message from the front of `buf`. Returns `Ok(None)` if `buf` does not
+    /// yet hold a whole frame, else the message and the bytes consumed.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Self, usize)>, ParseError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return Err(ParseError::Truncated);
+        }
+        if len > MAX_FRAME {
+            return Err(ParseError::Oversized);
+        }
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let mut r = Reader(&buf[4..4 + len]);
+        let msg = match r.u8()? {
+            T_FILE => {
+                let id = r.u32()?;
+                let size = r.u64()?;
+                let mtime_ns = r.u64()? as i64;
+                let mode = r.u32()?;
+                let path_len = r.u16()? as usize;
+                if path_len == 0 || path_len > MAX_PATH {
+                    return Err(ParseError::Invalid("path length"));
+                }
+                let path = std::str::from_utf8(r.take(path_len)?)
+                    .map_err(|_| ParseError::Invalid("path is not UTF-8"))?
+                    .to_owned();
+                ControlMessage::File(FileEntry { id, size, mtime_ns, mode, path })
+            }
+            T_MANIFEST_END => ControlMessage::ManifestEnd { files: r.u32()? },
+            T_FILE_DIGEST => {
+                let file = r.u32()?;
+                let digest = r.take(32)?.try_into().expect("32 bytes");
+                ControlMessage::FileDigest { file, digest }
+            }
+            T_FILE_RESULT => {
+                let file = r.u32()?;
+                let status =
+                    FileStatus::from_code(r.u8()?).ok_or(ParseError::Invalid("file status"))?;
+                ControlMessage::FileResult { file, status }
+            }
+            T_ABORT => {
+                let code = r.u16()?;
+                let n = r.u16()? as usize;
+                let reason = String::from_utf8_lossy(r.take(n)?).into_owned();
+                ControlMessage::Abort { code, reason }
+            }
+            t => return Err(ParseError::UnknownType(t)),
+        };
+        if !r.0.is_empty() {
+            return Err(ParseError::Invalid("trailing bytes in control frame"));
+        }
+        Ok(Some((msg, 4 + len)))
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+        if self.0.len() < n {
+            return Err(ParseError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, ParseError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ParseError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, ParseError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, ParseError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips_and_partial_frames_wait() {
+        let msgs = vec![
+            ControlMessage::File(FileEntry {
+                id: 3,
+                size: 1 << 40,
+                mtime_ns: -5,
+                mode: 0o644,
+                path: "dir/ünïcode name.bin".into(),
+            }),
+            ControlMessage::ManifestEnd { files: 4 },
+            ControlMessage::FileDigest { file: 3, digest: [0xab; 32] },
+            ControlMessage::FileResult { file: 3, status: FileStatus::DigestMismatch },
+            ControlMessage::Abort { code: 2, reason: "disk full".into() },
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            m.encode(&mut buf);
+        }
+        let mut at = 0;
+        for m in &msgs {
+            assert_eq!(ControlMessage::decode(&buf[at..at + 3]), Ok(None));
+            let (got, used) = ControlMessage::decode(&buf[at..]).unwrap().unwrap();
+            assert_eq!(&got, m);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn rejects_oversized_unknown_and_trailing() {
+        assert_eq!(ControlMessage::decode(&[0, 2, 0, 0, 1]), Err(ParseError::Oversized));
+        assert_eq!(ControlMessage::decode(&[0, 0, 0, 1, 99]), Err(ParseError::UnknownType(99)));
+        assert!(ControlMessage::decode(&[0, 0, 0, 6, T_MANIFEST_END, 0, 0, 0, 1, 9]).is_err());
+        assert!(ControlMessage::decode(&[0, 0, 0, 0]).is_err());
+    }
+}

@@ -1,0 +1,473 @@
+//! Rate control: a pacer (token bucket with microsecond resolution) and the rate controllers
+//! behind a trait and a factory.
+//!
+//! The controller decides *how fast*; the pacer enforces it, packet by packet, always within the
+//! session's `[min_rate, target_rate]` limits.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Rate limits of a session in bits per second (`-l` target, `-m` minimum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// The rate never exceeded (`-l`).
+    pub target: u64,
+    /// The rate never gone below, whatever the controller says (`-m`).
+    pub min: u64,
+}
+
+impl RateLimits {
+    /// Clamps `rate` into the limits.
+    pub fn clamp(&self, rate: u64) -> u64 {
+        rate.clamp(self.min.min(self.target), self.target)
+    }
+}
+
+/// What the sender learned from one feedback packet.
+#[derive(Debug, Clone, Copy)]
+pub struct RateSample {
+    /// When the feedback arrived.
+    pub now: Instant,
+    /// This feedback's RTT sample (send of the echoed packet to arrival of the feedback, minus
+    /// the receiver's hold time), if it carried a usable echo.
+    pub rtt: Option<Duration>,
+    /// The smallest RTT seen recently: the path's propagation delay estimate.
+    pub min_rtt: Duration,
+    /// The smoothed RTT.
+    pub srtt: Duration,
+    /// Forward-path queueing delay measured by the receiver from one-way delays.
+    pub queue_delay: Duration,
+    /// Datagram bytes (whole DATA packets, the unit the pacer counts) the receiver has accepted
+    /// since the session began, as it reported.
+    pub delivered_bytes: u64,
+    /// The rate the pacer is currently sending at.
+    pub sending_rate: u64,
+}
+
+/// A rate controller. It sees feedback samples and proposes a sending rate; the session clamps
+/// the proposal into the user's [`RateLimits`].
+pub trait Controller: Send + fmt::Debug {
+    /// Takes one feedback sample into account.
+    fn on_sample(&mut self, sample: &RateSample);
+    /// The rate the controller wants, in bits per second.
+    fn rate(&self) -> u64;
+    /// Informs the controller of new limits (the user changed them mid-transfer).
+    fn set_limits(&mut self, limits: RateLimits);
+    /// Name for logs and benchmark tables.
+    fn name(&self) -> &'static str;
+}
+
+/// Builds controllers; one per session.
+pub trait ControllerFactory: Send + Sync + fmt::Debug {
+    /// A fresh controller for a session with these limits.
+    fn build(&self, limits: RateLimits) -> Box<dyn Controller>;
+}
+
+/// The transfer policies of the command line (`--policy`), as in `ascp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Send at the target rate regardless of congestion (never below the minimum either).
+    Fixed,
+    /// Adaptive, tolerating more queueing before backing off: takes a larger share.
+    High,
+    /// Adaptive, aiming for a small standing queue (the default).
+    Fair,
+    /// Adaptive with a very small queue target: yields to other traffic (scavenger).
+    Low,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fixed" => Ok(Policy::Fixed),
+            "high" => Ok(Policy::High),
+            "fair" => Ok(Policy::Fair),
+            "low" => Ok(Policy::Low),
+            _ => Err(format!("unknown policy {s:?}: expected fixed, high, fair or low")),
+        }
+    }
+}
+
+impl Policy {
+    /// The controller factory implementing this policy.
+    pub fn factory(self) -> Box<dyn ControllerFactory> {
+        match self {
+            Policy::Fixed => Box::new(FixedFactory),
+            Policy::High => Box::new(AdaptiveConfig::high()),
+            Policy::Fair => Box::new(AdaptiveConfig::fair()),
+            Policy::Low => Box::new(AdaptiveConfig::low()),
+        }
+    }
+}
+
+/// Builds [`Fixed`] controllers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedFactory;
+
+impl ControllerFactory for FixedFactory {
+    fn build(&self, limits: RateLimits) -> Box<dyn Controller> {
+        Box::new(Fixed { limits })
+    }
+}
+
+/// Sends at the target rate, always.
+#[derive(Debug)]
+pub struct Fixed {
+    limits: RateLimits,
+}
+
+impl Controller for Fixed {
+    fn on_sample(&mut self, _sample: &RateSample) {}
+    fn rate(&self) -> u64 {
+        self.limits.target
+    }
+    fn set_limits(&mut self, limits: RateLimits) {
+        self.limits = limits;
+    }
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+}
+
+/// Parameters of the delay-based [`Adaptive`] controller.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveConfig {
+    /// Standing forward queueing delay the controller aims for. Default (fair): 10 ms, small
+    /// enough that a deep buffer stays nearly empty, large enough to be measured above jitter.
+    pub queue_target: Duration,
+    /// Largest factor above the measured bottleneck bandwidth the controller sends at while the
+    /// queue is below target (its probing gain). Default 1.25: enough to find new capacity
+    /// quickly, and to keep the link full under up to 20% random loss, which lowers the
+    /// measured delivery rate by the loss fraction.
+    pub max_gain: f64,
+    /// Starting rate in bits per second before any feedback (clamped into the limits).
+    /// Default 10 Mbit/s.
+    pub initial_rate: u64,
+    /// Label for tables.
+    pub name: &'static str,
+}
+
+impl AdaptiveConfig {
+    /// The `fair` policy.
+    pub fn fair() -> Self {
+        Self {
+            queue_target: Duration::from_millis(10),
+            max_gain: 1.25,
+            initial_rate: 10_000_000,
+            name: "adaptive",
+        }
+    }
+
+    /// The `high` policy: tolerates a larger standing queue.
+    pub fn high() -> Self {
+        Self { queue_target: Duration::from_millis(25), name: "adaptive-high", ..Self::fair() }
+    }
+
+    /// The `low` policy: a small queue target, so it yields to traffic that builds queues.
+    pub fn low() -> Self {
+        Self { queue_target: Duration::from_millis(4), name: "adaptive-low", ..Self::fair() }
+    }
+}
+
+impl ControllerFactory for AdaptiveConfig {
+    fn build(&self, limits: RateLimits) -> Box<dyn Controller> {
+        Box::new(Adaptive::new(*self, limits))
+    }
+}
+
+/// Intervals the bottleneck-bandwidth estimate remembers (a windowed maximum).
+const BW_WINDOW: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Doubling every interval until the queue or the delivery rate says the pipe is full.
+    Startup,
+    /// Sending below the bandwidth estimate until the queue startup built is gone.
+    Drain,
+    /// Tracking the bandwidth estimate, steered by the queue.
+    Steady,
+}
+
+/// Delay-based controller with a bandwidth estimate. Forward queueing delay (measured by the
+/// receiver from one-way delays) is the congestion signal; loss is not, so random loss does not
+/// slow it down.
+///
+/// Every update interval (one smoothed RTT, at least 5 ms) it measures the delivery rate over the
+/// interval and keeps the maximum of the last [`BW_WINDOW`] intervals as the bottleneck bandwidth
+/// `B`, and takes the smallest queueing delay reported in the interval as the standing queue `q`.
+/// - *Startup*: the rate doubles each interval (`2·B`) until a feedback reports `q` above the
+///   target (checked on every feedback, not once per interval) or `B` stops growing by 25% for
+///   three intervals; then *drain* at `0.75·B` until `q` is below half the target.
+/// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
+///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
+///   is three times the target. The equilibrium is a standing queue at or below the target.
+#[derive(Debug)]
+pub struct Adaptive {
+    config: AdaptiveConfig,
+    limits: RateLimits,
+    rate: f64,
+    phase: Phase,
+    bw: [f64; BW_WINDOW],
+    bw_next: usize,
+    full_bw: f64,
+    full_bw_count: u32,
+    interval: Option<(Instant, u64)>,
+    interval_min_queue: Option<Duration>,
+}
+
+impl Adaptive {
+    /// A controller starting at the configured initial rate.
+    pub fn new(config: AdaptiveConfig, limits: RateLimits) -> Self {
+        Self {
+            config,
+            limits,
+            rate: limits.clamp(config.initial_rate) as f64,
+            phase: Phase::Startup,
+            bw: [0.0; BW_WINDOW],
+            bw_next: 0,
+            full_bw: 0.0,
+            full_bw_count: 0,
+            interval: None,
+            interval_min_queue: None,
+        }
+    }
+
+    fn bandwidth(&self) -> f64 {
+        self.bw.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+impl Controller for Adaptive {
+    fn on_sample(&mut self, s: &RateSample) {
+        let q = s.queue_delay;
+        self.interval_min_queue = Some(self.interval_min_queue.map_or(q, |m| m.min(q)));
+        if self.phase == Phase::Startup && q > self.config.queue_target && self.bandwidth() > 0.0 {
+            // The first sign of a queue ends startup at once, not at the end of the interval:
+            // every interval of doubling past capacity adds a bandwidth-delay product of queue.
+            self.phase = Phase::Drain;
+            self.rate = (0.75 * self.bandwidth()).max(1.0);
+        }
+        let (start, start_bytes) = *self.interval.get_or_insert((s.now, s.delivered_bytes));
+        let length = s.now.saturating_duration_since(start);
+        if length < s.srtt.max(Duration::from_millis(5)) {
+            return;
+        }
+        let delivered = s.delivered_bytes.saturating_sub(start_bytes) as f64 * 8.0;
+        self.bw[self.bw_next] = delivered / length.as_secs_f64();
+        self.bw_next = (self.bw_next + 1) % BW_WINDOW;
+        self.interval = Some((s.now, s.delivered_bytes));
+        let q = self.interval_min_queue.take().unwrap_or_default().as_secs_f64();
+        let target = self.config.queue_target.as_secs_f64();
+        let bw = self.bandwidth();
+        match self.phase {
+            Phase::Startup => {
+                if bw >= self.full_bw * 1.25 {
+                    self.full_bw = bw;
+                    self.full_bw_count = 0;
+                } else {
+                    self.full_bw_count += 1;
+                }
+                if q > target || self.full_bw_count >= 3 {
+                    self.phase = Phase::Drain;
+                    self.rate = 0.75 * bw;
+                } else {
+                    self.rate = (2.0 * bw).max(self.rate);
+                }
+            }
+            Phase::Drain => {
+                if q <= target / 2.0 {
+                    self.phase = Phase::Steady;
+                    self.rate = bw;
+                } else {
+                    self.rate = 0.75 * bw;
+                }
+            }
+            Phase::Steady => {
+                let gain = if q <= target {
+                    1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target)
+                } else {
+                    (target / q).max(0.5)
+                };
+                self.rate = bw * gain;
+            }
+        }
+        // Never so slow that feedback dries up: at least two full-size packets per RTT (per 10
+        // ms on shorter paths), or the user's minimum if higher.
+        let keepalive = 2.0 * 1500.0 * 8.0 / s.srtt.max(Duration::from_millis(10)).as_secs_f64();
+        let floor = (self.limits.min as f64).max(keepalive).min(self.limits.target as f64);
+        self.rate = self.rate.clamp(floor, self.limits.target as f64);
+    }
+
+    fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+
+    fn set_limits(&mut self, limits: RateLimits) {
+        self.limits = limits;
+        self.rate = limits.clamp(self.rate as u64) as f64;
+    }
+
+    fn name(&self) -> &'static str {
+        self.config.name
+    }
+}
+
+/// Token-bucket pacer with microsecond resolution.
+///
+/// Tokens are bytes; they accrue at the current rate up to a burst of `burst` bytes, which
+/// bounds how many packets leave back to back (and so how much a batched send may carry).
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate_bps: u64,
+    tokens: f64,
+    burst: f64,
+    last: Option<Instant>,
+}
+
+/// Default pacer burst: how long a full bucket lasts at the current rate.
+pub const PACER_BURST_TIME: Duration = Duration::from_micros(500);
+
+impl Pacer {
+    /// A pacer at `rate_bps` whose bucket holds at least `min_burst` bytes (e.g. two datagrams).
+    pub fn new(rate_bps: u64, min_burst: usize) -> Self {
+        let mut p =
+            Self { rate_bps: 0, tokens: min_burst as f64, burst: min_burst as f64, last: None };
+        p.set_rate(rate_bps, min_burst);
+        p.tokens = p.burst;
+        p
+    }
+
+    /// Changes the rate; the burst scales with it.
+    pub fn set_rate(&mut self, rate_bps: u64, min_burst: usize) {
+        self.rate_bps = rate_bps.max(1);
+        let burst = rate_bps as f64 / 8.0 * PACER_BURST_TIME.as_secs_f64();
+        self.burst = burst.max(min_burst as f64);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
+    /// The current rate in bits per second.
+    pub fn rate(&self) -> u64 {
+        self.rate_bps
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate_bps as f64 / 8.0).min(self.burst);
+        }
+        self.last = Some(now);
+    }
+
+    /// When a packet of `len` bytes may leave: `now` if the bucket holds enough tokens.
+    pub fn ready_at(&mut self, now: Instant, len: usize) -> Instant {
+        self.refill(now);
+        let missing = len as f64 - self.tokens;
+        if missing <= 0.0 {
+            return now;
+        }
+        let wait_us = (missing * 8.0 / self.rate_bps as f64 * 1e6).ceil() as u64;
+        now + Duration::from_micros(wait_us.max(1))
+    }
+
+    /// Takes the tokens of a packet that was just sent.
+    pub fn consume(&mut self, now: Instant, len: usize) {
+        self.refill(now);
+        self.tokens -= len as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_holds_its_rate_over_a_second() {
+        let start = Instant::now();
+        let mut p = Pacer::new(100_000_000, 3000);
+        let mut now = start;
+        let mut sent = 0usize;
+        while now < start + Duration::from_secs(1) {
+            let at = p.ready_at(now, 1500);
+            if at > now {
+                now = at;
+                continue;
+            }
+            p.consume(now, 1500);
+            sent += 1500;
+        }
+        let rate = sent as f64 * 8.0;
+        assert!((rate - 100e6).abs() / 100e6 < 0.01, "{rate}");
+    }
+
+    #[test]
+    fn fixed_ignores_feedback_and_limits_clamp() {
+        let limits = RateLimits { target: 50_000_000, min: 1_000_000 };
+        let mut c = Policy::Fixed.factory().build(limits);
+        assert_eq!(c.rate(), 50_000_000);
+        c.set_limits(RateLimits { target: 20_000_000, min: 0 });
+        assert_eq!(c.rate(), 20_000_000);
+        assert_eq!(limits.clamp(5), 1_000_000);
+    }
+
+    /// A fluid model of one bottleneck: capacity in bit/s, queue in bits.
+    struct Fluid {
+        capacity: f64,
+        queue: f64,
+        delivered: f64,
+    }
+
+    impl Fluid {
+        /// Sends at `rate` for `dt`; returns the sample the controller would see.
+        fn step(&mut self, now: Instant, rate: f64, dt: f64) -> RateSample {
+            self.queue = (self.queue + (rate - self.capacity) * dt).max(0.0);
+            self.delivered += rate.min(self.capacity) * dt;
+            let q = Duration::from_secs_f64(self.queue / self.capacity);
+            RateSample {
+                now,
+                rtt: Some(Duration::from_millis(50) + q),
+                min_rtt: Duration::from_millis(50),
+                srtt: Duration::from_millis(50),
+                queue_delay: q,
+                delivered_bytes: (self.delivered / 8.0) as u64,
+                sending_rate: rate as u64,
+            }
+        }
+    }
+
+    #[test]
+    fn adaptive_ramps_holds_a_small_queue_and_follows_capacity_down() {
+        let limits = RateLimits { target: 10_000_000_000, min: 0 };
+        let mut c = Adaptive::new(AdaptiveConfig::fair(), limits);
+        let mut link = Fluid { capacity: 1e9, queue: 0.0, delivered: 0.0 };
+        let t0 = Instant::now();
+        let dt = 0.010;
+        let mut t = 0.0;
+        let mut reached = None;
+        let mut max_queue: f64 = 0.0;
+        while t < 5.0 {
+            t += dt;
+            let now = t0 + Duration::from_secs_f64(t);
+            let s = link.step(now, c.rate() as f64, dt);
+            c.on_sample(&s);
+            if reached.is_none() && c.rate() as f64 >= 0.9e9 {
+                reached = Some(t);
+            }
+            if t > 2.0 {
+                max_queue = max_queue.max(s.queue_delay.as_secs_f64());
+            }
+        }
+        let reached = reached.expect("reaches 90% of capacity");
+        assert!(reached < 1.0 + 10.0 * 0.05, "ramp took {reached:.2} s");
+        assert!(max_queue < 0.025, "steady queue {:.1} ms", max_queue * 1e3);
+        link.capacity = 0.5e9;
+        while t < 8.0 {
+            t += dt;
+            let now = t0 + Duration::from_secs_f64(t);
+            let s = link.step(now, c.rate() as f64, dt);
+            c.on_sample(&s);
+        }
+        assert!((c.rate() as f64) < 0.6e9, "follows capacity down: {}", c.rate());
+        assert!(link.queue / link.capacity < 0.025, "queue drained");
+    }
+}

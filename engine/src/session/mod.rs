@@ -1,0 +1,187 @@
+//! The sans-IO session state machines: [`Sender`] and [`Receiver`].
+//!
+//! Neither reads a clock nor touches a socket or a file. The caller (a driver, or the seeded
+//! simulation in the tests) hands them datagrams, control messages and the current time, and asks
+//! them for datagrams to send ([`Sender::poll_transmit`], [`Receiver::poll_transmit`]), control
+//! messages to send (`poll_control`), the next deadline (`poll_timeout`) and events
+//! (`poll_event`). File bytes come from a [`BlockSource`] and go to a [`BlockSink`], both passed
+//! in by the caller.
+
+mod gaps;
+mod layout;
+mod ranges;
+mod receiver;
+mod rtt;
+mod sender;
+
+pub use receiver::{Receiver, ReceiverStats};
+pub use sender::{Sender, SenderStats};
+
+use std::io;
+use std::time::Duration;
+
+use crate::control::{FileEntry, FileStatus};
+use crate::crypto::CipherSuite;
+use crate::rate::RateLimits;
+use crate::wire::{DATA_OVERHEAD, MAX_DATAGRAM};
+
+/// Smallest block payload a session may use.
+pub const MIN_BLOCK_SIZE: usize = 64;
+
+/// Parameters both ends of a session agree on during session setup.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Identifies the session in every datagram header.
+    pub session_id: u64,
+    /// Transit cipher suite.
+    pub suite: CipherSuite,
+    /// File bytes per DATA packet. Default 1413: a DATA packet is then exactly 1472 bytes, the
+    /// largest UDP payload that fits a 1500-byte Ethernet MTU over IPv4 without fragmentation.
+    pub block_size: usize,
+    /// Most blocks the receiver tracks beyond its cumulative acknowledgement (the flow-control
+    /// window cap). Default 1,048,576 blocks (about 1.4 GiB at the default block size): enough
+    /// for 10 Gbit/s at 1 s RTT. The receiver's state is O(gaps), never O(window).
+    pub max_window: u64,
+    /// The least time the receiver waits after noticing a missing block before requesting it,
+    /// to tolerate reordering. Default 2 ms; the receiver also waits at least RTT/8.
+    pub reorder_delay: Duration,
+    /// RTT assumed until the first measurement: the control layer sets it from its handshake.
+    /// Default 100 ms (long enough that early reordering is not mistaken for loss).
+    pub initial_rtt: Duration,
+    /// A session with no valid packet from the peer for this long fails. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Rate limits in bits per second (the sender's `-l` / `-m`).
+    pub limits: RateLimits,
+}
+
+impl SessionConfig {
+    /// Defaults for the given session id and suite, sending at up to `limits`.
+    pub fn new(session_id: u64, suite: CipherSuite, limits: RateLimits) -> Self {
+        Self {
+            session_id,
+            suite,
+            block_size: MAX_STANDARD_BLOCK,
+            max_window: 1 << 20,
+            reorder_delay: Duration::from_millis(2),
+            initial_rtt: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(30),
+            limits,
+        }
+    }
+
+    /// Checks the parameters a peer proposed.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        if self.block_size < MIN_BLOCK_SIZE || self.block_size + DATA_OVERHEAD > MAX_DATAGRAM {
+            return Err(SessionError::Config("block size out of range"));
+        }
+        if self.max_window == 0 {
+            return Err(SessionError::Config("window must be positive"));
+        }
+        if self.limits.target == 0 {
+            return Err(SessionError::Config("target rate must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// The default block size: a DATA packet fills a 1500-byte MTU (IPv4, UDP).
+pub const MAX_STANDARD_BLOCK: usize = 1472 - DATA_OVERHEAD;
+
+/// Where a [`Sender`] reads file bytes.
+pub trait BlockSource {
+    /// Fills `buf` with the bytes of file `file` at `offset` (exactly `buf.len()` bytes).
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// Why a [`BlockSink`] did not take a block.
+#[derive(Debug)]
+pub enum SinkError {
+    /// The sink's buffers are full; the block is dropped and requested again later.
+    Full,
+    /// Storage failed.
+    Io(io::Error),
+}
+
+/// Where a [`Receiver`] writes file bytes.
+pub trait BlockSink {
+    /// A new file was announced; prepare to receive it (e.g. create a partial file).
+    fn open(&mut self, file: &FileEntry) -> io::Result<()>;
+    /// Stores `data` at `offset` of file `file`. Blocks arrive in any order, each exactly once.
+    fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError>;
+    /// Reads back stored bytes (used to hash blocks that arrived out of order).
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// How many more blocks the sink can take right now (flow control).
+    fn free_blocks(&self) -> u64;
+    /// The file is complete: `verified` says whether its digest matched. A verified file is
+    /// moved to its final name; a failed one is discarded.
+    fn finish(&mut self, file: u32, verified: bool) -> io::Result<()>;
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A file arrived and its digest matched (receiver), or the receiver said so (sender).
+    FileDone {
+        /// File id.
+        file: u32,
+        /// Outcome.
+        status: FileStatus,
+    },
+    /// Every file of the closed manifest has an outcome; the session is over.
+    Complete,
+    /// The session failed and is over.
+    Failed(SessionError),
+}
+
+/// Why a session failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Session parameters are unusable.
+    #[error("invalid session parameters: {0}")]
+    Config(&'static str),
+    /// The peer sent a control message that breaks the protocol.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(&'static str),
+    /// Reading a source file failed.
+    #[error("cannot read file {file}: {message}")]
+    Source {
+        /// File id.
+        file: u32,
+        /// The I/O error.
+        message: String,
+    },
+    /// Storing a file failed.
+    #[error("cannot store file {file}: {message}")]
+    Storage {
+        /// File id.
+        file: u32,
+        /// The I/O error.
+        message: String,
+    },
+    /// The peer aborted the session.
+    #[error("peer aborted (code {code}): {reason}")]
+    PeerAborted {
+        /// Abort code.
+        code: u16,
+        /// Reason given by the peer.
+        reason: String,
+    },
+    /// Nothing valid arrived from the peer for the idle timeout.
+    #[error("no valid packet from the peer for {0:?}")]
+    IdleTimeout(Duration),
+    /// The packet-number space ran out.
+    #[error("packet number space exhausted")]
+    PacketNumbersExhausted,
+}
+
+/// Abort codes carried in [`crate::control::ControlMessage::Abort`].
+pub mod abort_code {
+    /// The sender could not read a file.
+    pub const SOURCE: u16 = 1;
+    /// The receiver could not store a file.
+    pub const STORAGE: u16 = 2;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u16 = 3;
+    /// The user cancelled.
+    pub const CANCELLED: u16 = 4;
+}

@@ -1,0 +1,664 @@
+//! The receiving end of a session.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::gaps::Gaps;
+use super::layout::Layout;
+use super::{BlockSink, Event, SessionConfig, SessionError, SinkError, abort_code};
+use crate::control::{ControlMessage, Digest, FileStatus};
+use crate::crypto::{
+    Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
+};
+use crate::wire::{
+    self, DATA_BODY_LEN, DataFields, FEEDBACK_FIXED_LEN, FeedbackFields, HEADER_LEN, Header,
+    PacketType, StatusFields,
+};
+
+/// Counters of a [`Receiver`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// DATA packets whose block was new and stored.
+    pub blocks_received: u64,
+    /// DATA packets whose block had already arrived.
+    pub duplicate_blocks: u64,
+    /// STATUS packets accepted.
+    pub status_received: u64,
+    /// FEEDBACK packets sent.
+    pub feedback_sent: u64,
+    /// Blocks requested again (NACKed), counting each request.
+    pub blocks_requested: u64,
+    /// Requested blocks whose first transmission then arrived (reordering mistaken for loss).
+    pub spurious_requests: u64,
+    /// Blocks read back from the sink to hash them in order.
+    pub blocks_read_back: u64,
+    /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
+    pub dropped_malformed: u64,
+    /// Datagrams dropped: another session's id.
+    pub dropped_foreign: u64,
+    /// Datagrams dropped: duplicate or too old a packet number.
+    pub dropped_replay: u64,
+    /// Datagrams dropped: authentication failed.
+    pub dropped_auth: u64,
+    /// Blocks dropped: outside the flow-control window or the known manifest.
+    pub dropped_window: u64,
+    /// Blocks dropped because the sink was full (they are requested again).
+    pub dropped_sink_full: u64,
+}
+
+#[derive(Debug)]
+struct RecvFile {
+    hasher: blake3::Hasher,
+    /// Blocks of this file hashed so far, in order.
+    hashed: u64,
+    expected: Option<Digest>,
+    status: Option<FileStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    Complete,
+    Failed,
+}
+
+/// The receiving end of a session (see the [module docs](super)).
+#[derive(Debug)]
+pub struct Receiver {
+    config: SessionConfig,
+    open: PacketProtection,
+    seal: PacketProtection,
+    replay: ReplayWindow,
+    next_pn: u64,
+    layout: Layout,
+    files: Vec<RecvFile>,
+    manifest_files: Option<u32>,
+    verified: usize,
+    control_out: VecDeque<ControlMessage>,
+    events: VecDeque<Event>,
+    /// Every block below this has been sent by the sender (and is received unless in `gaps`).
+    known_end: u64,
+    gaps: Gaps,
+    /// Latest (highest packet number) DATA/STATUS packet: its send time and our arrival time.
+    echo: Option<(u32, Instant)>,
+    rtt_hint: Duration,
+    /// Reordering learned from spurious requests: wait at least this long before a request.
+    reorder_learned: Duration,
+    /// Extra wait before requesting a block again, learned from duplicate retransmissions.
+    renack_extra: Duration,
+    rx_packets: u64,
+    rx_bytes: u64,
+    start: Instant,
+    /// One-way delay (receiver clock minus sender timestamp, modulo 2^32 us) of the first packet;
+    /// later delays are kept relative to it.
+    owd_origin: Option<u32>,
+    /// Smallest relative one-way delay ever seen, and the smallest since the last feedback.
+    owd_min: i64,
+    owd_min_interval: Option<i64>,
+    owd_last: Option<i64>,
+    /// Interarrival jitter in microseconds (RFC 3550 section 6.4.1 estimator).
+    jitter_us: f64,
+    jitter_samples: u32,
+    next_feedback: Option<Instant>,
+    last_feedback: Instant,
+    requests_blocked: bool,
+    feedback_urgent: bool,
+    last_window_sent: u64,
+    scratch: Vec<u8>,
+    nack_buf: Vec<u8>,
+    last_heard: Instant,
+    state: State,
+    stats: ReceiverStats,
+}
+
+/// Feedback interval bounds: at least this often while data flows...
+const FEEDBACK_MAX_INTERVAL: Duration = Duration::from_millis(20);
+/// ...and never more often than this.
+const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+impl Receiver {
+    /// A receiver for a session whose packet keys derive from `secret`.
+    pub fn new(
+        config: SessionConfig,
+        secret: &SessionSecret,
+        now: Instant,
+    ) -> Result<Self, SessionError> {
+        config.validate()?;
+        Ok(Self {
+            open: PacketProtection::new(secret, config.suite, Direction::Data),
+            seal: PacketProtection::new(secret, config.suite, Direction::Feedback),
+            replay: ReplayWindow::default(),
+            next_pn: 0,
+            layout: Layout::new(config.block_size),
+            files: Vec::new(),
+            manifest_files: None,
+            verified: 0,
+            control_out: VecDeque::new(),
+            events: VecDeque::new(),
+            known_end: 0,
+            gaps: Gaps::default(),
+            echo: None,
+            rtt_hint: Duration::ZERO,
+            reorder_learned: Duration::ZERO,
+            renack_extra: Duration::ZERO,
+            rx_packets: 0,
+            rx_bytes: 0,
+            start: now,
+            owd_origin: None,
+            owd_min: 0,
+            owd_min_interval: None,
+            owd_last: None,
+            jitter_us: 0.0,
+            jitter_samples: 0,
+            next_feedback: Some(now),
+            last_feedback: now,
+            requests_blocked: false,
+            feedback_urgent: false,
+            last_window_sent: 0,
+            scratch: vec![0; config.block_size],
+            nack_buf: Vec::with_capacity(wire::MAX_DATAGRAM),
+            last_heard: now,
+            state: State::Active,
+            stats: ReceiverStats::default(),
+            config,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// Whether the session is over (complete or failed).
+    pub fn is_finished(&self) -> bool {
+        self.state != State::Active
+    }
+
+    /// The next control message to send on the reliable channel.
+    pub fn poll_control(&mut self) -> Option<ControlMessage> {
+        self.control_out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A control message from the sender.
+    pub fn handle_control(&mut self, msg: ControlMessage, sink: &mut dyn BlockSink) {
+        if self.state != State::Active {
+            return;
+        }
+        match msg {
+            ControlMessage::File(entry) => {
+                if self.manifest_files.is_some() {
+                    return self.fail_protocol("file after the end of the manifest");
+                }
+                if entry.id as usize != self.files.len() {
+                    return self.fail_protocol("file ids out of sequence");
+                }
+                if let Err(e) = sink.open(&entry) {
+                    let error = SessionError::Storage { file: entry.id, message: e.to_string() };
+                    return self.fail(error, abort_code::STORAGE);
+                }
+                self.layout.push(entry.size);
+                self.files.push(RecvFile {
+                    hasher: blake3::Hasher::new(),
+                    hashed: 0,
+                    expected: None,
+                    status: None,
+                });
+                // The window grew: tell the sender now rather than at the next interval.
+                self.feedback_urgent = true;
+                self.try_finish(entry.id, sink);
+            }
+            ControlMessage::ManifestEnd { files } => {
+                if self.manifest_files.is_some() || files as usize != self.files.len() {
+                    return self.fail_protocol("manifest end does not match the files announced");
+                }
+                self.manifest_files = Some(files);
+                self.check_complete();
+            }
+            ControlMessage::FileDigest { file, digest } => {
+                let Some(f) = self.files.get_mut(file as usize) else {
+                    return self.fail_protocol("digest for an unknown file");
+                };
+                if f.expected.is_some() {
+                    return self.fail_protocol("second digest for a file");
+                }
+                f.expected = Some(digest);
+                self.try_finish(file, sink);
+            }
+            ControlMessage::Abort { code, reason } => {
+                self.state = State::Failed;
+                self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
+            }
+            ControlMessage::FileResult { .. } => {
+                self.fail_protocol("unexpected control message for a receiver")
+            }
+        }
+    }
+
+    /// A datagram from the sender (DATA or STATUS). Anything forged, replayed, malformed or
+    /// outside the window is dropped and counted; it never reaches the sink.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8], sink: &mut dyn BlockSink) {
+        let header = match Header::decode(datagram) {
+            Ok(h) => h,
+            Err(_) => return self.stats.dropped_malformed += 1,
+        };
+        if header.session_id != self.config.session_id {
+            return self.stats.dropped_foreign += 1;
+        }
+        if header.ptype == PacketType::Feedback {
+            return self.stats.dropped_malformed += 1;
+        }
+        let pn = header.packet_number;
+        if self.replay.check(pn) != ReplayCheck::Fresh {
+            return self.stats.dropped_replay += 1;
+        }
+        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
+        let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
+            Ok(n) => n,
+            Err(_) => return self.stats.dropped_auth += 1,
+        };
+        let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
+        let (send_time_us, frontier, rtt_hint_us, block) = match header.ptype {
+            PacketType::Data => match DataFields::decode(body) {
+                Ok(f) => {
+                    let retransmission = f.flags & wire::DATA_RETRANSMISSION != 0;
+                    (f.send_time_us, f.frontier, f.rtt_hint_us, Some((f.block, retransmission)))
+                }
+                Err(_) => return self.stats.dropped_malformed += 1,
+            },
+            _ => match StatusFields::decode(body) {
+                Ok(f) => (f.send_time_us, f.frontier, f.rtt_hint_us, None),
+                Err(_) => return self.stats.dropped_malformed += 1,
+            },
+        };
+        // A frontier beyond the manifest is impossible for an honest sender.
+        if frontier > self.layout.end() {
+            return self.stats.dropped_window += 1;
+        }
+        let payload_range = HEADER_LEN + DATA_BODY_LEN..HEADER_LEN + body_len;
+        if let Some((block, _)) = block {
+            let Some((_, _, expected_len)) = self.layout.locate(block) else {
+                return self.stats.dropped_window += 1;
+            };
+            if payload_range.len() != expected_len {
+                return self.stats.dropped_malformed += 1;
+            }
+        }
+        // Authentic and well formed: from here on the packet counts.
+        self.replay.commit(pn);
+        self.last_heard = now;
+        if self.replay.highest() == Some(pn) {
+            self.echo = Some((send_time_us, now));
+        }
+        self.observe_one_way_delay(now, send_time_us);
+        if rtt_hint_us != 0 {
+            self.rtt_hint = Duration::from_micros(u64::from(rtt_hint_us));
+        }
+        if self.state != State::Active {
+            return;
+        }
+        if self.next_feedback.is_none() {
+            self.next_feedback = Some(now + self.feedback_interval());
+        }
+        match block {
+            None => {
+                self.stats.status_received += 1;
+                self.learn_frontier(now, frontier, None);
+            }
+            Some((block, retransmission)) => {
+                self.rx_bytes += datagram.len() as u64;
+                let payload = &datagram[payload_range];
+                self.accept_block(now, block, retransmission, frontier, payload, sink);
+            }
+        }
+    }
+
+    fn accept_block(
+        &mut self,
+        now: Instant,
+        block: u64,
+        retransmission: bool,
+        frontier: u64,
+        payload: &[u8],
+        sink: &mut dyn BlockSink,
+    ) {
+        self.rx_packets += 1;
+        let already = block < self.known_end && !self.gaps.contains(block);
+        if already {
+            self.stats.duplicate_blocks += 1;
+            if retransmission {
+                // We asked again before the first answer could arrive: wait longer next time.
+                let rtt = self.rtt();
+                self.renack_extra = (self.renack_extra + rtt / 4).min(rtt);
+            }
+            self.learn_frontier(now, frontier, None);
+            return;
+        }
+        let cumulative = self.cumulative();
+        if block >= cumulative + self.config.max_window {
+            self.stats.dropped_window += 1;
+            return;
+        }
+        if sink.free_blocks() == 0 {
+            self.stats.dropped_sink_full += 1;
+            self.learn_frontier(now, frontier, None);
+            return;
+        }
+        let (file, offset, _) = self.layout.locate(block).expect("located in handle_datagram");
+        match sink.write(file, offset, payload) {
+            Ok(()) => {}
+            Err(SinkError::Full) => {
+                self.stats.dropped_sink_full += 1;
+                self.learn_frontier(now, frontier, None);
+                return;
+            }
+            Err(SinkError::Io(e)) => {
+                let error = SessionError::Storage { file, message: e.to_string() };
+                return self.fail(error, abort_code::STORAGE);
+            }
+        }
+        self.stats.blocks_received += 1;
+        if let Some(filled) = self.learn_frontier(now, frontier, Some(block))
+            && filled.requested
+            && !retransmission
+        {
+            // The original arrived after we asked for it again: reordering, not loss. Learn
+            // how late it was, so the next request waits that long.
+            self.stats.spurious_requests += 1;
+            let late = now.saturating_duration_since(filled.detected) * 5 / 4;
+            let cap = self.rtt() + Duration::from_millis(100);
+            self.reorder_learned = self.reorder_learned.max(late).min(cap);
+        }
+        self.advance_hash(file, Some((block, payload)), sink);
+    }
+
+    /// Every block below `frontier` was sent; those not received become gaps. `received` is a
+    /// block that just arrived; if it filled a gap, what was known about that gap is returned.
+    fn learn_frontier(
+        &mut self,
+        now: Instant,
+        frontier: u64,
+        received: Option<u64>,
+    ) -> Option<super::gaps::Filled> {
+        let due = now + self.reorder_delay();
+        let mut filled = None;
+        if let Some(b) = received {
+            if b >= self.known_end {
+                self.gaps.add(self.known_end, b, now, due);
+                self.known_end = b + 1;
+            } else {
+                filled = self.gaps.remove(b);
+                debug_assert!(filled.is_some());
+            }
+        }
+        if frontier > self.known_end {
+            self.gaps.add(self.known_end, frontier, now, due);
+            self.known_end = frontier;
+        }
+        filled
+    }
+
+    /// Tracks one-way delay relative to the first packet: its minimum is the path's base delay,
+    /// the excess over it is forward-path queueing (clock offsets cancel out).
+    fn observe_one_way_delay(&mut self, now: Instant, send_time_us: u32) {
+        let local_us = now.saturating_duration_since(self.start).as_micros() as u32;
+        let owd = local_us.wrapping_sub(send_time_us);
+        let origin = *self.owd_origin.get_or_insert(owd);
+        let rel = i64::from(owd.wrapping_sub(origin) as i32);
+        self.owd_min = self.owd_min.min(rel);
+        self.owd_min_interval = Some(self.owd_min_interval.map_or(rel, |m| m.min(rel)));
+        if let Some(last) = self.owd_last {
+            // A plain average over the first samples, then RFC 3550's gain of 1/16.
+            self.jitter_samples = (self.jitter_samples + 1).min(16);
+            let gain = 1.0 / f64::from(self.jitter_samples);
+            self.jitter_us += ((rel - last).abs() as f64 - self.jitter_us) * gain;
+        }
+        self.owd_last = Some(rel);
+    }
+
+    /// The forward queueing delay now: the standing minimum since the last feedback.
+    fn queue_delay(&self) -> Duration {
+        let q = self.owd_min_interval.map_or(0, |m| m - self.owd_min);
+        Duration::from_micros(q.max(0) as u64)
+    }
+
+    fn cumulative(&self) -> u64 {
+        self.gaps.first().unwrap_or(self.known_end)
+    }
+
+    fn is_received(&self, block: u64) -> bool {
+        block < self.known_end && !self.gaps.contains(block)
+    }
+
+    /// Hashes file `file` in order as far as its received blocks allow, reading back from the
+    /// sink the blocks that arrived ahead of a gap.
+    fn advance_hash(&mut self, file: u32, just: Option<(u64, &[u8])>, sink: &mut dyn BlockSink) {
+        let span = self.layout.span(file);
+        loop {
+            let f = &self.files[file as usize];
+            if f.hashed == span.blocks {
+                break;
+            }
+            let block = span.first + f.hashed;
+            if !self.is_received(block) {
+                break;
+            }
+            let offset = f.hashed * self.config.block_size as u64;
+            let len = (span.size - offset).min(self.config.block_size as u64) as usize;
+            let f = &mut self.files[file as usize];
+            match just {
+                Some((b, data)) if b == block => {
+                    f.hasher.update(data);
+                }
+                _ => {
+                    let buf = &mut self.scratch[..len];
+                    if let Err(e) = sink.read(file, offset, buf) {
+                        let error = SessionError::Storage { file, message: e.to_string() };
+                        return self.fail(error, abort_code::STORAGE);
+                    }
+                    f.hasher.update(buf);
+                    self.stats.blocks_read_back += 1;
+                }
+            }
+            f.hashed += 1;
+        }
+        self.try_finish(file, sink);
+    }
+
+    /// Verifies and finishes file `file` once all its blocks are hashed and its digest known.
+    fn try_finish(&mut self, file: u32, sink: &mut dyn BlockSink) {
+        let span = self.layout.span(file);
+        let f = &mut self.files[file as usize];
+        if f.status.is_some() || f.hashed < span.blocks {
+            return;
+        }
+        let Some(expected) = f.expected else { return };
+        let actual = *f.hasher.finalize().as_bytes();
+        let verified = bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..]));
+        let mut status = if verified { FileStatus::Verified } else { FileStatus::DigestMismatch };
+        if sink.finish(file, verified).is_err() {
+            status = FileStatus::StorageFailed;
+        }
+        f.status = Some(status);
+        self.verified += 1;
+        self.control_out.push_back(ControlMessage::FileResult { file, status });
+        self.events.push_back(Event::FileDone { file, status });
+        self.check_complete();
+    }
+
+    fn check_complete(&mut self) {
+        if self.state == State::Active && self.manifest_files == Some(self.verified as u32) {
+            self.state = State::Complete;
+            self.events.push_back(Event::Complete);
+        }
+    }
+
+    /// Writes a FEEDBACK datagram into `buf` if one is due, returning its length. `sink` is
+    /// consulted for its free space (flow control).
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        sink: &dyn BlockSink,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.state != State::Active {
+            return None;
+        }
+        // Sink space already spoken for: blocks requested and on their way, and new blocks the
+        // last advertised window let the sender put in flight.
+        let free = sink.free_blocks();
+        let in_flight = self.last_window_sent.saturating_sub(self.known_end);
+        let available = free.saturating_sub(self.gaps.requested() + in_flight);
+        // With no space for requested blocks, requests wait for the periodic feedback.
+        self.requests_blocked = available == 0;
+        let gap_due = self.request_due().is_some_and(|d| d <= now) && available > 0;
+        let timer_due = self.next_feedback.is_some_and(|t| t <= now);
+        let urgent = self.feedback_urgent && self.window_end(free) != self.last_window_sent;
+        if !(gap_due || timer_due || urgent) {
+            self.feedback_urgent = false;
+            return None;
+        }
+        let limit = buf.len().min(wire::MAX_DATAGRAM) - TAG_LEN;
+        let cumulative = self.cumulative();
+        let mut count: u16 = 0;
+        let mut prev_end = cumulative;
+        let renack = self.renack_delay();
+        let nack = &mut self.nack_buf;
+        nack.clear();
+        let nack_limit = limit - HEADER_LEN - FEEDBACK_FIXED_LEN;
+        let mut requested = 0;
+        self.gaps.take_due(now, available, now + renack, |start, end| {
+            if count == u16::MAX || !wire::push_nack_range(nack, nack_limit, prev_end, start, end) {
+                return false;
+            }
+            count += 1;
+            prev_end = end;
+            requested += end - start;
+            true
+        });
+        self.stats.blocks_requested += requested;
+        let window_end = self.window_end(free);
+        let (echo_time_us, echo_delay_us) = match self.echo {
+            Some((t, at)) => {
+                (t, wire::duration_us_u32(now.saturating_duration_since(at)).min(u32::MAX - 1))
+            }
+            None => (0, u32::MAX),
+        };
+        let fields = FeedbackFields {
+            echo_time_us,
+            echo_delay_us,
+            cumulative,
+            window_end,
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            queue_delay_us: wire::duration_us_u32(self.queue_delay()),
+            nack_ranges: count,
+        };
+        let len = HEADER_LEN + FEEDBACK_FIXED_LEN + self.nack_buf.len() + TAG_LEN;
+        let packet = &mut buf[..len];
+        let pn = self.next_pn;
+        Header {
+            ptype: PacketType::Feedback,
+            session_id: self.config.session_id,
+            packet_number: pn,
+        }
+        .encode(packet);
+        fields.encode(&mut packet[HEADER_LEN..]);
+        packet[HEADER_LEN + FEEDBACK_FIXED_LEN..len - TAG_LEN].copy_from_slice(&self.nack_buf);
+        if self.seal.seal(pn, packet, HEADER_LEN).is_err() {
+            self.fail(SessionError::PacketNumbersExhausted, abort_code::PROTOCOL);
+            return None;
+        }
+        self.next_pn += 1;
+        self.stats.feedback_sent += 1;
+        self.last_feedback = now;
+        self.owd_min_interval = None;
+        self.last_window_sent = window_end;
+        self.feedback_urgent = false;
+        self.next_feedback = Some(now + self.feedback_interval());
+        Some(len)
+    }
+
+    /// The next time [`poll_transmit`](Self::poll_transmit) or
+    /// [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state != State::Active {
+            return None;
+        }
+        let mut t = self.last_heard + self.config.idle_timeout;
+        for d in [self.next_feedback, self.request_due()].into_iter().flatten() {
+            t = t.min(d);
+        }
+        if self.feedback_urgent {
+            t = t.min(self.last_heard);
+        }
+        Some(t)
+    }
+
+    /// Advances timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Active && now >= self.last_heard + self.config.idle_timeout {
+            self.state = State::Failed;
+            self.events
+                .push_back(Event::Failed(SessionError::IdleTimeout(self.config.idle_timeout)));
+        }
+    }
+
+    /// When the next retransmission request may go out: when a gap falls due, but no sooner than
+    /// [`FEEDBACK_MIN_INTERVAL`] after the previous feedback, so requests falling due close
+    /// together share one packet (they are delayed a little, never sent early).
+    fn request_due(&self) -> Option<Instant> {
+        if self.requests_blocked {
+            return None;
+        }
+        self.gaps.next_due().map(|d| d.max(self.last_feedback + FEEDBACK_MIN_INTERVAL))
+    }
+
+    fn window_end(&self, sink_free: u64) -> u64 {
+        let cumulative = self.cumulative();
+        (cumulative + self.config.max_window)
+            .min(self.layout.end())
+            .min(self.known_end.saturating_add(sink_free.saturating_sub(self.gaps.requested())))
+            .max(cumulative)
+    }
+
+    fn feedback_interval(&self) -> Duration {
+        (self.rtt() / 8).clamp(FEEDBACK_MIN_INTERVAL, FEEDBACK_MAX_INTERVAL)
+    }
+
+    fn rtt(&self) -> Duration {
+        if self.rtt_hint.is_zero() { self.config.initial_rtt } else { self.rtt_hint }
+    }
+
+    /// How long a missing block may just be late: at least the configured minimum, an eighth
+    /// of the RTT, four times the measured jitter, and the lateness learned from spurious requests.
+    fn reorder_delay(&self) -> Duration {
+        let jitter = Duration::from_micros((4.0 * self.jitter_us) as u64);
+        self.config.reorder_delay.max(self.rtt() / 8).max(jitter).max(self.reorder_learned)
+    }
+
+    /// How long after requesting a block the receiver requests it again if it has not arrived:
+    /// one RTT for the request and the block (the smoothed RTT may lag a queue that is building,
+    /// so the forward queue measured now is added), plus half an RTT and two feedback intervals
+    /// of margin for jitter.
+    fn renack_delay(&self) -> Duration {
+        let rtt = self.rtt() + self.queue_delay();
+        rtt + rtt / 2 + 2 * self.feedback_interval() + self.reorder_delay() + self.renack_extra
+    }
+
+    fn fail_protocol(&mut self, what: &'static str) {
+        self.fail(SessionError::Protocol(what), abort_code::PROTOCOL);
+    }
+
+    fn fail(&mut self, error: SessionError, code: u16) {
+        if self.state == State::Active {
+            self.state = State::Failed;
+            self.control_out.push_back(ControlMessage::Abort { code, reason: error.to_string() });
+            self.events.push_back(Event::Failed(error));
+        }
+    }
+}

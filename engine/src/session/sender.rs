@@ -1,0 +1,472 @@
+//! The sending end of a session.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::layout::Layout;
+use super::ranges::RangeSet;
+use super::rtt::RttEstimator;
+use super::{BlockSource, Event, SessionConfig, SessionError, abort_code};
+use crate::control::{ControlMessage, FileEntry, FileStatus};
+use crate::crypto::{
+    Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
+};
+use crate::rate::{Controller, ControllerFactory, Pacer, RateLimits, RateSample};
+use crate::wire::{
+    self, DATA_BODY_LEN, DataFields, FeedbackFields, HEADER_LEN, Header, NackRanges, PacketType,
+    STATUS_BODY_LEN, STATUS_WINDOW_BLOCKED, StatusFields,
+};
+
+/// Counters of a [`Sender`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// DATA packets carrying a block for the first time.
+    pub data_packets: u64,
+    /// DATA packets carrying a block again because the receiver asked for it.
+    pub retransmitted_packets: u64,
+    /// STATUS packets.
+    pub status_packets: u64,
+    /// Datagram bytes handed to the network (all packet types).
+    pub bytes_sent: u64,
+    /// File bytes in DATA packets, retransmissions included.
+    pub payload_bytes_sent: u64,
+    /// FEEDBACK packets accepted.
+    pub feedback_received: u64,
+    /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
+    pub dropped_malformed: u64,
+    /// Datagrams dropped: another session's id.
+    pub dropped_foreign: u64,
+    /// Datagrams dropped: duplicate or too old a packet number.
+    pub dropped_replay: u64,
+    /// Datagrams dropped: authentication failed.
+    pub dropped_auth: u64,
+}
+
+#[derive(Debug)]
+struct SendFile {
+    hasher: Option<blake3::Hasher>,
+    result: Option<FileStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    Complete,
+    Failed,
+}
+
+/// What the next datagram will carry.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    Retransmit(u64),
+    New(u64),
+    Status,
+}
+
+/// The sending end of a session (see the [module docs](super)).
+#[derive(Debug)]
+pub struct Sender {
+    config: SessionConfig,
+    seal: PacketProtection,
+    open: PacketProtection,
+    replay: ReplayWindow,
+    start: Instant,
+    next_pn: u64,
+    layout: Layout,
+    files: Vec<SendFile>,
+    manifest_closed: bool,
+    results: usize,
+    digests_sent: usize,
+    control_out: VecDeque<ControlMessage>,
+    events: VecDeque<Event>,
+    frontier: u64,
+    retransmit: RangeSet,
+    cumulative: u64,
+    window_end: u64,
+    newest_feedback: Option<u64>,
+    rtt: RttEstimator,
+    controller: Box<dyn Controller>,
+    pacer: Pacer,
+    paced_until: Option<Instant>,
+    next_status: Instant,
+    last_heard: Instant,
+    state: State,
+    stats: SenderStats,
+}
+
+impl Sender {
+    /// A sender for a session whose packet keys derive from `secret`, rate-controlled by a
+    /// controller from `factory`.
+    pub fn new(
+        config: SessionConfig,
+        secret: &SessionSecret,
+        factory: &dyn ControllerFactory,
+        now: Instant,
+    ) -> Result<Self, SessionError> {
+        config.validate()?;
+        let controller = factory.build(config.limits);
+        let rate = config.limits.clamp(controller.rate());
+        let pacer = Pacer::new(rate, 2 * (config.block_size + wire::DATA_OVERHEAD));
+        Ok(Self {
+            seal: PacketProtection::new(secret, config.suite, Direction::Data),
+            open: PacketProtection::new(secret, config.suite, Direction::Feedback),
+            replay: ReplayWindow::default(),
+            start: now,
+            next_pn: 0,
+            layout: Layout::new(config.block_size),
+            files: Vec::new(),
+            manifest_closed: false,
+            results: 0,
+            digests_sent: 0,
+            control_out: VecDeque::new(),
+            events: VecDeque::new(),
+            frontier: 0,
+            retransmit: RangeSet::default(),
+            cumulative: 0,
+            window_end: 0,
+            newest_feedback: None,
+            rtt: RttEstimator::new(),
+            controller,
+            pacer,
+            paced_until: None,
+            next_status: now,
+            last_heard: now,
+            state: State::Active,
+            stats: SenderStats::default(),
+            config,
+        })
+    }
+
+    /// Appends a file to the manifest and returns its id. `entry.id` is ignored and assigned.
+    /// Files may be added while earlier ones are in flight; no round trip is needed per file.
+    pub fn add_file(&mut self, mut entry: FileEntry) -> u32 {
+        assert!(!self.manifest_closed, "add_file after finish_manifest");
+        let id = self.files.len() as u32;
+        entry.id = id;
+        self.layout.push(entry.size);
+        self.files.push(SendFile { hasher: Some(blake3::Hasher::new()), result: None });
+        self.control_out.push_back(ControlMessage::File(entry));
+        self.queue_ready_digests();
+        id
+    }
+
+    /// Declares the manifest complete.
+    pub fn finish_manifest(&mut self) {
+        if self.manifest_closed {
+            return;
+        }
+        self.manifest_closed = true;
+        self.control_out.push_back(ControlMessage::ManifestEnd { files: self.files.len() as u32 });
+        self.check_complete();
+    }
+
+    /// Changes the rate limits mid-transfer (`-l`/`-m` live).
+    pub fn set_limits(&mut self, limits: RateLimits) {
+        self.config.limits = limits;
+        self.controller.set_limits(limits);
+        self.update_pacer();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// The current pacing rate in bits per second.
+    pub fn rate(&self) -> u64 {
+        self.pacer.rate()
+    }
+
+    /// The smoothed RTT, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
+    /// Whether the session is over (complete or failed).
+    pub fn is_finished(&self) -> bool {
+        self.state != State::Active
+    }
+
+    /// The next control message to send on the reliable channel.
+    pub fn poll_control(&mut self) -> Option<ControlMessage> {
+        self.control_out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A control message from the receiver.
+    pub fn handle_control(&mut self, msg: ControlMessage) {
+        if self.state != State::Active {
+            return;
+        }
+        match msg {
+            ControlMessage::FileResult { file, status } => {
+                let Some(f) = self.files.get_mut(file as usize) else {
+                    return self.fail_protocol("result for an unknown file");
+                };
+                if f.result.is_some() {
+                    return self.fail_protocol("second result for a file");
+                }
+                if (self.digests_sent as u32) <= file {
+                    return self.fail_protocol("result before the file was sent");
+                }
+                f.result = Some(status);
+                self.results += 1;
+                self.events.push_back(Event::FileDone { file, status });
+                self.check_complete();
+            }
+            ControlMessage::Abort { code, reason } => {
+                self.state = State::Failed;
+                self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
+            }
+            _ => self.fail_protocol("unexpected control message for a sender"),
+        }
+    }
+
+    /// A datagram from the receiver (FEEDBACK). Anything else, anything forged, replayed or
+    /// malformed is dropped and counted.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) {
+        let header = match Header::decode(datagram) {
+            Ok(h) => h,
+            Err(_) => return self.stats.dropped_malformed += 1,
+        };
+        if header.session_id != self.config.session_id {
+            return self.stats.dropped_foreign += 1;
+        }
+        if header.ptype != PacketType::Feedback {
+            return self.stats.dropped_malformed += 1;
+        }
+        let pn = header.packet_number;
+        if self.replay.check(pn) != ReplayCheck::Fresh {
+            return self.stats.dropped_replay += 1;
+        }
+        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
+        let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
+            Ok(n) => n,
+            Err(_) => return self.stats.dropped_auth += 1,
+        };
+        self.replay.commit(pn);
+        let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
+        let Ok((fb, ranges)) = FeedbackFields::decode(body) else {
+            return self.stats.dropped_malformed += 1;
+        };
+        self.stats.feedback_received += 1;
+        self.last_heard = now;
+        if self.state != State::Active {
+            return;
+        }
+        let newest = self.newest_feedback.is_none_or(|n| pn > n);
+        if fb.cumulative > self.frontier || fb.window_end < fb.cumulative {
+            return self.stats.dropped_malformed += 1;
+        }
+        self.cumulative = self.cumulative.max(fb.cumulative);
+        self.retransmit.remove_below(self.cumulative);
+        for range in NackRanges::new(ranges, fb.cumulative, fb.nack_ranges) {
+            let Ok((start, end)) = range else {
+                self.stats.dropped_malformed += 1;
+                break;
+            };
+            self.retransmit.insert(start.max(self.cumulative), end.min(self.frontier));
+        }
+        if !newest {
+            return;
+        }
+        self.newest_feedback = Some(pn);
+        self.window_end = fb.window_end;
+        let rtt = (fb.echo_delay_us != u32::MAX).then(|| {
+            let elapsed = self.micros(now).wrapping_sub(fb.echo_time_us);
+            Duration::from_micros(u64::from(elapsed.saturating_sub(fb.echo_delay_us)))
+        });
+        let rtt = rtt.filter(|r| *r < Duration::from_secs(60));
+        if let Some(r) = rtt {
+            self.rtt.update(now, r.max(Duration::from_micros(1)));
+        }
+
+        if let (Some(srtt), Some(min_rtt)) = (self.rtt.srtt(), self.rtt.min_rtt()) {
+            self.controller.on_sample(&RateSample {
+                now,
+                rtt,
+                min_rtt,
+                srtt,
+                queue_delay: Duration::from_micros(u64::from(fb.queue_delay_us)),
+                delivered_bytes: fb.rx_bytes,
+                sending_rate: self.pacer.rate(),
+            });
+            self.update_pacer();
+        }
+    }
+
+    /// Writes the next datagram into `buf` and returns its length, or `None` if nothing may be
+    /// sent now (see [`poll_timeout`](Self::poll_timeout)). `buf` must hold a full DATA packet.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        source: &mut dyn BlockSource,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.state != State::Active {
+            return None;
+        }
+        let next = self.next_to_send(now)?;
+        let len = match next {
+            Next::Retransmit(b) | Next::New(b) => {
+                let (_, _, block_len) = self.layout.locate(b).expect("block inside the layout");
+                HEADER_LEN + DATA_BODY_LEN + block_len + TAG_LEN
+            }
+            Next::Status => HEADER_LEN + STATUS_BODY_LEN + TAG_LEN,
+        };
+        assert!(buf.len() >= len, "transmit buffer too small for a packet");
+        let ready = self.pacer.ready_at(now, len);
+        if ready > now {
+            self.paced_until = Some(ready);
+            return None;
+        }
+        self.paced_until = None;
+        let pn = self.next_pn;
+        let packet = &mut buf[..len];
+        let ptype =
+            if matches!(next, Next::Status) { PacketType::Status } else { PacketType::Data };
+        Header { ptype, session_id: self.config.session_id, packet_number: pn }.encode(packet);
+        let send_time_us = self.micros(now);
+        let rtt_hint_us = self.rtt.srtt().map_or(0, wire::duration_us_u32);
+        match next {
+            Next::Retransmit(block) | Next::New(block) => {
+                let is_new = matches!(next, Next::New(_));
+                let frontier = if is_new { block + 1 } else { self.frontier };
+                let flags = if is_new { 0 } else { wire::DATA_RETRANSMISSION };
+                let fields = DataFields { block, send_time_us, frontier, rtt_hint_us, flags };
+                fields.encode(&mut packet[HEADER_LEN..]);
+                let (file, offset, block_len) = self.layout.locate(block).expect("located above");
+                let payload = &mut packet[HEADER_LEN + DATA_BODY_LEN..][..block_len];
+                if let Err(e) = source.read(file, offset, payload) {
+                    self.fail(
+                        SessionError::Source { file, message: e.to_string() },
+                        abort_code::SOURCE,
+                    );
+                    return None;
+                }
+                if is_new {
+                    if let Some(h) = &mut self.files[file as usize].hasher {
+                        h.update(payload);
+                    }
+                    self.frontier = block + 1;
+                    self.stats.data_packets += 1;
+                    self.queue_ready_digests();
+                } else {
+                    self.retransmit.pop_first();
+                    self.stats.retransmitted_packets += 1;
+                }
+                self.stats.payload_bytes_sent += block_len as u64;
+            }
+            Next::Status => {
+                let blocked = self.frontier >= self.window_end && self.frontier < self.layout.end();
+                let flags = if blocked { STATUS_WINDOW_BLOCKED } else { 0 };
+                StatusFields { send_time_us, frontier: self.frontier, rtt_hint_us, flags }
+                    .encode(&mut packet[HEADER_LEN..]);
+                self.stats.status_packets += 1;
+            }
+        }
+        if self.seal.seal(pn, packet, HEADER_LEN).is_err() {
+            self.fail(SessionError::PacketNumbersExhausted, abort_code::PROTOCOL);
+            return None;
+        }
+        self.next_pn += 1;
+        self.pacer.consume(now, len);
+        self.stats.bytes_sent += len as u64;
+        self.next_status = now + self.status_interval();
+        Some(len)
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state != State::Active {
+            return None;
+        }
+        let idle = self.last_heard + self.config.idle_timeout;
+        let send =
+            if self.has_data() { self.paced_until.unwrap_or(self.start) } else { self.next_status };
+        Some(send.min(idle))
+    }
+
+    /// Advances timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Active && now >= self.last_heard + self.config.idle_timeout {
+            self.state = State::Failed;
+            self.events
+                .push_back(Event::Failed(SessionError::IdleTimeout(self.config.idle_timeout)));
+        }
+    }
+
+    /// Aborts the session (e.g. the user cancelled): queues an abort for the receiver.
+    pub fn abort(&mut self, code: u16, reason: &str) {
+        if self.state == State::Active {
+            self.state = State::Failed;
+            self.control_out.push_back(ControlMessage::Abort { code, reason: reason.to_owned() });
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        !self.retransmit.is_empty() || self.frontier < self.window_end.min(self.layout.end())
+    }
+
+    fn next_to_send(&mut self, now: Instant) -> Option<Next> {
+        if let Some(b) = self.retransmit.first() {
+            return Some(Next::Retransmit(b));
+        }
+        if self.frontier < self.window_end.min(self.layout.end()) {
+            return Some(Next::New(self.frontier));
+        }
+        (now >= self.next_status).then_some(Next::Status)
+    }
+
+    fn status_interval(&self) -> Duration {
+        (self.rtt.srtt().unwrap_or(self.config.initial_rtt) / 2).max(Duration::from_millis(2))
+    }
+
+    fn micros(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.start).as_micros() as u32
+    }
+
+    fn update_pacer(&mut self) {
+        let rate = self.config.limits.clamp(self.controller.rate());
+        self.pacer.set_rate(rate, 2 * (self.config.block_size + wire::DATA_OVERHEAD));
+    }
+
+    /// Queues the digest of every file whose blocks have all been sent once (empty files as soon
+    /// as the frontier reaches them), in manifest order.
+    fn queue_ready_digests(&mut self) {
+        while self.digests_sent < self.files.len() {
+            let id = self.digests_sent as u32;
+            if self.layout.span(id).end() > self.frontier {
+                break;
+            }
+            let hasher = self.files[id as usize].hasher.take().expect("digest queued once");
+            let digest = *hasher.finalize().as_bytes();
+            self.control_out.push_back(ControlMessage::FileDigest { file: id, digest });
+            self.digests_sent += 1;
+        }
+    }
+
+    fn check_complete(&mut self) {
+        if self.state == State::Active && self.manifest_closed && self.results == self.files.len() {
+            self.state = State::Complete;
+            self.events.push_back(Event::Complete);
+        }
+    }
+
+    fn fail_protocol(&mut self, what: &'static str) {
+        self.fail(SessionError::Protocol(what), abort_code::PROTOCOL);
+    }
+
+    fn fail(&mut self, error: SessionError, code: u16) {
+        if self.state == State::Active {
+            self.state = State::Failed;
+            self.control_out.push_back(ControlMessage::Abort { code, reason: error.to_string() });
+            self.events.push_back(Event::Failed(error));
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Seeded network simulation: property tests over many seeds and scripted scenarios.
+//!
+//! Replay one seed: `SIM_SEED=1234 cargo test -p ferry-engine --test sim random_seeds -- --nocapture`.
+//! Run more seeds: `SIM_SEEDS=100000 cargo test -p ferry-engine --release --test sim random_seeds`.
+
+use std::time::Duration;
+
+use ferry_engine::crypto::CipherSuite;
+use ferry_engine::rate::{Policy, RateLimits};
+use ferry_engine::session::{MAX_STANDARD_BLOCK, SessionConfig};
+use ferry_engine::sim::{self, GilbertElliott, LinkConfig, Outcome, Rng, Scenario};
+
+/// Seeds per CI run (override with `SIM_SEEDS`).
+const DEFAULT_SEEDS: u64 = 1000;
+
+fn random_scenario(seed: u64) -> Scenario {
+    let mut rng = Rng::new(seed ^ 0x5eed_5eed);
+    let block_size =
+        if rng.chance(0.5) { MAX_STANDARD_BLOCK } else { rng.range(64, 1414) as usize };
+    let nfiles = rng.range(0, 6) as usize;
+    let mut files = Vec::new();
+    for _ in 0..nfiles {
+        let size = match rng.range(0, 9) {
+            0 => 0,
+            1 => 1,
+            2 => block_size - 1,
+            3 => block_size,
+            4 => block_size + 1,
+            5 => rng.range(0, 300_000) as usize,
+            _ => rng.range(0, 40_000) as usize,
+        };
+        files.push((0..size).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>());
+    }
+    let rate = rng.range(5, 200) * 1_000_000;
+    let delay = Duration::from_micros(rng.range(500, 150_000));
+    let mut forward = LinkConfig::clean(rate, delay);
+    match rng.range(0, 3) {
+        0 => {}
+        1 => forward.loss = rng.unit() * 0.10,
+        2 => {
+            forward.bursty = Some(GilbertElliott {
+                p_good_to_bad: 0.01 + rng.unit() * 0.04,
+                p_bad_to_good: 0.2 + rng.unit() * 0.5,
+                loss_good: rng.unit() * 0.01,
+                loss_bad: 0.3 + rng.unit() * 0.5,
+            })
+        }
+        _ => forward.loss = rng.unit() * 0.02,
+    }
+    if rng.chance(0.3) {
+        forward.jitter = Duration::from_micros(rng.range(0, 3000));
+    }
+    if rng.chance(0.3) {
+        forward.reorder = rng.unit() * 0.05;
+        forward.reorder_delay = Duration::from_micros(rng.range(100, 5000));
+    }
+    if rng.chance(0.2) {
+        forward.duplicate = rng.unit() * 0.03;
+    }
+    if rng.chance(0.2) {
+        forward.corrupt = rng.unit() * 0.03;
+    }
+    let mut reverse = LinkConfig::clean(rate, delay);
+    reverse.loss = if rng.chance(0.5) { rng.unit() * 0.05 } else { 0.0 };
+    reverse.corrupt = if rng.chance(0.2) { rng.unit() * 0.02 } else { 0.0 };
+    let policy = [Policy::Fixed, Policy::Fair, Policy::High, Policy::Low][rng.range(0, 3) as usize];
+    // A fixed-rate sender is told a rate the path can carry; adaptive ones may be told more.
+    let target = if policy == Policy::Fixed { rate * 9 / 10 } else { rate * rng.range(1, 3) };
+    let suite = CipherSuite::ALL[rng.range(0, 3) as usize];
+    let mut config = SessionConfig::new(seed, suite, RateLimits { target, min: 0 });
+    config.block_size = block_size;
+    let slow_sink = rng.chance(0.15).then(|| (rng.range(8, 256), rate / rng.range(2, 8)));
+    Scenario {
+        files,
+        config,
+        policy,
+        forward,
+        reverse,
+        slow_sink,
+        time_limit: Duration::from_secs(600),
+        trace_every: None,
+        rate_changes: Vec::new(),
+    }
+}
+
+/// The bound on redundant data: blocks delivered twice may be at most 1% of the blocks plus a
+/// small constant (tail effects of tiny transfers).
+fn check(seed: u64, s: &Scenario, o: &Outcome) -> Result<(), String> {
+    let replay = format!(
+        "replay with: SIM_SEED={seed} cargo test -p ferry-engine --test sim random_seeds -- --nocapture"
+    );
+    if !o.errors.is_empty() {
+        return Err(format!("seed {seed}: errors {:?}\n{replay}", o.errors));
+    }
+    if !o.complete {
+        return Err(format!("seed {seed}: did not complete in {:?}\n{replay}", o.elapsed));
+    }
+    if !o.files_match || !o.written_once {
+        return Err(format!(
+            "seed {seed}: files_match={} written_once={}\n{replay}",
+            o.files_match, o.written_once
+        ));
+    }
+    if !o.nonces_unique {
+        return Err(format!("seed {seed}: packet number reused\n{replay}"));
+    }
+    if o.statuses.iter().any(|st| st != &Some(ferry_engine::control::FileStatus::Verified)) {
+        return Err(format!("seed {seed}: statuses {:?}\n{replay}", o.statuses));
+    }
+    let unique: u64 = o.sender.data_packets;
+    let expected_blocks: u64 =
+        s.files.iter().map(|f| (f.len() as u64).div_ceil(s.config.block_size as u64)).sum();
+    if unique != expected_blocks {
+        return Err(format!("seed {seed}: sent {unique} new blocks, expected {expected_blocks}"));
+    }
+    let dup = o.receiver.duplicate_blocks;
+    if dup > unique / 100 + 8 {
+        return Err(format!(
+            "seed {seed}: {dup} redundant blocks for {unique} unique (bound 1% + 8)\n{replay}\n{o:#?}"
+        ));
+    }
+    // Bytes on the wire within 1/(1-p) of the ideal, p being the loss the data packets actually
+    // met (random, bursty, corruption and queue drops), plus the redundancy bound above.
+    let sent = o.sender.data_packets + o.sender.retransmitted_packets;
+    let f = &o.forward;
+    let lost = f.lost + f.queue_drops + f.corrupted;
+    let p = lost as f64 / f.offered.max(1) as f64;
+    let ideal = unique as f64 / (1.0 - p).max(0.05);
+    let bound = ideal + (unique / 100 + 8) as f64 + 4.0 * (ideal * p).sqrt();
+    if sent as f64 > bound {
+        return Err(format!(
+            "seed {seed}: {sent} data packets for {unique} blocks at loss {p:.4} (bound {bound:.0})\n{replay}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn random_seeds() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SIM_SEED must be an integer")],
+        Err(_) => {
+            let n = std::env::var("SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_SEEDS);
+            (0..n).collect()
+        }
+    };
+    let verbose = seeds.len() == 1;
+    let mut failures = Vec::new();
+    for &seed in &seeds {
+        let scenario = random_scenario(seed);
+        let Ok(outcome) = std::panic::catch_unwind(|| sim::run(seed, &scenario)) else {
+            eprintln!(
+                "seed {seed}: panicked\nreplay with: SIM_SEED={seed} cargo test -p ferry-engine --test sim random_seeds -- --nocapture"
+            );
+            failures.push(seed);
+            continue;
+        };
+        if verbose {
+            println!("{scenario:#?}\n{outcome:#?}");
+        }
+        if let Err(e) = check(seed, &scenario, &outcome) {
+            eprintln!("{e}");
+            failures.push(seed);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed: {:?}",
+        failures.len(),
+        seeds.len(),
+        failures
+    );
+}
