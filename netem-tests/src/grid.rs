@@ -116,6 +116,9 @@ pub struct Result {
     /// Link fidelity: 99th percentile of how late the emulator released packets, us (the
     /// larger of the two directions; 0 for kernel back-ends, which do not report it).
     pub late_p99_us: u64,
+    /// Queueing delay the traffic built at the forward bottleneck: median and 95th
+    /// percentile, ms (emulator only).
+    pub queue_ms: (f64, f64),
     /// Remark, or the error when the row failed.
     pub note: String,
 }
@@ -192,6 +195,10 @@ pub fn run_cell(
         queue_drops: after.forward.drop_queue,
         unaccounted,
         late_p99_us: after.forward.late_p99_us.max(after.reverse.late_p99_us),
+        queue_ms: (
+            after.forward.queue_p50_us as f64 / 1000.0,
+            after.forward.queue_p95_us as f64 / 1000.0,
+        ),
         note,
     };
     Ok(match out {
@@ -235,9 +242,9 @@ fn fmt_rate(bps: f64) -> String {
 pub fn markdown(results: &[Result]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | link late p99 (us) | note |\n",
+        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | queue p50 / p95 (ms) | link late p99 (us) | note |\n",
     );
-    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let c = &r.cell;
         let mathis = if c.loss > 0.0 {
@@ -250,7 +257,7 @@ pub fn markdown(results: &[Result]) -> String {
         let done = r.completion_s.map_or("-".into(), |t| format!("{t:.1}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
             c.rate_mbps,
             c.buffer_bdp,
             c.rtt_ms,
@@ -261,6 +268,8 @@ pub fn markdown(results: &[Result]) -> String {
             wire,
             done,
             mathis,
+            r.queue_ms.0,
+            r.queue_ms.1,
             r.late_p99_us,
             r.note.replace('|', "/")
         );

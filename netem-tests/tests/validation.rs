@@ -125,6 +125,14 @@ fn bottleneck_rate_matches_configuration() {
             "overload must overflow the queue"
         );
         assert_eq!(s.forward.unaccounted(), 0);
+        if tb.kind() == ferry_netem::BackendKind::Emulator {
+            // A full default queue (one BDP, at least 64 KiB) at 50 Mbit/s holds 10.5 ms.
+            assert!(
+                (8_000..=11_000).contains(&s.forward.queue_p95_us),
+                "queueing delay p95 {} us",
+                s.forward.queue_p95_us
+            );
+        }
     }
 }
 
