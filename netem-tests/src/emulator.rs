@@ -67,6 +67,11 @@ pub struct DirectionStats {
     pub late_p99_us: u64,
     /// Departure lateness, maximum, microseconds.
     pub late_max_us: u64,
+    /// Time packets waited in the bottleneck queue (the queueing delay the traffic built
+    /// itself), median, microseconds (100-us resolution; 0 without a rate limit).
+    pub queue_p50_us: u64,
+    /// Queueing delay, 95th percentile, microseconds.
+    pub queue_p95_us: u64,
     /// Packets the kernel dropped before the emulator read them (TUN/veth queue overflow);
     /// filled in by the harness from the interface statistics.
     pub kernel_drops: u64,
@@ -106,6 +111,26 @@ pub struct LinkStats {
 /// Lateness histogram: 10-us buckets up to 20 ms, the last bucket catching the rest.
 const LATE_BUCKET_NS: u64 = 10_000;
 const LATE_BUCKETS: usize = 2001;
+/// Queueing-delay histogram: 100-us buckets up to 5 s, the last bucket catching the rest.
+const QUEUE_BUCKET_NS: u64 = 100_000;
+const QUEUE_BUCKETS: usize = 50_001;
+
+/// Upper edge (us) of the bucket holding quantile `q` of `hist`, 0 when it is empty.
+fn quantile_us(hist: &[u64], bucket_ns: u64, q: f64) -> u64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let target = ((total as f64 * q).ceil() as u64).max(1);
+    let mut acc = 0;
+    for (i, n) in hist.iter().enumerate() {
+        acc += n;
+        if acc >= target {
+            return (i as u64 + 1) * bucket_ns / 1000;
+        }
+    }
+    0
+}
 
 #[derive(Debug)]
 struct Counters {
@@ -122,6 +147,7 @@ struct Counters {
     in_flight: AtomicU64,
     late_max_ns: AtomicU64,
     late: Vec<AtomicU64>,
+    queue: Vec<AtomicU64>,
 }
 
 impl Counters {
@@ -141,24 +167,15 @@ impl Counters {
             in_flight: z(),
             late_max_ns: z(),
             late: (0..LATE_BUCKETS).map(|_| z()).collect(),
+            queue: (0..QUEUE_BUCKETS).map(|_| z()).collect(),
         }
     }
 
     fn snapshot(&self) -> DirectionStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let hist: Vec<u64> = self.late.iter().map(l).collect();
-        let total: u64 = hist.iter().sum();
-        let pct = |q: f64| {
-            let target = (total as f64 * q).ceil() as u64;
-            let mut acc = 0;
-            for (i, n) in hist.iter().enumerate() {
-                acc += n;
-                if acc >= target && total > 0 {
-                    return (i as u64 + 1) * LATE_BUCKET_NS / 1000;
-                }
-            }
-            0
-        };
+        let qhist: Vec<u64> = self.queue.iter().map(l).collect();
+        let pct = |q: f64| quantile_us(&hist, LATE_BUCKET_NS, q);
         DirectionStats {
             rx_packets: l(&self.rx_packets),
             rx_bytes: l(&self.rx_bytes),
@@ -174,6 +191,8 @@ impl Counters {
             late_p50_us: pct(0.50),
             late_p99_us: pct(0.99),
             late_max_us: l(&self.late_max_ns) / 1000,
+            queue_p50_us: quantile_us(&qhist, QUEUE_BUCKET_NS, 0.50),
+            queue_p95_us: quantile_us(&qhist, QUEUE_BUCKET_NS, 0.95),
             kernel_drops: 0,
         }
     }
@@ -265,6 +284,7 @@ fn spawn_direction(
     let name = name.to_string();
     let wname = format!("linkem-{name}-wr");
     thread::Builder::new().name(format!("linkem-{name}-rd")).spawn(move || {
+        let has_rate = cfg.rate_bps.is_some();
         let mut imp = Impairment::new(cfg, seed);
         let mut buf = vec![0u8; 65_536];
         let mut seq = 0u64;
@@ -290,7 +310,11 @@ fn spawn_direction(
                 Verdict::Drop(DropCause::QueueFull) => {
                     rc.drop_queue.fetch_add(1, Ordering::Relaxed)
                 }
-                Verdict::Deliver { at, duplicate_at, reordered } => {
+                Verdict::Deliver { at, duplicate_at, reordered, queued_ns } => {
+                    if has_rate {
+                        let b = ((queued_ns / QUEUE_BUCKET_NS) as usize).min(QUEUE_BUCKETS - 1);
+                        rc.queue[b].fetch_add(1, Ordering::Relaxed);
+                    }
                     if reordered {
                         rc.reordered.fetch_add(1, Ordering::Relaxed);
                     }

@@ -113,6 +113,12 @@ pub struct Result {
     pub queue_drops: u64,
     /// Drops nobody accounted for (must be 0 for the figure to count).
     pub unaccounted: i64,
+    /// Link fidelity: 99th percentile of how late the emulator released packets, us (the
+    /// larger of the two directions; 0 for kernel back-ends, which do not report it).
+    pub late_p99_us: u64,
+    /// Queueing delay the traffic built at the forward bottleneck: median and 95th
+    /// percentile, ms (emulator only).
+    pub queue_ms: (f64, f64),
     /// Remark, or the error when the row failed.
     pub note: String,
 }
@@ -156,12 +162,13 @@ pub fn run_cell(
         .map_err(|e| NetemError::Io { what: "creating a scratch dir".into(), source: e })?;
     let ideal_s = size as f64 * 8.0 / cell.ideal_bps();
     let limit = Duration::from_secs_f64(
-        (3.0 * ideal_s + 2.0 * cell.rtt_ms as f64 / 100.0 + 15.0).min(180.0),
+        (3.0 * ideal_s + 30.0 * cell.rtt_ms as f64 / 1000.0 + 15.0).min(240.0),
     );
     let w = Workload {
         rate_bps: cell.rate_bps(),
         loss: cell.loss,
-        seconds: s.seconds,
+        seconds: s.seconds.max((cell.rtt_ms * 20).div_ceil(1000) as u32),
+        rtt_ms: cell.rtt_ms,
         file,
         file_bytes: size,
         limit,
@@ -187,6 +194,11 @@ pub fn run_cell(
         completion_s: None,
         queue_drops: after.forward.drop_queue,
         unaccounted,
+        late_p99_us: after.forward.late_p99_us.max(after.reverse.late_p99_us),
+        queue_ms: (
+            after.forward.queue_p50_us as f64 / 1000.0,
+            after.forward.queue_p95_us as f64 / 1000.0,
+        ),
         note,
     };
     Ok(match out {
@@ -230,9 +242,9 @@ fn fmt_rate(bps: f64) -> String {
 pub fn markdown(results: &[Result]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | note |\n",
+        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | queue p50 / p95 (ms) | link late p99 (us) | note |\n",
     );
-    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let c = &r.cell;
         let mathis = if c.loss > 0.0 {
@@ -245,7 +257,7 @@ pub fn markdown(results: &[Result]) -> String {
         let done = r.completion_s.map_or("-".into(), |t| format!("{t:.1}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
             c.rate_mbps,
             c.buffer_bdp,
             c.rtt_ms,
@@ -256,6 +268,9 @@ pub fn markdown(results: &[Result]) -> String {
             wire,
             done,
             mathis,
+            r.queue_ms.0,
+            r.queue_ms.1,
+            r.late_p99_us,
             r.note.replace('|', "/")
         );
     }

@@ -146,6 +146,8 @@ pub enum Verdict {
         duplicate_at: Option<u64>,
         /// The packet was held back to be reordered.
         reordered: bool,
+        /// Time it waited in the bottleneck queue before its transmission began, ns.
+        queued_ns: u64,
     },
 }
 
@@ -206,11 +208,13 @@ impl Impairment {
         }
         // 2. Bottleneck with a drop-tail queue.
         let mut t = now_ns;
+        let mut queued_ns = 0;
         if let Some(rate) = self.cfg.rate_bps {
             if self.queued_bytes(now_ns) + len as u64 > self.queue_limit {
                 return Verdict::Drop(DropCause::QueueFull);
             }
             let start = self.link_free_ns.max(now_ns);
+            queued_ns = start - now_ns;
             let tx_ns = (len as u128 * 8 * 1_000_000_000 / rate as u128) as u64;
             self.link_free_ns = start + tx_ns;
             t = self.link_free_ns;
@@ -233,7 +237,7 @@ impl Impairment {
         // 5. Duplication.
         let duplicate_at =
             (self.cfg.duplicate > 0.0 && self.rng.chance(self.cfg.duplicate)).then_some(at);
-        Verdict::Deliver { at, duplicate_at, reordered }
+        Verdict::Deliver { at, duplicate_at, reordered, queued_ns }
     }
 }
 
@@ -297,6 +301,16 @@ mod tests {
         // Half the offered load fits.
         assert!((480..=520).contains(&sent.len()), "{}", sent.len());
         assert_eq!(sent.len() + dropped, 1000);
+        // Queueing delay is bounded by the queue: 10 packets x 80 us.
+        let max_q = v
+            .iter()
+            .filter_map(|x| match x {
+                Verdict::Deliver { queued_ns, .. } => Some(*queued_ns),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        assert!((700_000..=800_000).contains(&max_q), "{max_q}");
         // Departures are at least one serialisation time (80 us) apart.
         assert!(sent.windows(2).all(|w| w[1] - w[0] >= 80_000));
     }

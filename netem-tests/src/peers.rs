@@ -24,8 +24,10 @@ pub struct Workload {
     pub rate_bps: u64,
     /// The cell's random loss rate.
     pub loss: f64,
-    /// Duration of time-bounded rows (iperf3).
+    /// Duration of time-bounded rows (iperf3); the runner makes it at least 20 RTTs.
     pub seconds: u32,
+    /// The link's round-trip time, ms.
+    pub rtt_ms: u64,
     /// The file copied by file-copy rows (random bytes, generated once per size).
     pub file: PathBuf,
     /// Its size in bytes.
@@ -272,8 +274,9 @@ impl Row for ScpRow {
     }
 }
 
-/// UFTP (Debian `uftp`/`uftpd`), unicast to the server address, AES-128-GCM with an ECDH
-/// key exchange, sending at the link rate (`-R`, UFTP's fixed-rate mode).
+/// UFTP (Debian `uftp`/`uftpd`), unicast to the server address, closed group (`-H` with the
+/// receiver's id), AES-128-GCM with an ECDH key exchange, sending at the link rate (`-R`,
+/// UFTP's fixed-rate mode).
 #[derive(Debug)]
 pub struct UftpRow;
 
@@ -314,7 +317,12 @@ impl Row for UftpRow {
         wait_listening(tb.server(), 1044, true)?;
         let rate_kbps = (w.rate_bps / 1000).to_string();
         let mut uftp = tb.client().command("uftp");
-        uftp.args(["-M", SERVER_IP, "-I", CLIENT_IP, "-p", "1044", "-R", &rate_kbps])
+        // Closed group with the receiver's id (its IPv4 address, uftpd's default), so the
+        // sender starts as soon as it has registered instead of announcing for a fixed time.
+        let receiver_id =
+            SERVER_IP.split('.').fold(0u32, |acc, o| (acc << 8) | o.parse::<u32>().unwrap_or(0));
+        uftp.args(["-M", SERVER_IP, "-I", CLIENT_IP, "-H", &format!("0x{receiver_id:08X}")])
+            .args(["-p", "1044", "-R", &rate_kbps])
             .args(["-Y", "aes128-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", "-B", "8388608"])
             // The base directory stripped from the sent path must end in a slash.
             .arg("-E")

@@ -21,6 +21,8 @@ pub struct PingResult {
     pub avg_ms: f64,
     /// Maximum RTT, ms.
     pub max_ms: f64,
+    /// Duplicate replies ping saw (`+N duplicates`).
+    pub duplicates: u64,
 }
 
 /// Pings the server from the client `count` times, `interval_ms` apart (ping's `-i`, needs
@@ -45,6 +47,11 @@ pub fn parse_ping(text: &str) -> Option<PingResult> {
     let nums: Vec<u64> =
         stats.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
     let (sent, received) = (*nums.first()?, *nums.get(1)?);
+    let duplicates = stats
+        .split(',')
+        .find(|p| p.contains("duplicates"))
+        .and_then(|p| p.trim().trim_start_matches('+').split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     let rtt = text.lines().find(|l| l.contains("min/avg/max"));
     let (min_ms, avg_ms, max_ms) = match rtt {
         Some(l) => {
@@ -61,7 +68,7 @@ pub fn parse_ping(text: &str) -> Option<PingResult> {
         }
         None => (f64::NAN, f64::NAN, f64::NAN),
     };
-    Some(PingResult { sent, received, min_ms, avg_ms, max_ms })
+    Some(PingResult { sent, received, min_ms, avg_ms, max_ms, duplicates })
 }
 
 /// An `iperf3` server in the server namespace (one test, then it exits).
@@ -235,6 +242,10 @@ mod tests {
         let r = parse_ping(t).unwrap();
         assert_eq!((r.sent, r.received), (20, 19));
         assert!((r.avg_ms - 100.302).abs() < 1e-9);
+        assert_eq!(r.duplicates, 0);
+        let d =
+            "200 packets transmitted, 200 received, +41 duplicates, 0% packet loss, time 401ms\n";
+        assert_eq!(parse_ping(d).unwrap().duplicates, 41);
     }
 
     #[test]

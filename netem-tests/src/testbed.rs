@@ -111,6 +111,18 @@ pub fn linkem_near_current_exe() -> PathBuf {
     if here.exists() { here } else { dir.parent().map(|p| p.join("ferry-linkem")).unwrap_or(here) }
 }
 
+/// True when `chrt -r 20` can run a program here (root with real-time scheduling allowed; a
+/// container may forbid it). Probed once per process.
+pub fn realtime_allowed() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        Path::new("/usr/bin/chrt").exists()
+            && netns::output(Command::new("/usr/bin/chrt").args(["-r", "20", "true"]))
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+    })
+}
+
 /// True when `tc qdisc ... netem` works on this kernel (probed in a throwaway namespace).
 pub fn netem_available() -> bool {
     let Ok(ns) = Netns::create("probe") else {
@@ -245,7 +257,7 @@ impl EmulatorLink {
             )));
         }
         let json = serde_json::to_string(config).map_err(|e| NetemError::Config(e.to_string()))?;
-        let chrt = opts.realtime && Path::new("/usr/bin/chrt").exists();
+        let chrt = opts.realtime && realtime_allowed();
         let mut cmd = if chrt {
             let mut c = router.command("/usr/bin/chrt");
             c.args(["-r", "20"]).arg(&opts.linkem);
@@ -371,11 +383,12 @@ pub fn netem_args(d: &DirectionConfig) -> Vec<String> {
     }
     if let Some(g) = d.gilbert {
         a.extend([
+            // netem's order: p (good->bad), r (bad->good), 1-h (loss in bad), 1-k (loss in good).
             "loss".into(),
             "gemodel".into(),
             format!("{}%", g.p_good_to_bad * 100.0),
             format!("{}%", g.p_bad_to_good * 100.0),
-            format!("{}%", (1.0 - g.loss_bad) * 100.0),
+            format!("{}%", g.loss_bad * 100.0),
             format!("{}%", g.loss_good * 100.0),
         ]);
     } else if d.loss > 0.0 {
@@ -487,5 +500,38 @@ impl LinkBackend for NetemLink {
             forward: read(&self.client_ns, CLIENT_DEV)?,
             reverse: read(&self.server_ns, SERVER_DEV)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GilbertElliott;
+
+    #[test]
+    fn netem_arguments_cover_every_impairment() {
+        let d = DirectionConfig {
+            delay_us: 50_000,
+            jitter_us: 1_000,
+            loss: 0.01,
+            rate_bps: Some(100_000_000),
+            queue_bytes: Some(1_250_000),
+            reorder: 0.05,
+            duplicate: 0.001,
+            ..Default::default()
+        };
+        let a = netem_args(&d).join(" ");
+        // Limit in packets: (1.25 MB queue + 51 ms at 100 Mbit/s = 637.5 kB) / 1000 B + 100.
+        assert_eq!(
+            a,
+            "netem limit 1987 delay 50000us 1000us loss random 1% duplicate 0.1% reorder 5% rate 100000000bit"
+        );
+        let g = DirectionConfig {
+            gilbert: Some(GilbertElliott::with_mean(0.01, 4.0)),
+            ..Default::default()
+        };
+        let a = netem_args(&g).join(" ");
+        assert!(a.contains("loss gemodel"), "{a}");
+        assert!(a.contains(" 25% 100% 0%"), "{a}");
     }
 }

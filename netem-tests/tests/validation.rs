@@ -125,6 +125,14 @@ fn bottleneck_rate_matches_configuration() {
             "overload must overflow the queue"
         );
         assert_eq!(s.forward.unaccounted(), 0);
+        if tb.kind() == ferry_netem::BackendKind::Emulator {
+            // A full default queue (one BDP, at least 64 KiB) at 50 Mbit/s holds 10.5 ms.
+            assert!(
+                (8_000..=11_000).contains(&s.forward.queue_p95_us),
+                "queueing delay p95 {} us",
+                s.forward.queue_p95_us
+            );
+        }
     }
 }
 
@@ -184,4 +192,32 @@ fn tiny_cells_copy_files_intact_across_a_lossy_link() {
         // Headers and retransmissions: more than the payload, far less than twice it.
         assert!(r.wire_ratio > 1.0 && r.wire_ratio < 2.0, "{name}: wire ratio {}", r.wire_ratio);
     }
+}
+
+#[test]
+fn duplication_and_reordering_reach_the_receiver() {
+    let Some(_serial) = setup() else { return };
+    let opts = &backends()[0];
+    // 20% of echo requests duplicated, 20% held back 5 ms (pings leave every 2 ms, so later
+    // ones overtake them).
+    let fwd = DirectionConfig {
+        delay_us: 1000,
+        duplicate: 0.2,
+        reorder: 0.2,
+        reorder_extra_us: 5000,
+        ..Default::default()
+    };
+    let mut tb =
+        Testbed::new(&LinkConfig { forward: fwd, reverse: dir(1) }, opts).expect("test bed");
+    let r = probe::ping(&tb, 300, 2).expect("ping");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let s = tb.stats().expect("stats");
+    eprintln!("ping {r:?}\nforward {:?}", s.forward);
+    assert_eq!(r.received, r.sent, "nothing configured to drop");
+    // Binomial n = 300, p = 0.2: mean 60, sd 6.9; accept +-4 sd.
+    assert!((32..=88).contains(&r.duplicates), "duplicates {}", r.duplicates);
+    assert_eq!(s.forward.duplicated, r.duplicates);
+    assert!((32..=88).contains(&s.forward.reordered), "reordered {}", s.forward.reordered);
+    assert_eq!(s.forward.unaccounted(), 0);
+    assert_eq!(s.forward.tx_packets, s.forward.rx_packets + s.forward.duplicated);
 }
