@@ -207,10 +207,11 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-struct Reader<'a>(&'a [u8]);
+/// A bounds-checked big-endian reader over a frame's payload (shared with `setup`).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
         if self.0.len() < n {
             return Err(ParseError::Truncated);
         }
@@ -218,16 +219,16 @@ impl<'a> Reader<'a> {
         self.0 = tail;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, ParseError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, ParseError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, ParseError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, ParseError> {
         Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
     }
-    fn u32(&mut self) -> Result<u32, ParseError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, ParseError> {
         Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
     }
-    fn u64(&mut self) -> Result<u64, ParseError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, ParseError> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
     }
 }

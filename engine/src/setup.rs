@@ -3,6 +3,7 @@
 //! reply. They use the control-frame framing (`u32 length, u8 type, payload`) with types 16 and
 //! 17; a refusal is an ABORT frame (type 5).
 
+use crate::control::Reader;
 use crate::wire::ParseError;
 
 /// Frame type of [`ClientHello`].
@@ -134,7 +135,7 @@ impl ClientHello {
 
     /// Decodes a payload (after the type byte).
     pub fn decode(payload: &[u8]) -> Result<Self, ParseError> {
-        let mut r = R(payload);
+        let mut r = Reader(payload);
         let n = r.u8()? as usize;
         if n == 0 || n > 16 {
             return Err(ParseError::Invalid("version count"));
@@ -196,7 +197,7 @@ impl ServerHello {
 
     /// Decodes a payload (after the type byte).
     pub fn decode(payload: &[u8]) -> Result<Self, ParseError> {
-        let mut r = R(payload);
+        let mut r = Reader(payload);
         let h = Self {
             version: r.u8()?,
             session_id: r.u64()?,
@@ -232,31 +233,6 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, ParseError> {
         return Ok(None);
     }
     Ok(Some((buf[4], &buf[5..4 + len], 4 + len)))
-}
-
-struct R<'a>(&'a [u8]);
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
-        if self.0.len() < n {
-            return Err(ParseError::Truncated);
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, ParseError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, ParseError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, ParseError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, ParseError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! in by the caller.
 
 mod gaps;
+mod inbound;
 mod layout;
 mod ranges;
 mod receiver;

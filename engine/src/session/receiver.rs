@@ -4,16 +4,26 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::gaps::Gaps;
+use super::inbound::{Dropped, Inbound};
 use super::layout::Layout;
 use super::{BlockSink, Event, HASH_BATCH, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
-use crate::crypto::{
-    Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
-};
+use crate::crypto::{Direction, PacketProtection, SessionSecret, TAG_LEN};
 use crate::wire::{
     self, DATA_BODY_LEN, DataFields, FEEDBACK_FIXED_LEN, FeedbackFields, HEADER_LEN, Header,
     PacketType, StatusFields,
 };
+
+impl ReceiverStats {
+    fn record_drop(&mut self, d: Dropped) {
+        match d {
+            Dropped::Malformed => self.dropped_malformed += 1,
+            Dropped::Foreign => self.dropped_foreign += 1,
+            Dropped::Replay => self.dropped_replay += 1,
+            Dropped::Auth => self.dropped_auth += 1,
+        }
+    }
+}
 
 /// Counters of a [`Receiver`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,9 +76,8 @@ enum State {
 #[derive(Debug)]
 pub struct Receiver {
     config: SessionConfig,
-    open: PacketProtection,
+    inbound: Inbound,
     seal: PacketProtection,
-    replay: ReplayWindow,
     next_pn: u64,
     layout: Layout,
     files: Vec<RecvFile>,
@@ -125,9 +134,11 @@ impl Receiver {
     ) -> Result<Self, SessionError> {
         config.validate()?;
         Ok(Self {
-            open: PacketProtection::new(secret, config.suite, Direction::Data),
+            inbound: Inbound::new(
+                config.session_id,
+                PacketProtection::new(secret, config.suite, Direction::Data),
+            ),
             seal: PacketProtection::new(secret, config.suite, Direction::Feedback),
-            replay: ReplayWindow::default(),
             next_pn: 0,
             layout: Layout::new(config.block_size),
             files: Vec::new(),
@@ -242,25 +253,11 @@ impl Receiver {
     /// A datagram from the sender (DATA or STATUS). Anything forged, replayed, malformed or
     /// outside the window is dropped and counted; it never reaches the sink.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8], sink: &mut dyn BlockSink) {
-        let header = match Header::decode(datagram) {
-            Ok(h) => h,
-            Err(_) => return self.stats.dropped_malformed += 1,
+        let (header, body_len) = match self.inbound.open(datagram, |t| t != PacketType::Feedback) {
+            Ok(x) => x,
+            Err(d) => return self.stats.record_drop(d),
         };
-        if header.session_id != self.config.session_id {
-            return self.stats.dropped_foreign += 1;
-        }
-        if header.ptype == PacketType::Feedback {
-            return self.stats.dropped_malformed += 1;
-        }
         let pn = header.packet_number;
-        if self.replay.check(pn) != ReplayCheck::Fresh {
-            return self.stats.dropped_replay += 1;
-        }
-        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
-        let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
-            Ok(n) => n,
-            Err(_) => return self.stats.dropped_auth += 1,
-        };
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
         let (send_time_us, frontier, rtt_hint_us, block) = match header.ptype {
             PacketType::Data => match DataFields::decode(body) {
@@ -289,9 +286,9 @@ impl Receiver {
             }
         }
         // Authentic and well formed: from here on the packet counts.
-        self.replay.commit(pn);
+        self.inbound.commit(pn);
         self.last_heard = now;
-        if self.replay.highest() == Some(pn) {
+        if self.inbound.highest() == Some(pn) {
             self.echo = Some((send_time_us, now));
         }
         self.observe_one_way_delay(now, send_time_us);

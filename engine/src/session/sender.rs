@@ -3,19 +3,29 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::inbound::{Dropped, Inbound};
 use super::layout::Layout;
 use super::ranges::RangeSet;
 use super::rtt::RttEstimator;
 use super::{BlockSource, Event, HASH_BATCH, SessionConfig, SessionError, abort_code};
 use crate::control::{ControlMessage, FileEntry, FileStatus};
-use crate::crypto::{
-    Direction, EPOCH_BITS, PacketProtection, ReplayCheck, ReplayWindow, SessionSecret, TAG_LEN,
-};
+use crate::crypto::{Direction, PacketProtection, SessionSecret, TAG_LEN};
 use crate::rate::{Controller, ControllerFactory, Pacer, RateLimits, RateSample};
 use crate::wire::{
     self, DATA_BODY_LEN, DataFields, FeedbackFields, HEADER_LEN, Header, NackRanges, PacketType,
     STATUS_BODY_LEN, STATUS_WINDOW_BLOCKED, StatusFields,
 };
+
+impl SenderStats {
+    fn record_drop(&mut self, d: Dropped) {
+        match d {
+            Dropped::Malformed => self.dropped_malformed += 1,
+            Dropped::Foreign => self.dropped_foreign += 1,
+            Dropped::Replay => self.dropped_replay += 1,
+            Dropped::Auth => self.dropped_auth += 1,
+        }
+    }
+}
 
 /// Counters of a [`Sender`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,8 +80,7 @@ enum Next {
 pub struct Sender {
     config: SessionConfig,
     seal: PacketProtection,
-    open: PacketProtection,
-    replay: ReplayWindow,
+    inbound: Inbound,
     start: Instant,
     next_pn: u64,
     layout: Layout,
@@ -112,8 +121,10 @@ impl Sender {
         let pacer = Pacer::new(rate, 2 * (config.block_size + wire::DATA_OVERHEAD));
         Ok(Self {
             seal: PacketProtection::new(secret, config.suite, Direction::Data),
-            open: PacketProtection::new(secret, config.suite, Direction::Feedback),
-            replay: ReplayWindow::default(),
+            inbound: Inbound::new(
+                config.session_id,
+                PacketProtection::new(secret, config.suite, Direction::Feedback),
+            ),
             start: now,
             next_pn: 0,
             layout: Layout::new(config.block_size),
@@ -236,26 +247,12 @@ impl Sender {
     /// A datagram from the receiver (FEEDBACK). Anything else, anything forged, replayed or
     /// malformed is dropped and counted.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) {
-        let header = match Header::decode(datagram) {
-            Ok(h) => h,
-            Err(_) => return self.stats.dropped_malformed += 1,
+        let (header, body_len) = match self.inbound.open(datagram, |t| t == PacketType::Feedback) {
+            Ok(x) => x,
+            Err(d) => return self.stats.record_drop(d),
         };
-        if header.session_id != self.config.session_id {
-            return self.stats.dropped_foreign += 1;
-        }
-        if header.ptype != PacketType::Feedback {
-            return self.stats.dropped_malformed += 1;
-        }
         let pn = header.packet_number;
-        if self.replay.check(pn) != ReplayCheck::Fresh {
-            return self.stats.dropped_replay += 1;
-        }
-        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
-        let body_len = match self.open.open(pn, datagram, HEADER_LEN, lowest_epoch) {
-            Ok(n) => n,
-            Err(_) => return self.stats.dropped_auth += 1,
-        };
-        self.replay.commit(pn);
+        self.inbound.commit(pn);
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
         let Ok((fb, ranges)) = FeedbackFields::decode(body) else {
             return self.stats.dropped_malformed += 1;
