@@ -18,6 +18,35 @@ pub(crate) enum Dropped {
     Auth,
 }
 
+/// Datagrams one end dropped before it read their body, by reason (both ends count the same way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Unparseable, a packet type this end does not receive, or malformed after authentication.
+    pub malformed: u64,
+    /// Another session's id.
+    pub foreign: u64,
+    /// A packet number already accepted, or older than the replay window.
+    pub replay: u64,
+    /// Authentication failed (or the key epoch was not acceptable).
+    pub auth: u64,
+}
+
+impl DropCounts {
+    pub(crate) fn record(&mut self, d: Dropped) {
+        match d {
+            Dropped::Malformed => self.malformed += 1,
+            Dropped::Foreign => self.foreign += 1,
+            Dropped::Replay => self.replay += 1,
+            Dropped::Auth => self.auth += 1,
+        }
+    }
+
+    /// All drops together.
+    pub fn total(&self) -> u64 {
+        self.malformed + self.foreign + self.replay + self.auth
+    }
+}
+
 /// Packet protection and replay state for one direction of received datagrams.
 #[derive(Debug)]
 pub(crate) struct Inbound {

@@ -15,6 +15,7 @@ mod receiver;
 mod rtt;
 mod sender;
 
+pub use inbound::DropCounts;
 pub use receiver::{Receiver, ReceiverStats};
 pub use sender::{Sender, SenderStats};
 

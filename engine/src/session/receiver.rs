@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::gaps::Gaps;
-use super::inbound::{Dropped, Inbound};
+use super::inbound::{DropCounts, Inbound};
 use super::layout::Layout;
 use super::{BlockSink, Event, HASH_BATCH, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
@@ -13,17 +13,6 @@ use crate::wire::{
     self, DATA_BODY_LEN, DataFields, FEEDBACK_FIXED_LEN, FeedbackFields, HEADER_LEN, Header,
     PacketType, StatusFields,
 };
-
-impl ReceiverStats {
-    fn record_drop(&mut self, d: Dropped) {
-        match d {
-            Dropped::Malformed => self.dropped_malformed += 1,
-            Dropped::Foreign => self.dropped_foreign += 1,
-            Dropped::Replay => self.dropped_replay += 1,
-            Dropped::Auth => self.dropped_auth += 1,
-        }
-    }
-}
 
 /// Counters of a [`Receiver`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,14 +31,8 @@ pub struct ReceiverStats {
     pub spurious_requests: u64,
     /// Bytes read back from the sink to hash files in order, in large batches.
     pub bytes_read_back: u64,
-    /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
-    pub dropped_malformed: u64,
-    /// Datagrams dropped: another session's id.
-    pub dropped_foreign: u64,
-    /// Datagrams dropped: duplicate or too old a packet number.
-    pub dropped_replay: u64,
-    /// Datagrams dropped: authentication failed.
-    pub dropped_auth: u64,
+    /// Datagrams dropped before their body was read, by reason.
+    pub dropped: DropCounts,
     /// Blocks dropped: outside the flow-control window or the known manifest.
     pub dropped_window: u64,
     /// Blocks dropped because the sink was full (they are requested again).
@@ -255,7 +238,7 @@ impl Receiver {
     pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8], sink: &mut dyn BlockSink) {
         let (header, body_len) = match self.inbound.open(datagram, |t| t != PacketType::Feedback) {
             Ok(x) => x,
-            Err(d) => return self.stats.record_drop(d),
+            Err(d) => return self.stats.dropped.record(d),
         };
         let pn = header.packet_number;
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
@@ -265,11 +248,11 @@ impl Receiver {
                     let retransmission = f.flags & wire::DATA_RETRANSMISSION != 0;
                     (f.send_time_us, f.frontier, f.rtt_hint_us, Some((f.block, retransmission)))
                 }
-                Err(_) => return self.stats.dropped_malformed += 1,
+                Err(_) => return self.stats.dropped.malformed += 1,
             },
             _ => match StatusFields::decode(body) {
                 Ok(f) => (f.send_time_us, f.frontier, f.rtt_hint_us, None),
-                Err(_) => return self.stats.dropped_malformed += 1,
+                Err(_) => return self.stats.dropped.malformed += 1,
             },
         };
         // A frontier beyond the manifest is impossible for an honest sender.
@@ -282,7 +265,7 @@ impl Receiver {
                 return self.stats.dropped_window += 1;
             };
             if payload_range.len() != expected_len {
-                return self.stats.dropped_malformed += 1;
+                return self.stats.dropped.malformed += 1;
             }
         }
         // Authentic and well formed: from here on the packet counts.

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::inbound::{Dropped, Inbound};
+use super::inbound::{DropCounts, Inbound};
 use super::layout::Layout;
 use super::ranges::RangeSet;
 use super::rtt::RttEstimator;
@@ -15,17 +15,6 @@ use crate::wire::{
     self, DATA_BODY_LEN, DataFields, FeedbackFields, HEADER_LEN, Header, NackRanges, PacketType,
     STATUS_BODY_LEN, STATUS_WINDOW_BLOCKED, StatusFields,
 };
-
-impl SenderStats {
-    fn record_drop(&mut self, d: Dropped) {
-        match d {
-            Dropped::Malformed => self.dropped_malformed += 1,
-            Dropped::Foreign => self.dropped_foreign += 1,
-            Dropped::Replay => self.dropped_replay += 1,
-            Dropped::Auth => self.dropped_auth += 1,
-        }
-    }
-}
 
 /// Counters of a [`Sender`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,14 +31,8 @@ pub struct SenderStats {
     pub payload_bytes_sent: u64,
     /// FEEDBACK packets accepted.
     pub feedback_received: u64,
-    /// Datagrams dropped: unparseable, wrong type, or malformed after authentication.
-    pub dropped_malformed: u64,
-    /// Datagrams dropped: another session's id.
-    pub dropped_foreign: u64,
-    /// Datagrams dropped: duplicate or too old a packet number.
-    pub dropped_replay: u64,
-    /// Datagrams dropped: authentication failed.
-    pub dropped_auth: u64,
+    /// Datagrams dropped before their body was read, by reason.
+    pub dropped: DropCounts,
 }
 
 #[derive(Debug)]
@@ -249,13 +232,13 @@ impl Sender {
     pub fn handle_datagram(&mut self, now: Instant, datagram: &mut [u8]) {
         let (header, body_len) = match self.inbound.open(datagram, |t| t == PacketType::Feedback) {
             Ok(x) => x,
-            Err(d) => return self.stats.record_drop(d),
+            Err(d) => return self.stats.dropped.record(d),
         };
         let pn = header.packet_number;
         self.inbound.commit(pn);
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
         let Ok((fb, ranges)) = FeedbackFields::decode(body) else {
-            return self.stats.dropped_malformed += 1;
+            return self.stats.dropped.malformed += 1;
         };
         self.stats.feedback_received += 1;
         self.last_heard = now;
@@ -264,13 +247,13 @@ impl Sender {
         }
         let newest = self.newest_feedback.is_none_or(|n| pn > n);
         if fb.cumulative > self.frontier || fb.window_end < fb.cumulative {
-            return self.stats.dropped_malformed += 1;
+            return self.stats.dropped.malformed += 1;
         }
         self.cumulative = self.cumulative.max(fb.cumulative);
         self.retransmit.remove_below(self.cumulative);
         for range in NackRanges::new(ranges, fb.cumulative, fb.nack_ranges) {
             let Ok((start, end)) = range else {
-                self.stats.dropped_malformed += 1;
+                self.stats.dropped.malformed += 1;
                 break;
             };
             self.retransmit.insert(start.max(self.cumulative), end.min(self.frontier));
