@@ -6,6 +6,7 @@
 
 pub mod emulator;
 pub mod error;
+pub mod ferry;
 pub mod grid;
 pub mod model;
 pub mod netns;

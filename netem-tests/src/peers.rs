@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::NetemError;
+use crate::ferry::{FerryPolicy, FerryRow};
 use crate::netns::{self, ChildGuard, Netns};
 use crate::probe::{self, IperfMode};
 use crate::testbed::{CLIENT_DEV, CLIENT_IP, SERVER_DEV, SERVER_IP, Testbed};
@@ -62,19 +63,23 @@ pub trait Row: std::fmt::Debug {
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError>;
 }
 
-/// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`.
+/// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`,
+/// `ferry-fixed`, `ferry-adaptive` (the last two in [`crate::ferry`]).
 pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
     match name {
         "iperf3-cubic" => Some(Box::new(Iperf3Row { cc: "cubic" })),
         "iperf3-bbr" => Some(Box::new(Iperf3Row { cc: "bbr" })),
         "scp" => Some(Box::new(ScpRow)),
         "uftp" => Some(Box::new(UftpRow)),
+        "ferry-fixed" => Some(Box::new(FerryRow { policy: FerryPolicy::Fixed })),
+        "ferry-adaptive" => Some(Box::new(FerryRow { policy: FerryPolicy::Adaptive })),
         _ => None,
     }
 }
 
 /// Every row name [`row_by_name`] accepts.
-pub const ROW_NAMES: &[&str] = &["iperf3-cubic", "iperf3-bbr", "scp", "uftp"];
+pub const ROW_NAMES: &[&str] =
+    &["iperf3-cubic", "iperf3-bbr", "scp", "uftp", "ferry-fixed", "ferry-adaptive"];
 
 fn have(prog: &str) -> Result<(), String> {
     let ok = Command::new("sh")
