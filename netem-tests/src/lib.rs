@@ -13,6 +13,7 @@ pub mod netns;
 pub mod peers;
 pub mod probe;
 pub mod rng;
+pub mod share;
 pub mod svg;
 pub mod testbed;
 
