@@ -3,14 +3,16 @@
 //! data-path driver thread. `ferry serve` and `ferry cp` are built on it.
 
 pub(crate) mod cp;
+pub(crate) mod progress;
 pub(crate) mod serve;
 
-use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_engine::control::ControlMessage;
-use ferry_engine::io::driver::{ControlIn, DriveError, DriveReport, Side, drive};
+use ferry_engine::io::driver::{
+    ControlIn, DataSocket, DriveError, DriveReport, Progress, Side, drive,
+};
 use ferry_engine::setup;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -196,7 +198,8 @@ pub(crate) async fn run_session(
     mut recv: quinn::RecvStream,
     leftover: Vec<u8>,
     mut side: Box<dyn Side + Send>,
-    socket: UdpSocket,
+    socket: DataSocket,
+    mut on_progress: Box<dyn FnMut(&Progress) + Send>,
 ) -> (Result<(), DriveError>, DriveReport) {
     let (in_tx, in_rx) = std::sync::mpsc::channel();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
@@ -204,7 +207,8 @@ pub(crate) async fn run_session(
         .name("ferry-data".into())
         .spawn(move || {
             let mut out = |m| out_tx.send(m).is_ok();
-            drive(side.as_mut(), &socket, &in_rx, &mut out)
+            let mut socket = socket;
+            drive(side.as_mut(), &mut socket, &in_rx, &mut out, on_progress.as_mut())
         })
         .expect("spawn the data-path thread");
     let reader = tokio::spawn(async move {
@@ -262,6 +266,25 @@ pub(crate) async fn run_session(
         });
     reader.abort();
     outcome
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEPORT`, so that the server's QUIC endpoint and its
+/// sessions' data sockets share one port. Linux delivers a datagram to the socket whose
+/// connected peer address matches its source, and to the unconnected (QUIC) socket otherwise.
+/// Only sockets of the same user may join the port.
+pub(crate) fn shared_port_socket(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = socket(family, SocketType::DGRAM, None)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    if addr.is_ipv6() {
+        // Like std's bind: a wildcard IPv6 address also takes IPv4 (mapped) peers.
+        let _ = sockopt::set_ipv6_v6only(&fd, false);
+    }
+    bind(&fd, &addr)?;
+    Ok(std::net::UdpSocket::from(fd))
 }
 
 /// Raises the soft limit on open files to the hard limit: a receiver holds one descriptor per

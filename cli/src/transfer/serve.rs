@@ -1,13 +1,13 @@
 //! `ferry serve`: the daemon for the simple case, one transfer user confined to a docroot.
 
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
-use ferry_engine::io::driver::{ReceiverSide, SenderSide, Side};
+use ferry_engine::io::driver::{DataSocket, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{self, Destination, FileSink, MmapSource};
 use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
@@ -56,7 +56,8 @@ pub(crate) fn default_state_dir() -> PathBuf {
 struct Ctx {
     docroot: PathBuf,
     authorized_keys: PathBuf,
-    listen_ip: std::net::IpAddr,
+    /// The address the server listens on; data sockets share it.
+    local: SocketAddr,
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -91,13 +92,21 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(1, format!("cannot configure TLS: {e}")))?;
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
-    let ctx = Arc::new(Ctx { docroot, authorized_keys, listen_ip: args.listen.ip() });
     rt.block_on(async move {
-        let endpoint = quinn::Endpoint::server(config, args.listen).map_err(|e| {
+        let cannot_listen = |e: std::io::Error| {
             CliError::new(30, format!("cannot listen on {}: {e}", args.listen))
                 .hint("choose a free port with --listen HOST:PORT")
-        })?;
+        };
+        let socket = super::shared_port_socket(args.listen).map_err(cannot_listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(cannot_listen)?;
         let local = endpoint.local_addr().map_err(|e| CliError::new(1, e.to_string()))?;
+        let ctx = Arc::new(Ctx { docroot, authorized_keys, local });
         // Ignore write errors: whoever started the server may have closed its stdout.
         let mut stdout = std::io::stdout();
         let _ = writeln!(
@@ -203,12 +212,15 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
             }
         }
     };
-    let socket = UdpSocket::bind(SocketAddr::new(ctx.listen_ip, 0))
-        .map_err(|e| format!("cannot bind a data socket: {e}"))?;
+    // The data socket shares the listening port (SO_REUSEPORT): connected to the client's data
+    // address, it takes that address's datagrams; everything else still reaches QUIC.
+    let socket = super::shared_port_socket(ctx.local)
+        .map_err(|e| format!("cannot bind a data socket on {}: {e}", ctx.local))?;
     socket
         .connect(SocketAddr::new(peer.ip(), hello.data_port))
         .map_err(|e| format!("cannot connect the data socket: {e}"))?;
-    let data_port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    let data_port = ctx.local.port();
+    let socket = DataSocket::new(socket).map_err(|e| format!("data socket: {e}"))?;
     let secret = |conn: &quinn::Connection| -> Result<SessionSecret, String> {
         let mut s = Zeroizing::new([0u8; 32]);
         conn.export_keying_material(
@@ -281,7 +293,8 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let (result, report) = super::run_session(send, recv, leftover, side, socket).await;
+    let (result, report) =
+        super::run_session(send, recv, leftover, side, socket, Box::new(|_| {})).await;
     let secs = started.elapsed().as_secs_f64();
     // Let the client close the connection (it has the last word), bounded.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

@@ -122,18 +122,50 @@ struct SinkFile {
 /// against the canonical root (a symlink pointing out is refused), and existing files are never
 /// overwritten. Error messages name only the manifest path, never server-side absolute paths,
 /// because they travel to the peer.
+///
+/// Blocks mostly arrive in order, so writes are coalesced: a run of contiguous blocks of one file
+/// collects in a buffer of [`WRITE_BEHIND`] bytes and reaches the file in one `pwrite` (one
+/// system call per ~700 blocks instead of one per block). The buffer is written before any read
+/// of that file, before the file is finished, and when a block does not continue the run.
 #[derive(Debug)]
 pub struct FileSink {
     root: PathBuf,
     dest: Destination,
     files: Vec<SinkFile>,
+    pending: WriteBehind,
+}
+
+/// Size of the write-behind buffer.
+pub const WRITE_BEHIND: usize = 1 << 20;
+
+/// A run of contiguous bytes of one file not yet written to it.
+#[derive(Debug)]
+struct WriteBehind {
+    file: u32,
+    offset: u64,
+    buf: Vec<u8>,
 }
 
 impl FileSink {
     /// A sink confined to `root` (canonicalised here) writing to `dest` (inside `root`).
     pub fn new(root: &Path, dest: Destination) -> io::Result<Self> {
         let root = root.canonicalize()?;
-        Ok(Self { root, dest, files: Vec::new() })
+        let pending = WriteBehind { file: 0, offset: 0, buf: Vec::with_capacity(WRITE_BEHIND) };
+        Ok(Self { root, dest, files: Vec::new(), pending })
+    }
+
+    /// Writes the pending run to its file.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.buf.is_empty() {
+            return Ok(());
+        }
+        let WriteBehind { file, offset, ref mut buf } = self.pending;
+        let result = match self.files.get(file as usize).and_then(|f| f.file.as_ref()) {
+            Some(f) => f.write_all_at(buf, offset),
+            None => Err(io::Error::other("file not open")),
+        };
+        buf.clear();
+        result
     }
 
     /// The final paths of the files announced so far.
@@ -222,12 +254,37 @@ impl BlockSink for FileSink {
     }
 
     fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
-        let f = f.ok_or_else(|| SinkError::Io(io::Error::other("file not open")))?;
-        f.write_all_at(data, offset).map_err(SinkError::Io)
+        if self.files.get(file as usize).and_then(|f| f.file.as_ref()).is_none() {
+            return Err(SinkError::Io(io::Error::other("file not open")));
+        }
+        let p = &self.pending;
+        let continues = p.file == file && p.offset + p.buf.len() as u64 == offset;
+        if !p.buf.is_empty() && (!continues || p.buf.len() + data.len() > WRITE_BEHIND) {
+            self.flush().map_err(SinkError::Io)?;
+        }
+        if self.pending.buf.is_empty() {
+            self.pending.file = file;
+            self.pending.offset = offset;
+        }
+        self.pending.buf.extend_from_slice(data);
+        Ok(())
     }
 
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let p = &self.pending;
+        if p.file == file && !p.buf.is_empty() {
+            let end = offset + buf.len() as u64;
+            let p_end = p.offset + p.buf.len() as u64;
+            if offset >= p.offset && end <= p_end {
+                // Hashing in order mostly reads what was just written: serve it from the buffer.
+                let start = (offset - p.offset) as usize;
+                buf.copy_from_slice(&p.buf[start..start + buf.len()]);
+                return Ok(());
+            }
+            if offset < p_end && end > p.offset {
+                self.flush()?;
+            }
+        }
         let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
         f.ok_or_else(|| io::Error::other("file not open"))?.read_exact_at(buf, offset)
     }
@@ -237,6 +294,13 @@ impl BlockSink for FileSink {
     }
 
     fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
+        if self.pending.file == file {
+            if verified {
+                self.flush()?;
+            } else {
+                self.pending.buf.clear();
+            }
+        }
         let sf = self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no file"))?;
         let Some(f) = sf.file.take() else { return Ok(()) };
         let result = if verified {
