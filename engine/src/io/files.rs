@@ -407,6 +407,47 @@ mod tests {
     }
 
     #[test]
+    /// The write-behind buffer: runs coalesce, reads see pending bytes (from the buffer, from
+    /// the file, or across both), two files interleave, and a failed file's pending bytes are
+    /// discarded without touching the other file.
+    fn write_behind_coalesces_and_reads_see_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        let size = 3 * WRITE_BEHIND as u64 + 100;
+        sink.open(&entry(0, "a", size)).unwrap();
+        sink.open(&entry(1, "b", 10)).unwrap();
+        let want: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        // In order, in 1000-byte blocks, except one block held back and sent last.
+        let held = 5 * 1000;
+        for off in (0..size as usize).step_by(1000).filter(|&o| o != held) {
+            let end = (off + 1000).min(size as usize);
+            sink.write(0, off as u64, &want[off..end]).unwrap();
+            if off == 2 * WRITE_BEHIND {
+                // Interleave the other file: the run of `a` is flushed, nothing is lost.
+                sink.write(1, 0, b"0123456789").unwrap();
+                let mut buf = vec![0u8; 3000];
+                // Entirely in the file already.
+                sink.read(0, 10_000, &mut buf).unwrap();
+                assert_eq!(buf, want[10_000..13_000]);
+            }
+        }
+        // Within the pending run.
+        let mut buf = vec![0u8; 500];
+        let tail = size as usize - 600;
+        sink.read(0, tail as u64, &mut buf).unwrap();
+        assert_eq!(buf, want[tail..tail + 500]);
+        sink.write(0, held as u64, &want[held..held + 1000]).unwrap();
+        // Across the file and the pending run.
+        let mut buf = vec![0u8; 4000];
+        sink.read(0, held as u64 - 1000, &mut buf).unwrap();
+        assert_eq!(buf, want[held - 1000..held + 3000]);
+        sink.finish(1, false).unwrap();
+        sink.finish(0, true).unwrap();
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), want);
+        assert!(!dir.path().join("b").exists());
+    }
+
+    #[test]
     fn writes_partial_then_renames() {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
