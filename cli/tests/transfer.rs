@@ -513,7 +513,8 @@ fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
             break v;
         }
     };
-    let client_data: std::net::SocketAddr = session["local_data"].as_str().unwrap().parse().unwrap();
+    let client_data: std::net::SocketAddr =
+        session["local_data"].as_str().unwrap().parse().unwrap();
     let server_data: std::net::SocketAddr =
         session["remote_data"].as_str().unwrap().parse().unwrap();
     assert_eq!(server_data.port(), s.port, "data shares the server's one UDP port");
@@ -591,4 +592,19 @@ fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
         assert!(dropped["auth"].as_u64().unwrap() > 0, "forged headers must fail the tag: {done}");
         assert!(dropped["malformed"].as_u64().unwrap() > 0, "noise must be malformed: {done}");
     }
+}
+
+/// The server shares its port with its own data sockets, but a second server cannot take the
+/// port (it would silently receive half the connections): it fails like on any busy port.
+#[test]
+fn a_second_server_on_a_busy_port_is_refused() {
+    let s = server();
+    let p = s.dir.path();
+    let listen = format!("127.0.0.1:{}", s.port);
+    let out = run(
+        &["serve", "--listen", &listen, "--docroot", "root", "--authorized-keys", "authorized_keys"],
+        p,
+    );
+    assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("cannot listen on {listen}")), "{}", stderr(&out));
 }

@@ -268,17 +268,36 @@ pub(crate) async fn run_session(
     outcome
 }
 
-/// A UDP socket bound to `addr` with `SO_REUSEPORT`, so that the server's QUIC endpoint and its
-/// sessions' data sockets share one port. Linux delivers a datagram to the socket whose
-/// connected peer address matches its source, and to the unconnected (QUIC) socket otherwise.
-/// Only sockets of the same user may join the port.
-pub(crate) fn shared_port_socket(
+/// The server's listening socket: UDP on `addr`, with `SO_REUSEPORT` so that the sessions' data
+/// sockets ([`data_port_socket`]) can share its port. Linux delivers a datagram to the socket
+/// whose connected peer address matches its source, and to the unconnected (QUIC) socket
+/// otherwise.
+///
+/// `SO_REUSEPORT` would also let a second server of the same user start on the same port and
+/// silently take half the new connections, so the port is first claimed without it: if anything
+/// holds it, this fails with "address in use" like any server.
+pub(crate) fn listening_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let probe = reuseport_socket(addr, false)?;
+    let addr = probe.local_addr()?; // a port of 0 becomes the port the kernel chose
+    drop(probe);
+    reuseport_socket(addr, true)
+}
+
+/// A data socket on the server's listening address and port (see [`listening_socket`]).
+pub(crate) fn data_port_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    reuseport_socket(addr, true)
+}
+
+fn reuseport_socket(
     addr: std::net::SocketAddr,
+    reuse: bool,
 ) -> std::io::Result<std::net::UdpSocket> {
     use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
     let fd = socket(family, SocketType::DGRAM, None)?;
-    sockopt::set_socket_reuseport(&fd, true)?;
+    if reuse {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
     if addr.is_ipv6() {
         // Like std's bind: a wildcard IPv6 address also takes IPv4 (mapped) peers.
         let _ = sockopt::set_ipv6_v6only(&fd, false);

@@ -97,7 +97,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
             CliError::new(30, format!("cannot listen on {}: {e}", args.listen))
                 .hint("choose a free port with --listen HOST:PORT")
         };
-        let socket = super::shared_port_socket(args.listen).map_err(cannot_listen)?;
+        let socket = super::listening_socket(args.listen).map_err(cannot_listen)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(config),
@@ -214,7 +214,7 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
     };
     // The data socket shares the listening port (SO_REUSEPORT): connected to the client's data
     // address, it takes that address's datagrams; everything else still reaches QUIC.
-    let socket = super::shared_port_socket(ctx.local)
+    let socket = super::data_port_socket(ctx.local)
         .map_err(|e| format!("cannot bind a data socket on {}: {e}", ctx.local))?;
     socket
         .connect(SocketAddr::new(peer.ip(), hello.data_port))

@@ -16,10 +16,27 @@ use crate::session::{BlockSink, BlockSource, SinkError};
 /// (SIGBUS); Ferry sends files that are not being rewritten, like `ascp`. The digest covers the
 /// bytes actually sent, so a file modified (not truncated) during the transfer fails verification
 /// instead of landing silently corrupted.
+///
+/// Memory stays bounded whatever the file size: reading far enough ahead releases the pages
+/// behind ([`RELEASE_BEHIND`]) from this process's mapping (`MADV_DONTNEED`; they stay in the page
+/// cache, so a retransmission that needs them again faults them back in cheaply). Resident memory
+/// is then at most about `RELEASE_BEHIND + RELEASE_STEP` of mapped file per file in flight.
 #[derive(Debug, Default)]
 pub struct MmapSource {
-    files: Vec<Option<Mmap>>,
+    files: Vec<Option<MappedFile>>,
 }
+
+#[derive(Debug)]
+struct MappedFile {
+    map: Mmap,
+    /// Pages before this offset have been released.
+    released: usize,
+}
+
+/// How far behind the furthest read the mapping's pages are kept.
+pub const RELEASE_BEHIND: usize = 32 << 20;
+/// Pages are released in steps of this many bytes (one `madvise` per step).
+pub const RELEASE_STEP: usize = 32 << 20;
 
 impl MmapSource {
     /// An empty source.
@@ -42,8 +59,34 @@ impl MmapSource {
         let map = unsafe { Mmap::map(file)? };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
-        self.files.push(Some(map));
+        self.files.push(Some(MappedFile { map, released: 0 }));
         Ok(size)
+    }
+}
+
+impl MappedFile {
+    /// Releases the pages more than [`RELEASE_BEHIND`] before `offset` once a whole
+    /// [`RELEASE_STEP`] of them has accumulated.
+    #[allow(unsafe_code)]
+    fn release_before(&mut self, offset: usize) {
+        let Some(upto) = offset.checked_sub(RELEASE_BEHIND) else { return };
+        if upto < self.released + RELEASE_STEP {
+            return;
+        }
+        // Whole pages only (the mapping starts page-aligned; 64 KiB is a multiple of every
+        // page size Linux uses on the platforms Ferry supports).
+        let upto = upto & !0xffff;
+        // SAFETY: MADV_DONTNEED on a read-only, shared, file-backed mapping only drops this
+        // process's page-table entries; the next access faults the same file bytes back in from
+        // the page cache. No reference into the range is held across this call (reads copy out).
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released,
+                upto - self.released,
+            )
+        };
+        self.released = upto;
     }
 }
 
@@ -56,17 +99,22 @@ impl MmapSource {
 
 impl BlockSource for MmapSource {
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let map = self
-            .files
-            .get(file as usize)
-            .ok_or_else(|| io::Error::other("no such file"))?
-            .as_deref()
-            .unwrap_or(&[]);
         let start = usize::try_from(offset).map_err(io::Error::other)?;
-        let src = map
+        let f =
+            self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
+        let Some(f) = f else {
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))
+            };
+        };
+        let src = f
+            .map
             .get(start..start + buf.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))?;
         buf.copy_from_slice(src);
+        f.release_before(start);
         Ok(())
     }
 }
