@@ -602,9 +602,87 @@ fn a_second_server_on_a_busy_port_is_refused() {
     let p = s.dir.path();
     let listen = format!("127.0.0.1:{}", s.port);
     let out = run(
-        &["serve", "--listen", &listen, "--docroot", "root", "--authorized-keys", "authorized_keys"],
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--docroot",
+            "root",
+            "--authorized-keys",
+            "authorized_keys",
+        ],
         p,
     );
     assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("cannot listen on {listen}")), "{}", stderr(&out));
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// Waits (bounded) for `child` and returns its exit status and stderr.
+fn finish(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "{what} did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
+    (status, err)
+}
+
+/// SIGTERM to the server mid-upload: it ends the session, removes the partial file, tells the
+/// client why and exits 0; the client fails with the server's reason.
+#[test]
+fn server_terminated_mid_upload_cleans_up_and_tells_the_client() {
+    let mut s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(20 << 20, 17)).unwrap();
+    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let root = s.docroot();
+    wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
+    signal(&s.child, rustix::process::Signal::TERM);
+    let start = Instant::now();
+    let server_status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(server_status.success(), "graceful shutdown exits 0: {server_status:?}");
+    assert!(names(&root).is_empty(), "partial left behind: {:?}", names(&root));
+    let (status, err) = finish(client, "the client");
+    assert_eq!(status.code(), Some(33), "{err}");
+    assert!(err.contains("the server is shutting down"), "{err}");
+}
+
+/// Ctrl-C (SIGINT) to the client mid-download: the partial file is removed, the exit code is
+/// 130, and the server is told (it logs the cancellation and keeps serving).
+#[test]
+fn client_interrupted_mid_download_removes_its_partial_file() {
+    let s = server();
+    std::fs::write(s.docroot().join("slow"), data(20 << 20, 19)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
+    signal(&client, rustix::process::Signal::INT);
+    let (status, err) = finish(client, "the client");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled") && err.contains("SIGINT"), "{err}");
+    assert!(names(l).is_empty(), "partial left behind: {:?}", names(l));
+    // The server is still there and serves the next client.
+    let out = cp(&s, &["--host-key", &s.fingerprint, "127.0.0.1:slow", "."], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(digest(&l.join("slow")), digest(&s.docroot().join("slow")));
 }

@@ -435,9 +435,20 @@ async fn session(
         }
     };
     let on_progress = Box::new(move |p: &Progress| reporter.lock().expect("reporter").update(p));
+    // Ctrl-C or SIGTERM: end the session cleanly (no partial file left, the server told why).
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+    let interrupt = tokio::spawn(async move {
+        let _ = cancel_tx.send(Some(super::termination_signal().await));
+    });
     let (result, report) =
-        super::run_session(send, recv, leftover, side, socket, on_progress).await;
+        super::run_session(send, recv, leftover, side, socket, on_progress, cancel).await;
+    interrupt.abort();
     result.map_err(|e| match e {
+        DriveError::ControlClosed(reason) if reason.contains("(SIG") => {
+            CliError::new(130, format!("the transfer was cancelled: {reason}")).hint(
+                "nothing was kept: partial files were removed; run the command again to restart",
+            )
+        }
         DriveError::Session(SessionError::PeerAborted { code, reason }) => {
             CliError::new(33, format!("the server aborted the transfer (code {code}): {reason}"))
         }

@@ -13,6 +13,7 @@ use ferry_engine::control::ControlMessage;
 use ferry_engine::io::driver::{
     ControlIn, DataSocket, DriveError, DriveReport, Progress, Side, drive,
 };
+use ferry_engine::session::abort_code;
 use ferry_engine::setup;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -181,6 +182,24 @@ pub(crate) async fn read_frame(
     }
 }
 
+/// Cancels sessions: set to `Some(reason)` (e.g. on SIGTERM) and every session watching it ends,
+/// removing its partial files and telling the peer the reason.
+pub(crate) type Cancel = tokio::sync::watch::Receiver<Option<&'static str>>;
+
+/// Resolves when the process receives SIGINT or SIGTERM, with a description of the signal.
+pub(crate) async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "terminated (SIGTERM)",
+        _ = int.recv() => "interrupted (SIGINT)",
+    }
+}
+
 /// Writes an ABORT frame and finishes the stream.
 pub(crate) async fn send_abort(send: &mut quinn::SendStream, code: u16, reason: &str) {
     let mut bytes = Vec::new();
@@ -200,8 +219,23 @@ pub(crate) async fn run_session(
     mut side: Box<dyn Side + Send>,
     socket: DataSocket,
     mut on_progress: Box<dyn FnMut(&Progress) + Send>,
+    mut cancel: Cancel,
 ) -> (Result<(), DriveError>, DriveReport) {
     let (in_tx, in_rx) = std::sync::mpsc::channel();
+    // Cancellation (a signal): the driver ends as if the control channel had closed, which drops
+    // its file sink (partial files are removed), and the peer gets an ABORT saying why.
+    let cancel_tx = in_tx.clone();
+    let cancelled = Arc::new(Mutex::new(None::<&'static str>));
+    let cancel_task = {
+        let cancelled = cancelled.clone();
+        tokio::spawn(async move {
+            if let Ok(reason) = cancel.wait_for(Option::is_some).await {
+                let reason = reason.expect("waited for Some");
+                *cancelled.lock().expect("lock") = Some(reason);
+                let _ = cancel_tx.send(ControlIn::Closed(reason.to_owned()));
+            }
+        })
+    };
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
     let driver = std::thread::Builder::new()
         .name("ferry-data".into())
@@ -253,8 +287,16 @@ pub(crate) async fn run_session(
             break;
         }
     }
+    let reason = *cancelled.lock().expect("lock");
+    if let Some(reason) = reason {
+        bytes.clear();
+        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.to_owned() }
+            .encode(&mut bytes);
+        let _ = send.write_all(&bytes).await;
+    }
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    cancel_task.abort();
     let outcome = tokio::task::spawn_blocking(move || driver.join())
         .await
         .expect("join task")

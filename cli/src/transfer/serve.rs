@@ -58,6 +58,8 @@ struct Ctx {
     authorized_keys: PathBuf,
     /// The address the server listens on; data sockets share it.
     local: SocketAddr,
+    /// Set when the server shuts down.
+    cancel: super::Cancel,
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -106,7 +108,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         )
         .map_err(cannot_listen)?;
         let local = endpoint.local_addr().map_err(|e| CliError::new(1, e.to_string()))?;
-        let ctx = Arc::new(Ctx { docroot, authorized_keys, local });
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+        let ctx = Arc::new(Ctx { docroot, authorized_keys, local, cancel });
         // Ignore write errors: whoever started the server may have closed its stdout.
         let mut stdout = std::io::stdout();
         let _ = writeln!(
@@ -120,9 +123,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
             id.fingerprint()
         );
         let _ = std::io::stdout().flush();
-        while let Some(incoming) = endpoint.accept().await {
+        let mut sessions = tokio::task::JoinSet::new();
+        let signal = super::termination_signal();
+        tokio::pin!(signal);
+        let reason = loop {
+            let incoming = tokio::select! {
+                reason = &mut signal => break reason,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break "the endpoint closed" };
+            while sessions.try_join_next().is_some() {}
             let ctx = ctx.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 let peer = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => {
@@ -133,7 +145,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
                     Err(e) => log!("ferry serve: {peer}: handshake failed: {e}"),
                 }
             });
-        }
+        };
+        // Graceful shutdown: every session ends now, removing its partial files and telling its
+        // client why; then the connections close.
+        log!("ferry serve: {reason}: ending {} sessions", sessions.len());
+        let _ = cancel_tx.send(Some("the server is shutting down"));
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        log!("ferry serve: stopped");
         Ok(())
     })
 }
@@ -293,8 +316,16 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let (result, report) =
-        super::run_session(send, recv, leftover, side, socket, Box::new(|_| {})).await;
+    let (result, report) = super::run_session(
+        send,
+        recv,
+        leftover,
+        side,
+        socket,
+        Box::new(|_| {}),
+        ctx.cancel.clone(),
+    )
+    .await;
     let secs = started.elapsed().as_secs_f64();
     // Let the client close the connection (it has the last word), bounded.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
