@@ -30,7 +30,8 @@ pub struct MmapSource {
 #[derive(Debug)]
 struct MappedFile {
     map: Mmap,
-    /// Pages before this offset have been released.
+    /// Where the last release ended (pages before it were released then; retransmissions may
+    /// have faulted some back in since).
     released: usize,
 }
 
@@ -77,16 +78,13 @@ impl MappedFile {
         // Whole pages only (the mapping starts page-aligned; 64 KiB is a multiple of every
         // page size Linux uses on the platforms Ferry supports).
         let upto = upto & !0xffff;
+        // Everything before `upto`, not just the new step: retransmissions fault old pages back
+        // in, and those must go again too.
         // SAFETY: MADV_DONTNEED on a read-only, shared, file-backed mapping only drops this
         // process's page-table entries; the next access faults the same file bytes back in from
         // the page cache. No reference into the range is held across this call (reads copy out).
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.released,
-                upto - self.released,
-            )
-        };
+        let _ =
+            unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, upto) };
         self.released = upto;
     }
 }
