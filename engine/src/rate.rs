@@ -144,6 +144,9 @@ pub struct AdaptiveConfig {
     /// Starting rate in bits per second before any feedback (clamped into the limits).
     /// Default 10 Mbit/s.
     pub initial_rate: u64,
+    /// Whether to hold a share against traffic that keeps the queue full whatever this session
+    /// does (loss-based TCP): see [`Adaptive`], "competing". `fair` and `high` do; `low` yields.
+    pub compete: bool,
     /// Label for tables.
     pub name: &'static str,
 }
@@ -155,6 +158,7 @@ impl AdaptiveConfig {
             queue_target: Duration::from_millis(10),
             max_gain: 1.25,
             initial_rate: 10_000_000,
+            compete: true,
             name: "adaptive",
         }
     }
@@ -166,7 +170,12 @@ impl AdaptiveConfig {
 
     /// The `low` policy: a small queue target, so it yields to traffic that builds queues.
     pub fn low() -> Self {
-        Self { queue_target: Duration::from_millis(4), name: "adaptive-low", ..Self::fair() }
+        Self {
+            queue_target: Duration::from_millis(4),
+            compete: false,
+            name: "adaptive-low",
+            ..Self::fair()
+        }
     }
 }
 
@@ -202,6 +211,13 @@ enum Phase {
 /// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
 ///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
 ///   is three times the target. The equilibrium is a standing queue at or below the target.
+/// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue has stayed above the target
+///   for [`COMPETE_AFTER`] intervals although steady state kept cutting the rate, the
+///   queue is not this session's: a loss-based flow keeps the buffer full, and yielding further
+///   would hand it the whole link. The rate then follows `B` in a cycle of [`COMPETE_CYCLE`]
+///   gains (probe 1.25, 0.75, then 1) regardless of the queue, with one interval at 0.5 near
+///   the end: if the interval after it sees the queue at or below the target, the queue was this
+///   session's after all (or the competitor left) and steady state resumes.
 #[derive(Debug)]
 pub struct Adaptive {
     config: AdaptiveConfig,
@@ -214,7 +230,17 @@ pub struct Adaptive {
     full_bw_count: u32,
     interval: Option<(Instant, u64)>,
     interval_min_queue: Option<Duration>,
+    /// Consecutive steady intervals whose queue stayed above the target.
+    queue_stuck: u32,
+    /// In competing mode: intervals since it began.
+    competing: Option<usize>,
 }
+
+/// Steady intervals with the queue above target before a `compete` controller starts competing.
+pub const COMPETE_AFTER: u32 = 8;
+/// Rate gains over `B`, one per interval, while competing; the 0.5 is the drain test, judged by
+/// the queue in the interval after it (the last).
+pub const COMPETE_CYCLE: [f64; 12] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0];
 
 impl Adaptive {
     /// A controller starting at the configured initial rate.
@@ -230,6 +256,8 @@ impl Adaptive {
             full_bw_count: 0,
             interval: None,
             interval_min_queue: None,
+            queue_stuck: 0,
+            competing: None,
         }
     }
 
@@ -254,7 +282,8 @@ impl Controller for Adaptive {
             return;
         }
         let delivered = s.delivered_bytes.saturating_sub(start_bytes) as f64 * 8.0;
-        self.bw[self.bw_next] = delivered / length.as_secs_f64();
+        let last_bw = delivered / length.as_secs_f64();
+        self.bw[self.bw_next] = last_bw;
         self.bw_next = (self.bw_next + 1) % BW_WINDOW;
         self.interval = Some((s.now, s.delivered_bytes));
         let q = self.interval_min_queue.take().unwrap_or_default().as_secs_f64();
@@ -284,12 +313,33 @@ impl Controller for Adaptive {
                 }
             }
             Phase::Steady => {
-                let gain = if q <= target {
-                    1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target)
-                } else {
-                    (target / q).max(0.5)
-                };
-                self.rate = bw * gain;
+                if let Some(n) = self.competing {
+                    // The previous interval followed the drain test: did the queue empty?
+                    if n > 0 && n % COMPETE_CYCLE.len() == 0 && q <= target {
+                        self.competing = None;
+                        self.queue_stuck = 0;
+                    } else {
+                        self.competing = Some(n + 1);
+                        self.rate = bw * COMPETE_CYCLE[n % COMPETE_CYCLE.len()];
+                    }
+                }
+                if self.competing.is_none() {
+                    self.queue_stuck = if q > target { self.queue_stuck + 1 } else { 0 };
+                    self.rate = if q <= target {
+                        bw * (1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target))
+                    } else {
+                        // With a queue the bottleneck is busy, so this interval's delivery rate
+                        // is the current capacity share; larger samples in the window are stale
+                        // (the capacity just fell) and would bring the queue straight back.
+                        for b in &mut self.bw {
+                            *b = b.min(last_bw);
+                        }
+                        last_bw.min(bw) * (target / q).max(0.5)
+                    };
+                    if self.config.compete && self.queue_stuck >= COMPETE_AFTER {
+                        self.competing = Some(0);
+                    }
+                }
             }
         }
         // Never so slow that feedback dries up: at least two full-size packets per RTT (per 10
