@@ -118,6 +118,8 @@ struct Mem {
     maxrss_kib: u64,
     /// Peak RssAnon seen by sampling /proc/PID/status every 10 ms (KiB).
     anon_kib: u64,
+    /// User + system CPU seconds (from wait4, the process and its reaped descendants).
+    cpu_s: f64,
 }
 
 /// A child process that is killed and reaped when dropped.
@@ -157,8 +159,8 @@ impl Proc {
         let deadline = Instant::now() + limit;
         let mut killed = false;
         loop {
-            if let Some((status, rss)) = wait4(pid, true)? {
-                return Ok((!killed && status == 0, self.finish(rss)));
+            if let Some((status, rss, cpu)) = wait4(pid, true)? {
+                return Ok((!killed && status == 0, self.finish(rss, cpu)));
             }
             if Instant::now() >= deadline && !killed {
                 eprintln!("  {} still running after {} s: killing it", self.name, limit.as_secs());
@@ -173,8 +175,8 @@ impl Proc {
     /// Stops the process (SIGTERM, then SIGKILL after 2 s), reaps it, returns its memory peaks.
     fn stop(&mut self) -> Res<Mem> {
         let pid = self.pid();
-        if let Some((_, rss)) = wait4(pid, true)? {
-            return Ok(self.finish(rss));
+        if let Some((_, rss, cpu)) = wait4(pid, true)? {
+            return Ok(self.finish(rss, cpu));
         }
         // SAFETY: kill(2) on the pid of our own unreaped child: it cannot be reused.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -182,7 +184,7 @@ impl Proc {
         Ok(m)
     }
 
-    fn finish(&mut self, maxrss_kib: u64) -> Mem {
+    fn finish(&mut self, maxrss_kib: u64, cpu_s: f64) -> Mem {
         let pid = self.pid();
         LIVE.lock().expect("lock").retain(|&p| p != pid);
         self.child = None;
@@ -193,7 +195,7 @@ impl Proc {
             }
             None => 0,
         };
-        Mem { maxrss_kib, anon_kib }
+        Mem { maxrss_kib, anon_kib, cpu_s }
     }
 }
 
@@ -204,7 +206,7 @@ impl Drop for Proc {
             // SAFETY: kill(2) on the pid of our own unreaped child: it cannot be reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let _ = wait4(pid, false);
-            self.finish(0);
+            self.finish(0, 0.0);
         }
     }
 }
@@ -220,8 +222,9 @@ fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle
     })
 }
 
-/// wait4(2): `Some((exit code or 128+signal, ru_maxrss KiB))` once `pid` has exited.
-fn wait4(pid: i32, nohang: bool) -> Res<Option<(i32, u64)>> {
+/// wait4(2): `Some((exit code or 128+signal, ru_maxrss KiB, CPU seconds))` once `pid` has
+/// exited.
+fn wait4(pid: i32, nohang: bool) -> Res<Option<(i32, u64, f64)>> {
     let mut status = 0;
     // SAFETY: rusage is plain old data; all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -239,7 +242,8 @@ fn wait4(pid: i32, nohang: bool) -> Res<Option<(i32, u64)>> {
     } else {
         128 + libc::WTERMSIG(status)
     };
-    Ok(Some((code, ru.ru_maxrss.max(0) as u64)))
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Some((code, ru.ru_maxrss.max(0) as u64, secs(ru.ru_utime) + secs(ru.ru_stime))))
 }
 
 /// Peak RssAnon of `pid` (KiB), sampled every 10 ms until `stop`.
@@ -785,11 +789,13 @@ fn bench(env: &Env) -> Res<()> {
         for &row in &rows {
             let r = run_row(env, row)?;
             eprintln!(
-                "round {round}/{}: {row:<17} {:>7.3} Gbit/s  {:>6.2} s  RSS send {} / recv {} MiB \
-                 (anon {} / {})  {}",
+                "round {round}/{}: {row:<17} {:>7.3} Gbit/s  {:>6.2} s  CPU send {:.2} / recv {:.2} s  \
+                 RSS send {} / recv {} MiB (anon {} / {})  {}",
                 a.rounds,
                 r.gbps(),
                 r.seconds,
+                r.send.cpu_s,
+                r.recv.cpu_s,
                 r.send.maxrss_kib / 1024,
                 r.recv.maxrss_kib / 1024,
                 r.send.anon_kib / 1024,
@@ -801,7 +807,8 @@ fn bench(env: &Env) -> Res<()> {
                     "row": row, "round": round, "bytes": r.bytes, "seconds": r.seconds,
                     "gbit_per_s": r.gbps(), "send_maxrss_kib": r.send.maxrss_kib,
                     "recv_maxrss_kib": r.recv.maxrss_kib, "send_anon_kib": r.send.anon_kib,
-                    "recv_anon_kib": r.recv.anon_kib, "note": r.note,
+                    "recv_anon_kib": r.recv.anon_kib, "send_cpu_s": r.send.cpu_s,
+                    "recv_cpu_s": r.recv.cpu_s, "note": r.note,
                 });
                 writeln!(f, "{line}").map_err(|e| format!("writing the JSON log: {e}"))?;
             }
@@ -813,7 +820,9 @@ fn bench(env: &Env) -> Res<()> {
 }
 
 fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> String {
-    let med = |row: &str| results.get(row).map(|v| median(&v.iter().map(|r| r.gbps()).collect::<Vec<_>>()));
+    let med = |row: &str| {
+        results.get(row).map(|v| median(&v.iter().map(|r| r.gbps()).collect::<Vec<_>>()))
+    };
     let quic = med("quic-cubic");
     let ferry = med("ferry-fixed");
     let ratio = |x: f64, base: Option<f64>| match base {
@@ -822,8 +831,8 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
     };
     let mut t = format!(
         "\n{} rounds, {} bytes per copy ({:.2} GiB), {} -> {} over 127.0.0.1\n\n\
-         | row | median Gbit/s | min–max | vs quic-cubic | vs ferry-fixed | peak RSS send / recv (MiB) | peak RssAnon send / recv (MiB) | note |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | row | median Gbit/s | min–max | vs quic-cubic | vs ferry-fixed | CPU per GB send / recv (s) | peak RSS send / recv (MiB) | peak RssAnon send / recv (MiB) | note (last round) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         env.args.rounds,
         env.args.size,
         env.args.size as f64 / (1u64 << 30) as f64,
@@ -838,9 +847,11 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
         let max = g.iter().copied().fold(0.0, f64::max);
         let peak = |f: fn(&RunResult) -> u64| v.iter().map(f).max().unwrap_or(0) as f64 / 1024.0;
         t += &format!(
-            "| {row} | **{m:.3}** | {min:.3}–{max:.3} | {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {} |\n",
+            "| {row} | **{m:.3}** | {min:.3}–{max:.3} | {} | {} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} |\n",
             ratio(m, quic),
             ratio(m, ferry),
+            cpu_per_gb(v, |r| r.send.cpu_s),
+            cpu_per_gb(v, |r| r.recv.cpu_s),
             peak(|r| r.send.maxrss_kib),
             peak(|r| r.recv.maxrss_kib),
             peak(|r| r.send.anon_kib),
@@ -849,6 +860,11 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
         );
     }
     t
+}
+
+/// Median CPU seconds per 10^9 payload bytes.
+fn cpu_per_gb(v: &[RunResult], f: fn(&RunResult) -> f64) -> f64 {
+    median(&v.iter().map(|r| f(r) / (r.bytes as f64 / 1e9)).collect::<Vec<_>>())
 }
 
 #[cfg(test)]

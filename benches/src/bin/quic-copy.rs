@@ -181,10 +181,7 @@ async fn serve(listen: SocketAddr, out: PathBuf, t: Tuning) -> Result<(), String
     .map_err(|e| format!("cannot start the QUIC endpoint: {e}"))?;
     let local = endpoint.local_addr().map_err(|e| e.to_string())?;
     let cert_sha = hex(&sha2::Sha256::digest(cert_der.as_ref()));
-    println!(
-        "{}",
-        serde_json::json!({ "listening": local.to_string(), "cert_sha256": cert_sha })
-    );
+    println!("{}", serde_json::json!({ "listening": local.to_string(), "cert_sha256": cert_sha }));
     std::io::stdout().flush().map_err(|e| e.to_string())?;
 
     let mut file =
@@ -235,7 +232,11 @@ async fn serve(listen: SocketAddr, out: PathBuf, t: Tuning) -> Result<(), String
         })
     );
     endpoint.wait_idle().await;
-    if ok { Ok(()) } else { Err(format!("received {total} bytes, the sender announced {expected}")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("received {total} bytes, the sender announced {expected}"))
+    }
 }
 
 async fn send(
@@ -257,13 +258,16 @@ async fn send(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(&t));
-    let local: SocketAddr = if connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("wildcard address");
+    let local: SocketAddr =
+        if connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("wildcard address");
     let socket = bind(local, &t)?;
-    let endpoint =
-        quinn::Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|e| format!("cannot start the QUIC endpoint: {e}"))?;
+    let endpoint = quinn::Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| format!("cannot start the QUIC endpoint: {e}"))?;
 
     let started = Instant::now();
     let conn = endpoint
