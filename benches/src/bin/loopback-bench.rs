@@ -251,10 +251,9 @@ fn sample_anon(pid: i32, stop: &AtomicBool) -> u64 {
     let path = format!("/proc/{pid}/status");
     let mut peak = 0;
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(s) = fs::read_to_string(&path) {
-            if let Some(kib) = status_field(&s, "RssAnon:") {
-                peak = peak.max(kib);
-            }
+        if let Some(kib) = fs::read_to_string(&path).ok().and_then(|s| status_field(&s, "RssAnon:"))
+        {
+            peak = peak.max(kib);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
