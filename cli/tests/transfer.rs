@@ -476,3 +476,213 @@ fn a_tree_of_many_small_files() {
         assert_eq!(digest(&l.join("back/many").join(name)), digest(&l.join("many").join(name)));
     }
 }
+
+/// Garbage and forged datagrams sprayed at both data ports during a download: the transfer
+/// completes intact and the client's `done` event counts the forged datagrams it dropped.
+///
+/// Plain garbage comes from an ordinary socket (the kernel keeps it away from the connected data
+/// sockets; at the server's shared port it reaches QUIC, which discards it). Forged datagrams
+/// carry the server's address as their source and the session's real id in a well-formed header,
+/// so they reach the client's data socket and must fail authentication; that needs a raw socket,
+/// so that half runs as root only (CI runs as root) and says so otherwise.
+#[test]
+fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
+    let s = server();
+    let want = data(24 << 20, 13);
+    std::fs::write(s.docroot().join("sprayed"), &want).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let port = s.port.to_string();
+    let key = s.key();
+    // 24 MiB at 40 Mbit/s: about 5 s of transfer to spray into.
+    let mut client = Command::new(FERRY)
+        .current_dir(l)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
+        .args(["--json", "-l", "40m", "--policy", "fixed", "127.0.0.1:sprayed", "."])
+        .env_remove("HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = BufReader::new(client.stdout.take().unwrap()).lines();
+    let session: serde_json::Value = loop {
+        let line = events.next().expect("a session event").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "session" {
+            break v;
+        }
+    };
+    let client_data: std::net::SocketAddr =
+        session["local_data"].as_str().unwrap().parse().unwrap();
+    let server_data: std::net::SocketAddr =
+        session["remote_data"].as_str().unwrap().parse().unwrap();
+    assert_eq!(server_data.port(), s.port, "data shares the server's one UDP port");
+    let session_id = u64::from_str_radix(session["session_id"].as_str().unwrap(), 16).unwrap();
+
+    let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |buf: &mut [u8]| {
+        for b in buf {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    };
+    let mut buf = [0u8; 1200];
+    for i in 0..400 {
+        noise(&mut buf);
+        let len = 1 + i % buf.len();
+        let _ = garbage.send_to(&buf[..len], client_data);
+        let _ = garbage.send_to(&buf[..len], server_data);
+    }
+
+    let root = rustix::process::geteuid().is_root();
+    let mut forged = 0u64;
+    if root {
+        use rustix::net::{AddressFamily, SendFlags, SocketType, ipproto, sendto, socket};
+        let raw = socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::UDP)).unwrap();
+        let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+        for i in 0..600u64 {
+            // UDP header (checksum 0: none, allowed over IPv4), then the datagram.
+            let mut pkt = vec![0u8; 8 + 1100];
+            noise(&mut pkt[8..]);
+            pkt[0..2].copy_from_slice(&server_data.port().to_be_bytes());
+            pkt[2..4].copy_from_slice(&client_data.port().to_be_bytes());
+            let len = pkt.len() as u16;
+            pkt[4..6].copy_from_slice(&len.to_be_bytes());
+            if i % 2 == 0 {
+                // A well-formed DATA header of this very session: only the tag can tell.
+                pkt[8] = 1;
+                pkt[9] = 1;
+                pkt[10..18].copy_from_slice(&session_id.to_be_bytes());
+                pkt[18..26].copy_from_slice(&(i * 7919).to_be_bytes());
+            }
+            sendto(&raw, &pkt, SendFlags::empty(), &to).unwrap();
+            forged += 1;
+        }
+    } else {
+        eprintln!("note: not root, so the spoofed-source half of this test is skipped");
+    }
+
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = client.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the sprayed transfer did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest: Vec<String> = events.map(Result::unwrap).collect();
+    assert!(status.success(), "events: {rest:?}");
+    let done: serde_json::Value =
+        rest.iter().rev().find_map(|l| serde_json::from_str(l).ok()).expect("a done event");
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(digest(&l.join("sprayed")), hex::encode(Sha256::digest(&want)));
+    let dropped = &done["dropped"];
+    let counted: u64 = ["malformed", "foreign", "replay", "auth"]
+        .iter()
+        .map(|k| dropped[k].as_u64().unwrap())
+        .sum();
+    eprintln!("sprayed {forged} forged datagrams; the client dropped {dropped}");
+    // Every forged datagram that reached the client is dropped and counted, none is accepted.
+    assert!(counted <= forged, "{done}");
+    if root {
+        assert!(dropped["auth"].as_u64().unwrap() > 0, "forged headers must fail the tag: {done}");
+        assert!(dropped["malformed"].as_u64().unwrap() > 0, "noise must be malformed: {done}");
+    }
+}
+
+/// The server shares its port with its own data sockets, but a second server cannot take the
+/// port (it would silently receive half the connections): it fails like on any busy port.
+#[test]
+fn a_second_server_on_a_busy_port_is_refused() {
+    let s = server();
+    let p = s.dir.path();
+    let listen = format!("127.0.0.1:{}", s.port);
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--docroot",
+            "root",
+            "--authorized-keys",
+            "authorized_keys",
+        ],
+        p,
+    );
+    assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("cannot listen on {listen}")), "{}", stderr(&out));
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// Waits (bounded) for `child` and returns its exit status and stderr.
+fn finish(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "{what} did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
+    (status, err)
+}
+
+/// SIGTERM to the server mid-upload: it ends the session, removes the partial file, tells the
+/// client why and exits 0; the client fails with the server's reason.
+#[test]
+fn server_terminated_mid_upload_cleans_up_and_tells_the_client() {
+    let mut s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(20 << 20, 17)).unwrap();
+    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let root = s.docroot();
+    wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
+    signal(&s.child, rustix::process::Signal::TERM);
+    let start = Instant::now();
+    let server_status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < LIMIT, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(server_status.success(), "graceful shutdown exits 0: {server_status:?}");
+    assert!(names(&root).is_empty(), "partial left behind: {:?}", names(&root));
+    let (status, err) = finish(client, "the client");
+    assert_eq!(status.code(), Some(33), "{err}");
+    assert!(err.contains("the server is shutting down"), "{err}");
+}
+
+/// Ctrl-C (SIGINT) to the client mid-download: the partial file is removed, the exit code is
+/// 130, and the server is told (it logs the cancellation and keeps serving).
+#[test]
+fn client_interrupted_mid_download_removes_its_partial_file() {
+    let s = server();
+    std::fs::write(s.docroot().join("slow"), data(20 << 20, 19)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
+    signal(&client, rustix::process::Signal::INT);
+    let (status, err) = finish(client, "the client");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled") && err.contains("SIGINT"), "{err}");
+    assert!(names(l).is_empty(), "partial left behind: {:?}", names(l));
+    // The server is still there and serves the next client.
+    let out = cp(&s, &["--host-key", &s.fingerprint, "127.0.0.1:slow", "."], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(digest(&l.join("slow")), digest(&s.docroot().join("slow")));
+}

@@ -6,8 +6,9 @@
 //! in simulated time (see `tests/sim.rs`).
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
-// `unsafe` is denied everywhere; the one audited exception is mapping a source file
-// (`io::files::MmapSource::add`), which carries its own `allow` and SAFETY comment.
+// `unsafe` is denied everywhere; the audited exceptions are mapping a source file and releasing
+// its pages (`io::files::MmapSource::add`, `MappedFile::release_before`), each with its own
+// `allow` and SAFETY comment.
 #![deny(unsafe_code)]
 
 pub mod atrest;

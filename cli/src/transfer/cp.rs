@@ -2,17 +2,21 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_engine::control::{FileEntry, FileStatus};
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
-use ferry_engine::io::driver::{DriveError, ReceiverSide, SenderSide, Side};
+use ferry_engine::io::driver::{
+    DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
+};
 use ferry_engine::io::files::{self, Destination, FileSink, MmapSource};
 use ferry_engine::rate::{Policy, RateLimits};
 use ferry_engine::session::{MAX_STANDARD_BLOCK, Receiver, SessionConfig, SessionError};
 use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
 use zeroize::Zeroizing;
 
+use super::progress::{self, Mode, Reporter};
 use crate::error::CliError;
 use crate::identity::Identity;
 
@@ -44,6 +48,14 @@ pub(crate) struct CpArgs {
     /// Transit cipher: aes128, aes192, aes256 or none (packets are authenticated even with none).
     #[arg(short = 'c', long = "cipher", default_value = "aes128", value_parser = parse_suite)]
     cipher: CipherSuite,
+    /// Machine-readable output: JSON events, one object per line on stdout (`session`,
+    /// `progress` about every 250 ms, then `done` or `error`), instead of the progress bar and
+    /// the summary line.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Sources then the destination; exactly one side is remote: `[user@]host[:port]:path`.
     #[arg(required = true, num_args = 2.., value_name = "SOURCE... DEST")]
     paths: Vec<String>,
@@ -90,6 +102,18 @@ pub(crate) fn parse_remote(s: &str) -> Option<Remote> {
 }
 
 pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
+    let json = args.json;
+    let result = run_inner(args);
+    if json && let Err(e) = &result {
+        progress::emit(
+            "error",
+            serde_json::json!({ "code": e.code, "message": e.message, "hint": e.hint }),
+        );
+    }
+    result
+}
+
+fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let usage = |m: String| {
         CliError::new(2, m).hint(
             "ferry cp -i KEY --host-key SHA256:... SOURCE... [user@]host:PATH, or host:PATH LOCAL",
@@ -178,6 +202,7 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
     let started = Instant::now();
+    let reporter = Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet))));
     let result = rt.block_on(async {
         let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))
             .map_err(|e| CliError::new(1, format!("cannot open a UDP socket: {e}")))?;
@@ -205,20 +230,27 @@ pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
                     .hint("check that `ferry serve` runs there and that UDP port {port} is reachable".replace("{port}", &port.to_string())));
             }
         };
-        let outcome = session(&conn, &id, &args, &remote, direction, upload_files, download_dest, local_ip).await;
+        let outcome = session(&conn, &id, &args, &remote, direction, upload_files, download_dest, local_ip, reporter.clone()).await;
         conn.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         outcome
     });
-    let (bytes, nfiles) = result?;
+    reporter.lock().expect("reporter").finish();
+    let report = result?;
     let secs = started.elapsed().as_secs_f64();
+    let what = match direction {
+        Direction::Upload => "upload",
+        Direction::Download => "download",
+    };
+    if args.json {
+        progress::emit("done", progress::done_fields(&report, what, secs));
+        return Ok(());
+    }
+    let (bytes, nfiles) = (report.file_bytes, report.files.len());
     let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
     println!(
-        "ferry: {} complete: {nfiles} files, {bytes} bytes in {secs:.2} s ({rate:.1} Mbit/s)",
-        match direction {
-            Direction::Upload => "upload",
-            Direction::Download => "download",
-        }
+        "ferry: {what} complete: {nfiles} files, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s)",
+        progress::human_bytes(bytes)
     );
     Ok(())
 }
@@ -269,7 +301,8 @@ async fn session(
     upload_files: Vec<files::SourceFile>,
     download_sink: Option<FileSink>,
     local_ip: IpAddr,
-) -> Result<(u64, usize), CliError> {
+    reporter: Arc<Mutex<Reporter>>,
+) -> Result<DriveReport, CliError> {
     let failed = |m: String| CliError::new(33, m);
     let (mut send, mut recv) =
         conn.open_bi().await.map_err(|e| failed(format!("control stream: {e}")))?;
@@ -342,6 +375,25 @@ async fn session(
     socket
         .connect(SocketAddr::new(conn.remote_address().ip(), reply.data_port))
         .map_err(|e| CliError::new(1, format!("cannot connect the data socket: {e}")))?;
+    let socket = DataSocket::new(socket)
+        .map_err(|e| CliError::new(1, format!("cannot set up the data socket: {e}")))?;
+    if args.json {
+        let addr = |a: std::io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        progress::emit(
+            "session",
+            serde_json::json!({
+                "direction": if direction == Direction::Upload { "upload" } else { "download" },
+                "server": conn.remote_address().to_string(),
+                "session_id": format!("{:016x}", reply.session_id),
+                "local_data": addr(socket.local_addr()),
+                "remote_data": SocketAddr::new(conn.remote_address().ip(), reply.data_port).to_string(),
+                "cipher": args.cipher.name(),
+                "policy": format!("{:?}", args.policy).to_lowercase(),
+                "target_rate_bps": args.target_rate,
+                "files": upload_files.len(),
+            }),
+        );
+    }
     let mut config = SessionConfig::new(
         reply.session_id,
         args.cipher,
@@ -382,8 +434,21 @@ async fn session(
             Box::new(ReceiverSide { receiver, sink: download_sink.expect("download sink") })
         }
     };
-    let (result, report) = super::run_session(send, recv, leftover, side, socket).await;
+    let on_progress = Box::new(move |p: &Progress| reporter.lock().expect("reporter").update(p));
+    // Ctrl-C or SIGTERM: end the session cleanly (no partial file left, the server told why).
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+    let interrupt = tokio::spawn(async move {
+        let _ = cancel_tx.send(Some(super::termination_signal().await));
+    });
+    let (result, report) =
+        super::run_session(send, recv, leftover, side, socket, on_progress, cancel).await;
+    interrupt.abort();
     result.map_err(|e| match e {
+        DriveError::ControlClosed(reason) if reason.contains("(SIG") => {
+            CliError::new(130, format!("the transfer was cancelled: {reason}")).hint(
+                "nothing was kept: partial files were removed; run the command again to restart",
+            )
+        }
         DriveError::Session(SessionError::PeerAborted { code, reason }) => {
             CliError::new(33, format!("the server aborted the transfer (code {code}): {reason}"))
         }
@@ -396,7 +461,7 @@ async fn session(
     if !bad.is_empty() {
         return Err(failed(format!("{} files failed verification or storage", bad.len())));
     }
-    Ok((report.file_bytes, report.files.len()))
+    Ok(report)
 }
 
 fn frame_bytes(t: u8, payload: &[u8]) -> Vec<u8> {

@@ -3,14 +3,17 @@
 //! data-path driver thread. `ferry serve` and `ferry cp` are built on it.
 
 pub(crate) mod cp;
+pub(crate) mod progress;
 pub(crate) mod serve;
 
-use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_engine::control::ControlMessage;
-use ferry_engine::io::driver::{ControlIn, DriveError, DriveReport, Side, drive};
+use ferry_engine::io::driver::{
+    ControlIn, DataSocket, DriveError, DriveReport, Progress, Side, drive,
+};
+use ferry_engine::session::abort_code;
 use ferry_engine::setup;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -179,6 +182,24 @@ pub(crate) async fn read_frame(
     }
 }
 
+/// Cancels sessions: set to `Some(reason)` (e.g. on SIGTERM) and every session watching it ends,
+/// removing its partial files and telling the peer the reason.
+pub(crate) type Cancel = tokio::sync::watch::Receiver<Option<&'static str>>;
+
+/// Resolves when the process receives SIGINT or SIGTERM, with a description of the signal.
+pub(crate) async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "terminated (SIGTERM)",
+        _ = int.recv() => "interrupted (SIGINT)",
+    }
+}
+
 /// Writes an ABORT frame and finishes the stream.
 pub(crate) async fn send_abort(send: &mut quinn::SendStream, code: u16, reason: &str) {
     let mut bytes = Vec::new();
@@ -196,15 +217,32 @@ pub(crate) async fn run_session(
     mut recv: quinn::RecvStream,
     leftover: Vec<u8>,
     mut side: Box<dyn Side + Send>,
-    socket: UdpSocket,
+    socket: DataSocket,
+    mut on_progress: Box<dyn FnMut(&Progress) + Send>,
+    mut cancel: Cancel,
 ) -> (Result<(), DriveError>, DriveReport) {
     let (in_tx, in_rx) = std::sync::mpsc::channel();
+    // Cancellation (a signal): the driver ends as if the control channel had closed, which drops
+    // its file sink (partial files are removed), and the peer gets an ABORT saying why.
+    let cancel_tx = in_tx.clone();
+    let cancelled = Arc::new(Mutex::new(None::<&'static str>));
+    let cancel_task = {
+        let cancelled = cancelled.clone();
+        tokio::spawn(async move {
+            if let Ok(reason) = cancel.wait_for(Option::is_some).await {
+                let reason = reason.expect("waited for Some");
+                *cancelled.lock().expect("lock") = Some(reason);
+                let _ = cancel_tx.send(ControlIn::Closed(reason.to_owned()));
+            }
+        })
+    };
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
     let driver = std::thread::Builder::new()
         .name("ferry-data".into())
         .spawn(move || {
             let mut out = |m| out_tx.send(m).is_ok();
-            drive(side.as_mut(), &socket, &in_rx, &mut out)
+            let mut socket = socket;
+            drive(side.as_mut(), &mut socket, &in_rx, &mut out, on_progress.as_mut())
         })
         .expect("spawn the data-path thread");
     let reader = tokio::spawn(async move {
@@ -249,8 +287,16 @@ pub(crate) async fn run_session(
             break;
         }
     }
+    let reason = *cancelled.lock().expect("lock");
+    if let Some(reason) = reason {
+        bytes.clear();
+        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.to_owned() }
+            .encode(&mut bytes);
+        let _ = send.write_all(&bytes).await;
+    }
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    cancel_task.abort();
     let outcome = tokio::task::spawn_blocking(move || driver.join())
         .await
         .expect("join task")
@@ -262,6 +308,44 @@ pub(crate) async fn run_session(
         });
     reader.abort();
     outcome
+}
+
+/// The server's listening socket: UDP on `addr`, with `SO_REUSEPORT` so that the sessions' data
+/// sockets ([`data_port_socket`]) can share its port. Linux delivers a datagram to the socket
+/// whose connected peer address matches its source, and to the unconnected (QUIC) socket
+/// otherwise.
+///
+/// `SO_REUSEPORT` would also let a second server of the same user start on the same port and
+/// silently take half the new connections, so the port is first claimed without it: if anything
+/// holds it, this fails with "address in use" like any server.
+pub(crate) fn listening_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let probe = reuseport_socket(addr, false)?;
+    let addr = probe.local_addr()?; // a port of 0 becomes the port the kernel chose
+    drop(probe);
+    reuseport_socket(addr, true)
+}
+
+/// A data socket on the server's listening address and port (see [`listening_socket`]).
+pub(crate) fn data_port_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    reuseport_socket(addr, true)
+}
+
+fn reuseport_socket(
+    addr: std::net::SocketAddr,
+    reuse: bool,
+) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = socket(family, SocketType::DGRAM, None)?;
+    if reuse {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
+    if addr.is_ipv6() {
+        // Like std's bind: a wildcard IPv6 address also takes IPv4 (mapped) peers.
+        let _ = sockopt::set_ipv6_v6only(&fd, false);
+    }
+    bind(&fd, &addr)?;
+    Ok(std::net::UdpSocket::from(fd))
 }
 
 /// Raises the soft limit on open files to the hard limit: a receiver holds one descriptor per

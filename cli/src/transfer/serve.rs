@@ -1,13 +1,13 @@
 //! `ferry serve`: the daemon for the simple case, one transfer user confined to a docroot.
 
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
-use ferry_engine::io::driver::{ReceiverSide, SenderSide, Side};
+use ferry_engine::io::driver::{DataSocket, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{self, Destination, FileSink, MmapSource};
 use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
@@ -56,7 +56,10 @@ pub(crate) fn default_state_dir() -> PathBuf {
 struct Ctx {
     docroot: PathBuf,
     authorized_keys: PathBuf,
-    listen_ip: std::net::IpAddr,
+    /// The address the server listens on; data sockets share it.
+    local: SocketAddr,
+    /// Set when the server shuts down.
+    cancel: super::Cancel,
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -91,13 +94,22 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(1, format!("cannot configure TLS: {e}")))?;
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(1, format!("cannot start the runtime: {e}")))?;
-    let ctx = Arc::new(Ctx { docroot, authorized_keys, listen_ip: args.listen.ip() });
     rt.block_on(async move {
-        let endpoint = quinn::Endpoint::server(config, args.listen).map_err(|e| {
+        let cannot_listen = |e: std::io::Error| {
             CliError::new(30, format!("cannot listen on {}: {e}", args.listen))
                 .hint("choose a free port with --listen HOST:PORT")
-        })?;
+        };
+        let socket = super::listening_socket(args.listen).map_err(cannot_listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(cannot_listen)?;
         let local = endpoint.local_addr().map_err(|e| CliError::new(1, e.to_string()))?;
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+        let ctx = Arc::new(Ctx { docroot, authorized_keys, local, cancel });
         // Ignore write errors: whoever started the server may have closed its stdout.
         let mut stdout = std::io::stdout();
         let _ = writeln!(
@@ -111,9 +123,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
             id.fingerprint()
         );
         let _ = std::io::stdout().flush();
-        while let Some(incoming) = endpoint.accept().await {
+        let mut sessions = tokio::task::JoinSet::new();
+        let signal = super::termination_signal();
+        tokio::pin!(signal);
+        let reason = loop {
+            let incoming = tokio::select! {
+                reason = &mut signal => break reason,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break "the endpoint closed" };
+            while sessions.try_join_next().is_some() {}
             let ctx = ctx.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 let peer = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => {
@@ -124,7 +145,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
                     Err(e) => log!("ferry serve: {peer}: handshake failed: {e}"),
                 }
             });
-        }
+        };
+        // Graceful shutdown: every session ends now, removing its partial files and telling its
+        // client why; then the connections close.
+        log!("ferry serve: {reason}: ending {} sessions", sessions.len());
+        let _ = cancel_tx.send(Some("the server is shutting down"));
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        log!("ferry serve: stopped");
         Ok(())
     })
 }
@@ -203,12 +235,15 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
             }
         }
     };
-    let socket = UdpSocket::bind(SocketAddr::new(ctx.listen_ip, 0))
-        .map_err(|e| format!("cannot bind a data socket: {e}"))?;
+    // The data socket shares the listening port (SO_REUSEPORT): connected to the client's data
+    // address, it takes that address's datagrams; everything else still reaches QUIC.
+    let socket = super::data_port_socket(ctx.local)
+        .map_err(|e| format!("cannot bind a data socket on {}: {e}", ctx.local))?;
     socket
         .connect(SocketAddr::new(peer.ip(), hello.data_port))
         .map_err(|e| format!("cannot connect the data socket: {e}"))?;
-    let data_port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    let data_port = ctx.local.port();
+    let socket = DataSocket::new(socket).map_err(|e| format!("data socket: {e}"))?;
     let secret = |conn: &quinn::Connection| -> Result<SessionSecret, String> {
         let mut s = Zeroizing::new([0u8; 32]);
         conn.export_keying_material(
@@ -281,7 +316,16 @@ async fn handle(conn: quinn::Connection, ctx: &Ctx) -> Result<(), String> {
     .encode(&mut out);
     send.write_all(&out).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let (result, report) = super::run_session(send, recv, leftover, side, socket).await;
+    let (result, report) = super::run_session(
+        send,
+        recv,
+        leftover,
+        side,
+        socket,
+        Box::new(|_| {}),
+        ctx.cancel.clone(),
+    )
+    .await;
     let secs = started.elapsed().as_secs_f64();
     // Let the client close the connection (it has the last word), bounded.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

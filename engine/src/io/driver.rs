@@ -2,16 +2,24 @@
 //! [`Sender`] or [`Receiver`] against it, exchanging control messages with the control layer
 //! over channels.
 //!
-//! The loop: take the control messages that arrived, drain up to a batch of datagrams without
-//! blocking, run timers, send everything the session wants to send, hand its control messages
-//! and events out, then block on the socket until the session's next deadline (at most 2 ms, so
-//! control messages are picked up promptly). One `recv`/`send` system call per datagram for now;
-//! batching (GSO, GRO, recvmmsg via quinn-udp) is the next step for speed.
+//! The loop: take the control messages that arrived, drain the socket without blocking, run
+//! timers, send everything the session wants to send, hand its control messages and events out,
+//! then block on the socket until the session's next deadline (at most 2 ms, so control messages
+//! are picked up promptly).
+//!
+//! System calls are batched ([`DataSocket`], on quinn-udp): datagrams the pacer releases together
+//! leave in one `sendmsg` with UDP generic segmentation offload (GSO: up to 64 equal-sized
+//! datagrams per call, the kernel splits them), and arrive through `recvmmsg` with UDP generic
+//! receive offload (GRO: the kernel hands over runs of datagrams from the same flow coalesced
+//! into one buffer). Where the kernel lacks either, the same code falls back to one datagram per
+//! message. Every buffer is allocated once per session.
 
-use std::io::ErrorKind;
-use std::net::UdpSocket;
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver as ChannelReceiver, TryRecvError};
 use std::time::{Duration, Instant};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use crate::control::{ControlMessage, FileStatus};
 use crate::session::{BlockSink, BlockSource, Event, Receiver, Sender, SessionError};
@@ -21,8 +29,14 @@ use crate::wire::MAX_DATAGRAM;
 const MAX_WAIT: Duration = Duration::from_millis(2);
 /// Requested socket buffer size in each direction.
 const SOCKET_BUFFER: usize = 8 << 20;
-/// Datagrams handled per loop iteration before timers and transmission get a turn.
-const RECV_BATCH: usize = 256;
+/// `recvmmsg` calls per loop iteration before timers and transmission get a turn.
+const RECV_CALLS: usize = 8;
+/// Messages per `recvmmsg` call.
+const RECV_SLOTS: usize = quinn_udp::BATCH_SIZE;
+/// Bytes per receive slot: one GRO-coalesced run of datagrams is at most 64 KiB.
+const RECV_SLOT_BYTES: usize = 1 << 16;
+/// Largest payload of one GSO `sendmsg` (the kernel's limit is one 64 KiB IP packet).
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// What the control layer hands the driver.
 #[derive(Debug)]
@@ -51,6 +65,8 @@ pub trait Side {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Whether the session is over.
     fn is_finished(&self) -> bool;
+    /// Progress so far, for progress bars and events.
+    fn progress(&self) -> SideProgress;
     /// A one-line state summary for debugging (`FERRY_DEBUG_DRIVER`).
     fn debug_line(&self) -> String {
         String::new()
@@ -90,6 +106,16 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn is_finished(&self) -> bool {
         self.sender.is_finished()
+    }
+    fn progress(&self) -> SideProgress {
+        let s = self.sender.stats();
+        SideProgress {
+            bytes: s.new_payload_bytes,
+            retransmitted_bytes: s.payload_bytes_sent - s.new_payload_bytes,
+            rate_bps: self.sender.rate(),
+            rtt: self.sender.srtt(),
+            dropped: s.dropped.clone(),
+        }
     }
     fn debug_line(&self) -> String {
         format!(
@@ -135,7 +161,58 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
     fn is_finished(&self) -> bool {
         self.receiver.is_finished()
     }
+    fn progress(&self) -> SideProgress {
+        let s = self.receiver.stats();
+        SideProgress {
+            bytes: s.bytes_stored,
+            retransmitted_bytes: 0,
+            rate_bps: 0,
+            rtt: None,
+            dropped: s.dropped.clone(),
+        }
+    }
+    fn debug_line(&self) -> String {
+        format!("{:?}", self.receiver.stats())
+    }
 }
+
+/// What one end of a session has done so far ([`Side::progress`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SideProgress {
+    /// File bytes sent for the first time (sender) or stored (receiver), each counted once.
+    pub bytes: u64,
+    /// File bytes sent again (sender only).
+    pub retransmitted_bytes: u64,
+    /// The sender's current pacing rate, bit/s (0 at the receiver).
+    pub rate_bps: u64,
+    /// The sender's smoothed round-trip time.
+    pub rtt: Option<Duration>,
+    /// Datagrams this end dropped unread, by reason (forged, replayed, foreign, malformed).
+    pub dropped: crate::session::DropCounts,
+}
+
+/// A progress report handed to the driver's observer about every [`PROGRESS_INTERVAL`], and
+/// once more when the session ends.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Time since the driver started.
+    pub elapsed: Duration,
+    /// The session's own counters.
+    pub side: SideProgress,
+    /// Total size of the files announced so far.
+    pub total_bytes: u64,
+    /// Files with an outcome so far.
+    pub files_done: usize,
+    /// Datagrams received and sent, and sends the kernel refused.
+    pub datagrams_in: u64,
+    /// See [`DriveReport::datagrams_out`].
+    pub datagrams_out: u64,
+    /// See [`DriveReport::send_drops`].
+    pub send_drops: u64,
+}
+
+/// How often the driver reports [`Progress`].
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why a driven session ended without completing.
 #[derive(Debug, thiserror::Error)]
@@ -160,48 +237,281 @@ pub struct DriveReport {
     pub datagrams_in: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
-    /// Sends the kernel refused (buffer full): treated as loss.
+    /// Datagrams the kernel refused to send (a transient error): treated as loss.
     pub send_drops: u64,
+    /// Datagrams from an address other than the peer's (dropped unread).
+    pub foreign_source: u64,
     /// Total size of the files in the manifest (as announced on the control channel).
     pub file_bytes: u64,
+    /// The session's own counters when it ended.
+    pub side: SideProgress,
 }
 
-/// Runs `side` on `socket` (connected to the peer's data port) until the session completes or
-/// fails. `control_out` carries the session's control messages to the control layer; it returns
-/// false when that layer is gone.
+/// A connected UDP socket with batched, offloaded sends and receives, and the buffers that go
+/// with it (allocated once).
+#[derive(Debug)]
+pub struct DataSocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    peer: SocketAddr,
+    /// Receive slots, [`RECV_SLOTS`] x [`RECV_SLOT_BYTES`].
+    rx: Vec<u8>,
+    meta: Vec<RecvMeta>,
+    /// The GSO batch being assembled: `tx_count` datagrams of `tx_segment` bytes (the last may
+    /// be shorter), `tx_len` bytes in all.
+    tx: Vec<u8>,
+    tx_len: usize,
+    tx_segment: usize,
+    tx_count: usize,
+    /// The batch is complete (its last datagram is short, or it is full) and waits to be sent.
+    tx_sealed: bool,
+    /// Length of a datagram parked after the batch (at `tx[tx_len..]`) because it could not join
+    /// it; it starts the next batch. 0 when there is none.
+    tx_tail: usize,
+}
+
+/// How a [`DataSocket::flush`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Nothing is pending any more (sent, or dropped after a transient error).
+    Done,
+    /// The socket's send buffer is full: the batch is kept; wait for the socket to be writable.
+    Blocked,
+}
+
+impl DataSocket {
+    /// Wraps `socket`, which must be connected to the peer's data port. Sets it non-blocking,
+    /// enables GRO where the kernel has it and asks for large socket buffers (best effort: the
+    /// kernel caps them at `net.core.rmem_max` / `wmem_max`).
+    pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
+        let peer = socket.peer_addr()?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        Ok(Self {
+            socket,
+            state,
+            peer,
+            rx: vec![0; RECV_SLOTS * RECV_SLOT_BYTES],
+            meta: vec![RecvMeta::default(); RECV_SLOTS],
+            tx: vec![0; GSO_MAX_BYTES + MAX_DATAGRAM],
+            tx_len: 0,
+            tx_segment: 0,
+            tx_count: 0,
+            tx_sealed: false,
+            tx_tail: 0,
+        })
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Receives what is waiting (at most [`RECV_CALLS`] batches), handing each datagram to
+    /// `side`.
+    fn receive(&mut self, side: &mut dyn Side, report: &mut DriveReport) -> Result<(), DriveError> {
+        for _ in 0..RECV_CALLS {
+            let mut chunks = self.rx.chunks_mut(RECV_SLOT_BYTES);
+            let mut iovs: [IoSliceMut<'_>; RECV_SLOTS] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let n = match self.state.recv((&self.socket).into(), &mut iovs, &mut self.meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(DriveError::Socket(e)),
+            };
+            let now = Instant::now();
+            for (meta, buf) in self.meta.iter().zip(iovs.iter_mut()).take(n) {
+                // A connected socket only receives from its peer; the check costs nothing.
+                if meta.addr != self.peer {
+                    report.foreign_source += 1;
+                    continue;
+                }
+                let stride = meta.stride.max(1);
+                for datagram in buf[..meta.len].chunks_mut(stride) {
+                    report.datagrams_in += 1;
+                    side.handle_datagram(now, datagram);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks `side` for datagrams and sends them, batched, until it has nothing more to send now
+    /// or the socket's buffer is full.
+    fn transmit(
+        &mut self,
+        side: &mut dyn Side,
+        now: Instant,
+        report: &mut DriveReport,
+    ) -> Result<Flush, DriveError> {
+        loop {
+            // A sealed batch goes out first (a parked datagram then opens the next one).
+            while self.tx_sealed {
+                if self.flush(report)? == Flush::Blocked {
+                    return Ok(Flush::Blocked);
+                }
+            }
+            let start = self.tx_len;
+            let Some(len) = side.poll_transmit(now, &mut self.tx[start..start + MAX_DATAGRAM])
+            else {
+                break;
+            };
+            if self.tx_count > 0 && len > self.tx_segment {
+                // A longer datagram cannot join the batch: it waits behind it (parked right after
+                // it) and starts the next batch once this one is out.
+                self.tx_tail = len;
+                self.tx_sealed = true;
+                continue;
+            }
+            if self.tx_count == 0 {
+                self.tx_segment = len;
+            }
+            self.tx_len += len;
+            self.tx_count += 1;
+            // A shorter datagram may end a batch; a full batch has no room for another one.
+            if len < self.tx_segment
+                || self.tx_count >= self.max_segments()
+                || self.tx_len + self.tx_segment > GSO_MAX_BYTES
+            {
+                self.tx_sealed = true;
+            }
+        }
+        while self.tx_count > 0 {
+            self.tx_sealed = true;
+            if self.flush(report)? == Flush::Blocked {
+                return Ok(Flush::Blocked);
+            }
+        }
+        Ok(Flush::Done)
+    }
+
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Sends the pending batch.
+    fn flush(&mut self, report: &mut DriveReport) -> Result<Flush, DriveError> {
+        if self.tx_count == 0 {
+            self.tx_sealed = false;
+            return Ok(Flush::Done);
+        }
+        debug_assert!(self.tx_count == 1 || self.tx_len > (self.tx_count - 1) * self.tx_segment);
+        let transmit = Transmit {
+            destination: self.peer,
+            ecn: None,
+            contents: &self.tx[..self.tx_len],
+            segment_size: (self.tx_count > 1).then_some(self.tx_segment),
+            src_ip: None,
+        };
+        let result = self.state.try_send((&self.socket).into(), &transmit);
+        match result {
+            Ok(()) => report.datagrams_out += self.tx_count as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+            Err(e) if self.tx_count > 1 && self.max_segments() == 1 => {
+                // The kernel refused segmentation offload (quinn-udp turned it off for this
+                // socket): send the batch one datagram at a time.
+                let _ = e;
+                for datagram in self.tx[..self.tx_len].chunks(self.tx_segment) {
+                    let one = Transmit { contents: datagram, segment_size: None, ..transmit };
+                    match self.state.try_send((&self.socket).into(), &one) {
+                        Ok(()) => report.datagrams_out += 1,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock || is_transient(&e) => {
+                            report.send_drops += 1;
+                        }
+                        Err(e) => return Err(DriveError::Socket(e)),
+                    }
+                }
+            }
+            Err(e) if is_transient(&e) => report.send_drops += self.tx_count as u64,
+            Err(e) => return Err(DriveError::Socket(e)),
+        }
+        self.tx_sealed = false;
+        if self.tx_tail > 0 {
+            // The parked datagram opens the next batch.
+            self.tx.copy_within(self.tx_len..self.tx_len + self.tx_tail, 0);
+            (self.tx_len, self.tx_segment, self.tx_count) = (self.tx_tail, self.tx_tail, 1);
+            self.tx_tail = 0;
+        } else {
+            self.tx_len = 0;
+            self.tx_count = 0;
+        }
+        Ok(Flush::Done)
+    }
+
+    /// Waits until a datagram arrives, the socket becomes writable (when `writable` is asked
+    /// for) or `wait` has passed.
+    fn wait(&self, wait: Duration, writable: bool) -> Result<(), DriveError> {
+        // ppoll has high-resolution timers (a socket receive timeout is rounded to jiffies, which
+        // would make pacing gaps milliseconds long).
+        let ts = rustix::event::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        let mut flags = rustix::event::PollFlags::IN;
+        if writable {
+            flags |= rustix::event::PollFlags::OUT;
+        }
+        let mut fds = [rustix::event::PollFd::new(&self.socket, flags)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(DriveError::Socket(e.into())),
+        }
+    }
+}
+
+/// Runs `side` on `socket` until the session completes or fails. `control_out` carries the
+/// session's control messages to the control layer; it returns false when that layer is gone.
+/// `on_progress` is called about every [`PROGRESS_INTERVAL`] and once at the end.
 pub fn drive(
     side: &mut dyn Side,
-    socket: &UdpSocket,
+    socket: &mut DataSocket,
     control_in: &ChannelReceiver<ControlIn>,
     control_out: &mut dyn FnMut(ControlMessage) -> bool,
+    on_progress: &mut dyn FnMut(&Progress),
 ) -> (Result<(), DriveError>, DriveReport) {
     let mut report = DriveReport::default();
-    let result = drive_inner(side, socket, control_in, control_out, &mut report);
+    let started = Instant::now();
+    let result = drive_inner(side, socket, control_in, control_out, on_progress, &mut report);
+    report.side = side.progress();
+    on_progress(&progress(side, &report, started));
     (result, report)
+}
+
+fn progress(side: &dyn Side, report: &DriveReport, started: Instant) -> Progress {
+    Progress {
+        elapsed: started.elapsed(),
+        side: side.progress(),
+        total_bytes: report.file_bytes,
+        files_done: report.files.len(),
+        datagrams_in: report.datagrams_in,
+        datagrams_out: report.datagrams_out,
+        send_drops: report.send_drops,
+    }
 }
 
 fn drive_inner(
     side: &mut dyn Side,
-    socket: &UdpSocket,
+    socket: &mut DataSocket,
     control_in: &ChannelReceiver<ControlIn>,
     control_out: &mut dyn FnMut(ControlMessage) -> bool,
+    on_progress: &mut dyn FnMut(&Progress),
     report: &mut DriveReport,
 ) -> Result<(), DriveError> {
-    let mut rx = vec![0u8; MAX_DATAGRAM + 1];
-    let mut tx = vec![0u8; MAX_DATAGRAM];
     let mut failure: Option<SessionError> = None;
     let mut closed: Option<String> = None;
-    socket.set_nonblocking(true).map_err(DriveError::Socket)?;
-    // Large socket buffers absorb scheduling hiccups (best effort: the kernel caps them at
-    // net.core.rmem_max / wmem_max).
-    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER);
-    let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
     let debug = std::env::var_os("FERRY_DEBUG_DRIVER").is_some();
-    let mut next_debug = Instant::now();
+    let started = Instant::now();
+    let mut next_progress = started + PROGRESS_INTERVAL;
     loop {
-        if debug && Instant::now() >= next_debug {
-            eprintln!("driver: {}", side.debug_line());
-            next_debug += Duration::from_millis(250);
+        let now = Instant::now();
+        if now >= next_progress {
+            on_progress(&progress(side, report, started));
+            if debug {
+                eprintln!("driver: {} {report:?}", side.debug_line());
+            }
+            next_progress = now + PROGRESS_INTERVAL;
         }
         loop {
             match control_in.try_recv() {
@@ -219,28 +529,10 @@ fn drive_inner(
                 }
             }
         }
-        for _ in 0..RECV_BATCH {
-            match socket.recv(&mut rx) {
-                Ok(n) => {
-                    report.datagrams_in += 1;
-                    side.handle_datagram(Instant::now(), &mut rx[..n]);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(DriveError::Socket(e)),
-            }
-        }
+        socket.receive(side, report)?;
         let now = Instant::now();
         side.handle_timeout(now);
-        while let Some(len) = side.poll_transmit(now, &mut tx) {
-            match socket.send(&tx[..len]) {
-                Ok(_) => report.datagrams_out += 1,
-                Err(e) if e.kind() == ErrorKind::WouldBlock || is_transient(&e) => {
-                    report.send_drops += 1;
-                }
-                Err(e) => return Err(DriveError::Socket(e)),
-            }
-        }
+        let blocked = socket.transmit(side, now, report)? == Flush::Blocked;
         while let Some(m) = side.poll_control() {
             if let ControlMessage::File(f) = &m {
                 report.file_bytes += f.size;
@@ -269,18 +561,8 @@ fn drive_inner(
             .poll_timeout()
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
             .min(MAX_WAIT);
-        if wait >= Duration::from_micros(20) {
-            // ppoll has high-resolution timers (a socket receive timeout is rounded to jiffies,
-            // which would make pacing gaps milliseconds long).
-            let ts = rustix::event::Timespec {
-                tv_sec: wait.as_secs() as i64,
-                tv_nsec: i64::from(wait.subsec_nanos()),
-            };
-            let mut fds = [rustix::event::PollFd::new(socket, rustix::event::PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(DriveError::Socket(e.into())),
-            }
+        if blocked || wait >= Duration::from_micros(20) {
+            socket.wait(if blocked { MAX_WAIT } else { wait }, blocked)?;
         }
     }
 }
@@ -339,13 +621,21 @@ mod tests {
         let recv_thread = std::thread::spawn(move || {
             let mut side = ReceiverSide { receiver, sink };
             let mut out = |m| to_send_tx.send(ControlIn::Message(m)).is_ok();
-            drive(&mut side, &b, &to_recv_rx, &mut out)
+            let mut b = DataSocket::new(b).unwrap();
+            drive(&mut side, &mut b, &to_recv_rx, &mut out, &mut |_| {})
         });
         let mut side = SenderSide { sender, source };
         let mut out = |m| to_recv_tx.send(ControlIn::Message(m)).is_ok();
-        let (result, report) = drive(&mut side, &a, &to_send_rx, &mut out);
+        let mut a = DataSocket::new(a).unwrap();
+        let mut last = Progress::default();
+        let (result, report) = drive(&mut side, &mut a, &to_send_rx, &mut out, &mut |p| {
+            last = p.clone();
+        });
         result.unwrap();
         assert_eq!(report.files.len(), 2);
+        assert_eq!(last.side.bytes, data.len() as u64, "final progress counts every byte once");
+        assert_eq!(last.total_bytes, data.len() as u64);
+        assert_eq!(last.files_done, 2);
         let (rresult, _) = recv_thread.join().unwrap();
         rresult.unwrap();
         assert_eq!(std::fs::read(dst_dir.path().join("big")).unwrap(), data);

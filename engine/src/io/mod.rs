@@ -5,8 +5,8 @@
 //!   confined to a destination directory, and renames them into place once verified.
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
 //!
-//! This is the engine's only module with `unsafe` code (mapping a file, see
-//! [`files::MmapSource::add`]).
+//! This is the engine's only module with `unsafe` code (mapping a file and releasing its pages,
+//! see [`files::MmapSource`]).
 
 pub mod driver;
 pub mod files;

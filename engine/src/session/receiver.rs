@@ -19,6 +19,8 @@ use crate::wire::{
 pub struct ReceiverStats {
     /// DATA packets whose block was new and stored.
     pub blocks_received: u64,
+    /// File bytes in those blocks (each byte counted once).
+    pub bytes_stored: u64,
     /// DATA packets whose block had already arrived.
     pub duplicate_blocks: u64,
     /// STATUS packets accepted.
@@ -342,6 +344,7 @@ impl Receiver {
             }
         }
         self.stats.blocks_received += 1;
+        self.stats.bytes_stored += payload.len() as u64;
         if let Some(filled) = self.learn_frontier(now, frontier, Some(block))
             && filled.requested
             && !retransmission

@@ -29,6 +29,8 @@ pub struct SenderStats {
     pub bytes_sent: u64,
     /// File bytes in DATA packets, retransmissions included.
     pub payload_bytes_sent: u64,
+    /// File bytes sent for the first time (each byte counted once).
+    pub new_payload_bytes: u64,
     /// FEEDBACK packets accepted.
     pub feedback_received: u64,
     /// Datagrams dropped before their body was read, by reason.
@@ -338,6 +340,7 @@ impl Sender {
                 if is_new {
                     self.frontier = block + 1;
                     self.stats.data_packets += 1;
+                    self.stats.new_payload_bytes += block_len as u64;
                     if let Err(e) = self.hash_sent(Some(source)) {
                         self.fail(e, abort_code::SOURCE);
                         return None;
