@@ -27,10 +27,14 @@ use crate::wire::MAX_DATAGRAM;
 
 /// The longest the driver blocks on the socket before checking the control channel again.
 const MAX_WAIT: Duration = Duration::from_millis(2);
-/// Requested socket buffer size in each direction.
-const SOCKET_BUFFER: usize = 8 << 20;
-/// `recvmmsg` calls per loop iteration before timers and transmission get a turn.
-const RECV_CALLS: usize = 8;
+/// Requested socket buffer size in each direction: enough to ride out a scheduling hiccup of
+/// tens of milliseconds at several Gbit/s, so the receiver's queue shows up as delay (which the
+/// rate controller reacts to) instead of as overflow loss (which it deliberately ignores).
+const SOCKET_BUFFER: usize = 32 << 20;
+/// Datagrams handled per loop iteration before timers and transmission get a turn (a bound in
+/// datagrams, not calls: one GRO call can carry 32 x 44 of them, and feedback must not wait
+/// behind many milliseconds of decryption).
+const RECV_BUDGET: usize = 512;
 /// Messages per `recvmmsg` call.
 const RECV_SLOTS: usize = quinn_udp::BATCH_SIZE;
 /// Bytes per receive slot: one GRO-coalesced run of datagrams is at most 64 KiB.
@@ -281,13 +285,19 @@ enum Flush {
 
 impl DataSocket {
     /// Wraps `socket`, which must be connected to the peer's data port. Sets it non-blocking,
-    /// enables GRO where the kernel has it and asks for large socket buffers (best effort: the
-    /// kernel caps them at `net.core.rmem_max` / `wmem_max`).
+    /// enables GRO where the kernel has it and asks for large socket buffers ([`SOCKET_BUFFER`]:
+    /// beyond `net.core.rmem_max` / `wmem_max` where the process may (`CAP_NET_ADMIN`), else up
+    /// to those limits; [`DataSocket::buffer_sizes`] says what was granted).
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
         let peer = socket.peer_addr()?;
         let state = UdpSocketState::new((&socket).into())?;
-        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
-        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        use rustix::net::sockopt;
+        if sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+            let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+        }
+        if sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+            let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        }
         Ok(Self {
             socket,
             state,
@@ -308,10 +318,19 @@ impl DataSocket {
         self.socket.local_addr()
     }
 
-    /// Receives what is waiting (at most [`RECV_CALLS`] batches), handing each datagram to
-    /// `side`.
+    /// The receive and send buffer sizes the kernel granted (Linux reports twice the usable
+    /// size).
+    pub fn buffer_sizes(&self) -> (usize, usize) {
+        let r = self.state.recv_buffer_size((&self.socket).into()).unwrap_or(0);
+        let w = self.state.send_buffer_size((&self.socket).into()).unwrap_or(0);
+        (r, w)
+    }
+
+    /// Receives what is waiting (about [`RECV_BUDGET`] datagrams at most), handing each datagram
+    /// to `side`.
     fn receive(&mut self, side: &mut dyn Side, report: &mut DriveReport) -> Result<(), DriveError> {
-        for _ in 0..RECV_CALLS {
+        let mut handled = 0;
+        while handled < RECV_BUDGET {
             let mut chunks = self.rx.chunks_mut(RECV_SLOT_BYTES);
             let mut iovs: [IoSliceMut<'_>; RECV_SLOTS] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
@@ -331,6 +350,7 @@ impl DataSocket {
                 let stride = meta.stride.max(1);
                 for datagram in buf[..meta.len].chunks_mut(stride) {
                     report.datagrams_in += 1;
+                    handled += 1;
                     side.handle_datagram(now, datagram);
                 }
             }

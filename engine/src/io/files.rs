@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -29,7 +30,8 @@ pub struct MmapSource {
 #[derive(Debug)]
 struct MappedFile {
     map: Mmap,
-    /// Pages before this offset have been released.
+    /// Where the last release ended (pages before it were released then; retransmissions may
+    /// have faulted some back in since).
     released: usize,
 }
 
@@ -76,16 +78,13 @@ impl MappedFile {
         // Whole pages only (the mapping starts page-aligned; 64 KiB is a multiple of every
         // page size Linux uses on the platforms Ferry supports).
         let upto = upto & !0xffff;
+        // Everything before `upto`, not just the new step: retransmissions fault old pages back
+        // in, and those must go again too.
         // SAFETY: MADV_DONTNEED on a read-only, shared, file-backed mapping only drops this
         // process's page-table entries; the next access faults the same file bytes back in from
         // the page cache. No reference into the range is held across this call (reads copy out).
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.released,
-                upto - self.released,
-            )
-        };
+        let _ =
+            unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, upto) };
         self.released = upto;
     }
 }
@@ -155,7 +154,7 @@ pub fn validate_relative(path: &str) -> Result<Vec<&str>, String> {
 
 #[derive(Debug)]
 struct SinkFile {
-    file: Option<File>,
+    file: Option<Arc<File>>,
     partial: PathBuf,
     target: PathBuf,
     mode: u32,
@@ -172,19 +171,111 @@ struct SinkFile {
 /// because they travel to the peer.
 ///
 /// Blocks mostly arrive in order, so writes are coalesced: a run of contiguous blocks of one file
-/// collects in a buffer of [`WRITE_BEHIND`] bytes and reaches the file in one `pwrite` (one
-/// system call per ~700 blocks instead of one per block). The buffer is written before any read
-/// of that file, before the file is finished, and when a block does not continue the run.
+/// collects in a buffer of [`WRITE_BEHIND`] bytes, and full runs go to a writer thread (the
+/// file stage) over a channel, which `pwrite`s them (one system call per ~700 blocks instead of
+/// one per block, and the copy into the page cache off the network thread) and hands the buffer
+/// back for reuse. At most [`WRITE_BUFFERS`] runs are in flight; a slow disk therefore slows the
+/// session (flow control) instead of growing memory. Reads wait for the writes they depend on,
+/// and a file is finished only after all of its writes completed.
 #[derive(Debug)]
 pub struct FileSink {
     root: PathBuf,
     dest: Destination,
     files: Vec<SinkFile>,
     pending: WriteBehind,
+    writer: Option<Writer>,
 }
 
-/// Size of the write-behind buffer.
+/// Size of one write-behind buffer.
 pub const WRITE_BEHIND: usize = 1 << 20;
+/// Write-behind buffers per sink (one collecting, the others in flight to the file).
+pub const WRITE_BUFFERS: usize = 4;
+
+/// A run handed to the writer thread.
+type WriteJob = (Arc<File>, u64, Vec<u8>);
+/// The buffer back, emptied, with the outcome of its write.
+type WriteDone = (Vec<u8>, io::Result<()>);
+
+/// The file stage: a thread writing runs, and the buffers it has not yet handed back.
+#[derive(Debug)]
+struct Writer {
+    jobs: Option<crossbeam_channel::Sender<WriteJob>>,
+    done: crossbeam_channel::Receiver<WriteDone>,
+    /// Empty buffers ready for the next run.
+    spare: Vec<Vec<u8>>,
+    in_flight: usize,
+    /// The first write error, reported by the next write, read or finish.
+    error: Option<io::Error>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start() -> io::Result<Self> {
+        let (jobs, job_rx) = crossbeam_channel::bounded::<WriteJob>(WRITE_BUFFERS);
+        let (done_tx, done) = crossbeam_channel::bounded::<WriteDone>(WRITE_BUFFERS);
+        let thread = std::thread::Builder::new().name("ferry-write".into()).spawn(move || {
+            for (file, offset, mut buf) in job_rx {
+                let result = file.write_all_at(&buf, offset);
+                drop(file);
+                buf.clear();
+                if done_tx.send((buf, result)).is_err() {
+                    return;
+                }
+            }
+        })?;
+        let spare = (0..WRITE_BUFFERS - 1).map(|_| Vec::with_capacity(WRITE_BEHIND)).collect();
+        Ok(Self { jobs: Some(jobs), done, spare, in_flight: 0, error: None, thread: Some(thread) })
+    }
+
+    fn complete(&mut self, (buf, result): WriteDone) {
+        self.in_flight -= 1;
+        self.spare.push(buf);
+        if let Err(e) = result {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// Sends a run to the writer thread and returns an empty buffer for the next one (waiting
+    /// for one to come back when all are in flight).
+    fn submit(&mut self, job: WriteJob) -> io::Result<Vec<u8>> {
+        while let Ok(d) = self.done.try_recv() {
+            self.complete(d);
+        }
+        let jobs = self.jobs.as_ref().expect("writer running");
+        jobs.send(job).map_err(|_| io::Error::other("the file writer thread stopped"))?;
+        self.in_flight += 1;
+        if self.spare.is_empty() {
+            let d = self.done.recv().map_err(|_| io::Error::other("the file writer stopped"))?;
+            self.complete(d);
+        }
+        self.take_error()?;
+        Ok(self.spare.pop().expect("a buffer came back"))
+    }
+
+    /// Waits until every submitted run is written.
+    fn wait_all(&mut self) -> io::Result<()> {
+        while self.in_flight > 0 {
+            let d = self.done.recv().map_err(|_| io::Error::other("the file writer stopped"))?;
+            self.complete(d);
+        }
+        self.take_error()
+    }
+
+    fn take_error(&mut self) -> io::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the job channel ends the thread once it has written what it holds; joining it
+        // guarantees no write lands after the sink removed its partial files.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// A run of contiguous bytes of one file not yet written to it.
 #[derive(Debug)]
@@ -199,21 +290,35 @@ impl FileSink {
     pub fn new(root: &Path, dest: Destination) -> io::Result<Self> {
         let root = root.canonicalize()?;
         let pending = WriteBehind { file: 0, offset: 0, buf: Vec::with_capacity(WRITE_BEHIND) };
-        Ok(Self { root, dest, files: Vec::new(), pending })
+        Ok(Self { root, dest, files: Vec::new(), pending, writer: None })
     }
 
-    /// Writes the pending run to its file.
+    /// Hands the pending run to the writer thread (started on first use).
     fn flush(&mut self) -> io::Result<()> {
         if self.pending.buf.is_empty() {
             return Ok(());
         }
-        let WriteBehind { file, offset, ref mut buf } = self.pending;
-        let result = match self.files.get(file as usize).and_then(|f| f.file.as_ref()) {
-            Some(f) => f.write_all_at(buf, offset),
-            None => Err(io::Error::other("file not open")),
+        let file = self.pending.file;
+        let Some(f) = self.files.get(file as usize).and_then(|f| f.file.clone()) else {
+            self.pending.buf.clear();
+            return Err(io::Error::other("file not open"));
         };
-        buf.clear();
-        result
+        if self.writer.is_none() {
+            self.writer = Some(Writer::start()?);
+        }
+        let writer = self.writer.as_mut().expect("started");
+        let full = std::mem::take(&mut self.pending.buf);
+        self.pending.buf = writer.submit((f, self.pending.offset, full))?;
+        Ok(())
+    }
+
+    /// Flushes the pending run and waits until everything written so far is in the files.
+    fn sync_writes(&mut self) -> io::Result<()> {
+        self.flush()?;
+        match &mut self.writer {
+            Some(w) => w.wait_all(),
+            None => Ok(()),
+        }
     }
 
     /// The final paths of the files announced so far.
@@ -286,7 +391,7 @@ impl BlockSink for FileSink {
             )
         })?;
         let mut sf = SinkFile {
-            file: Some(file),
+            file: Some(Arc::new(file)),
             partial,
             target,
             mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
@@ -333,6 +438,10 @@ impl BlockSink for FileSink {
                 self.flush()?;
             }
         }
+        // The bytes may be in a run still on its way to the file.
+        if let Some(w) = &mut self.writer {
+            w.wait_all()?;
+        }
         let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
         f.ok_or_else(|| io::Error::other("file not open"))?.read_exact_at(buf, offset)
     }
@@ -342,13 +451,12 @@ impl BlockSink for FileSink {
     }
 
     fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
-        if self.pending.file == file {
-            if verified {
-                self.flush()?;
-            } else {
-                self.pending.buf.clear();
-            }
+        if self.pending.file == file && !verified {
+            self.pending.buf.clear();
         }
+        // Every run of this file (and, simply, of the others) must be written before it is
+        // synced and linked into place, or before its partial is removed.
+        self.sync_writes()?;
         let sf = self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no file"))?;
         let Some(f) = sf.file.take() else { return Ok(()) };
         let result = if verified {
@@ -379,6 +487,8 @@ impl BlockSink for FileSink {
 
 impl Drop for FileSink {
     fn drop(&mut self) {
+        // Stop the writer first: nothing may be written after a partial file is removed.
+        self.writer = None;
         for sf in &mut self.files {
             if sf.file.take().is_some() {
                 let _ = fs::remove_file(&sf.partial);
