@@ -326,7 +326,9 @@ pub struct Pacer {
 }
 
 /// Default pacer burst: how long a full bucket lasts at the current rate.
-pub const PACER_BURST_TIME: Duration = Duration::from_micros(500);
+/// 2 ms: a sending thread woken late by the scheduler (common on a loaded machine) catches up
+/// within that much lateness instead of losing the time for good.
+pub const PACER_BURST_TIME: Duration = Duration::from_millis(2);
 
 impl Pacer {
     /// A pacer at `rate_bps` whose bucket holds at least `min_burst` bytes (e.g. two datagrams).

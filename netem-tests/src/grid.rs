@@ -25,7 +25,7 @@ use crate::probe::mathis_bps;
 use crate::testbed::{Testbed, TestbedOptions};
 
 /// One cell of the grid.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Cell {
     /// Round-trip time, ms.
     pub rtt_ms: u64,
@@ -91,7 +91,7 @@ pub fn full_grid(ceiling_mbps: u64) -> Vec<Cell> {
 }
 
 /// One measured (cell, row) pair.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Result {
     /// The cell.
     pub cell: Cell,
@@ -106,6 +106,7 @@ pub struct Result {
     /// goodput / (C x (1 - p)).
     pub efficiency: f64,
     /// Forward IP bytes on the link / payload bytes.
+    #[serde(deserialize_with = "nan_if_null")]
     pub wire_ratio: f64,
     /// Completion time of a finished file copy, s.
     pub completion_s: Option<f64>,
@@ -121,6 +122,11 @@ pub struct Result {
     pub queue_ms: (f64, f64),
     /// Remark, or the error when the row failed.
     pub note: String,
+}
+
+/// serde_json writes NaN as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    <Option<f64> as serde::Deserialize>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
 }
 
 /// Settings of a grid run.
@@ -277,6 +283,69 @@ pub fn markdown(results: &[Result]) -> String {
     s
 }
 
+/// Ferry's goodput relative to every other row, per cell: one line per cell and Ferry row
+/// (rows whose name starts with "Ferry"), one column per peer ("-" where the peer did not run
+/// or delivered nothing).
+pub fn ratios_markdown(results: &[Result]) -> String {
+    let is_ferry = |r: &Result| r.tool.starts_with("Ferry");
+    let mut peers: Vec<&str> = Vec::new();
+    for r in results.iter().filter(|r| !is_ferry(r)) {
+        if !peers.contains(&r.tool.as_str()) {
+            peers.push(&r.tool);
+        }
+    }
+    let mut s = String::from(
+        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | Ferry row | goodput (bit/s) |",
+    );
+    for p in &peers {
+        let _ = write!(s, " / {p} |");
+    }
+    s.push_str("\n|---:|---:|---:|---:|---|---:|");
+    for _ in &peers {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for f in results.iter().filter(|r| is_ferry(r)) {
+        let c = &f.cell;
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {}% | {} | {} |",
+            c.rate_mbps,
+            c.buffer_bdp,
+            c.rtt_ms,
+            c.loss * 100.0,
+            f.tool,
+            fmt_rate(f.goodput_bps)
+        );
+        for p in &peers {
+            let peer = results.iter().find(|r| r.cell == f.cell && r.tool == *p);
+            match peer {
+                Some(r) if r.goodput_bps > 0.0 => {
+                    let _ = write!(s, " {:.2}x |", f.goodput_bps / r.goodput_bps);
+                }
+                _ => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads the results of an earlier run (`results.jsonl`).
+pub fn read_jsonl(path: &Path) -> std::result::Result<Vec<Result>, NetemError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetemError::Io { what: format!("reading {}", path.display()), source: e })?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| NetemError::Parse {
+                what: format!("{}: {e}", path.display()),
+                text: l.chars().take(200).collect(),
+            })
+        })
+        .collect()
+}
+
 /// One SVG per (rate, buffer, RTT): goodput (log scale) against loss, one line per tool, plus
 /// the C x (1-p) line. Returns the files written.
 pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>, NetemError> {
@@ -343,4 +412,40 @@ pub fn plots(results: &[Result], dir: &Path) -> std::result::Result<Vec<PathBuf>
         files.push(path);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(tool: &str, goodput_bps: f64) -> Result {
+        Result {
+            cell: Cell { rtt_ms: 50, loss: 0.01, rate_mbps: 100, buffer_bdp: 1.0 },
+            tool: tool.into(),
+            payload_bytes: 0,
+            seconds: 1.0,
+            goodput_bps,
+            efficiency: 0.0,
+            wire_ratio: f64::NAN,
+            completion_s: None,
+            queue_drops: 0,
+            unaccounted: 0,
+            late_p99_us: 0,
+            queue_ms: (0.0, 0.0),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_compare_ferry_with_every_peer_and_results_round_trip() {
+        let rs =
+            vec![result("iperf3 TCP cubic", 2e6), result("UFTP", 0.0), result("Ferry fixed", 80e6)];
+        let t = ratios_markdown(&rs);
+        assert!(t.contains("/ iperf3 TCP cubic | / UFTP |"), "{t}");
+        assert!(t.contains("| Ferry fixed | 80.0 M | 40.00x | - |"), "{t}");
+        // NaN wire ratios are written as null and read back as NaN.
+        let line = serde_json::to_string(&rs[0]).unwrap();
+        let back: Result = serde_json::from_str(&line).unwrap();
+        assert!(back.wire_ratio.is_nan() && back.tool == rs[0].tool);
+    }
 }

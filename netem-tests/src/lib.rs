@@ -6,12 +6,14 @@
 
 pub mod emulator;
 pub mod error;
+pub mod ferry;
 pub mod grid;
 pub mod model;
 pub mod netns;
 pub mod peers;
 pub mod probe;
 pub mod rng;
+pub mod share;
 pub mod svg;
 pub mod testbed;
 

@@ -4,8 +4,8 @@
 //! A row implements [`Row`]; the grid runner gives it a fresh test bed per cell, snapshots the
 //! link counters around [`Row::run`] (so "bytes on the wire" is measured by the link, not
 //! reported by the tool), and turns the [`RowOutcome`] into a table line. Ferry's own rows
-//! (`ferry cp` with `--policy fixed` and adaptive) and a quinn bulk-copy row plug in by
-//! implementing [`Row`] and adding a name to [`row_by_name`].
+//! (`ferry cp` with `--policy fixed` and adaptive, [`crate::ferry`]) and the quinn bulk-copy rows
+//! ([`QuicRow`]) plug in by implementing [`Row`] and adding a name to [`row_by_name`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::NetemError;
+use crate::ferry::{FerryPolicy, FerryRow};
 use crate::netns::{self, ChildGuard, Netns};
 use crate::probe::{self, IperfMode};
 use crate::testbed::{CLIENT_DEV, CLIENT_IP, SERVER_DEV, SERVER_IP, Testbed};
@@ -62,13 +63,17 @@ pub trait Row: std::fmt::Debug {
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError>;
 }
 
-/// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`.
+/// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`,
+/// `ferry-fixed`, `ferry-adaptive` (these two in [`crate::ferry`]), `quic-cubic`, `quic-bbr`
+/// ([`QuicRow`]).
 pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
     match name {
         "iperf3-cubic" => Some(Box::new(Iperf3Row { cc: "cubic" })),
         "iperf3-bbr" => Some(Box::new(Iperf3Row { cc: "bbr" })),
         "scp" => Some(Box::new(ScpRow)),
         "uftp" => Some(Box::new(UftpRow)),
+        "ferry-fixed" => Some(Box::new(FerryRow { policy: FerryPolicy::Fixed })),
+        "ferry-adaptive" => Some(Box::new(FerryRow { policy: FerryPolicy::Adaptive })),
         "quic-cubic" => Some(Box::new(QuicRow { cc: "cubic" })),
         "quic-bbr" => Some(Box::new(QuicRow { cc: "bbr" })),
         _ => None,
@@ -76,8 +81,16 @@ pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
 }
 
 /// Every row name [`row_by_name`] accepts.
-pub const ROW_NAMES: &[&str] =
-    &["iperf3-cubic", "iperf3-bbr", "scp", "uftp", "quic-cubic", "quic-bbr"];
+pub const ROW_NAMES: &[&str] = &[
+    "iperf3-cubic",
+    "iperf3-bbr",
+    "scp",
+    "uftp",
+    "ferry-fixed",
+    "ferry-adaptive",
+    "quic-cubic",
+    "quic-bbr",
+];
 
 fn have(prog: &str) -> Result<(), String> {
     let ok = Command::new("sh")

@@ -19,13 +19,26 @@ fn esc(s: &str) -> String {
 }
 
 /// Renders `series` as an 760x440 SVG document. With `log_y`, y values <= 0 are drawn at the
-/// bottom of the axis.
+/// bottom of the axis. X ticks are at the data's x values.
 pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
     log_y: bool,
+) -> String {
+    line_chart_with_x_step(title, x_label, y_label, series, log_y, None)
+}
+
+/// [`line_chart`] with x ticks every `x_step` (for dense series such as time traces, whose
+/// points are then drawn without markers) instead of at the data's x values.
+pub fn line_chart_with_x_step(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+    x_step: Option<f64>,
 ) -> String {
     let (w, h) = (760.0, 440.0);
     let (l, r, t, b) = (70.0, 200.0, 40.0, 50.0);
@@ -47,7 +60,13 @@ pub fn line_chart(
         let hi = if y1 == f64::MIN { 1.0 } else { y1.log10().ceil() };
         (lo, if hi <= lo { lo + 1.0 } else { hi })
     } else {
-        (0.0f64.min(y0), if y1 <= 0.0 { 1.0 } else { y1 * 1.1 })
+        // A round top (1, 2, 2.5 or 5 x 10^k per fifth) so the five tick labels are short.
+        let top = if y1 <= 0.0 { 1.0 } else { y1 * 1.05 };
+        let raw = top / 5.0;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step =
+            [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(raw);
+        (0.0f64.min(y0), step * 5.0)
     };
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let py = |y: f64| {
@@ -75,8 +94,15 @@ pub fn line_chart(
         h - b
     );
     let _ = writeln!(s, r#"<line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#, h - b);
-    // X ticks at the data's x values.
-    let mut xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    // X ticks at the data's x values, or every `x_step`.
+    let mut xs: Vec<f64> = match x_step {
+        Some(step) if step > 0.0 => {
+            let first = (x0 / step).ceil() as i64;
+            let last = (x1 / step).floor() as i64;
+            (first..=last).map(|k| k as f64 * step).collect()
+        }
+        _ => series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect(),
+    };
     xs.sort_by(f64::total_cmp);
     xs.dedup();
     for x in xs {
@@ -113,7 +139,7 @@ pub fn line_chart(
             r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             l - 6.0,
             py(y) + 4.0,
-            y
+            (y * 1000.0).round() / 1000.0
         );
     }
     let _ = writeln!(
@@ -139,7 +165,7 @@ pub fn line_chart(
             r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
             path.join(" ")
         );
-        for &(x, y) in &se.points {
+        for &(x, y) in se.points.iter().filter(|_| x_step.is_none()) {
             let _ =
                 writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#, px(x), py(y));
         }

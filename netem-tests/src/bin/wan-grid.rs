@@ -3,7 +3,8 @@
 //! `cargo run --release -p ferry-netem --bin wan-grid -- [OPTIONS]` (as root). Runs every row
 //! in every cell on a fresh pair of namespaces joined by the emulated link, prints a Markdown
 //! table and writes it, the raw results (JSON lines) and one SVG plot per (rate, buffer, RTT)
-//! to `--out`. `--ceiling` measures the link emulator's own ceiling instead.
+//! to `--out`. `--ceiling` measures the link emulator's own ceiling instead; `wan-grid share`
+//! runs the link-sharing scenarios (Ferry against TCP and against itself, rate over time).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -13,6 +14,7 @@ use clap::Parser;
 use ferry_netem::grid::{self, Cell, RunSettings};
 use ferry_netem::peers::{self, ROW_NAMES};
 use ferry_netem::probe::{self, IperfMode};
+use ferry_netem::share::{self, ShareSettings};
 use ferry_netem::testbed::linkem_near_current_exe;
 use ferry_netem::{BackendChoice, DirectionConfig, LinkConfig, Testbed, TestbedOptions, netns};
 
@@ -44,7 +46,9 @@ struct Args {
     /// Only the presets (no --rtt x --loss cells).
     #[arg(long)]
     presets_only: bool,
-    /// Rows to run (comma-separated): iperf3-cubic, iperf3-bbr, scp, uftp.
+    /// Rows to run (comma-separated): iperf3-cubic, iperf3-bbr, scp, uftp, ferry-fixed,
+    /// ferry-adaptive (Ferry rows need `ferry` built next to this binary:
+    /// `cargo build --release -p ferry`).
     #[arg(long, value_delimiter = ',', default_values_t = ROW_NAMES.iter().map(|s| s.to_string()))]
     rows: Vec<String>,
     /// Duration of time-bounded rows (iperf3), s.
@@ -60,17 +64,65 @@ struct Args {
     #[arg(long, default_value = "target/wan-grid")]
     out: PathBuf,
     /// Link back-end: auto (netem if the kernel has it), emulator, netem.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", global = true)]
     backend: String,
     /// Seed of the emulator's random streams.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, global = true)]
     seed: u64,
     /// Run the emulator with ordinary scheduling instead of `chrt -r 20`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     no_realtime: bool,
     /// Measure the link emulator's own ceiling (and a plain veth pair for reference) and exit.
     #[arg(long)]
     ceiling: bool,
+    /// Run nothing: write the table, the Ferry ratio table and the plots to --out again from
+    /// the results.jsonl of an earlier run.
+    #[arg(long, value_name = "JSONL")]
+    from_jsonl: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Sharing one bottleneck: Ferry fair / low / fixed against one TCP CUBIC flow, low alone,
+    /// and two Ferry fair sessions, started together; per-flow rate over time (SVG per
+    /// scenario), mean shares, Jain index and the targets (share.md, share.jsonl).
+    Share(ShareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ShareArgs {
+    /// Bottleneck rate, Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Round-trip time, ms.
+    #[arg(long, default_value_t = 50)]
+    rtt: u64,
+    /// Bottleneck buffers in bandwidth-delay products (comma-separated); each scenario runs
+    /// once per buffer.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0f64, 4.0])]
+    buffer: Vec<f64>,
+    /// How long the flows run together, s.
+    #[arg(long, default_value_t = 30)]
+    seconds: u32,
+    /// Ramp-up excluded from the means: the window starts this long after the last flow
+    /// started, s.
+    #[arg(long, default_value_t = 5.0)]
+    warmup: f64,
+    /// Scenarios (comma-separated; default all): fair-vs-tcp, low-vs-tcp, low-alone,
+    /// fixed-vs-tcp, fair-vs-fair.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Output directory (share.md, share.jsonl, one SVG per scenario and buffer).
+    #[arg(long, default_value = "target/wan-grid/share")]
+    out: PathBuf,
+    /// Run Ferry with FERRY_DEBUG_DRIVER=1 and keep each Ferry flow's stderr in --out.
+    #[arg(long)]
+    debug_driver: bool,
+    /// Run nothing: redraw the plots and share.md in --out from this share.jsonl.
+    #[arg(long, value_name = "JSONL")]
+    replot: Option<PathBuf>,
 }
 
 fn main() {
@@ -88,7 +140,12 @@ fn main() {
             "wan-grid: warning: no signal handler ({e}); an interrupted run leaves namespaces for the next run to delete"
         );
     }
-    let code = match if args.ceiling { ceiling(&args) } else { run(&args) } {
+    let outcome = match &args.cmd {
+        Some(Cmd::Share(s)) => share(&args, s),
+        None if args.ceiling => ceiling(&args),
+        None => run(&args),
+    };
+    let code = match outcome {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("wan-grid: {e}");
@@ -146,6 +203,12 @@ fn cells(args: &Args) -> Result<Vec<Cell>, String> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if let Some(path) = &args.from_jsonl {
+        let results = grid::read_jsonl(path).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("creating {}: {e}", args.out.display()))?;
+        return report(&results, &args.out);
+    }
     let opts = options(args)?;
     let cells = cells(args)?;
     let mut rows = Vec::new();
@@ -196,14 +259,55 @@ fn run(args: &Args) -> Result<(), String> {
             results.push(r);
         }
     }
-    let table = grid::markdown(&results);
-    let md = args.out.join("results.md");
+    report(&results, &args.out)?;
+    println!("raw: {}", jsonl_path.display());
+    Ok(())
+}
+
+/// Writes `results.md` (the table, then Ferry's goodput ratios to every peer) and the plots to
+/// `out`, and prints them.
+fn report(results: &[grid::Result], out: &std::path::Path) -> Result<(), String> {
+    let mut table = grid::markdown(results);
+    if results.iter().any(|r| r.tool.starts_with("Ferry")) {
+        table.push_str("\nFerry's goodput relative to each peer in the same cell:\n\n");
+        table.push_str(&grid::ratios_markdown(results));
+    }
+    let md = out.join("results.md");
     std::fs::write(&md, &table).map_err(|e| format!("writing {}: {e}", md.display()))?;
-    let plots = grid::plots(&results, &args.out).map_err(|e| e.to_string())?;
+    let plots = grid::plots(results, out).map_err(|e| e.to_string())?;
     println!("{table}");
-    println!("table: {}\nraw: {}", md.display(), jsonl_path.display());
+    println!("table: {}", md.display());
     for p in plots {
         println!("plot: {}", p.display());
+    }
+    Ok(())
+}
+
+fn share(args: &Args, s: &ShareArgs) -> Result<(), String> {
+    if let Some(jsonl) = &s.replot {
+        let results = share::replot(jsonl, &s.out).map_err(|e| e.to_string())?;
+        println!("{}", share::markdown(&results));
+        return Ok(());
+    }
+    let ferry = ferry_netem::ferry::ferry_binary()?;
+    let scratch =
+        tempfile::Builder::new().prefix("wan-share-").tempdir().map_err(|e| e.to_string())?;
+    let settings = ShareSettings {
+        cell: Cell { rtt_ms: s.rtt, loss: 0.0, rate_mbps: s.rate, buffer_bdp: 1.0 },
+        seconds: s.seconds,
+        warmup_s: s.warmup,
+        testbed: options(args)?,
+        ferry,
+        scratch: scratch.path().to_path_buf(),
+        debug_driver: s.debug_driver,
+        logs: s.debug_driver.then(|| s.out.clone()),
+    };
+    let results =
+        share::run(&s.scenarios, &s.buffer, &settings, &s.out).map_err(|e| e.to_string())?;
+    println!("{}", share::markdown(&results));
+    println!("summary: {}", s.out.join("share.md").display());
+    for r in &results {
+        println!("plot: {}", s.out.join(share::plot_name(r)).display());
     }
     Ok(())
 }
