@@ -4,8 +4,8 @@
 //! A row implements [`Row`]; the grid runner gives it a fresh test bed per cell, snapshots the
 //! link counters around [`Row::run`] (so "bytes on the wire" is measured by the link, not
 //! reported by the tool), and turns the [`RowOutcome`] into a table line. Ferry's own rows
-//! (`ferry cp` with `--policy fixed` and adaptive) and a quinn bulk-copy row plug in by
-//! implementing [`Row`] and adding a name to [`row_by_name`].
+//! (`ferry cp` with `--policy fixed` and adaptive, [`crate::ferry`]) and the quinn bulk-copy rows
+//! ([`QuicRow`]) plug in by implementing [`Row`] and adding a name to [`row_by_name`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,8 @@ pub trait Row: std::fmt::Debug {
 }
 
 /// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`,
-/// `ferry-fixed`, `ferry-adaptive` (the last two in [`crate::ferry`]).
+/// `ferry-fixed`, `ferry-adaptive` (these two in [`crate::ferry`]), `quic-cubic`, `quic-bbr`
+/// ([`QuicRow`]).
 pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
     match name {
         "iperf3-cubic" => Some(Box::new(Iperf3Row { cc: "cubic" })),
@@ -73,13 +74,23 @@ pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
         "uftp" => Some(Box::new(UftpRow)),
         "ferry-fixed" => Some(Box::new(FerryRow { policy: FerryPolicy::Fixed })),
         "ferry-adaptive" => Some(Box::new(FerryRow { policy: FerryPolicy::Adaptive })),
+        "quic-cubic" => Some(Box::new(QuicRow { cc: "cubic" })),
+        "quic-bbr" => Some(Box::new(QuicRow { cc: "bbr" })),
         _ => None,
     }
 }
 
 /// Every row name [`row_by_name`] accepts.
-pub const ROW_NAMES: &[&str] =
-    &["iperf3-cubic", "iperf3-bbr", "scp", "uftp", "ferry-fixed", "ferry-adaptive"];
+pub const ROW_NAMES: &[&str] = &[
+    "iperf3-cubic",
+    "iperf3-bbr",
+    "scp",
+    "uftp",
+    "ferry-fixed",
+    "ferry-adaptive",
+    "quic-cubic",
+    "quic-bbr",
+];
 
 fn have(prog: &str) -> Result<(), String> {
     let ok = Command::new("sh")
@@ -345,5 +356,80 @@ impl Row for UftpRow {
             in_time,
             "unicast, aes128-gcm, -R link rate",
         )
+    }
+}
+
+/// `quic-copy` (benches/src/bin/quic-copy.rs): a quinn bulk file copy on one stream, flow-control
+/// windows large enough not to limit, congestion control `cubic` (quinn's default) or `bbr`. The
+/// server writes the file in the server namespace and answers with its BLAKE3, which the sender
+/// checks; the runner compares the copy with the source as for every file-copy row.
+#[derive(Debug)]
+pub struct QuicRow {
+    /// Congestion control: `cubic` or `bbr`.
+    pub cc: &'static str,
+}
+
+/// `quic-copy` in the directory of the running executable or its parent (as for `ferry-linkem`).
+pub fn quic_copy_near_current_exe() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let here = dir.join("quic-copy");
+    if here.exists() { here } else { dir.parent().map(|p| p.join("quic-copy")).unwrap_or(here) }
+}
+
+impl Row for QuicRow {
+    fn name(&self) -> String {
+        format!("QUIC quinn {}", self.cc)
+    }
+    fn available(&self) -> Result<(), String> {
+        let bin = quic_copy_near_current_exe();
+        if bin.exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} not found: build it next to this runner with \
+                 `cargo build --release -p ferry-benches --bin quic-copy`",
+                bin.display()
+            ))
+        }
+    }
+    fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
+        use std::io::BufRead;
+        const PORT: u16 = 4433;
+        let bin = quic_copy_near_current_exe();
+        let bin = bin.to_str().ok_or_else(|| NetemError::Config("non-UTF-8 path".into()))?;
+        let dest = w.scratch.join("quic-received.bin");
+        let mut serve = tb.server().command(bin);
+        serve
+            .args(["serve", "--listen", &format!("{SERVER_IP}:{PORT}"), "--cc", self.cc])
+            .arg("--out")
+            .arg(&dest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut server = ChildGuard::spawn(&mut serve, "quic-copy serve")?;
+        // First line: {"listening":..., "cert_sha256":...}; the reader stays open until the end
+        // so the server can print its result line.
+        let mut out = std::io::BufReader::new(
+            server.child().stdout.take().ok_or_else(|| NetemError::Emulator("no pipe".into()))?,
+        );
+        let mut hello = String::new();
+        out.read_line(&mut hello)
+            .map_err(|e| NetemError::Io { what: "reading quic-copy serve".into(), source: e })?;
+        let v: serde_json::Value = serde_json::from_str(&hello).map_err(|_| NetemError::Parse {
+            what: "quic-copy serve's address".into(),
+            text: hello.clone(),
+        })?;
+        let cert = v["cert_sha256"].as_str().unwrap_or_default().to_string();
+        wait_listening(tb.server(), PORT, true)?;
+        let mut send = tb.client().command(bin);
+        send.args(["send", "--connect", &format!("{SERVER_IP}:{PORT}"), "--cc", self.cc])
+            .args(["--cert-sha256", &cert])
+            .arg("--file")
+            .arg(&w.file);
+        let started = Instant::now();
+        let (_, _, in_time) = probe::run_bounded(&mut send, w.limit)?;
+        let outcome = file_copy_outcome(w, &dest, started, in_time, &format!("quinn {}", self.cc));
+        drop(out);
+        outcome
     }
 }

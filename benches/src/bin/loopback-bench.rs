@@ -1,0 +1,901 @@
+//! `loopback-bench`: Ferry against the baselines on loopback, side by side in one run.
+//!
+//! ```text
+//! cargo build --release -p ferry -p ferry-benches --bins
+//! target/release/loopback-bench [--size 1G] [--rounds 5] [--rows ferry-fixed,quic-cubic,...]
+//! ```
+//!
+//! For each round, in alternation, every row copies one file of `--size` random bytes from page
+//! cache (tmpfs, `--dir`, default /dev/shm) to page cache over 127.0.0.1: `ferry cp` against a
+//! `ferry serve` (AES-128), `quic-copy` (quinn, cubic and BBR), iperf3 TCP and UDP (memory to
+//! memory), and scp over a throwaway sshd. Every file copy is checked (size and BLAKE3) and the
+//! run stops loudly if one differs. Every server is started fresh for each run, so the peak RSS
+//! of both ends (`ru_maxrss` from wait4(2), which includes the process's reaped descendants) is
+//! per run; /proc/PID/status is sampled every 10 ms for the peak anonymous RSS as well, since a
+//! memory-mapped source file counts toward RSS while being read. Prints a Markdown table of
+//! medians and ratios. See BENCHMARKS.md ("Loopback (real transfers)").
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Every row this runner knows, in the order they run within a round.
+const ROWS: &[&str] = &[
+    "ferry-fixed",
+    "ferry-fair",
+    "quic-cubic",
+    "quic-bbr",
+    "iperf3-tcp-cubic",
+    "iperf3-tcp-bbr",
+    "iperf3-udp",
+    "scp",
+];
+
+#[derive(Parser, Debug)]
+#[command(about = "Ferry vs quinn, iperf3 and scp on loopback: medians, ratios, peak RSS")]
+struct Args {
+    /// File size (k/M/G suffixes are powers of 1024).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// Rounds; each round runs every row once, in alternation.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Comma-separated rows (default: all): ferry-fixed, ferry-fair, quic-cubic, quic-bbr,
+    /// iperf3-tcp-cubic, iperf3-tcp-bbr, iperf3-udp, scp.
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
+    /// Directory for the source file and the copies (tmpfs keeps both ends in page cache).
+    #[arg(long, default_value = "/dev/shm")]
+    dir: PathBuf,
+    /// `ferry cp -l` target rate of the Ferry rows.
+    #[arg(long, default_value = "100g")]
+    ferry_rate: String,
+    /// Transit cipher of the Ferry rows.
+    #[arg(long, default_value = "aes128")]
+    ferry_cipher: String,
+    /// Wall-clock limit of one run, seconds; a run still going then is killed and reported.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Also write every run as one JSON object per line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1u64 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (k, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("not a size: {s:?} (e.g. 1G, 256M)"))?;
+    n.checked_mul(mult).filter(|&b| b > 0).ok_or_else(|| format!("size out of range: {s:?}"))
+}
+
+/// Median of a non-empty list (mean of the two middle values for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: killed on drop and on Ctrl-C; reaped with wait4 for their peak RSS.
+
+/// Pids of live children, killed by the Ctrl-C handler.
+static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// The scratch directory, removed by the Ctrl-C handler.
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Peak memory of one process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    /// `ru_maxrss` (KiB): peak resident set of the process and its reaped descendants.
+    maxrss_kib: u64,
+    /// Peak RssAnon seen by sampling /proc/PID/status every 10 ms (KiB).
+    anon_kib: u64,
+    /// User + system CPU seconds (from wait4, the process and its reaped descendants).
+    cpu_s: f64,
+}
+
+/// A child process that is killed and reaped when dropped.
+struct Proc {
+    child: Option<Child>,
+    name: String,
+    sampler: Option<(Arc<AtomicBool>, std::thread::JoinHandle<u64>)>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, name: &str) -> Res<Proc> {
+        let child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        let pid = child.id() as i32;
+        LIVE.lock().expect("lock").push(pid);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || sample_anon(pid, &s));
+        Ok(Proc { child: Some(child), name: name.to_owned(), sampler: Some((stop, handle)) })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    fn stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut().and_then(|c| c.stderr.take())
+    }
+
+    /// Waits up to `limit` for the process to exit (killing it then), reaps it, and returns
+    /// whether it succeeded (false when killed) and its memory peaks.
+    fn wait(&mut self, limit: Duration) -> Res<(bool, Mem)> {
+        let pid = self.pid();
+        let deadline = Instant::now() + limit;
+        let mut killed = false;
+        loop {
+            if let Some((status, rss, cpu)) = wait4(pid, true)? {
+                return Ok((!killed && status == 0, self.finish(rss, cpu)));
+            }
+            if Instant::now() >= deadline && !killed {
+                eprintln!("  {} still running after {} s: killing it", self.name, limit.as_secs());
+                // SAFETY: kill(2) on the pid of our own unreaped child: it cannot be reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 2 s), reaps it, returns its memory peaks.
+    fn stop(&mut self) -> Res<Mem> {
+        let pid = self.pid();
+        if let Some((_, rss, cpu)) = wait4(pid, true)? {
+            return Ok(self.finish(rss, cpu));
+        }
+        // SAFETY: kill(2) on the pid of our own unreaped child: it cannot be reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let (_, m) = self.wait(Duration::from_secs(2))?;
+        Ok(m)
+    }
+
+    fn finish(&mut self, maxrss_kib: u64, cpu_s: f64) -> Mem {
+        let pid = self.pid();
+        LIVE.lock().expect("lock").retain(|&p| p != pid);
+        self.child = None;
+        let anon_kib = match self.sampler.take() {
+            Some((stop, h)) => {
+                stop.store(true, Ordering::Relaxed);
+                h.join().unwrap_or(0)
+            }
+            None => 0,
+        };
+        Mem { maxrss_kib, anon_kib, cpu_s }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let pid = self.pid();
+            // SAFETY: kill(2) on the pid of our own unreaped child: it cannot be reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait4(pid, false);
+            self.finish(0, 0.0);
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread (so a child never blocks on a full pipe).
+fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    })
+}
+
+/// wait4(2): `Some((exit code or 128+signal, ru_maxrss KiB, CPU seconds))` once `pid` has
+/// exited.
+fn wait4(pid: i32, nohang: bool) -> Res<Option<(i32, u64, f64)>> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all-zero bytes are a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: valid pointers to a local status word and rusage, for our own child's pid.
+    let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+    if r == 0 {
+        return Ok(None);
+    }
+    if r < 0 {
+        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Some((code, ru.ru_maxrss.max(0) as u64, secs(ru.ru_utime) + secs(ru.ru_stime))))
+}
+
+/// Peak RssAnon of `pid` (KiB), sampled every 10 ms until `stop`.
+fn sample_anon(pid: i32, stop: &AtomicBool) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let mut peak = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(kib) = fs::read_to_string(&path).ok().and_then(|s| status_field(&s, "RssAnon:"))
+        {
+            peak = peak.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    peak
+}
+
+/// A `Field:   123 kB` line of /proc/PID/status, in KiB.
+fn status_field(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment.
+
+struct Env {
+    args: Args,
+    scratch: PathBuf,
+    src: PathBuf,
+    digest: blake3::Hash,
+    ferry: PathBuf,
+    quic_copy: PathBuf,
+    /// Ferry: client key, authorized_keys, server state dir, host-key fingerprint.
+    ferry_fp: String,
+    /// scp: prepared key files (None when the row is skipped).
+    ssh_ready: bool,
+}
+
+fn sibling(name: &str) -> Res<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let dir = exe.parent().ok_or("this executable has no parent directory")?;
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found next to {}: build all of them in the same profile with \
+             `cargo build --release -p ferry -p ferry-benches --bins`",
+            p.display(),
+            exe.display()
+        ))
+    }
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a short command to completion, returning its stdout or an error with its stderr.
+fn run_ok(cmd: &mut Command, what: &str) -> Res<String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Writes `bytes` of incompressible data (BLAKE3 output stream) and returns its BLAKE3.
+fn make_file(path: &Path, bytes: u64) -> Res<blake3::Hash> {
+    let mut f = fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut xof = blake3::Hasher::new_derive_key("ferry loopback-bench source file").finalize_xof();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        f.write_all(&buf[..n]).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        left -= n as u64;
+    }
+    Ok(hasher.finalize())
+}
+
+fn digest_file(path: &Path) -> Res<(u64, blake3::Hash)> {
+    let mut f = fs::File::open(path).map_err(|e| format!("the copy {}: {e}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher.finalize()))
+}
+
+/// Fails loudly unless `copy` has the source's size and BLAKE3; then deletes it.
+fn verify_and_remove(env: &Env, copy: &Path, row: &str) -> Res<()> {
+    let (size, digest) = digest_file(copy)?;
+    if size != env.args.size || digest != env.digest {
+        return Err(format!(
+            "{row}: the copy {} is NOT identical to the source: {size} bytes (want {}), \
+             BLAKE3 {} (want {})",
+            copy.display(),
+            env.args.size,
+            digest.to_hex(),
+            env.digest.to_hex()
+        ));
+    }
+    fs::remove_file(copy).map_err(|e| format!("removing {}: {e}", copy.display()))
+}
+
+fn free_port(udp: bool) -> Res<u16> {
+    let port = if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    };
+    port.map(|a| a.port()).map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// Waits until a TCP socket listens on 127.0.0.1:`port` (from /proc/net/tcp), at most 5 s.
+fn wait_tcp_listen(port: u16) -> Res<()> {
+    let needle = format!("0100007F:{port:04X} 00000000:0000 0A");
+    for _ in 0..500 {
+        if fs::read_to_string("/proc/net/tcp").map(|t| t.contains(&needle)).unwrap_or(false) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port} (TCP) after 5 s"))
+}
+
+/// Reads the first line of a child's stdout, at most `limit`.
+fn first_line(p: &mut Proc, limit: Duration) -> Res<String> {
+    let out = p.stdout().ok_or("no stdout pipe")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    rx.recv_timeout(limit).map_err(|_| format!("{} said nothing within {limit:?}", p.name))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows.
+
+/// One measured run.
+#[derive(Debug, Clone)]
+struct RunResult {
+    bytes: u64,
+    seconds: f64,
+    send: Mem,
+    recv: Mem,
+    note: String,
+}
+
+impl RunResult {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds / 1e9
+    }
+}
+
+fn run_row(env: &Env, row: &str) -> Res<RunResult> {
+    match row {
+        "ferry-fixed" => run_ferry(env, "fixed"),
+        "ferry-fair" => run_ferry(env, "fair"),
+        "quic-cubic" => run_quic(env, "cubic"),
+        "quic-bbr" => run_quic(env, "bbr"),
+        "iperf3-tcp-cubic" => run_iperf3(env, Some("cubic")),
+        "iperf3-tcp-bbr" => run_iperf3(env, Some("bbr")),
+        "iperf3-udp" => run_iperf3(env, None),
+        "scp" => run_scp(env),
+        _ => Err(format!("unknown row {row}")),
+    }
+}
+
+/// Why a row cannot run here, if it cannot.
+fn unavailable(env: &Env, row: &str) -> Option<String> {
+    if row.starts_with("iperf3") && !have("iperf3") {
+        return Some("iperf3 is not installed (apt-get install iperf3)".into());
+    }
+    if row == "scp" && !env.ssh_ready {
+        return Some(
+            "needs root, scp, ssh-keygen and /usr/sbin/sshd (apt-get install openssh-server \
+             openssh-client)"
+                .into(),
+        );
+    }
+    None
+}
+
+fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
+    let s = &env.scratch;
+    let docroot = s.join("ferry-docroot");
+    fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
+    let mut serve = Command::new(&env.ferry);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0", "--docroot"])
+        .arg(&docroot)
+        .arg("--authorized-keys")
+        .arg(s.join("ferry-authorized_keys"))
+        .arg("--state-dir")
+        .arg(s.join("ferry-state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = Proc::spawn(&mut serve, "ferry serve")?;
+    let line = first_line(&mut server, Duration::from_secs(10))?;
+    let port = ferry_port(&line).ok_or_else(|| format!("ferry serve said {line:?}"))?;
+    let mut cp = Command::new(&env.ferry);
+    cp.args(["cp", "-i"])
+        .arg(s.join("ferry-id"))
+        .args(["--host-key", &env.ferry_fp, "-P", &port.to_string()])
+        .args(["-l", &env.args.ferry_rate, "--policy", policy, "-c", &env.args.ferry_cipher])
+        .arg(&env.src)
+        .arg("127.0.0.1:.")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut cp, "ferry cp")?;
+    let out = collect(client.stdout());
+    let errs = collect(client.stderr());
+    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let recv = server.stop()?;
+    let summary = out.join().unwrap_or_default();
+    let stderr = errs.join().unwrap_or_default();
+    if !ok {
+        return Err(format!("ferry cp failed: {} {}", summary.trim(), stderr.trim()));
+    }
+    let name = env.src.file_name().ok_or("source has no name")?;
+    verify_and_remove(env, &docroot.join(name), &format!("ferry-{policy}"))?;
+    let last = summary.lines().last().unwrap_or("").trim();
+    Ok(RunResult {
+        bytes: env.args.size,
+        seconds,
+        send,
+        recv,
+        note: format!("{}, -l {}, cp said: {last}", env.args.ferry_cipher, env.args.ferry_rate),
+    })
+}
+
+/// The port in "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:...".
+fn ferry_port(line: &str) -> Option<u16> {
+    let addr = line.split_whitespace().nth(4)?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+fn run_quic(env: &Env, cc: &str) -> Res<RunResult> {
+    let out = env.scratch.join("quic-copy.out");
+    let mut serve = Command::new(&env.quic_copy);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0", "--cc", cc, "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut server = Proc::spawn(&mut serve, "quic-copy serve")?;
+    let line = first_line(&mut server, Duration::from_secs(10))?;
+    let hello: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("quic-copy serve said {line:?}: {e}"))?;
+    let (Some(addr), Some(cert)) = (hello["listening"].as_str(), hello["cert_sha256"].as_str())
+    else {
+        return Err(format!("quic-copy serve said {line:?}"));
+    };
+    let mut send = Command::new(&env.quic_copy);
+    send.args(["send", "--connect", addr, "--cert-sha256", cert, "--cc", cc, "--file"])
+        .arg(&env.src)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut send, "quic-copy send")?;
+    let report = collect(client.stdout());
+    let (ok, send_mem) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, recv_mem) = server.wait(Duration::from_secs(15))?;
+    let report = report.join().unwrap_or_default();
+    if !ok {
+        return Err(format!("quic-copy send failed: {}", report.trim()));
+    }
+    let r: serde_json::Value = serde_json::from_str(report.trim())
+        .map_err(|e| format!("quic-copy send said {report:?}: {e}"))?;
+    if r["verified"] != serde_json::Value::Bool(true) {
+        return Err(format!("quic-copy: the copy was not verified: {report}"));
+    }
+    verify_and_remove(env, &out, &format!("quic-{cc}"))?;
+    Ok(RunResult {
+        bytes: env.args.size,
+        seconds,
+        send: send_mem,
+        recv: recv_mem,
+        note: format!(
+            "quinn {cc}, lost {} pkts, {} datagrams in {} sendmsg",
+            r["lost_packets"], r["udp_tx_datagrams"], r["udp_tx_ios"]
+        ),
+    })
+}
+
+/// iperf3 memory to memory, `--size` bytes: TCP with congestion control `cc`, or UDP (`None`).
+fn run_iperf3(env: &Env, cc: Option<&str>) -> Res<RunResult> {
+    let port = free_port(false)?;
+    let mut serve = Command::new("iperf3");
+    serve
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = Proc::spawn(&mut serve, "iperf3 -s")?;
+    wait_tcp_listen(port)?;
+    let mut c = Command::new("iperf3");
+    c.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-n", &env.args.size.to_string()]);
+    match cc {
+        Some(cc) => c.args(["-C", cc]),
+        None => c.args(["-u", "-b", "0", "-l", "1472"]),
+    };
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut client = Proc::spawn(&mut c, "iperf3 -c")?;
+    let json = collect(client.stdout());
+    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let recv = server.stop()?;
+    let json = json.join().unwrap_or_default();
+    let (bytes, seconds, note) = parse_iperf3(&json, cc.is_none())?;
+    if !ok {
+        return Err(format!("iperf3 client failed: {note}"));
+    }
+    Ok(RunResult { bytes, seconds, send, recv, note })
+}
+
+/// Receiver-side bytes and seconds from iperf3's `-J` output, and a note.
+fn parse_iperf3(json: &str, udp: bool) -> Res<(u64, f64, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("iperf3 -J output: {e}"))?;
+    if let Some(err) = v["error"].as_str() {
+        return Err(format!("iperf3: {err}"));
+    }
+    let r = &v["end"]["sum_received"];
+    let bytes = r["bytes"].as_u64().ok_or("iperf3: no end.sum_received.bytes")?;
+    let seconds = r["seconds"].as_f64().filter(|s| *s > 0.0).ok_or("iperf3: no seconds")?;
+    let note = if udp {
+        let sent = v["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+        format!(
+            "UDP 1472 B, -b 0: sent {:.2} Gbit/s, lost {:.1}% at the receiver",
+            sent as f64 * 8.0 / v["end"]["sum_sent"]["seconds"].as_f64().unwrap_or(seconds) / 1e9,
+            r["lost_percent"].as_f64().unwrap_or(f64::NAN)
+        )
+    } else {
+        let cc = v["end"]["sender_tcp_congestion"].as_str().unwrap_or("?");
+        format!("TCP {cc}, memory to memory, receiver-side rate")
+    };
+    Ok((bytes, seconds, note))
+}
+
+fn prepare_ssh(s: &Path) -> Res<bool> {
+    let root = is_root();
+    if !root || !have("scp") || !have("ssh-keygen") || !Path::new("/usr/sbin/sshd").exists() {
+        return Ok(false);
+    }
+    for k in ["ssh-hostkey", "ssh-id"] {
+        run_ok(
+            Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(s.join(k)),
+            "ssh-keygen",
+        )?;
+    }
+    fs::copy(s.join("ssh-id.pub"), s.join("ssh-authorized_keys"))
+        .map_err(|e| format!("authorized_keys: {e}"))?;
+    fs::create_dir_all(s.join("scp-dest")).map_err(|e| format!("scp dest: {e}"))?;
+    // sshd refuses to start without its privilege-separation directory.
+    fs::create_dir_all("/run/sshd").map_err(|e| format!("creating /run/sshd: {e}"))?;
+    Ok(true)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run_scp(env: &Env) -> Res<RunResult> {
+    let s = &env.scratch;
+    let port = free_port(false)?;
+    let hostpub = fs::read_to_string(s.join("ssh-hostkey.pub"))
+        .map_err(|e| format!("reading the ssh host key: {e}"))?;
+    fs::write(s.join("ssh-known_hosts"), format!("[127.0.0.1]:{port} {hostpub}"))
+        .map_err(|e| format!("known_hosts: {e}"))?;
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/ssh-hostkey\n\
+         AuthorizedKeysFile {d}/ssh-authorized_keys\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+         PidFile {d}/sshd.pid\nSubsystem sftp internal-sftp\n",
+        d = s.display()
+    );
+    fs::write(s.join("sshd_config"), config).map_err(|e| format!("sshd_config: {e}"))?;
+    let mut sshd = Command::new("/usr/sbin/sshd");
+    sshd.args(["-D", "-e", "-f"])
+        .arg(s.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = Proc::spawn(&mut sshd, "sshd")?;
+    wait_tcp_listen(port)?;
+    let dest = s.join("scp-dest").join("copy.bin");
+    let mut scp = Command::new("scp");
+    scp.args(["-q", "-B", "-c", "aes128-gcm@openssh.com", "-P", &port.to_string(), "-i"])
+        .arg(s.join("ssh-id"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", s.join("ssh-known_hosts").display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .arg(&env.src)
+        .arg(format!("root@127.0.0.1:{}", dest.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut scp, "scp")?;
+    let err = collect(client.stderr());
+    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let recv = server.stop()?;
+    let err = err.join().unwrap_or_default();
+    if !ok {
+        return Err(format!("scp failed: {}", err.trim()));
+    }
+    verify_and_remove(env, &dest, "scp")?;
+    Ok(RunResult {
+        bytes: env.args.size,
+        seconds,
+        send,
+        recv,
+        note: "aes128-gcm@openssh.com, TCP (system default congestion control)".into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn setup(args: Args) -> Res<Env> {
+    let ferry = sibling("ferry")?;
+    let quic_copy = sibling("quic-copy")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("ferry-loopback-bench-")
+        .tempdir_in(&args.dir)
+        .map_err(|e| format!("cannot create a scratch directory in {}: {e}", args.dir.display()))?
+        .keep();
+    *SCRATCH.lock().expect("lock") = Some(scratch.clone());
+    let src = scratch.join(format!("source-{}.bin", args.size));
+    eprintln!("writing {} bytes of random data to {} ...", args.size, src.display());
+    let digest = make_file(&src, args.size)?;
+    let s = &scratch;
+    run_ok(Command::new(&ferry).arg("keygen").arg("-f").arg(s.join("ferry-id")), "ferry keygen")?;
+    fs::copy(s.join("ferry-id.pub"), s.join("ferry-authorized_keys"))
+        .map_err(|e| format!("authorized_keys: {e}"))?;
+    let fp = run_ok(
+        Command::new(&ferry)
+            .args(["serve", "--print-fingerprint", "--state-dir"])
+            .arg(s.join("ferry-state")),
+        "ferry serve --print-fingerprint",
+    )?;
+    let ssh_ready = prepare_ssh(s)?;
+    Ok(Env {
+        args,
+        scratch,
+        src,
+        digest,
+        ferry,
+        quic_copy,
+        ferry_fp: fp.trim().to_owned(),
+        ssh_ready,
+    })
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if args.rows.is_empty() {
+        args.rows = ROWS.iter().map(|r| r.to_string()).collect();
+    }
+    if let Some(bad) = args.rows.iter().find(|r| !ROWS.contains(&r.as_str())) {
+        eprintln!("loopback-bench: unknown row {bad:?}; rows: {}", ROWS.join(", "));
+        std::process::exit(2);
+    }
+    let _ = ctrlc::set_handler(|| {
+        for &pid in LIVE.lock().map(|l| l.clone()).unwrap_or_default().iter() {
+            // SAFETY: kill(2) on our own children's pids (still registered, so unreaped).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(d) = SCRATCH.lock().ok().and_then(|s| s.clone()) {
+            let _ = fs::remove_dir_all(d);
+        }
+        eprintln!("loopback-bench: interrupted; children killed, scratch files removed");
+        std::process::exit(130);
+    });
+    let result = setup(args).and_then(|env| {
+        let r = bench(&env);
+        let _ = fs::remove_dir_all(&env.scratch);
+        r
+    });
+    if let Err(e) = result {
+        if let Some(d) = SCRATCH.lock().ok().and_then(|s| s.clone()) {
+            let _ = fs::remove_dir_all(d);
+        }
+        eprintln!("loopback-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench(env: &Env) -> Res<()> {
+    let a = &env.args;
+    let mut json = match &a.json {
+        Some(p) => Some(fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let mut rows: Vec<&str> = Vec::new();
+    for r in &a.rows {
+        match unavailable(env, r) {
+            Some(why) => eprintln!("skipping {r}: {why}"),
+            None => rows.push(r),
+        }
+    }
+    let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
+    for round in 1..=a.rounds {
+        for &row in &rows {
+            let r = run_row(env, row)?;
+            eprintln!(
+                "round {round}/{}: {row:<17} {:>7.3} Gbit/s  {:>6.2} s  CPU send {:.2} / recv {:.2} s  \
+                 RSS send {} / recv {} MiB (anon {} / {})  {}",
+                a.rounds,
+                r.gbps(),
+                r.seconds,
+                r.send.cpu_s,
+                r.recv.cpu_s,
+                r.send.maxrss_kib / 1024,
+                r.recv.maxrss_kib / 1024,
+                r.send.anon_kib / 1024,
+                r.recv.anon_kib / 1024,
+                r.note
+            );
+            if let Some(f) = json.as_mut() {
+                let line = serde_json::json!({
+                    "row": row, "round": round, "bytes": r.bytes, "seconds": r.seconds,
+                    "gbit_per_s": r.gbps(), "send_maxrss_kib": r.send.maxrss_kib,
+                    "recv_maxrss_kib": r.recv.maxrss_kib, "send_anon_kib": r.send.anon_kib,
+                    "recv_anon_kib": r.recv.anon_kib, "send_cpu_s": r.send.cpu_s,
+                    "recv_cpu_s": r.recv.cpu_s, "note": r.note,
+                });
+                writeln!(f, "{line}").map_err(|e| format!("writing the JSON log: {e}"))?;
+            }
+            results.entry(row).or_default().push(r);
+        }
+    }
+    println!("{}", table(env, &rows, &results));
+    Ok(())
+}
+
+fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> String {
+    let med = |row: &str| {
+        results.get(row).map(|v| median(&v.iter().map(|r| r.gbps()).collect::<Vec<_>>()))
+    };
+    let quic = med("quic-cubic");
+    let ferry = med("ferry-fixed");
+    let ratio = |x: f64, base: Option<f64>| match base {
+        Some(b) if b > 0.0 => format!("{:.2}", x / b),
+        _ => "–".into(),
+    };
+    let mut t = format!(
+        "\n{} rounds, {} bytes per copy ({:.2} GiB), {} -> {} over 127.0.0.1\n\n\
+         | row | median Gbit/s | min–max | vs quic-cubic | vs ferry-fixed | CPU per GB send / recv (s) | peak RSS send / recv (MiB) | peak RssAnon send / recv (MiB) | note (last round) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        env.args.rounds,
+        env.args.size,
+        env.args.size as f64 / (1u64 << 30) as f64,
+        env.args.dir.display(),
+        env.args.dir.display(),
+    );
+    for &row in rows {
+        let Some(v) = results.get(row) else { continue };
+        let g: Vec<f64> = v.iter().map(|r| r.gbps()).collect();
+        let m = median(&g);
+        let min = g.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = g.iter().copied().fold(0.0, f64::max);
+        let peak = |f: fn(&RunResult) -> u64| v.iter().map(f).max().unwrap_or(0) as f64 / 1024.0;
+        t += &format!(
+            "| {row} | **{m:.3}** | {min:.3}–{max:.3} | {} | {} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} |\n",
+            ratio(m, quic),
+            ratio(m, ferry),
+            cpu_per_gb(v, |r| r.send.cpu_s),
+            cpu_per_gb(v, |r| r.recv.cpu_s),
+            peak(|r| r.send.maxrss_kib),
+            peak(|r| r.recv.maxrss_kib),
+            peak(|r| r.send.anon_kib),
+            peak(|r| r.recv.anon_kib),
+            v.last().map(|r| r.note.split(", cp said").next().unwrap_or("")).unwrap_or(""),
+        );
+    }
+    t
+}
+
+/// Median CPU seconds per 10^9 payload bytes.
+fn cpu_per_gb(v: &[RunResult], f: fn(&RunResult) -> f64) -> f64 {
+    median(&v.iter().map(|r| f(r) / (r.bytes as f64 / 1e9)).collect::<Vec<_>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_medians() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("G").is_err());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn parses_tool_output() {
+        let line = "ferry serve: listening on 127.0.0.1:50614 (UDP), host key SHA256:fZKB";
+        assert_eq!(ferry_port(line), Some(50614));
+        assert_eq!(ferry_port("ferry serve: error"), None);
+        let status = "Name:\tferry\nVmHWM:\t 7788 kB\nRssAnon:\t     756 kB\nRssFile:\t 7032 kB\n";
+        assert_eq!(status_field(status, "RssAnon:"), Some(756));
+        assert_eq!(status_field(status, "RssShmem:"), None);
+        let udp = r#"{"end":{"sum_sent":{"bytes":2000,"seconds":1.0},
+            "sum_received":{"bytes":1000,"seconds":0.5,"lost_percent":50.0}}}"#;
+        let (b, s, note) = parse_iperf3(udp, true).unwrap();
+        assert_eq!((b, s), (1000, 0.5));
+        assert!(note.contains("lost 50.0%"), "{note}");
+        assert!(parse_iperf3(r#"{"error":"unable to connect"}"#, false).is_err());
+    }
+}
