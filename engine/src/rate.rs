@@ -207,16 +207,20 @@ enum Phase {
 /// `B`, and takes the smallest queueing delay reported in the interval as the standing queue `q`.
 /// - *Startup*: the rate doubles each interval (`2·B`) until a feedback reports `q` above the
 ///   target (checked on every feedback, not once per interval) or `B` stops growing by 25% for
-///   three intervals; then *drain* at `0.75·B` until `q` is below half the target.
+///   three intervals; then *drain* at `0.75·B` until `q` is below half the target (at most
+///   [`MAX_DRAIN_INTERVALS`]: a queue that outlasts it is not only this session's).
 /// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
 ///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
 ///   is three times the target. The equilibrium is a standing queue at or below the target.
-/// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue has stayed above the target
-///   for [`COMPETE_AFTER`] intervals although steady state kept cutting the rate, the
+/// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue stayed above the target after
+///   [`COMPETE_AFTER`] deep cuts in a row (a queue of this session's own empties after one), the
 ///   queue is not this session's: a loss-based flow keeps the buffer full, and yielding further
-///   would hand it the whole link. The rate then follows `B` in a cycle of [`COMPETE_CYCLE`]
-///   gains (probe 1.25, 0.75, then 1) regardless of the queue, with one interval at 0.5 near
-///   the end: if the interval after it sees the queue at or below the target, the queue was this
+///   would hand it the whole link. The rate then follows a base rate (on entry the largest
+///   delivery rate of those intervals, i.e. what it had before yielding; raised
+///   whenever a probe gets more through, never lowered by loss) in a cycle of
+///   [`COMPETE_CYCLE`] gains (probe 1.25, 0.75, then 1) regardless of the queue, with one
+///   interval at 0.5 near
+///   the end: if the interval after it sees the queue at or below half the target, the queue was this
 ///   session's after all (or the competitor left) and steady state resumes.
 #[derive(Debug)]
 pub struct Adaptive {
@@ -230,14 +234,29 @@ pub struct Adaptive {
     full_bw_count: u32,
     interval: Option<(Instant, u64)>,
     interval_min_queue: Option<Duration>,
-    /// Consecutive steady intervals whose queue stayed above the target.
-    queue_stuck: u32,
-    /// In competing mode: intervals since it began.
-    competing: Option<usize>,
+    /// Deep cuts in a row after which the queue stayed above target.
+    compete_evidence: u32,
+    /// Whether the last steady interval cut deeply.
+    last_cut: bool,
+    /// Intervals spent in the drain phase.
+    drain_intervals: u32,
+    /// Delivery rates of the last [`COMPETE_WINDOW`] intervals, unfiltered.
+    recent: [f64; COMPETE_WINDOW],
+    recent_next: usize,
+    /// In competing mode: intervals since it began, and the rate the gain cycle multiplies.
+    competing: Option<(usize, f64)>,
 }
 
-/// Steady intervals with the queue above target before a `compete` controller starts competing.
-pub const COMPETE_AFTER: u32 = 8;
+/// A `compete` controller starts competing after this many deep cuts in a row (rate at most
+/// 0.75 of the delivery rate) each followed by an interval whose queue was still above target.
+pub const COMPETE_AFTER: u32 = 4;
+/// While competing, the base rate never exceeds the delivery rate by more than this factor.
+pub const COMPETE_MAX_OVERSHOOT: f64 = 1.15;
+/// The drain phase ends after this many intervals even if the queue has not emptied.
+pub const MAX_DRAIN_INTERVALS: u32 = 8;
+/// Intervals of delivery rates remembered for the competing base: what the session had before
+/// it yielded.
+pub const COMPETE_WINDOW: usize = 32;
 /// Rate gains over `B`, one per interval, while competing; the 0.5 is the drain test, judged by
 /// the queue in the interval after it (the last).
 pub const COMPETE_CYCLE: [f64; 12] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0];
@@ -256,7 +275,11 @@ impl Adaptive {
             full_bw_count: 0,
             interval: None,
             interval_min_queue: None,
-            queue_stuck: 0,
+            compete_evidence: 0,
+            last_cut: false,
+            drain_intervals: 0,
+            recent: [0.0; COMPETE_WINDOW],
+            recent_next: 0,
             competing: None,
         }
     }
@@ -284,6 +307,8 @@ impl Controller for Adaptive {
         let delivered = s.delivered_bytes.saturating_sub(start_bytes) as f64 * 8.0;
         let last_bw = delivered / length.as_secs_f64();
         self.bw[self.bw_next] = last_bw;
+        self.recent[self.recent_next] = last_bw;
+        self.recent_next = (self.recent_next + 1) % self.recent.len();
         self.bw_next = (self.bw_next + 1) % BW_WINDOW;
         self.interval = Some((s.now, s.delivered_bytes));
         let q = self.interval_min_queue.take().unwrap_or_default().as_secs_f64();
@@ -305,7 +330,10 @@ impl Controller for Adaptive {
                 }
             }
             Phase::Drain => {
-                if q <= target / 2.0 {
+                self.drain_intervals += 1;
+                // A queue that outlasts the drain is not (only) this session's: steady state
+                // takes over and decides whether to compete.
+                if q <= target / 2.0 || self.drain_intervals > MAX_DRAIN_INTERVALS {
                     self.phase = Phase::Steady;
                     self.rate = bw;
                 } else {
@@ -313,18 +341,41 @@ impl Controller for Adaptive {
                 }
             }
             Phase::Steady => {
-                if let Some(n) = self.competing {
-                    // The previous interval followed the drain test: did the queue empty?
-                    if n > 0 && n % COMPETE_CYCLE.len() == 0 && q <= target {
+                if let Some((n, mut base)) = self.competing {
+                    let len = COMPETE_CYCLE.len();
+                    if n > 0 && n % len == 0 && q <= target / 2.0 {
+                        // The interval after the drain test saw the queue empty: it was this
+                        // session's, or the competitor left.
                         self.competing = None;
-                        self.queue_stuck = 0;
+                        self.compete_evidence = 0;
                     } else {
-                        self.competing = Some(n + 1);
-                        self.rate = bw * COMPETE_CYCLE[n % COMPETE_CYCLE.len()];
+                        // The base moves up when a probe got more through; loss (which
+                        // buffer-filling competitors cause) lowers it only when most of what is
+                        // sent is lost, i.e. the session itself overruns the bottleneck.
+                        if n % len == 1 && last_bw > base * 1.05 {
+                            base = last_bw;
+                        }
+                        // Judged only where the last two intervals both sent at least the base
+                        // (deliveries lag sending by the queue).
+                        if n > 1
+                            && COMPETE_CYCLE[(n - 1) % len] >= 1.0
+                            && COMPETE_CYCLE[(n - 2) % len] >= 1.0
+                        {
+                            base = base.min(last_bw * COMPETE_MAX_OVERSHOOT);
+                        }
+                        self.competing = Some((n + 1, base));
+                        self.rate = base * COMPETE_CYCLE[n % len];
                     }
                 }
                 if self.competing.is_none() {
-                    self.queue_stuck = if q > target { self.queue_stuck + 1 } else { 0 };
+                    // Evidence of a competitor: the queue stayed above target although the
+                    // previous interval sent well below what got through (a deep cut). A
+                    // queue of this session's own empties after such a cut.
+                    if q <= target {
+                        self.compete_evidence = 0;
+                    } else if self.last_cut {
+                        self.compete_evidence += 1;
+                    }
                     self.rate = if q <= target {
                         bw * (1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target))
                     } else {
@@ -336,8 +387,11 @@ impl Controller for Adaptive {
                         }
                         last_bw.min(bw) * (target / q).max(0.5)
                     };
-                    if self.config.compete && self.queue_stuck >= COMPETE_AFTER {
-                        self.competing = Some(0);
+                    self.last_cut = self.rate <= 0.75 * last_bw;
+                    if self.config.compete && self.compete_evidence >= COMPETE_AFTER {
+                        // Start from what this session got before it began yielding.
+                        let before = self.recent.iter().copied().fold(bw, f64::max);
+                        self.competing = Some((0, before));
                     }
                 }
             }
@@ -485,6 +539,48 @@ mod tests {
                 sending_rate: rate as u64,
             }
         }
+    }
+
+    /// A buffer-filling competitor (the queue stays at 150 ms whatever this session sends, and
+    /// what it sends gets through): `fair` holds a share instead of yielding to the floor, `low`
+    /// yields.
+    #[test]
+    fn fair_competes_with_a_buffer_filling_flow_and_low_yields() {
+        let limits = RateLimits { target: 1_000_000_000, min: 0 };
+        let run = |config: AdaptiveConfig| {
+            let mut c = Adaptive::new(config, limits);
+            let t0 = Instant::now();
+            let (dt, mut t, mut delivered) = (0.010, 0.0, 0.0);
+            // Alone for 2 s on a 100 Mbit/s link, then the competitor arrives and keeps the
+            // queue full; this session's deliveries are its own sending rate, capped at half
+            // the link (its fair share), minus 1% loss.
+            while t < 20.0 {
+                t += dt;
+                let competing = t > 2.0;
+                let rate = c.rate() as f64;
+                let got = if competing { rate.min(50e6) * 0.99 } else { rate.min(100e6) };
+                delivered += got * dt;
+                let q = if competing {
+                    Duration::from_millis(150)
+                } else {
+                    Duration::from_secs_f64(((rate - 100e6).max(0.0) / 100e6) * 0.05)
+                };
+                c.on_sample(&RateSample {
+                    now: t0 + Duration::from_secs_f64(t),
+                    rtt: Some(Duration::from_millis(50) + q),
+                    min_rtt: Duration::from_millis(50),
+                    srtt: Duration::from_millis(50) + q,
+                    queue_delay: q,
+                    delivered_bytes: (delivered / 8.0) as u64,
+                    sending_rate: rate as u64,
+                });
+            }
+            c.rate() as f64
+        };
+        let fair = run(AdaptiveConfig::fair());
+        let low = run(AdaptiveConfig::low());
+        assert!(fair > 20e6, "fair should hold a share against the competitor: {fair}");
+        assert!(low < 5e6, "low should yield: {low}");
     }
 
     #[test]
