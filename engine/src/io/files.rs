@@ -18,10 +18,11 @@ use crate::session::{BlockSink, BlockSource, SinkError};
 /// bytes actually sent, so a file modified (not truncated) during the transfer fails verification
 /// instead of landing silently corrupted.
 ///
-/// Memory stays bounded whatever the file size: reading far enough ahead releases the pages
-/// behind ([`RELEASE_BEHIND`]) from this process's mapping (`MADV_DONTNEED`; they stay in the page
-/// cache, so a retransmission that needs them again faults them back in cheaply). Resident memory
-/// is then at most about `RELEASE_BEHIND + RELEASE_STEP` of mapped file per file in flight.
+/// Memory stays bounded whatever the file size: after every [`RELEASE_STEP`] bytes read, the
+/// pages more than [`RELEASE_BEHIND`] behind the furthest read are released from this process's
+/// mapping (`MADV_DONTNEED`; they stay in the page cache, so a retransmission that needs them
+/// again faults them back in cheaply). Resident memory is then at most about `RELEASE_BEHIND +
+/// RELEASE_STEP` of mapped file per file in flight.
 #[derive(Debug, Default)]
 pub struct MmapSource {
     files: Vec<Option<MappedFile>>,
@@ -30,14 +31,15 @@ pub struct MmapSource {
 #[derive(Debug)]
 struct MappedFile {
     map: Mmap,
-    /// Where the last release ended (pages before it were released then; retransmissions may
-    /// have faulted some back in since).
-    released: usize,
+    /// The end of the furthest read so far.
+    furthest: usize,
+    /// Bytes read since the last release.
+    read_since_release: usize,
 }
 
 /// How far behind the furthest read the mapping's pages are kept.
 pub const RELEASE_BEHIND: usize = 32 << 20;
-/// Pages are released in steps of this many bytes (one `madvise` per step).
+/// Pages are released after every this many bytes read (one `madvise` per step).
 pub const RELEASE_STEP: usize = 32 << 20;
 
 impl MmapSource {
@@ -61,20 +63,24 @@ impl MmapSource {
         let map = unsafe { Mmap::map(file)? };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
-        self.files.push(Some(MappedFile { map, released: 0 }));
+        self.files.push(Some(MappedFile { map, furthest: 0, read_since_release: 0 }));
         Ok(size)
     }
 }
 
 impl MappedFile {
-    /// Releases the pages more than [`RELEASE_BEHIND`] before `offset` once a whole
-    /// [`RELEASE_STEP`] of them has accumulated.
+    /// Records a read of `len` bytes at `offset`; once [`RELEASE_STEP`] bytes have been read
+    /// since the last release (first transmissions and retransmissions alike), releases the
+    /// pages more than [`RELEASE_BEHIND`] before the furthest read.
     #[allow(unsafe_code)]
-    fn release_before(&mut self, offset: usize) {
-        let Some(upto) = offset.checked_sub(RELEASE_BEHIND) else { return };
-        if upto < self.released + RELEASE_STEP {
+    fn release_before(&mut self, offset: usize, len: usize) {
+        self.furthest = self.furthest.max(offset + len);
+        self.read_since_release += len;
+        if self.read_since_release < RELEASE_STEP {
             return;
         }
+        let Some(upto) = self.furthest.checked_sub(RELEASE_BEHIND) else { return };
+        self.read_since_release = 0;
         // Whole pages only (the mapping starts page-aligned; 64 KiB is a multiple of every
         // page size Linux uses on the platforms Ferry supports).
         let upto = upto & !0xffff;
@@ -85,7 +91,6 @@ impl MappedFile {
         // the page cache. No reference into the range is held across this call (reads copy out).
         let _ =
             unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, upto) };
-        self.released = upto;
     }
 }
 
@@ -113,7 +118,7 @@ impl BlockSource for MmapSource {
             .get(start..start + buf.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))?;
         buf.copy_from_slice(src);
-        f.release_before(start);
+        f.release_before(start, buf.len());
         Ok(())
     }
 }
