@@ -69,7 +69,8 @@ fn listing(root: &Path) -> Result<Vec<PathBuf>, CliError> {
     Ok(out)
 }
 
-/// The last line `ferry cp` printed ("ferry: upload complete: N files, B bytes in S s (R Mbit/s)").
+/// The last line `ferry cp` printed ("ferry: upload complete: N files, SIZE (B bytes) in S s (R
+/// Mbit/s)").
 fn summary(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or("").trim();
