@@ -340,20 +340,11 @@ fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
     std::fs::write(s.docroot().join("slow"), data(20 << 20, 11)).unwrap();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
-    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
     wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
     s.child.kill().unwrap();
     s.child.wait().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = client.try_wait().unwrap() {
-            break st;
-        }
-        assert!(start.elapsed() < LIMIT, "the client did not give up");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = finish(client, "the client (it should give up)");
     assert_eq!(status.code(), Some(33), "{err}");
     assert!(err.contains("transfer failed"), "{err}");
     assert!(names(l).is_empty(), "{:?}", names(l));
@@ -447,8 +438,25 @@ fn nothing_listening_is_a_connection_error() {
     let port = port.to_string();
     let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let out = run(&["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(38), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing is listening on UDP port"), "{}", stderr(&out));
+}
+
+/// A host that does not answer at all (here: a socket that swallows every datagram, as a
+/// firewall dropping UDP would) is told apart from a closed port: exit 30, "no answer".
+#[test]
+fn a_silent_host_is_unreachable_not_closed() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sink.local_addr().unwrap().port().to_string();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    keygen(&l.join("id"));
+    std::fs::write(l.join("f"), b"x").unwrap();
+    let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = run(&["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."], l);
     assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no answer from 127.0.0.1:"), "{}", stderr(&out));
+    drop(sink);
 }
 
 #[test]
@@ -566,16 +574,10 @@ fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
         eprintln!("note: not root, so the spoofed-source half of this test is skipped");
     }
 
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = client.try_wait().unwrap() {
-            break st;
-        }
-        assert!(start.elapsed() < LIMIT, "the sprayed transfer did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Bounded wait first (the few event lines fit in the pipe), then the rest of the events.
+    let (status, err) = finish(client, "the sprayed transfer");
     let rest: Vec<String> = events.map(Result::unwrap).collect();
-    assert!(status.success(), "events: {rest:?}");
+    assert!(status.success(), "{err}\nevents: {rest:?}");
     let done: serde_json::Value =
         rest.iter().rev().find_map(|l| serde_json::from_str(l).ok()).expect("a done event");
     assert_eq!(done["event"], "done", "{done}");

@@ -226,8 +226,15 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                         "if you trust this server (compare with `ferry serve --print-fingerprint` on it), run: ferry cp --host-key {fp} ... (or add the line \"{}:{port} {fp}\" to the known-hosts file)", remote.host
                     )));
                 }
-                return Err(CliError::new(30, format!("cannot connect to {server}: {e}"))
-                    .hint("check that `ferry serve` runs there and that UDP port {port} is reachable".replace("{port}", &port.to_string())));
+                return Err(if port_refused(local_ip, server) {
+                    CliError::new(38, format!(
+                        "nothing is listening on UDP port {port} at {}: the host answered that the port is closed ({e})", server.ip()
+                    ))
+                    .hint(format!("start `ferry serve` there, or give the port it listens on with -P (now {port})"))
+                } else {
+                    CliError::new(30, format!("no answer from {server}: the host is down or unreachable, or a firewall drops UDP ({e})"))
+                        .hint(format!("check the address, that the host is up, and that UDP port {port} is open on the way (Ferry needs only that one port)"))
+                });
             }
         };
         let outcome = session(&conn, &id, &args, &remote, direction, upload_files, download_dest, local_ip, reporter.clone()).await;
@@ -253,6 +260,21 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         progress::human_bytes(bytes)
     );
     Ok(())
+}
+
+/// After a failed connection: whether the server's host says its UDP port is closed (an ICMP
+/// port-unreachable, seen as a refused connection on a connected socket), as opposed to no
+/// answer at all. A single one-byte datagram is sent, which no QUIC server accepts.
+fn port_refused(local_ip: IpAddr, server: SocketAddr) -> bool {
+    let probe = || -> std::io::Result<bool> {
+        let s = UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
+        s.connect(server)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.send(&[0])?;
+        let mut buf = [0u8; 16];
+        Ok(matches!(s.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused))
+    };
+    probe().unwrap_or(false)
 }
 
 /// The pinned fingerprint for `host` (and `port`) in a known-hosts file: lines
