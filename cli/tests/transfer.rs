@@ -295,7 +295,8 @@ fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
         .args(extra)
         .env_remove("HOME")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        // Piped for the tests that read `--json` events; the others write one summary line.
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
@@ -500,19 +501,9 @@ fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
     std::fs::write(s.docroot().join("sprayed"), &want).unwrap();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
-    let port = s.port.to_string();
-    let key = s.key();
     // 24 MiB at 40 Mbit/s: about 5 s of transfer to spray into.
-    let mut client = Command::new(FERRY)
-        .current_dir(l)
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
-        .args(["--json", "-l", "40m", "--policy", "fixed", "127.0.0.1:sprayed", "."])
-        .env_remove("HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = ["--json", "-l", "40m", "--policy", "fixed", "127.0.0.1:sprayed", "."];
+    let mut client = spawn_cp(&s, &args, l);
     let mut events = BufReader::new(client.stdout.take().unwrap()).lines();
     let session: serde_json::Value = loop {
         let line = events.next().expect("a session event").unwrap();
