@@ -40,6 +40,14 @@ pub(crate) enum IdentityError {
     /// The file already exists and would be overwritten.
     #[error("{0} already exists")]
     Exists(PathBuf),
+    /// The server's state directory is not safe to keep its host key in.
+    #[error("the state directory {path} is unsafe: {reason}")]
+    UnsafeStateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The private key file is readable by other users.
     #[error("{path} is accessible by other users (mode {mode:o})")]
     Permissions {
@@ -176,17 +184,54 @@ impl Identity {
         Ok(id)
     }
 
-    /// The server's host key in `state_dir` (`host_ed25519_key`), created on first use.
+    /// The server's host key in `state_dir` (`host_ed25519_key`), created on first use. The
+    /// directory is created with mode 0700 if missing, and must belong to this user and be
+    /// writable by no one else (another user could otherwise plant or swap the host key); the
+    /// key must be a regular file of this user, not a symbolic link.
     pub(crate) fn load_or_create_host(state_dir: &Path) -> Result<Self, IdentityError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let io = |source| IdentityError::Io { path: state_dir.to_owned(), source };
-        fs::create_dir_all(state_dir).map_err(io)?;
-        let path = state_dir.join("host_ed25519_key");
-        if path.exists() {
-            return Self::read(&path);
+        if fs::symlink_metadata(state_dir).is_err() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io)?;
         }
-        let id = Self::generate("ferry host key");
-        id.write(&path)?;
-        Ok(id)
+        let meta = fs::symlink_metadata(state_dir).map_err(io)?;
+        let euid = rustix::process::geteuid().as_raw();
+        let unsafe_dir =
+            |reason: String| IdentityError::UnsafeStateDir { path: state_dir.to_owned(), reason };
+        if !meta.is_dir() {
+            return Err(unsafe_dir(
+                "it is not a directory (a symbolic link is not followed)".into(),
+            ));
+        }
+        if meta.uid() != euid {
+            return Err(unsafe_dir(format!(
+                "it belongs to uid {}, not to this server's uid {euid}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_dir(format!(
+                "it is writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            )));
+        }
+        let path = state_dir.join("host_ed25519_key");
+        match fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() => Err(IdentityError::Format {
+                path: path.clone(),
+                reason: "not a regular file (a symbolic link is not followed)".into(),
+            }),
+            Ok(m) if m.uid() != euid => Err(IdentityError::Format {
+                path: path.clone(),
+                reason: format!("it belongs to uid {}, not to this server's uid {euid}", m.uid()),
+            }),
+            Ok(_) => Self::read(&path),
+            Err(_) => {
+                let id = Self::generate("ferry host key");
+                id.write(&path)?;
+                Ok(id)
+            }
+        }
     }
 }
 
@@ -199,28 +244,6 @@ pub(crate) fn fingerprint(public: &[u8; 32]) -> String {
 /// Verifies an Ed25519 signature.
 pub(crate) fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ED25519, public).verify(msg, sig).is_ok()
-}
-
-/// The ed25519 keys listed in an OpenSSH `authorized_keys` file (other key types are skipped;
-/// options are not interpreted yet).
-pub(crate) fn read_authorized_keys(path: &Path) -> Result<Vec<[u8; 32]>, IdentityError> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| IdentityError::Io { path: path.to_owned(), source })?;
-    let mut keys = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let entry = ssh_key::AuthorizedKeys::new(line)
-            .next()
-            .transpose()
-            .map_err(|e| format_err(path, format!("line {}: {e}", n + 1)))?;
-        if let Some(k) = entry.as_ref().and_then(|e| e.public_key().key_data().ed25519()) {
-            keys.push(k.0);
-        }
-    }
-    Ok(keys)
 }
 
 /// `PATH.pub`.
@@ -265,8 +288,8 @@ mod tests {
         assert!(verify(id.public(), b"message", &sig));
         assert!(!verify(id.public(), b"messagf", &sig));
         // The .pub line parses as an authorized key.
-        let keys = read_authorized_keys(&pub_path(&path)).unwrap();
-        assert_eq!(keys, vec![*id.public()]);
+        let keys = crate::authorized_keys::AuthorizedKeys::read(&pub_path(&path)).unwrap();
+        assert_eq!(keys.keys.iter().map(|k| k.key).collect::<Vec<_>>(), vec![*id.public()]);
         // No overwrite.
         assert!(matches!(id.write(&path), Err(IdentityError::Exists(_))));
         assert!(!format!("{id:?}").contains(&hex::encode(id.seed())));

@@ -1,6 +1,7 @@
 //! The `ferry` command.
 #![forbid(unsafe_code)]
 
+mod authorized_keys;
 mod cli;
 mod crypt;
 mod demo;

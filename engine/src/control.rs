@@ -34,8 +34,11 @@ pub enum FileStatus {
     Verified,
     /// All blocks arrived but the digest did not match the sender's.
     DigestMismatch,
-    /// The receiver could not store the file.
+    /// The receiver could not store the file (or refused it: it exists, its name is unusable).
     StorageFailed,
+    /// The sender could not read the file (it shrank, vanished or failed to read); nothing of it
+    /// was kept.
+    SourceFailed,
 }
 
 impl FileStatus {
@@ -44,6 +47,7 @@ impl FileStatus {
             FileStatus::Verified => 0,
             FileStatus::DigestMismatch => 1,
             FileStatus::StorageFailed => 2,
+            FileStatus::SourceFailed => 3,
         }
     }
 
@@ -52,6 +56,7 @@ impl FileStatus {
             0 => Some(FileStatus::Verified),
             1 => Some(FileStatus::DigestMismatch),
             2 => Some(FileStatus::StorageFailed),
+            3 => Some(FileStatus::SourceFailed),
             _ => None,
         }
     }
@@ -74,12 +79,24 @@ pub enum ControlMessage {
         /// BLAKE3-256 of the file's bytes.
         digest: Digest,
     },
-    /// Receiver to sender: the file's final outcome.
+    /// Receiver to sender: the file's final outcome. A failure may come before the file was
+    /// sent (the receiver refused it); the sender then skips its blocks.
     FileResult {
         /// File id.
         file: u32,
         /// Outcome.
         status: FileStatus,
+        /// Why it failed (empty when verified), sanitised by the receiver.
+        reason: String,
+    },
+    /// Sender to receiver: the sender cannot send this file (it could not read it) and skips
+    /// its remaining blocks; the receiver discards what it has of it and answers with a
+    /// [`FileStatus::SourceFailed`] result. The rest of the session goes on.
+    FileAbandon {
+        /// File id.
+        file: u32,
+        /// Why, sanitised by the sender.
+        reason: String,
     },
     /// Either way: the session ends now.
     Abort {
@@ -95,6 +112,25 @@ const T_MANIFEST_END: u8 = 2;
 const T_FILE_DIGEST: u8 = 3;
 const T_FILE_RESULT: u8 = 4;
 const T_ABORT: u8 = 5;
+const T_FILE_ABANDON: u8 = 6;
+
+/// Longest reason string carried in a frame, in bytes (longer ones are cut on a character
+/// boundary).
+pub const MAX_REASON: usize = 1024;
+
+fn put_reason(out: &mut Vec<u8>, reason: &str) {
+    let reason = truncate_utf8(reason, MAX_REASON);
+    out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}
+
+fn get_reason(r: &mut Reader<'_>) -> Result<String, ParseError> {
+    let n = r.u16()? as usize;
+    if n > MAX_REASON {
+        return Err(ParseError::Invalid("reason too long"));
+    }
+    Ok(String::from_utf8_lossy(r.take(n)?).into_owned())
+}
 
 impl ControlMessage {
     /// Appends the framed message (4-byte length, type, payload) to `out`.
@@ -120,17 +156,21 @@ impl ControlMessage {
                 out.extend_from_slice(&file.to_be_bytes());
                 out.extend_from_slice(digest);
             }
-            ControlMessage::FileResult { file, status } => {
+            ControlMessage::FileResult { file, status, reason } => {
                 out.push(T_FILE_RESULT);
                 out.extend_from_slice(&file.to_be_bytes());
                 out.push(status.code());
+                put_reason(out, reason);
+            }
+            ControlMessage::FileAbandon { file, reason } => {
+                out.push(T_FILE_ABANDON);
+                out.extend_from_slice(&file.to_be_bytes());
+                put_reason(out, reason);
             }
             ControlMessage::Abort { code, reason } => {
                 out.push(T_ABORT);
                 out.extend_from_slice(&code.to_be_bytes());
-                let reason = truncate_utf8(reason, 1024);
-                out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
-                out.extend_from_slice(reason.as_bytes());
+                put_reason(out, reason);
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -179,13 +219,16 @@ impl ControlMessage {
                 let file = r.u32()?;
                 let status =
                     FileStatus::from_code(r.u8()?).ok_or(ParseError::Invalid("file status"))?;
-                ControlMessage::FileResult { file, status }
+                let reason = get_reason(&mut r)?;
+                ControlMessage::FileResult { file, status, reason }
+            }
+            T_FILE_ABANDON => {
+                let file = r.u32()?;
+                ControlMessage::FileAbandon { file, reason: get_reason(&mut r)? }
             }
             T_ABORT => {
                 let code = r.u16()?;
-                let n = r.u16()? as usize;
-                let reason = String::from_utf8_lossy(r.take(n)?).into_owned();
-                ControlMessage::Abort { code, reason }
+                ControlMessage::Abort { code, reason: get_reason(&mut r)? }
             }
             t => return Err(ParseError::UnknownType(t)),
         };
@@ -249,7 +292,13 @@ mod tests {
             }),
             ControlMessage::ManifestEnd { files: 4 },
             ControlMessage::FileDigest { file: 3, digest: [0xab; 32] },
-            ControlMessage::FileResult { file: 3, status: FileStatus::DigestMismatch },
+            ControlMessage::FileResult {
+                file: 3,
+                status: FileStatus::DigestMismatch,
+                reason: "digest mismatch".into(),
+            },
+            ControlMessage::FileResult { file: 4, status: FileStatus::Verified, reason: "".into() },
+            ControlMessage::FileAbandon { file: 5, reason: "\"x\" shrank".into() },
             ControlMessage::Abort { code: 2, reason: "disk full".into() },
         ];
         let mut buf = Vec::new();

@@ -6,9 +6,8 @@
 //! in simulated time (see `tests/sim.rs`).
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` at the workspace root.
-// `unsafe` is denied everywhere; the audited exceptions are mapping a source file and releasing
-// its pages (`io::files::MmapSource::add`, `MappedFile::release_before`), each with its own
-// `allow` and SAFETY comment.
+// `unsafe` is denied everywhere. (Source files are read with `pread`, not mapped: a mapping of a
+// file another process can truncate cannot be made safe; see `io::source`.)
 #![deny(unsafe_code)]
 
 pub mod atrest;

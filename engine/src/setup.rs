@@ -10,8 +10,12 @@ use crate::wire::ParseError;
 pub const T_CLIENT_HELLO: u8 = 16;
 /// Frame type of [`ServerHello`].
 pub const T_SERVER_HELLO: u8 = 17;
-/// The protocol version this implementation speaks.
-pub const VERSION: u8 = 1;
+/// The protocol version this implementation speaks. Version 2: per-file failures (FILE_RESULT
+/// carries a reason, FILE_ABANDON) instead of ending the session at the first failed file.
+pub const VERSION: u8 = 2;
+/// Largest set-up frame (length field included) a peer accepts: a hello with the longest path
+/// is about 4.3 KiB.
+pub const MAX_SETUP_FRAME: usize = 16 * 1024;
 /// TLS exporter label of the client's authentication signature.
 pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-ferry/1 client auth";
 /// TLS exporter label of the session secret (section 4.1).
@@ -31,6 +35,8 @@ pub mod refusal {
     pub const PARAMETERS: u16 = 13;
     /// The server could not set the session up (internal error).
     pub const SERVER: u16 = 14;
+    /// The server is at a session limit (in all, or for this key); try again later.
+    pub const BUSY: u16 = 15;
 }
 
 /// Which way the files go.
@@ -226,7 +232,7 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, ParseError> {
     if len == 0 {
         return Err(ParseError::Truncated);
     }
-    if len > crate::control::MAX_FRAME {
+    if 4 + len > MAX_SETUP_FRAME {
         return Err(ParseError::Oversized);
     }
     if buf.len() < 4 + len {

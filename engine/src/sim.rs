@@ -306,11 +306,17 @@ impl ControlChannel {
 pub struct MemSource {
     /// File contents by id.
     pub files: Vec<Vec<u8>>,
+    /// `(file, offset)`: reads of that file reaching past `offset` fail (a file that shrank).
+    pub fail_at: Vec<(usize, u64)>,
 }
 
 impl BlockSource for MemSource {
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let f = self.files.get(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
+        let end = offset + buf.len() as u64;
+        if self.fail_at.iter().any(|&(i, at)| i == file as usize && end > at) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank"));
+        }
         let start = offset as usize;
         let src = f
             .get(start..start + buf.len())
@@ -336,6 +342,10 @@ pub struct MemSink {
     pending_bytes: f64,
     last_drain: Option<Instant>,
     block_size: usize,
+    /// Files whose announcement is refused (like an existing destination file).
+    pub refuse: Vec<usize>,
+    /// `(file, offset)`: writes of that file reaching past `offset` fail (a disk error).
+    pub fail_at: Vec<(usize, u64)>,
 }
 
 impl MemSink {
@@ -350,6 +360,8 @@ impl MemSink {
             pending_bytes: 0.0,
             last_drain: None,
             block_size,
+            refuse: Vec::new(),
+            fail_at: Vec::new(),
         }
     }
 
@@ -374,6 +386,9 @@ impl BlockSink for MemSink {
         self.writes.push(vec![0; size]);
         self.finished.push(None);
         self.entries.push(file.clone());
+        if self.refuse.contains(&(file.id as usize)) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "refused by the test"));
+        }
         Ok(())
     }
 
@@ -381,6 +396,14 @@ impl BlockSink for MemSink {
         if self.free_blocks() == 0 {
             return Err(SinkError::Full);
         }
+        let end = offset + data.len() as u64;
+        if self.fail_at.iter().any(|&(i, at)| i == file as usize && end > at) {
+            return Err(SinkError::Io(io::Error::other("write failed (test)")));
+        }
+        assert!(
+            self.finished[file as usize].is_none() && !self.refuse.contains(&(file as usize)),
+            "write to a finished or refused file"
+        );
         let start = offset as usize;
         let f = &mut self.files[file as usize];
         f[start..start + data.len()].copy_from_slice(data);
@@ -436,6 +459,28 @@ pub struct Scenario {
     pub trace_every: Option<Duration>,
     /// Scripted changes of the forward bottleneck rate: `(at, rate_bps)`.
     pub rate_changes: Vec<(Duration, u64)>,
+    /// Files that fail on the way: see [`Faults`].
+    pub faults: Faults,
+}
+
+/// Per-file failures a scenario injects. Each fails its file alone; the session goes on.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// `(file, offset)`: the sender cannot read the file past `offset` (it shrank).
+    pub source_fail_at: Vec<(usize, u64)>,
+    /// Files the receiver refuses when they are announced.
+    pub sink_refuse: Vec<usize>,
+    /// `(file, offset)`: the receiver cannot store the file past `offset`.
+    pub sink_fail_at: Vec<(usize, u64)>,
+}
+
+impl Faults {
+    /// Whether file `i` of `size` bytes is meant to fail.
+    pub fn fails(&self, i: usize, size: u64) -> bool {
+        self.sink_refuse.contains(&i)
+            || self.source_fail_at.iter().any(|&(f, at)| f == i && at < size)
+            || self.sink_fail_at.iter().any(|&(f, at)| f == i && at < size)
+    }
 }
 
 /// What happened in a simulated transfer.
@@ -484,8 +529,13 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let factory = scenario.policy.factory();
     let mut sender = Sender::new(config.clone(), &secret, factory.as_ref(), t0).expect("config");
     let mut receiver = Receiver::new(config.clone(), &secret, t0).expect("config");
-    let mut source = MemSource { files: scenario.files.clone() };
+    let mut source = MemSource {
+        files: scenario.files.clone(),
+        fail_at: scenario.faults.source_fail_at.clone(),
+    };
     let mut sink = MemSink::new(config.block_size, scenario.slow_sink);
+    sink.refuse = scenario.faults.sink_refuse.clone();
+    sink.fail_at = scenario.faults.sink_fail_at.clone();
     let mut forward = Link::new(scenario.forward.clone());
     let mut reverse = Link::new(scenario.reverse.clone());
     let mut to_receiver = ControlChannel::new(scenario.forward.delay);
@@ -570,7 +620,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             match e {
                 Event::Complete => receiver_done = true,
                 Event::Failed(err) => errors.push(format!("receiver: {err}")),
-                Event::FileDone { file, status } => statuses[file as usize] = Some(status),
+                Event::FileDone { file, status, .. } => statuses[file as usize] = Some(status),
             }
         }
         if let (Some(t), Some(every)) = (next_trace, scenario.trace_every)
@@ -606,8 +656,12 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         }
     }
 
-    let files_match = sink.files == scenario.files;
-    let written_once = sink.writes.iter().all(|w| w.iter().all(|&n| n == 1));
+    // Files meant to fail are left out of the content checks (their outcome is checked instead).
+    let ok_files = |i: &usize| !scenario.faults.fails(*i, scenario.files[*i].len() as u64);
+    let files_match = sink.files.len() == scenario.files.len()
+        && (0..scenario.files.len()).filter(ok_files).all(|i| sink.files[i] == scenario.files[i]);
+    let written_once =
+        (0..sink.writes.len()).filter(ok_files).all(|i| sink.writes[i].iter().all(|&n| n == 1));
     Outcome {
         complete: sender_done && receiver_done,
         errors,

@@ -48,8 +48,11 @@ fn a_file_modified_during_the_transfer_fails_its_digest_and_is_discarded() {
     }
     sender.finish_manifest();
     // Reads: 4 packets of file 0, then file 1's packets; change file 1 after it was partly sent.
-    let mut source =
-        ChangingSource { inner: MemSource { files: files.clone() }, reads: 0, change_after: 20 };
+    let mut source = ChangingSource {
+        inner: MemSource { files: files.clone(), fail_at: Vec::new() },
+        reads: 0,
+        change_after: 20,
+    };
     let mut sink = MemSink::new(config.block_size, None);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut now = t0;
@@ -69,7 +72,7 @@ fn a_file_modified_during_the_transfer_fails_its_digest_and_is_discarded() {
             receiver.handle_datagram(now, &mut buf[..n], &mut sink);
         }
         while let Some(e) = receiver.poll_event() {
-            if let Event::FileDone { file, status } = e {
+            if let Event::FileDone { file, status, .. } = e {
                 results[file as usize] = Some(status);
             }
         }

@@ -25,6 +25,7 @@ fn scenario(policy: Policy, target: u64, link: LinkConfig, bytes: usize) -> Scen
         time_limit: Duration::from_secs(120),
         trace_every: Some(Duration::from_millis(100)),
         rate_changes: Vec::new(),
+        faults: Default::default(),
     }
 }
 
@@ -108,4 +109,41 @@ fn low_policy_alone_on_a_deep_buffer() {
     link.queue_bytes *= 4;
     let s = scenario(Policy::Low, 1000 * MBIT, link, 20_000_000);
     insta::assert_snapshot!(render(&s, 6));
+}
+
+/// Files that fail on the way fail alone: a 20 MB file the receiver refuses when it is
+/// announced (an existing name), one the sender cannot read past 1 MB (it shrank), one the
+/// receiver cannot store past 2 MB (a disk error). The three small files around them arrive
+/// verified, the session completes, and the refused file costs next to nothing on the wire (its
+/// blocks are skipped once the refusal is known: at most about one RTT's worth is sent).
+#[test]
+fn failed_files_fail_alone_and_cost_little() {
+    use ferry_engine::control::FileStatus;
+    let big: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let small = |n: u8| vec![n; 50_000];
+    let mut s = scenario(
+        Policy::Fixed,
+        100 * MBIT,
+        LinkConfig::clean(200 * MBIT, Duration::from_millis(10)),
+        0,
+    );
+    s.trace_every = None;
+    s.files = vec![small(1), big.clone(), small(2), big.clone(), small(3), big, small(4)];
+    s.faults.sink_refuse = vec![1];
+    s.faults.source_fail_at = vec![(3, 1_000_000)];
+    s.faults.sink_fail_at = vec![(5, 2_000_000)];
+    let o = sim::run(7, &s);
+    assert!(o.complete && o.errors.is_empty(), "{:?}", o.errors);
+    assert!(o.files_match && o.written_once);
+    use FileStatus::*;
+    let want = [Verified, StorageFailed, Verified, SourceFailed, Verified, StorageFailed, Verified];
+    let got: Vec<_> = o.statuses.iter().map(|s| s.unwrap()).collect();
+    assert_eq!(got, want);
+    // 100 Mbit/s for one 20 ms RTT is 250 kB: the refused file costs less than 1 MB, the
+    // others stop within about 1 MB of where they failed.
+    let sent = o.sender.new_payload_bytes;
+    let small_bytes = 4 * 50_000;
+    assert!(sent < small_bytes + 1_000_000 + 1_000_000 + 2_000_000 + 3_000_000, "sent {sent}");
+    assert_eq!(o.sender.files_abandoned, 1);
+    assert_eq!(o.receiver.files_failed, 3);
 }

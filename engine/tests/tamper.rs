@@ -40,7 +40,13 @@ fn pair(suite: CipherSuite) -> Pair {
             receiver.handle_control(m, &mut sink);
         }
     }
-    Pair { sender, receiver, source: MemSource { files: vec![data] }, sink, now }
+    Pair {
+        sender,
+        receiver,
+        source: MemSource { files: vec![data], fail_at: Vec::new() },
+        sink,
+        now,
+    }
 }
 
 /// Opens the window: one genuine feedback from the receiver to the sender.

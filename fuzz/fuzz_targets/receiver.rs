@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         sender.add_file(FileEntry { id: 0, size: f.len() as u64, mtime_ns: 0, mode: 0, path: format!("f{i}") });
     }
     sender.finish_manifest();
-    let mut source = MemSource { files: files.clone() };
+    let mut source = MemSource { files: files.clone(), fail_at: Vec::new() };
     let mut sink = MemSink::new(config.block_size, None);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut held: Vec<Vec<u8>> = Vec::new();
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some(e) = receiver.poll_event() {
-            if let Event::FileDone { file, status: FileStatus::Verified } = e {
+            if let Event::FileDone { file, status: FileStatus::Verified, .. } = e {
                 assert_eq!(sink.files[file as usize], files[file as usize], "verified file differs");
             }
         }

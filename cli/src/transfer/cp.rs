@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use ferry_engine::control::{FileEntry, FileStatus};
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
+use ferry_engine::io::docroot::{Docroot, RelPath};
 use ferry_engine::io::driver::{
     DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
 };
-use ferry_engine::io::files::{self, Destination, FileSink, MmapSource};
+use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
+use ferry_engine::io::source::{self, FileSource, SourceFile, SourceLimits};
 use ferry_engine::rate::{Policy, RateLimits};
 use ferry_engine::session::{MAX_STANDARD_BLOCK, Receiver, SessionConfig, SessionError};
 use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
@@ -157,34 +159,10 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     match direction {
         Direction::Upload => {
             for s in sources {
-                let list = files::enumerate(Path::new(s), None).map_err(|e| {
-                    CliError::new(34, format!("cannot read {s}: {e}"))
-                        .hint("check the source path and its permissions")
-                })?;
-                upload_files.extend(list);
+                upload_files.extend(local_sources(s)?);
             }
         }
-        Direction::Download => {
-            let d =
-                std::path::absolute(dest).map_err(|e| CliError::new(34, format!("{dest}: {e}")))?;
-            let (root, destination) = if d.is_dir() {
-                (d.clone(), Destination::Dir(d))
-            } else {
-                let parent = match d.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                    _ => PathBuf::from("."),
-                };
-                if !parent.is_dir() {
-                    return Err(CliError::new(34, format!("{dest}: no such directory"))
-                        .hint("create the destination directory first"));
-                }
-                (parent, Destination::File(d))
-            };
-            download_dest = Some(
-                FileSink::new(&root, destination)
-                    .map_err(|e| CliError::new(34, format!("{dest}: {e}")))?,
-            );
-        }
+        Direction::Download => download_dest = Some(download_sink(dest)?),
     }
 
     let local_ip: IpAddr = match (server.ip().is_loopback(), server.is_ipv4()) {
@@ -249,17 +227,89 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         Direction::Upload => "upload",
         Direction::Download => "download",
     };
+    let failed: Vec<_> = report.files.iter().filter(|f| f.status != FileStatus::Verified).collect();
+    let (bytes, nfiles) = (report.file_bytes, report.files.len());
     if args.json {
         progress::emit("done", progress::done_fields(&report, what, secs));
-        return Ok(());
+    } else {
+        let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
+        let files = if failed.is_empty() {
+            format!("complete: {nfiles} files")
+        } else {
+            format!("finished: {} of {nfiles} files", nfiles - failed.len())
+        };
+        println!(
+            "ferry: {what} {files}, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s)",
+            progress::human_bytes(bytes)
+        );
+        const SHOWN: usize = 50;
+        for f in failed.iter().take(SHOWN) {
+            eprintln!(
+                "ferry: failed: {}: {}",
+                ferry_engine::io::docroot::escape(&f.path, 300),
+                f.reason
+            );
+        }
+        if failed.len() > SHOWN {
+            eprintln!("ferry: ... and {} more (--json lists them all)", failed.len() - SHOWN);
+        }
     }
-    let (bytes, nfiles) = (report.file_bytes, report.files.len());
-    let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
-    println!(
-        "ferry: {what} complete: {nfiles} files, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s)",
-        progress::human_bytes(bytes)
-    );
+    if !failed.is_empty() {
+        let side = if direction == Direction::Upload { "on the server" } else { "here" };
+        return Err(CliError::new(
+            39,
+            format!(
+                "{} of {nfiles} files failed (each is named with its reason); the other {} were transferred",
+                failed.len(),
+                nfiles - failed.len()
+            ),
+        )
+        .hint(format!(
+            "fix what each message says and send the failed files again (the transferred ones \
+             are now {side}, and Ferry does not overwrite them)"
+        )));
+    }
     Ok(())
+}
+
+/// Lists a source argument for upload. The argument itself may be a symbolic link (it is
+/// followed, as `scp` does); inside a directory, links and special files are skipped.
+fn local_sources(arg: &str) -> Result<Vec<SourceFile>, CliError> {
+    let cannot = |e: String| {
+        CliError::new(34, format!("cannot read {arg}: {e}"))
+            .hint("check the source path and its permissions")
+    };
+    let canon = Path::new(arg).canonicalize().map_err(|e| cannot(e.to_string()))?;
+    let (Some(parent), Some(name)) = (canon.parent(), canon.file_name()) else {
+        return Err(cannot("the root directory itself cannot be sent; name what is in it".into()));
+    };
+    let name = name.to_str().ok_or_else(|| cannot("the name is not UTF-8".into()))?;
+    let rel = RelPath::parse(name).map_err(|e| cannot(e.to_string()))?;
+    let root = Arc::new(Docroot::open(parent).map_err(|e| cannot(e.to_string()))?);
+    source::list(&root, &rel, SourceLimits::default()).map_err(|e| cannot(e.to_string()))
+}
+
+/// The sink of a download into `dest`: an existing directory, or a new file name in one.
+fn download_sink(dest: &str) -> Result<FileSink, CliError> {
+    let d = std::path::absolute(dest).map_err(|e| CliError::new(34, format!("{dest}: {e}")))?;
+    let open = |p: &Path| {
+        Docroot::open(p).map(Arc::new).map_err(|e| CliError::new(34, format!("{dest}: {e}")))
+    };
+    if d.is_dir() {
+        let root = open(&d)?;
+        return Ok(FileSink::new(root, Destination::Dir(RelPath::root()), SinkLimits::default()));
+    }
+    let parent = match d.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() || dest.ends_with('/') {
+        return Err(CliError::new(34, format!("{dest}: no such directory"))
+            .hint("create the destination directory first"));
+    }
+    let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = RelPath::parse(name).map_err(|e| CliError::new(34, format!("{dest}: {e}")))?;
+    Ok(FileSink::new(open(&parent)?, Destination::File(name), SinkLimits::default()))
 }
 
 /// After a failed connection: whether the server's host says its UDP port is closed (an ICMP
@@ -320,7 +370,7 @@ async fn session(
     args: &CpArgs,
     remote: &Remote,
     direction: Direction,
-    upload_files: Vec<files::SourceFile>,
+    upload_files: Vec<SourceFile>,
     download_sink: Option<FileSink>,
     local_ip: IpAddr,
     reporter: Arc<Mutex<Reporter>>,
@@ -378,6 +428,8 @@ async fn session(
             .hint(
                 "paths are relative to the server's docroot; the destination directory must exist",
             ),
+            refusal::BUSY => CliError::new(37, format!("the server is busy: {reason}"))
+                .hint("try again later, when fewer sessions are running"),
             _ => {
                 CliError::new(37, format!("the server refused the session (code {code}): {reason}"))
             }
@@ -440,14 +492,12 @@ async fn session(
             let mut sender =
                 ferry_engine::session::Sender::new(config, &secret, factory.as_ref(), now)
                     .map_err(|e| CliError::new(37, e.to_string()))?;
-            let mut source = MmapSource::new();
-            for f in upload_files {
-                let size = source
-                    .add_path(&f.path)
-                    .map_err(|e| CliError::new(34, format!("{}: {e}", f.rel)))?;
-                sender.add_file(FileEntry { id: 0, size, mtime_ns: 0, mode: f.mode, path: f.rel });
+            for f in &upload_files {
+                let path = f.manifest.clone();
+                sender.add_file(FileEntry { id: 0, size: f.size, mtime_ns: 0, mode: f.mode, path });
             }
             sender.finish_manifest();
+            let source = FileSource::new(upload_files, SourceLimits::default());
             Box::new(SenderSide { sender, source })
         }
         Direction::Download => {
@@ -479,10 +529,6 @@ async fn session(
         }
         e => failed(format!("the transfer failed: {e}")),
     })?;
-    let bad: Vec<_> = report.files.iter().filter(|(_, s)| *s != FileStatus::Verified).collect();
-    if !bad.is_empty() {
-        return Err(failed(format!("{} files failed verification or storage", bad.len())));
-    }
     Ok(report)
 }
 

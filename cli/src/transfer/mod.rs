@@ -3,6 +3,8 @@
 //! data-path driver thread. `ferry serve` and `ferry cp` are built on it.
 
 pub(crate) mod cp;
+pub(crate) mod limits;
+pub(crate) mod log;
 pub(crate) mod progress;
 pub(crate) mod serve;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use ferry_engine::control::ControlMessage;
 use ferry_engine::io::driver::{
-    ControlIn, DataSocket, DriveError, DriveReport, Progress, Side, drive,
+    ControlIn, DataSocket, DriveError, DriveReport, Outbox, Progress, Side, drive,
 };
 use ferry_engine::session::abort_code;
 use ferry_engine::setup;
@@ -30,16 +32,55 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Flow-control credit of the control stream, each way. The set-up messages are a few KiB and
+/// control messages are read as they arrive, so this bounds what a peer can make this end
+/// buffer on the stream.
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// Flow-control credit of the whole connection (it carries exactly one stream).
+const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+/// Bytes this end buffers for sending on the control stream before writes wait.
+const SEND_WINDOW: u64 = 1 << 20;
+
+/// QUIC transport parameters of the control connection, for either end. One bidirectional
+/// stream (opened by the client) and no unidirectional ones, small windows, no QUIC datagrams.
+/// Only the client sends keep-alives: a server keeps nothing alive on behalf of a peer that has
+/// gone quiet (its idle timeout closes the connection), and a client that is moving data keeps
+/// its own connection open.
+fn transport(role: Role) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(Duration::from_secs(15).try_into().expect("idle timeout")));
-    // The control stream is quiet while data flows on the data path: keep the connection alive.
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
+    t.send_window(SEND_WINDOW);
+    t.datagram_receive_buffer_size(None);
+    match role {
+        Role::Server => {
+            t.max_concurrent_bidi_streams(1u32.into());
+            t.keep_alive_interval(None);
+        }
+        Role::Client => {
+            // The server never opens a stream.
+            t.max_concurrent_bidi_streams(0u32.into());
+            // The control stream is quiet while data flows on the data path.
+            t.keep_alive_interval(Some(Duration::from_secs(2)));
+        }
+    }
     Arc::new(t)
 }
 
-/// The server's QUIC configuration: a self-signed certificate carrying its ed25519 identity.
-pub(crate) fn server_config(id: &Identity) -> Result<quinn::ServerConfig, String> {
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Server,
+    Client,
+}
+
+/// The server's QUIC configuration: a self-signed certificate carrying its ed25519 identity,
+/// and the limits on connections that are not yet set up (see [`limits::PreAuth`]).
+pub(crate) fn server_config(
+    id: &Identity,
+    pre_auth: &limits::PreAuth,
+) -> Result<quinn::ServerConfig, String> {
     let pkcs8 = id.pkcs8_der();
     let key = rcgen::KeyPair::try_from(pkcs8.as_slice()).map_err(|e| e.to_string())?;
     let params =
@@ -55,7 +96,14 @@ pub(crate) fn server_config(id: &Identity) -> Result<quinn::ServerConfig, String
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(Role::Server));
+    // Connection migration would let a peer move the control connection to another address;
+    // the data path is bound to the address the session was set up from.
+    config.migration(false);
+    // Handshakes waiting to be accepted, and the data they may hold, are bounded too.
+    config.max_incoming(pre_auth.max_connections.max(1) * 2);
+    config.incoming_buffer_size(16 * 1024);
+    config.incoming_buffer_size_total(pre_auth.max_connections.max(1) as u64 * 16 * 1024);
     Ok(config)
 }
 
@@ -78,7 +126,7 @@ pub(crate) fn client_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(Role::Client));
     Ok((config, seen))
 }
 
@@ -158,12 +206,13 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// Reads one setup frame: its type, payload, and any bytes read beyond it.
+/// Reads one setup frame: its type, payload, and any bytes read beyond it. At most
+/// [`setup::MAX_SETUP_FRAME`] bytes are accepted (the caller bounds the time).
 pub(crate) async fn read_frame(
     recv: &mut quinn::RecvStream,
 ) -> Result<(u8, Vec<u8>, Vec<u8>), String> {
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = vec![0u8; 4 * 1024];
     loop {
         match setup::split_frame(&buf) {
             Ok(Some((t, payload, used))) => {
@@ -181,6 +230,9 @@ pub(crate) async fn read_frame(
         }
     }
 }
+
+/// Control messages queued between the control stream and the data thread, each way.
+const CONTROL_QUEUE: usize = 1024;
 
 /// Cancels sessions: set to `Some(reason)` (e.g. on SIGTERM) and every session watching it ends,
 /// removing its partial files and telling the peer the reason.
@@ -221,7 +273,10 @@ pub(crate) async fn run_session(
     mut on_progress: Box<dyn FnMut(&Progress) + Send>,
     mut cancel: Cancel,
 ) -> (Result<(), DriveError>, DriveReport) {
-    let (in_tx, in_rx) = std::sync::mpsc::channel();
+    // Both ways the queue between the control stream and the data thread is bounded: a peer
+    // that floods control messages is slowed by QUIC flow control (the reader waits for room),
+    // and one that stops reading stops the session's output instead of growing memory.
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<ControlIn>(CONTROL_QUEUE);
     // Cancellation (a signal): the driver ends as if the control channel had closed, which drops
     // its file sink (partial files are removed), and the peer gets an ABORT saying why.
     let cancel_tx = in_tx.clone();
@@ -229,22 +284,42 @@ pub(crate) async fn run_session(
     let cancel_task = {
         let cancelled = cancelled.clone();
         tokio::spawn(async move {
-            if let Ok(reason) = cancel.wait_for(Option::is_some).await {
-                let reason = reason.expect("waited for Some");
-                *cancelled.lock().expect("lock") = Some(reason);
-                let _ = cancel_tx.send(ControlIn::Closed(reason.to_owned()));
-            }
+            let reason = match cancel.wait_for(Option::is_some).await {
+                Ok(r) => (*r).expect("waited for Some"),
+                Err(_) => return,
+            };
+            *cancelled.lock().expect("lock") = Some(reason);
+            let _ = cancel_tx.send(ControlIn::Closed(reason.to_owned())).await;
         })
     };
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<ControlMessage>(CONTROL_QUEUE);
     let driver = std::thread::Builder::new()
         .name("ferry-data".into())
         .spawn(move || {
-            let mut out = |m| out_tx.send(m).is_ok();
+            use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+            let mut out = |m| match out_tx.try_send(m) {
+                Ok(()) => Outbox::Sent,
+                Err(TrySendError::Full(m)) => Outbox::Full(m),
+                Err(TrySendError::Closed(_)) => Outbox::Closed,
+            };
+            let mut input = || match in_rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    Some(ControlIn::Closed("control layer gone".into()))
+                }
+            };
             let mut socket = socket;
-            drive(side.as_mut(), &mut socket, &in_rx, &mut out, on_progress.as_mut())
+            drive(side.as_mut(), &mut socket, &mut input, &mut out, on_progress.as_mut())
         })
-        .expect("spawn the data-path thread");
+        .map_err(|e| format!("cannot start the data-path thread: {e}"));
+    let driver = match driver {
+        Ok(d) => d,
+        Err(e) => {
+            cancel_task.abort();
+            return (Err(DriveError::ControlClosed(e)), DriveReport::default());
+        }
+    };
     let reader = tokio::spawn(async move {
         let mut buf = leftover;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -253,14 +328,14 @@ pub(crate) async fn run_session(
                 match ControlMessage::decode(&buf) {
                     Ok(Some((m, used))) => {
                         buf.drain(..used);
-                        if in_tx.send(ControlIn::Message(m)).is_err() {
+                        if in_tx.send(ControlIn::Message(m)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let _ =
-                            in_tx.send(ControlIn::Closed(format!("malformed control frame: {e}")));
+                        let reason = format!("malformed control frame: {e}");
+                        let _ = in_tx.send(ControlIn::Closed(reason)).await;
                         return;
                     }
                 }
@@ -268,12 +343,12 @@ pub(crate) async fn run_session(
             match recv.read(&mut chunk).await {
                 Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
                 Ok(None) => {
-                    let _ =
-                        in_tx.send(ControlIn::Closed("the peer closed the control stream".into()));
+                    let reason = "the peer closed the control stream".to_owned();
+                    let _ = in_tx.send(ControlIn::Closed(reason)).await;
                     return;
                 }
                 Err(e) => {
-                    let _ = in_tx.send(ControlIn::Closed(e.to_string()));
+                    let _ = in_tx.send(ControlIn::Closed(e.to_string())).await;
                     return;
                 }
             }
@@ -348,8 +423,8 @@ fn reuseport_socket(
     Ok(std::net::UdpSocket::from(fd))
 }
 
-/// Raises the soft limit on open files to the hard limit: a receiver holds one descriptor per
-/// file in flight, and the manifest of a large tree arrives ahead of its data.
+/// Raises the soft limit on open files to the hard limit: every session holds a few
+/// descriptors (its sockets, a bounded number of files), and a server runs many sessions.
 pub(crate) fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);

@@ -121,9 +121,17 @@ impl Reporter {
 /// The `done` event's fields from the data path's final report.
 pub(crate) fn done_fields(r: &DriveReport, direction: &str, seconds: f64) -> Value {
     let d = &r.side.dropped;
+    let failed: Vec<Value> = r
+        .files
+        .iter()
+        .filter(|f| f.status != ferry_engine::control::FileStatus::Verified)
+        .map(|f| json!({ "path": f.path, "status": status_name(f.status), "reason": f.reason }))
+        .collect();
     json!({
         "direction": direction,
         "files": r.files.len(),
+        "files_failed": failed.len(),
+        "failed": failed,
         "bytes": r.file_bytes,
         "seconds": round3(seconds),
         "rate_bps": if seconds > 0.0 { (r.file_bytes as f64 * 8.0 / seconds).round() } else { 0.0 },
@@ -139,6 +147,17 @@ pub(crate) fn done_fields(r: &DriveReport, direction: &str, seconds: f64) -> Val
             "auth": d.auth,
         },
     })
+}
+
+/// The `--json` name of a file outcome.
+pub(crate) fn status_name(s: ferry_engine::control::FileStatus) -> &'static str {
+    use ferry_engine::control::FileStatus::*;
+    match s {
+        Verified => "verified",
+        DigestMismatch => "digest_mismatch",
+        StorageFailed => "storage_failed",
+        SourceFailed => "source_failed",
+    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -164,6 +183,7 @@ fn human_rate(bps: f64) -> String {
 mod tests {
     use super::*;
     use ferry_engine::control::FileStatus;
+    use ferry_engine::io::driver::FileReport;
 
     #[test]
     fn units() {
@@ -178,8 +198,20 @@ mod tests {
     fn done_event_carries_the_counters() {
         let mut r = DriveReport { file_bytes: 1000, datagrams_in: 7, ..Default::default() };
         r.side.dropped.auth = 3;
-        r.files = vec![(0, FileStatus::Verified), (1, FileStatus::Verified)];
+        let report = |file, status, reason: &str, path: &str| FileReport {
+            file,
+            status,
+            reason: reason.into(),
+            path: path.into(),
+        };
+        r.files = vec![
+            report(0, FileStatus::Verified, "", ""),
+            report(1, FileStatus::StorageFailed, "\"b\" already exists", "d/b"),
+        ];
         let v = done_fields(&r, "download", 0.5);
+        assert_eq!(v["files_failed"], 1);
+        assert_eq!(v["failed"][0]["path"], "d/b");
+        assert_eq!(v["failed"][0]["status"], "storage_failed");
         assert_eq!(v["bytes"], 1000);
         assert_eq!(v["rate_bps"], 16000.0);
         assert_eq!(v["dropped"]["auth"], 3);

@@ -16,7 +16,6 @@
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{Receiver as ChannelReceiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -41,6 +40,31 @@ const RECV_SLOTS: usize = quinn_udp::BATCH_SIZE;
 const RECV_SLOT_BYTES: usize = 1 << 16;
 /// Largest payload of one GSO `sendmsg` (the kernel's limit is one 64 KiB IP packet).
 const GSO_MAX_BYTES: usize = 65_000;
+
+/// What [`drive`]'s `control_out` did with a message.
+#[derive(Debug)]
+pub enum Outbox {
+    /// Taken.
+    Sent,
+    /// The queue to the control layer is full: the message comes back and is offered again
+    /// later (the session's own queue holds the rest meanwhile).
+    Full(ControlMessage),
+    /// The control layer is gone.
+    Closed,
+}
+
+/// One file's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReport {
+    /// File id (manifest index).
+    pub file: u32,
+    /// Outcome.
+    pub status: FileStatus,
+    /// Why it failed (empty when verified).
+    pub reason: String,
+    /// The file's path in the manifest, for failed files (empty for verified ones).
+    pub path: String,
+}
 
 /// What the control layer hands the driver.
 #[derive(Debug)]
@@ -71,6 +95,8 @@ pub trait Side {
     fn is_finished(&self) -> bool;
     /// Progress so far, for progress bars and events.
     fn progress(&self) -> SideProgress;
+    /// File `file`'s name for reports.
+    fn file_name(&self, file: u32) -> String;
     /// A one-line state summary for debugging (`FERRY_DEBUG_DRIVER`).
     fn debug_line(&self) -> String {
         String::new()
@@ -98,6 +124,9 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         self.sender.poll_transmit(now, &mut self.source, buf)
+    }
+    fn file_name(&self, file: u32) -> String {
+        self.source.name(file).unwrap_or_else(|| format!("file {file}"))
     }
     fn poll_control(&mut self) -> Option<ControlMessage> {
         self.sender.poll_control()
@@ -152,6 +181,9 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         self.receiver.poll_transmit(now, &self.sink, buf)
+    }
+    fn file_name(&self, file: u32) -> String {
+        self.sink.name(file).unwrap_or_else(|| format!("file {file}"))
     }
     fn poll_control(&mut self) -> Option<ControlMessage> {
         self.receiver.poll_control()
@@ -236,7 +268,7 @@ pub enum DriveError {
 #[derive(Debug, Default, Clone)]
 pub struct DriveReport {
     /// Per-file outcomes, in the order they were reported.
-    pub files: Vec<(u32, FileStatus)>,
+    pub files: Vec<FileReport>,
     /// Datagrams received from the socket (before authentication).
     pub datagrams_in: u64,
     /// Datagrams sent.
@@ -481,14 +513,16 @@ impl DataSocket {
     }
 }
 
-/// Runs `side` on `socket` until the session completes or fails. `control_out` carries the
-/// session's control messages to the control layer; it returns false when that layer is gone.
+/// Runs `side` on `socket` until the session completes or fails. `control_in` returns what the
+/// control layer has for the session (`None` when nothing is waiting); `control_out` carries
+/// the session's control messages to the control layer (both are bounded queues: a peer that
+/// stops reading its control stream stops the session's control output, never grows memory).
 /// `on_progress` is called about every [`PROGRESS_INTERVAL`] and once at the end.
 pub fn drive(
     side: &mut dyn Side,
     socket: &mut DataSocket,
-    control_in: &ChannelReceiver<ControlIn>,
-    control_out: &mut dyn FnMut(ControlMessage) -> bool,
+    control_in: &mut dyn FnMut() -> Option<ControlIn>,
+    control_out: &mut dyn FnMut(ControlMessage) -> Outbox,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> (Result<(), DriveError>, DriveReport) {
     let mut report = DriveReport::default();
@@ -514,8 +548,8 @@ fn progress(side: &dyn Side, report: &DriveReport, started: Instant) -> Progress
 fn drive_inner(
     side: &mut dyn Side,
     socket: &mut DataSocket,
-    control_in: &ChannelReceiver<ControlIn>,
-    control_out: &mut dyn FnMut(ControlMessage) -> bool,
+    control_in: &mut dyn FnMut() -> Option<ControlIn>,
+    control_out: &mut dyn FnMut(ControlMessage) -> Outbox,
     on_progress: &mut dyn FnMut(&Progress),
     report: &mut DriveReport,
 ) -> Result<(), DriveError> {
@@ -524,6 +558,8 @@ fn drive_inner(
     let debug = std::env::var_os("FERRY_DEBUG_DRIVER").is_some();
     let started = Instant::now();
     let mut next_progress = started + PROGRESS_INTERVAL;
+    // A message the control layer's queue had no room for.
+    let mut held: Option<ControlMessage> = None;
     loop {
         let now = Instant::now();
         if now >= next_progress {
@@ -533,18 +569,16 @@ fn drive_inner(
             }
             next_progress = now + PROGRESS_INTERVAL;
         }
-        loop {
-            match control_in.try_recv() {
-                Ok(ControlIn::Message(m)) => {
+        while let Some(input) = control_in() {
+            match input {
+                ControlIn::Message(m) => {
                     if let ControlMessage::File(f) = &m {
                         report.file_bytes += f.size;
                     }
                     side.handle_control(m);
                 }
-                Ok(ControlIn::Closed(reason)) => closed = Some(reason),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    closed.get_or_insert_with(|| "control layer gone".into());
+                ControlIn::Closed(reason) => {
+                    closed = Some(reason);
                     break;
                 }
             }
@@ -553,17 +587,36 @@ fn drive_inner(
         let now = Instant::now();
         side.handle_timeout(now);
         let blocked = socket.transmit(side, now, report)? == Flush::Blocked;
-        while let Some(m) = side.poll_control() {
+        while let Some(m) = held.take().or_else(|| {
+            let m = side.poll_control()?;
             if let ControlMessage::File(f) = &m {
                 report.file_bytes += f.size;
             }
-            if !control_out(m) {
-                closed.get_or_insert_with(|| "control layer gone".into());
+            Some(m)
+        }) {
+            match control_out(m) {
+                Outbox::Sent => {}
+                Outbox::Full(m) => {
+                    held = Some(m);
+                    break;
+                }
+                Outbox::Closed => {
+                    closed.get_or_insert_with(|| "control layer gone".into());
+                    break;
+                }
             }
         }
         while let Some(e) = side.poll_event() {
             match e {
-                Event::FileDone { file, status } => report.files.push((file, status)),
+                Event::FileDone { file, status, reason } => {
+                    // Only failures are named (a report of many files stays small).
+                    let path = if status == FileStatus::Verified {
+                        String::new()
+                    } else {
+                        side.file_name(file)
+                    };
+                    report.files.push(FileReport { file, status, reason, path })
+                }
                 Event::Complete => {}
                 Event::Failed(err) => failure = Some(err),
             }
@@ -600,10 +653,24 @@ mod tests {
     use super::*;
     use crate::control::FileEntry;
     use crate::crypto::{CipherSuite, SessionSecret};
-    use crate::io::files::{Destination, FileSink, MmapSource};
+    use crate::io::docroot::{Docroot, RelPath};
+    use crate::io::files::{Destination, FileSink, SinkLimits};
+    use crate::io::source::{self, FileSource, SourceLimits};
     use crate::rate::{Policy, RateLimits};
     use crate::session::SessionConfig;
     use std::sync::mpsc;
+
+    fn inbox(rx: &mpsc::Receiver<ControlIn>) -> Option<ControlIn> {
+        match rx.try_recv() {
+            Ok(m) => Some(m),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(ControlIn::Closed("gone".into())),
+        }
+    }
+
+    fn outbox(sent: bool) -> Outbox {
+        if sent { Outbox::Sent } else { Outbox::Closed }
+    }
 
     /// Two drivers on loopback sockets move two files; the control channel is a pair of
     /// in-process channels.
@@ -626,29 +693,36 @@ mod tests {
         let now = Instant::now();
         let factory = Policy::Fair.factory();
         let mut sender = Sender::new(config.clone(), &secret(), factory.as_ref(), now).unwrap();
-        let mut source = MmapSource::new();
+        let root = std::sync::Arc::new(Docroot::open(src_dir.path()).unwrap());
+        let mut files = Vec::new();
         for name in ["big", "empty"] {
-            let f = std::fs::File::open(src_dir.path().join(name)).unwrap();
-            let size = source.add(&f).unwrap();
-            sender.add_file(FileEntry { id: 0, size, mtime_ns: 0, mode: 0o600, path: name.into() });
+            let rel = RelPath::parse(name).unwrap();
+            files.extend(source::list(&root, &rel, SourceLimits::default()).unwrap());
         }
+        for f in &files {
+            let path = f.manifest.clone();
+            sender.add_file(FileEntry { id: 0, size: f.size, mtime_ns: 0, mode: 0o600, path });
+        }
+        let source = FileSource::new(files, SourceLimits::default());
         sender.finish_manifest();
         let receiver = Receiver::new(config, &secret(), now).unwrap();
-        let sink = FileSink::new(dst_dir.path(), Destination::Dir(dst_dir.path().into())).unwrap();
+        let dst = std::sync::Arc::new(Docroot::open(dst_dir.path()).unwrap());
+        let sink = FileSink::new(dst, Destination::Dir(RelPath::root()), SinkLimits::default());
 
         let (to_recv_tx, to_recv_rx) = mpsc::channel();
         let (to_send_tx, to_send_rx) = mpsc::channel();
         let recv_thread = std::thread::spawn(move || {
             let mut side = ReceiverSide { receiver, sink };
-            let mut out = |m| to_send_tx.send(ControlIn::Message(m)).is_ok();
+            let mut out = |m| outbox(to_send_tx.send(ControlIn::Message(m)).is_ok());
             let mut b = DataSocket::new(b).unwrap();
-            drive(&mut side, &mut b, &to_recv_rx, &mut out, &mut |_| {})
+            drive(&mut side, &mut b, &mut || inbox(&to_recv_rx), &mut out, &mut |_| {})
         });
         let mut side = SenderSide { sender, source };
-        let mut out = |m| to_recv_tx.send(ControlIn::Message(m)).is_ok();
+        let mut out = |m| outbox(to_recv_tx.send(ControlIn::Message(m)).is_ok());
         let mut a = DataSocket::new(a).unwrap();
         let mut last = Progress::default();
-        let (result, report) = drive(&mut side, &mut a, &to_send_rx, &mut out, &mut |p| {
+        let mut input = || inbox(&to_send_rx);
+        let (result, report) = drive(&mut side, &mut a, &mut input, &mut out, &mut |p| {
             last = p.clone();
         });
         result.unwrap();

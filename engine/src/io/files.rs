@@ -1,179 +1,87 @@
-//! File sources and sinks for real transfers.
+//! The receiver's file sink: files land beneath a [`Docroot`] under a partial name and are
+//! renamed into place once verified.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
+use super::docroot::{Dir, Docroot, PathError, RelPath, partial_name};
 use crate::control::FileEntry;
-use crate::session::{BlockSink, BlockSource, SinkError};
+use crate::session::{BlockSink, SinkError};
 
-/// The sender's files, memory-mapped read-only.
-///
-/// A file that another process truncates while it is mapped makes reads of the lost pages fault
-/// (SIGBUS); Ferry sends files that are not being rewritten, like `ascp`. The digest covers the
-/// bytes actually sent, so a file modified (not truncated) during the transfer fails verification
-/// instead of landing silently corrupted.
-///
-/// Memory stays bounded whatever the file size: after every [`RELEASE_STEP`] bytes read, the
-/// pages more than [`RELEASE_BEHIND`] behind the furthest read are released from this process's
-/// mapping (`MADV_DONTNEED`; they stay in the page cache, so a retransmission that needs them
-/// again faults them back in cheaply). Resident memory is then at most about `RELEASE_BEHIND +
-/// RELEASE_STEP` of mapped file per file in flight.
-#[derive(Debug, Default)]
-pub struct MmapSource {
-    files: Vec<Option<MappedFile>>,
-}
-
-#[derive(Debug)]
-struct MappedFile {
-    map: Mmap,
-    /// The end of the furthest read so far.
-    furthest: usize,
-    /// Bytes read since the last release.
-    read_since_release: usize,
-}
-
-/// How far behind the furthest read the mapping's pages are kept.
-pub const RELEASE_BEHIND: usize = 32 << 20;
-/// Pages are released after every this many bytes read (one `madvise` per step).
-pub const RELEASE_STEP: usize = 32 << 20;
-
-impl MmapSource {
-    /// An empty source.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Maps `file` (opened for reading) as the next file id and returns its size.
-    #[allow(unsafe_code)]
-    pub fn add(&mut self, file: &File) -> io::Result<u64> {
-        let size = file.metadata()?.len();
-        if size == 0 {
-            self.files.push(None);
-            return Ok(0);
-        }
-        // SAFETY: the mapping is read-only and private to this process; Rust never sees a
-        // reference into it that outlives `self`. Concurrent modification by another process
-        // can change the bytes read (caught by the digest) or fault on truncation (documented
-        // above); it cannot violate memory safety of this process's own data.
-        let map = unsafe { Mmap::map(file)? };
-        #[cfg(unix)]
-        let _ = map.advise(memmap2::Advice::Sequential);
-        self.files.push(Some(MappedFile { map, furthest: 0, read_since_release: 0 }));
-        Ok(size)
-    }
-}
-
-impl MappedFile {
-    /// Records a read of `len` bytes at `offset`; once [`RELEASE_STEP`] bytes have been read
-    /// since the last release (first transmissions and retransmissions alike), releases the
-    /// pages more than [`RELEASE_BEHIND`] before the furthest read.
-    #[allow(unsafe_code)]
-    fn release_before(&mut self, offset: usize, len: usize) {
-        self.furthest = self.furthest.max(offset + len);
-        self.read_since_release += len;
-        if self.read_since_release < RELEASE_STEP {
-            return;
-        }
-        let Some(upto) = self.furthest.checked_sub(RELEASE_BEHIND) else { return };
-        self.read_since_release = 0;
-        // Whole pages only (the mapping starts page-aligned; 64 KiB is a multiple of every
-        // page size Linux uses on the platforms Ferry supports).
-        let upto = upto & !0xffff;
-        // Everything before `upto`, not just the new step: retransmissions fault old pages back
-        // in, and those must go again too.
-        // SAFETY: MADV_DONTNEED on a read-only, shared, file-backed mapping only drops this
-        // process's page-table entries; the next access faults the same file bytes back in from
-        // the page cache. No reference into the range is held across this call (reads copy out).
-        let _ =
-            unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, upto) };
-    }
-}
-
-impl MmapSource {
-    /// Opens and maps the file at `path` (the descriptor is closed again; the mapping stays).
-    pub fn add_path(&mut self, path: &Path) -> io::Result<u64> {
-        self.add(&File::open(path)?)
-    }
-}
-
-impl BlockSource for MmapSource {
-    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(io::Error::other)?;
-        let f =
-            self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
-        let Some(f) = f else {
-            return if buf.is_empty() {
-                Ok(())
-            } else {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))
-            };
-        };
-        let src = f
-            .map
-            .get(start..start + buf.len())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"))?;
-        buf.copy_from_slice(src);
-        f.release_before(start, buf.len());
-        Ok(())
-    }
-}
-
-/// Where a [`FileSink`] puts the files it receives.
+/// Where a [`FileSink`] puts the files it receives, beneath its docroot.
 #[derive(Debug, Clone)]
 pub enum Destination {
     /// Into this directory: each file at its manifest path below it.
-    Dir(PathBuf),
+    Dir(RelPath),
     /// The session's single file lands under exactly this name.
-    File(PathBuf),
+    File(RelPath),
 }
 
-/// Checks a manifest path: relative, `/`-separated, no empty, `.` or `..` components, no NUL or
-/// backslash, and every component a plain name. Returns the components.
-pub fn validate_relative(path: &str) -> Result<Vec<&str>, String> {
-    if path.is_empty() {
-        return Err("empty path".into());
+/// Bounds of a [`FileSink`].
+#[derive(Debug, Clone, Copy)]
+pub struct SinkLimits {
+    /// Most partial files open at once (descriptors); others are closed and opened again when
+    /// more of their blocks arrive.
+    pub max_open: usize,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        Self { max_open: 64 }
     }
-    if path.starts_with('/') {
-        return Err(format!("{path:?} is absolute"));
-    }
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return Err(format!("{path:?} has an empty, `.` or `..` component"));
-        }
-        if part.contains(['\0', '\\']) || part.chars().any(char::is_control) {
-            return Err(format!("{path:?} contains a control character or backslash"));
-        }
-        if !matches!(Path::new(part).components().next(), Some(Component::Normal(_))) {
-            return Err(format!("{path:?} has an unusual component"));
-        }
-        parts.push(part);
-    }
-    Ok(parts)
+}
+
+/// Directories kept open for the files being written (most trees are written one directory
+/// after another).
+const DIR_CACHE: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Announced; nothing exists on disk yet.
+    Announced,
+    /// The partial file exists.
+    Created,
+    /// Renamed into place or removed.
+    Done,
 }
 
 #[derive(Debug)]
 struct SinkFile {
-    file: Option<Arc<File>>,
-    partial: PathBuf,
-    target: PathBuf,
+    /// The directory it lands in, beneath the docroot.
+    parent: RelPath,
+    /// Its final name there.
+    name: String,
+    /// The random part of its partial name.
+    suffix: u64,
+    size: u64,
     mode: u32,
-    display: String,
+    stage: Stage,
+    /// Device and inode of the partial file: a reopened partial must be the same file.
+    identity: Option<(u64, u64)>,
+    /// The manifest path, for reports.
+    display: Box<str>,
+}
+
+impl SinkFile {
+    fn partial(&self) -> String {
+        partial_name(&self.name, self.suffix)
+    }
 }
 
 /// A [`BlockSink`] writing each file at its offsets into a partial file
-/// `.NAME.ferry-partial-<random>` beside its final name, renamed into place (without replacing
-/// anything) once the digest verified, removed otherwise and when the sink is dropped unfinished.
+/// `.NAME.ferry-partial-<random>` beside its final name, renamed into place (never replacing an
+/// existing name) once the digest verified, removed otherwise and when the sink is dropped
+/// unfinished.
 ///
-/// Every path stays inside `root`: manifest paths are validated, created directories are checked
-/// against the canonical root (a symlink pointing out is refused), and existing files are never
-/// overwritten. Error messages name only the manifest path, never server-side absolute paths,
-/// because they travel to the peer.
+/// Every path is a [`RelPath`] resolved beneath the sink's [`Docroot`] by the kernel (no `..`,
+/// no symbolic links), so nothing lands outside it however the tree changes during the
+/// transfer. A file is only checked when announced (it must not exist); its directories and its
+/// partial file are created when its first block arrives (or, for an empty file, when it is
+/// finished), so announcing many files costs no descriptors and no disk entries. At most
+/// [`SinkLimits::max_open`] partial files are open at once. Error messages name only the path
+/// beneath the docroot, never a server-side absolute path, because they travel to the peer.
 ///
 /// Blocks mostly arrive in order, so writes are coalesced: a run of contiguous blocks of one file
 /// collects in a buffer of [`WRITE_BEHIND`] bytes, and full runs go to a writer thread (the
@@ -184,9 +92,15 @@ struct SinkFile {
 /// and a file is finished only after all of its writes completed.
 #[derive(Debug)]
 pub struct FileSink {
-    root: PathBuf,
+    root: Arc<Docroot>,
     dest: Destination,
     files: Vec<SinkFile>,
+    /// Open partial files, least recently used first to go.
+    open: Vec<(u32, Arc<File>, u64)>,
+    /// Open directories of recent files.
+    dirs: Vec<(RelPath, Dir)>,
+    limits: SinkLimits,
+    tick: u64,
     pending: WriteBehind,
     writer: Option<Writer>,
 }
@@ -290,12 +204,36 @@ struct WriteBehind {
     buf: Vec<u8>,
 }
 
+fn invalid(e: PathError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+fn random_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    rand::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
 impl FileSink {
-    /// A sink confined to `root` (canonicalised here) writing to `dest` (inside `root`).
-    pub fn new(root: &Path, dest: Destination) -> io::Result<Self> {
-        let root = root.canonicalize()?;
+    /// A sink writing to `dest` beneath `root`.
+    pub fn new(root: Arc<Docroot>, dest: Destination, limits: SinkLimits) -> Self {
         let pending = WriteBehind { file: 0, offset: 0, buf: Vec::with_capacity(WRITE_BEHIND) };
-        Ok(Self { root, dest, files: Vec::new(), pending, writer: None })
+        Self {
+            root,
+            dest,
+            files: Vec::new(),
+            open: Vec::new(),
+            dirs: Vec::new(),
+            limits,
+            tick: 0,
+            pending,
+            writer: None,
+        }
+    }
+
+    /// Partial files open right now.
+    pub fn open_descriptors(&self) -> usize {
+        self.open.len()
     }
 
     /// Hands the pending run to the writer thread (started on first use).
@@ -304,9 +242,12 @@ impl FileSink {
             return Ok(());
         }
         let file = self.pending.file;
-        let Some(f) = self.files.get(file as usize).and_then(|f| f.file.clone()) else {
-            self.pending.buf.clear();
-            return Err(io::Error::other("file not open"));
+        let f = match self.handle(file) {
+            Ok(f) => f,
+            Err(e) => {
+                self.pending.buf.clear();
+                return Err(e);
+            }
         };
         if self.writer.is_none() {
             self.writer = Some(Writer::start()?);
@@ -326,93 +267,182 @@ impl FileSink {
         }
     }
 
-    /// The final paths of the files announced so far.
-    pub fn targets(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|f| f.target.as_path())
+    /// The open directory `rel` beneath the docroot, created if needed.
+    fn dir(&mut self, rel: &RelPath) -> io::Result<&Dir> {
+        if let Some(i) = self.dirs.iter().position(|(p, _)| p == rel) {
+            let entry = self.dirs.remove(i);
+            self.dirs.push(entry);
+        } else {
+            let d = self.root.create_dirs(rel)?;
+            if self.dirs.len() == DIR_CACHE {
+                self.dirs.remove(0);
+            }
+            self.dirs.push((rel.clone(), d));
+        }
+        Ok(&self.dirs.last().expect("just pushed").1)
     }
 
-    fn resolve(&self, entry: &FileEntry) -> io::Result<PathBuf> {
-        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-        let parts = validate_relative(&entry.path).map_err(bad)?;
-        let target = match &self.dest {
-            Destination::Dir(dir) => {
-                let mut t = dir.clone();
-                t.extend(&parts);
-                t
+    /// The open partial file of `file`, creating it on first use and reopening it if its
+    /// descriptor was closed to make room.
+    fn handle(&mut self, file: u32) -> io::Result<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(o) = self.open.iter_mut().find(|o| o.0 == file) {
+            o.2 = tick;
+            return Ok(o.1.clone());
+        }
+        let sf = self.files.get(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
+        let (parent, partial, stage, size) = (sf.parent.clone(), sf.partial(), sf.stage, sf.size);
+        let shown = sf.parent.join(&sf.name).map_or_else(|_| sf.name.clone(), |p| p.to_string());
+        let context = |what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {what}: {e}", super::docroot::escape(&shown, 120)),
+            )
+        };
+        let handle = match stage {
+            Stage::Done => return Err(io::Error::other("the file is already finished")),
+            Stage::Announced => {
+                let dir =
+                    self.dir(&parent).map_err(|e| context("cannot create its directory", e))?;
+                let f = dir
+                    .create_new(&partial, 0o600)
+                    .map_err(|e| context("cannot create the partial file", e))?;
+                let identity = super::docroot::fd_meta(&f)?.dev_ino;
+                if let Err(e) = f.set_len(size) {
+                    let _ = dir.remove_file(&partial);
+                    return Err(context("cannot size it", e));
+                }
+                let sf = &mut self.files[file as usize];
+                sf.stage = Stage::Created;
+                sf.identity = Some(identity);
+                f
             }
+            Stage::Created => {
+                let dir = self.dir(&parent).map_err(|e| context("cannot open its directory", e))?;
+                let (f, meta) = dir
+                    .open_rw(&partial)
+                    .map_err(|e| context("cannot reopen the partial file", e))?;
+                if Some(meta.dev_ino) != self.files[file as usize].identity {
+                    return Err(context(
+                        "cannot reopen the partial file",
+                        io::Error::other("it was replaced by another file"),
+                    ));
+                }
+                f
+            }
+        };
+        let handle = Arc::new(handle);
+        if self.open.len() >= self.limits.max_open.max(1) {
+            let lru = (0..self.open.len()).min_by_key(|&i| self.open[i].2).expect("non-empty");
+            self.open.swap_remove(lru);
+        }
+        self.open.push((file, handle.clone(), tick));
+        Ok(handle)
+    }
+
+    fn close(&mut self, file: u32) {
+        self.open.retain(|o| o.0 != file);
+    }
+
+    /// Where the file of `entry` goes: its directory and name beneath the docroot.
+    fn resolve(&self, entry: &FileEntry) -> io::Result<(RelPath, String)> {
+        let rel = RelPath::parse(&entry.path).map_err(invalid)?;
+        let target = match &self.dest {
+            Destination::Dir(dir) => dir.join_path(&rel),
             Destination::File(file) => {
-                if entry.id != 0 || parts.len() != 1 {
-                    return Err(bad(format!(
-                        "{:?}: the destination is a file name, so only a single file can be sent to it; name an existing directory instead",
-                        entry.path
-                    )));
+                if entry.id != 0 || rel.components().len() != 1 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{}: the destination is a file name, so only a single file can be sent to it; name an existing directory instead",
+                            rel.shown()
+                        ),
+                    ));
                 }
                 file.clone()
             }
         };
-        let parent = target.parent().ok_or_else(|| bad("no parent directory".into()))?;
-        fs::create_dir_all(parent).map_err(|e| {
-            io::Error::new(e.kind(), format!("{:?}: cannot create its directory: {e}", entry.path))
-        })?;
-        let canon = parent.canonicalize()?;
-        if !canon.starts_with(&self.root) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("{:?} leads outside the destination root (symlink)", entry.path),
-            ));
-        }
-        let name = target.file_name().ok_or_else(|| bad("no file name".into()))?;
-        let target = canon.join(name);
-        if target.symlink_metadata().is_ok() {
+        let (parent, name) = target.split_last().expect("a target has a name");
+        let name = name.to_owned();
+        if self.root.meta(&target).ok().flatten().is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
-                    "{:?} already exists at the destination; Ferry does not overwrite files (remove it or choose another destination)",
-                    entry.path
+                    "{} already exists at the destination; Ferry does not overwrite files (remove it or choose another destination)",
+                    rel.shown()
                 ),
             ));
         }
-        Ok(target)
+        Ok((parent, name))
     }
-}
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 8];
-    rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    /// Renames the complete partial of `file` into place.
+    fn publish(&mut self, file: u32) -> io::Result<()> {
+        let f = self.handle(file)?;
+        let sf = &self.files[file as usize];
+        let (mode, parent, partial, name) =
+            (sf.mode, sf.parent.clone(), sf.partial(), sf.name.clone());
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        self.close(file);
+        drop(f);
+        let dir = self.dir(&parent)?;
+        dir.rename_noreplace(&partial, &name).map_err(|e| {
+            let shown = super::docroot::escape(&name, 120);
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                io::Error::new(
+                    e.kind(),
+                    format!("{shown} appeared at the destination during the transfer; Ferry does not overwrite files"),
+                )
+            } else {
+                io::Error::new(e.kind(), format!("{shown}: cannot move into place: {e}"))
+            }
+        })?;
+        let _ = dir.sync();
+        self.files[file as usize].stage = Stage::Done;
+        Ok(())
+    }
+
+    /// Removes the partial of `file`, if it was created.
+    fn discard(&mut self, file: u32) {
+        self.close(file);
+        let sf = &self.files[file as usize];
+        if sf.stage == Stage::Created {
+            let (parent, partial) = (sf.parent.clone(), sf.partial());
+            if let Ok(dir) = self.root.open_dir(&parent) {
+                let _ = dir.remove_file(&partial);
+            }
+        }
+        self.files[file as usize].stage = Stage::Done;
+    }
 }
 
 impl BlockSink for FileSink {
     fn open(&mut self, entry: &FileEntry) -> io::Result<()> {
-        let target = self.resolve(entry)?;
-        let name = target.file_name().expect("resolved target has a name").to_string_lossy();
-        let partial = target.with_file_name(format!(".{name}.ferry-partial-{}", random_suffix()));
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&partial);
-        let file = file.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{:?}: cannot create the partial file: {e}", entry.path),
-            )
-        })?;
-        let mut sf = SinkFile {
-            file: Some(Arc::new(file)),
-            partial,
-            target,
-            mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
-            display: entry.path.clone(),
-        };
-        if let Err(e) = sf.file.as_ref().expect("open").set_len(entry.size) {
-            let _ = fs::remove_file(&sf.partial);
-            sf.file = None;
-            return Err(io::Error::new(e.kind(), format!("{:?}: cannot size it: {e}", entry.path)));
+        if entry.id as usize != self.files.len() {
+            return Err(io::Error::other("file ids out of sequence"));
         }
-        self.files.push(sf);
-        Ok(())
+        let resolved = self.resolve(entry);
+        let (parent, name, stage) = match &resolved {
+            Ok((p, n)) => (p.clone(), n.clone(), Stage::Announced),
+            Err(_) => (RelPath::root(), String::new(), Stage::Done),
+        };
+        self.files.push(SinkFile {
+            parent,
+            name,
+            suffix: random_suffix(),
+            size: entry.size,
+            mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
+            stage,
+            identity: None,
+            display: entry.path.clone().into_boxed_str(),
+        });
+        resolved.map(|_| ())
     }
 
     fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        if self.files.get(file as usize).and_then(|f| f.file.as_ref()).is_none() {
+        if self.files.get(file as usize).is_none_or(|f| f.stage == Stage::Done) {
             return Err(SinkError::Io(io::Error::other("file not open")));
         }
         let p = &self.pending;
@@ -447,8 +477,7 @@ impl BlockSink for FileSink {
         if let Some(w) = &mut self.writer {
             w.wait_all()?;
         }
-        let f = self.files.get(file as usize).and_then(|f| f.file.as_ref());
-        f.ok_or_else(|| io::Error::other("file not open"))?.read_exact_at(buf, offset)
+        self.handle(file)?.read_exact_at(buf, offset)
     }
 
     fn free_blocks(&self) -> u64 {
@@ -456,37 +485,26 @@ impl BlockSink for FileSink {
     }
 
     fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
+        if self.files.get(file as usize).is_none_or(|f| f.stage == Stage::Done) {
+            return Ok(());
+        }
         if self.pending.file == file && !verified {
             self.pending.buf.clear();
         }
         // Every run of this file (and, simply, of the others) must be written before it is
-        // synced and linked into place, or before its partial is removed.
-        self.sync_writes()?;
-        let sf = self.files.get_mut(file as usize).ok_or_else(|| io::Error::other("no file"))?;
-        let Some(f) = sf.file.take() else { return Ok(()) };
-        let result = if verified {
-            (|| {
-                f.set_permissions(fs::Permissions::from_mode(sf.mode))?;
-                f.sync_all()?;
-                drop(f);
-                // A hard link never replaces an existing name: no file the user did not ask to
-                // overwrite is lost, even one created during the transfer.
-                fs::hard_link(&sf.partial, &sf.target).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("{:?}: cannot move into place: {e}", sf.display),
-                    )
-                })?;
-                if let Some(dir) = sf.target.parent() {
-                    let _ = File::open(dir).and_then(|d| d.sync_all());
-                }
-                Ok(())
-            })()
-        } else {
-            Ok(())
+        // synced and moved into place, or before its partial is removed.
+        let synced = self.sync_writes();
+        let result = match (verified, synced) {
+            (true, Ok(())) => self.publish(file),
+            (_, Err(e)) => Err(e),
+            (false, Ok(())) => Ok(()),
         };
-        let _ = fs::remove_file(&sf.partial);
+        self.discard(file);
         result
+    }
+
+    fn name(&self, file: u32) -> Option<String> {
+        self.files.get(file as usize).map(|f| f.display.to_string())
     }
 }
 
@@ -494,63 +512,10 @@ impl Drop for FileSink {
     fn drop(&mut self) {
         // Stop the writer first: nothing may be written after a partial file is removed.
         self.writer = None;
-        for sf in &mut self.files {
-            if sf.file.take().is_some() {
-                let _ = fs::remove_file(&sf.partial);
-            }
+        for id in 0..self.files.len() {
+            self.discard(id as u32);
         }
     }
-}
-
-/// A file to send: its manifest path and where it is. Files are opened one at a time when they
-/// are mapped ([`MmapSource::add_path`]), so a large tree never holds a descriptor per file.
-#[derive(Debug)]
-pub struct SourceFile {
-    /// Relative `/`-separated path for the manifest.
-    pub rel: String,
-    /// The file on disk.
-    pub path: PathBuf,
-    /// Permission bits.
-    pub mode: u32,
-}
-
-/// Enumerates `path` for sending: a regular file as its base name, a directory recursively as
-/// `NAME/...` (sorted, symlinks and special files skipped). When `root` is given, `path` must lie
-/// inside it (canonically).
-pub fn enumerate(path: &Path, root: Option<&Path>) -> io::Result<Vec<SourceFile>> {
-    let canon = path.canonicalize()?;
-    if let Some(root) = root
-        && !canon.starts_with(root.canonicalize()?)
-    {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "path leads outside the root"));
-    }
-    let name = canon
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the name is not UTF-8"))?
-        .to_owned();
-    let mut out = Vec::new();
-    walk(&canon, name, &mut out)?;
-    Ok(out)
-}
-
-fn walk(path: &Path, rel: String, out: &mut Vec<SourceFile>) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_file() {
-        out.push(SourceFile {
-            rel,
-            path: path.to_owned(),
-            mode: meta.permissions().mode() & 0o777,
-        });
-    } else if meta.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
-        names.sort_by_key(|e| e.file_name());
-        for e in names {
-            let Some(n) = e.file_name().to_str().map(str::to_owned) else { continue };
-            walk(&e.path(), format!("{rel}/{n}"), out)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -561,12 +526,9 @@ mod tests {
         FileEntry { id, size, mtime_ns: 0, mode: 0o640, path: path.into() }
     }
 
-    #[test]
-    fn validates_paths() {
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a/", "a\\b", "a\0b"] {
-            assert!(validate_relative(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(validate_relative("a/b c/ü.txt").unwrap(), vec!["a", "b c", "ü.txt"]);
+    fn sink(dir: &std::path::Path) -> FileSink {
+        let root = Arc::new(Docroot::open(dir).unwrap());
+        FileSink::new(root, Destination::Dir(RelPath::root()), SinkLimits::default())
     }
 
     #[test]
@@ -575,7 +537,7 @@ mod tests {
     /// discarded without touching the other file.
     fn write_behind_coalesces_and_reads_see_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        let mut sink = sink(dir.path());
         let size = 3 * WRITE_BEHIND as u64 + 100;
         sink.open(&entry(0, "a", size)).unwrap();
         sink.open(&entry(1, "b", 10)).unwrap();
@@ -606,15 +568,17 @@ mod tests {
         assert_eq!(buf, want[held - 1000..held + 3000]);
         sink.finish(1, false).unwrap();
         sink.finish(0, true).unwrap();
-        assert_eq!(fs::read(dir.path().join("a")).unwrap(), want);
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), want);
         assert!(!dir.path().join("b").exists());
     }
 
     #[test]
     fn writes_partial_then_renames() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        let mut sink = sink(dir.path());
         sink.open(&entry(0, "sub/ü.bin", 6)).unwrap();
+        // Announcing creates nothing.
+        assert!(!dir.path().join("sub").exists());
         sink.write(0, 3, b"def").unwrap();
         sink.write(0, 0, b"abc").unwrap();
         assert!(!dir.path().join("sub/ü.bin").exists());
@@ -622,20 +586,60 @@ mod tests {
         sink.read(0, 0, &mut buf).unwrap();
         assert_eq!(&buf, b"abcdef");
         sink.finish(0, true).unwrap();
-        assert_eq!(fs::read(dir.path().join("sub/ü.bin")).unwrap(), b"abcdef");
-        let names: Vec<_> = fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert_eq!(std::fs::read(dir.path().join("sub/ü.bin")).unwrap(), b"abcdef");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(names.len(), 1, "partial removed");
+    }
+
+    #[test]
+    fn long_names_and_empty_files_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path());
+        let long = "n".repeat(250);
+        sink.open(&entry(0, &long, 2)).unwrap();
+        sink.open(&entry(1, "empty", 0)).unwrap();
+        sink.write(0, 0, b"hi").unwrap();
+        sink.finish(0, true).unwrap();
+        sink.finish(1, true).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(&long)).unwrap(), b"hi");
+        assert_eq!(std::fs::read(dir.path().join("empty")).unwrap(), b"");
+    }
+
+    #[test]
+    fn descriptors_stay_bounded_across_many_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Arc::new(Docroot::open(dir.path()).unwrap());
+        let mut sink =
+            FileSink::new(root, Destination::Dir(RelPath::root()), SinkLimits { max_open: 3 });
+        for i in 0..20 {
+            sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();
+        }
+        // Interleaved writes to all of them: partials are closed and reopened.
+        let block = vec![9u8; WRITE_BEHIND];
+        for round in 0..2u64 {
+            for i in 0..20 {
+                sink.write(i, round * WRITE_BEHIND as u64, &block).unwrap();
+                assert!(sink.open_descriptors() <= 3);
+            }
+        }
+        for i in 0..20 {
+            sink.finish(i, true).unwrap();
+            let got = std::fs::metadata(dir.path().join(format!("d{}/f{i}", i % 4))).unwrap();
+            assert_eq!(got.len(), 2 * WRITE_BEHIND as u64);
+        }
     }
 
     #[test]
     fn failed_and_dropped_files_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
+        let mut sink = sink(dir.path());
         sink.open(&entry(0, "a", 3)).unwrap();
         sink.open(&entry(1, "b", 3)).unwrap();
+        sink.write(0, 0, b"abc").unwrap();
+        sink.write(1, 0, b"abc").unwrap();
         sink.finish(0, false).unwrap();
         drop(sink);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -643,32 +647,93 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        fs::write(dir.path().join("exists"), b"keep").unwrap();
-        let mut sink = FileSink::new(dir.path(), Destination::Dir(dir.path().into())).unwrap();
-        assert!(sink.open(&entry(0, "link/x", 1)).is_err());
-        assert!(sink.open(&entry(0, "../x", 1)).is_err());
-        let e = sink.open(&entry(0, "exists", 1)).unwrap_err();
+        std::fs::write(dir.path().join("exists"), b"keep").unwrap();
+        let mut sink = sink(dir.path());
+        sink.open(&entry(0, "link/x", 1)).unwrap();
+        let e = sink.write(0, 0, b"x").and_then(|()| sink.finish(0, true).map_err(SinkError::Io));
+        assert!(e.is_err());
+        assert!(sink.open(&entry(1, "../x", 1)).is_err());
+        let e = sink.open(&entry(2, "exists", 1)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(!e.to_string().contains(dir.path().to_str().unwrap()), "no server paths: {e}");
-        assert_eq!(fs::read(dir.path().join("exists")).unwrap(), b"keep");
-        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read(dir.path().join("exists")).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
+}
+
+/// What [`sweep_partials`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Stale partial files removed.
+    pub removed: usize,
+    /// Partial files left because they changed recently (a session may still be writing them).
+    pub recent: usize,
+    /// Directories visited.
+    pub dirs: usize,
+}
+
+/// Removes partial files left beneath `root` by sessions that ended without cleaning up (the
+/// process was killed, the machine crashed): every file with a partial name that has not been
+/// modified for `stale`. A running session writes its partials continuously, so they are never
+/// that old. Directories are visited one at a time beneath the docroot, without following
+/// symbolic links. Blocking: run it off any async runtime.
+pub fn sweep_partials(root: &Docroot, stale: std::time::Duration) -> io::Result<Sweep> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let stale_ns = stale.as_nanos() as i64;
+    let mut out = Sweep::default();
+    let mut stack = vec![RelPath::root()];
+    while let Some(rel) = stack.pop() {
+        let Ok(dir) = root.open_dir(&rel) else { continue };
+        out.dirs += 1;
+        for (name, kind) in dir.entries()? {
+            use super::docroot::{Kind, is_partial_name};
+            if is_partial_name(&name) {
+                let Ok(Some(m)) = dir.meta(&name) else { continue };
+                if m.kind != Kind::File {
+                    continue;
+                }
+                if now.saturating_sub(m.mtime_ns) >= stale_ns {
+                    if dir.remove_file(&name).is_ok() {
+                        out.removed += 1;
+                    }
+                } else {
+                    out.recent += 1;
+                }
+                continue;
+            }
+            let is_dir = match kind {
+                Some(Kind::Dir) => true,
+                None => dir.meta(&name).ok().flatten().is_some_and(|m| m.kind == Kind::Dir),
+                _ => false,
+            };
+            if is_dir && let Ok(sub) = rel.join(&name) {
+                stack.push(sub);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
 
     #[test]
-    fn mmap_source_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("f"), b"hello").unwrap();
-        fs::write(dir.path().join("e"), b"").unwrap();
-        let mut src = MmapSource::new();
-        assert_eq!(src.add(&File::open(dir.path().join("f")).unwrap()).unwrap(), 5);
-        assert_eq!(src.add(&File::open(dir.path().join("e")).unwrap()).unwrap(), 0);
-        let mut b = [0u8; 3];
-        src.read(0, 2, &mut b).unwrap();
-        assert_eq!(&b, b"llo");
-        assert!(src.read(0, 4, &mut b).is_err());
-        let files = enumerate(dir.path(), None).unwrap();
-        let name = dir.path().file_name().unwrap().to_str().unwrap();
-        let rels: Vec<_> = files.iter().map(|f| f.rel.clone()).collect();
-        assert_eq!(rels, vec![format!("{name}/e"), format!("{name}/f")]);
+    fn sweeps_only_stale_partials() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        let old = d.path().join("a/b").join(partial_name("x", 1));
+        let fresh = d.path().join("a").join(partial_name("y", 2));
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::write(&fresh, b"new").unwrap();
+        std::fs::write(d.path().join("a/keep"), b"k").unwrap();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(past).unwrap();
+        let root = Docroot::open(d.path()).unwrap();
+        let s = sweep_partials(&root, std::time::Duration::from_secs(600)).unwrap();
+        assert_eq!((s.removed, s.recent, s.dirs), (1, 1, 3));
+        assert!(!old.exists() && fresh.exists() && d.path().join("a/keep").exists());
     }
 }

@@ -1,12 +1,15 @@
 //! Drivers that connect the sans-IO sessions to real files and a real UDP socket.
 //!
-//! - [`files`]: a memory-mapped [`BlockSource`](crate::session::BlockSource) for the sender and
-//!   a [`BlockSink`](crate::session::BlockSink) that writes positioned into unique partial files,
-//!   confined to a destination directory, and renames them into place once verified.
+//! - [`docroot`]: the one way a path from a peer reaches the file system: a directory
+//!   descriptor beneath which the kernel resolves every path (`openat2`, no `..`, no symbolic
+//!   links).
+//! - [`source`]: the sender's [`BlockSource`](crate::session::BlockSource): files listed
+//!   beneath a docroot, opened lazily, read with `pread` into reused read-ahead buffers.
+//! - [`files`]: the receiver's [`BlockSink`](crate::session::BlockSink): unique partial files
+//!   beneath a docroot, created lazily, renamed into place once verified.
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
-//!
-//! This is the engine's only module with `unsafe` code (mapping a file and releasing its pages,
-//! see [`files::MmapSource`]).
 
+pub mod docroot;
 pub mod driver;
 pub mod files;
+pub mod source;

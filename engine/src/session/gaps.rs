@@ -92,6 +92,34 @@ impl Gaps {
         Some(Filled { detected: gap.detected, requested: gap.requested })
     }
 
+    /// Marks every block in `[start, end)` as no longer missing (a file the session gave up).
+    pub fn remove_range(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut hit: Vec<(u64, Gap)> = Vec::new();
+        if let Some((&s, &g)) = self.map.range(..start).next_back()
+            && g.end > start
+        {
+            hit.push((s, g));
+        }
+        hit.extend(self.map.range(start..end).map(|(&s, &g)| (s, g)));
+        for (s, g) in hit {
+            self.map.remove(&s);
+            let removed = g.end.min(end) - s.max(start);
+            self.blocks -= removed;
+            if g.requested {
+                self.requested -= removed;
+            }
+            if s < start {
+                self.map.insert(s, Gap { end: start, ..g });
+            }
+            if g.end > end {
+                self.map.insert(end, g);
+            }
+        }
+    }
+
     /// When the next gap falls due.
     pub fn next_due(&self) -> Option<Instant> {
         if self.map.is_empty() { None } else { self.earliest }
@@ -171,5 +199,20 @@ mod tests {
         assert!(g.remove(19).is_some_and(|f| f.requested && f.detected == t));
         assert_eq!(g.next_due(), Some(later));
         assert_eq!(g.first(), Some(10));
+    }
+
+    #[test]
+    fn range_removal_keeps_counts() {
+        let t = Instant::now();
+        let mut g = Gaps::default();
+        g.add(0, 10, t, t);
+        g.add(20, 30, t, t);
+        g.take_due(t, 100, t, |_, _| true);
+        assert_eq!(g.requested(), 20);
+        g.remove_range(5, 25);
+        assert_eq!((g.blocks(), g.requested()), (10, 10));
+        assert!(g.contains(4) && !g.contains(5) && !g.contains(24) && g.contains(25));
+        g.remove_range(0, 100);
+        assert_eq!((g.blocks(), g.requested(), g.first()), (0, 0, None));
     }
 }

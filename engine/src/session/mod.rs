@@ -54,6 +54,14 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Rate limits in bits per second (the sender's `-l` / `-m`).
     pub limits: RateLimits,
+    /// The receiver's own bound on the files one session may announce (not negotiated): a
+    /// manifest that goes past it ends the session with [`SessionError::Limit`]. Default
+    /// 1,000,000. What the receiver keeps per announced file is about 150 bytes plus its path,
+    /// so this and [`SessionConfig::max_manifest_bytes`] bound a session's memory.
+    pub max_files: u32,
+    /// The receiver's bound on the sum of the announced paths' lengths, in bytes. Default
+    /// 256 MiB.
+    pub max_manifest_bytes: u64,
 }
 
 impl SessionConfig {
@@ -68,6 +76,8 @@ impl SessionConfig {
             initial_rtt: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             limits,
+            max_files: 1_000_000,
+            max_manifest_bytes: 256 << 20,
         }
     }
 
@@ -98,6 +108,10 @@ pub const MAX_STANDARD_BLOCK: usize = 1472 - DATA_OVERHEAD;
 pub trait BlockSource {
     /// Fills `buf` with the bytes of file `file` at `offset` (exactly `buf.len()` bytes).
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The file's name for reports, if the source knows it.
+    fn name(&self, _file: u32) -> Option<String> {
+        None
+    }
 }
 
 /// Why a [`BlockSink`] did not take a block.
@@ -111,28 +125,37 @@ pub enum SinkError {
 
 /// Where a [`Receiver`] writes file bytes.
 pub trait BlockSink {
-    /// A new file was announced; prepare to receive it (e.g. create a partial file).
+    /// A new file was announced; prepare to receive it. An error refuses this file only (it is
+    /// reported as failed and its blocks are skipped); the session goes on. After a refusal the
+    /// sink is not asked about the file again except by [`BlockSink::finish`] with `false`.
     fn open(&mut self, file: &FileEntry) -> io::Result<()>;
     /// Stores `data` at `offset` of file `file`. Blocks arrive in any order, each exactly once.
     fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError>;
-    /// Reads back stored bytes (used to hash blocks that arrived out of order).
+    /// Reads back stored bytes (to hash a file in order once its blocks are there).
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// How many more blocks the sink can take right now (flow control).
     fn free_blocks(&self) -> u64;
     /// The file is complete: `verified` says whether its digest matched. A verified file is
     /// moved to its final name; a failed one is discarded.
     fn finish(&mut self, file: u32, verified: bool) -> io::Result<()>;
+    /// The file's name for reports, if the sink knows it.
+    fn name(&self, _file: u32) -> Option<String> {
+        None
+    }
 }
 
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A file arrived and its digest matched (receiver), or the receiver said so (sender).
+    /// A file has its outcome: it arrived and its digest matched, or it failed (receiver); or
+    /// the receiver said so (sender).
     FileDone {
         /// File id.
         file: u32,
         /// Outcome.
         status: FileStatus,
+        /// Why it failed (empty when verified).
+        reason: String,
     },
     /// Every file of the closed manifest has an outcome; the session is over.
     Complete,
@@ -179,16 +202,23 @@ pub enum SessionError {
     /// The packet-number space ran out.
     #[error("packet number space exhausted")]
     PacketNumbersExhausted,
+    /// The peer went past a limit of this end (files or manifest bytes per session).
+    #[error("session limit exceeded: {0}")]
+    Limit(String),
 }
 
 /// Abort codes carried in [`crate::control::ControlMessage::Abort`].
 pub mod abort_code {
-    /// The sender could not read a file.
+    /// The sender could not read a file. (Since protocol version 2 a file that cannot be read
+    /// fails alone, with FILE_ABANDON; the code stays reserved.)
     pub const SOURCE: u16 = 1;
-    /// The receiver could not store a file.
+    /// The receiver could not store a file. (Since version 2 a file that cannot be stored fails
+    /// alone, with its FILE_RESULT; the code stays reserved.)
     pub const STORAGE: u16 = 2;
     /// The peer broke the protocol.
     pub const PROTOCOL: u16 = 3;
     /// The user cancelled.
     pub const CANCELLED: u16 = 4;
+    /// The peer went past a limit of this end (files or manifest bytes per session).
+    pub const LIMIT: u16 = 5;
 }

@@ -60,6 +60,48 @@ impl RangeSet {
         Some(s)
     }
 
+    /// Removes every value in `[start, end)`.
+    pub fn remove_range(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // A range that starts before `start` and reaches into it is cut (and split if it also
+        // reaches past `end`).
+        if let Some((&s, &e)) = self.map.range(..start).next_back()
+            && e > start
+        {
+            self.map.insert(s, start);
+            self.len -= e - start;
+            if e > end {
+                self.map.insert(end, e);
+                self.len += e - end;
+            }
+        }
+        while let Some((&s, &e)) = self.map.range(start..end).next() {
+            self.map.remove(&s);
+            self.len -= e - s;
+            if e > end {
+                self.map.insert(end, e);
+                self.len += e - end;
+            }
+        }
+    }
+
+    /// The parts of the set's ranges that lie in `[start, end)`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let before = self.map.range(..start).next_back().filter(|&(_, &e)| e > start);
+        before
+            .into_iter()
+            .chain(self.map.range(start..end))
+            .map(move |(&s, &e)| (s.max(start), e.min(end)))
+            .filter(|(s, e)| s < e)
+    }
+
+    /// Whether `value` is in the set.
+    pub fn contains(&self, value: u64) -> bool {
+        self.map.range(..=value).next_back().is_some_and(|(_, &e)| value < e)
+    }
+
     /// Removes every value below `bound`.
     pub fn remove_below(&mut self, bound: u64) {
         while let Some((&s, &e)) = self.map.first_key_value() {
@@ -80,6 +122,25 @@ impl RangeSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removes_ranges_and_lists_overlaps() {
+        let mut r = RangeSet::default();
+        r.insert(0, 10);
+        r.insert(20, 30);
+        r.insert(40, 50);
+        assert_eq!(r.overlapping(5, 45).collect::<Vec<_>>(), vec![(5, 10), (20, 30), (40, 45)]);
+        r.remove_range(5, 25);
+        assert_eq!(r.len(), 5 + 5 + 10);
+        assert!(r.contains(4) && !r.contains(5) && !r.contains(24) && r.contains(25));
+        r.remove_range(42, 44);
+        assert_eq!(
+            r.overlapping(0, 100).collect::<Vec<_>>(),
+            vec![(0, 5), (25, 30), (40, 42), (44, 50)]
+        );
+        r.remove_range(0, 100);
+        assert!(r.is_empty());
+    }
 
     #[test]
     fn merges_overlaps_and_pops_in_order() {

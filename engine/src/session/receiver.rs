@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::gaps::Gaps;
 use super::inbound::{DropCounts, Inbound};
 use super::layout::Layout;
+use super::ranges::RangeSet;
 use super::{BlockSink, Event, HASH_BATCH, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
 use crate::crypto::{Direction, PacketProtection, SessionSecret, TAG_LEN};
@@ -39,14 +40,20 @@ pub struct ReceiverStats {
     pub dropped_window: u64,
     /// Blocks dropped because the sink was full (they are requested again).
     pub dropped_sink_full: u64,
+    /// Blocks of failed files that arrived anyway (dropped).
+    pub skipped_blocks: u64,
+    /// Files that failed (refused, not stored, digest mismatch, or given up by the sender).
+    pub files_failed: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct RecvFile {
-    hasher: blake3::Hasher,
+    /// Created when the first bytes are hashed and dropped when the file has its outcome, so
+    /// only files in flight hold one.
+    hasher: Option<Box<blake3::Hasher>>,
     /// Bytes of this file hashed so far, in order.
     hashed: u64,
-    expected: Option<Digest>,
+    expected: Option<Box<Digest>>,
     status: Option<FileStatus>,
 }
 
@@ -67,7 +74,13 @@ pub struct Receiver {
     layout: Layout,
     files: Vec<RecvFile>,
     manifest_files: Option<u32>,
+    /// Sum of the announced paths' lengths.
+    manifest_bytes: u64,
+    /// Files with an outcome.
     verified: usize,
+    /// Block ranges of files that failed before all their blocks arrived: never requested, and
+    /// blocks of them that still arrive are dropped.
+    skipped: RangeSet,
     control_out: VecDeque<ControlMessage>,
     events: VecDeque<Event>,
     /// Every block below this has been sent by the sender (and is received unless in `gaps`).
@@ -128,7 +141,9 @@ impl Receiver {
             layout: Layout::new(config.block_size),
             files: Vec::new(),
             manifest_files: None,
+            manifest_bytes: 0,
             verified: 0,
+            skipped: RangeSet::default(),
             control_out: VecDeque::new(),
             events: VecDeque::new(),
             known_end: 0,
@@ -193,20 +208,27 @@ impl Receiver {
                 if entry.id as usize != self.files.len() {
                     return self.fail_protocol("file ids out of sequence");
                 }
-                if let Err(e) = sink.open(&entry) {
-                    let error = SessionError::Storage { file: entry.id, message: e.to_string() };
-                    return self.fail(error, abort_code::STORAGE);
+                if self.files.len() >= self.config.max_files as usize {
+                    let limit = self.config.max_files;
+                    let e = SessionError::Limit(format!("more than {limit} files in one session"));
+                    return self.fail(e, abort_code::LIMIT);
+                }
+                self.manifest_bytes += entry.path.len() as u64;
+                if self.manifest_bytes > self.config.max_manifest_bytes {
+                    let limit = self.config.max_manifest_bytes;
+                    let e = SessionError::Limit(format!(
+                        "the manifest's paths add up to more than {limit} bytes"
+                    ));
+                    return self.fail(e, abort_code::LIMIT);
                 }
                 self.layout.push(entry.size);
-                self.files.push(RecvFile {
-                    hasher: blake3::Hasher::new(),
-                    hashed: 0,
-                    expected: None,
-                    status: None,
-                });
+                self.files.push(RecvFile::default());
                 // The window grew: tell the sender now rather than at the next interval.
                 self.feedback_urgent = true;
-                self.try_finish(entry.id, sink);
+                match sink.open(&entry) {
+                    Ok(()) => self.try_finish(entry.id, sink),
+                    Err(e) => self.refuse(entry.id, FileStatus::StorageFailed, &e, sink),
+                }
             }
             ControlMessage::ManifestEnd { files } => {
                 if self.manifest_files.is_some() || files as usize != self.files.len() {
@@ -222,8 +244,21 @@ impl Receiver {
                 if f.expected.is_some() {
                     return self.fail_protocol("second digest for a file");
                 }
-                f.expected = Some(digest);
+                if f.status.is_some() {
+                    // Refused here before the sender learnt it.
+                    return;
+                }
+                f.expected = Some(Box::new(digest));
                 self.try_finish(file, sink);
+            }
+            ControlMessage::FileAbandon { file, reason } => {
+                let Some(f) = self.files.get(file as usize) else {
+                    return self.fail_protocol("abandon of an unknown file");
+                };
+                if f.status.is_none() {
+                    let e = std::io::Error::other(format!("the sender {reason}"));
+                    self.refuse(file, FileStatus::SourceFailed, &e, sink);
+                }
             }
             ControlMessage::Abort { code, reason } => {
                 self.state = State::Failed;
@@ -320,6 +355,12 @@ impl Receiver {
             self.learn_frontier(now, frontier, None);
             return;
         }
+        if self.skipped.contains(block) {
+            // A failed file: nothing of it is stored (and its range was never a gap).
+            self.stats.skipped_blocks += 1;
+            self.learn_frontier(now, frontier.max(block + 1), None);
+            return;
+        }
         let cumulative = self.cumulative();
         if block >= cumulative + self.config.max_window {
             self.stats.dropped_window += 1;
@@ -339,8 +380,8 @@ impl Receiver {
                 return;
             }
             Err(SinkError::Io(e)) => {
-                let error = SessionError::Storage { file, message: e.to_string() };
-                return self.fail(error, abort_code::STORAGE);
+                self.learn_frontier(now, frontier.max(block + 1), None);
+                return self.refuse(file, FileStatus::StorageFailed, &e, sink);
             }
         }
         self.stats.blocks_received += 1;
@@ -372,6 +413,9 @@ impl Receiver {
         if let Some(b) = received {
             if b >= self.known_end {
                 self.gaps.add(self.known_end, b, now, due);
+                for (s, e) in self.skipped.overlapping(self.known_end, b) {
+                    self.gaps.remove_range(s, e);
+                }
                 self.known_end = b + 1;
             } else {
                 filled = self.gaps.remove(b);
@@ -380,6 +424,9 @@ impl Receiver {
         }
         if frontier > self.known_end {
             self.gaps.add(self.known_end, frontier, now, due);
+            for (s, e) in self.skipped.overlapping(self.known_end, frontier) {
+                self.gaps.remove_range(s, e);
+            }
             self.known_end = frontier;
         }
         filled
@@ -416,6 +463,9 @@ impl Receiver {
     /// Hashes file `file` in order, reading back from the sink in batches of [`HASH_BATCH`]
     /// bytes once that much has arrived contiguously (or the file is complete).
     fn advance_hash(&mut self, file: u32, sink: &mut dyn BlockSink) {
+        if self.files[file as usize].status.is_some() {
+            return;
+        }
         let span = self.layout.span(file);
         let bs = self.config.block_size as u64;
         loop {
@@ -439,11 +489,10 @@ impl Receiver {
             let n = available.min(HASH_BATCH as u64) as usize;
             let buf = &mut self.scratch[..n];
             if let Err(e) = sink.read(file, hashed, buf) {
-                let error = SessionError::Storage { file, message: e.to_string() };
-                return self.fail(error, abort_code::STORAGE);
+                return self.refuse(file, FileStatus::StorageFailed, &e, sink);
             }
             let f = &mut self.files[file as usize];
-            f.hasher.update(buf);
+            f.hasher.get_or_insert_with(Default::default).update(buf);
             f.hashed += n as u64;
             self.stats.bytes_read_back += n as u64;
         }
@@ -454,21 +503,62 @@ impl Receiver {
     fn try_finish(&mut self, file: u32, sink: &mut dyn BlockSink) {
         let span = self.layout.span(file);
         let f = &mut self.files[file as usize];
-        if f.status.is_some() || f.hashed < span.size {
+        if f.status.is_some() || f.hashed < span.size || f.expected.is_none() {
             return;
         }
-        let Some(expected) = f.expected else { return };
-        let actual = *f.hasher.finalize().as_bytes();
+        let Some(expected) = f.expected.take() else { return };
+        let actual = *f.hasher.take().unwrap_or_default().finalize().as_bytes();
         let verified = bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..]));
-        let mut status = if verified { FileStatus::Verified } else { FileStatus::DigestMismatch };
-        if sink.finish(file, verified).is_err() {
-            status = FileStatus::StorageFailed;
-        }
+        let (status, reason) = match (verified, sink.finish(file, verified)) {
+            (true, Ok(())) => (FileStatus::Verified, String::new()),
+            (false, _) => (
+                FileStatus::DigestMismatch,
+                "the received bytes do not match the sender's digest (the file changed while \
+                 it was being sent?)"
+                    .to_owned(),
+            ),
+            (true, Err(e)) => (FileStatus::StorageFailed, e.to_string()),
+        };
+        self.conclude(file, status, reason);
+    }
+
+    /// Records file `file`'s outcome and tells the sender.
+    fn conclude(&mut self, file: u32, status: FileStatus, reason: String) {
+        let f = &mut self.files[file as usize];
         f.status = Some(status);
+        f.hasher = None;
+        f.expected = None;
         self.verified += 1;
-        self.control_out.push_back(ControlMessage::FileResult { file, status });
-        self.events.push_back(Event::FileDone { file, status });
+        if status != FileStatus::Verified {
+            self.stats.files_failed += 1;
+        }
+        self.control_out.push_back(ControlMessage::FileResult {
+            file,
+            status,
+            reason: reason.clone(),
+        });
+        self.events.push_back(Event::FileDone { file, status, reason });
         self.check_complete();
+    }
+
+    /// Fails file `file` alone (it cannot be stored, or the sender gave it up): what the sink
+    /// has of it is discarded, its missing blocks are no longer requested, blocks of it that
+    /// still arrive are dropped, and the session goes on.
+    fn refuse(
+        &mut self,
+        file: u32,
+        status: FileStatus,
+        error: &std::io::Error,
+        sink: &mut dyn BlockSink,
+    ) {
+        if self.files[file as usize].status.is_some() {
+            return;
+        }
+        let _ = sink.finish(file, false);
+        let span = self.layout.span(file);
+        self.skipped.insert(span.first, span.end());
+        self.gaps.remove_range(span.first, span.end());
+        self.conclude(file, status, error.to_string());
     }
 
     fn check_complete(&mut self) {

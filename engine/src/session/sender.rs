@@ -35,14 +35,22 @@ pub struct SenderStats {
     pub feedback_received: u64,
     /// Datagrams dropped before their body was read, by reason.
     pub dropped: DropCounts,
+    /// Files this end could not read and gave up (the rest of the session went on).
+    pub files_abandoned: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SendFile {
-    hasher: Option<blake3::Hasher>,
+    /// Created when the first bytes are hashed and dropped when the digest is queued, so only
+    /// files in flight hold one (a hasher is about 2 KB).
+    hasher: Option<Box<blake3::Hasher>>,
     /// Bytes of the file hashed so far (a prefix of what has been sent once).
     hashed: u64,
     result: Option<FileStatus>,
+    /// Its remaining blocks are not sent: this end could not read it, or the receiver refused it.
+    skip: bool,
+    /// This end gave it up (FILE_ABANDON sent).
+    abandoned: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +58,15 @@ enum State {
     Active,
     Complete,
     Failed,
+}
+
+/// What [`Sender::transmit`] did.
+enum Transmitted {
+    Sent(usize),
+    /// Nothing may be sent now (pacing, or the session ended).
+    Paced,
+    /// The datagram's file was skipped instead; ask again.
+    Skipped,
 }
 
 /// What the next datagram will carry.
@@ -144,12 +161,10 @@ impl Sender {
         let id = self.files.len() as u32;
         entry.id = id;
         self.layout.push(entry.size);
-        self.files.push(SendFile { hasher: Some(blake3::Hasher::new()), hashed: 0, result: None });
+        self.files.push(SendFile::default());
         self.control_out.push_back(ControlMessage::File(entry));
         // An empty file's digest needs no bytes: queue it as soon as its turn comes.
-        if let Err(e) = self.hash_sent(None) {
-            self.fail(e, abort_code::SOURCE);
-        }
+        self.hash_sent(None);
         id
     }
 
@@ -206,19 +221,31 @@ impl Sender {
             return;
         }
         match msg {
-            ControlMessage::FileResult { file, status } => {
+            ControlMessage::FileResult { file, status, reason } => {
+                let digest_sent = (self.digests_sent as u32) > file;
                 let Some(f) = self.files.get_mut(file as usize) else {
                     return self.fail_protocol("result for an unknown file");
                 };
                 if f.result.is_some() {
                     return self.fail_protocol("second result for a file");
                 }
-                if (self.digests_sent as u32) <= file {
-                    return self.fail_protocol("result before the file was sent");
+                // A refusal may come at any time; a verdict on the content only after the
+                // digest; a source failure only for a file this end gave up.
+                let allowed = match status {
+                    FileStatus::StorageFailed => true,
+                    FileStatus::Verified | FileStatus::DigestMismatch => digest_sent,
+                    FileStatus::SourceFailed => f.abandoned,
+                };
+                if !allowed {
+                    return self.fail_protocol("result the file's state does not allow");
                 }
                 f.result = Some(status);
                 self.results += 1;
-                self.events.push_back(Event::FileDone { file, status });
+                self.events.push_back(Event::FileDone { file, status, reason });
+                if status != FileStatus::Verified {
+                    self.skip_file(file);
+                    self.hash_sent(None);
+                }
                 self.check_complete();
             }
             ControlMessage::Abort { code, reason } => {
@@ -299,7 +326,24 @@ impl Sender {
         if self.state != State::Active {
             return None;
         }
-        let next = self.next_to_send(now)?;
+        loop {
+            let next = self.next_to_send(now, source)?;
+            match self.transmit(now, next, source, buf) {
+                Transmitted::Sent(len) => return Some(len),
+                Transmitted::Paced => return None,
+                Transmitted::Skipped => continue,
+            }
+        }
+    }
+
+    /// Builds, seals and accounts the datagram `next` into `buf`.
+    fn transmit(
+        &mut self,
+        now: Instant,
+        next: Next,
+        source: &mut dyn BlockSource,
+        buf: &mut [u8],
+    ) -> Transmitted {
         let len = match next {
             Next::Retransmit(b) | Next::New(b) => {
                 let (_, _, block_len) = self.layout.locate(b).expect("block inside the layout");
@@ -311,7 +355,7 @@ impl Sender {
         let ready = self.pacer.ready_at(now, len);
         if ready > now {
             self.paced_until = Some(ready);
-            return None;
+            return Transmitted::Paced;
         }
         self.paced_until = None;
         let pn = self.next_pn;
@@ -331,20 +375,15 @@ impl Sender {
                 let (file, offset, block_len) = self.layout.locate(block).expect("located above");
                 let payload = &mut packet[HEADER_LEN + DATA_BODY_LEN..][..block_len];
                 if let Err(e) = source.read(file, offset, payload) {
-                    self.fail(
-                        SessionError::Source { file, message: e.to_string() },
-                        abort_code::SOURCE,
-                    );
-                    return None;
+                    self.abandon(file, &e);
+                    self.hash_sent(Some(source));
+                    return Transmitted::Skipped;
                 }
                 if is_new {
                     self.frontier = block + 1;
                     self.stats.data_packets += 1;
                     self.stats.new_payload_bytes += block_len as u64;
-                    if let Err(e) = self.hash_sent(Some(source)) {
-                        self.fail(e, abort_code::SOURCE);
-                        return None;
-                    }
+                    self.hash_sent(Some(source));
                 } else {
                     self.retransmit.pop_first();
                     self.stats.retransmitted_packets += 1;
@@ -361,13 +400,45 @@ impl Sender {
         }
         if self.seal.seal(pn, packet, HEADER_LEN).is_err() {
             self.fail(SessionError::PacketNumbersExhausted, abort_code::PROTOCOL);
-            return None;
+            return Transmitted::Paced;
         }
         self.next_pn += 1;
         self.pacer.consume(now, len);
         self.stats.bytes_sent += len as u64;
         self.next_status = now + self.status_interval();
-        Some(len)
+        Transmitted::Sent(len)
+    }
+
+    /// Gives up file `file` after a read error: tells the receiver, skips its blocks.
+    fn abandon(&mut self, file: u32, error: &std::io::Error) {
+        let f = &mut self.files[file as usize];
+        if f.abandoned || f.result.is_some() {
+            return;
+        }
+        f.abandoned = true;
+        self.stats.files_abandoned += 1;
+        let reason = format!("cannot read the file: {error}");
+        self.control_out.push_back(ControlMessage::FileAbandon { file, reason });
+        self.skip_file(file);
+    }
+
+    /// Stops sending file `file`: its queued retransmissions go, the frontier will jump over
+    /// its remaining blocks, and it needs no digest.
+    fn skip_file(&mut self, file: u32) {
+        let f = &mut self.files[file as usize];
+        if f.skip {
+            return;
+        }
+        f.skip = true;
+        f.hasher = None;
+        let span = self.layout.span(file);
+        self.retransmit.remove_range(span.first, span.end());
+    }
+
+    /// Whether `block` belongs to a skipped file.
+    fn skipped(&self, block: u64) -> Option<u32> {
+        let (file, _, _) = self.layout.locate(block)?;
+        self.files[file as usize].skip.then_some(file)
     }
 
     /// The next time [`handle_timeout`](Self::handle_timeout) or
@@ -403,14 +474,30 @@ impl Sender {
         !self.retransmit.is_empty() || self.frontier < self.window_end.min(self.layout.end())
     }
 
-    fn next_to_send(&mut self, now: Instant) -> Option<Next> {
-        if let Some(b) = self.retransmit.first() {
-            return Some(Next::Retransmit(b));
+    fn next_to_send(&mut self, now: Instant, source: &mut dyn BlockSource) -> Option<Next> {
+        loop {
+            if let Some(b) = self.retransmit.first() {
+                match self.skipped(b) {
+                    // Requested before the receiver learnt the file is skipped.
+                    Some(file) => {
+                        let span = self.layout.span(file);
+                        self.retransmit.remove_range(span.first, span.end());
+                        continue;
+                    }
+                    None => return Some(Next::Retransmit(b)),
+                }
+            }
+            if self.frontier < self.window_end.min(self.layout.end()) {
+                if let Some(file) = self.skipped(self.frontier) {
+                    // The receiver learns the jump from the frontier field of the next packet.
+                    self.frontier = self.layout.span(file).end();
+                    self.hash_sent(Some(source));
+                    continue;
+                }
+                return Some(Next::New(self.frontier));
+            }
+            return (now >= self.next_status).then_some(Next::Status);
         }
-        if self.frontier < self.window_end.min(self.layout.end()) {
-            return Some(Next::New(self.frontier));
-        }
-        (now >= self.next_status).then_some(Next::Status)
     }
 
     fn status_interval(&self) -> Duration {
@@ -432,10 +519,15 @@ impl Sender {
     /// source (while files are being added) only files with nothing left to hash complete.
     ///
     /// The digest covers the bytes as read for hashing; if the file changed while it was being
-    /// sent, the receiver's digest of what it stored will not match and the file fails.
-    fn hash_sent(&mut self, mut source: Option<&mut dyn BlockSource>) -> Result<(), SessionError> {
-        while self.digests_sent < self.files.len() {
+    /// sent, the receiver's digest of what it stored will not match and the file fails. A file
+    /// that cannot be read is abandoned; a skipped file gets no digest.
+    fn hash_sent(&mut self, mut source: Option<&mut dyn BlockSource>) {
+        'files: while self.digests_sent < self.files.len() {
             let id = self.digests_sent as u32;
+            if self.files[id as usize].skip {
+                self.digests_sent += 1;
+                continue;
+            }
             let span = self.layout.span(id);
             let sent = if self.frontier >= span.end() {
                 span.size
@@ -452,21 +544,23 @@ impl Sender {
                 let Some(src) = source.as_deref_mut() else { break };
                 let n = ready.min(HASH_BATCH as u64) as usize;
                 let buf = &mut self.hash_buf[..n];
-                src.read(id, hashed, buf)
-                    .map_err(|e| SessionError::Source { file: id, message: e.to_string() })?;
+                if let Err(e) = src.read(id, hashed, buf) {
+                    self.abandon(id, &e);
+                    continue 'files;
+                }
                 let f = &mut self.files[id as usize];
-                f.hasher.as_mut().expect("hashing before the digest").update(buf);
+                f.hasher.get_or_insert_with(Default::default).update(buf);
                 f.hashed += n as u64;
             }
             let f = &mut self.files[id as usize];
             if f.hashed < span.size || span.end() > self.frontier {
                 break;
             }
-            let digest = *f.hasher.take().expect("digest queued once").finalize().as_bytes();
+            let hasher = f.hasher.take().unwrap_or_default();
+            let digest = *hasher.finalize().as_bytes();
             self.control_out.push_back(ControlMessage::FileDigest { file: id, digest });
             self.digests_sent += 1;
         }
-        Ok(())
     }
 
     fn check_complete(&mut self) {

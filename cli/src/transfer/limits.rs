@@ -1,0 +1,221 @@
+//! What the server allows: limits before a connection is set up (authenticated) and after, with
+//! their defaults, and the gate that counts connections and sessions against them.
+//!
+//! Defaults are chosen so that a server on a small machine stays responsive under abuse while no
+//! legitimate use comes near them; every one is a `ferry serve` option (see `SECURITY.md`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Limits on connections that are not yet set up.
+#[derive(Debug, Clone)]
+pub(crate) struct PreAuth {
+    /// From the first packet of a connection to its verified client hello: a connection that has
+    /// not authenticated by then is closed. Default 5 s.
+    pub(crate) setup_timeout: Duration,
+    /// Connections in handshake or set-up at once, from all sources. Default 64.
+    pub(crate) max_connections: usize,
+    /// Of those, from one source address. Default 8.
+    pub(crate) max_per_source: usize,
+    /// Above this many connections in set-up, a new connection must first prove its address
+    /// (QUIC Retry: one extra round trip) before the server keeps any state for it. Default 16.
+    pub(crate) retry_above: usize,
+}
+
+impl Default for PreAuth {
+    fn default() -> Self {
+        Self {
+            setup_timeout: Duration::from_secs(5),
+            max_connections: 64,
+            max_per_source: 8,
+            retry_above: 16,
+        }
+    }
+}
+
+/// Limits on sessions that are set up.
+#[derive(Debug, Clone)]
+pub(crate) struct PostAuth {
+    /// Sessions at once. Default 256.
+    pub(crate) max_sessions: usize,
+    /// Sessions at once of one client key. Default 8.
+    pub(crate) max_sessions_per_key: usize,
+    /// Files one session may announce (uploads) or list (downloads). Default 1,000,000.
+    pub(crate) max_files: u32,
+    /// Sum of the paths one session may announce, in bytes. Default 256 MiB.
+    pub(crate) max_manifest_bytes: u64,
+    /// Files a session holds open at once (descriptors), whatever the number of files.
+    /// Default 64.
+    pub(crate) max_open_files: usize,
+}
+
+impl Default for PostAuth {
+    fn default() -> Self {
+        Self {
+            max_sessions: 256,
+            max_sessions_per_key: 8,
+            max_files: 1_000_000,
+            max_manifest_bytes: 256 << 20,
+            max_open_files: 64,
+        }
+    }
+}
+
+/// What to do with a new connection.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Take it; the guard counts it until it is set up or gone.
+    Accept(SetupGuard),
+    /// Ask it to prove its address first.
+    Retry,
+    /// Too many connections in set-up (in all, or from this source).
+    Refuse(&'static str),
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    setup: usize,
+    setup_by_source: HashMap<IpAddr, usize>,
+    sessions: usize,
+    sessions_by_key: HashMap<[u8; 32], usize>,
+}
+
+/// Counts connections in set-up and running sessions.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    counts: Mutex<Counts>,
+}
+
+/// A connection in set-up; dropping it releases its place.
+#[derive(Debug)]
+pub(crate) struct SetupGuard {
+    gate: Arc<Gate>,
+    source: IpAddr,
+}
+
+/// A running session; dropping it releases its place.
+#[derive(Debug)]
+pub(crate) struct SessionGuard {
+    gate: Arc<Gate>,
+    key: [u8; 32],
+}
+
+impl Gate {
+    /// Decides about a new connection from `source` (`validated`: its address is proven).
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        source: IpAddr,
+        validated: bool,
+        l: &PreAuth,
+    ) -> Admission {
+        let mut c = self.counts.lock().expect("gate lock");
+        let from_source = c.setup_by_source.get(&source).copied().unwrap_or(0);
+        if c.setup >= l.max_connections {
+            return Admission::Refuse("too many connections in set-up");
+        }
+        if from_source >= l.max_per_source {
+            return Admission::Refuse("too many connections in set-up from this address");
+        }
+        if c.setup >= l.retry_above && !validated {
+            return Admission::Retry;
+        }
+        c.setup += 1;
+        *c.setup_by_source.entry(source).or_default() += 1;
+        Admission::Accept(SetupGuard { gate: self.clone(), source })
+    }
+
+    /// Starts a session of `key`, if the limits allow.
+    pub(crate) fn start_session(
+        self: &Arc<Self>,
+        key: [u8; 32],
+        l: &PostAuth,
+    ) -> Result<SessionGuard, String> {
+        let mut c = self.counts.lock().expect("gate lock");
+        if c.sessions >= l.max_sessions {
+            return Err(format!(
+                "the server is running its maximum of {} sessions",
+                l.max_sessions
+            ));
+        }
+        let of_key = c.sessions_by_key.get(&key).copied().unwrap_or(0);
+        if of_key >= l.max_sessions_per_key {
+            return Err(format!(
+                "this key already has {of_key} sessions running (the limit per key)"
+            ));
+        }
+        c.sessions += 1;
+        *c.sessions_by_key.entry(key).or_default() += 1;
+        Ok(SessionGuard { gate: self.clone(), key })
+    }
+
+    /// Connections in set-up and sessions running now.
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let c = self.counts.lock().expect("gate lock");
+        (c.setup, c.sessions)
+    }
+}
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        let mut c = self.gate.counts.lock().expect("gate lock");
+        c.setup -= 1;
+        if let Some(n) = c.setup_by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.setup_by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut c = self.gate.counts.lock().expect("gate lock");
+        c.sessions -= 1;
+        if let Some(n) = c.sessions_by_key.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.sessions_by_key.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_releases() {
+        let gate = Arc::new(Gate::default());
+        let l =
+            PreAuth { max_connections: 3, max_per_source: 2, retry_above: 1, ..PreAuth::default() };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = match gate.admit(a, false, &l) {
+            Admission::Accept(g) => g,
+            x => panic!("{x:?}"),
+        };
+        assert!(matches!(gate.admit(a, false, &l), Admission::Retry));
+        let _g2 = match gate.admit(a, true, &l) {
+            Admission::Accept(g) => g,
+            x => panic!("{x:?}"),
+        };
+        assert!(matches!(gate.admit(a, true, &l), Admission::Refuse(_)));
+        let _g3 = match gate.admit(b, true, &l) {
+            Admission::Accept(g) => g,
+            x => panic!("{x:?}"),
+        };
+        assert!(matches!(gate.admit(b, true, &l), Admission::Refuse(_)));
+        drop(g1);
+        assert_eq!(gate.load().0, 2);
+        let p = PostAuth { max_sessions_per_key: 1, ..PostAuth::default() };
+        let s = gate.start_session([1; 32], &p).unwrap();
+        assert!(gate.start_session([1; 32], &p).is_err());
+        assert!(gate.start_session([2; 32], &p).is_ok());
+        drop(s);
+        assert!(gate.start_session([1; 32], &p).is_ok());
+    }
+}

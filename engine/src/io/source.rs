@@ -1,0 +1,438 @@
+//! The sender's files: listed beneath a [`Docroot`], opened lazily, read with `pread` into a
+//! small pool of reused read-ahead buffers.
+//!
+//! Why not a memory map (the first design, `MmapSource`): a mapping of a file that another
+//! process can truncate cannot be made safe. Touching a page past the new end raises SIGBUS,
+//! which kills the whole process: on the server, every other session with it. A read error of
+//! the disk does the same. `pread` turns both into an error that ends one file, which the
+//! session reports ("cannot read FILE on the server") while the others go on. Mapping also
+//! needs one map per file, and Linux allows 65,530 per process (`vm.max_map_count`): a tree of
+//! more files could not be sent at all.
+//!
+//! Cost: one `pread` per [`CHUNK`] bytes read forward (about one system call per 185 blocks at
+//! the default block size) and one copy from the chunk into the packet, where the map copied
+//! from the page cache directly. Retransmissions read just their block. Memory is
+//! [`CHUNKS`] x [`CHUNK`] per session whatever the file sizes, and at most
+//! [`SourceLimits::max_open`] descriptors are open at once whatever the number of files: a
+//! file is opened when it is first read and closed when the least recently used descriptor
+//! must make room (it is opened again if a retransmission needs it; a file replaced in the
+//! meantime fails instead of sending other bytes).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::docroot::{Docroot, Kind, Meta, RelPath};
+use crate::session::BlockSource;
+
+/// Bytes read ahead per `pread` when a file is read forward.
+pub const CHUNK: usize = 256 << 10;
+/// Read-ahead buffers per source (shared by all its files).
+pub const CHUNKS: usize = 4;
+
+/// One file to send.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The file's path in the manifest (relative, `/`-separated).
+    pub manifest: String,
+    /// The directory it is beneath.
+    pub root: Arc<Docroot>,
+    /// Where it is beneath `root`.
+    pub path: RelPath,
+    /// Its size when it was listed: what is sent.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// Bounds of a listing and of a [`FileSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimits {
+    /// Most files a listing may hold (a larger tree is refused, not cut short).
+    pub max_files: usize,
+    /// Most descriptors open at once.
+    pub max_open: usize,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self { max_files: 1_000_000, max_open: 64 }
+    }
+}
+
+/// Lists `rel` beneath `root` for sending: a regular file as its name, a directory
+/// recursively as `NAME/...` in name order, where NAME is the last component of `rel` (or the
+/// docroot's own name). Symbolic links, special files and partial files are skipped. Each
+/// directory is opened beneath the docroot on its own (at most one directory descriptor is open
+/// at a time, however deep the tree). Blocking: run it off any async runtime.
+pub fn list(
+    root: &Arc<Docroot>,
+    rel: &RelPath,
+    limits: SourceLimits,
+) -> io::Result<Vec<SourceFile>> {
+    let name = rel.file_name().unwrap_or(root.name()).to_owned();
+    let meta = root.meta(rel)?.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", rel.shown()))
+    })?;
+    let mut out = Vec::new();
+    let file = |manifest: String, path: RelPath, m: &Meta| SourceFile {
+        manifest,
+        root: root.clone(),
+        path,
+        size: m.size,
+        mode: m.mode & 0o777,
+        mtime_ns: m.mtime_ns,
+    };
+    match meta.kind {
+        Kind::File => {
+            out.push(file(name, rel.clone(), &meta));
+            return Ok(out);
+        }
+        Kind::Dir => {}
+        Kind::Symlink => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a symbolic link (not followed)", rel.shown()),
+            ));
+        }
+        Kind::Special => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file or directory", rel.shown()),
+            ));
+        }
+    }
+    // Depth-first in name order: a stack of directories, each with its remaining entries
+    // (reversed, so the next one pops off the end).
+    struct Frame {
+        path: RelPath,
+        manifest: String,
+        entries: Vec<(String, Option<Kind>)>,
+    }
+    let read = |path: &RelPath| -> io::Result<Vec<(String, Option<Kind>)>> {
+        let mut e = root.open_dir(path)?.entries()?;
+        e.retain(|(n, _)| super::docroot::check_name(n, n).is_ok());
+        e.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(e)
+    };
+    let mut stack = vec![Frame { path: rel.clone(), manifest: name, entries: read(rel)? }];
+    while let Some(top) = stack.last_mut() {
+        let Some((n, kind)) = top.entries.pop() else {
+            stack.pop();
+            continue;
+        };
+        let path = top.path.join(&n).map_err(io::Error::other)?;
+        let manifest = format!("{}/{n}", top.manifest);
+        if manifest.len() > crate::control::MAX_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is longer than {} bytes", path.shown(), crate::control::MAX_PATH),
+            ));
+        }
+        if matches!(kind, Some(Kind::Symlink | Kind::Special)) {
+            continue;
+        }
+        let Some(m) = root.meta(&path)? else { continue };
+        match m.kind {
+            Kind::File => {
+                if out.len() == limits.max_files {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} holds more than {} files (the limit of one session)",
+                            rel.shown(),
+                            limits.max_files
+                        ),
+                    ));
+                }
+                out.push(file(manifest, path, &m));
+            }
+            Kind::Dir => {
+                let entries = read(&path)?;
+                stack.push(Frame { path, manifest, entries });
+            }
+            Kind::Symlink | Kind::Special => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A [`BlockSource`] over [`SourceFile`]s (see the [module docs](self)).
+#[derive(Debug)]
+pub struct FileSource {
+    files: Vec<SourceFile>,
+    state: Vec<FileState>,
+    open: Vec<OpenFile>,
+    chunks: Vec<Chunk>,
+    limits: SourceLimits,
+    tick: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FileState {
+    /// Device, inode and modification time when first opened: a reopened file must be the same
+    /// one, unchanged (inode numbers are reused at once on some file systems).
+    identity: Option<(u64, u64, i64)>,
+    /// End of the furthest chunk loaded: a read at or beyond it is forward progress.
+    loaded_end: u64,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    file: u32,
+    handle: File,
+    used: u64,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    file: u32,
+    start: u64,
+    len: usize,
+    buf: Vec<u8>,
+    used: u64,
+}
+
+impl FileSource {
+    /// A source for `files`, in manifest order (file id = index).
+    pub fn new(files: Vec<SourceFile>, limits: SourceLimits) -> Self {
+        let state = vec![FileState::default(); files.len()];
+        Self { files, state, open: Vec::new(), chunks: Vec::new(), limits, tick: 0 }
+    }
+
+    /// The files, in manifest order.
+    pub fn files(&self) -> &[SourceFile] {
+        &self.files
+    }
+
+    /// Descriptors open right now.
+    pub fn open_descriptors(&self) -> usize {
+        self.open.len()
+    }
+
+    fn shrank(&self, id: u32, now: u64) -> io::Error {
+        let f = &self.files[id as usize];
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} shrank while being sent (it had {} bytes, now {now})",
+                f.path.shown(),
+                f.size
+            ),
+        )
+    }
+
+    /// The open descriptor of file `id`, opening it (and closing the least recently used one)
+    /// if needed.
+    fn handle(&mut self, id: u32) -> io::Result<usize> {
+        self.tick += 1;
+        if let Some(i) = self.open.iter().position(|o| o.file == id) {
+            self.open[i].used = self.tick;
+            return Ok(i);
+        }
+        let f = &self.files[id as usize];
+        let (handle, meta) = f.root.open_file(&f.path)?;
+        if meta.size < f.size {
+            return Err(self.shrank(id, meta.size));
+        }
+        let st = &mut self.state[id as usize];
+        let identity = (meta.dev_ino.0, meta.dev_ino.1, meta.mtime_ns);
+        match st.identity {
+            Some(known) if known != identity => {
+                return Err(io::Error::other(format!(
+                    "{} was replaced or changed while being sent",
+                    f.path.shown()
+                )));
+            }
+            _ => st.identity = Some(identity),
+        }
+        if self.open.len() >= self.limits.max_open.max(1) {
+            let lru = (0..self.open.len()).min_by_key(|&i| self.open[i].used).expect("non-empty");
+            self.open.swap_remove(lru);
+        }
+        self.open.push(OpenFile { file: id, handle, used: self.tick });
+        Ok(self.open.len() - 1)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` of file `id` straight from the file.
+    fn read_direct(&mut self, id: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let i = self.handle(id)?;
+        read_full(&self.open[i].handle, offset, buf)
+            .map_err(|e| self.explain(id, offset + buf.len() as u64, e))
+    }
+
+    fn explain(&self, id: u32, wanted_end: u64, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            let now =
+                self.open.iter().find(|o| o.file == id).and_then(|o| o.handle.metadata().ok());
+            return self.shrank(id, now.map_or(wanted_end.saturating_sub(1), |m| m.len()));
+        }
+        io::Error::new(e.kind(), format!("{}: {e}", self.files[id as usize].path.shown()))
+    }
+
+    /// Loads the chunk of file `id` starting at `start` into the least recently used buffer.
+    fn load(&mut self, id: u32, start: u64) -> io::Result<usize> {
+        let size = self.files[id as usize].size;
+        let len = (size - start).min(CHUNK as u64) as usize;
+        let slot = if self.chunks.len() < CHUNKS {
+            self.chunks.push(Chunk { file: id, start, len: 0, buf: vec![0; CHUNK], used: 0 });
+            self.chunks.len() - 1
+        } else {
+            (0..self.chunks.len()).min_by_key(|&i| self.chunks[i].used).expect("non-empty")
+        };
+        // Invalidate first: a failed read must not leave stale bytes under the new key.
+        self.chunks[slot].len = 0;
+        let i = self.handle(id)?;
+        let chunk = &mut self.chunks[slot];
+        if let Err(e) = read_full(&self.open[i].handle, start, &mut chunk.buf[..len]) {
+            return Err(self.explain(id, start + len as u64, e));
+        }
+        let chunk = &mut self.chunks[slot];
+        chunk.file = id;
+        chunk.start = start;
+        chunk.len = len;
+        let st = &mut self.state[id as usize];
+        st.loaded_end = st.loaded_end.max(start + len as u64);
+        Ok(slot)
+    }
+}
+
+/// `pread` until `buf` is full; end of file first is `UnexpectedEof`.
+fn read_full(f: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.read_at(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                offset += n as u64;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl BlockSource for FileSource {
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let size = self.files.get(file as usize).map(|f| f.size).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("no file {file} in the source"))
+        })?;
+        let end = offset + buf.len() as u64;
+        if end > size {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond the file's size"));
+        }
+        let mut pos = offset;
+        while pos < end {
+            self.tick += 1;
+            let tick = self.tick;
+            let hit = self
+                .chunks
+                .iter_mut()
+                .find(|c| c.file == file && c.start <= pos && pos < c.start + c.len as u64);
+            let slot = match hit {
+                Some(c) => {
+                    c.used = tick;
+                    let from = (pos - c.start) as usize;
+                    let n = ((end - pos) as usize).min(c.len - from);
+                    let at = (pos - offset) as usize;
+                    buf[at..at + n].copy_from_slice(&c.buf[from..from + n]);
+                    pos += n as u64;
+                    continue;
+                }
+                None if pos >= self.state[file as usize].loaded_end => self.load(file, pos)?,
+                None => {
+                    // Behind the read-ahead (a retransmission): just the bytes asked for.
+                    let at = (pos - offset) as usize;
+                    return self.read_direct(file, pos, &mut buf[at..]);
+                }
+            };
+            self.chunks[slot].used = tick;
+        }
+        Ok(())
+    }
+
+    fn name(&self, file: u32) -> Option<String> {
+        self.files.get(file as usize).map(|f| f.manifest.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, Arc<Docroot>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("t/sub")).unwrap();
+        std::fs::write(p.join("t/b"), b"bee").unwrap();
+        std::fs::write(p.join("t/a"), b"").unwrap();
+        std::fs::write(p.join("t/sub/c"), vec![7u8; 3 * CHUNK + 5]).unwrap();
+        std::fs::write(p.join("t/.c.ferry-partial-0123456789abcdef"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("t/link")).unwrap();
+        let root = Arc::new(Docroot::open(p).unwrap());
+        (d, root)
+    }
+
+    #[test]
+    fn lists_in_order_without_links_or_partials() {
+        let (_d, root) = tree();
+        let l = list(&root, &RelPath::parse("t").unwrap(), SourceLimits::default()).unwrap();
+        let names: Vec<_> = l.iter().map(|f| f.manifest.as_str()).collect();
+        assert_eq!(names, ["t/a", "t/b", "t/sub/c"]);
+        assert_eq!(l[2].size, 3 * CHUNK as u64 + 5);
+        let small = SourceLimits { max_files: 2, ..SourceLimits::default() };
+        let e = list(&root, &RelPath::parse("t").unwrap(), small).unwrap_err();
+        assert!(e.to_string().contains("more than 2 files"), "{e}");
+        assert!(list(&root, &RelPath::parse("t/link").unwrap(), small).is_err());
+    }
+
+    #[test]
+    fn reads_forward_back_and_fails_cleanly_on_truncation() {
+        let (d, root) = tree();
+        let l = list(&root, &RelPath::parse("t").unwrap(), SourceLimits::default()).unwrap();
+        let mut src = FileSource::new(l, SourceLimits { max_files: 10, max_open: 1 });
+        let mut buf = vec![0u8; 1000];
+        for off in (0..3 * CHUNK as u64 - 1000).step_by(1000) {
+            src.read(2, off, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == 7));
+        }
+        src.read(1, 0, &mut buf[..3]).unwrap();
+        assert_eq!(&buf[..3], b"bee");
+        assert_eq!(src.open_descriptors(), 1);
+        // Back to the first file (reopened) behind the read-ahead: read directly.
+        src.read(2, 10, &mut buf[..100]).unwrap();
+        // Truncated while being sent: an error naming the file, no signal.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join("t/sub/c"))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let e = src.read(2, 3 * CHUNK as u64, &mut buf[..5]).unwrap_err();
+        assert!(e.to_string().contains("shrank"), "{e}");
+    }
+
+    #[test]
+    fn a_file_replaced_while_being_sent_is_refused_when_reopened() {
+        let (d, root) = tree();
+        let l = list(&root, &RelPath::parse("t").unwrap(), SourceLimits::default()).unwrap();
+        let mut src = FileSource::new(l, SourceLimits { max_files: 10, max_open: 1 });
+        let mut buf = vec![0u8; 1000];
+        // Read all of file 2 forward (its first chunk is evicted by the later ones), then file
+        // 1 (which closes file 2's descriptor).
+        for off in (0..3 * CHUNK as u64 + 5 - 1000).step_by(1000) {
+            src.read(2, off, &mut buf).unwrap();
+        }
+        src.read(2, 3 * CHUNK as u64, &mut buf[..5]).unwrap();
+        src.read(1, 0, &mut buf[..3]).unwrap();
+        let c = d.path().join("t/sub/c");
+        std::fs::remove_file(&c).unwrap();
+        std::fs::write(&c, vec![8u8; 3 * CHUNK + 5]).unwrap();
+        let e = src.read(2, 0, &mut buf[..5]).unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+    }
+}
