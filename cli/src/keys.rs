@@ -220,9 +220,10 @@ pub(crate) fn keystore_error(e: KeystoreError, user: Option<&str>) -> CliError {
             "keystore files must be readable and writable by their owner only, like ssh \
              private keys",
         ),
-        E::WrongOwner { .. } | E::NotRegularFile { .. } | E::UnsafeDirectory { .. } => {
-            CliError::new(exit::UNSAFE_FILE, msg)
-        }
+        E::WrongOwner { .. }
+        | E::NotRegularFile { .. }
+        | E::UnsafeDirectory { .. }
+        | E::UnsafeParent { .. } => CliError::new(exit::UNSAFE_FILE, msg),
         E::Corrupt { .. } | E::CorruptKeyFile { .. } | E::Integrity { .. } => {
             CliError::new(exit::CORRUPT, msg)
         }
@@ -384,6 +385,48 @@ struct Ctx<'a> {
     user: Option<&'a str>,
 }
 
+/// The local keystore's path, and the user (uid, gid) whose credentials open it when ferry runs
+/// as root for another user.
+struct LocalTarget {
+    path: PathBuf,
+    as_user: Option<(u32, u32)>,
+    home: Option<PathBuf>,
+}
+
+/// Runs `f` with the credentials of `user` (uid, gid; supplementary groups: just the gid) in a
+/// thread of its own, or here when `user` is `None`. The thread's credentials are set for that
+/// thread only (`setresuid` and friends as raw system calls) and dropped irrevocably (real,
+/// effective and saved ids alike); the thread ends with `f`.
+fn as_user<T: Send>(
+    user: Option<(u32, u32)>,
+    f: impl FnOnce() -> Result<T, CliError> + Send,
+) -> Result<T, CliError> {
+    let Some((uid, gid)) = user else { return f() };
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            use rustix::process::{Gid, Uid};
+            use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+            let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+            let dropped = set_thread_groups(&[g])
+                .and_then(|()| set_thread_res_gid(g, g, g))
+                .and_then(|()| set_thread_res_uid(u, u, u));
+            if let Err(e) = dropped {
+                return Err(CliError::new(
+                    exit::IO,
+                    format!("cannot switch to uid {uid} to reach the user's keystore: {e}"),
+                ));
+            }
+            if ferry_keystore::euid() != uid {
+                return Err(CliError::new(exit::IO, format!("could not switch to uid {uid}")));
+            }
+            f()
+        });
+        worker.join().unwrap_or_else(|_| {
+            Err(CliError::new(exit::IO, "the thread acting for the user panicked"))
+        })
+    })
+}
+
 impl Ctx<'_> {
     fn err(&self, e: KeystoreError) -> CliError {
         keystore_error(e, self.user)
@@ -414,20 +457,24 @@ impl Ctx<'_> {
         self.user.map(str::to_owned).unwrap_or_else(current_user_name)
     }
 
-    /// The local keystore path and, when ferry runs as root for another user, that user's
-    /// uid and gid (to give them the files).
-    fn local_target(&self) -> Result<(PathBuf, Option<(u32, u32)>), CliError> {
+    /// Where the local keystore is, and whose credentials touch it.
+    fn local_target(&self) -> Result<LocalTarget, CliError> {
         let user = self.local_user();
         let entry = passwd().into_iter().find(|e| e.name == user);
-        let owner = match &entry {
+        let as_user = match &entry {
             Some(e) if ferry_keystore::euid() == 0 && e.uid != 0 => Some((e.uid, e.gid)),
             _ => None,
         };
+        let home = entry.as_ref().map(|e| e.home.clone());
         if let Some(p) = &self.args.paths.local_keystore {
-            return Ok((p.clone(), owner));
+            return Ok(LocalTarget { path: p.clone(), as_user, home });
         }
         match entry {
-            Some(e) => Ok((ferry_keystore::default_local_keystore(&e.home), owner)),
+            Some(e) => Ok(LocalTarget {
+                path: ferry_keystore::default_local_keystore(&e.home),
+                as_user,
+                home,
+            }),
             None => Err(CliError::new(
                 exit::INVALID,
                 format!("cannot find the home directory of '{user}' in /etc/passwd"),
@@ -436,34 +483,45 @@ impl Ctx<'_> {
         }
     }
 
-    fn local_options(&self) -> Result<Options, CliError> {
+    /// Runs `f` on the local keystore (created first when `create`). When root acts for
+    /// another user, the keystore is opened and used only in a thread that runs with that
+    /// user's uid, gid and groups, so nothing in the user's directory is touched with root's
+    /// rights: a link or FIFO the user planted there reaches only what the user could reach
+    /// anyway, and every file created belongs to the user without a chown.
+    fn with_local<T: Send>(
+        &self,
+        create: bool,
+        f: impl FnOnce(&Keystore) -> Result<T, CliError> + Send,
+    ) -> Result<T, CliError> {
+        let t = self.local_target()?;
+        let user = self.local_user();
         // The stash passphrase protects the root keystore only; local key files rely on the
         // user's file permissions (see docs/KEYSTORE.md).
-        let mut o = Options::new().actor("ferry keys");
-        if let Some((uid, gid)) = self.local_target()?.1 {
-            o = o.file_owner(uid, gid);
+        let mut opts = Options::new().actor("ferry keys");
+        if let Some(h) = &t.home {
+            opts = opts.home(h);
         }
-        Ok(o)
+        as_user(t.as_user, || {
+            let ks = if create {
+                Keystore::open_or_create_local(&t.path, &user, &opts)
+            } else {
+                Keystore::open_local(&t.path, &opts)
+            };
+            f(&ks.map_err(|e| self.err(e))?)
+        })
     }
 
-    fn open_local(&self) -> Result<Keystore, CliError> {
-        let (path, _) = self.local_target()?;
-        Keystore::open_local(&path, &self.local_options()?).map_err(|e| self.err(e))
-    }
-
-    fn open_or_create_local(&self) -> Result<Keystore, CliError> {
-        let (path, _) = self.local_target()?;
-        Keystore::open_or_create_local(&path, &self.local_user(), &self.local_options()?)
-            .map_err(|e| self.err(e))
-    }
-
-    /// The keystore that holds `category`'s source of truth.
-    fn home_of(&self, category: Category, create: bool) -> Result<Keystore, CliError> {
+    /// Runs `f` on the keystore that holds `category`'s source of truth.
+    fn with_home<T: Send>(
+        &self,
+        category: Category,
+        create: bool,
+        f: impl FnOnce(&Keystore) -> Result<T, CliError> + Send,
+    ) -> Result<T, CliError> {
         match (category.home(), create) {
-            (Home::Root, false) => self.open_root(),
-            (Home::Root, true) => self.open_or_create_root(),
-            (Home::Local, false) => self.open_local(),
-            (Home::Local, true) => self.open_or_create_local(),
+            (Home::Root, false) => f(&self.open_root()?),
+            (Home::Root, true) => f(&self.open_or_create_root()?),
+            (Home::Local, create) => self.with_local(create, f),
         }
     }
 
@@ -591,12 +649,12 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
             None => category,
         };
         let local = args.local || cat.is_some_and(|c| c.home() == Home::Local);
-        let ks = if local { ctx.open_local()? } else { ctx.open_root()? };
         let owner = match (&args.history, cat) {
             (Some(_), Some(c)) => Some(ctx.owner_for(c)?),
             _ => args.user.as_deref().map(Owner::user).transpose().map_err(|e| ctx.err(e))?,
         };
-        let infos = ks.list(owner.as_ref(), cat).map_err(|e| ctx.err(e))?;
+        let list = |ks: &Keystore| ks.list(owner.as_ref(), cat).map_err(|e| ctx.err(e));
+        let infos = if local { ctx.with_local(false, list)? } else { list(&ctx.open_root()?)? };
         if let (Some(_), Some(c), Some(o), true) = (&args.history, cat, &owner, infos.is_empty()) {
             return Err(ctx.err(KeystoreError::NoSuchSecret { owner: o.clone(), category: c }));
         }
@@ -615,8 +673,9 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
         return rekey(&ctx);
     }
     if args.audit {
-        let ks = if args.local { ctx.open_local()? } else { ctx.open_root()? };
-        let records = ks.audit_records(args.limit).map_err(|e| ctx.err(e))?;
+        let read = |ks: &Keystore| ks.audit_records(args.limit).map_err(|e| ctx.err(e));
+        let records =
+            if args.local { ctx.with_local(false, read)? } else { read(&ctx.open_root()?)? };
         for r in records {
             if args.json {
                 out(serde_json::to_string(&r)
@@ -667,58 +726,63 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
     .find_map(|(on, s)| on.then_some(s));
 
     if let Some(to) = state_change {
-        let ks = ctx.home_of(category, false)?;
-        let version = match args.version {
-            Some(v) => v,
-            None => match ks.current_version(&owner, category).map_err(|e| ctx.err(e))? {
-                Some(i) => i.version,
-                None => {
-                    let err = if ks
-                        .list(Some(&owner), Some(category))
-                        .map_err(|e| ctx.err(e))?
-                        .is_empty()
-                    {
-                        KeystoreError::NoSuchSecret { owner: owner.clone(), category }
-                    } else {
-                        KeystoreError::NoActiveVersion { owner: owner.clone(), category }
-                    };
-                    return Err(ctx.err(err).hint("name the version with --version N"));
-                }
-            },
-        };
-        let info = ks.set_state(&owner, category, version, to).map_err(|e| ctx.err(e))?;
-        out(format!("{}: now {} ({})", info.label(), info.state, describe(&ks)))?;
+        ctx.with_home(category, false, |ks| {
+            let version = match args.version {
+                Some(v) => v,
+                None => match ks.current_version(&owner, category).map_err(|e| ctx.err(e))? {
+                    Some(i) => i.version,
+                    None => {
+                        let err = if ks
+                            .list(Some(&owner), Some(category))
+                            .map_err(|e| ctx.err(e))?
+                            .is_empty()
+                        {
+                            KeystoreError::NoSuchSecret { owner: owner.clone(), category }
+                        } else {
+                            KeystoreError::NoActiveVersion { owner: owner.clone(), category }
+                        };
+                        return Err(ctx.err(err).hint("name the version with --version N"));
+                    }
+                },
+            };
+            let info = ks.set_state(&owner, category, version, to).map_err(|e| ctx.err(e))?;
+            out(format!("{}: now {} ({})", info.label(), info.state, describe(ks)))
+        })?;
         return refresh_after_change(&ctx, &owner, category);
     }
     if let Some(min) = args.min_decryption_version {
-        let ks = ctx.home_of(category, false)?;
-        ks.set_min_decryption_version(&owner, category, min).map_err(|e| ctx.err(e))?;
-        out(format!(
-            "{owner}/{category}: minimum decryption version is now {min} ({})",
-            describe(&ks)
-        ))?;
+        ctx.with_home(category, false, |ks| {
+            ks.set_min_decryption_version(&owner, category, min).map_err(|e| ctx.err(e))?;
+            out(format!(
+                "{owner}/{category}: minimum decryption version is now {min} ({})",
+                describe(ks)
+            ))
+        })?;
         return refresh_after_change(&ctx, &owner, category);
     }
     let put_opts = ctx.put_options()?;
     if args.rotate {
-        let ks = ctx.home_of(category, false)?;
-        let i = ks.rotate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
-        out(format!(
-            "rotated {owner}/{category}: new version {} is {} ({})",
-            i.version,
-            i.state,
-            describe(&ks)
-        ))?;
+        ctx.with_home(category, false, |ks| {
+            let i = ks.rotate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
+            out(format!(
+                "rotated {owner}/{category}: new version {} is {} ({})",
+                i.version,
+                i.state,
+                describe(ks)
+            ))
+        })?;
     } else if args.generate {
-        let ks = ctx.home_of(category, true)?;
-        let i = ks.generate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
-        out(format!("generated {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
+        ctx.with_home(category, true, |ks| {
+            let i = ks.generate(&owner, category, &put_opts).map_err(|e| ctx.err(e))?;
+            out(format!("generated {} ({}) in {}", i.label(), i.state, describe(ks)))
+        })?;
     } else {
         let value = read_value_from_stdin()?;
         let value = category.normalize_value(value).map_err(|e| ctx.err(e))?;
-        let ks = ctx.home_of(category, true)?;
-        let i = ks.put(&owner, category, value, &put_opts).map_err(|e| ctx.err(e))?;
-        out(format!("stored {} ({}) in {}", i.label(), i.state, describe(&ks)))?;
+        ctx.with_home(category, true, |ks| {
+            let i = ks.put(&owner, category, value, &put_opts).map_err(|e| ctx.err(e))?;
+            out(format!("stored {} ({}) in {}", i.label(), i.state, describe(ks)))
+        })?;
     }
     refresh_after_change(&ctx, &owner, category)
 }
@@ -730,35 +794,42 @@ fn refresh_after_change(ctx: &Ctx<'_>, owner: &Owner, category: Category) -> Res
     if category.home() != Home::Root {
         return Ok(());
     }
-    let path = match owner {
+    let target = match owner {
         Owner::User(_) => match ctx.local_target() {
-            Ok((p, _)) => p,
+            Ok(t) => t,
             Err(_) => return Ok(()),
         },
-        Owner::Shared => match &ctx.args.paths.local_keystore {
-            Some(p) => p.clone(),
-            None => return Ok(()),
+        Owner::Shared if ctx.args.paths.local_keystore.is_none() => return Ok(()),
+        Owner::Shared => match ctx.local_target() {
+            Ok(t) => t,
+            Err(_) => return Ok(()),
         },
     };
-    if !path.exists() {
+    let path = target.path.clone();
+    // Whether it exists is asked with the user's credentials too.
+    if !as_user(target.as_user, || Ok(path.symlink_metadata().is_ok()))? {
         return Ok(());
     }
     let refresh = || -> Result<Option<String>, CliError> {
-        let local = Keystore::open_local(&path, &ctx.local_options()?).map_err(|e| ctx.err(e))?;
-        if let (Owner::User(_), Some(o)) = (owner, local.owner())
-            && o != owner
-        {
+        let Some((who, id)) = ctx.with_local(false, |local| {
+            let (o, id) = local.local_identity().map_err(|e| ctx.err(e))?;
+            Ok((matches!(owner, Owner::Shared) || &o == owner).then_some((o, id)))
+        })?
+        else {
             return Ok(None);
-        }
-        let root = ctx.open_root()?;
-        let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
-        Ok(Some(format!(
-            "refreshed {} ({} usable, {} metadata only; copies expire at {})",
-            describe(&local),
-            rep.with_value,
-            rep.metadata_only,
-            time::rfc3339(rep.expires_at)
-        )))
+        };
+        let export = ctx.open_root()?.export_for_local(&who, id).map_err(|e| ctx.err(e))?;
+        let sync = ctx.sync_options()?;
+        ctx.with_local(false, |local| {
+            let rep = local.import_from_root(export, &sync).map_err(|e| ctx.err(e))?;
+            Ok(Some(format!(
+                "refreshed {} ({} usable, {} metadata only; copies expire at {})",
+                describe(local),
+                rep.with_value,
+                rep.metadata_only,
+                time::rfc3339(rep.expires_at)
+            )))
+        })
     };
     match refresh() {
         Ok(Some(line)) => out(line),
@@ -876,18 +947,25 @@ fn init(ctx: &Ctx<'_>) -> Result<(), CliError> {
             }
         }
         Some(_) => {
+            // Root's part as root, the user's part as the user (see `Ctx::with_local`).
             let root = ctx.open_root()?;
-            let local = ctx.open_or_create_local()?;
-            let rep = local.sync_from_root(&root, &ctx.sync_options()?).map_err(|e| ctx.err(e))?;
-            out(format!(
-                "initialised {} for {} from {}: {} usable, {} metadata only; copies expire at {}",
-                describe(&local),
-                ctx.local_user(),
-                describe(&root),
-                rep.with_value,
-                rep.metadata_only,
-                time::rfc3339(rep.expires_at)
-            ))
+            let (owner, id) =
+                ctx.with_local(true, |local| local.local_identity().map_err(|e| ctx.err(e)))?;
+            let export = root.export_for_local(&owner, id).map_err(|e| ctx.err(e))?;
+            let sync = ctx.sync_options()?;
+            let root_name = describe(&root);
+            ctx.with_local(false, |local| {
+                let rep = local.import_from_root(export, &sync).map_err(|e| ctx.err(e))?;
+                out(format!(
+                    "initialised {} for {} from {root_name}: {} usable, {} metadata only; copies \
+                     expire at {}",
+                    describe(local),
+                    ctx.local_user(),
+                    rep.with_value,
+                    rep.metadata_only,
+                    time::rfc3339(rep.expires_at)
+                ))
+            })
         }
     }
 }

@@ -118,3 +118,35 @@ fn migrate_refuses_ambiguous_or_broken_configs_without_changes() {
     );
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "something was written");
 }
+
+/// Root runs the migration on a path it was given: a configuration that is a symbolic link (to
+/// a file root owns), or that lies in a directory other users can write to, is refused and
+/// nothing changes (before, root read through the link and replaced it, owner lost).
+#[test]
+fn migrate_refuses_links_and_shared_directories() {
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("real.toml");
+    std::fs::write(&target, CONFIG).unwrap();
+    let link = d.path().join("ferry.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = migrate(d.path(), &link);
+    assert_eq!(o.status.code(), Some(28), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("symbolic link"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), CONFIG);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = shared.join("ferry.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let o = migrate(d.path(), &cfg);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("chmod go-w"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), CONFIG);
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 1, "no backup written");
+}

@@ -99,11 +99,23 @@ fn root_hands_a_local_keystore_to_its_user() {
         )
     );
 
-    // A keystore file in the user's directory that belongs to someone else is refused.
+    // Root refuses to create its keystore in a directory of the user's (the user could swap
+    // its files), like sshd's StrictModes.
     let foreign = home.join("foreign.db");
     let envf =
         [("FERRY_ROOT_KEYSTORE", foreign.as_path()), ("FERRY_LOCAL_KEYSTORE", local.as_path())];
-    ok(&ferry(false, &envf, &["-i"], b""));
+    let o = ferry(false, &envf, &["-i"], b"");
+    assert_eq!(o.status.code(), Some(21), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("it belongs to uid 65534"));
+    // A keystore file in the user's directory that belongs to someone else is refused.
+    let made = base.path().join("made.db");
+    ok(&ferry(false, &[("FERRY_ROOT_KEYSTORE", made.as_path())], &["-i"], b""));
+    for ext in ["db", "stash", "audit.jsonl", "db-wal", "db-shm"] {
+        let from = made.with_extension(ext);
+        if from.exists() {
+            std::fs::rename(from, foreign.with_extension(ext)).unwrap();
+        }
+    }
     let o = ferry(true, &envf, &["--list"], b"");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),

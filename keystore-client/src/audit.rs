@@ -118,20 +118,24 @@ pub(crate) fn read(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Audi
 }
 
 /// Appends records to the JSON-lines log, one `write` per record (O_APPEND keeps concurrent
-/// writers' lines whole). A log that has to be (re)created gets the owner of `db`, so that root
-/// writing to a user's keystore never leaves the user a log they cannot append to.
-pub(crate) fn append_log(path: &Path, db: &Path, records: &[AuditRecord]) -> std::io::Result<()> {
+/// writers' lines whole). The log is opened without following a symbolic link or blocking on a
+/// FIFO (created with mode 0600 if missing), and checked through its descriptor: a regular file,
+/// private, owned by this user. Anything else at its name is refused, never written through.
+/// (Root never writes a user's log as root: it acts in users' directories with the user's
+/// credentials, see `docs/KEYSTORE.md`.)
+pub(crate) fn append_log(path: &Path, records: &[AuditRecord]) -> std::io::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    if std::fs::symlink_metadata(path).is_err() {
-        crate::fsutil::create_empty_private(path).map_err(std::io::Error::other)?;
-        if let Ok(md) = std::fs::metadata(db) {
-            use std::os::unix::fs::MetadataExt;
-            let _ = std::os::unix::fs::chown(path, Some(md.uid()), Some(md.gid()));
-        }
-    }
-    let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    use crate::fsutil::libc_flags;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc_flags::NOFOLLOW | libc_flags::NONBLOCK)
+        .open(path)
+        .map_err(|e| std::io::Error::other(crate::fsutil::not_followed(path, e)))?;
+    crate::fsutil::check_open_file(&f, path).map_err(std::io::Error::other)?;
     for r in records {
         let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
         line.push(b'\n');

@@ -60,6 +60,16 @@ pub enum KeystoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A directory above the keystore could let another user swap the keystore's files.
+    #[error("{}: {reason}; another user could replace the keystore's directory through it, so \
+             it is refused (fix: make it belong to root or the keystore's user, and not \
+             writable by group or others)", .path.display())]
+    UnsafeParent {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A keystore file is a symbolic link or not a regular file.
     #[error("{} is a symbolic link or not a regular file; refusing to use it", .path.display())]
     NotRegularFile {

@@ -35,16 +35,21 @@ pub fn check_private_file(path: &Path) -> Result<bool, KeystoreError> {
     Ok(true)
 }
 
-/// Checks the directory holding keystore files: others must not be able to replace the files
-/// in it (group/other-writable without the sticky bit is refused), and it must belong to this
-/// user or root. A missing directory passes (it will be created with mode 0700).
+/// Checks the directory holding keystore files: a directory (not a symbolic link to one),
+/// others must not be able to replace the files in it (group/other-writable without the sticky
+/// bit is refused), and it must belong to this user or root. A missing directory passes (it will
+/// be created with mode 0700).
 pub fn check_private_dir(dir: &Path) -> Result<(), KeystoreError> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let md = match fs::metadata(dir) {
+    let md = match fs::symlink_metadata(dir) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(KeystoreError::io(dir, e)),
     };
+    if !md.is_dir() {
+        // A symbolic link is not followed: whoever can change it could move the keystore.
+        return Err(KeystoreError::NotRegularFile { path: dir.to_owned() });
+    }
     let mode = md.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 && mode & 0o1000 == 0 {
         return Err(KeystoreError::UnsafeDirectory { path: dir.to_owned(), mode });
@@ -54,6 +59,98 @@ pub fn check_private_dir(dir: &Path) -> Result<(), KeystoreError> {
         return Err(KeystoreError::WrongOwner { path: dir.to_owned(), owner: md.uid(), uid });
     }
     Ok(())
+}
+
+/// Checks the directories above a keystore the way sshd's `StrictModes` checks `~/.ssh`: from
+/// `dir` (resolved) up to the user's `home` (inclusive) or the file system root, every
+/// directory must belong to root or to this process's effective uid, and must not be writable by
+/// group or others unless it is sticky (as `/tmp` is: then nobody else can rename or remove an
+/// entry that belongs to root or this user). Otherwise another user could swap a directory on
+/// the way and redirect the keystore's files. A missing `dir` is checked from its nearest
+/// existing ancestor.
+pub fn check_dir_chain(dir: &Path, home: Option<&Path>) -> Result<(), KeystoreError> {
+    let uid = euid();
+    let mut start = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let canonical = loop {
+        match start.canonicalize() {
+            Ok(c) => break c,
+            Err(_) => match start.parent() {
+                Some(p) if !p.as_os_str().is_empty() => start = p,
+                _ => break std::env::current_dir().map_err(|e| KeystoreError::io(dir, e))?,
+            },
+        }
+    };
+    let home = home.and_then(|h| h.canonicalize().ok());
+    for d in canonical.ancestors() {
+        let md = fs::symlink_metadata(d).map_err(|e| KeystoreError::io(d, e))?;
+        let mode = md.permissions().mode() & 0o7777;
+        if md.uid() != 0 && md.uid() != uid {
+            return Err(KeystoreError::UnsafeParent {
+                path: d.to_owned(),
+                reason: format!("it belongs to uid {}, neither root nor uid {uid}", md.uid()),
+            });
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(KeystoreError::UnsafeParent {
+                path: d.to_owned(),
+                reason: format!("it is writable by group or others (mode {mode:o}) and not sticky"),
+            });
+        }
+        if home.as_deref() == Some(d) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for reading without following a symbolic link or blocking on a FIFO, and checks
+/// through the open descriptor what [`check_private_file`] checks by name: a regular file, not
+/// accessible by group or others, owned by this user (root: by anyone). Returns its bytes.
+pub fn read_private(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, KeystoreError> {
+    use std::io::Read;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::NOFOLLOW | libc_flags::NONBLOCK)
+        .open(path)
+        .map_err(|e| not_followed(path, e))?;
+    check_open_file(&f, path)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).map_err(|e| KeystoreError::io(path, e))?;
+    Ok(bytes)
+}
+
+/// The checks of [`check_private_file`], on an open descriptor.
+pub(crate) fn check_open_file(f: &File, path: &Path) -> Result<(), KeystoreError> {
+    let md = f.metadata().map_err(|e| KeystoreError::io(path, e))?;
+    if !md.file_type().is_file() {
+        return Err(KeystoreError::NotRegularFile { path: path.to_owned() });
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeystoreError::UnsafePermissions { path: path.to_owned(), mode });
+    }
+    let uid = euid();
+    if uid != 0 && md.uid() != uid {
+        return Err(KeystoreError::WrongOwner { path: path.to_owned(), owner: md.uid(), uid });
+    }
+    Ok(())
+}
+
+/// A symbolic link where a file was expected is refused by name (`ELOOP` from `O_NOFOLLOW`).
+pub(crate) fn not_followed(path: &Path, e: std::io::Error) -> KeystoreError {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        KeystoreError::NotRegularFile { path: path.to_owned() }
+    } else {
+        KeystoreError::io(path, e)
+    }
+}
+
+/// `open(2)` flags used here (rustix's values, which are Linux's).
+pub(crate) mod libc_flags {
+    /// `O_NOFOLLOW`.
+    pub const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    /// `O_NONBLOCK`.
+    pub const NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 when it does not exist.
@@ -128,8 +225,9 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Keystore
     replace_file_owned(path, bytes, mode, None)
 }
 
-/// [`replace_file`], giving the new file `owner` (uid, gid) before it takes the final name.
-pub(crate) fn replace_file_owned(
+/// [`replace_file`], giving the new file `owner` (uid, gid) through its descriptor before it
+/// takes the final name.
+pub fn replace_file_owned(
     path: &Path,
     bytes: &[u8],
     mode: u32,
@@ -162,7 +260,8 @@ pub(crate) fn replace_file_owned(
     result
 }
 
-/// Creates an empty file with mode 0600 if it does not exist (never truncates).
+/// Creates an empty file with mode 0600 if it does not exist (never truncates, never follows a
+/// symbolic link: `O_EXCL`). An existing entry must pass [`check_private_file`].
 pub fn create_empty_private(path: &Path) -> Result<(), KeystoreError> {
     match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(f) => {
@@ -170,7 +269,9 @@ pub fn create_empty_private(path: &Path) -> Result<(), KeystoreError> {
             fsync_dir(&parent_of(path));
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            check_private_file(path).map(|_| ())
+        }
         Err(e) => Err(KeystoreError::io(path, e)),
     }
 }

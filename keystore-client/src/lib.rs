@@ -57,7 +57,9 @@ pub mod time;
 pub use audit::AuditRecord;
 pub use category::{Category, Home, MAX_SECRET_LEN, Owner, Scope, TOKEN_KEY_DEFAULT_TTL};
 pub use error::KeystoreError;
-pub use fsutil::{check_private_file, euid, replace_file, write_new_file};
+pub use fsutil::{
+    check_private_dir, check_private_file, euid, replace_file, replace_file_owned, write_new_file,
+};
 pub use keyfile::Argon2Params;
 pub use secret::{GENERATED_SECRET_LEN, SecretBytes};
 pub use state::{KeyState, Operation};

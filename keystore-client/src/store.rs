@@ -82,7 +82,7 @@ pub struct Options {
     argon2: Argon2Params,
     actor: Option<String>,
     busy_timeout: Duration,
-    file_owner: Option<(u32, u32)>,
+    home: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -92,7 +92,7 @@ impl Default for Options {
             argon2: Argon2Params::DEFAULT,
             actor: None,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
-            file_owner: None,
+            home: None,
         }
     }
 }
@@ -128,10 +128,10 @@ impl Options {
         self
     }
 
-    /// Owner (uid, gid) for files this call creates: root uses it when creating a user's local
-    /// keystore so that the user, and only the user, can open it.
-    pub fn file_owner(mut self, uid: u32, gid: u32) -> Self {
-        self.file_owner = Some((uid, gid));
+    /// The home directory of the keystore's user: the check of the directories above the
+    /// keystore ([`fsutil::check_dir_chain`]) stops there, as sshd's `StrictModes` does.
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
         self
     }
 }
@@ -418,6 +418,7 @@ impl Keystore {
         let audit_path = audit_log_path(path);
         if let Some(dir) = path.parent() {
             fsutil::check_private_dir(dir)?;
+            fsutil::check_dir_chain(dir, opts.home.as_deref())?;
         }
         let db_exists = fsutil::check_private_file(path)?;
         match (db_exists, mode) {
@@ -429,24 +430,22 @@ impl Keystore {
             }
             _ => {}
         }
-        let chown = |p: &Path| -> Result<()> {
-            if let Some((uid, gid)) = opts.file_owner {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                    .map_err(|e| KeystoreError::io(p, e))?;
-            }
-            Ok(())
-        };
+        // Every other name the keystore (and SQLite beside it) opens must be absent or a private
+        // regular file of this user: a symbolic link, FIFO or directory planted there is
+        // refused by name, never followed.
+        fsutil::check_private_file(&audit_path)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            fsutil::check_private_file(Path::new(&p))?;
+        }
         if db_exists {
             if !fsutil::check_private_file(&key_path)? {
                 return Err(KeystoreError::KeyFileMissing { key_path, path: path.to_owned() });
             }
         } else {
             if let Some(dir) = path.parent() {
-                let created = !dir.as_os_str().is_empty() && !dir.exists();
                 fsutil::ensure_dir(dir)?;
-                if created {
-                    chown(dir)?;
-                }
             }
             if !fsutil::check_private_file(&key_path)? {
                 let key = Key32::random();
@@ -455,25 +454,21 @@ impl Keystore {
                 let bytes = KeyFile::encode(kind, id, &key, pass)
                     .map_err(|e| KeystoreError::InvalidArgument(e.to_string()))?;
                 match fsutil::write_new_file(&key_path, &*bytes, 0o600) {
-                    Ok(()) => chown(&key_path)?,
+                    Ok(()) => {}
                     // Another process created it first: use theirs.
                     Err(KeystoreError::AlreadyExists { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
             fsutil::create_empty_private(path)?;
-            chown(path)?;
             fsutil::create_empty_private(&audit_path)?;
-            chown(&audit_path)?;
             fsutil::check_private_file(path)?;
             fsutil::check_private_file(&key_path)?;
         }
 
         // Unlock the key.
         // Unprotected key files hold the key itself: keep the bytes in a zeroizing buffer.
-        let key_bytes = zeroize::Zeroizing::new(
-            std::fs::read(&key_path).map_err(|e| KeystoreError::io(&key_path, e))?,
-        );
+        let key_bytes = fsutil::read_private(&key_path)?;
         let key_file = KeyFile::parse(&key_bytes).map_err(|e| KeystoreError::CorruptKeyFile {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -513,7 +508,9 @@ impl Keystore {
         let db_err = |e: rusqlite::Error| map_db_err(path, e);
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(db_err)?;
         conn.busy_timeout(opts.busy_timeout).map_err(db_err)?;
@@ -716,7 +713,7 @@ impl Keystore {
         });
         match result {
             Ok(Some(rec)) => {
-                let _ = audit::append_log(&audit_log_path(path), path, &[rec]);
+                let _ = audit::append_log(&audit_log_path(path), &[rec]);
             }
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -781,7 +778,7 @@ impl Keystore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(self.db_err(e));
         }
-        audit::append_log(&self.audit_path, &self.path, &records)
+        audit::append_log(&self.audit_path, &records)
             .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
         Ok(value)
     }
@@ -1454,7 +1451,7 @@ impl Keystore {
             .map_err(|e| KeystoreError::io(&self.key_path, e))?;
         fsutil::fsync_parent(&self.key_path);
         let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
-        audit::append_log(&self.audit_path, &self.path, &[rec])
+        audit::append_log(&self.audit_path, &[rec])
             .map_err(|source| KeystoreError::AuditLog { path: self.audit_path.clone(), source })?;
         Ok(count)
     }
@@ -1518,6 +1515,13 @@ impl Keystore {
     /// (`filepass`) are untouched. Each exported value is audited in the root keystore, the sync
     /// in this one.
     pub fn sync_from_root(&self, root: &Keystore, opts: &SyncOptions) -> Result<SyncReport> {
+        let (owner, local_id) = self.local_identity()?;
+        let export = root.export_for_local(&owner, local_id)?;
+        self.import_from_root(export, opts)
+    }
+
+    /// The owner and id of this local keystore, for [`Keystore::export_for_local`].
+    pub fn local_identity(&self) -> Result<(Owner, [u8; 16])> {
         if self.kind != KeystoreKind::Local {
             return Err(KeystoreError::WrongKind {
                 path: self.path.clone(),
@@ -1525,6 +1529,19 @@ impl Keystore {
                 found: self.kind,
             });
         }
+        let owner = self.owner.clone().ok_or_else(|| KeystoreError::Corrupt {
+            path: self.path.clone(),
+            reason: "a local keystore without an owner".into(),
+        })?;
+        Ok((owner, self.id))
+    }
+
+    /// The first half of [`Keystore::sync_from_root`], on the root keystore: what `owner`'s local
+    /// keystore `local_id` receives (each exported value is audited here). The two halves may run
+    /// with different credentials: root reads its keystore as root and hands the export to a
+    /// thread that writes the user's local keystore as the user.
+    pub fn export_for_local(&self, owner: &Owner, local_id: [u8; 16]) -> Result<RootExport> {
+        let root = self;
         if root.kind != KeystoreKind::Root {
             return Err(KeystoreError::WrongKind {
                 path: root.path.clone(),
@@ -1532,11 +1549,8 @@ impl Keystore {
                 found: root.kind,
             });
         }
-        let owner = self.owner.clone().ok_or_else(|| KeystoreError::Corrupt {
-            path: self.path.clone(),
-            reason: "a local keystore without an owner".into(),
-        })?;
-        let local_id = hex::encode(self.id);
+        let owner = owner.clone();
+        let local_id = hex::encode(local_id);
         type Policy = (String, String, u32);
         let (rows, policies): (Vec<(SecretInfo, Option<SecretBytes>)>, Vec<Policy>) = root
             .write_tx(|conn, records| {
@@ -1594,8 +1608,20 @@ impl Keystore {
                     .map_err(|e| root.db_err(e))?;
                 Ok((out, pols))
             })?;
+        Ok(RootExport { root_id: root.id, owner, rows, policies })
+    }
 
-        let root_id = root.id;
+    /// The second half of [`Keystore::sync_from_root`], on the local keystore.
+    pub fn import_from_root(&self, export: RootExport, opts: &SyncOptions) -> Result<SyncReport> {
+        let (owner, _) = self.local_identity()?;
+        if owner != export.owner {
+            return Err(KeystoreError::OwnerMismatch {
+                path: self.path.clone(),
+                expected: export.owner.to_string(),
+                found: owner.to_string(),
+            });
+        }
+        let RootExport { root_id, rows, policies, .. } = export;
         self.write_tx(|conn, records| {
             let now = time::now();
             let expires_at = now
@@ -1669,6 +1695,24 @@ impl Keystore {
     }
 }
 
+/// Secrets and policies a root keystore exports to one user's local keystore
+/// ([`Keystore::export_for_local`]); values stay in zeroizing memory, Debug shows none.
+pub struct RootExport {
+    root_id: [u8; 16],
+    owner: Owner,
+    rows: Vec<(SecretInfo, Option<SecretBytes>)>,
+    policies: Vec<(String, String, u32)>,
+}
+
+impl std::fmt::Debug for RootExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootExport")
+            .field("owner", &self.owner)
+            .field("versions", &self.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn wrap_id(wrap: &WrapKey) -> [u8; 16] {
     wrap.keystore_id()
 }
@@ -1710,7 +1754,7 @@ fn key_after_rekey(
         if !fsutil::check_private_file(path).ok()? {
             return None;
         }
-        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        let bytes = fsutil::read_private(path).ok()?;
         if path == key_path && bytes.as_slice() == read_before {
             return None;
         }

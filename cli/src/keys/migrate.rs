@@ -122,18 +122,46 @@ fn backup_path(config: &Path) -> PathBuf {
     config.with_file_name(format!("{name}.bak-{stamp}"))
 }
 
+/// Reads the configuration through one descriptor, refusing what root must not act on: a
+/// symbolic link (it is not followed), anything but a regular file, and a file in a directory
+/// that other users could write to (they could swap the file between the read and the
+/// replacement, or plant the backup's name). The bytes stay in zeroizing memory (they hold
+/// plaintext secrets).
+fn read_config(cfg: &Path) -> Result<(zeroize::Zeroizing<Vec<u8>>, std::fs::Metadata), CliError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: String| config_error(format!("cannot read {}: {e}", cfg.display()));
+    let dir = match cfg.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    ferry_keystore::check_private_dir(dir).map_err(|e| keystore_error(e, None))?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32,
+        )
+        .open(cfg)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                cannot("it is a symbolic link; pass the configuration file itself".into())
+            } else {
+                cannot(e.to_string())
+            }
+        })?;
+    let meta = f.metadata().map_err(|e| cannot(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(cannot("it is not a regular file".into()));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).map_err(|e| cannot(e.to_string()))?;
+    Ok((bytes, meta))
+}
+
 pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
     let cfg = &args.config;
-    // The file holds plaintext secrets: keep our copies of its bytes in zeroizing buffers.
-    let original = zeroize::Zeroizing::new(
-        std::fs::read(cfg)
-            .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?,
-    );
-    let mode = std::fs::metadata(cfg)
-        .map_err(|e| config_error(format!("cannot read {}: {e}", cfg.display())))?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let (original, meta) = read_config(cfg)?;
+    let mode = meta.permissions().mode() & 0o7777;
     let text = std::str::from_utf8(&original)
         .map_err(|_| config_error(format!("{} is not UTF-8 text", cfg.display())))?;
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
@@ -186,12 +214,16 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<(), CliError> {
         stored.push(format!("{} (from {})", info.label(), f.path));
     }
 
-    // 3. Blank them in the configuration, atomically, keeping its mode.
-    ferry_keystore::replace_file(cfg, doc.to_string().as_bytes(), mode).map_err(|e| {
-        config_error(format!(
-            "{e}; the secrets are in the keystore, the configuration still holds them"
-        ))
-    })?;
+    // 3. Blank them in the configuration, atomically, keeping its mode and owner.
+    use std::os::unix::fs::MetadataExt;
+    let owner = Some((meta.uid(), meta.gid()));
+    ferry_keystore::replace_file_owned(cfg, doc.to_string().as_bytes(), mode, owner).map_err(
+        |e| {
+            config_error(format!(
+                "{e}; the secrets are in the keystore, the configuration still holds them"
+            ))
+        },
+    )?;
 
     out(format!("moved {} secret(s) into root keystore {}:", stored.len(), ks.path().display()))?;
     for s in &stored {
