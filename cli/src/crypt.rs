@@ -322,17 +322,60 @@ fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Zeroizing<String
     Ok(first)
 }
 
-/// A temporary file next to `final_path` (same directory, so the rename is atomic).
-fn temp_next_to(final_path: &Path) -> Result<tempfile::NamedTempFile, CliError> {
+/// An output file being written. Where the file system allows it (`O_TMPFILE`: ext4, XFS,
+/// Btrfs, tmpfs, ...) it has no name at all until it is complete, so an interrupted or killed
+/// `ferry crypt decrypt` can never leave plaintext behind under any name; elsewhere it is a
+/// temporary name beside the output (removed on every error this process sees).
+enum TempOut {
+    Unnamed { file: File, dir: std::os::fd::OwnedFd, dir_path: PathBuf },
+    Named(tempfile::NamedTempFile),
+}
+
+impl TempOut {
+    fn as_file(&self) -> &File {
+        match self {
+            TempOut::Unnamed { file, .. } => file,
+            TempOut::Named(t) => t.as_file(),
+        }
+    }
+
+    fn shown(&self) -> &Path {
+        match self {
+            TempOut::Unnamed { dir_path, .. } => dir_path,
+            TempOut::Named(t) => t.path(),
+        }
+    }
+}
+
+/// The output file for `final_path`, in the same directory (so the final link or rename is
+/// atomic).
+fn temp_next_to(final_path: &Path) -> Result<TempOut, CliError> {
+    use rustix::fs::{Mode, OFlags};
     let dir = match final_path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let dir_fd =
+        rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io_err("open the directory", &dir, &e.into()))?;
+    match rustix::fs::openat(
+        &dir_fd,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => return Ok(TempOut::Unnamed { file: File::from(fd), dir: dir_fd, dir_path: dir }),
+        // The file system has no unnamed files: fall back to a temporary name.
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+        }
+        Err(e) => return Err(io_err("create a temporary file in", &dir, &e.into())),
+    }
     let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
         .tempfile_in(&dir)
+        .map(TempOut::Named)
         .map_err(|e| io_err("create a temporary file in", &dir, &e))
 }
 
@@ -347,29 +390,82 @@ fn refuse_existing(path: &Path, force: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// fsync, then rename into place (refusing to clobber unless `force`).
-fn persist(tmp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), CliError> {
-    tmp.as_file().sync_all().map_err(|e| io_err("sync", tmp.path(), &e))?;
-    let res =
-        if force { tmp.persist(path).map(|_| ()) } else { tmp.persist_noclobber(path).map(|_| ()) };
-    res.map_err(|e| {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            CliError::new(
-                EXIT_OUTPUT,
-                format!("{} already exists; not overwriting it", path.display()),
-            )
-            .hint("pass --force to replace it")
-        } else {
-            io_err("rename into", path, &e.error)
+fn exists_error(path: &Path) -> CliError {
+    CliError::new(EXIT_OUTPUT, format!("{} already exists; not overwriting it", path.display()))
+        .hint("pass --force to replace it")
+}
+
+/// fsync, then give the complete file its name (refusing to clobber unless `force`).
+fn persist(tmp: TempOut, path: &Path, force: bool) -> Result<(), CliError> {
+    tmp.as_file().sync_all().map_err(|e| io_err("sync", tmp.shown(), &e))?;
+    match tmp {
+        TempOut::Unnamed { file, dir, dir_path } => {
+            use rustix::fs::AtFlags;
+            let name = path.file_name().ok_or_else(|| {
+                CliError::new(EXIT_OUTPUT, format!("{} has no file name", path.display()))
+            })?;
+            // Link the unnamed file into the directory: through /proc (any user may), else by
+            // descriptor (needs CAP_DAC_READ_SEARCH).
+            let link = |to: &std::ffi::OsStr| {
+                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
+                    &dir,
+                    to,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+                .or_else(|_| rustix::fs::linkat(&file, "", &dir, to, AtFlags::EMPTY_PATH))
+            };
+            if force {
+                // The complete file takes a temporary name, then replaces the old one at once.
+                let tmp_name = format!(".{}.ferry-{:016x}", name.to_string_lossy(), rand_u64());
+                link(std::ffi::OsStr::new(&tmp_name))
+                    .map_err(|e| io_err("link into", &dir_path, &e.into()))?;
+                rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name).map_err(|e| {
+                    let _ = rustix::fs::unlinkat(&dir, tmp_name.as_str(), AtFlags::empty());
+                    io_err("rename into", path, &e.into())
+                })?;
+            } else {
+                link(name).map_err(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        exists_error(path)
+                    } else {
+                        io_err("link into", path, &e.into())
+                    }
+                })?;
+            }
+            let _ = rustix::fs::fsync(&dir);
         }
-    })?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the rename durable; failure to open a directory is not fatal on odd filesystems.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        TempOut::Named(tmp) => {
+            let res = if force {
+                tmp.persist(path).map(|_| ())
+            } else {
+                tmp.persist_noclobber(path).map(|_| ())
+            };
+            res.map_err(|e| {
+                if e.error.kind() == io::ErrorKind::AlreadyExists {
+                    exists_error(path)
+                } else {
+                    io_err("rename into", path, &e.error)
+                }
+            })?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // Make the rename durable; failure to open a directory is not fatal on odd
+                // filesystems.
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    u64::from_le_bytes(b)
 }
 
 fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
@@ -405,7 +501,7 @@ fn encrypt(a: EncryptArgs) -> Result<(), CliError> {
     let tmp = temp_next_to(&output)?;
     let writer = BufWriter::with_capacity(
         1 << 20,
-        tmp.as_file().try_clone().map_err(|e| io_err("open", tmp.path(), &e))?,
+        tmp.as_file().try_clone().map_err(|e| io_err("open", tmp.shown(), &e))?,
     );
     let mut enc = StreamEncryptor::new(writer, &header, cipher).map_err(|e| map_err(e, &output))?;
     let mut buf = Zeroizing::new(vec![0u8; 16 * SEGMENT_SIZE]);
@@ -521,7 +617,8 @@ fn decrypt(a: DecryptArgs) -> Result<(), CliError> {
             reader.decrypt_to(&mut w).map_err(|e| map_err(e, &a.input))?;
             w.flush().map_err(|e| io_err("write", &output, &e))?;
         }
-        // On any error above, `tmp` is dropped and removed: no partial plaintext remains.
+        // On any error above, `tmp` is dropped: an unnamed file vanishes with its descriptor
+        // (a named fallback is removed), so no partial plaintext remains.
         persist(tmp, &output, a.force)?;
         eprintln!("ferry: decrypted {} to {}", a.input.display(), output.display());
         if a.rewrap {

@@ -296,3 +296,61 @@ fn interop_python_cryptography_decrypts_ferry_output() {
         assert!(!o.status.success());
     }
 }
+
+/// Before: decrypt wrote to a named temporary file beside the output, which a SIGKILL (or a
+/// crash) left behind full of plaintext. Now the output has no name until it is complete: at
+/// no moment during a decrypt does any other name appear, and a decrypt killed midway leaves
+/// only the envelope.
+#[test]
+fn an_interrupted_decrypt_leaves_no_plaintext_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pt, env) = make(d, "big", 96 << 20);
+    std::fs::remove_file(d.join("big")).unwrap();
+    let allowed = |names: &[String]| names.iter().all(|n| n == "big.ferry" || n == "big");
+    let list = || -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Watched while it runs.
+    let mut child = Command::new(FERRY)
+        .current_dir(d)
+        .args(["crypt", "decrypt", "big.ferry"])
+        .env("FERRY_FILEPASS", PASS)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        let names = list();
+        assert!(allowed(&names), "a name appeared during the decrypt: {names:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "decrypt hung");
+    }
+    assert_eq!(Sha256::digest(std::fs::read(d.join("big")).unwrap()), Sha256::digest(&pt));
+    std::fs::remove_file(d.join("big")).unwrap();
+    // Killed midway (SIGKILL: no chance to clean up).
+    for delay_ms in [50, 150, 300] {
+        let mut child = Command::new(FERRY)
+            .current_dir(d)
+            .args(["crypt", "decrypt", "big.ferry"])
+            .env("FERRY_FILEPASS", PASS)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let names = list();
+        if names.iter().any(|n| n == "big") {
+            // It finished first: then the output is complete.
+            assert_eq!(Sha256::digest(std::fs::read(d.join("big")).unwrap()), Sha256::digest(&pt));
+            std::fs::remove_file(d.join("big")).unwrap();
+        }
+        assert_only(d, &["big.ferry"]);
+    }
+    assert!(env.exists());
+}

@@ -4,136 +4,17 @@
 //! escape the docroot and an existing destination file each refused with their own exit code,
 //! nothing written. Every process is bounded in time and killed on drop.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::*;
 use sha2::{Digest, Sha256};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-const LIMIT: Duration = Duration::from_secs(120);
-
-struct Server {
-    child: Child,
-    _stdout: BufReader<std::process::ChildStdout>,
-    port: u16,
-    fingerprint: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn docroot(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("id")
-    }
-}
-
-fn keygen(path: &Path) {
-    let out = run(&["keygen", "-f", path.to_str().unwrap()], Path::new("/"));
-    assert!(out.status.success(), "keygen: {}", stderr(&out));
-}
-
-/// A server with a fresh identity, a docroot and one authorised client key (`id`).
 fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::create_dir(p.join("root")).unwrap();
-    keygen(&p.join("id"));
-    std::fs::copy(p.join("id.pub"), p.join("authorized_keys")).unwrap();
-    let state = p.join("state");
-    let out = run(&["serve", "--state-dir", state.to_str().unwrap(), "--print-fingerprint"], p);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let fingerprint = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
-    let mut child = Command::new(FERRY)
-        .current_dir(p)
-        .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
-        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    // "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:..."
-    let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("server said {line:?}"));
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(line.contains(&fingerprint), "{line}");
-    Server { child, _stdout: stdout, port, fingerprint, dir }
-}
-
-/// Runs ferry to completion within [`LIMIT`], killing it if it hangs.
-fn run(args: &[&str], cwd: &Path) -> Output {
-    let mut child = Command::new(FERRY)
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("ferry {args:?} did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn cp(s: &Server, extra: &[&str], cwd: &Path) -> Output {
-    let port = s.port.to_string();
-    let key = s.key();
-    let mut args = vec!["cp", "-i", key.to_str().unwrap(), "-P", &port];
-    args.extend_from_slice(extra);
-    run(&args, cwd)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn digest(p: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
-}
-
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
-
-/// Every file below `dir` (relative paths), sorted.
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    Server::start()
 }
 
 #[test]
@@ -285,38 +166,6 @@ fn a_100_mib_file_round_trips() {
     let out = cp(&s, &["--host-key", &fp, "-l", "2g", "127.0.0.1:large", "back"], l);
     assert!(out.status.success(), "download: {}", stderr(&out));
     assert_eq!(digest(&l.join("back/large")), digest(&l.join("large")));
-}
-
-fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
-    let port = s.port.to_string();
-    let key = s.key();
-    Command::new(FERRY)
-        .current_dir(cwd)
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
-        .args(extra)
-        .env_remove("HOME")
-        .stdin(Stdio::null())
-        // Piped for the tests that read `--json` events; the others write one summary line.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Waits (bounded) until `cond` holds.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -609,28 +458,6 @@ fn a_second_server_on_a_busy_port_is_refused() {
     );
     assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("cannot listen on {listen}")), "{}", stderr(&out));
-}
-
-fn signal(child: &Child, sig: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_child(child);
-    rustix::process::kill_process(pid, sig).unwrap();
-}
-
-/// Waits (bounded) for `child` and returns its exit status and stderr.
-fn finish(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(start.elapsed() < LIMIT, "{what} did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
-    }
-    (status, err)
 }
 
 /// SIGTERM to the server mid-upload: it ends the session, removes the partial file, tells the

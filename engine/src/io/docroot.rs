@@ -49,7 +49,8 @@ const PARTIAL_SUFFIX_LEN: usize = 16;
 /// name of a partial file.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct RelPath {
-    parts: Vec<String>,
+    /// The components joined by `/` (empty for the root): one allocation per path.
+    path: String,
 }
 
 /// Why a path was refused. The messages quote the path escaped and shortened, because they are
@@ -153,12 +154,10 @@ impl RelPath {
         if path.starts_with('/') {
             return Err(PathError::Absolute(Shown::new(path)));
         }
-        let mut parts = Vec::new();
         for part in path.split('/') {
             check_name(part, path)?;
-            parts.push(part.to_owned());
         }
-        Ok(Self { parts })
+        Ok(Self { path: path.to_owned() })
     }
 
     /// Parses a path a client asked for: like [`RelPath::parse`], but leading `/`s are
@@ -184,43 +183,54 @@ impl RelPath {
 
     /// Whether this is the docroot itself.
     pub fn is_root(&self) -> bool {
-        self.parts.is_empty()
+        self.path.is_empty()
     }
 
-    /// The components.
-    pub fn components(&self) -> &[String] {
-        &self.parts
+    /// The components, in order (none for the root).
+    pub fn components(&self) -> impl Iterator<Item = &str> + '_ {
+        self.path.split('/').filter(|p| !p.is_empty())
     }
 
     /// The last component, if any.
     pub fn file_name(&self) -> Option<&str> {
-        self.parts.last().map(String::as_str)
+        self.split_last().map(|(_, n)| n)
     }
 
     /// The path without its last component, and that component. `None` for the root.
     pub fn split_last(&self) -> Option<(RelPath, &str)> {
-        let (last, rest) = self.parts.split_last()?;
-        Some((RelPath { parts: rest.to_vec() }, last.as_str()))
+        if self.path.is_empty() {
+            return None;
+        }
+        Some(match self.path.rsplit_once('/') {
+            Some((rest, last)) => (RelPath { path: rest.to_owned() }, last),
+            None => (RelPath::root(), self.path.as_str()),
+        })
     }
 
     /// This path with `name` appended.
     pub fn join(&self, name: &str) -> Result<RelPath, PathError> {
         check_name(name, name)?;
-        let mut parts = self.parts.clone();
-        parts.push(name.to_owned());
-        Ok(RelPath { parts })
+        Ok(self.join_str(name))
+    }
+
+    fn join_str(&self, tail: &str) -> RelPath {
+        if self.path.is_empty() {
+            RelPath { path: tail.to_owned() }
+        } else if tail.is_empty() {
+            self.clone()
+        } else {
+            RelPath { path: format!("{}/{tail}", self.path) }
+        }
     }
 
     /// This path followed by every component of `other`.
     pub fn join_path(&self, other: &RelPath) -> RelPath {
-        let mut parts = self.parts.clone();
-        parts.extend(other.parts.iter().cloned());
-        RelPath { parts }
+        self.join_str(&other.path)
     }
 
     /// The path as the kernel sees it (`.` for the root).
     fn to_os_path(&self) -> PathBuf {
-        if self.parts.is_empty() { PathBuf::from(".") } else { PathBuf::from(self.to_string()) }
+        if self.path.is_empty() { PathBuf::from(".") } else { PathBuf::from(&self.path) }
     }
 
     /// The path for messages: escaped and shortened.
@@ -231,7 +241,7 @@ impl RelPath {
 
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.parts.join("/"))
+        f.write_str(&self.path)
     }
 }
 
@@ -429,7 +439,7 @@ impl Docroot {
             let at = cur.as_ref().map_or(self.dir.fd.as_fd(), |f| f.as_fd());
             let next = rustix::fs::openat(
                 at,
-                part.as_str(),
+                part,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
@@ -489,7 +499,7 @@ impl Docroot {
             cur = match cur.open_subdir(part) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    match rustix::fs::mkdirat(&cur.fd, part.as_str(), Mode::from_raw_mode(0o777)) {
+                    match rustix::fs::mkdirat(&cur.fd, part, Mode::from_raw_mode(0o777)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => {
                             return Err(io::Error::new(
@@ -658,7 +668,13 @@ mod tests {
             assert!(RelPath::parse(bad).is_err(), "{bad:?}");
         }
         let p = RelPath::parse("a/b c/ü.txt").unwrap();
-        assert_eq!(p.components(), ["a", "b c", "ü.txt"]);
+        assert_eq!(p.components().collect::<Vec<_>>(), ["a", "b c", "ü.txt"]);
+        assert_eq!(p.split_last().unwrap(), (RelPath::parse("a/b c").unwrap(), "ü.txt"));
+        assert_eq!(
+            RelPath::root().join("x").unwrap().split_last().unwrap(),
+            (RelPath::root(), "x")
+        );
+        assert_eq!(RelPath::root().join_path(&p), p);
         assert_eq!(p.to_string(), "a/b c/ü.txt");
         assert!(RelPath::parse(&"x".repeat(255)).is_ok());
         assert!(matches!(RelPath::parse(&"x".repeat(256)), Err(PathError::TooLong(_))));

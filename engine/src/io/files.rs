@@ -49,8 +49,9 @@ enum Stage {
 
 #[derive(Debug)]
 struct SinkFile {
-    /// The directory it lands in, beneath the docroot.
-    parent: RelPath,
+    /// The directory it lands in, beneath the docroot (an index into [`FileSink::parents`]:
+    /// the files of one directory share it).
+    parent: u32,
     /// Its final name there.
     name: String,
     /// The random part of its partial name.
@@ -60,8 +61,6 @@ struct SinkFile {
     stage: Stage,
     /// Device and inode of the partial file: a reopened partial must be the same file.
     identity: Option<(u64, u64)>,
-    /// The manifest path, for reports.
-    display: Box<str>,
 }
 
 impl SinkFile {
@@ -95,6 +94,9 @@ pub struct FileSink {
     root: Arc<Docroot>,
     dest: Destination,
     files: Vec<SinkFile>,
+    /// The distinct directories files land in, and their indexes.
+    parents: Vec<RelPath>,
+    parent_index: std::collections::HashMap<RelPath, u32>,
     /// Open partial files, least recently used first to go.
     open: Vec<(u32, Arc<File>, u64)>,
     /// Open directories of recent files.
@@ -222,6 +224,8 @@ impl FileSink {
             root,
             dest,
             files: Vec::new(),
+            parents: Vec::new(),
+            parent_index: std::collections::HashMap::new(),
             open: Vec::new(),
             dirs: Vec::new(),
             limits,
@@ -292,8 +296,9 @@ impl FileSink {
             return Ok(o.1.clone());
         }
         let sf = self.files.get(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
-        let (parent, partial, stage, size) = (sf.parent.clone(), sf.partial(), sf.stage, sf.size);
-        let shown = sf.parent.join(&sf.name).map_or_else(|_| sf.name.clone(), |p| p.to_string());
+        let parent = self.parents[sf.parent as usize].clone();
+        let (partial, stage, size) = (sf.partial(), sf.stage, sf.size);
+        let shown = parent.join(&sf.name).map_or_else(|_| sf.name.clone(), |p| p.to_string());
         let context = |what: &str, e: io::Error| {
             io::Error::new(
                 e.kind(),
@@ -351,7 +356,7 @@ impl FileSink {
         let target = match &self.dest {
             Destination::Dir(dir) => dir.join_path(&rel),
             Destination::File(file) => {
-                if entry.id != 0 || rel.components().len() != 1 {
+                if entry.id != 0 || rel.components().count() != 1 {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         format!(
@@ -381,8 +386,8 @@ impl FileSink {
     fn publish(&mut self, file: u32) -> io::Result<()> {
         let f = self.handle(file)?;
         let sf = &self.files[file as usize];
-        let (mode, parent, partial, name) =
-            (sf.mode, sf.parent.clone(), sf.partial(), sf.name.clone());
+        let parent = self.parents[sf.parent as usize].clone();
+        let (mode, partial, name) = (sf.mode, sf.partial(), sf.name.clone());
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         self.close(file);
@@ -404,13 +409,24 @@ impl FileSink {
         Ok(())
     }
 
+    /// The index of directory `rel` in [`FileSink::parents`].
+    fn intern(&mut self, rel: RelPath) -> u32 {
+        if let Some(&i) = self.parent_index.get(&rel) {
+            return i;
+        }
+        let i = self.parents.len() as u32;
+        self.parents.push(rel.clone());
+        self.parent_index.insert(rel, i);
+        i
+    }
+
     /// Removes the partial of `file`, if it was created.
     fn discard(&mut self, file: u32) {
         self.close(file);
         let sf = &self.files[file as usize];
         if sf.stage == Stage::Created {
-            let (parent, partial) = (sf.parent.clone(), sf.partial());
-            if let Ok(dir) = self.root.open_dir(&parent) {
+            let partial = sf.partial();
+            if let Ok(dir) = self.root.open_dir(&self.parents[sf.parent as usize]) {
                 let _ = dir.remove_file(&partial);
             }
         }
@@ -423,10 +439,10 @@ impl BlockSink for FileSink {
         if entry.id as usize != self.files.len() {
             return Err(io::Error::other("file ids out of sequence"));
         }
-        let resolved = self.resolve(entry);
-        let (parent, name, stage) = match &resolved {
-            Ok((p, n)) => (p.clone(), n.clone(), Stage::Announced),
-            Err(_) => (RelPath::root(), String::new(), Stage::Done),
+        let (parent, name, stage, result) = match self.resolve(entry) {
+            Ok((p, n)) => (self.intern(p), n, Stage::Announced, Ok(())),
+            // Refused: nothing will be written; the manifest path is kept for reports.
+            Err(e) => (self.intern(RelPath::root()), entry.path.clone(), Stage::Done, Err(e)),
         };
         self.files.push(SinkFile {
             parent,
@@ -436,9 +452,8 @@ impl BlockSink for FileSink {
             mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
             stage,
             identity: None,
-            display: entry.path.clone().into_boxed_str(),
         });
-        resolved.map(|_| ())
+        result
     }
 
     fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
@@ -504,7 +519,9 @@ impl BlockSink for FileSink {
     }
 
     fn name(&self, file: u32) -> Option<String> {
-        self.files.get(file as usize).map(|f| f.display.to_string())
+        let f = self.files.get(file as usize)?;
+        let parent = &self.parents[f.parent as usize];
+        Some(parent.join(&f.name).map_or_else(|_| f.name.clone(), |p| p.to_string()))
     }
 }
 
