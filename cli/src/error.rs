@@ -24,10 +24,14 @@ impl CliError {
         self
     }
 
+    /// Prints the error and its hint on stderr. Messages may quote what a peer sent (a
+    /// server's refusal reason, a file name), so control characters are escaped: a hostile peer
+    /// cannot write terminal escape sequences or fake lines to the user's terminal.
     pub(crate) fn report(&self) -> ExitCode {
-        eprintln!("ferry: error: {}", self.message);
+        use crate::transfer::log::sanitize;
+        eprintln!("ferry: error: {}", sanitize(&self.message));
         if let Some(hint) = &self.hint {
-            eprintln!("ferry: hint: {hint}");
+            eprintln!("ferry: hint: {}", sanitize(hint));
         }
         ExitCode::from(self.code)
     }

@@ -252,6 +252,11 @@ fn a_hundred_thousand_small_files_with_bounded_memory() {
     let back = w.join("back");
     std::fs::create_dir(&back).unwrap();
     let down = spawn_cp(&s, &["-q", "127.0.0.1:many", back.to_str().unwrap()], w);
+    // Another small transfer while the server lists and sends the 100,000 files (the listing
+    // runs off the runtime every connection shares).
+    std::fs::create_dir(w.join("small-back")).unwrap();
+    let out = cp(&s, &["--host-key", &fp, "127.0.0.1:small", "small-back"], w);
+    assert!(out.status.success(), "the small transfer during the download: {}", stderr(&out));
     assert!(wait_watching(down, LIMIT * 3, || watch(&s)), "the download of 100,000 files failed");
     assert_eq!(tree(&back.join("many")).len(), 100_000);
     assert_eq!(std::fs::read_to_string(back.join("many/d042/f0420")).unwrap(), "42/420");
@@ -414,4 +419,41 @@ fn stale_partials_are_swept_at_start() {
     wait_for("the sweep", || s.log().contains("removed 1 stale partial"));
     assert_eq!(names(&s.docroot().join("d")), Vec::<String>::new());
     assert!(s.docroot().join(".fresh.ferry-partial-fedcba9876543210").exists());
+}
+
+/// Before: an upload through a symbolic link inside the docroot created its directories
+/// outside (create_dir_all, then the check) before it was refused.
+#[test]
+fn an_upload_through_a_link_creates_nothing_outside() {
+    let s = Server::start();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), s.docroot().join("link")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    // A local tree whose manifest paths start with the link's name.
+    std::fs::create_dir_all(l.join("link/new/deeper")).unwrap();
+    std::fs::write(l.join("link/new/deeper/f"), b"x").unwrap();
+    let out = cp(&s, &["--host-key", &s.fingerprint, "link", "127.0.0.1:."], l);
+    assert_eq!(names(outside.path()), Vec::<String>::new(), "created outside the docroot");
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+}
+
+/// Sessions per client key are capped; the refused client is told the server is busy.
+#[test]
+fn sessions_per_key_are_capped() {
+    let s = Server::with_args(&["--max-sessions-per-key", "1"]);
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(8 << 20, 1)).unwrap();
+    std::fs::write(l.join("second"), b"second").unwrap();
+    let first = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    wait_for("the first session", || names(&s.docroot()).iter().any(|n| n.contains("slow")));
+    let out = cp(&s, &["--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(37), "{}", stderr(&out));
+    assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
+    let (status, err) = finish(first, "the first session");
+    assert!(status.success(), "{err}");
+    let out = cp(&s, &["--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
+    assert!(out.status.success(), "after the first ended: {}", stderr(&out));
 }

@@ -247,7 +247,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             eprintln!(
                 "ferry: failed: {}: {}",
                 ferry_engine::io::docroot::escape(&f.path, 300),
-                f.reason
+                super::log::sanitize(&f.reason)
             );
         }
         if failed.len() > SHOWN {

@@ -81,6 +81,9 @@ struct LimitArgs {
     /// Files (descriptors) one session holds open at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_open_files: usize,
+    /// Bytes of file paths one upload may announce in all.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    max_manifest_bytes: u64,
 }
 
 impl LimitArgs {
@@ -96,7 +99,7 @@ impl LimitArgs {
             max_sessions_per_key: self.max_sessions_per_key.max(1),
             max_files: self.max_files.max(1),
             max_open_files: self.max_open_files.max(1),
-            ..PostAuth::default()
+            max_manifest_bytes: self.max_manifest_bytes.max(1),
         };
         (pre, post)
     }
