@@ -22,6 +22,10 @@ pub(crate) struct PreAuth {
     /// Above this many connections in set-up, a new connection must first prove its address
     /// (QUIC Retry: one extra round trip) before the server keeps any state for it. Default 16.
     pub(crate) retry_above: usize,
+    /// Flow-control credit per stream, in bytes (the connection gets twice this and may open
+    /// one stream): what a peer can make the server buffer on a connection. Default 64 KiB
+    /// (a hello is at most 16 KiB; control messages are read as they arrive).
+    pub(crate) stream_window: u32,
 }
 
 impl Default for PreAuth {
@@ -31,6 +35,7 @@ impl Default for PreAuth {
             max_connections: 64,
             max_per_source: 8,
             retry_above: 16,
+            stream_window: 64 * 1024,
         }
     }
 }

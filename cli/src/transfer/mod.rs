@@ -32,12 +32,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Flow-control credit of the control stream, each way. The set-up messages are a few KiB and
-/// control messages are read as they arrive, so this bounds what a peer can make this end
-/// buffer on the stream.
+/// Flow-control credit of the control stream a client grants (the server's is
+/// [`limits::PreAuth::stream_window`]). The set-up messages are a few KiB and control messages
+/// are read as they arrive, so this bounds what a peer can make this end buffer.
 const STREAM_WINDOW: u32 = 64 * 1024;
-/// Flow-control credit of the whole connection (it carries exactly one stream).
-const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
 /// Bytes this end buffers for sending on the control stream before writes wait.
 const SEND_WINDOW: u64 = 1 << 20;
 
@@ -46,12 +44,13 @@ const SEND_WINDOW: u64 = 1 << 20;
 /// Only the client sends keep-alives: a server keeps nothing alive on behalf of a peer that has
 /// gone quiet (its idle timeout closes the connection), and a client that is moving data keeps
 /// its own connection open.
-fn transport(role: Role) -> Arc<quinn::TransportConfig> {
+fn transport(role: Role, stream_window: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(Duration::from_secs(15).try_into().expect("idle timeout")));
     t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window(STREAM_WINDOW.into());
-    t.receive_window(CONNECTION_WINDOW.into());
+    t.stream_receive_window(stream_window.into());
+    // The connection carries exactly one stream.
+    t.receive_window((2 * u64::from(stream_window)).try_into().expect("window"));
     t.send_window(SEND_WINDOW);
     t.datagram_receive_buffer_size(None);
     match role {
@@ -96,7 +95,7 @@ pub(crate) fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(Role::Server));
+    config.transport_config(transport(Role::Server, pre_auth.stream_window.max(4096)));
     // Connection migration would let a peer move the control connection to another address;
     // the data path is bound to the address the session was set up from.
     config.migration(false);
@@ -126,7 +125,7 @@ pub(crate) fn client_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(Role::Client));
+    config.transport_config(transport(Role::Client, STREAM_WINDOW));
     Ok((config, seen))
 }
 

@@ -69,6 +69,9 @@ struct LimitArgs {
     /// Above this many connections in set-up, new ones must prove their address (QUIC Retry).
     #[arg(long, value_name = "N", default_value_t = 16)]
     retry_above: usize,
+    /// Flow-control credit per control stream, bytes (the connection gets twice this).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    stream_window: u32,
     /// Sessions at once.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_sessions: usize,
@@ -93,6 +96,7 @@ impl LimitArgs {
             max_connections: self.max_setup.max(1),
             max_per_source: self.max_setup_per_source.max(1),
             retry_above: self.retry_above,
+            stream_window: self.stream_window.clamp(16 * 1024, 16 << 20),
         };
         let post = PostAuth {
             max_sessions: self.max_sessions.max(1),
