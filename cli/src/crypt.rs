@@ -30,27 +30,28 @@ use ferry_engine::atrest::{
 use zeroize::Zeroizing;
 
 use crate::error::CliError;
+use crate::exit::Exit;
 
 mod keystore;
 
 use keystore::{FerryKeystore, KeystoreArgs};
 
 /// Exit code: input missing/unreadable or I/O failure.
-const EXIT_IO: u8 = 3;
+const EXIT_IO: Exit = Exit::CryptIo;
 /// Exit code: refusing to overwrite / write binary to a terminal.
-const EXIT_OUTPUT: u8 = 4;
+const EXIT_OUTPUT: Exit = Exit::CryptOutput;
 /// Exit code: no passphrase source.
-const EXIT_NO_PASSPHRASE: u8 = 5;
+const EXIT_NO_PASSPHRASE: Exit = Exit::CryptNoPassphrase;
 /// Exit code: not an envelope or malformed header.
-const EXIT_FORMAT: u8 = 10;
+const EXIT_FORMAT: Exit = Exit::CryptFormat;
 /// Exit code: wrong key.
-const EXIT_WRONG_KEY: u8 = 11;
+const EXIT_WRONG_KEY: Exit = Exit::CryptWrongKey;
 /// Exit code: key state forbids the operation.
-const EXIT_KEY_STATE: u8 = 12;
+const EXIT_KEY_STATE: Exit = Exit::CryptKeyState;
 /// Exit code: integrity failure.
-const EXIT_INTEGRITY: u8 = 13;
+const EXIT_INTEGRITY: Exit = Exit::CryptIntegrity;
 /// Exit code: KDF parameters out of bounds.
-const EXIT_KDF_BOUNDS: u8 = 14;
+const EXIT_KDF_BOUNDS: Exit = Exit::CryptKdfBounds;
 
 /// Environment variable holding the passphrase (never pass it in argv).
 const PASS_ENV: &str = "FERRY_FILEPASS";
@@ -107,7 +108,7 @@ impl KdfArgs {
             p: self.argon2_lanes.unwrap_or(d.p),
         };
         p.validate().map_err(|e| {
-            CliError::new(2, format!("invalid Argon2id parameters: {e}")).hint(
+            CliError::new(Exit::Usage, format!("invalid Argon2id parameters: {e}")).hint(
                 "use --argon2-memory 19456..=1048576, --argon2-time 2..=10, --argon2-lanes 1..=16",
             )
         })?;
@@ -189,7 +190,7 @@ pub(crate) fn run(args: CryptArgs) -> Result<(), CliError> {
 fn map_err(e: AtRestError, path: &Path) -> CliError {
     let p = path.display();
     use AtRestError as E;
-    let (code, hint): (u8, &str) = match &e {
+    let (code, hint): (Exit, &str) = match &e {
         E::Io(_) => {
             (EXIT_IO, "check that the path exists and is readable, and that the disk has space")
         }
@@ -214,7 +215,9 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
             EXIT_KDF_BOUNDS,
             "refused before running the key derivation: the file may be crafted to exhaust memory",
         ),
-        E::InvalidKdfParams { .. } => (2, "choose Argon2id parameters inside the accepted bounds"),
+        E::InvalidKdfParams { .. } => {
+            (Exit::Usage, "choose Argon2id parameters inside the accepted bounds")
+        }
         E::NoPassphraseSlot => {
             (EXIT_WRONG_KEY, "this envelope is opened with a keystore secret, not a passphrase")
         }
@@ -270,11 +273,11 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
         }
         E::TooLarge { .. } => (EXIT_IO, "split the file; the format holds at most 2^40 segments"),
         E::InvalidName { .. } => {
-            (2, "keystore owner names hold up to 47 bytes, categories up to 31")
+            (Exit::Usage, "keystore owner names hold up to 47 bytes, categories up to 31")
         }
         E::NoFreeSlot { .. } => (EXIT_FORMAT, "remove a key slot first (at most 3 slots are used)"),
         E::InvalidSegment { .. } | E::OutOfRange { .. } => {
-            (1, "this is a bug in ferry; please report it")
+            (Exit::Failed, "this is a bug in ferry; please report it")
         }
     };
     CliError::new(code, format!("{p}: {e}")).hint(hint)
@@ -527,7 +530,7 @@ fn default_decrypt_output(input: &Path) -> Result<PathBuf, CliError> {
     match s.strip_suffix(".ferry") {
         Some(stem) if !stem.is_empty() && !stem.ends_with('/') => Ok(PathBuf::from(stem)),
         _ => Err(CliError::new(
-            2,
+            Exit::Usage,
             format!(
                 "{} does not end in .ferry, so there is no default output name",
                 input.display()

@@ -18,6 +18,7 @@ use ferry_engine::session::SessionConfig;
 use ferry_engine::sim::{self, LinkConfig, Rng, Scenario};
 
 use crate::error::CliError;
+use crate::exit::Exit;
 
 mod loopback;
 
@@ -43,11 +44,14 @@ pub(crate) struct DemoArgs {
 
 pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
     if !(0.0..50.0).contains(&args.loss) {
-        return Err(CliError::new(2, format!("--loss {} is out of range", args.loss))
+        return Err(CliError::new(Exit::Usage, format!("--loss {} is out of range", args.loss))
             .hint("give a loss percentage from 0 up to (not including) 50"));
     }
     if args.rate_mbit == 0 || args.rtt_ms == 0 || args.size_mib == 0 {
-        return Err(CliError::new(2, "--rate-mbit, --rtt-ms and --size-mib must be positive"));
+        return Err(CliError::new(
+            Exit::Usage,
+            "--rate-mbit, --rtt-ms and --size-mib must be positive",
+        ));
     }
     let plain = file_tree(args.size_mib, args.seed);
     // Client-side encryption at rest: the large file travels (and would be stored) as a
@@ -114,7 +118,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         let o = sim::run(args.seed, &scenario);
         if !o.complete || !o.files_match {
             return Err(CliError::new(
-                1,
+                Exit::Failed,
                 format!("{name}: transfer did not complete: {:?}", o.errors),
             ));
         }
@@ -134,12 +138,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
             files.len()
         );
         if !o.nonces_unique || !o.written_once {
-            return Err(CliError::new(1, format!("{name}: integrity check failed")));
+            return Err(CliError::new(Exit::Failed, format!("{name}: integrity check failed")));
         }
         // What arrived is the envelope; only the passphrase holder recovers the file.
         if open(&files[0], &passphrase)? != plain[0] {
             return Err(CliError::new(
-                1,
+                Exit::Failed,
                 format!("{name}: the envelope did not decrypt to the original"),
             ));
         }
@@ -163,8 +167,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
 }
 
 fn seal(plaintext: &[u8], passphrase: &[u8]) -> Result<Vec<u8>, CliError> {
-    let fail =
-        |e: ferry_engine::atrest::AtRestError| CliError::new(1, format!("demo envelope: {e}"));
+    let fail = |e: ferry_engine::atrest::AtRestError| {
+        CliError::new(Exit::Failed, format!("demo envelope: {e}"))
+    };
     let (header, cipher) = EnvelopeBuilder::new(plaintext.len() as u64)
         .slot(NewSlot::Passphrase { passphrase, params: Argon2Params::DEFAULT })
         .build()
@@ -175,8 +180,9 @@ fn seal(plaintext: &[u8], passphrase: &[u8]) -> Result<Vec<u8>, CliError> {
 }
 
 fn open(envelope: &[u8], passphrase: &[u8]) -> Result<Vec<u8>, CliError> {
-    let fail =
-        |e: ferry_engine::atrest::AtRestError| CliError::new(1, format!("demo envelope: {e}"));
+    let fail = |e: ferry_engine::atrest::AtRestError| {
+        CliError::new(Exit::Failed, format!("demo envelope: {e}"))
+    };
     let key =
         Header::parse(envelope).and_then(|h| h.unlock_with_passphrase(passphrase)).map_err(fail)?;
     let mut reader = EnvelopeReader::new(Cursor::new(envelope), key).map_err(fail)?;

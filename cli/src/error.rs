@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::exit::Exit;
+
 /// A failure the `ferry` command reports to the user.
 #[derive(Debug)]
 pub(crate) struct CliError {
@@ -10,12 +12,12 @@ pub(crate) struct CliError {
     pub(crate) message: String,
     /// What the user can do about it.
     pub(crate) hint: Option<String>,
-    /// The process exit code (see the exit-code table in README.md).
-    pub(crate) code: u8,
+    /// The exit code (`crate::exit`: one table, README.md shows it).
+    pub(crate) code: Exit,
 }
 
 impl CliError {
-    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: Exit, message: impl Into<String>) -> Self {
         Self { message: message.into(), hint: None, code }
     }
 
@@ -33,6 +35,6 @@ impl CliError {
         if let Some(hint) = &self.hint {
             eprintln!("ferry: hint: {}", sanitize(hint));
         }
-        ExitCode::from(self.code)
+        ExitCode::from(self.code.code())
     }
 }

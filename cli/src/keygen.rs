@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use crate::error::CliError;
-use crate::identity::{Identity, IdentityError, pub_path};
+use crate::exit::Exit;
+use ferry_net::identity::{Identity, IdentityError, pub_path};
 
 /// Arguments of `ferry keygen`.
 #[derive(Debug, clap::Args)]
@@ -19,11 +20,12 @@ pub(crate) struct KeygenArgs {
 pub(crate) fn run(args: KeygenArgs) -> Result<(), CliError> {
     let id = Identity::generate(&args.comment);
     id.write(&args.file).map_err(|e| match e {
-        IdentityError::Exists(p) => {
-            CliError::new(36, format!("{} already exists; not overwriting it", p.display()))
-                .hint("choose another path with -f, or remove the old key pair first")
-        }
-        e => CliError::new(36, format!("cannot write the key: {e}"))
+        IdentityError::Exists(p) => CliError::new(
+            Exit::Identity,
+            format!("{} already exists; not overwriting it", p.display()),
+        )
+        .hint("choose another path with -f, or remove the old key pair first"),
+        e => CliError::new(Exit::Identity, format!("cannot write the key: {e}"))
             .hint("check that the directory exists and is writable"),
     })?;
     println!(

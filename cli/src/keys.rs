@@ -29,24 +29,25 @@ mod migrate;
 
 /// Exit codes of `ferry keys` (documented in docs/KEYSTORE.md).
 pub(crate) mod exit {
+    use crate::exit::Exit;
     /// A keystore or its key file does not exist.
-    pub(crate) const MISSING: u8 = 20;
+    pub(crate) const MISSING: Exit = Exit::KeysMissing;
     /// A keystore file has unsafe permissions, owner or type.
-    pub(crate) const UNSAFE_FILE: u8 = 21;
+    pub(crate) const UNSAFE_FILE: Exit = Exit::KeysUnsafeFile;
     /// A keystore file, key file or row is corrupted or was tampered with.
-    pub(crate) const CORRUPT: u8 = 22;
+    pub(crate) const CORRUPT: Exit = Exit::KeysCorrupt;
     /// Wrong key file or stash passphrase, or none given.
-    pub(crate) const WRONG_KEY: u8 = 23;
+    pub(crate) const WRONG_KEY: Exit = Exit::KeysWrongKey;
     /// The secret's state (or expiry, or minimum version) forbids the operation.
-    pub(crate) const WRONG_STATE: u8 = 24;
+    pub(crate) const WRONG_STATE: Exit = Exit::KeysWrongState;
     /// No such secret or version.
-    pub(crate) const NOT_FOUND: u8 = 25;
+    pub(crate) const NOT_FOUND: Exit = Exit::KeysNotFound;
     /// Invalid input: category, user, value, argument, place.
-    pub(crate) const INVALID: u8 = 26;
+    pub(crate) const INVALID: Exit = Exit::KeysInvalid;
     /// I/O or database error (retryable, e.g. the database stayed busy).
-    pub(crate) const IO: u8 = 27;
+    pub(crate) const IO: Exit = Exit::KeysIo;
     /// `migrate`: the configuration file cannot be read, parsed or rewritten.
-    pub(crate) const CONFIG: u8 = 28;
+    pub(crate) const CONFIG: Exit = Exit::KeysConfig;
 }
 
 /// Manage secrets in the root and local keystores (askmscli-compatible).
@@ -662,7 +663,7 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
     }
     if args.new_stash_passphrase_file.is_some() && !(args.set_stash_passphrase || args.rekey) {
         return Err(CliError::new(
-            2,
+            crate::exit::Exit::Usage,
             "--new-stash-passphrase-file goes with --set-stash-passphrase or --rekey",
         ));
     }
@@ -709,7 +710,7 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), CliError> {
 
     let Some(category) = category else {
         return Err(CliError::new(
-            2,
+            crate::exit::Exit::Usage,
             "nothing to do: name a category with -s CATEGORY, or use -i, --list, -H or --audit",
         )
         .hint("see `ferry keys --help`"));

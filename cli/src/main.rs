@@ -1,12 +1,11 @@
 //! The `ferry` command.
 #![forbid(unsafe_code)]
 
-mod authorized_keys;
 mod cli;
 mod crypt;
 mod demo;
 mod error;
-mod identity;
+mod exit;
 mod keygen;
 mod keys;
 mod transfer;

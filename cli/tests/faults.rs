@@ -450,7 +450,7 @@ fn sessions_per_key_are_capped() {
     let first = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
     wait_for("the first session", || names(&s.docroot()).iter().any(|n| n.contains("slow")));
     let out = cp(&s, &["--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
-    assert_eq!(out.status.code(), Some(37), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(40), "{}", stderr(&out));
     assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
     let (status, err) = finish(first, "the first session");
     assert!(status.success(), "{err}");

@@ -23,7 +23,7 @@ impl Drop for ServerGuard {
 }
 
 fn fail(what: &str, detail: impl std::fmt::Display) -> CliError {
-    CliError::new(1, format!("demo: {what}: {detail}"))
+    CliError::new(crate::exit::Exit::Failed, format!("demo: {what}: {detail}"))
 }
 
 fn ferry() -> Result<PathBuf, CliError> {

@@ -42,13 +42,43 @@ pub(crate) fn line(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{} ferry serve: {text}", timestamp());
 }
 
-/// `log!("...", args)`: see [`line`].
-macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::transfer::log::line(format_args!($($arg)*))
-    };
+/// Writes the transfer library's `tracing` events (its targets, level INFO and above) as log
+/// lines ([`line`]).
+#[derive(Debug)]
+pub(crate) struct LogLines;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > tracing::Level::INFO || !meta.target().starts_with("ferry") {
+            return;
+        }
+        let mut text = Message(String::new());
+        event.record(&mut text);
+        line(format_args!("{}", text.0));
+    }
 }
-pub(crate) use log;
+
+/// Collects an event's message (and any other fields, as `name=value`).
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// Sends the library's log events to stderr as log lines, for the rest of the process.
+pub(crate) fn install() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry().with(LogLines);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
 
 #[cfg(test)]
 mod tests {

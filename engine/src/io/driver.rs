@@ -73,6 +73,9 @@ pub enum ControlIn {
     Message(ControlMessage),
     /// The control channel ended (the reason, for the error message).
     Closed(String),
+    /// The session's owner cancels it (a signal, a shutdown, an operator): it ends now with
+    /// [`DriveError::Cancelled`], its partial files removed.
+    Cancel(String),
 }
 
 /// One side of a session as the driver sees it.
@@ -259,6 +262,9 @@ pub enum DriveError {
     /// The control channel ended before the session completed.
     #[error("the control connection ended before the transfer completed: {0}")]
     ControlClosed(String),
+    /// The session's owner cancelled it ([`ControlIn::Cancel`]).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// The UDP socket failed.
     #[error("the data socket failed: {0}")]
     Socket(std::io::Error),
@@ -555,6 +561,7 @@ fn drive_inner(
 ) -> Result<(), DriveError> {
     let mut failure: Option<SessionError> = None;
     let mut closed: Option<String> = None;
+    let mut cancelled: Option<String> = None;
     let debug = std::env::var_os("FERRY_DEBUG_DRIVER").is_some();
     let started = Instant::now();
     let mut next_progress = started + PROGRESS_INTERVAL;
@@ -579,6 +586,10 @@ fn drive_inner(
                 }
                 ControlIn::Closed(reason) => {
                     closed = Some(reason);
+                    break;
+                }
+                ControlIn::Cancel(reason) => {
+                    cancelled = Some(reason);
                     break;
                 }
             }
@@ -626,6 +637,9 @@ fn drive_inner(
                 Some(e) => Err(e.into()),
                 None => Ok(()),
             };
+        }
+        if let Some(reason) = cancelled {
+            return Err(DriveError::Cancelled(reason));
         }
         if let Some(reason) = closed {
             return Err(DriveError::ControlClosed(reason));

@@ -11,21 +11,21 @@ use std::time::Duration;
 
 /// Limits on connections that are not yet set up.
 #[derive(Debug, Clone)]
-pub(crate) struct PreAuth {
+pub struct PreAuth {
     /// From the first packet of a connection to its verified client hello: a connection that has
     /// not authenticated by then is closed. Default 5 s.
-    pub(crate) setup_timeout: Duration,
+    pub setup_timeout: Duration,
     /// Connections in handshake or set-up at once, from all sources. Default 64.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// Of those, from one source address. Default 8.
-    pub(crate) max_per_source: usize,
+    pub max_per_source: usize,
     /// Above this many connections in set-up, a new connection must first prove its address
     /// (QUIC Retry: one extra round trip) before the server keeps any state for it. Default 16.
-    pub(crate) retry_above: usize,
+    pub retry_above: usize,
     /// Flow-control credit per stream, in bytes (the connection gets twice this and may open
     /// one stream): what a peer can make the server buffer on a connection. Default 64 KiB
     /// (a hello is at most 16 KiB; control messages are read as they arrive).
-    pub(crate) stream_window: u32,
+    pub stream_window: u32,
 }
 
 impl Default for PreAuth {
@@ -42,18 +42,18 @@ impl Default for PreAuth {
 
 /// Limits on sessions that are set up.
 #[derive(Debug, Clone)]
-pub(crate) struct PostAuth {
+pub struct PostAuth {
     /// Sessions at once. Default 256.
-    pub(crate) max_sessions: usize,
+    pub max_sessions: usize,
     /// Sessions at once of one client key. Default 8.
-    pub(crate) max_sessions_per_key: usize,
+    pub max_sessions_per_key: usize,
     /// Files one session may announce (uploads) or list (downloads). Default 1,000,000.
-    pub(crate) max_files: u32,
+    pub max_files: u32,
     /// Sum of the paths one session may announce, in bytes. Default 256 MiB.
-    pub(crate) max_manifest_bytes: u64,
+    pub max_manifest_bytes: u64,
     /// Files a session holds open at once (descriptors), whatever the number of files.
     /// Default 64.
-    pub(crate) max_open_files: usize,
+    pub max_open_files: usize,
 }
 
 impl Default for PostAuth {
@@ -70,7 +70,7 @@ impl Default for PostAuth {
 
 /// What to do with a new connection.
 #[derive(Debug)]
-pub(crate) enum Admission {
+pub enum Admission {
     /// Take it; the guard counts it until it is set up or gone.
     Accept(SetupGuard),
     /// Ask it to prove its address first.
@@ -89,32 +89,27 @@ struct Counts {
 
 /// Counts connections in set-up and running sessions.
 #[derive(Debug, Default)]
-pub(crate) struct Gate {
+pub struct Gate {
     counts: Mutex<Counts>,
 }
 
 /// A connection in set-up; dropping it releases its place.
 #[derive(Debug)]
-pub(crate) struct SetupGuard {
+pub struct SetupGuard {
     gate: Arc<Gate>,
     source: IpAddr,
 }
 
 /// A running session; dropping it releases its place.
 #[derive(Debug)]
-pub(crate) struct SessionGuard {
+pub struct SessionGuard {
     gate: Arc<Gate>,
     key: [u8; 32],
 }
 
 impl Gate {
     /// Decides about a new connection from `source` (`validated`: its address is proven).
-    pub(crate) fn admit(
-        self: &Arc<Self>,
-        source: IpAddr,
-        validated: bool,
-        l: &PreAuth,
-    ) -> Admission {
+    pub fn admit(self: &Arc<Self>, source: IpAddr, validated: bool, l: &PreAuth) -> Admission {
         let mut c = self.counts.lock().expect("gate lock");
         let from_source = c.setup_by_source.get(&source).copied().unwrap_or(0);
         if c.setup >= l.max_connections {
@@ -132,7 +127,7 @@ impl Gate {
     }
 
     /// Starts a session of `key`, if the limits allow.
-    pub(crate) fn start_session(
+    pub fn start_session(
         self: &Arc<Self>,
         key: [u8; 32],
         l: &PostAuth,
@@ -156,7 +151,7 @@ impl Gate {
     }
 
     /// Connections in set-up and sessions running now.
-    pub(crate) fn load(&self) -> (usize, usize) {
+    pub fn load(&self) -> (usize, usize) {
         let c = self.counts.lock().expect("gate lock");
         (c.setup, c.sessions)
     }

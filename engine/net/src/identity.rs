@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 /// Why an identity could not be created, read or checked.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum IdentityError {
+pub enum IdentityError {
     /// Reading or writing a key file failed.
     #[error("{path}: {source}")]
     Io {
@@ -59,7 +59,7 @@ pub(crate) enum IdentityError {
 }
 
 /// An ed25519 key pair. Debug prints only the public fingerprint.
-pub(crate) struct Identity {
+pub struct Identity {
     seed: Zeroizing<[u8; 32]>,
     public: [u8; 32],
     comment: String,
@@ -73,7 +73,7 @@ impl std::fmt::Debug for Identity {
 
 impl Identity {
     /// A fresh random identity.
-    pub(crate) fn generate(comment: &str) -> Self {
+    pub fn generate(comment: &str) -> Self {
         let mut seed = Zeroizing::new([0u8; 32]);
         ring::rand::SystemRandom::new().fill(seed.as_mut()).expect("system random generator");
         Self::from_seed(seed, comment)
@@ -86,30 +86,30 @@ impl Identity {
     }
 
     /// The raw 32-byte public key.
-    pub(crate) fn public(&self) -> &[u8; 32] {
+    pub fn public(&self) -> &[u8; 32] {
         &self.public
     }
 
     /// The 32-byte private seed (tests check it never shows in Debug output).
     #[cfg(test)]
-    pub(crate) fn seed(&self) -> &[u8; 32] {
+    pub fn seed(&self) -> &[u8; 32] {
         &self.seed
     }
 
     /// `SHA256:...` as `ssh-keygen -l` prints it.
-    pub(crate) fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> String {
         fingerprint(&self.public)
     }
 
     /// Signs `msg` (Ed25519, RFC 8032).
-    pub(crate) fn sign(&self, msg: &[u8]) -> [u8; 64] {
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         let kp = Ed25519KeyPair::from_seed_and_public_key(self.seed.as_ref(), &self.public)
             .expect("consistent key pair");
         kp.sign(msg).as_ref().try_into().expect("64-byte signature")
     }
 
     /// The private key in PKCS#8 v1 DER (RFC 8410), for the TLS certificate.
-    pub(crate) fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+    pub fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
         const PREFIX: [u8; 16] = [
             0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
             0x04, 0x20,
@@ -121,14 +121,14 @@ impl Identity {
     }
 
     /// The public key line (`ssh-ed25519 AAAA... comment`).
-    pub(crate) fn public_line(&self) -> String {
+    pub fn public_line(&self) -> String {
         let pk = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(self.public)), &self.comment);
         pk.to_openssh().expect("ed25519 public key encodes")
     }
 
     /// Writes the private key to `path` (0600, created exclusively) and the public key to
     /// `path.pub`. Refuses to overwrite either.
-    pub(crate) fn write(&self, path: &Path) -> Result<(), IdentityError> {
+    pub fn write(&self, path: &Path) -> Result<(), IdentityError> {
         let pub_path = pub_path(path);
         for p in [path, pub_path.as_path()] {
             if p.symlink_metadata().is_ok() {
@@ -153,7 +153,7 @@ impl Identity {
     }
 
     /// Reads an unencrypted OpenSSH ed25519 private key. Refuses keys readable by others.
-    pub(crate) fn read(path: &Path) -> Result<Self, IdentityError> {
+    pub fn read(path: &Path) -> Result<Self, IdentityError> {
         let io = |source| IdentityError::Io { path: path.to_owned(), source };
         let meta = fs::metadata(path).map_err(io)?;
         let mode = meta.permissions().mode() & 0o777;
@@ -188,7 +188,7 @@ impl Identity {
     /// directory is created with mode 0700 if missing, and must belong to this user and be
     /// writable by no one else (another user could otherwise plant or swap the host key); the
     /// key must be a regular file of this user, not a symbolic link.
-    pub(crate) fn load_or_create_host(state_dir: &Path) -> Result<Self, IdentityError> {
+    pub fn load_or_create_host(state_dir: &Path) -> Result<Self, IdentityError> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let io = |source| IdentityError::Io { path: state_dir.to_owned(), source };
         if fs::symlink_metadata(state_dir).is_err() {
@@ -236,18 +236,18 @@ impl Identity {
 }
 
 /// `SHA256:<base64 without padding of SHA-256 of the SSH public key blob>` (as OpenSSH).
-pub(crate) fn fingerprint(public: &[u8; 32]) -> String {
+pub fn fingerprint(public: &[u8; 32]) -> String {
     let pk = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(*public)), "");
     pk.fingerprint(HashAlg::Sha256).to_string()
 }
 
 /// Verifies an Ed25519 signature.
-pub(crate) fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ED25519, public).verify(msg, sig).is_ok()
 }
 
 /// `PATH.pub`.
-pub(crate) fn pub_path(path: &Path) -> PathBuf {
+pub fn pub_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)

@@ -20,9 +20,9 @@ const MAX_FILE: u64 = 4 << 20;
 
 /// One usable key with its restrictions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AuthorizedKey {
+pub struct AuthorizedKey {
     /// The ed25519 public key.
-    pub(crate) key: [u8; 32],
+    pub key: [u8; 32],
     /// `from=`: patterns the client's address must match.
     from: Option<String>,
     /// `expiry-time=`: Unix time from which the key is refused.
@@ -33,25 +33,25 @@ pub(crate) struct AuthorizedKey {
 
 /// A line whose key is refused because of an option Ferry cannot honour.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RefusedLine {
+pub struct RefusedLine {
     /// Line number.
-    pub(crate) line: usize,
+    pub line: usize,
     /// The ed25519 key, if the line held one.
-    pub(crate) key: Option<[u8; 32]>,
+    pub key: Option<[u8; 32]>,
     /// Why.
-    pub(crate) reason: String,
+    pub reason: String,
 }
 
 /// A parsed authorized_keys file.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct AuthorizedKeys {
-    pub(crate) keys: Vec<AuthorizedKey>,
-    pub(crate) refused: Vec<RefusedLine>,
+pub struct AuthorizedKeys {
+    pub keys: Vec<AuthorizedKey>,
+    pub refused: Vec<RefusedLine>,
 }
 
 /// Why a key may not be used now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Denied {
+pub enum Denied {
     /// Not listed.
     #[error("the key is not in the authorized keys file")]
     NotListed,
@@ -68,7 +68,7 @@ pub(crate) enum Denied {
 
 impl AuthorizedKeys {
     /// Reads and parses `path`. A line that cannot be parsed is an error (naming the line).
-    pub(crate) fn read(path: &Path) -> Result<Self, String> {
+    pub fn read(path: &Path) -> Result<Self, String> {
         use std::io::Read;
         let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut text = String::new();
@@ -82,7 +82,7 @@ impl AuthorizedKeys {
     }
 
     /// Parses the text of an authorized_keys file.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let mut out = Self::default();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -110,7 +110,7 @@ impl AuthorizedKeys {
     }
 
     /// Whether `key` may authenticate from `peer` at Unix time `now`.
-    pub(crate) fn check(&self, key: &[u8; 32], peer: IpAddr, now: i64) -> Result<(), Denied> {
+    pub fn check(&self, key: &[u8; 32], peer: IpAddr, now: i64) -> Result<(), Denied> {
         let mut denial = None;
         for k in self.keys.iter().filter(|k| &k.key == key) {
             match k.permits(peer, now) {

@@ -1,0 +1,250 @@
+//! The bridge between a session's control stream (QUIC, async) and its data-path driver
+//! thread: set-up frames, ABORT, and the two bounded queues that carry control messages each
+//! way while the session runs.
+//!
+//! Both queues are bounded ([`CONTROL_QUEUE`] messages): a peer that floods control messages is
+//! slowed by QUIC flow control (the stream reader waits for room), and one that stops reading
+//! stops the session's control output (the driver holds it back) instead of growing memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_engine::control::ControlMessage;
+use ferry_engine::io::driver::{
+    ControlIn, DataSocket, DriveError, DriveReport, Outbox, Progress, Side, drive,
+};
+use ferry_engine::session::abort_code;
+use ferry_engine::setup;
+use tokio::sync::mpsc;
+
+/// Control messages queued between the control stream and the data thread, each way.
+pub const CONTROL_QUEUE: usize = 1024;
+
+/// Cancels sessions: set to `Some(reason)` (e.g. on SIGTERM) and every session watching it
+/// ends, removing its partial files and telling the peer the reason.
+pub type Cancel = tokio::sync::watch::Receiver<Option<&'static str>>;
+
+/// A session's control stream and the bytes already read past the set-up frame.
+#[derive(Debug)]
+pub struct ControlStream {
+    /// The sending half.
+    pub send: quinn::SendStream,
+    /// The receiving half.
+    pub recv: quinn::RecvStream,
+    /// Bytes read after the set-up frame (the first control frames, if the peer pipelined).
+    pub leftover: Vec<u8>,
+}
+
+/// Why a set-up frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The bytes are not a set-up frame (bad length, too long).
+    #[error("malformed setup frame: {0}")]
+    Malformed(ferry_engine::wire::ParseError),
+    /// The peer finished the stream first.
+    #[error("the peer closed the control stream during setup")]
+    Closed,
+    /// The stream failed.
+    #[error("control stream: {0}")]
+    Stream(#[from] quinn::ReadError),
+}
+
+/// Reads one setup frame: its type, payload, and any bytes read beyond it. At most
+/// [`setup::MAX_SETUP_FRAME`] bytes are accepted (the caller bounds the time).
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> Result<(u8, Vec<u8>, Vec<u8>), FrameError> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 4 * 1024];
+    loop {
+        match setup::split_frame(&buf) {
+            Ok(Some((t, payload, used))) => return Ok((t, payload.to_vec(), buf[used..].to_vec())),
+            Ok(None) => {}
+            Err(e) => return Err(FrameError::Malformed(e)),
+        }
+        match recv.read(&mut chunk).await? {
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
+            None => return Err(FrameError::Closed),
+        }
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM, with a description of the signal.
+pub async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "terminated (SIGTERM)",
+        _ = int.recv() => "interrupted (SIGINT)",
+    }
+}
+
+/// Writes an ABORT frame and finishes the stream (waiting a bounded time for the peer to
+/// acknowledge it).
+pub async fn send_abort(send: &mut quinn::SendStream, code: u16, reason: &str) {
+    let mut bytes = Vec::new();
+    ControlMessage::Abort { code, reason: reason.to_owned() }.encode(&mut bytes);
+    let _ = send.write_all(&bytes).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
+/// What a running session is told by its owner (besides the peer's control messages).
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    input: mpsc::Sender<ControlIn>,
+}
+
+impl SessionHandle {
+    /// Cancels the session with `reason` (its partial files are removed). Returns false when
+    /// the session is already over.
+    pub async fn cancel(&self, reason: String) -> bool {
+        self.input.send(ControlIn::Cancel(reason)).await.is_ok()
+    }
+}
+
+/// Runs a session: the driver on its own thread with `socket`, control messages bridged to the
+/// QUIC stream in both directions. Returns when the session is over and the peer has received
+/// every control message (or a bounded wait ran out). `on_start` receives a handle to the
+/// running session.
+pub async fn run_session(
+    stream: ControlStream,
+    side: Box<dyn Side + Send>,
+    socket: DataSocket,
+    on_progress: Box<dyn FnMut(&Progress) + Send>,
+    cancel: Cancel,
+    on_start: impl FnOnce(SessionHandle),
+) -> (Result<(), DriveError>, DriveReport) {
+    let ControlStream { mut send, recv, leftover } = stream;
+    let (in_tx, in_rx) = mpsc::channel::<ControlIn>(CONTROL_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<ControlMessage>(CONTROL_QUEUE);
+    let cancelled = Arc::new(Mutex::new(None::<&'static str>));
+    let canceller = spawn_canceller(cancel, in_tx.clone(), cancelled.clone());
+    let driver = match spawn_driver(side, socket, in_rx, out_tx, on_progress) {
+        Ok(d) => d,
+        Err(e) => {
+            canceller.abort();
+            let e = DriveError::ControlClosed(format!("cannot start the data-path thread: {e}"));
+            return (Err(e), DriveReport::default());
+        }
+    };
+    on_start(SessionHandle { input: in_tx.clone() });
+    let reader = tokio::spawn(read_control(recv, leftover, in_tx));
+    write_control(&mut send, out_rx).await;
+    let reason = *cancelled.lock().expect("lock");
+    if let Some(reason) = reason {
+        let mut bytes = Vec::new();
+        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.to_owned() }
+            .encode(&mut bytes);
+        let _ = send.write_all(&bytes).await;
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    canceller.abort();
+    let outcome = tokio::task::spawn_blocking(move || driver.join()).await;
+    reader.abort();
+    match outcome {
+        Ok(Ok(outcome)) => outcome,
+        _ => (
+            Err(DriveError::ControlClosed("the data-path thread panicked".into())),
+            DriveReport::default(),
+        ),
+    }
+}
+
+/// Cancellation (a signal): the driver ends as if the control channel had closed, which drops
+/// its file sink (partial files are removed), and the peer gets an ABORT saying why.
+fn spawn_canceller(
+    mut cancel: Cancel,
+    input: mpsc::Sender<ControlIn>,
+    cancelled: Arc<Mutex<Option<&'static str>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let reason = match cancel.wait_for(Option::is_some).await {
+            Ok(r) => (*r).expect("waited for Some"),
+            Err(_) => return,
+        };
+        *cancelled.lock().expect("lock") = Some(reason);
+        let _ = input.send(ControlIn::Cancel(reason.to_owned())).await;
+    })
+}
+
+type DriveOutcome = (Result<(), DriveError>, DriveReport);
+
+/// Starts the data-path thread: it drives `side` on `socket`, taking control input from
+/// `input` and queueing control output on `output`, both without blocking.
+fn spawn_driver(
+    mut side: Box<dyn Side + Send>,
+    mut socket: DataSocket,
+    mut input: mpsc::Receiver<ControlIn>,
+    output: mpsc::Sender<ControlMessage>,
+    mut on_progress: Box<dyn FnMut(&Progress) + Send>,
+) -> std::io::Result<std::thread::JoinHandle<DriveOutcome>> {
+    std::thread::Builder::new().name("ferry-data".into()).spawn(move || {
+        use mpsc::error::{TryRecvError, TrySendError};
+        let mut out = |m| match output.try_send(m) {
+            Ok(()) => Outbox::Sent,
+            Err(TrySendError::Full(m)) => Outbox::Full(m),
+            Err(TrySendError::Closed(_)) => Outbox::Closed,
+        };
+        let mut take = || match input.try_recv() {
+            Ok(m) => Some(m),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(ControlIn::Closed("control layer gone".into())),
+        };
+        drive(side.as_mut(), &mut socket, &mut take, &mut out, on_progress.as_mut())
+    })
+}
+
+/// Reads control frames from the peer into the driver's queue until the stream ends.
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    mut buf: Vec<u8>,
+    input: mpsc::Sender<ControlIn>,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match ControlMessage::decode(&buf) {
+                Ok(Some((m, used))) => {
+                    buf.drain(..used);
+                    if input.send(ControlIn::Message(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = format!("malformed control frame: {e}");
+                    let _ = input.send(ControlIn::Closed(reason)).await;
+                    return;
+                }
+            }
+        }
+        let reason = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Ok(None) => "the peer closed the control stream".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let _ = input.send(ControlIn::Closed(reason)).await;
+        return;
+    }
+}
+
+/// Writes the driver's control messages to the peer until the session is over.
+async fn write_control(send: &mut quinn::SendStream, mut output: mpsc::Receiver<ControlMessage>) {
+    let mut bytes = Vec::new();
+    while let Some(m) = output.recv().await {
+        bytes.clear();
+        m.encode(&mut bytes);
+        if send.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The client role: connects to a server whose host key it pins, authenticates with its
+//! identity, and runs one upload or download.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_engine::control::{ControlMessage, FileEntry};
+use ferry_engine::crypto::{CipherSuite, SessionSecret};
+use ferry_engine::io::driver::{
+    DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
+};
+use ferry_engine::io::files::FileSink;
+use ferry_engine::io::source::{FileSource, SourceFile, SourceLimits};
+use ferry_engine::rate::{Policy as RatePolicy, RateLimits};
+use ferry_engine::session::{MAX_STANDARD_BLOCK, Receiver, Sender, SessionConfig, SessionError};
+use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
+use zeroize::Zeroizing;
+
+use crate::bridge::{self, Cancel, ControlStream};
+use crate::identity::Identity;
+
+/// The default control port (UDP, QUIC).
+pub const DEFAULT_PORT: u16 = 33001;
+
+/// How the client knows the server's key.
+#[derive(Debug, Clone)]
+pub enum HostKey {
+    /// This fingerprint (`SHA256:...`).
+    Pinned(String),
+    /// The fingerprint listed for the host in a known-hosts file (the default file when `None`).
+    KnownHosts(Option<PathBuf>),
+}
+
+/// Who to connect to, as whom, and how to send.
+#[derive(Debug)]
+pub struct ClientOptions {
+    /// Host name or address.
+    pub host: String,
+    /// UDP port of the server.
+    pub port: u16,
+    /// The client's key.
+    pub identity: Identity,
+    /// The server's key.
+    pub host_key: HostKey,
+    /// Transit cipher.
+    pub cipher: CipherSuite,
+    /// Target rate, bits/s.
+    pub target_rate: u64,
+    /// Minimum rate, bits/s.
+    pub min_rate: u64,
+    /// Rate policy.
+    pub policy: RatePolicy,
+}
+
+/// One transfer.
+#[derive(Debug)]
+pub enum Transfer {
+    /// Send `files` to the directory (or, for one file, the name) `path` on the server.
+    Upload {
+        /// What to send, in manifest order.
+        files: Vec<SourceFile>,
+        /// Where, relative to the server's docroot.
+        path: String,
+    },
+    /// Receive `path` from the server into `sink`.
+    Download {
+        /// What, relative to the server's docroot.
+        path: String,
+        /// Where it lands.
+        sink: Box<FileSink>,
+    },
+}
+
+impl Transfer {
+    fn direction(&self) -> Direction {
+        match self {
+            Transfer::Upload { .. } => Direction::Upload,
+            Transfer::Download { .. } => Direction::Download,
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Transfer::Upload { path, .. } | Transfer::Download { path, .. } => path,
+        }
+    }
+}
+
+/// The session, as set up.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Upload or download.
+    pub direction: Direction,
+    /// The server's control address.
+    pub server: SocketAddr,
+    /// The session id.
+    pub session_id: u64,
+    /// This end's data address.
+    pub local_data: Option<SocketAddr>,
+    /// The server's data address.
+    pub remote_data: SocketAddr,
+    /// Files to send (upload).
+    pub files: usize,
+}
+
+/// What a transfer reports while it runs.
+#[derive(Debug)]
+pub enum ClientEvent<'a> {
+    /// The session is set up; data flows next.
+    Session(&'a SessionInfo),
+    /// Progress, about every 250 ms and once at the end (from the data thread).
+    Progress(&'a Progress),
+}
+
+/// Receives [`ClientEvent`]s.
+pub type Observer = Arc<dyn Fn(ClientEvent<'_>) + Send + Sync>;
+
+/// Why a transfer did not happen or did not complete. [`ClientError::retryable`] says whether
+/// running it again may help.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host name did not resolve.
+    #[error("cannot resolve {host:?}")]
+    Resolve {
+        /// The name.
+        host: String,
+    },
+    /// A local socket could not be opened or set up.
+    #[error("{what}: {source}")]
+    LocalSocket {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The known-hosts file could not be read.
+    #[error("cannot read the known-hosts file {}: {source}", path.display())]
+    KnownHosts {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection could not even be attempted.
+    #[error("cannot connect to {server}: {detail}")]
+    Connect {
+        /// The server's address.
+        server: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+    /// No key was pinned for this server.
+    #[error("the server at {server} is unknown: its host key is {seen}, and no key was pinned")]
+    UnknownHostKey {
+        /// The server's address.
+        server: SocketAddr,
+        /// The key it presented.
+        seen: String,
+    },
+    /// The server presented another key than the pinned one.
+    #[error(
+        "the server at {server} presented host key {seen}, not the pinned {pinned}: refusing (it may be an impostor, or its key changed)"
+    )]
+    HostKeyMismatch {
+        /// The server's address.
+        server: SocketAddr,
+        /// The key it presented.
+        seen: String,
+        /// The pinned key.
+        pinned: String,
+    },
+    /// The server presented the pinned key but could not prove it holds it.
+    #[error("the server at {server} failed to prove its host key {seen}: {detail}")]
+    HostKeyNotProven {
+        /// The server's address.
+        server: SocketAddr,
+        /// The key it presented.
+        seen: String,
+        /// The handshake error.
+        detail: String,
+    },
+    /// The server's host said nothing listens on the port.
+    #[error(
+        "nothing is listening on UDP port {} at {}: the host answered that the port is closed ({detail})",
+        server.port(),
+        server.ip()
+    )]
+    PortClosed {
+        /// The server's address.
+        server: SocketAddr,
+        /// The handshake error.
+        detail: String,
+    },
+    /// Nothing answered at all.
+    #[error(
+        "no answer from {server}: the host is down or unreachable, or a firewall drops UDP ({detail})"
+    )]
+    NoAnswer {
+        /// The server's address.
+        server: SocketAddr,
+        /// The handshake error.
+        detail: String,
+    },
+    /// The control stream failed during set-up.
+    #[error("control stream: {0}")]
+    ControlStream(String),
+    /// Set-up failed: protocol, version or parameters.
+    #[error("session setup failed: {0}")]
+    Setup(String),
+    /// The server refused the client's key.
+    #[error("the server refused the key {fingerprint}: {reason}")]
+    KeyRefused {
+        /// The client key's fingerprint.
+        fingerprint: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server refused the path.
+    #[error("the server refused the path {path:?}: {reason}")]
+    PathRefused {
+        /// The path asked for.
+        path: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server is at a session limit.
+    #[error("the server is busy: {reason}")]
+    Busy {
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server refused the session for another reason.
+    #[error("the server refused the session (code {code}): {reason}")]
+    Refused {
+        /// Its refusal code.
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+    /// The transfer was cancelled here.
+    #[error("the transfer was cancelled: {reason}")]
+    Cancelled {
+        /// Why (the signal).
+        reason: String,
+    },
+    /// The server ended the transfer.
+    #[error("the server aborted the transfer (code {code}): {reason}")]
+    Aborted {
+        /// Its abort code.
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+    /// A file could not be stored here (the session ended with it).
+    #[error("cannot store a file: {message}")]
+    Storage {
+        /// Why.
+        message: String,
+    },
+    /// The transfer failed on the way (the network, the control connection).
+    #[error("the transfer failed: {0}")]
+    Failed(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed without anyone changing anything: the network
+    /// or the server was temporarily unavailable, as opposed to a refusal or a local problem.
+    pub fn retryable(&self) -> bool {
+        use ClientError::*;
+        match self {
+            Connect { .. }
+            | PortClosed { .. }
+            | NoAnswer { .. }
+            | ControlStream(_)
+            | Busy { .. } => true,
+            Aborted { code, .. } => *code == ferry_engine::session::abort_code::CANCELLED,
+            Failed(_) => true,
+            Resolve { .. } | LocalSocket { .. } | KnownHosts { .. } | UnknownHostKey { .. } => {
+                false
+            }
+            HostKeyMismatch { .. } | HostKeyNotProven { .. } | Setup(_) | KeyRefused { .. } => {
+                false
+            }
+            PathRefused { .. } | Refused { .. } | Cancelled { .. } | Storage { .. } => false,
+        }
+    }
+}
+
+/// Runs one transfer: resolve, connect (pinning the server's key), authenticate, set up, move
+/// the files. Returns the data path's report; files that failed alone are in it, not errors.
+pub async fn transfer(
+    opts: &ClientOptions,
+    transfer: Transfer,
+    observer: Observer,
+    cancel: Cancel,
+) -> Result<DriveReport, ClientError> {
+    let server = (opts.host.as_str(), opts.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ClientError::Resolve { host: opts.host.clone() })?;
+    let local_ip = local_ip_for(server);
+    let pinned = match &opts.host_key {
+        HostKey::Pinned(fp) => Some(fp.clone()),
+        HostKey::KnownHosts(file) => {
+            crate::known_hosts::lookup(file.as_deref(), &opts.host, opts.port).map_err(
+                |source| {
+                    let path =
+                        file.clone().or_else(crate::known_hosts::default_path).unwrap_or_default();
+                    ClientError::KnownHosts { path, source }
+                },
+            )?
+        }
+    };
+    let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))
+        .map_err(|source| ClientError::LocalSocket { what: "cannot open a UDP socket", source })?;
+    let conn = connect(&endpoint, server, local_ip, pinned).await?;
+    let outcome = session(&conn, opts, transfer, local_ip, observer, cancel).await;
+    conn.close(0u32.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    outcome
+}
+
+/// The local address to send from: loopback for a loopback server, else any.
+fn local_ip_for(server: SocketAddr) -> IpAddr {
+    match (server.ip().is_loopback(), server.is_ipv4()) {
+        (true, true) => Ipv4Addr::LOCALHOST.into(),
+        (true, false) => Ipv6Addr::LOCALHOST.into(),
+        (false, true) => Ipv4Addr::UNSPECIFIED.into(),
+        (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// The QUIC handshake with the pinned key; failures are told apart (unknown or wrong key, a
+/// closed port, no answer).
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+    local_ip: IpAddr,
+    pinned: Option<String>,
+) -> Result<quinn::Connection, ClientError> {
+    let (config, seen) = crate::tls::client_config(pinned.clone())
+        .map_err(|e| ClientError::Setup(format!("cannot configure TLS: {e}")))?;
+    let connecting = endpoint
+        .connect_with(config, server, "ferry")
+        .map_err(|e| ClientError::Connect { server, detail: e.to_string() })?;
+    let e = match connecting.await {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let detail = e.to_string();
+    if let Some(seen) = seen.lock().expect("lock").clone() {
+        return Err(match pinned {
+            None => ClientError::UnknownHostKey { server, seen },
+            Some(p) if p != seen => ClientError::HostKeyMismatch { server, seen, pinned: p },
+            Some(_) => ClientError::HostKeyNotProven { server, seen, detail },
+        });
+    }
+    Err(if crate::sockets::port_refused(local_ip, server) {
+        ClientError::PortClosed { server, detail }
+    } else {
+        ClientError::NoAnswer { server, detail }
+    })
+}
+
+/// Hello, reply, then the session itself.
+async fn session(
+    conn: &quinn::Connection,
+    opts: &ClientOptions,
+    transfer: Transfer,
+    local_ip: IpAddr,
+    observer: Observer,
+    cancel: Cancel,
+) -> Result<DriveReport, ClientError> {
+    let stream_err = |e: &dyn std::fmt::Display| ClientError::ControlStream(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+    let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).map_err(|source| {
+        ClientError::LocalSocket { what: "cannot open the data socket", source }
+    })?;
+    let data_port = socket.local_addr().map_err(|source| ClientError::LocalSocket {
+        what: "cannot open the data socket",
+        source,
+    })?;
+    let single = matches!(&transfer, Transfer::Upload { files, .. } if files.len() == 1);
+    let hello = hello(conn, opts, transfer.direction(), transfer.path(), data_port.port(), single)?;
+    let mut out = Vec::new();
+    hello.encode(&mut out);
+    send.write_all(&out).await.map_err(|e| stream_err(&e))?;
+    let (t, payload, leftover) =
+        bridge::read_frame(&mut recv).await.map_err(|e| ClientError::Setup(e.to_string()))?;
+    let reply = read_reply(t, &payload, opts, transfer.path())?;
+    let remote_data = SocketAddr::new(conn.remote_address().ip(), reply.data_port);
+    socket.connect(remote_data).map_err(|source| ClientError::LocalSocket {
+        what: "cannot connect the data socket",
+        source,
+    })?;
+    let socket = DataSocket::new(socket).map_err(|source| ClientError::LocalSocket {
+        what: "cannot set up the data socket",
+        source,
+    })?;
+    let files = match &transfer {
+        Transfer::Upload { files, .. } => files.len(),
+        Transfer::Download { .. } => 0,
+    };
+    let info = SessionInfo {
+        direction: transfer.direction(),
+        server: conn.remote_address(),
+        session_id: reply.session_id,
+        local_data: socket.local_addr().ok(),
+        remote_data,
+        files,
+    };
+    observer(ClientEvent::Session(&info));
+    let side = side(conn, opts, &reply, transfer)?;
+    let stream = ControlStream { send, recv, leftover };
+    let on_progress = Box::new(move |p: &Progress| observer(ClientEvent::Progress(p)));
+    let (result, report) =
+        bridge::run_session(stream, side, socket, on_progress, cancel, |_| {}).await;
+    result.map_err(drive_error)?;
+    Ok(report)
+}
+
+/// The signed CLIENT_HELLO.
+fn hello(
+    conn: &quinn::Connection,
+    opts: &ClientOptions,
+    direction: Direction,
+    path: &str,
+    data_port: u16,
+    single_file: bool,
+) -> Result<ClientHello, ClientError> {
+    let mut hello = ClientHello {
+        versions: vec![setup::VERSION],
+        direction,
+        suite: opts.cipher.code(),
+        block_size: MAX_STANDARD_BLOCK as u32,
+        target_rate: opts.target_rate,
+        min_rate: opts.min_rate,
+        policy: crate::server::policy_code(opts.policy),
+        data_port,
+        flags: u8::from(direction == Direction::Upload && single_file),
+        path: if path.is_empty() { ".".into() } else { path.to_owned() },
+        public_key: *opts.identity.public(),
+        signature: [0; 64],
+    };
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, setup::AUTH_EXPORTER_LABEL, b"")
+        .map_err(|_| ClientError::Setup("TLS exporter unavailable".into()))?;
+    hello.signature = opts.identity.sign(&hello.signed_message(&exporter));
+    Ok(hello)
+}
+
+/// The server's answer: its SERVER_HELLO, or its refusal as a typed error.
+fn read_reply(
+    t: u8,
+    payload: &[u8],
+    opts: &ClientOptions,
+    path: &str,
+) -> Result<ServerHello, ClientError> {
+    if t == 5 {
+        let mut frame = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(t);
+        frame.extend_from_slice(payload);
+        let (code, reason) = match ControlMessage::decode(&frame) {
+            Ok(Some((ControlMessage::Abort { code, reason }, _))) => (code, reason),
+            _ => (0, "malformed refusal".into()),
+        };
+        return Err(match code {
+            refusal::AUTHENTICATION => {
+                ClientError::KeyRefused { fingerprint: opts.identity.fingerprint(), reason }
+            }
+            refusal::PATH => ClientError::PathRefused { path: path.to_owned(), reason },
+            refusal::BUSY => ClientError::Busy { reason },
+            code => ClientError::Refused { code, reason },
+        });
+    }
+    if t != setup::T_SERVER_HELLO {
+        return Err(ClientError::Setup("unexpected reply".into()));
+    }
+    let reply = ServerHello::decode(payload).map_err(|e| ClientError::Setup(e.to_string()))?;
+    if reply.version != setup::VERSION || reply.suite != opts.cipher.code() {
+        return Err(ClientError::Setup(
+            "the server chose parameters this client did not offer".into(),
+        ));
+    }
+    Ok(reply)
+}
+
+/// The session's sender (upload) or receiver (download).
+fn side(
+    conn: &quinn::Connection,
+    opts: &ClientOptions,
+    reply: &ServerHello,
+    transfer: Transfer,
+) -> Result<Box<dyn Side + Send>, ClientError> {
+    let limits = RateLimits { target: opts.target_rate.max(1), min: opts.min_rate };
+    let mut config = SessionConfig::new(reply.session_id, opts.cipher, limits);
+    config.block_size = reply.block_size as usize;
+    config.max_window = reply.max_window;
+    config.initial_rtt = conn.rtt().max(Duration::from_millis(1));
+    config.validate().map_err(|e| ClientError::Setup(e.to_string()))?;
+    let mut s = Zeroizing::new([0u8; 32]);
+    conn.export_keying_material(
+        s.as_mut(),
+        setup::SESSION_EXPORTER_LABEL,
+        &reply.session_id.to_be_bytes(),
+    )
+    .map_err(|_| ClientError::Setup("TLS exporter unavailable".into()))?;
+    let secret = SessionSecret::new(*s);
+    let now = Instant::now();
+    let setup_err = |e: SessionError| ClientError::Setup(e.to_string());
+    Ok(match transfer {
+        Transfer::Upload { files, .. } => {
+            let factory = opts.policy.factory();
+            let mut sender =
+                Sender::new(config, &secret, factory.as_ref(), now).map_err(setup_err)?;
+            for f in &files {
+                let path = f.manifest.clone();
+                sender.add_file(FileEntry { id: 0, size: f.size, mtime_ns: 0, mode: f.mode, path });
+            }
+            sender.finish_manifest();
+            let source = FileSource::new(files, SourceLimits::default());
+            Box::new(SenderSide { sender, source })
+        }
+        Transfer::Download { sink, .. } => {
+            let receiver = Receiver::new(config, &secret, now).map_err(setup_err)?;
+            Box::new(ReceiverSide { receiver, sink: *sink })
+        }
+    })
+}
+
+fn drive_error(e: DriveError) -> ClientError {
+    match e {
+        DriveError::Cancelled(reason) => ClientError::Cancelled { reason },
+        DriveError::Session(SessionError::PeerAborted { code, reason }) => {
+            ClientError::Aborted { code, reason }
+        }
+        DriveError::Session(SessionError::Storage { message, .. }) => {
+            ClientError::Storage { message }
+        }
+        e => ClientError::Failed(e.to_string()),
+    }
+}

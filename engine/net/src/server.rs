@@ -1,0 +1,582 @@
+//! The server role: accepts connections on one UDP port, admits them through the
+//! [`Gate`](crate::limits::Gate), authenticates each client within the set-up deadline, hands the
+//! session to a [`Policy`] that decides who the client is and where its files live, and runs it.
+//!
+//! Every connection passes the gate before the server keeps state for it (caps on connections
+//! in set-up, in all and per source address, and QUIC address validation under load), must
+//! authenticate within the set-up deadline, and then runs as a session under per-key and
+//! per-session limits. Paths from the client are resolved beneath the docroot by the kernel
+//! ([`ferry_engine::io::docroot`]); listings run off the async runtime. Log lines go through
+//! `tracing`; every peer-chosen string in them is quoted and escaped.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_engine::crypto::{CipherSuite, SessionSecret};
+use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
+use ferry_engine::io::driver::{DataSocket, DriveReport, ReceiverSide, SenderSide, Side};
+use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
+use ferry_engine::io::source::{self, FileSource, SourceLimits};
+use ferry_engine::rate::{Policy as RatePolicy, RateLimits};
+use ferry_engine::session::{Receiver, Sender, SessionConfig};
+use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
+use ring::rand::SecureRandom;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::authorized_keys::AuthorizedKeys;
+use crate::bridge::{self, Cancel, ControlStream};
+use crate::identity::{self, Identity};
+use crate::limits::{Admission, Gate, PostAuth, PreAuth, SetupGuard};
+
+/// Partial files untouched for this long are left over from a session that ended without
+/// cleaning up (a crash): they are removed at start and then every [`SWEEP_EVERY`].
+pub const STALE_PARTIAL: Duration = Duration::from_secs(600);
+/// How often stale partial files are swept.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a [`Policy`] grants an authenticated client.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The directory the client's paths are confined to.
+    pub docroot: Arc<Docroot>,
+}
+
+/// Decides, per session, who the client is and what it may do.
+pub trait Policy: Send + Sync + 'static {
+    /// Whether `key` (whose signature has been verified) may start a session from `peer` now,
+    /// and with what. The error is logged; the client only learns that it was refused.
+    fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String>;
+}
+
+/// The simple policy of `ferry serve` without a configuration file: one docroot, the keys of
+/// one `authorized_keys` file (read again whenever it changes).
+#[derive(Debug)]
+pub struct SingleUser {
+    docroot: Arc<Docroot>,
+    authorized_keys: PathBuf,
+    /// The parsed file and the metadata it was read with.
+    cache: Mutex<Option<(std::fs::Metadata, Arc<AuthorizedKeys>)>>,
+}
+
+impl SingleUser {
+    /// The policy for `docroot` and the keys in `authorized_keys`.
+    pub fn new(docroot: Arc<Docroot>, authorized_keys: PathBuf) -> Self {
+        Self { docroot, authorized_keys, cache: Mutex::new(None) }
+    }
+
+    /// The authorized keys, read again when the file changed.
+    fn keys(&self) -> Result<Arc<AuthorizedKeys>, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.authorized_keys)
+            .map_err(|e| format!("{}: {e}", self.authorized_keys.display()))?;
+        let mut cache = self.cache.lock().expect("keys lock");
+        if let Some((m, k)) = cache.as_ref()
+            && m.modified().ok() == meta.modified().ok()
+            && m.len() == meta.len()
+            && m.ino() == meta.ino()
+        {
+            return Ok(k.clone());
+        }
+        let keys = Arc::new(AuthorizedKeys::read(&self.authorized_keys)?);
+        *cache = Some((meta, keys.clone()));
+        Ok(keys)
+    }
+}
+
+impl Policy for SingleUser {
+    fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+        let keys = self.keys()?;
+        keys.check(key, peer, ferry_keystore::time::now()).map_err(|d| d.to_string())?;
+        Ok(Grant { docroot: self.docroot.clone() })
+    }
+}
+
+/// How a server runs.
+#[derive(Debug)]
+pub struct ServerOptions {
+    /// Address and UDP port to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The server's host key.
+    pub identity: Identity,
+    /// Limits before authentication.
+    pub pre: PreAuth,
+    /// Limits after authentication.
+    pub post: PostAuth,
+    /// A directory whose stale partial files are swept at start and hourly (the docroot of the
+    /// simple policy).
+    pub sweep: Option<Arc<Docroot>>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS configuration could not be built from the identity.
+    #[error("cannot configure TLS: {0}")]
+    Tls(String),
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    cancel_tx: tokio::sync::watch::Sender<Option<&'static str>>,
+    sweep: Option<Arc<Docroot>>,
+    fingerprint: String,
+}
+
+#[derive(Debug)]
+struct Ctx {
+    /// The address the server listens on; data sockets share it.
+    local: SocketAddr,
+    /// Set when the server shuts down.
+    cancel: Cancel,
+    pre: PreAuth,
+    post: PostAuth,
+    gate: Arc<Gate>,
+    policy: Arc<dyn Policy>,
+}
+
+impl std::fmt::Debug for dyn Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Policy")
+    }
+}
+
+impl Server {
+    /// Binds the listening port. Must be called inside a Tokio runtime.
+    pub fn bind(options: ServerOptions, policy: Arc<dyn Policy>) -> Result<Self, ServerError> {
+        let ServerOptions { listen, identity, pre, post, sweep } = options;
+        let config = crate::tls::server_config(&identity, &pre).map_err(ServerError::Tls)?;
+        let cannot = |source| ServerError::Listen { addr: listen, source };
+        let socket = crate::sockets::listening_socket(listen).map_err(cannot)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(cannot)?;
+        let local = endpoint.local_addr().map_err(cannot)?;
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+        let gate = Arc::new(Gate::default());
+        let ctx = Arc::new(Ctx { local, cancel, pre, post, gate, policy });
+        Ok(Self { endpoint, ctx, cancel_tx, sweep, fingerprint: identity.fingerprint() })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx.local
+    }
+
+    /// The host key's fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Serves until `shutdown` resolves (with a reason), then ends every session (removing its
+    /// partial files and telling its client why) and closes the endpoint.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = &'static str>) {
+        let sweeper = self.sweep.clone().map(|root| tokio::spawn(sweep_forever(root)));
+        let reason = accept_loop(&self.endpoint, &self.ctx, shutdown).await;
+        if let Some(s) = sweeper {
+            s.abort();
+        }
+        self.shutdown(reason).await;
+    }
+
+    async fn shutdown(&self, reason: &str) {
+        let (setup, sessions) = self.ctx.gate.load();
+        info!("{reason}: ending {sessions} sessions ({setup} connections in set-up)");
+        let _ = self.cancel_tx.send(Some("the server is shutting down"));
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.ctx.gate.load().1 > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        info!("stopped");
+    }
+}
+
+/// Accepts connections until `shutdown`, each in its own task; returns why it stopped.
+async fn accept_loop(
+    endpoint: &quinn::Endpoint,
+    ctx: &Arc<Ctx>,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> &'static str {
+    tokio::pin!(shutdown);
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        let incoming = tokio::select! {
+            reason = &mut shutdown => return reason,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return "the endpoint closed" };
+        let peer = incoming.remote_address();
+        let guard = match ctx.gate.admit(peer.ip(), incoming.remote_address_validated(), &ctx.pre) {
+            Admission::Accept(g) => g,
+            Admission::Retry => {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            Admission::Refuse(why) => {
+                // One line per second at most: a flood must not flood the log too.
+                if refused_logged.elapsed() >= Duration::from_secs(1) {
+                    warn!("{peer}: connection refused: {why}");
+                    refused_logged = Instant::now();
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(incoming, &ctx, guard).await {
+                warn!("{peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Removes stale partial files now and then, off the runtime.
+async fn sweep_forever(docroot: Arc<Docroot>) {
+    loop {
+        let root = docroot.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            ferry_engine::io::files::sweep_partials(&root, STALE_PARTIAL)
+        })
+        .await;
+        match swept {
+            Ok(Ok(s)) if s.removed > 0 => {
+                info!("removed {} stale partial files left by earlier sessions", s.removed)
+            }
+            Ok(Err(e)) => warn!("sweeping stale partial files failed: {e}"),
+            _ => {}
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+/// An authenticated client, its control stream and what it asked for.
+struct Authenticated {
+    conn: quinn::Connection,
+    stream: ControlStream,
+    hello: ClientHello,
+    fingerprint: String,
+    grant: Grant,
+}
+
+/// A refusal sent to the client as an ABORT (code, message) and logged.
+struct Refusal(u16, String);
+
+async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Result<(), String> {
+    let peer = incoming.remote_address();
+    let deadline = ctx.pre.setup_timeout;
+    let auth = match tokio::time::timeout(deadline, set_up(incoming, ctx)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(format!("no authenticated set-up within {deadline:?}: closed")),
+    };
+    // Set up: no longer counted against the limits on connections in set-up.
+    drop(guard);
+    let Authenticated { conn, mut stream, hello, fingerprint, grant } = auth;
+    let key_guard = match ctx.gate.start_session(hello.public_key, &ctx.post) {
+        Ok(g) => g,
+        Err(why) => {
+            bridge::send_abort(&mut stream.send, refusal::BUSY, &why).await;
+            return Err(format!("key {fingerprint}: refused: {why}"));
+        }
+    };
+    let what = match hello.direction {
+        Direction::Upload => "upload to",
+        Direction::Download => "download of",
+    };
+    info!("{peer}: authenticated {fingerprint}, {what} {}", escape(&hello.path, 200));
+    let plan = match plan(ctx, &conn, &hello, &grant).await {
+        Ok(p) => p,
+        Err(Refusal(code, why)) => {
+            bridge::send_abort(&mut stream.send, code, &why).await;
+            return Err(format!("session refused: {why}"));
+        }
+    };
+    let session_id = plan.session_id;
+    stream.send.write_all(&plan.reply).await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let cancel = ctx.cancel.clone();
+    let (result, report) =
+        bridge::run_session(stream, plan.side, plan.socket, Box::new(|_| {}), cancel, |_| {}).await;
+    // Let the client close the connection (it has the last word), bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    drop(key_guard);
+    log_end(peer, session_id, started, &report);
+    result.map_err(|e| format!("session {session_id:016x} failed: {e}"))
+}
+
+fn log_end(peer: SocketAddr, session_id: u64, started: Instant, report: &DriveReport) {
+    let failed: Vec<_> = report.files.iter().filter(|f| !f.reason.is_empty()).collect();
+    for f in failed.iter().take(20) {
+        warn!("session {session_id:016x}: {}: {}", escape(&f.path, 200), f.reason);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        "{peer}: session {session_id:016x} ended, {} files ({} failed) in {secs:.2} s",
+        report.files.len(),
+        failed.len()
+    );
+}
+
+/// Handshake, control stream, hello, version and authentication: everything that must happen
+/// within the set-up deadline.
+async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, String> {
+    let conn = incoming
+        .accept()
+        .map_err(|e| format!("handshake failed: {e}"))?
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    let peer = conn.remote_address();
+    let (mut send, mut recv) =
+        conn.accept_bi().await.map_err(|e| format!("control stream: {e}"))?;
+    let (t, payload, leftover) = bridge::read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+    let hello = match (t == setup::T_CLIENT_HELLO).then(|| ClientHello::decode(&payload)) {
+        Some(Ok(h)) => h,
+        _ => {
+            let why = "protocol violation: expected a client hello";
+            bridge::send_abort(&mut send, 3, why).await;
+            return Err(why.into());
+        }
+    };
+    if !hello.versions.contains(&setup::VERSION) {
+        bridge::send_abort(&mut send, refusal::UNSUPPORTED_VERSION, "unsupported version").await;
+        return Err(format!("no common version (client offers {:?})", hello.versions));
+    }
+    // Authentication: the key must have signed this connection's exporter value together with
+    // the hello, and the policy must accept it (from this address, now).
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, setup::AUTH_EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS exporter unavailable".to_string())?;
+    let fingerprint = identity::fingerprint(&hello.public_key);
+    let signed =
+        identity::verify(&hello.public_key, &hello.signed_message(&exporter), &hello.signature);
+    let grant = match signed {
+        true => ctx.policy.authorize(&hello.public_key, peer.ip()),
+        false => Err("the signature does not verify".into()),
+    };
+    match grant {
+        Ok(grant) => {
+            let stream = ControlStream { send, recv, leftover };
+            Ok(Authenticated { conn, stream, hello, fingerprint, grant })
+        }
+        Err(why) => {
+            bridge::send_abort(&mut send, refusal::AUTHENTICATION, "authentication refused").await;
+            Err(format!("authentication refused for key {fingerprint}: {why}"))
+        }
+    }
+}
+
+/// What an accepted session runs with.
+struct Plan {
+    session_id: u64,
+    reply: Vec<u8>,
+    side: Box<dyn Side + Send>,
+    socket: DataSocket,
+}
+
+/// Decides the session: parameters, data socket, then the sink or source.
+async fn plan(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    hello: &ClientHello,
+    grant: &Grant,
+) -> Result<Plan, Refusal> {
+    let suite = CipherSuite::from_code(hello.suite)
+        .ok_or_else(|| Refusal(refusal::PARAMETERS, "unknown cipher suite".into()))?;
+    let mut id = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| Refusal(refusal::SERVER, "no randomness".into()))?;
+    let session_id = u64::from_be_bytes(id);
+    let limits = RateLimits { target: hello.target_rate, min: hello.min_rate };
+    let mut config = SessionConfig::new(session_id, suite, limits);
+    config.block_size = hello.block_size as usize;
+    config.initial_rtt = conn.rtt().max(Duration::from_millis(1));
+    config.max_files = ctx.post.max_files;
+    config.max_manifest_bytes = ctx.post.max_manifest_bytes;
+    config.validate().map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
+    let (rel, wants_dir) =
+        RelPath::parse_request(&hello.path).map_err(|e| Refusal(refusal::PATH, e.to_string()))?;
+    let socket = data_socket(ctx, conn.remote_address(), hello.data_port)?;
+    let secret = {
+        let mut s = Zeroizing::new([0u8; 32]);
+        conn.export_keying_material(s.as_mut(), setup::SESSION_EXPORTER_LABEL, &id)
+            .map_err(|_| Refusal(refusal::SERVER, "TLS exporter unavailable".into()))?;
+        SessionSecret::new(*s)
+    };
+    let side = match hello.direction {
+        Direction::Upload => {
+            let flags = hello.flags & 1 != 0;
+            receiver(ctx, &grant.docroot, config.clone(), &secret, rel, wants_dir, flags)?
+        }
+        Direction::Download => {
+            let policy = policy_from_code(hello.policy);
+            sender(ctx, &grant.docroot, config.clone(), &secret, rel, policy).await?
+        }
+    };
+    let mut reply = Vec::new();
+    ServerHello {
+        version: setup::VERSION,
+        session_id,
+        suite: suite.code(),
+        block_size: config.block_size as u32,
+        max_window: config.max_window,
+        data_port: ctx.local.port(),
+    }
+    .encode(&mut reply);
+    Ok(Plan { session_id, reply, side, socket })
+}
+
+/// The session's data socket: on the listening port (SO_REUSEPORT), connected to the client's
+/// data address, so it takes that address's datagrams while everything else still reaches QUIC.
+fn data_socket(ctx: &Ctx, peer: SocketAddr, port: u16) -> Result<DataSocket, Refusal> {
+    let fail = |what: &str, e: std::io::Error| {
+        warn!("{peer}: {what}: {e}");
+        Refusal(refusal::SERVER, "the server could not set up the data path".into())
+    };
+    let socket = crate::sockets::data_port_socket(ctx.local)
+        .map_err(|e| fail("cannot bind a data socket", e))?;
+    socket
+        .connect(SocketAddr::new(peer.ip(), port))
+        .map_err(|e| fail("cannot connect the data socket", e))?;
+    DataSocket::new(socket).map_err(|e| fail("data socket", e))
+}
+
+fn receiver(
+    ctx: &Ctx,
+    root: &Arc<Docroot>,
+    config: SessionConfig,
+    secret: &SessionSecret,
+    rel: RelPath,
+    wants_dir: bool,
+    may_name_file: bool,
+) -> Result<Box<dyn Side + Send>, Refusal> {
+    let dest = upload_destination(root, rel, wants_dir, may_name_file)?;
+    let sink = FileSink::new(root.clone(), dest, SinkLimits { max_open: ctx.post.max_open_files });
+    let receiver = Receiver::new(config, secret, Instant::now())
+        .map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
+    Ok(Box::new(ReceiverSide { receiver, sink }))
+}
+
+/// The sender of a download; the listing runs off the async runtime.
+async fn sender(
+    ctx: &Ctx,
+    root: &Arc<Docroot>,
+    config: SessionConfig,
+    secret: &SessionSecret,
+    rel: RelPath,
+    policy: RatePolicy,
+) -> Result<Box<dyn Side + Send>, Refusal> {
+    let limits =
+        SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
+    let shown = rel.shown();
+    let root = root.clone();
+    let list = tokio::task::spawn_blocking(move || source::list(&root, &rel, limits))
+        .await
+        .map_err(|_| Refusal(refusal::SERVER, "listing failed".into()))?
+        .map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("{shown} does not exist on the server")
+            } else {
+                format!("{shown} cannot be sent: {e}")
+            };
+            Refusal(refusal::PATH, why)
+        })?;
+    let factory = policy.factory();
+    let mut sender = Sender::new(config, secret, factory.as_ref(), Instant::now())
+        .map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
+    for f in &list {
+        let path = f.manifest.clone();
+        let entry = ferry_engine::control::FileEntry {
+            id: 0,
+            size: f.size,
+            mtime_ns: 0,
+            mode: f.mode,
+            path,
+        };
+        sender.add_file(entry);
+    }
+    sender.finish_manifest();
+    Ok(Box::new(SenderSide { sender, source: FileSource::new(list, limits) }))
+}
+
+/// Where an upload to `rel` lands: into it when it is a directory; as that very name when the
+/// client may name its single file and `rel`'s parent is a directory (and `rel` did not end in
+/// `/`). Nothing is created here.
+fn upload_destination(
+    root: &Docroot,
+    rel: RelPath,
+    wants_dir: bool,
+    may_name_file: bool,
+) -> Result<Destination, Refusal> {
+    let path_refusal = |why: String| Refusal(refusal::PATH, why);
+    let meta = root.meta(&rel).map_err(|e| path_refusal(e.to_string()))?;
+    match meta.map(|m| m.kind) {
+        Some(Kind::Dir) => return Ok(Destination::Dir(rel)),
+        Some(Kind::Symlink) => {
+            return Err(path_refusal(format!(
+                "{} is a symbolic link, which Ferry does not follow",
+                rel.shown()
+            )));
+        }
+        Some(_) if wants_dir => {
+            return Err(path_refusal(format!("{} is not a directory", rel.shown())));
+        }
+        // An existing file: the sink refuses to overwrite it (that file fails, by name).
+        Some(_) if may_name_file => return Ok(Destination::File(rel)),
+        _ => {}
+    }
+    if may_name_file
+        && !wants_dir
+        && let Some((parent, _)) = rel.split_last()
+        && root.meta(&parent).ok().flatten().is_some_and(|m| m.kind == Kind::Dir)
+    {
+        return Ok(Destination::File(rel));
+    }
+    Err(path_refusal(format!(
+        "the destination directory {} does not exist on the server",
+        rel.shown()
+    )))
+}
+
+/// The rate policy a CLIENT_HELLO names (unknown values: fair).
+pub fn policy_from_code(code: u8) -> RatePolicy {
+    match code {
+        0 => RatePolicy::Fixed,
+        1 => RatePolicy::High,
+        3 => RatePolicy::Low,
+        _ => RatePolicy::Fair,
+    }
+}
+
+/// The CLIENT_HELLO code of a rate policy.
+pub fn policy_code(p: RatePolicy) -> u8 {
+    match p {
+        RatePolicy::Fixed => 0,
+        RatePolicy::High => 1,
+        RatePolicy::Fair => 2,
+        RatePolicy::Low => 3,
+    }
+}

@@ -1,0 +1,1 @@
+SHA256:xeeyb457ewpVKFwgdTuSDdRXpE7e+xCAl8VJLgvbPvE
