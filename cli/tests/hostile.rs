@@ -220,11 +220,11 @@ fn signed_hello(c: &quinn::Connection, key: &Ed25519KeyPair, d: Direction, port:
     let mut hello = ClientHello {
         versions: vec![setup::VERSION],
         direction: d,
-        suite: 1,
+        suite: ferry_engine::crypto::CipherSuite::Aes128,
         block_size: 1413,
         target_rate: 100_000_000,
         min_rate: 0,
-        policy: 0,
+        policy: ferry_engine::rate::Policy::Fixed,
         data_port: port,
         flags: 0,
         path: ".".into(),

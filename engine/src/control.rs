@@ -133,13 +133,23 @@ fn get_reason(r: &mut Reader<'_>) -> Result<String, ParseError> {
 }
 
 impl ControlMessage {
+    /// The frame type of this message.
+    fn frame_type(&self) -> u8 {
+        match self {
+            ControlMessage::File(_) => T_FILE,
+            ControlMessage::ManifestEnd { .. } => T_MANIFEST_END,
+            ControlMessage::FileDigest { .. } => T_FILE_DIGEST,
+            ControlMessage::FileResult { .. } => T_FILE_RESULT,
+            ControlMessage::Abort { .. } => T_ABORT,
+            ControlMessage::FileAbandon { .. } => T_FILE_ABANDON,
+        }
+    }
+
     /// Appends the framed message (4-byte length, type, payload) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
+        let start = begin_frame(out, self.frame_type());
         match self {
             ControlMessage::File(f) => {
-                out.push(T_FILE);
                 out.extend_from_slice(&f.id.to_be_bytes());
                 out.extend_from_slice(&f.size.to_be_bytes());
                 out.extend_from_slice(&f.mtime_ns.to_be_bytes());
@@ -147,54 +157,34 @@ impl ControlMessage {
                 out.extend_from_slice(&(f.path.len() as u16).to_be_bytes());
                 out.extend_from_slice(f.path.as_bytes());
             }
-            ControlMessage::ManifestEnd { files } => {
-                out.push(T_MANIFEST_END);
-                out.extend_from_slice(&files.to_be_bytes());
-            }
+            ControlMessage::ManifestEnd { files } => out.extend_from_slice(&files.to_be_bytes()),
             ControlMessage::FileDigest { file, digest } => {
-                out.push(T_FILE_DIGEST);
                 out.extend_from_slice(&file.to_be_bytes());
                 out.extend_from_slice(digest);
             }
             ControlMessage::FileResult { file, status, reason } => {
-                out.push(T_FILE_RESULT);
                 out.extend_from_slice(&file.to_be_bytes());
                 out.push(status.code());
                 put_reason(out, reason);
             }
             ControlMessage::FileAbandon { file, reason } => {
-                out.push(T_FILE_ABANDON);
                 out.extend_from_slice(&file.to_be_bytes());
                 put_reason(out, reason);
             }
             ControlMessage::Abort { code, reason } => {
-                out.push(T_ABORT);
                 out.extend_from_slice(&code.to_be_bytes());
                 put_reason(out, reason);
             }
         }
-        let len = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        end_frame(out, start);
     }
 
     /// Decodes one framed message from the front of `buf`. Returns `Ok(None)` if `buf` does not
     /// yet hold a whole frame, else the message and the bytes consumed.
     pub fn decode(buf: &[u8]) -> Result<Option<(Self, usize)>, ParseError> {
-        if buf.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            return Err(ParseError::Truncated);
-        }
-        if len > MAX_FRAME {
-            return Err(ParseError::Oversized);
-        }
-        if buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let mut r = Reader(&buf[4..4 + len]);
-        let msg = match r.u8()? {
+        let Some((t, payload, used)) = split_frame(buf, MAX_FRAME)? else { return Ok(None) };
+        let mut r = Reader(payload);
+        let msg = match t {
             T_FILE => {
                 let id = r.u32()?;
                 let size = r.u64()?;
@@ -235,8 +225,47 @@ impl ControlMessage {
         if !r.0.is_empty() {
             return Err(ParseError::Invalid("trailing bytes in control frame"));
         }
-        Ok(Some((msg, 4 + len)))
+        Ok(Some((msg, used)))
     }
+}
+
+/// Appends the header of a frame of type `t` (docs/PROTOCOL.md section 8.4: `u32 length` of
+/// type and payload, `u8 type`, payload) and returns where it starts, for [`end_frame`]. The
+/// one framing of both the set-up messages and the control messages.
+pub(crate) fn begin_frame(out: &mut Vec<u8>, t: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(t);
+    start
+}
+
+/// Writes the length of the frame begun at `start` (everything appended since).
+pub(crate) fn end_frame(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// One frame: its type, its payload and the bytes it took.
+pub type Frame<'a> = (u8, &'a [u8], usize);
+
+/// Splits one frame off the front of `buf`, whose length field (type and payload) may be at
+/// most `max_len`: `Ok(None)` while `buf` holds less than a whole frame, else the type, the
+/// payload and the bytes consumed.
+pub fn split_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame<'_>>, ParseError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 {
+        return Err(ParseError::Truncated);
+    }
+    if len > max_len {
+        return Err(ParseError::Oversized);
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((buf[4], &buf[5..4 + len], 4 + len)))
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {

@@ -90,6 +90,23 @@ impl std::str::FromStr for Policy {
 }
 
 impl Policy {
+    /// Its code in CLIENT_HELLO (docs/PROTOCOL.md section 8.2).
+    pub fn code(self) -> u8 {
+        match self {
+            Policy::Fixed => 0,
+            Policy::High => 1,
+            Policy::Fair => 2,
+            Policy::Low => 3,
+        }
+    }
+
+    /// The policy of a CLIENT_HELLO code, if it is one.
+    pub fn from_code(code: u8) -> Option<Self> {
+        [Policy::Fixed, Policy::High, Policy::Fair, Policy::Low]
+            .into_iter()
+            .find(|p| p.code() == code)
+    }
+
     /// The controller factory implementing this policy.
     pub fn factory(self) -> Box<dyn ControllerFactory> {
         match self {

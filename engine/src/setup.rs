@@ -4,7 +4,11 @@
 //! 17; a refusal is an ABORT frame (type 5).
 
 use crate::control::Reader;
-use crate::wire::ParseError;
+use crate::crypto::CipherSuite;
+use crate::io::docroot::{PathError, RelPath};
+use crate::rate::{Policy, RateLimits};
+use crate::session::{MIN_BLOCK_SIZE, SessionConfig};
+use crate::wire::{DATA_OVERHEAD, MAX_DATAGRAM, ParseError};
 
 /// Frame type of [`ClientHello`].
 pub const T_CLIENT_HELLO: u8 = 16;
@@ -55,16 +59,16 @@ pub struct ClientHello {
     pub versions: Vec<u8>,
     /// Upload or download.
     pub direction: Direction,
-    /// Transit cipher suite code.
-    pub suite: u8,
+    /// Transit cipher suite.
+    pub suite: CipherSuite,
     /// Proposed block size.
     pub block_size: u32,
     /// Target rate in bits/s (the sender's `-l`).
     pub target_rate: u64,
     /// Minimum rate in bits/s (`-m`).
     pub min_rate: u64,
-    /// Rate policy: 0 fixed, 1 high, 2 fair, 3 low.
-    pub policy: u8,
+    /// Rate policy (`0` fixed, `1` high, `2` fair, `3` low on the wire).
+    pub policy: Policy,
     /// The client's UDP data port.
     pub data_port: u16,
     /// Bit 0: on upload, the destination may name the single file when it is not an existing
@@ -96,9 +100,9 @@ pub struct ServerHello {
 }
 
 fn frame(t: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
-    out.push(t);
+    let start = crate::control::begin_frame(out, t);
     out.extend_from_slice(payload);
+    crate::control::end_frame(out, start);
 }
 
 impl ClientHello {
@@ -111,11 +115,11 @@ impl ClientHello {
             Direction::Upload => 1,
             Direction::Download => 2,
         });
-        p.push(self.suite);
+        p.push(self.suite.code());
         p.extend_from_slice(&self.block_size.to_be_bytes());
         p.extend_from_slice(&self.target_rate.to_be_bytes());
         p.extend_from_slice(&self.min_rate.to_be_bytes());
-        p.push(self.policy);
+        p.push(self.policy.code());
         p.extend_from_slice(&self.data_port.to_be_bytes());
         p.push(self.flags);
         p.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
@@ -139,18 +143,20 @@ impl ClientHello {
         frame(T_CLIENT_HELLO, &p, out);
     }
 
-    /// Decodes a payload (after the type byte).
-    pub fn decode(payload: &[u8]) -> Result<Self, ParseError> {
+    /// Decodes a payload (after the type byte). A well-formed hello with a suite or policy
+    /// this implementation does not know is told apart (the server refuses it with code 13,
+    /// parameters, rather than as a protocol violation).
+    pub fn decode(payload: &[u8]) -> Result<Self, HelloError> {
         let mut r = Reader(payload);
         let n = r.u8()? as usize;
         if n == 0 || n > 16 {
-            return Err(ParseError::Invalid("version count"));
+            return Err(ParseError::Invalid("version count").into());
         }
         let versions = r.take(n)?.to_vec();
         let direction = match r.u8()? {
             1 => Direction::Upload,
             2 => Direction::Download,
-            _ => return Err(ParseError::Invalid("direction")),
+            _ => return Err(ParseError::Invalid("direction").into()),
         };
         let suite = r.u8()?;
         let block_size = r.u32()?;
@@ -161,7 +167,7 @@ impl ClientHello {
         let flags = r.u8()?;
         let len = r.u16()? as usize;
         if len == 0 || len > crate::control::MAX_PATH {
-            return Err(ParseError::Invalid("path length"));
+            return Err(ParseError::Invalid("path length").into());
         }
         let path = std::str::from_utf8(r.take(len)?)
             .map_err(|_| ParseError::Invalid("path is not UTF-8"))?
@@ -169,8 +175,10 @@ impl ClientHello {
         let public_key = r.take(32)?.try_into().expect("32");
         let signature = r.take(64)?.try_into().expect("64");
         if !r.0.is_empty() {
-            return Err(ParseError::Invalid("trailing bytes in client hello"));
+            return Err(ParseError::Invalid("trailing bytes in client hello").into());
         }
+        let suite = CipherSuite::from_code(suite).ok_or(HelloError::UnknownSuite(suite))?;
+        let policy = Policy::from_code(policy).ok_or(HelloError::UnknownPolicy(policy))?;
         Ok(Self {
             versions,
             direction,
@@ -219,41 +227,365 @@ impl ServerHello {
     }
 }
 
-/// One frame: its type, its payload and the bytes it took.
-pub type Frame<'a> = (u8, &'a [u8], usize);
+pub use crate::control::Frame;
 
-/// Splits one frame off the front of `buf`: `Ok(None)` if incomplete, else the type, the payload
-/// and the bytes consumed.
+/// Splits one set-up frame off the front of `buf` (at most [`MAX_SETUP_FRAME`] bytes):
+/// `Ok(None)` if incomplete, else the type, the payload and the bytes consumed.
 pub fn split_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, ParseError> {
-    if buf.len() < 4 {
-        return Ok(None);
+    crate::control::split_frame(buf, MAX_SETUP_FRAME - 4)
+}
+
+/// Why a CLIENT_HELLO payload was not accepted as one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// It is not a well-formed hello.
+    #[error("malformed client hello: {0}")]
+    Malformed(#[from] ParseError),
+    /// A well-formed hello with a cipher suite this implementation does not know.
+    #[error("unknown cipher suite {0}")]
+    UnknownSuite(u8),
+    /// A well-formed hello with a rate policy this implementation does not know.
+    #[error("unknown rate policy {0}")]
+    UnknownPolicy(u8),
+}
+
+/// What a server accepts, for [`negotiate`]. The defaults accept everything the protocol allows.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Cipher suites the server allows (a client asking for another is refused).
+    pub suites: Vec<CipherSuite>,
+    /// The highest target rate a client may ask for, bits/s; higher requests are capped to it.
+    pub rate_cap: Option<u64>,
+    /// The receiver's window cap in blocks, sent in SERVER_HELLO.
+    pub max_window: u64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self { suites: CipherSuite::ALL.to_vec(), rate_cap: None, max_window: 1 << 20 }
     }
-    let len = u32::from_be_bytes(buf[..4].try_into().expect("4")) as usize;
-    if len == 0 {
-        return Err(ParseError::Truncated);
+}
+
+/// A session the server accepted: everything the rest of set-up needs, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The session id (chosen by the server; the caller draws it).
+    pub session_id: u64,
+    /// Upload or download.
+    pub direction: Direction,
+    /// Transit cipher.
+    pub suite: CipherSuite,
+    /// Block size.
+    pub block_size: usize,
+    /// The sender's rate limits (the target capped by the server's rules).
+    pub limits: RateLimits,
+    /// The sender's rate policy.
+    pub policy: Policy,
+    /// The path, parsed (relative to the docroot).
+    pub path: RelPath,
+    /// The path ended in `/`: it must be an existing directory.
+    pub wants_dir: bool,
+    /// On upload: the path may name the single file (flag bit 0).
+    pub may_name_file: bool,
+    /// The client's data port.
+    pub data_port: u16,
+    /// The receiver's window cap.
+    pub max_window: u64,
+}
+
+impl Plan {
+    /// The session parameters both ends run with (RTT and limits of the receiver are the
+    /// caller's to set).
+    pub fn config(&self) -> SessionConfig {
+        let mut c = SessionConfig::new(self.session_id, self.suite, self.limits);
+        c.block_size = self.block_size;
+        c.max_window = self.max_window;
+        c
     }
-    if 4 + len > MAX_SETUP_FRAME {
-        return Err(ParseError::Oversized);
+
+    /// The SERVER_HELLO that accepts this plan, naming the server's data port.
+    pub fn reply(&self, data_port: u16) -> ServerHello {
+        ServerHello {
+            version: VERSION,
+            session_id: self.session_id,
+            suite: self.suite.code(),
+            block_size: self.block_size as u32,
+            max_window: self.max_window,
+            data_port,
+        }
     }
-    if buf.len() < 4 + len {
-        return Ok(None);
+}
+
+/// Why a server refuses a session at set-up: each variant is one ABORT code (section 8.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The first frame is not a well-formed CLIENT_HELLO (code 3).
+    #[error("protocol violation: expected a client hello")]
+    Protocol,
+    /// No common version (code 10).
+    #[error("unsupported version")]
+    UnsupportedVersion,
+    /// The signature does not verify or the key is not authorised (code 11). The reason is
+    /// for the server's log; the client is told only "authentication refused".
+    #[error("authentication refused")]
+    Authentication(String),
+    /// The path is invalid, outside the docroot or missing (code 12).
+    #[error("{0}")]
+    Path(String),
+    /// Unacceptable parameters: suite, policy, block size, rates (code 13).
+    #[error("{0}")]
+    Parameters(String),
+    /// The server cannot set the session up (code 14).
+    #[error("{0}")]
+    Server(String),
+    /// The server is at a session limit (code 15).
+    #[error("{0}")]
+    Busy(String),
+}
+
+impl Refusal {
+    /// Its ABORT code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Refusal::Protocol => crate::session::abort_code::PROTOCOL,
+            Refusal::UnsupportedVersion => refusal::UNSUPPORTED_VERSION,
+            Refusal::Authentication(_) => refusal::AUTHENTICATION,
+            Refusal::Path(_) => refusal::PATH,
+            Refusal::Parameters(_) => refusal::PARAMETERS,
+            Refusal::Server(_) => refusal::SERVER,
+            Refusal::Busy(_) => refusal::BUSY,
+        }
     }
-    Ok(Some((buf[4], &buf[5..4 + len], 4 + len)))
+}
+
+impl From<PathError> for Refusal {
+    fn from(e: PathError) -> Self {
+        Refusal::Path(e.to_string())
+    }
+}
+
+/// The server's decision on a CLIENT_HELLO, with no I/O: the version, the signature over this
+/// connection's exporter value, the key (`authorize`, the server's policy, called only once the
+/// signature verified), then every parameter and the path's syntax. `session_id` is drawn by
+/// the caller. Returns the plan and what `authorize` granted, or the refusal to send.
+pub fn negotiate<G>(
+    hello: &ClientHello,
+    exporter: &[u8; 32],
+    session_id: u64,
+    rules: &Rules,
+    authorize: impl FnOnce(&[u8; 32]) -> Result<G, String>,
+) -> Result<(Plan, G), Refusal> {
+    if !hello.versions.contains(&VERSION) {
+        return Err(Refusal::UnsupportedVersion);
+    }
+    if !crate::crypto::ed25519_verify(
+        &hello.public_key,
+        &hello.signed_message(exporter),
+        &hello.signature,
+    ) {
+        return Err(Refusal::Authentication("the signature does not verify".into()));
+    }
+    let grant = authorize(&hello.public_key).map_err(Refusal::Authentication)?;
+    if !rules.suites.contains(&hello.suite) {
+        return Err(Refusal::Parameters(format!(
+            "cipher {} is not allowed here",
+            hello.suite.name()
+        )));
+    }
+    let block_size = hello.block_size as usize;
+    if block_size < MIN_BLOCK_SIZE || block_size + DATA_OVERHEAD > MAX_DATAGRAM {
+        return Err(Refusal::Parameters(format!("block size {block_size} out of range")));
+    }
+    if hello.target_rate == 0 {
+        return Err(Refusal::Parameters("target rate must be positive".into()));
+    }
+    if hello.min_rate > hello.target_rate {
+        return Err(Refusal::Parameters("the minimum rate exceeds the target rate".into()));
+    }
+    let target = rules.rate_cap.map_or(hello.target_rate, |cap| hello.target_rate.min(cap));
+    let limits = RateLimits { target, min: hello.min_rate.min(target) };
+    let (path, wants_dir) = RelPath::parse_request(&hello.path)?;
+    let plan = Plan {
+        session_id,
+        direction: hello.direction,
+        suite: hello.suite,
+        block_size,
+        limits,
+        policy: hello.policy,
+        path,
+        wants_dir,
+        may_name_file: hello.direction == Direction::Upload && hello.flags & 1 != 0,
+        data_port: hello.data_port,
+        max_window: rules.max_window,
+    };
+    Ok((plan, grant))
+}
+
+/// Why a client does not accept a SERVER_HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// The server chose a version the client did not offer.
+    #[error("the server chose version {0}, which this client did not offer")]
+    Version(u8),
+    /// The server chose another suite than the client asked for.
+    #[error("the server chose another cipher suite than the one asked for")]
+    Suite,
+    /// A block size outside the protocol's range.
+    #[error("the server chose an invalid block size {0}")]
+    BlockSize(u32),
+    /// A window of no blocks.
+    #[error("the server's window cap is zero")]
+    Window,
+}
+
+/// The client's check of the server's answer to `hello`: the parameters it fixes.
+pub fn accept_reply(hello: &ClientHello, reply: &ServerHello) -> Result<(), SetupError> {
+    if !hello.versions.contains(&reply.version) {
+        return Err(SetupError::Version(reply.version));
+    }
+    if reply.suite != hello.suite.code() {
+        return Err(SetupError::Suite);
+    }
+    let b = reply.block_size as usize;
+    if b < MIN_BLOCK_SIZE || b + DATA_OVERHEAD > MAX_DATAGRAM {
+        return Err(SetupError::BlockSize(reply.block_size));
+    }
+    if reply.max_window == 0 {
+        return Err(SetupError::Window);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    const EXPORTER: [u8; 32] = [7; 32];
+
+    /// A hello signed by a fixed key over [`EXPORTER`], after `edit`.
+    fn signed(edit: impl FnOnce(&mut ClientHello)) -> ClientHello {
+        let key = Ed25519KeyPair::from_seed_unchecked(&[5; 32]).unwrap();
+        let mut h = hello();
+        h.versions = vec![VERSION];
+        h.public_key = key.public_key().as_ref().try_into().unwrap();
+        edit(&mut h);
+        h.signature = key.sign(&h.signed_message(&EXPORTER)).as_ref().try_into().unwrap();
+        h
+    }
+
+    fn allow(_: &[u8; 32]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn refused(h: &ClientHello, rules: &Rules) -> Refusal {
+        negotiate(h, &EXPORTER, 9, rules, allow).unwrap_err()
+    }
+
+    #[test]
+    fn negotiates_a_plan() {
+        let h = signed(|_| {});
+        let (plan, ()) = negotiate(&h, &EXPORTER, 9, &Rules::default(), allow).unwrap();
+        assert_eq!(plan.session_id, 9);
+        assert_eq!(plan.path, RelPath::parse("in/ü").unwrap());
+        assert!(plan.may_name_file && !plan.wants_dir);
+        assert_eq!(plan.limits, RateLimits { target: 1_000_000, min: 0 });
+        let reply = plan.reply(5000);
+        assert_eq!((reply.session_id, reply.data_port, reply.version), (9, 5000, VERSION));
+        assert_eq!(accept_reply(&h, &reply), Ok(()));
+        assert_eq!(plan.config().block_size, 1413);
+    }
+
+    #[test]
+    fn every_refusal_has_its_code() {
+        let rules = Rules::default();
+        let cases: Vec<(ClientHello, u16)> = vec![
+            (signed(|h| h.versions = vec![1]), refusal::UNSUPPORTED_VERSION),
+            (signed(|h| h.block_size = 10), refusal::PARAMETERS),
+            (signed(|h| h.block_size = 9000), refusal::PARAMETERS),
+            (signed(|h| h.target_rate = 0), refusal::PARAMETERS),
+            (signed(|h| h.min_rate = 2_000_000), refusal::PARAMETERS),
+            (signed(|h| h.path = "../x".into()), refusal::PATH),
+            (signed(|h| h.path = "a\u{1b}b".into()), refusal::PATH),
+            (signed(|h| h.path = ".x.ferry-partial-0123456789abcdef".into()), refusal::PATH),
+        ];
+        for (h, code) in cases {
+            let r = refused(&h, &rules);
+            assert_eq!(r.code(), code, "{r:?} for {h:?}");
+        }
+        // A forged signature, and a key the policy does not know: the same code.
+        let mut forged = signed(|_| {});
+        forged.signature[0] ^= 1;
+        assert!(matches!(refused(&forged, &rules), Refusal::Authentication(_)));
+        let other_exporter = negotiate(&signed(|_| {}), &[8; 32], 1, &rules, allow);
+        assert_eq!(other_exporter.unwrap_err().code(), refusal::AUTHENTICATION);
+        let unknown =
+            negotiate(&signed(|_| {}), &EXPORTER, 1, &rules, |_| Err::<(), _>("no".into()));
+        assert_eq!(unknown.unwrap_err(), Refusal::Authentication("no".into()));
+        // The server's rules: a suite it does not allow; a rate it caps.
+        let strict =
+            Rules { suites: vec![CipherSuite::Aes256], rate_cap: Some(500), ..Rules::default() };
+        assert_eq!(refused(&signed(|_| {}), &strict).code(), refusal::PARAMETERS);
+        let capped = signed(|h| h.suite = CipherSuite::Aes256);
+        let (plan, ()) = negotiate(&capped, &EXPORTER, 1, &strict, allow).unwrap();
+        assert_eq!(plan.limits, RateLimits { target: 500, min: 0 });
+        for (r, code) in [
+            (Refusal::Protocol, 3),
+            (Refusal::Server("x".into()), refusal::SERVER),
+            (Refusal::Busy("x".into()), refusal::BUSY),
+        ] {
+            assert_eq!(r.code(), code);
+        }
+    }
+
+    #[test]
+    fn unknown_suites_and_policies_are_told_apart() {
+        let mut buf = Vec::new();
+        hello().encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        // n, one version, direction, then the suite.
+        let suite_at = 1 + 1 + 1;
+        let mut p = payload.to_vec();
+        p[suite_at] = 99;
+        assert_eq!(ClientHello::decode(&p), Err(HelloError::UnknownSuite(99)));
+        let policy_at = suite_at + 1 + 4 + 8 + 8;
+        let mut p = payload.to_vec();
+        p[policy_at] = 9;
+        assert_eq!(ClientHello::decode(&p), Err(HelloError::UnknownPolicy(9)));
+    }
+
+    #[test]
+    fn the_client_checks_the_reply() {
+        let h = signed(|_| {});
+        let ok = ServerHello {
+            version: VERSION,
+            session_id: 1,
+            suite: h.suite.code(),
+            block_size: 1413,
+            max_window: 10,
+            data_port: 1,
+        };
+        assert_eq!(accept_reply(&h, &ok), Ok(()));
+        let bad = [
+            (ServerHello { version: 9, ..ok }, SetupError::Version(9)),
+            (ServerHello { suite: 0, ..ok }, SetupError::Suite),
+            (ServerHello { block_size: 1, ..ok }, SetupError::BlockSize(1)),
+            (ServerHello { max_window: 0, ..ok }, SetupError::Window),
+        ];
+        for (reply, e) in bad {
+            assert_eq!(accept_reply(&h, &reply), Err(e));
+        }
+    }
 
     fn hello() -> ClientHello {
         ClientHello {
             versions: vec![1],
             direction: Direction::Upload,
-            suite: 1,
+            suite: CipherSuite::Aes128,
             block_size: 1413,
             target_rate: 1_000_000,
             min_rate: 0,
-            policy: 2,
+            policy: Policy::Fair,
             data_port: 4000,
             flags: 1,
             path: "in/ü".into(),

@@ -159,8 +159,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     let (pre, post) = args.limits.limits();
     let docroot = Arc::new(docroot);
     let policy = Arc::new(SingleUser::new(docroot.clone(), authorized_keys));
-    let options =
-        ServerOptions { listen: args.listen, identity: id, pre, post, sweep: Some(docroot) };
+    let options = ServerOptions {
+        listen: args.listen,
+        identity: id,
+        pre,
+        post,
+        rules: Default::default(),
+        sweep: Some(docroot),
+    };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {

@@ -391,6 +391,7 @@ async fn session(
     let (t, payload, leftover) =
         bridge::read_frame(&mut recv).await.map_err(|e| ClientError::Setup(e.to_string()))?;
     let reply = read_reply(t, &payload, opts, transfer.path())?;
+    setup::accept_reply(&hello, &reply).map_err(|e| ClientError::Setup(e.to_string()))?;
     let remote_data = SocketAddr::new(conn.remote_address().ip(), reply.data_port);
     socket.connect(remote_data).map_err(|source| ClientError::LocalSocket {
         what: "cannot connect the data socket",
@@ -434,11 +435,11 @@ fn hello(
     let mut hello = ClientHello {
         versions: vec![setup::VERSION],
         direction,
-        suite: opts.cipher.code(),
+        suite: opts.cipher,
         block_size: MAX_STANDARD_BLOCK as u32,
         target_rate: opts.target_rate,
         min_rate: opts.min_rate,
-        policy: crate::server::policy_code(opts.policy),
+        policy: opts.policy,
         data_port,
         flags: u8::from(direction == Direction::Upload && single_file),
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
@@ -479,13 +480,7 @@ fn read_reply(
     if t != setup::T_SERVER_HELLO {
         return Err(ClientError::Setup("unexpected reply".into()));
     }
-    let reply = ServerHello::decode(payload).map_err(|e| ClientError::Setup(e.to_string()))?;
-    if reply.version != setup::VERSION || reply.suite != opts.cipher.code() {
-        return Err(ClientError::Setup(
-            "the server chose parameters this client did not offer".into(),
-        ));
-    }
-    Ok(reply)
+    ServerHello::decode(payload).map_err(|e| ClientError::Setup(e.to_string()))
 }
 
 /// The session's sender (upload) or receiver (download).

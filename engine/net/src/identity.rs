@@ -12,7 +12,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::rand::SecureRandom;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use ssh_key::private::{Ed25519Keypair, Ed25519PrivateKey, KeypairData};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
@@ -243,7 +243,7 @@ pub fn fingerprint(public: &[u8; 32]) -> String {
 
 /// Verifies an Ed25519 signature.
 pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
-    UnparsedPublicKey::new(&ED25519, public).verify(msg, sig).is_ok()
+    ferry_engine::crypto::ed25519_verify(public, msg, sig)
 }
 
 /// `PATH.pub`.

@@ -14,14 +14,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_engine::crypto::{CipherSuite, SessionSecret};
+use ferry_engine::crypto::SessionSecret;
 use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
 use ferry_engine::io::driver::{DataSocket, DriveReport, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
 use ferry_engine::io::source::{self, FileSource, SourceLimits};
-use ferry_engine::rate::{Policy as RatePolicy, RateLimits};
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
-use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
+use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
 use ring::rand::SecureRandom;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
@@ -105,6 +104,8 @@ pub struct ServerOptions {
     pub pre: PreAuth,
     /// Limits after authentication.
     pub post: PostAuth,
+    /// What set-up accepts (ciphers, rate cap).
+    pub rules: Rules,
     /// A directory whose stale partial files are swept at start and hourly (the docroot of the
     /// simple policy).
     pub sweep: Option<Arc<Docroot>>,
@@ -144,6 +145,7 @@ struct Ctx {
     cancel: Cancel,
     pre: PreAuth,
     post: PostAuth,
+    rules: Rules,
     gate: Arc<Gate>,
     policy: Arc<dyn Policy>,
 }
@@ -157,7 +159,7 @@ impl std::fmt::Debug for dyn Policy {
 impl Server {
     /// Binds the listening port. Must be called inside a Tokio runtime.
     pub fn bind(options: ServerOptions, policy: Arc<dyn Policy>) -> Result<Self, ServerError> {
-        let ServerOptions { listen, identity, pre, post, sweep } = options;
+        let ServerOptions { listen, identity, pre, post, rules, sweep } = options;
         let config = crate::tls::server_config(&identity, &pre).map_err(ServerError::Tls)?;
         let cannot = |source| ServerError::Listen { addr: listen, source };
         let socket = crate::sockets::listening_socket(listen).map_err(cannot)?;
@@ -171,7 +173,7 @@ impl Server {
         let local = endpoint.local_addr().map_err(cannot)?;
         let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
         let gate = Arc::new(Gate::default());
-        let ctx = Arc::new(Ctx { local, cancel, pre, post, gate, policy });
+        let ctx = Arc::new(Ctx { local, cancel, pre, post, rules, gate, policy });
         Ok(Self { endpoint, ctx, cancel_tx, sweep, fingerprint: identity.fingerprint() })
     }
 
@@ -273,17 +275,15 @@ async fn sweep_forever(docroot: Arc<Docroot>) {
     }
 }
 
-/// An authenticated client, its control stream and what it asked for.
+/// An authenticated client, its control stream and the session negotiated.
 struct Authenticated {
     conn: quinn::Connection,
     stream: ControlStream,
     hello: ClientHello,
+    plan: setup::Plan,
     fingerprint: String,
     grant: Grant,
 }
-
-/// A refusal sent to the client as an ABORT (code, message) and logged.
-struct Refusal(u16, String);
 
 async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Result<(), String> {
     let peer = incoming.remote_address();
@@ -294,11 +294,11 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
     };
     // Set up: no longer counted against the limits on connections in set-up.
     drop(guard);
-    let Authenticated { conn, mut stream, hello, fingerprint, grant } = auth;
+    let Authenticated { conn, mut stream, hello, plan, fingerprint, grant } = auth;
     let key_guard = match ctx.gate.start_session(hello.public_key, &ctx.post) {
         Ok(g) => g,
         Err(why) => {
-            bridge::send_abort(&mut stream.send, refusal::BUSY, &why).await;
+            bridge::send_abort(&mut stream.send, Refusal::Busy(why.clone()).code(), &why).await;
             return Err(format!("key {fingerprint}: refused: {why}"));
         }
     };
@@ -307,19 +307,26 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
         Direction::Download => "download of",
     };
     info!("{peer}: authenticated {fingerprint}, {what} {}", escape(&hello.path, 200));
-    let plan = match plan(ctx, &conn, &hello, &grant).await {
+    let session_id = plan.session_id;
+    let prepared = match prepare(ctx, &conn, plan, &grant).await {
         Ok(p) => p,
-        Err(Refusal(code, why)) => {
-            bridge::send_abort(&mut stream.send, code, &why).await;
-            return Err(format!("session refused: {why}"));
+        Err(r) => {
+            bridge::send_abort(&mut stream.send, r.code(), &r.to_string()).await;
+            return Err(format!("session refused: {r}"));
         }
     };
-    let session_id = plan.session_id;
-    stream.send.write_all(&plan.reply).await.map_err(|e| e.to_string())?;
+    stream.send.write_all(&prepared.reply).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
     let cancel = ctx.cancel.clone();
-    let (result, report) =
-        bridge::run_session(stream, plan.side, plan.socket, Box::new(|_| {}), cancel, |_| {}).await;
+    let (result, report) = bridge::run_session(
+        stream,
+        prepared.side,
+        prepared.socket,
+        Box::new(|_| {}),
+        cancel,
+        |_| {},
+    )
+    .await;
     // Let the client close the connection (it has the last word), bounded.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     drop(key_guard);
@@ -340,8 +347,9 @@ fn log_end(peer: SocketAddr, session_id: u64, started: Instant, report: &DriveRe
     );
 }
 
-/// Handshake, control stream, hello, version and authentication: everything that must happen
-/// within the set-up deadline.
+/// Handshake, control stream, hello, and the sans-IO negotiation (version, signature, the
+/// policy's verdict on the key, parameters, path syntax): everything that must happen within the
+/// set-up deadline.
 async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, String> {
     let conn = incoming
         .accept()
@@ -352,101 +360,80 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
     let (mut send, mut recv) =
         conn.accept_bi().await.map_err(|e| format!("control stream: {e}"))?;
     let (t, payload, leftover) = bridge::read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-    let hello = match (t == setup::T_CLIENT_HELLO).then(|| ClientHello::decode(&payload)) {
-        Some(Ok(h)) => h,
-        _ => {
-            let why = "protocol violation: expected a client hello";
-            bridge::send_abort(&mut send, 3, why).await;
-            return Err(why.into());
-        }
+    let decoded = match t {
+        setup::T_CLIENT_HELLO => ClientHello::decode(&payload).map_err(|e| match e {
+            HelloError::Malformed(_) => Refusal::Protocol,
+            e => Refusal::Parameters(e.to_string()),
+        }),
+        _ => Err(Refusal::Protocol),
     };
-    if !hello.versions.contains(&setup::VERSION) {
-        bridge::send_abort(&mut send, refusal::UNSUPPORTED_VERSION, "unsupported version").await;
-        return Err(format!("no common version (client offers {:?})", hello.versions));
-    }
-    // Authentication: the key must have signed this connection's exporter value together with
-    // the hello, and the policy must accept it (from this address, now).
     let mut exporter = [0u8; 32];
     conn.export_keying_material(&mut exporter, setup::AUTH_EXPORTER_LABEL, b"")
         .map_err(|_| "TLS exporter unavailable".to_string())?;
-    let fingerprint = identity::fingerprint(&hello.public_key);
-    let signed =
-        identity::verify(&hello.public_key, &hello.signed_message(&exporter), &hello.signature);
-    let grant = match signed {
-        true => ctx.policy.authorize(&hello.public_key, peer.ip()),
-        false => Err("the signature does not verify".into()),
-    };
-    match grant {
-        Ok(grant) => {
+    let mut id = [0u8; 8];
+    ring::rand::SystemRandom::new().fill(&mut id).map_err(|_| "no randomness".to_string())?;
+    let outcome = decoded.and_then(|hello| {
+        let authorize = |key: &[u8; 32]| ctx.policy.authorize(key, peer.ip());
+        let (plan, grant) =
+            setup::negotiate(&hello, &exporter, u64::from_be_bytes(id), &ctx.rules, authorize)?;
+        Ok((hello, plan, grant))
+    });
+    match outcome {
+        Ok((hello, plan, grant)) => {
             let stream = ControlStream { send, recv, leftover };
-            Ok(Authenticated { conn, stream, hello, fingerprint, grant })
+            let fingerprint = identity::fingerprint(&hello.public_key);
+            Ok(Authenticated { conn, stream, hello, plan, fingerprint, grant })
         }
-        Err(why) => {
-            bridge::send_abort(&mut send, refusal::AUTHENTICATION, "authentication refused").await;
-            Err(format!("authentication refused for key {fingerprint}: {why}"))
+        Err(r) => {
+            bridge::send_abort(&mut send, r.code(), &r.to_string()).await;
+            Err(match r {
+                Refusal::Authentication(why) => {
+                    let key = ClientHello::decode(&payload).map(|h| h.public_key);
+                    let fp = key.map_or_else(|_| "?".into(), |k| identity::fingerprint(&k));
+                    format!("authentication refused for key {fp}: {why}")
+                }
+                Refusal::UnsupportedVersion => "no common version".into(),
+                r => format!("session refused: {r}"),
+            })
         }
     }
 }
 
 /// What an accepted session runs with.
-struct Plan {
-    session_id: u64,
+struct Prepared {
     reply: Vec<u8>,
     side: Box<dyn Side + Send>,
     socket: DataSocket,
 }
 
-/// Decides the session: parameters, data socket, then the sink or source.
-async fn plan(
+/// The I/O half of set-up, after [`setup::negotiate`]: the data socket, the session secret,
+/// then the sink (resolving the destination) or the source (listing, off the runtime).
+async fn prepare(
     ctx: &Ctx,
     conn: &quinn::Connection,
-    hello: &ClientHello,
+    plan: setup::Plan,
     grant: &Grant,
-) -> Result<Plan, Refusal> {
-    let suite = CipherSuite::from_code(hello.suite)
-        .ok_or_else(|| Refusal(refusal::PARAMETERS, "unknown cipher suite".into()))?;
-    let mut id = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut id)
-        .map_err(|_| Refusal(refusal::SERVER, "no randomness".into()))?;
-    let session_id = u64::from_be_bytes(id);
-    let limits = RateLimits { target: hello.target_rate, min: hello.min_rate };
-    let mut config = SessionConfig::new(session_id, suite, limits);
-    config.block_size = hello.block_size as usize;
+) -> Result<Prepared, Refusal> {
+    let mut config = plan.config();
     config.initial_rtt = conn.rtt().max(Duration::from_millis(1));
     config.max_files = ctx.post.max_files;
     config.max_manifest_bytes = ctx.post.max_manifest_bytes;
-    config.validate().map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
-    let (rel, wants_dir) =
-        RelPath::parse_request(&hello.path).map_err(|e| Refusal(refusal::PATH, e.to_string()))?;
-    let socket = data_socket(ctx, conn.remote_address(), hello.data_port)?;
+    let socket = data_socket(ctx, conn.remote_address(), plan.data_port)?;
     let secret = {
         let mut s = Zeroizing::new([0u8; 32]);
-        conn.export_keying_material(s.as_mut(), setup::SESSION_EXPORTER_LABEL, &id)
-            .map_err(|_| Refusal(refusal::SERVER, "TLS exporter unavailable".into()))?;
+        let context = plan.session_id.to_be_bytes();
+        conn.export_keying_material(s.as_mut(), setup::SESSION_EXPORTER_LABEL, &context)
+            .map_err(|_| Refusal::Server("TLS exporter unavailable".into()))?;
         SessionSecret::new(*s)
     };
-    let side = match hello.direction {
-        Direction::Upload => {
-            let flags = hello.flags & 1 != 0;
-            receiver(ctx, &grant.docroot, config.clone(), &secret, rel, wants_dir, flags)?
-        }
-        Direction::Download => {
-            let policy = policy_from_code(hello.policy);
-            sender(ctx, &grant.docroot, config.clone(), &secret, rel, policy).await?
-        }
+    let reply_hello = plan.reply(ctx.local.port());
+    let side = match plan.direction {
+        Direction::Upload => receiver(ctx, &grant.docroot, config, &secret, &plan)?,
+        Direction::Download => sender(ctx, &grant.docroot, config, &secret, plan).await?,
     };
     let mut reply = Vec::new();
-    ServerHello {
-        version: setup::VERSION,
-        session_id,
-        suite: suite.code(),
-        block_size: config.block_size as u32,
-        max_window: config.max_window,
-        data_port: ctx.local.port(),
-    }
-    .encode(&mut reply);
-    Ok(Plan { session_id, reply, side, socket })
+    reply_hello.encode(&mut reply);
+    Ok(Prepared { reply, side, socket })
 }
 
 /// The session's data socket: on the listening port (SO_REUSEPORT), connected to the client's
@@ -454,7 +441,7 @@ async fn plan(
 fn data_socket(ctx: &Ctx, peer: SocketAddr, port: u16) -> Result<DataSocket, Refusal> {
     let fail = |what: &str, e: std::io::Error| {
         warn!("{peer}: {what}: {e}");
-        Refusal(refusal::SERVER, "the server could not set up the data path".into())
+        Refusal::Server("the server could not set up the data path".into())
     };
     let socket = crate::sockets::data_port_socket(ctx.local)
         .map_err(|e| fail("cannot bind a data socket", e))?;
@@ -469,14 +456,12 @@ fn receiver(
     root: &Arc<Docroot>,
     config: SessionConfig,
     secret: &SessionSecret,
-    rel: RelPath,
-    wants_dir: bool,
-    may_name_file: bool,
+    plan: &setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
-    let dest = upload_destination(root, rel, wants_dir, may_name_file)?;
+    let dest = upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file)?;
     let sink = FileSink::new(root.clone(), dest, SinkLimits { max_open: ctx.post.max_open_files });
     let receiver = Receiver::new(config, secret, Instant::now())
-        .map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
+        .map_err(|e| Refusal::Parameters(e.to_string()))?;
     Ok(Box::new(ReceiverSide { receiver, sink }))
 }
 
@@ -486,27 +471,27 @@ async fn sender(
     root: &Arc<Docroot>,
     config: SessionConfig,
     secret: &SessionSecret,
-    rel: RelPath,
-    policy: RatePolicy,
+    plan: setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
+    let rel = plan.path;
     let limits =
         SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
     let shown = rel.shown();
     let root = root.clone();
     let list = tokio::task::spawn_blocking(move || source::list(&root, &rel, limits))
         .await
-        .map_err(|_| Refusal(refusal::SERVER, "listing failed".into()))?
+        .map_err(|_| Refusal::Server("listing failed".into()))?
         .map_err(|e| {
             let why = if e.kind() == std::io::ErrorKind::NotFound {
                 format!("{shown} does not exist on the server")
             } else {
                 format!("{shown} cannot be sent: {e}")
             };
-            Refusal(refusal::PATH, why)
+            Refusal::Path(why)
         })?;
-    let factory = policy.factory();
+    let factory = plan.policy.factory();
     let mut sender = Sender::new(config, secret, factory.as_ref(), Instant::now())
-        .map_err(|e| Refusal(refusal::PARAMETERS, e.to_string()))?;
+        .map_err(|e| Refusal::Parameters(e.to_string()))?;
     for f in &list {
         let path = f.manifest.clone();
         let entry = ferry_engine::control::FileEntry {
@@ -531,7 +516,7 @@ fn upload_destination(
     wants_dir: bool,
     may_name_file: bool,
 ) -> Result<Destination, Refusal> {
-    let path_refusal = |why: String| Refusal(refusal::PATH, why);
+    let path_refusal = Refusal::Path;
     let meta = root.meta(&rel).map_err(|e| path_refusal(e.to_string()))?;
     match meta.map(|m| m.kind) {
         Some(Kind::Dir) => return Ok(Destination::Dir(rel)),
@@ -559,24 +544,4 @@ fn upload_destination(
         "the destination directory {} does not exist on the server",
         rel.shown()
     )))
-}
-
-/// The rate policy a CLIENT_HELLO names (unknown values: fair).
-pub fn policy_from_code(code: u8) -> RatePolicy {
-    match code {
-        0 => RatePolicy::Fixed,
-        1 => RatePolicy::High,
-        3 => RatePolicy::Low,
-        _ => RatePolicy::Fair,
-    }
-}
-
-/// The CLIENT_HELLO code of a rate policy.
-pub fn policy_code(p: RatePolicy) -> u8 {
-    match p {
-        RatePolicy::Fixed => 0,
-        RatePolicy::High => 1,
-        RatePolicy::Fair => 2,
-        RatePolicy::Low => 3,
-    }
 }

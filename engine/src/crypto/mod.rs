@@ -300,6 +300,12 @@ fn nonce(iv: &[u8; NONCE_LEN], packet_number: u64) -> [u8; NONCE_LEN] {
     n
 }
 
+/// Verifies an Ed25519 (RFC 8032) signature of `msg` by `public`.
+pub fn ed25519_verify(public: &[u8; 32], msg: &[u8], signature: &[u8]) -> bool {
+    use ring::signature::{ED25519, UnparsedPublicKey};
+    UnparsedPublicKey::new(&ED25519, public).verify(msg, signature).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
