@@ -150,7 +150,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     ferry_net::sockets::raise_fd_limit();
     let docroot_path = args.docroot.expect("clap requires it");
     let docroot = Docroot::open(&docroot_path).map_err(|e| {
-        CliError::new(Exit::Local, format!("docroot {}: {e}", docroot_path.display()))
+        CliError::new(Exit::Local, format!("docroot {e}"))
             .hint("create the directory or pass an existing one with --docroot")
     })?;
     let authorized_keys = args.authorized_keys.expect("clap requires it");

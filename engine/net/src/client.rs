@@ -346,7 +346,25 @@ async fn connect(
     let connecting = endpoint
         .connect_with(config, server, "ferry")
         .map_err(|e| ClientError::Connect { server, detail: e.to_string() })?;
-    let e = match connecting.await {
+    // A closed port answers at once (ICMP port unreachable), which QUIC ignores: a probe beside
+    // the handshake tells it in half a second instead of after the handshake's timeout.
+    let mut probe =
+        tokio::task::spawn_blocking(move || crate::sockets::port_refused(local_ip, server));
+    tokio::pin!(connecting);
+    let mut probing = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut connecting => break r,
+            refused = &mut probe, if probing => {
+                probing = false;
+                if matches!(refused, Ok(true)) {
+                    let detail = "ICMP port unreachable".to_owned();
+                    return Err(ClientError::PortClosed { server, detail });
+                }
+            }
+        }
+    };
+    let e = match result {
         Ok(c) => return Ok(c),
         Err(e) => e,
     };
