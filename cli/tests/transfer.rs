@@ -507,3 +507,19 @@ fn client_interrupted_mid_download_removes_its_partial_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(digest(&l.join("slow")), digest(&s.docroot().join("slow")));
 }
+
+/// An upload naming one destination file that exists is refused at set-up (code 16, exit 35:
+/// known before any byte is sent), not accepted and then failed (PROTOCOL-FINDINGS 4).
+#[test]
+fn an_existing_destination_file_is_refused_at_setup() {
+    let s = server();
+    std::fs::write(s.docroot().join("keep"), b"original").unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("new"), b"replacement").unwrap();
+    let out = cp(&s, &["--host-key", &s.fingerprint, "new", "127.0.0.1:keep"], l);
+    assert_eq!(out.status.code(), Some(35), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists on the server"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("keep")).unwrap(), b"original");
+    assert_eq!(names(&s.docroot()), ["keep"]);
+}

@@ -41,6 +41,8 @@ pub mod refusal {
     pub const SERVER: u16 = 14;
     /// The server is at a session limit (in all, or for this key); try again later.
     pub const BUSY: u16 = 15;
+    /// The upload names a single destination file that exists (Ferry never overwrites).
+    pub const EXISTS: u16 = 16;
 }
 
 /// Which way the files go.
@@ -341,6 +343,9 @@ pub enum Refusal {
     /// The server is at a session limit (code 15).
     #[error("{0}")]
     Busy(String),
+    /// The single file the upload names exists already (code 16).
+    #[error("{0} already exists on the server; Ferry does not overwrite files")]
+    Exists(String),
 }
 
 impl Refusal {
@@ -354,6 +359,7 @@ impl Refusal {
             Refusal::Parameters(_) => refusal::PARAMETERS,
             Refusal::Server(_) => refusal::SERVER,
             Refusal::Busy(_) => refusal::BUSY,
+            Refusal::Exists(_) => refusal::EXISTS,
         }
     }
 }
@@ -533,6 +539,7 @@ mod tests {
             (Refusal::Protocol, 3),
             (Refusal::Server("x".into()), refusal::SERVER),
             (Refusal::Busy("x".into()), refusal::BUSY),
+            (Refusal::Exists("x".into()), refusal::EXISTS),
         ] {
             assert_eq!(r.code(), code);
         }

@@ -490,7 +490,9 @@ fn read_reply(
             refusal::AUTHENTICATION => {
                 ClientError::KeyRefused { fingerprint: opts.identity.fingerprint(), reason }
             }
-            refusal::PATH => ClientError::PathRefused { path: path.to_owned(), reason },
+            refusal::PATH | refusal::EXISTS => {
+                ClientError::PathRefused { path: path.to_owned(), reason }
+            }
             refusal::BUSY => ClientError::Busy { reason },
             code => ClientError::Refused { code, reason },
         });

@@ -529,8 +529,8 @@ fn upload_destination(
         Some(_) if wants_dir => {
             return Err(path_refusal(format!("{} is not a directory", rel.shown())));
         }
-        // An existing file: the sink refuses to overwrite it (that file fails, by name).
-        Some(_) if may_name_file => return Ok(Destination::File(rel)),
+        // The single file the client names exists: known now, so refused now (PROTOCOL 8.2).
+        Some(_) if may_name_file => return Err(Refusal::Exists(rel.shown().to_string())),
         _ => {}
     }
     if may_name_file

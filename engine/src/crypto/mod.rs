@@ -248,20 +248,21 @@ impl PacketProtection {
     }
 
     /// Verifies and decrypts `packet` (header, body, tag) in place and returns the length of the
-    /// body. The caller has already checked the packet number against its replay window and
-    /// accepts epochs `lowest_epoch..=lowest_epoch + 2`.
+    /// body. The caller has already checked the packet number against its replay window;
+    /// `current_epoch` is the epoch of the highest packet number it accepted (0 before any), and
+    /// only epochs `current_epoch - 1 ..= current_epoch + 1` are opened (docs/PROTOCOL.md 4.2).
     pub fn open(
         &mut self,
         packet_number: u64,
         packet: &mut [u8],
         header_len: usize,
-        lowest_epoch: u64,
+        current_epoch: u64,
     ) -> Result<usize, OpenError> {
         if packet.len() < header_len + TAG_LEN {
             return Err(OpenError::Truncated);
         }
         let epoch = packet_number >> EPOCH_BITS;
-        if epoch < lowest_epoch || epoch > lowest_epoch + 2 {
+        if epoch + 1 < current_epoch || epoch > current_epoch + 1 {
             return Err(OpenError::EpochOutOfRange);
         }
         let suite = self.suite;
@@ -335,7 +336,7 @@ mod tests {
                 } else {
                     assert_ne!(pkt[10..110], plain[10..110], "{suite:?} encrypts");
                 }
-                let n = rx.open(pn, &mut pkt, 10, (pn >> EPOCH_BITS).saturating_sub(1)).unwrap();
+                let n = rx.open(pn, &mut pkt, 10, pn >> EPOCH_BITS).unwrap();
                 assert_eq!(n, 100);
                 assert_eq!(pkt[..110], plain[..110]);
             }
@@ -359,6 +360,15 @@ mod tests {
         assert_eq!(tx.seal(MAX_PACKET_NUMBER + 1, &mut pkt, 8), Err(PacketNumberExhausted));
         tx.seal(5 << EPOCH_BITS, &mut pkt, 8).unwrap();
         assert_eq!(rx.open(5 << EPOCH_BITS, &mut pkt, 8, 0), Err(OpenError::EpochOutOfRange));
+        // One epoch either side of the current one, no further (PROTOCOL-FINDINGS 2: the
+        // previous check accepted two above when the current epoch was 0).
+        for (epoch, current, ok) in [(2, 0, false), (1, 0, true), (0, 1, true), (2, 1, true), (3, 1, false), (0, 2, false)] {
+            let pn = epoch << EPOCH_BITS;
+            let mut pkt = vec![0u8; 40];
+            tx.seal(pn, &mut pkt, 8).unwrap();
+            let got = rx.open(pn, &mut pkt, 8, current);
+            assert_eq!(got.is_ok(), ok, "epoch {epoch} at current {current}: {got:?}");
+        }
         assert_eq!(rx.open(0, &mut pkt[..20], 8, 0), Err(OpenError::Truncated));
     }
 }

@@ -79,9 +79,9 @@ impl Inbound {
         if self.replay.check(pn) != ReplayCheck::Fresh {
             return Err(Dropped::Replay);
         }
-        let lowest_epoch = self.replay.highest().map_or(0, |h| (h >> EPOCH_BITS).saturating_sub(1));
+        let current_epoch = self.replay.highest().map_or(0, |h| h >> EPOCH_BITS);
         let body_len =
-            self.open.open(pn, datagram, HEADER_LEN, lowest_epoch).map_err(|_| Dropped::Auth)?;
+            self.open.open(pn, datagram, HEADER_LEN, current_epoch).map_err(|_| Dropped::Auth)?;
         Ok((header, body_len))
     }
 
