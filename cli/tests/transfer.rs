@@ -403,7 +403,7 @@ fn garbage_and_spoofed_datagrams_do_not_disturb_a_transfer() {
             pkt[4..6].copy_from_slice(&len.to_be_bytes());
             if i % 2 == 0 {
                 // A well-formed DATA header of this very session: only the tag can tell.
-                pkt[8] = 1;
+                pkt[8] = ferry_engine::wire::VERSION;
                 pkt[9] = 1;
                 pkt[10..18].copy_from_slice(&session_id.to_be_bytes());
                 pkt[18..26].copy_from_slice(&(i * 7919).to_be_bytes());

@@ -10,6 +10,12 @@
 // file another process can truncate cannot be made safe; see `io::source`.)
 #![deny(unsafe_code)]
 
+/// The protocol version this implementation speaks: the version byte of every data-path header
+/// (docs/PROTOCOL.md section 3) and the version set-up negotiates (section 8.2). One number
+/// for the whole protocol. Version 2: per-file failures (FILE_RESULT with a reason,
+/// FILE_ABANDON).
+pub const PROTOCOL_VERSION: u8 = 2;
+
 pub mod atrest;
 pub mod control;
 pub mod crypto;

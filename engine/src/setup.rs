@@ -14,9 +14,8 @@ use crate::wire::{DATA_OVERHEAD, MAX_DATAGRAM, ParseError};
 pub const T_CLIENT_HELLO: u8 = 16;
 /// Frame type of [`ServerHello`].
 pub const T_SERVER_HELLO: u8 = 17;
-/// The protocol version this implementation speaks. Version 2: per-file failures (FILE_RESULT
-/// carries a reason, FILE_ABANDON) instead of ending the session at the first failed file.
-pub const VERSION: u8 = 2;
+/// The protocol version set-up negotiates: [`crate::PROTOCOL_VERSION`].
+pub const VERSION: u8 = crate::PROTOCOL_VERSION;
 /// Largest set-up frame (length field included) a peer accepts: a hello with the longest path
 /// is about 4.3 KiB.
 pub const MAX_SETUP_FRAME: usize = 16 * 1024;

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-/// Protocol version carried in every data-path header and offered in session setup.
-pub const VERSION: u8 = 1;
+/// The version byte of every header: [`crate::PROTOCOL_VERSION`].
+pub const VERSION: u8 = crate::PROTOCOL_VERSION;
 
 /// Bytes of the clear, authenticated header at the start of every datagram.
 pub const HEADER_LEN: usize = 18;
@@ -425,8 +425,8 @@ mod tests {
         assert_eq!(Header::decode(&d).unwrap().packet_number, 9);
         assert_eq!(Header::decode(&d[..20]), Err(ParseError::Truncated));
         assert_eq!(Header::decode(&vec![1u8; MAX_DATAGRAM + 1]), Err(ParseError::Oversized));
-        d[0] = 2;
-        assert_eq!(Header::decode(&d), Err(ParseError::Version(2)));
+        d[0] = 9;
+        assert_eq!(Header::decode(&d), Err(ParseError::Version(9)));
         d[0] = VERSION;
         d[1] = 9;
         assert_eq!(Header::decode(&d), Err(ParseError::UnknownType(9)));

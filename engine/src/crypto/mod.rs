@@ -362,7 +362,9 @@ mod tests {
         assert_eq!(rx.open(5 << EPOCH_BITS, &mut pkt, 8, 0), Err(OpenError::EpochOutOfRange));
         // One epoch either side of the current one, no further (PROTOCOL-FINDINGS 2: the
         // previous check accepted two above when the current epoch was 0).
-        for (epoch, current, ok) in [(2, 0, false), (1, 0, true), (0, 1, true), (2, 1, true), (3, 1, false), (0, 2, false)] {
+        for (epoch, current, ok) in
+            [(2, 0, false), (1, 0, true), (0, 1, true), (2, 1, true), (3, 1, false), (0, 2, false)]
+        {
             let pn = epoch << EPOCH_BITS;
             let mut pkt = vec![0u8; 40];
             tx.seal(pn, &mut pkt, 8).unwrap();
