@@ -416,12 +416,6 @@ impl BlockSink for MemSink {
         Ok(())
     }
 
-    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = offset as usize;
-        buf.copy_from_slice(&self.files[file as usize][start..start + buf.len()]);
-        Ok(())
-    }
-
     fn free_blocks(&self) -> u64 {
         match self.slow {
             None => u64::MAX,

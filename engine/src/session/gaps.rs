@@ -60,14 +60,6 @@ impl Gaps {
         self.map.keys().next().copied()
     }
 
-    /// The lowest missing block at or after `block`.
-    pub fn first_at_or_after(&self, block: u64) -> Option<u64> {
-        if self.contains(block) {
-            return Some(block);
-        }
-        self.map.range(block..).next().map(|(&s, _)| s)
-    }
-
     pub fn contains(&self, block: u64) -> bool {
         self.map.range(..=block).next_back().is_some_and(|(_, g)| block < g.end)
     }

@@ -14,6 +14,7 @@ mod ranges;
 mod receiver;
 mod rtt;
 mod sender;
+mod tree_hash;
 
 pub use inbound::DropCounts;
 pub use receiver::{Receiver, ReceiverStats};
@@ -96,7 +97,7 @@ impl SessionConfig {
     }
 }
 
-/// File bytes hashed per BLAKE3 call on either end. Hashing block by block would keep BLAKE3
+/// File bytes the sender hashes per BLAKE3 call. Hashing block by block would keep BLAKE3
 /// on its one-chunk path (measured: a third of the whole session's time); 64 KiB batches let it
 /// compress many chunks in parallel (SIMD).
 pub(crate) const HASH_BATCH: usize = 64 * 1024;
@@ -131,8 +132,6 @@ pub trait BlockSink {
     fn open(&mut self, file: &FileEntry) -> io::Result<()>;
     /// Stores `data` at `offset` of file `file`. Blocks arrive in any order, each exactly once.
     fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError>;
-    /// Reads back stored bytes (to hash a file in order once its blocks are there).
-    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// How many more blocks the sink can take right now (flow control).
     fn free_blocks(&self) -> u64;
     /// The file is complete: `verified` says whether its digest matched. A verified file is

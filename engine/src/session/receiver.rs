@@ -7,7 +7,8 @@ use super::gaps::Gaps;
 use super::inbound::{DropCounts, Inbound};
 use super::layout::Layout;
 use super::ranges::RangeSet;
-use super::{BlockSink, Event, HASH_BATCH, SessionConfig, SessionError, SinkError, abort_code};
+use super::tree_hash::TreeHasher;
+use super::{BlockSink, Event, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
 use crate::crypto::{Direction, PacketProtection, SessionSecret, TAG_LEN};
 use crate::wire::{
@@ -32,8 +33,6 @@ pub struct ReceiverStats {
     pub blocks_requested: u64,
     /// Requested blocks whose first transmission then arrived (reordering mistaken for loss).
     pub spurious_requests: u64,
-    /// Bytes read back from the sink to hash files in order, in large batches.
-    pub bytes_read_back: u64,
     /// Datagrams dropped before their body was read, by reason.
     pub dropped: DropCounts,
     /// Blocks dropped: outside the flow-control window or the known manifest.
@@ -48,11 +47,10 @@ pub struct ReceiverStats {
 
 #[derive(Debug, Default)]
 struct RecvFile {
-    /// Created when the first bytes are hashed and dropped when the file has its outcome, so
-    /// only files in flight hold one.
-    hasher: Option<Box<blake3::Hasher>>,
-    /// Bytes of this file hashed so far, in order.
-    hashed: u64,
+    /// The file's BLAKE3 as its blocks are accepted (in any order, nothing read back),
+    /// created with its first block and dropped when the file has its outcome, so only files in
+    /// flight hold one.
+    tree: Option<Box<TreeHasher>>,
     expected: Option<Box<Digest>>,
     status: Option<FileStatus>,
 }
@@ -111,7 +109,8 @@ pub struct Receiver {
     requests_blocked: bool,
     feedback_urgent: bool,
     last_window_sent: u64,
-    scratch: Vec<u8>,
+    /// Spare region buffers of the tree hashers.
+    region_pool: Vec<Box<[u8]>>,
     nack_buf: Vec<u8>,
     last_heard: Instant,
     state: State,
@@ -166,7 +165,7 @@ impl Receiver {
             requests_blocked: false,
             feedback_urgent: false,
             last_window_sent: 0,
-            scratch: vec![0; HASH_BATCH],
+            region_pool: Vec::new(),
             nack_buf: Vec::with_capacity(wire::MAX_DATAGRAM),
             last_heard: now,
             state: State::Active,
@@ -397,7 +396,11 @@ impl Receiver {
             let cap = self.rtt() + Duration::from_millis(100);
             self.reorder_learned = self.reorder_learned.max(late).min(cap);
         }
-        self.advance_hash(file, sink);
+        let size = self.layout.span(file).size;
+        let f = &mut self.files[file as usize];
+        let tree = f.tree.get_or_insert_with(|| Box::new(TreeHasher::new(size)));
+        tree.add(offset, payload, &mut self.region_pool);
+        self.try_finish(file, sink);
     }
 
     /// Every block below `frontier` was sent; those not received become gaps. `received` is a
@@ -460,54 +463,20 @@ impl Receiver {
         self.gaps.first().unwrap_or(self.known_end)
     }
 
-    /// Hashes file `file` in order, reading back from the sink in batches of [`HASH_BATCH`]
-    /// bytes once that much has arrived contiguously (or the file is complete).
-    fn advance_hash(&mut self, file: u32, sink: &mut dyn BlockSink) {
-        if self.files[file as usize].status.is_some() {
-            return;
-        }
-        let span = self.layout.span(file);
-        let bs = self.config.block_size as u64;
-        loop {
-            let hashed = self.files[file as usize].hashed;
-            if hashed == span.size {
-                break;
-            }
-            // Received contiguously from the next unhashed block: up to the first gap at or
-            // after it, or the receiver's known end, or the end of the file.
-            let next = span.first + hashed / bs;
-            let limit = self.gaps.first_at_or_after(next).unwrap_or(self.known_end);
-            let contiguous_end = limit.min(self.known_end).min(span.end());
-            let available = if contiguous_end >= span.end() {
-                span.size - hashed
-            } else {
-                (contiguous_end.saturating_sub(span.first) * bs).saturating_sub(hashed)
-            };
-            if available == 0 || (available < HASH_BATCH as u64 && hashed + available < span.size) {
-                break;
-            }
-            let n = available.min(HASH_BATCH as u64) as usize;
-            let buf = &mut self.scratch[..n];
-            if let Err(e) = sink.read(file, hashed, buf) {
-                return self.refuse(file, FileStatus::StorageFailed, &e, sink);
-            }
-            let f = &mut self.files[file as usize];
-            f.hasher.get_or_insert_with(Default::default).update(buf);
-            f.hashed += n as u64;
-            self.stats.bytes_read_back += n as u64;
-        }
-        self.try_finish(file, sink);
-    }
-
     /// Verifies and finishes file `file` once all its blocks are hashed and its digest known.
     fn try_finish(&mut self, file: u32, sink: &mut dyn BlockSink) {
-        let span = self.layout.span(file);
+        let size = self.layout.span(file).size;
         let f = &mut self.files[file as usize];
-        if f.status.is_some() || f.hashed < span.size || f.expected.is_none() {
+        let actual = match &f.tree {
+            _ if size == 0 => Some(*blake3::hash(&[]).as_bytes()),
+            Some(t) => t.finalize(),
+            None => None,
+        };
+        let Some(actual) = actual else { return };
+        if f.status.is_some() || f.expected.is_none() {
             return;
         }
         let Some(expected) = f.expected.take() else { return };
-        let actual = *f.hasher.take().unwrap_or_default().finalize().as_bytes();
         let verified = bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..]));
         let (status, reason) = match (verified, sink.finish(file, verified)) {
             (true, Ok(())) => (FileStatus::Verified, String::new()),
@@ -526,7 +495,7 @@ impl Receiver {
     fn conclude(&mut self, file: u32, status: FileStatus, reason: String) {
         let f = &mut self.files[file as usize];
         f.status = Some(status);
-        f.hasher = None;
+        f.tree = None;
         f.expected = None;
         self.verified += 1;
         if status != FileStatus::Verified {

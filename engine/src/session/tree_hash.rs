@@ -1,0 +1,220 @@
+//! BLAKE3 of a file whose bytes arrive in any order, without reading any of them back.
+//!
+//! BLAKE3 is a tree hash: the input is split into 1 KiB chunks, and the chaining values (CVs) of
+//! subtrees combine pairwise up a left-complete binary tree whose shape depends only on the input
+//! length (the BLAKE3 paper, section 2.1). [`TreeHasher`] knows the file's length, so it knows the
+//! tree. It collects arriving bytes into aligned regions of [`REGION`] bytes (a power-of-two
+//! number of chunks, so every region is a subtree); a region whose bytes are all in is hashed as a
+//! subtree at once (with the SIMD code path for several chunks) and its buffer reused, and its CV
+//! merges with its sibling's as soon as that is known, up to the root. The result is exactly
+//! `blake3::hash` of the file (tested against it with random arrival orders).
+//!
+//! Memory: a buffer per region that has some but not all of its bytes (a lost block leaves at
+//! most two such regions), plus one CV per subtree waiting for its sibling (at most one per tree
+//! level per gap). Files of at most one region are hashed in one call when complete.
+
+use std::collections::HashMap;
+
+use blake3::hazmat::{ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root};
+
+/// Bytes per region: 8 chunks, the width of BLAKE3's AVX2 path.
+pub(crate) const REGION: u64 = 8 * 1024;
+/// Spare region buffers kept for reuse (more are freed).
+pub(crate) const POOL: usize = 32;
+
+/// A region being filled.
+#[derive(Debug)]
+struct Partial {
+    buf: Box<[u8]>,
+    filled: u64,
+}
+
+/// Computes the BLAKE3 hash of a file of known length from byte ranges given in any order
+/// (each byte exactly once).
+#[derive(Debug)]
+pub(crate) struct TreeHasher {
+    len: u64,
+    /// Regions with some of their bytes, by region index.
+    partial: HashMap<u64, Partial>,
+    /// CVs of complete subtrees whose sibling is not known yet, by (start offset, length).
+    done: HashMap<(u64, u64), ChainingValue>,
+    /// The hash, once every byte is in.
+    root: Option<[u8; 32]>,
+    /// Bytes in so far.
+    received: u64,
+}
+
+impl TreeHasher {
+    /// A hasher for a file of `len` bytes.
+    pub(crate) fn new(len: u64) -> Self {
+        let mut h =
+            Self { len, partial: HashMap::new(), done: HashMap::new(), root: None, received: 0 };
+        if len == 0 {
+            h.root = Some(*blake3::hash(&[]).as_bytes());
+        }
+        h
+    }
+
+    /// The hash, once every byte has been added.
+    pub(crate) fn finalize(&self) -> Option<[u8; 32]> {
+        self.root
+    }
+
+    /// Bytes still held in partly filled regions.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.partial.values().map(|p| p.buf.len()).sum()
+    }
+
+    /// Adds the bytes at `offset` (never added before). Empty buffers from `pool` are used for
+    /// new regions and the buffers of completed ones go back to it.
+    pub(crate) fn add(&mut self, offset: u64, mut data: &[u8], pool: &mut Vec<Box<[u8]>>) {
+        debug_assert!(offset + data.len() as u64 <= self.len);
+        self.received += data.len() as u64;
+        let mut pos = offset;
+        while !data.is_empty() {
+            let region = pos / REGION;
+            let start = region * REGION;
+            let region_len = (self.len - start).min(REGION);
+            let at = (pos - start) as usize;
+            let n = data.len().min(region_len as usize - at);
+            let p = self.partial.entry(region).or_insert_with(|| Partial {
+                buf: pool.pop().unwrap_or_else(|| vec![0; REGION as usize].into_boxed_slice()),
+                filled: 0,
+            });
+            p.buf[at..at + n].copy_from_slice(&data[..n]);
+            p.filled += n as u64;
+            if p.filled == region_len {
+                let p = self.partial.remove(&region).expect("present");
+                self.complete_region(start, &p.buf[..region_len as usize]);
+                if pool.len() < POOL {
+                    pool.push(p.buf);
+                }
+            }
+            pos += n as u64;
+            data = &data[n..];
+        }
+    }
+
+    /// A region's bytes are all in: hash it and merge upwards.
+    fn complete_region(&mut self, start: u64, bytes: &[u8]) {
+        if self.len <= REGION {
+            // The whole file is one region: its hash is a root, not a subtree's CV.
+            self.root = Some(*blake3::hash(bytes).as_bytes());
+            return;
+        }
+        let cv = blake3::Hasher::new().set_input_offset(start).update(bytes).finalize_non_root();
+        self.complete(start, bytes.len() as u64, cv);
+    }
+
+    /// Subtree `[start, start + len)` has `cv`: merge it with its sibling while the sibling is
+    /// known, else keep it until the sibling arrives.
+    fn complete(&mut self, mut start: u64, mut len: u64, mut cv: ChainingValue) {
+        loop {
+            let Some(parent) = self.parent_of(start, len) else {
+                unreachable!("the root is completed by a merge")
+            };
+            let (p_start, p_len, left_len) = parent;
+            let (sibling, is_left) = if start == p_start {
+                ((p_start + left_len, p_len - left_len), true)
+            } else {
+                ((p_start, left_len), false)
+            };
+            let Some(other) = self.done.remove(&sibling) else {
+                self.done.insert((start, len), cv);
+                return;
+            };
+            let (left, right) = if is_left { (cv, other) } else { (other, cv) };
+            if p_start == 0 && p_len == self.len {
+                self.root = Some(
+                    *blake3::hazmat::merge_subtrees_root(&left, &right, Mode::Hash).as_bytes(),
+                );
+                return;
+            }
+            cv = merge_subtrees_non_root(&left, &right, Mode::Hash);
+            (start, len) = (p_start, p_len);
+        }
+    }
+
+    /// The parent of subtree `[start, start + len)` in the file's tree: its start, length and
+    /// the length of its left child. `None` for the root.
+    fn parent_of(&self, start: u64, len: u64) -> Option<(u64, u64, u64)> {
+        let (mut s, mut l) = (0, self.len);
+        let mut parent = None;
+        while !(s == start && l == len) {
+            if l <= REGION {
+                unreachable!("[{start}, +{len}) is not a subtree of a {}-byte file", self.len);
+            }
+            let left = left_subtree_len(l);
+            parent = Some((s, l, left));
+            if start < s + left {
+                l = left;
+            } else {
+                s += left;
+                l -= left;
+            }
+        }
+        parent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// Every size class and block size, blocks in random order (with runs in order, as on a
+    /// real path), against `blake3::hash`; buffers end empty.
+    #[test]
+    fn matches_blake3_in_any_order() {
+        let mut next = rng(0x5eed);
+        let sizes = [0u64, 1, 1023, 1024, 1025, 8191, 8192, 8193, 16384, 70_000, 300_001, 1 << 20];
+        let mut pool = Vec::new();
+        for &size in &sizes {
+            for &block in &[64u64, 1000, 1413, 8913] {
+                let data: Vec<u8> = (0..size).map(|_| next() as u8).collect();
+                let want = *blake3::hash(&data).as_bytes();
+                let mut blocks: Vec<u64> = (0..size.div_ceil(block)).collect();
+                // Swap a fifth of the blocks far away: arrival out of order.
+                for i in 0..blocks.len() {
+                    if next().is_multiple_of(5) {
+                        let j = (next() as usize) % blocks.len();
+                        blocks.swap(i, j);
+                    }
+                }
+                let mut h = TreeHasher::new(size);
+                for (k, &b) in blocks.iter().enumerate() {
+                    assert!(size == 0 || h.finalize().is_none() || k == blocks.len());
+                    let start = b * block;
+                    let end = (start + block).min(size);
+                    h.add(start, &data[start as usize..end as usize], &mut pool);
+                }
+                assert_eq!(h.finalize(), Some(want), "size {size}, block {block}");
+                assert_eq!(h.buffered(), 0);
+                assert!(h.done.is_empty());
+            }
+        }
+        assert!(!pool.is_empty() && pool.len() <= POOL, "buffers are reused: {}", pool.len());
+    }
+
+    /// In order, only one region is ever partly filled.
+    #[test]
+    fn in_order_holds_one_region() {
+        let data = vec![7u8; 1 << 20];
+        let mut h = TreeHasher::new(data.len() as u64);
+        let mut pool = Vec::new();
+        for (i, block) in data.chunks(1413).enumerate() {
+            h.add(i as u64 * 1413, block, &mut pool);
+            assert!(h.buffered() <= REGION as usize);
+        }
+        assert_eq!(h.finalize(), Some(*blake3::hash(&data).as_bytes()));
+    }
+}
