@@ -6,13 +6,14 @@
 //! slowed by QUIC flow control (the stream reader waits for room), and one that stops reading
 //! stops the session's control output (the driver holds it back) instead of growing memory.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::control::ControlMessage;
 use ferry_engine::io::driver::{
-    ControlIn, DataSocket, DriveError, DriveReport, Outbox, Progress, Side, drive,
+    ControlIn, DataSocket, DriveError, DriveReport, Outbox, Progress, Side, Waker, drive,
 };
+use ferry_engine::rate::RateLimits;
 use ferry_engine::session::abort_code;
 use ferry_engine::setup;
 use tokio::sync::mpsc;
@@ -93,17 +94,39 @@ pub async fn send_abort(send: &mut quinn::SendStream, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
+/// The driver's input queue: every message queued wakes the driver thread (an eventfd in its
+/// poll set), which otherwise sleeps until its session has something to do.
+#[derive(Debug, Clone)]
+struct Input {
+    tx: mpsc::Sender<ControlIn>,
+    waker: Arc<Waker>,
+}
+
+impl Input {
+    async fn send(&self, m: ControlIn) -> bool {
+        let sent = self.tx.send(m).await.is_ok();
+        self.waker.wake();
+        sent
+    }
+}
+
 /// What a running session is told by its owner (besides the peer's control messages).
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
-    input: mpsc::Sender<ControlIn>,
+    input: Input,
 }
 
 impl SessionHandle {
-    /// Cancels the session with `reason` (its partial files are removed). Returns false when
-    /// the session is already over.
+    /// Cancels the session with `reason` (its partial files are removed and the peer is told
+    /// why). Returns false when the session is already over.
     pub async fn cancel(&self, reason: String) -> bool {
-        self.input.send(ControlIn::Cancel(reason)).await.is_ok()
+        self.input.send(ControlIn::Cancel(reason)).await
+    }
+
+    /// Changes the rate limits of what this end sends (a download, on the server). Returns
+    /// false when the session is already over.
+    pub async fn set_limits(&self, limits: RateLimits) -> bool {
+        self.input.send(ControlIn::SetLimits(limits)).await
     }
 }
 
@@ -120,11 +143,18 @@ pub async fn run_session(
     on_start: impl FnOnce(SessionHandle),
 ) -> (Result<(), DriveError>, DriveReport) {
     let ControlStream { mut send, recv, leftover } = stream;
+    let waker = match Waker::new() {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            let e = DriveError::ControlClosed(format!("cannot create the driver's waker: {e}"));
+            return (Err(e), DriveReport::default());
+        }
+    };
     let (in_tx, in_rx) = mpsc::channel::<ControlIn>(CONTROL_QUEUE);
+    let input = Input { tx: in_tx, waker: waker.clone() };
     let (out_tx, out_rx) = mpsc::channel::<ControlMessage>(CONTROL_QUEUE);
-    let cancelled = Arc::new(Mutex::new(None::<&'static str>));
-    let canceller = spawn_canceller(cancel, in_tx.clone(), cancelled.clone());
-    let driver = match spawn_driver(side, socket, in_rx, out_tx, on_progress) {
+    let canceller = spawn_canceller(cancel, input.clone());
+    let driver = match spawn_driver(side, socket, waker, in_rx, out_tx, on_progress) {
         Ok(d) => d,
         Err(e) => {
             canceller.abort();
@@ -132,43 +162,39 @@ pub async fn run_session(
             return (Err(e), DriveReport::default());
         }
     };
-    on_start(SessionHandle { input: in_tx.clone() });
-    let reader = tokio::spawn(read_control(recv, leftover, in_tx));
+    on_start(SessionHandle { input: input.clone() });
+    let reader = tokio::spawn(read_control(recv, leftover, input));
+    // The driver's output ends when its thread does.
     write_control(&mut send, out_rx).await;
-    let reason = *cancelled.lock().expect("lock");
-    if let Some(reason) = reason {
-        let mut bytes = Vec::new();
-        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.to_owned() }
-            .encode(&mut bytes);
-        let _ = send.write_all(&bytes).await;
-    }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
     canceller.abort();
-    let outcome = tokio::task::spawn_blocking(move || driver.join()).await;
-    reader.abort();
-    match outcome {
+    let outcome = match tokio::task::spawn_blocking(move || driver.join()).await {
         Ok(Ok(outcome)) => outcome,
         _ => (
             Err(DriveError::ControlClosed("the data-path thread panicked".into())),
             DriveReport::default(),
         ),
+    };
+    // A cancelled session tells its peer why (the session itself stopped without a word).
+    if let (Err(DriveError::Cancelled(reason)), _) = &outcome {
+        let mut bytes = Vec::new();
+        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.clone() }
+            .encode(&mut bytes);
+        let _ = send.write_all(&bytes).await;
     }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    reader.abort();
+    outcome
 }
 
 /// Cancellation (a signal): the driver ends as if the control channel had closed, which drops
 /// its file sink (partial files are removed), and the peer gets an ABORT saying why.
-fn spawn_canceller(
-    mut cancel: Cancel,
-    input: mpsc::Sender<ControlIn>,
-    cancelled: Arc<Mutex<Option<&'static str>>>,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_canceller(mut cancel: Cancel, input: Input) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let reason = match cancel.wait_for(Option::is_some).await {
             Ok(r) => (*r).expect("waited for Some"),
             Err(_) => return,
         };
-        *cancelled.lock().expect("lock") = Some(reason);
         let _ = input.send(ControlIn::Cancel(reason.to_owned())).await;
     })
 }
@@ -180,6 +206,7 @@ type DriveOutcome = (Result<(), DriveError>, DriveReport);
 fn spawn_driver(
     mut side: Box<dyn Side + Send>,
     mut socket: DataSocket,
+    waker: Arc<Waker>,
     mut input: mpsc::Receiver<ControlIn>,
     output: mpsc::Sender<ControlMessage>,
     mut on_progress: Box<dyn FnMut(&Progress) + Send>,
@@ -196,23 +223,19 @@ fn spawn_driver(
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => Some(ControlIn::Closed("control layer gone".into())),
         };
-        drive(side.as_mut(), &mut socket, &mut take, &mut out, on_progress.as_mut())
+        drive(side.as_mut(), &mut socket, &waker, &mut take, &mut out, on_progress.as_mut())
     })
 }
 
 /// Reads control frames from the peer into the driver's queue until the stream ends.
-async fn read_control(
-    mut recv: quinn::RecvStream,
-    mut buf: Vec<u8>,
-    input: mpsc::Sender<ControlIn>,
-) {
+async fn read_control(mut recv: quinn::RecvStream, mut buf: Vec<u8>, input: Input) {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         loop {
             match ControlMessage::decode(&buf) {
                 Ok(Some((m, used))) => {
                     buf.drain(..used);
-                    if input.send(ControlIn::Message(m)).await.is_err() {
+                    if !input.send(ControlIn::Message(m)).await {
                         return;
                     }
                 }

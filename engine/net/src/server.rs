@@ -9,6 +9,7 @@
 //! ([`ferry_engine::io::docroot`]); listings run off the async runtime. Log lines go through
 //! `tracing`; every peer-chosen string in them is quoted and escaped.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use ferry_engine::crypto::SessionSecret;
 use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
-use ferry_engine::io::driver::{DataSocket, DriveReport, ReceiverSide, SenderSide, Side};
+use ferry_engine::io::driver::{DataSocket, DriveReport, Progress, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
 use ferry_engine::io::source::{self, FileSource, SourceLimits};
+use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
 use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
 use ring::rand::SecureRandom;
@@ -26,7 +28,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::authorized_keys::AuthorizedKeys;
-use crate::bridge::{self, Cancel, ControlStream};
+use crate::bridge::{self, Cancel, ControlStream, SessionHandle};
 use crate::identity::{self, Identity};
 use crate::limits::{Admission, Gate, PostAuth, PreAuth, SetupGuard};
 
@@ -35,6 +37,96 @@ use crate::limits::{Admission, Gate, PostAuth, PreAuth, SetupGuard};
 pub const STALE_PARTIAL: Duration = Duration::from_secs(600);
 /// How often stale partial files are swept.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// A running session, as [`Registry::list`] shows it.
+#[derive(Debug, Clone)]
+pub struct SessionSnapshot {
+    /// The session id.
+    pub id: u64,
+    /// The client's control address.
+    pub peer: SocketAddr,
+    /// The client key's fingerprint.
+    pub key: String,
+    /// Upload or download.
+    pub direction: Direction,
+    /// The path the client asked for (beneath its docroot).
+    pub path: String,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// Its latest progress report (about every 250 ms).
+    pub progress: Progress,
+}
+
+/// The sessions running on a server: what each is doing, and handles to cancel one or change
+/// its rate while it runs.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<u64, Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    snapshot: SessionSnapshot,
+    progress: Arc<Mutex<Progress>>,
+    handle: Option<SessionHandle>,
+}
+
+impl Registry {
+    /// The running sessions, oldest first.
+    pub fn list(&self) -> Vec<SessionSnapshot> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let mut out: Vec<_> = sessions
+            .values()
+            .map(|r| {
+                let mut s = r.snapshot.clone();
+                s.progress = r.progress.lock().expect("progress lock").clone();
+                s
+            })
+            .collect();
+        out.sort_by_key(|s| s.started);
+        out
+    }
+
+    fn handle(&self, id: u64) -> Option<SessionHandle> {
+        self.sessions.lock().expect("registry lock").get(&id).and_then(|r| r.handle.clone())
+    }
+
+    /// Cancels session `id` (its partial files are removed, its client told `reason`). False if
+    /// there is no such session running.
+    pub async fn cancel(&self, id: u64, reason: &str) -> bool {
+        match self.handle(id) {
+            Some(h) => h.cancel(reason.to_owned()).await,
+            None => false,
+        }
+    }
+
+    /// Changes the rate limits of session `id` where the server sends (a download). False if
+    /// there is no such session running.
+    pub async fn set_limits(&self, id: u64, limits: RateLimits) -> bool {
+        match self.handle(id) {
+            Some(h) => h.set_limits(limits).await,
+            None => false,
+        }
+    }
+
+    fn insert(&self, snapshot: SessionSnapshot) -> Arc<Mutex<Progress>> {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let id = snapshot.id;
+        let running = Running { snapshot, progress: progress.clone(), handle: None };
+        self.sessions.lock().expect("registry lock").insert(id, running);
+        progress
+    }
+
+    fn set_handle(&self, id: u64, handle: SessionHandle) {
+        if let Some(r) = self.sessions.lock().expect("registry lock").get_mut(&id) {
+            r.handle = Some(handle);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.sessions.lock().expect("registry lock").remove(&id);
+    }
+}
 
 /// What a [`Policy`] grants an authenticated client.
 #[derive(Debug, Clone)]
@@ -148,6 +240,7 @@ struct Ctx {
     rules: Rules,
     gate: Arc<Gate>,
     policy: Arc<dyn Policy>,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for dyn Policy {
@@ -173,7 +266,8 @@ impl Server {
         let local = endpoint.local_addr().map_err(cannot)?;
         let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
         let gate = Arc::new(Gate::default());
-        let ctx = Arc::new(Ctx { local, cancel, pre, post, rules, gate, policy });
+        let registry = Arc::new(Registry::default());
+        let ctx = Arc::new(Ctx { local, cancel, pre, post, rules, gate, policy, registry });
         Ok(Self { endpoint, ctx, cancel_tx, sweep, fingerprint: identity.fingerprint() })
     }
 
@@ -185,6 +279,11 @@ impl Server {
     /// The host key's fingerprint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The sessions running on it.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.ctx.registry.clone()
     }
 
     /// Serves until `shutdown` resolves (with a reason), then ends every session (removing its
@@ -317,16 +416,29 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
     };
     stream.send.write_all(&prepared.reply).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let cancel = ctx.cancel.clone();
+    let snapshot = SessionSnapshot {
+        id: session_id,
+        peer,
+        key: fingerprint.clone(),
+        direction: hello.direction,
+        path: hello.path.clone(),
+        started: std::time::SystemTime::now(),
+        progress: Progress::default(),
+    };
+    let progress = ctx.registry.insert(snapshot);
+    let on_progress = Box::new(move |p: &Progress| *progress.lock().expect("progress") = p.clone());
+    let registry = ctx.registry.clone();
+    let on_start = move |h| registry.set_handle(session_id, h);
     let (result, report) = bridge::run_session(
         stream,
         prepared.side,
         prepared.socket,
-        Box::new(|_| {}),
-        cancel,
-        |_| {},
+        on_progress,
+        ctx.cancel.clone(),
+        on_start,
     )
     .await;
+    ctx.registry.remove(session_id);
     // Let the client close the connection (it has the last word), bounded.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     drop(key_guard);

@@ -24,8 +24,12 @@ use crate::control::{ControlMessage, FileStatus};
 use crate::session::{BlockSink, BlockSource, Event, Receiver, Sender, SessionError};
 use crate::wire::MAX_DATAGRAM;
 
-/// The longest the driver blocks on the socket before checking the control channel again.
-const MAX_WAIT: Duration = Duration::from_millis(2);
+/// The longest the driver blocks when nothing is due: control input wakes it at once (through
+/// its [`Waker`]), so this only bounds how late a progress report may be.
+const MAX_WAIT: Duration = PROGRESS_INTERVAL;
+/// The longest it blocks while a control message waits for room in the control layer's queue
+/// (which does not wake it when room appears).
+const HELD_WAIT: Duration = Duration::from_millis(2);
 /// Requested socket buffer size in each direction: enough to ride out a scheduling hiccup of
 /// tens of milliseconds at several Gbit/s, so the receiver's queue shows up as delay (which the
 /// rate controller reacts to) instead of as overflow loss (which it deliberately ignores).
@@ -40,6 +44,33 @@ const RECV_SLOTS: usize = quinn_udp::BATCH_SIZE;
 const RECV_SLOT_BYTES: usize = 1 << 16;
 /// Largest payload of one GSO `sendmsg` (the kernel's limit is one 64 KiB IP packet).
 const GSO_MAX_BYTES: usize = 65_000;
+
+/// Wakes a driver blocked on its socket: whoever queues control input for the session calls
+/// [`Waker::wake`] after it. An eventfd in the driver's poll set, so a session waiting for
+/// nothing but its peer costs no CPU (no periodic polling).
+#[derive(Debug)]
+pub struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    /// A new waker.
+    pub fn new() -> std::io::Result<Self> {
+        use rustix::event::{EventfdFlags, eventfd};
+        Ok(Self { fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)? })
+    }
+
+    /// Wakes the driver (if it is blocked; else its next wait returns at once).
+    pub fn wake(&self) {
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// Clears a wake-up.
+    fn drain(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut b);
+    }
+}
 
 /// What [`drive`]'s `control_out` did with a message.
 #[derive(Debug)]
@@ -76,6 +107,8 @@ pub enum ControlIn {
     /// The session's owner cancels it (a signal, a shutdown, an operator): it ends now with
     /// [`DriveError::Cancelled`], its partial files removed.
     Cancel(String),
+    /// New rate limits for this end's sending (`-l`/`-m` changed while the session runs).
+    SetLimits(crate::rate::RateLimits),
 }
 
 /// One side of a session as the driver sees it.
@@ -100,6 +133,8 @@ pub trait Side {
     fn progress(&self) -> SideProgress;
     /// File `file`'s name for reports.
     fn file_name(&self, file: u32) -> String;
+    /// New rate limits for what this end sends (the receiver sends only feedback: no-op).
+    fn set_limits(&mut self, _limits: crate::rate::RateLimits) {}
     /// A one-line state summary for debugging (`FERRY_DEBUG_DRIVER`).
     fn debug_line(&self) -> String {
         String::new()
@@ -130,6 +165,9 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn file_name(&self, file: u32) -> String {
         self.source.name(file).unwrap_or_else(|| format!("file {file}"))
+    }
+    fn set_limits(&mut self, limits: crate::rate::RateLimits) {
+        self.sender.set_limits(limits);
     }
     fn poll_control(&mut self) -> Option<ControlMessage> {
         self.sender.poll_control()
@@ -499,8 +537,8 @@ impl DataSocket {
     }
 
     /// Waits until a datagram arrives, the socket becomes writable (when `writable` is asked
-    /// for) or `wait` has passed.
-    fn wait(&self, wait: Duration, writable: bool) -> Result<(), DriveError> {
+    /// for), `waker` is woken, or `wait` has passed.
+    fn wait(&self, wait: Duration, writable: bool, waker: &Waker) -> Result<(), DriveError> {
         // ppoll has high-resolution timers (a socket receive timeout is rounded to jiffies, which
         // would make pacing gaps milliseconds long).
         let ts = rustix::event::Timespec {
@@ -511,9 +549,17 @@ impl DataSocket {
         if writable {
             flags |= rustix::event::PollFlags::OUT;
         }
-        let mut fds = [rustix::event::PollFd::new(&self.socket, flags)];
+        let mut fds = [
+            rustix::event::PollFd::new(&self.socket, flags),
+            rustix::event::PollFd::new(&waker.fd, rustix::event::PollFlags::IN),
+        ];
         match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {
+                if !fds[1].revents().is_empty() {
+                    waker.drain();
+                }
+                Ok(())
+            }
             Err(e) => Err(DriveError::Socket(e.into())),
         }
     }
@@ -523,17 +569,20 @@ impl DataSocket {
 /// control layer has for the session (`None` when nothing is waiting); `control_out` carries
 /// the session's control messages to the control layer (both are bounded queues: a peer that
 /// stops reading its control stream stops the session's control output, never grows memory).
-/// `on_progress` is called about every [`PROGRESS_INTERVAL`] and once at the end.
+/// `on_progress` is called about every [`PROGRESS_INTERVAL`] and once at the end. Whoever feeds
+/// `control_in` wakes the driver with `waker`.
 pub fn drive(
     side: &mut dyn Side,
     socket: &mut DataSocket,
+    waker: &Waker,
     control_in: &mut dyn FnMut() -> Option<ControlIn>,
     control_out: &mut dyn FnMut(ControlMessage) -> Outbox,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> (Result<(), DriveError>, DriveReport) {
     let mut report = DriveReport::default();
     let started = Instant::now();
-    let result = drive_inner(side, socket, control_in, control_out, on_progress, &mut report);
+    let io = Io { socket, waker, control_in, control_out, on_progress };
+    let result = drive_inner(side, io, &mut report);
     report.side = side.progress();
     on_progress(&progress(side, &report, started));
     (result, report)
@@ -551,14 +600,21 @@ fn progress(side: &dyn Side, report: &DriveReport, started: Instant) -> Progress
     }
 }
 
+/// What [`drive`] works with besides the session.
+struct Io<'a> {
+    socket: &'a mut DataSocket,
+    waker: &'a Waker,
+    control_in: &'a mut dyn FnMut() -> Option<ControlIn>,
+    control_out: &'a mut dyn FnMut(ControlMessage) -> Outbox,
+    on_progress: &'a mut dyn FnMut(&Progress),
+}
+
 fn drive_inner(
     side: &mut dyn Side,
-    socket: &mut DataSocket,
-    control_in: &mut dyn FnMut() -> Option<ControlIn>,
-    control_out: &mut dyn FnMut(ControlMessage) -> Outbox,
-    on_progress: &mut dyn FnMut(&Progress),
+    io: Io<'_>,
     report: &mut DriveReport,
 ) -> Result<(), DriveError> {
+    let Io { socket, waker, control_in, control_out, on_progress } = io;
     let mut failure: Option<SessionError> = None;
     let mut closed: Option<String> = None;
     let mut cancelled: Option<String> = None;
@@ -592,6 +648,7 @@ fn drive_inner(
                     cancelled = Some(reason);
                     break;
                 }
+                ControlIn::SetLimits(limits) => side.set_limits(limits),
             }
         }
         socket.receive(side, report)?;
@@ -644,12 +701,14 @@ fn drive_inner(
         if let Some(reason) = closed {
             return Err(DriveError::ControlClosed(reason));
         }
+        let cap = if held.is_some() { HELD_WAIT } else { MAX_WAIT };
         let wait = side
             .poll_timeout()
-            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
-            .min(MAX_WAIT);
+            .map_or(cap, |t| t.saturating_duration_since(Instant::now()))
+            .min(cap)
+            .min(next_progress.saturating_duration_since(Instant::now()));
         if blocked || wait >= Duration::from_micros(20) {
-            socket.wait(if blocked { MAX_WAIT } else { wait }, blocked)?;
+            socket.wait(if blocked { HELD_WAIT } else { wait }, blocked, waker)?;
         }
     }
 }
@@ -725,20 +784,33 @@ mod tests {
 
         let (to_recv_tx, to_recv_rx) = mpsc::channel();
         let (to_send_tx, to_send_rx) = mpsc::channel();
+        // Each end wakes the other after queueing a control message for it.
+        let recv_waker = std::sync::Arc::new(Waker::new().unwrap());
+        let send_waker = std::sync::Arc::new(Waker::new().unwrap());
+        let (rw, sw) = (recv_waker.clone(), send_waker.clone());
         let recv_thread = std::thread::spawn(move || {
             let mut side = ReceiverSide { receiver, sink };
-            let mut out = |m| outbox(to_send_tx.send(ControlIn::Message(m)).is_ok());
+            let mut out = |m| {
+                let sent = to_send_tx.send(ControlIn::Message(m)).is_ok();
+                sw.wake();
+                outbox(sent)
+            };
             let mut b = DataSocket::new(b).unwrap();
-            drive(&mut side, &mut b, &mut || inbox(&to_recv_rx), &mut out, &mut |_| {})
+            drive(&mut side, &mut b, &rw, &mut || inbox(&to_recv_rx), &mut out, &mut |_| {})
         });
         let mut side = SenderSide { sender, source };
-        let mut out = |m| outbox(to_recv_tx.send(ControlIn::Message(m)).is_ok());
+        let mut out = |m| {
+            let sent = to_recv_tx.send(ControlIn::Message(m)).is_ok();
+            recv_waker.wake();
+            outbox(sent)
+        };
         let mut a = DataSocket::new(a).unwrap();
         let mut last = Progress::default();
         let mut input = || inbox(&to_send_rx);
-        let (result, report) = drive(&mut side, &mut a, &mut input, &mut out, &mut |p| {
-            last = p.clone();
-        });
+        let (result, report) =
+            drive(&mut side, &mut a, &send_waker, &mut input, &mut out, &mut |p| {
+                last = p.clone();
+            });
         result.unwrap();
         assert_eq!(report.files.len(), 2);
         assert_eq!(last.side.bytes, data.len() as u64, "final progress counts every byte once");
