@@ -313,7 +313,8 @@ fn passwd() -> Vec<PasswdEntry> {
         .collect()
 }
 
-fn current_user_name() -> String {
+/// The name of the account this process runs as.
+pub(crate) fn current_user_name() -> String {
     let uid = ferry_keystore::euid();
     passwd()
         .into_iter()

@@ -11,9 +11,11 @@ use ferry_engine::control::FileStatus;
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::{Docroot, RelPath};
 use ferry_engine::io::driver::DriveReport;
-use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
+use ferry_engine::io::files::{Destination, SinkLimits};
 use ferry_engine::io::source::{self, SourceFile, SourceLimits};
+use ferry_engine::io::storage::{PlainFiles, Storage};
 use ferry_engine::rate::Policy;
+use ferry_engine::session::BlockSink;
 use ferry_engine::setup::Direction;
 use ferry_net::client::{
     self, ClientError, ClientEvent, ClientOptions, DEFAULT_PORT, HostKey, Transfer,
@@ -161,10 +163,13 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             for s in sources {
                 files.extend(local_sources(s)?);
             }
+            let files = PlainFiles
+                .source(files, SourceLimits::default())
+                .map_err(|e| CliError::new(Exit::Local, format!("cannot read the sources: {e}")))?;
             Transfer::Upload { files, path: remote.path.clone() }
         }
         Direction::Download => {
-            Transfer::Download { path: remote.path.clone(), sink: Box::new(download_sink(dest)?) }
+            Transfer::Download { path: remote.path.clone(), sink: download_sink(dest)? }
         }
     };
     let host_key = match &args.host_key {
@@ -360,7 +365,7 @@ fn local_sources(arg: &str) -> Result<Vec<SourceFile>, CliError> {
 }
 
 /// The sink of a download into `dest`: an existing directory, or a new file name in one.
-fn download_sink(dest: &str) -> Result<FileSink, CliError> {
+fn download_sink(dest: &str) -> Result<Box<dyn BlockSink + Send>, CliError> {
     let d = std::path::absolute(dest)
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
     let open = |p: &Path| {
@@ -370,7 +375,7 @@ fn download_sink(dest: &str) -> Result<FileSink, CliError> {
     };
     if d.is_dir() {
         let root = open(&d)?;
-        return Ok(FileSink::new(root, Destination::Dir(RelPath::root()), SinkLimits::default()));
+        return sink(root, Destination::Dir(RelPath::root()), dest);
     }
     let parent = match d.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -383,7 +388,17 @@ fn download_sink(dest: &str) -> Result<FileSink, CliError> {
     let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name =
         RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
-    Ok(FileSink::new(open(&parent)?, Destination::File(name), SinkLimits::default()))
+    sink(open(&parent)?, Destination::File(name), dest)
+}
+
+fn sink(
+    root: Arc<Docroot>,
+    to: Destination,
+    dest: &str,
+) -> Result<Box<dyn BlockSink + Send>, CliError> {
+    PlainFiles
+        .sink(root, to, SinkLimits::default())
+        .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
 }
 
 #[cfg(test)]

@@ -158,7 +158,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     check_keys(&authorized_keys)?;
     let (pre, post) = args.limits.limits();
     let docroot = Arc::new(docroot);
-    let policy = Arc::new(SingleUser::new(docroot.clone(), authorized_keys));
+    let policy = Arc::new(SingleUser::new(
+        crate::keys::current_user_name(),
+        docroot.clone(),
+        authorized_keys,
+    ));
     let options = ServerOptions {
         listen: args.listen,
         identity: id,

@@ -6,15 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_engine::control::{ControlMessage, FileEntry};
+use ferry_engine::control::ControlMessage;
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
 use ferry_engine::io::driver::{
     DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
 };
-use ferry_engine::io::files::FileSink;
-use ferry_engine::io::source::{FileSource, SourceFile, SourceLimits};
+use ferry_engine::io::storage::Outgoing;
 use ferry_engine::rate::{Policy as RatePolicy, RateLimits};
-use ferry_engine::session::{MAX_STANDARD_BLOCK, Receiver, Sender, SessionConfig, SessionError};
+use ferry_engine::session::{
+    BlockSink, MAX_STANDARD_BLOCK, Receiver, Sender, SessionConfig, SessionError,
+};
 use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
 use zeroize::Zeroizing;
 
@@ -55,12 +56,12 @@ pub struct ClientOptions {
 }
 
 /// One transfer.
-#[derive(Debug)]
 pub enum Transfer {
     /// Send `files` to the directory (or, for one file, the name) `path` on the server.
     Upload {
-        /// What to send, in manifest order.
-        files: Vec<SourceFile>,
+        /// What to send: the manifest and where its bytes are read (a
+        /// [`Storage`](ferry_engine::io::storage::Storage) makes it).
+        files: Outgoing,
         /// Where, relative to the server's docroot.
         path: String,
     },
@@ -68,9 +69,22 @@ pub enum Transfer {
     Download {
         /// What, relative to the server's docroot.
         path: String,
-        /// Where it lands.
-        sink: Box<FileSink>,
+        /// Where it lands (a [`Storage`](ferry_engine::io::storage::Storage) makes it).
+        sink: Box<dyn BlockSink + Send>,
     },
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transfer::Upload { files, path } => {
+                f.debug_struct("Upload").field("files", files).field("path", path).finish()
+            }
+            Transfer::Download { path, .. } => {
+                f.debug_struct("Download").field("path", path).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 impl Transfer {
@@ -401,7 +415,7 @@ async fn session(
         what: "cannot open the data socket",
         source,
     })?;
-    let single = matches!(&transfer, Transfer::Upload { files, .. } if files.len() == 1);
+    let single = matches!(&transfer, Transfer::Upload { files, .. } if files.entries.len() == 1);
     let hello = hello(conn, opts, transfer.direction(), transfer.path(), data_port.port(), single)?;
     let mut out = Vec::new();
     hello.encode(&mut out);
@@ -420,7 +434,7 @@ async fn session(
         source,
     })?;
     let files = match &transfer {
-        Transfer::Upload { files, .. } => files.len(),
+        Transfer::Upload { files, .. } => files.entries.len(),
         Transfer::Download { .. } => 0,
     };
     let info = SessionInfo {
@@ -531,17 +545,15 @@ fn side(
             let factory = opts.policy.factory();
             let mut sender =
                 Sender::new(config, &secret, factory.as_ref(), now).map_err(setup_err)?;
-            for f in &files {
-                let path = f.manifest.clone();
-                sender.add_file(FileEntry { id: 0, size: f.size, mtime_ns: 0, mode: f.mode, path });
+            for entry in files.entries {
+                sender.add_file(entry);
             }
             sender.finish_manifest();
-            let source = FileSource::new(files, SourceLimits::default());
-            Box::new(SenderSide { sender, source })
+            Box::new(SenderSide { sender, source: files.source })
         }
         Transfer::Download { sink, .. } => {
             let receiver = Receiver::new(config, &secret, now).map_err(setup_err)?;
-            Box::new(ReceiverSide { receiver, sink: *sink })
+            Box::new(ReceiverSide { receiver, sink })
         }
     })
 }

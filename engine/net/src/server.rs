@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use ferry_engine::crypto::SessionSecret;
 use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
 use ferry_engine::io::driver::{DataSocket, DriveReport, Progress, ReceiverSide, SenderSide, Side};
-use ferry_engine::io::files::{Destination, FileSink, SinkLimits};
-use ferry_engine::io::source::{self, FileSource, SourceLimits};
+use ferry_engine::io::files::{Destination, SinkLimits};
+use ferry_engine::io::source::{self, SourceLimits};
+use ferry_engine::io::storage::{PlainFiles, Storage};
 use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
 use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
@@ -47,6 +48,8 @@ pub struct SessionSnapshot {
     pub peer: SocketAddr,
     /// The client key's fingerprint.
     pub key: String,
+    /// The user the policy granted.
+    pub user: String,
     /// Upload or download.
     pub direction: Direction,
     /// The path the client asked for (beneath its docroot).
@@ -131,8 +134,12 @@ impl Registry {
 /// What a [`Policy`] grants an authenticated client.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// Who the client is, for logs and the [`Registry`].
+    pub user: String,
     /// The directory the client's paths are confined to.
     pub docroot: Arc<Docroot>,
+    /// How its files are stored ([`PlainFiles`] stores them as they are).
+    pub storage: Arc<dyn Storage>,
 }
 
 /// Decides, per session, who the client is and what it may do.
@@ -142,10 +149,12 @@ pub trait Policy: Send + Sync + 'static {
     fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String>;
 }
 
-/// The simple policy of `ferry serve` without a configuration file: one docroot, the keys of
-/// one `authorized_keys` file (read again whenever it changes).
+/// The simple policy of `ferry serve` without a configuration file: one user, one docroot,
+/// files stored as they are, the keys of one `authorized_keys` file (read again whenever it
+/// changes).
 #[derive(Debug)]
 pub struct SingleUser {
+    user: String,
     docroot: Arc<Docroot>,
     authorized_keys: PathBuf,
     /// The parsed file and the metadata it was read with.
@@ -153,9 +162,9 @@ pub struct SingleUser {
 }
 
 impl SingleUser {
-    /// The policy for `docroot` and the keys in `authorized_keys`.
-    pub fn new(docroot: Arc<Docroot>, authorized_keys: PathBuf) -> Self {
-        Self { docroot, authorized_keys, cache: Mutex::new(None) }
+    /// The policy granting `docroot` as `user` to the keys in `authorized_keys`.
+    pub fn new(user: impl Into<String>, docroot: Arc<Docroot>, authorized_keys: PathBuf) -> Self {
+        Self { user: user.into(), docroot, authorized_keys, cache: Mutex::new(None) }
     }
 
     /// The authorized keys, read again when the file changed.
@@ -181,7 +190,11 @@ impl Policy for SingleUser {
     fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
         let keys = self.keys()?;
         keys.check(key, peer, ferry_keystore::time::now()).map_err(|d| d.to_string())?;
-        Ok(Grant { docroot: self.docroot.clone() })
+        Ok(Grant {
+            user: self.user.clone(),
+            docroot: self.docroot.clone(),
+            storage: Arc::new(PlainFiles),
+        })
     }
 }
 
@@ -405,7 +418,8 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
         Direction::Upload => "upload to",
         Direction::Download => "download of",
     };
-    info!("{peer}: authenticated {fingerprint}, {what} {}", escape(&hello.path, 200));
+    let user = escape(&grant.user, 64);
+    info!("{peer}: authenticated {fingerprint} as {user}, {what} {}", escape(&hello.path, 200));
     let session_id = plan.session_id;
     let prepared = match prepare(ctx, &conn, plan, &grant).await {
         Ok(p) => p,
@@ -420,6 +434,7 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
         id: session_id,
         peer,
         key: fingerprint.clone(),
+        user: grant.user.clone(),
         direction: hello.direction,
         path: hello.path.clone(),
         started: std::time::SystemTime::now(),
@@ -540,8 +555,8 @@ async fn prepare(
     };
     let reply_hello = plan.reply(ctx.local.port());
     let side = match plan.direction {
-        Direction::Upload => receiver(ctx, &grant.docroot, config, &secret, &plan)?,
-        Direction::Download => sender(ctx, &grant.docroot, config, &secret, plan).await?,
+        Direction::Upload => receiver(ctx, grant, config, &secret, &plan)?,
+        Direction::Download => sender(ctx, grant, config, &secret, plan).await?,
     };
     let mut reply = Vec::new();
     reply_hello.encode(&mut reply);
@@ -565,13 +580,18 @@ fn data_socket(ctx: &Ctx, peer: SocketAddr, port: u16) -> Result<DataSocket, Ref
 
 fn receiver(
     ctx: &Ctx,
-    root: &Arc<Docroot>,
+    grant: &Grant,
     config: SessionConfig,
     secret: &SessionSecret,
     plan: &setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
+    let root = &grant.docroot;
     let dest = upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file)?;
-    let sink = FileSink::new(root.clone(), dest, SinkLimits { max_open: ctx.post.max_open_files });
+    let limits = SinkLimits { max_open: ctx.post.max_open_files };
+    let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
+        warn!("storage for {}: {e}", escape(&grant.user, 64));
+        Refusal::Server("the server cannot store files for this session".into())
+    })?;
     let receiver = Receiver::new(config, secret, Instant::now())
         .map_err(|e| Refusal::Parameters(e.to_string()))?;
     Ok(Box::new(ReceiverSide { receiver, sink }))
@@ -580,7 +600,7 @@ fn receiver(
 /// The sender of a download; the listing runs off the async runtime.
 async fn sender(
     ctx: &Ctx,
-    root: &Arc<Docroot>,
+    grant: &Grant,
     config: SessionConfig,
     secret: &SessionSecret,
     plan: setup::Plan,
@@ -589,7 +609,7 @@ async fn sender(
     let limits =
         SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
     let shown = rel.shown();
-    let root = root.clone();
+    let root = grant.docroot.clone();
     let list = tokio::task::spawn_blocking(move || source::list(&root, &rel, limits))
         .await
         .map_err(|_| Refusal::Server("listing failed".into()))?
@@ -604,19 +624,15 @@ async fn sender(
     let factory = plan.policy.factory();
     let mut sender = Sender::new(config, secret, factory.as_ref(), Instant::now())
         .map_err(|e| Refusal::Parameters(e.to_string()))?;
-    for f in &list {
-        let path = f.manifest.clone();
-        let entry = ferry_engine::control::FileEntry {
-            id: 0,
-            size: f.size,
-            mtime_ns: 0,
-            mode: f.mode,
-            path,
-        };
+    let outgoing = grant.storage.source(list, limits).map_err(|e| {
+        warn!("storage for {}: {e}", escape(&grant.user, 64));
+        Refusal::Server("the server cannot read files for this session".into())
+    })?;
+    for entry in outgoing.entries {
         sender.add_file(entry);
     }
     sender.finish_manifest();
-    Ok(Box::new(SenderSide { sender, source: FileSource::new(list, limits) }))
+    Ok(Box::new(SenderSide { sender, source: outgoing.source }))
 }
 
 /// Where an upload to `rel` lands: into it when it is a directory; as that very name when the

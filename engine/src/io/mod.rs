@@ -7,9 +7,12 @@
 //!   beneath a docroot, opened lazily, read with `pread` into reused read-ahead buffers.
 //! - [`files`]: the receiver's [`BlockSink`](crate::session::BlockSink): unique partial files
 //!   beneath a docroot, created lazily, renamed into place once verified.
+//! - [`storage`]: the seam both meet: a [`Storage`](storage::Storage) makes the sink of an
+//!   upload and the source of a download ([`storage::PlainFiles`]: the two above).
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
 
 pub mod docroot;
 pub mod driver;
 pub mod files;
 pub mod source;
+pub mod storage;

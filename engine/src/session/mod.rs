@@ -143,6 +143,33 @@ pub trait BlockSink {
     }
 }
 
+impl<T: BlockSource + ?Sized> BlockSource for Box<T> {
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read(file, offset, buf)
+    }
+    fn name(&self, file: u32) -> Option<String> {
+        (**self).name(file)
+    }
+}
+
+impl<T: BlockSink + ?Sized> BlockSink for Box<T> {
+    fn open(&mut self, file: &FileEntry) -> io::Result<()> {
+        (**self).open(file)
+    }
+    fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        (**self).write(file, offset, data)
+    }
+    fn free_blocks(&self) -> u64 {
+        (**self).free_blocks()
+    }
+    fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
+        (**self).finish(file, verified)
+    }
+    fn name(&self, file: u32) -> Option<String> {
+        (**self).name(file)
+    }
+}
+
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
