@@ -29,7 +29,7 @@ fn segment(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SEGMENT_SIZE as u64));
     let len = 1u64 << 30;
     let (_, mut cipher) = EnvelopeBuilder::new(len)
-        .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MINIMUM })
+        .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MIN })
         .build()
         .unwrap();
     let pt = vec![0x5au8; SEGMENT_SIZE];
@@ -98,7 +98,7 @@ fn file(c: &mut Criterion) {
     let pt = vec![0x5au8; BYTES];
     let build = || {
         EnvelopeBuilder::new(BYTES as u64)
-            .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MINIMUM })
+            .slot(NewSlot::Passphrase { passphrase: b"bench", params: Argon2Params::MIN })
             .build()
             .unwrap()
     };
@@ -193,10 +193,9 @@ fn rewrap(c: &mut Criterion) {
 fn argon2(c: &mut Criterion) {
     let mut g = c.benchmark_group("atrest_argon2id_slot");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
-    for (name, params) in [
-        ("default_64MiB_t3_p4", Argon2Params::DEFAULT),
-        ("minimum_19MiB_t2_p1", Argon2Params::MINIMUM),
-    ] {
+    for (name, params) in
+        [("default_64MiB_t3_p4", Argon2Params::DEFAULT), ("minimum_19MiB_t2_p1", Argon2Params::MIN)]
+    {
         g.bench_function(name, |b| {
             b.iter(|| {
                 black_box(

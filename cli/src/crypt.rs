@@ -34,7 +34,8 @@ use crate::exit::Exit;
 
 mod keystore;
 
-use keystore::{FerryKeystore, KeystoreArgs};
+use ferry_keystore::Keystore;
+use keystore::KeystoreArgs;
 
 /// Exit code: input missing/unreadable or I/O failure.
 const EXIT_IO: Exit = Exit::CryptIo;
@@ -99,13 +100,13 @@ impl KdfArgs {
     fn params(&self) -> Result<Argon2Params, CliError> {
         if let Some(ms) = self.argon2_calibrate {
             return Argon2Params::calibrate(Duration::from_millis(ms))
-                .map_err(|e| map_err(e, Path::new("-")));
+                .map_err(|e| map_err(e.into(), Path::new("-")));
         }
         let d = Argon2Params::DEFAULT;
         let p = Argon2Params {
-            m_kib: self.argon2_memory.unwrap_or(d.m_kib),
-            t: self.argon2_time.unwrap_or(d.t),
-            p: self.argon2_lanes.unwrap_or(d.p),
+            m_cost_kib: self.argon2_memory.unwrap_or(d.m_cost_kib),
+            t_cost: self.argon2_time.unwrap_or(d.t_cost),
+            p_cost: self.argon2_lanes.unwrap_or(d.p_cost),
         };
         p.validate().map_err(|e| {
             CliError::new(Exit::Usage, format!("invalid Argon2id parameters: {e}")).hint(
@@ -686,12 +687,13 @@ fn inspect(a: InspectArgs) -> Result<(), CliError> {
     for slot in header.slots() {
         let desc = match &slot.kind {
             SlotKind::Passphrase { params } => {
-                format!("passphrase, Argon2id m={} KiB t={} p={}", params.m_kib, params.t, params.p)
+                let (m, t, p) = (params.m_cost_kib, params.t_cost, params.p_cost);
+                format!("passphrase, Argon2id m={m} KiB t={t} p={p}")
             }
             SlotKind::Keystore { owner, category, version } => {
                 let state = store
                     .as_ref()
-                    .and_then(|s| s.state_of(owner, category, *version))
+                    .and_then(|s| s.slot_state(owner, category, *version))
                     .map(|st| format!(", {st}"))
                     .unwrap_or_default();
                 format!("keystore secret {owner}/{category} v{version}{state}")
@@ -751,7 +753,7 @@ fn rewrap(a: RewrapArgs) -> Result<(), CliError> {
         return Err(CliError::new(EXIT_IO, "no envelopes found under the given paths")
             .hint("name envelope files or directories holding them"));
     }
-    let mut store: Option<FerryKeystore> = None;
+    let mut store: Option<Keystore> = None;
     let mut passes: Option<(Zeroizing<String>, Zeroizing<String>, Argon2Params)> = None;
     for path in &files {
         let mut f = OpenOptions::new()

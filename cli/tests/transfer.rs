@@ -523,3 +523,34 @@ fn an_existing_destination_file_is_refused_at_setup() {
     assert_eq!(std::fs::read(s.docroot().join("keep")).unwrap(), b"original");
     assert_eq!(names(&s.docroot()), ["keep"]);
 }
+
+/// The library logs through `tracing`; `FERRY_LOG` selects what `ferry cp` writes: the data
+/// path's state every 250 ms on `ferry::driver` at DEBUG, nothing of it by default.
+#[test]
+fn ferry_log_selects_the_data_path_state() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), data(8 << 20, 7)).unwrap();
+    let key = s.key();
+    let port = s.port.to_string();
+    let args = ["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint];
+    let upload = |name: &str, log: Option<&str>| {
+        let mut cmd = std::process::Command::new(&*FERRY);
+        cmd.current_dir(local.path()).args(args).args(["-l", "80m", "f"]);
+        cmd.arg(format!("127.0.0.1:{name}")).env_remove("HOME").env_remove("FERRY_LOG");
+        if let Some(l) = log {
+            cmd.env("FERRY_LOG", l);
+        }
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        wait_output(cmd.spawn().unwrap(), "ferry cp")
+    };
+    let out = upload("logged", Some("ferry::driver=debug"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<_> = err.lines().filter(|l| l.contains("ferry cp: driver: ")).collect();
+    assert!(!lines.is_empty(), "no driver state logged: {err}");
+    assert!(lines.iter().all(|l| l.contains("DriveReport {")), "{err}");
+    let out = upload("quiet", None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("driver:"), "{}", stderr(&out));
+}

@@ -16,7 +16,7 @@ use ferry_engine::atrest::{
 use sha2::{Digest, Sha256};
 
 const PASS: &[u8] = b"test passphrase";
-const FAST: Argon2Params = Argon2Params::MINIMUM;
+const FAST: Argon2Params = Argon2Params::MIN;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
@@ -373,7 +373,7 @@ fn oversized_kdf_parameters_are_refused_before_derivation() {
         );
     }
     // The encryptor refuses them too.
-    let huge = Argon2Params { m_kib: 2 * 1024 * 1024, t: 3, p: 4 };
+    let huge = Argon2Params { m_cost_kib: 2 * 1024 * 1024, t_cost: 3, p_cost: 4 };
     let err = EnvelopeBuilder::new(1)
         .slot(NewSlot::Passphrase { passphrase: PASS, params: huge })
         .build()
@@ -637,7 +637,7 @@ fn argon2_calibration_never_goes_below_the_default() {
     let p = Argon2Params::calibrate(std::time::Duration::from_millis(1)).unwrap();
     assert_eq!(p, Argon2Params::DEFAULT);
     assert!(p.in_bounds());
-    assert!(Argon2Params::MINIMUM.in_bounds());
+    assert!(Argon2Params::MIN.in_bounds());
 }
 
 #[test]

@@ -30,7 +30,7 @@ fn build() -> (Vec<u8>, Vec<(&'static str, String)>) {
         .fixed_for_test_vectors(
             dek,
             file_id,
-            NewSlot::Passphrase { passphrase: PASSPHRASE, params: Argon2Params::MINIMUM },
+            NewSlot::Passphrase { passphrase: PASSPHRASE, params: Argon2Params::MIN },
             rnd,
         )
         .build()

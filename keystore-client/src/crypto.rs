@@ -15,7 +15,6 @@
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
-use rand::TryRng as _;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -29,13 +28,7 @@ pub(crate) const TAG_LEN: usize = 16;
 
 const KEY_CHECK_PLAINTEXT: &[u8] = b"ferry keystore key check v1";
 
-/// Fills `buf` from the operating system's CSPRNG (getrandom). Panics only if the OS has no
-/// randomness source, which no supported platform lacks.
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    rand::rngs::SysRng
-        .try_fill_bytes(buf)
-        .expect("the operating system's random number generator failed");
-}
+pub(crate) use ferry_keys::fill_random;
 
 pub(crate) fn random_array<const N: usize>() -> [u8; N] {
     let mut a = [0u8; N];

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use crate::category::{Category, Owner};
-use crate::state::{KeyState, Operation};
 use crate::store::KeystoreKind;
 use crate::time::rfc3339;
+use ferry_keys::{KeyState, Operation};
 
 /// Everything that can go wrong in the keystore.
 #[derive(Debug, thiserror::Error)]

@@ -30,37 +30,12 @@ use zeroize::Zeroizing;
 use crate::crypto::random_array;
 use crate::secret::{Key32, SecretBytes};
 use crate::store::KeystoreKind;
+use ferry_keys::Argon2Params;
 
 /// Size of a key file in bytes.
 pub const KEY_FILE_LEN: usize = 116;
 const HEADER_LEN: usize = 68;
 const MAGIC: &[u8; 8] = b"FERRYKEY";
-
-/// Argon2id cost parameters protecting a stash with a passphrase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Argon2Params {
-    /// Memory in KiB.
-    pub m_cost_kib: u32,
-    /// Passes.
-    pub t_cost: u32,
-    /// Lanes.
-    pub p_cost: u32,
-}
-
-impl Argon2Params {
-    /// RFC 9106's second recommended profile: 64 MiB, t = 3, p = 4.
-    pub const DEFAULT: Argon2Params = Argon2Params { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 4 };
-    /// Smallest accepted parameters (OWASP minimum: 19 MiB, t = 2, p = 1).
-    pub const MIN: Argon2Params = Argon2Params { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 };
-    /// Largest accepted parameters (bounds the work an untrusted file can demand).
-    pub const MAX: Argon2Params = Argon2Params { m_cost_kib: 1024 * 1024, t_cost: 10, p_cost: 16 };
-
-    fn in_bounds(&self) -> bool {
-        (Self::MIN.m_cost_kib..=Self::MAX.m_cost_kib).contains(&self.m_cost_kib)
-            && (Self::MIN.t_cost..=Self::MAX.t_cost).contains(&self.t_cost)
-            && (Self::MIN.p_cost..=Self::MAX.p_cost).contains(&self.p_cost)
-    }
-}
 
 /// Why a key file could not be parsed or unlocked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -245,16 +220,10 @@ fn checksum(header: &[u8], key: &[u8]) -> [u8; 16] {
 }
 
 fn derive_kek(pass: &SecretBytes, salt: &[u8; 16], p: Argon2Params) -> Result<Key32, KeyFileError> {
-    let params = argon2::Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(32))
-        .map_err(|e| KeyFileError::Malformed(format!("Argon2id parameters rejected: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut full_salt = b"ferry-keystore/v1 stash".to_vec();
     full_salt.extend_from_slice(salt);
-    let mut kek = Key32::zeroed();
-    argon
-        .hash_password_into(pass.expose(), &full_salt, kek.expose_mut())
-        .map_err(|e| KeyFileError::Malformed(format!("Argon2id failed: {e}")))?;
-    Ok(kek)
+    p.derive(pass.expose(), &full_salt)
+        .map_err(|e| KeyFileError::Malformed(format!("Argon2id parameters rejected: {e}")))
 }
 
 #[cfg(test)]

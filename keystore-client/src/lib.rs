@@ -49,20 +49,19 @@ mod crypto;
 mod error;
 mod fsutil;
 pub mod keyfile;
+mod resolver;
 mod secret;
-pub mod state;
 mod store;
 pub mod time;
 
 pub use audit::AuditRecord;
 pub use category::{Category, Home, MAX_SECRET_LEN, Owner, Scope, TOKEN_KEY_DEFAULT_TTL};
 pub use error::KeystoreError;
+pub use ferry_keys::{Argon2Params, KeyResolver, KeyState, Operation, ResolveError, ResolvedKey};
 pub use fsutil::{
     check_private_dir, check_private_file, euid, replace_file, replace_file_owned, write_new_file,
 };
-pub use keyfile::Argon2Params;
 pub use secret::{GENERATED_SECRET_LEN, SecretBytes};
-pub use state::{KeyState, Operation};
 pub use store::{
     APPLICATION_ID, DEFAULT_BUSY_TIMEOUT, DEFAULT_COPY_TTL, DEFAULT_ROOT_KEYSTORE, Keystore,
     KeystoreKind, Options, PutOptions, SCHEMA_VERSION, Secret, SecretInfo, SyncOptions, SyncReport,

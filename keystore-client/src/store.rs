@@ -12,10 +12,11 @@ use crate::category::{Category, Home, Owner, Scope};
 use crate::crypto::WrapKey;
 use crate::error::KeystoreError;
 use crate::fsutil;
-use crate::keyfile::{Argon2Params, KeyFile, KeyFileError};
+use crate::keyfile::{KeyFile, KeyFileError};
 use crate::secret::{GENERATED_SECRET_LEN, Key32, SecretBytes};
-use crate::state::{KeyState, Operation};
 use crate::time;
+use ferry_keys::Argon2Params;
+use ferry_keys::{KeyState, Operation};
 
 type Result<T> = std::result::Result<T, KeystoreError>;
 

@@ -164,7 +164,7 @@ impl FerryServer {
             .arg(format!("root@{SERVER_IP}:/"))
             .env_remove("HOME");
         if opts.debug_driver {
-            cmd.env("FERRY_DEBUG_DRIVER", "1");
+            cmd.env("FERRY_LOG", "ferry::driver=debug");
         }
         cmd
     }
@@ -214,7 +214,7 @@ pub struct CpOptions {
     pub policy: &'static str,
     /// `-l`, bit/s.
     pub target_rate_bps: u64,
-    /// Set `FERRY_DEBUG_DRIVER=1` (the driver's state every 250 ms on stderr).
+    /// Set `FERRY_LOG=ferry::driver=debug` (the driver's state every 250 ms on stderr).
     pub debug_driver: bool,
 }
 

@@ -96,7 +96,7 @@ pub struct ShareSettings {
     pub ferry: PathBuf,
     /// Scratch directory (payload files, server docroots).
     pub scratch: PathBuf,
-    /// Pass `FERRY_DEBUG_DRIVER=1` to the Ferry flows.
+    /// Pass `FERRY_LOG=ferry::driver=debug` to the Ferry flows.
     pub debug_driver: bool,
     /// Where to keep the Ferry flows' stderr (`<key>-buf<B>-flow<i>.stderr`), if anywhere.
     pub logs: Option<PathBuf>,

@@ -149,6 +149,7 @@ fn direction(args: &CpArgs) -> Result<(Direction, Remote), CliError> {
 
 fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let (direction, remote) = direction(&args)?;
+    super::log::install("ferry cp", "ferry=warn");
     ferry_net::sockets::raise_fd_limit();
     let identity = Identity::read(&args.identity).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot use the identity: {e}")).hint(

@@ -1,4 +1,7 @@
-//! The server's log lines: one line per event on stderr, each with a UTC timestamp.
+//! Log lines: one line per event on stderr, each with a UTC timestamp and the command
+//! (`ferry serve: ...`). The transfer library logs through `tracing`; [`install`] writes its
+//! events as these lines, filtered by `FERRY_LOG` (the `tracing-subscriber` filter syntax, e.g.
+//! `FERRY_LOG=ferry::driver=debug` for the data path's state every 250 ms).
 //!
 //! Peers choose some of what is logged (paths, close and abort reasons, names): every line is
 //! therefore passed through [`sanitize`] before it is written, which escapes control characters
@@ -37,25 +40,26 @@ pub(crate) fn timestamp() -> String {
 /// Writes one sanitised, timestamped log line to stderr, ignoring a closed stderr (the daemon
 /// must not die of it).
 pub(crate) fn line(message: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let text = sanitize(&message.to_string());
-    let _ = writeln!(std::io::stderr(), "{} ferry serve: {text}", timestamp());
+    line_of("ferry serve", message);
 }
 
-/// Writes the transfer library's `tracing` events (its targets, level INFO and above) as log
-/// lines ([`line`]).
+fn line_of(program: &str, message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let text = sanitize(&message.to_string());
+    let _ = writeln!(std::io::stderr(), "{} {program}: {text}", timestamp());
+}
+
+/// Writes `tracing` events as log lines of `program` (what reaches it is up to the filter).
 #[derive(Debug)]
-pub(crate) struct LogLines;
+pub(crate) struct LogLines {
+    program: &'static str,
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLines {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let meta = event.metadata();
-        if *meta.level() > tracing::Level::INFO || !meta.target().starts_with("ferry") {
-            return;
-        }
         let mut text = Message(String::new());
         event.record(&mut text);
-        line(format_args!("{}", text.0));
+        line_of(self.program, format_args!("{}", text.0));
     }
 }
 
@@ -73,10 +77,20 @@ impl tracing::field::Visit for Message {
     }
 }
 
-/// Sends the library's log events to stderr as log lines, for the rest of the process.
-pub(crate) fn install() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let subscriber = tracing_subscriber::registry().with(LogLines);
+/// Sends the library's log events to stderr as log lines of `program`, for the rest of the
+/// process: those `FERRY_LOG` selects, or with it unset those `default` selects (a filter such
+/// as `ferry=info`). A `FERRY_LOG` that does not parse is said once and the default is used.
+pub(crate) fn install(program: &'static str, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    let filter = match std::env::var("FERRY_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            line_of(program, format_args!("FERRY_LOG ignored ({e}); logging {default}"));
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    let subscriber = tracing_subscriber::registry().with(LogLines { program }.with_filter(filter));
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 

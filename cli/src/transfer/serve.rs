@@ -146,7 +146,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         println!("{}", id.fingerprint());
         return Ok(());
     }
-    super::log::install();
+    super::log::install("ferry serve", "ferry=info");
     ferry_net::sockets::raise_fd_limit();
     let docroot_path = args.docroot.expect("clap requires it");
     let docroot = Docroot::open(&docroot_path).map_err(|e| {

@@ -56,17 +56,13 @@ pub enum AtRestError {
     /// before any key derivation runs, so a crafted file cannot exhaust memory or CPU).
     #[error(
         "key slot {slot} asks for Argon2id parameters outside the accepted bounds \
-         (m = {m_kib} KiB, t = {t}, p = {p}; accepted m 19456..=1048576 KiB, t 2..=10, p 1..=16)"
+         ({params}; accepted m 19456..=1048576 KiB, t 2..=10, p 1..=16)"
     )]
     KdfParamsOutOfBounds {
         /// Index of the slot (0-based).
         slot: usize,
-        /// Memory cost in KiB.
-        m_kib: u32,
-        /// Time cost (passes).
-        t: u32,
-        /// Parallelism (lanes).
-        p: u32,
+        /// What the slot asks for.
+        params: super::keys::Argon2Params,
     },
     /// Argon2id parameters given to the encryptor are outside the accepted bounds.
     #[error("Argon2id parameters out of bounds: {reason}")]

@@ -1,12 +1,14 @@
 //! The envelope header: fixed layout, key slots, key commitment (see `docs/FORMAT.md`).
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::{AtRestError, Result};
-use super::keys::{Argon2Params, Key32, KeyResolver, ResolveError, ResolvedKey, argon2id, hkdf32};
+use crate::crypto::Aead;
+
+use super::keys::{
+    Argon2Params, Key32, KeyResolver, Operation, ResolveError, ResolvedKey, argon2id, hkdf32,
+};
 
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 8] = *b"FERRYENV";
@@ -210,17 +212,12 @@ impl Slot {
                     });
                 }
                 let params = Argon2Params {
-                    m_kib: be32(&raw[8..]),
-                    t: be32(&raw[12..]),
-                    p: be32(&raw[16..]),
+                    m_cost_kib: be32(&raw[8..]),
+                    t_cost: be32(&raw[12..]),
+                    p_cost: be32(&raw[16..]),
                 };
                 if !params.in_bounds() {
-                    return Err(AtRestError::KdfParamsOutOfBounds {
-                        slot: index,
-                        m_kib: params.m_kib,
-                        t: params.t,
-                        p: params.p,
-                    });
+                    return Err(AtRestError::KdfParamsOutOfBounds { slot: index, params });
                 }
                 SlotKind::Passphrase { params }
             }
@@ -249,17 +246,13 @@ impl Slot {
     }
 
     fn unwrap_with(&self, context: &[u8], wrap_key: &Key32) -> Option<Key32> {
-        let cipher = Aes256Gcm::new_from_slice(wrap_key.expose()).expect("32-byte key");
-        let nonce =
-            Nonce::<aes_gcm::aead::consts::U12>::try_from(&self.raw[36..48]).expect("12 bytes");
-        let tag = Tag::try_from(&self.raw[80..96]).expect("16 bytes");
-        let mut dek = Key32::zero();
-        dek.0.copy_from_slice(&self.raw[48..80]);
+        let cipher = Aead::new(wrap_key.expose()).expect("32-byte key");
+        let nonce: [u8; 12] = self.raw[36..48].try_into().expect("12 bytes");
+        let tag: [u8; 16] = self.raw[80..96].try_into().expect("16 bytes");
+        let mut dek = Key32::zeroed();
+        dek.expose_mut().copy_from_slice(&self.raw[48..80]);
         let aad = slot_aad(context, &self.raw);
-        cipher
-            .decrypt_inout_detached(&nonce, &aad, (&mut dek.0[..]).into(), &tag)
-            .ok()
-            .map(|()| dek)
+        cipher.open(&nonce, &aad, dek.expose_mut(), &tag).ok().map(|()| dek)
     }
 }
 
@@ -355,9 +348,9 @@ pub(crate) fn build_slot(
         NewSlot::Passphrase { passphrase, params } => {
             params.validate()?;
             raw[0] = SLOT_TYPE_PASSPHRASE;
-            raw[8..12].copy_from_slice(&params.m_kib.to_be_bytes());
-            raw[12..16].copy_from_slice(&params.t.to_be_bytes());
-            raw[16..20].copy_from_slice(&params.p.to_be_bytes());
+            raw[8..12].copy_from_slice(&params.m_cost_kib.to_be_bytes());
+            raw[12..16].copy_from_slice(&params.t_cost.to_be_bytes());
+            raw[16..20].copy_from_slice(&params.p_cost.to_be_bytes());
             let k = argon2id(passphrase, &rnd.salt, *params)?;
             hkdf32(k.expose(), file_id, &[b"ferry/v1 passphrase-wrap"])
         }
@@ -372,7 +365,7 @@ pub(crate) fn build_slot(
             }
             let version = resolver.active_version(owner, category)?;
             let key = resolve(*resolver, owner, category, version, "encrypt")?;
-            if !key.state.may_encrypt() {
+            if !key.state.permits(Operation::Protect) {
                 return Err(AtRestError::KeyUnavailable {
                     owner: owner.to_string(),
                     category: category.to_string(),
@@ -392,14 +385,11 @@ pub(crate) fn build_slot(
             hkdf32(key.secret.expose(), &rnd.salt, &[b"ferry/v1 keystore-wrap", file_id])
         }
     };
-    let cipher = Aes256Gcm::new_from_slice(wrap_key.expose()).expect("32-byte key");
-    let nonce = Nonce::<aes_gcm::aead::consts::U12>::from(rnd.nonce);
+    let cipher = Aead::new(wrap_key.expose()).expect("32-byte key");
     let aad = slot_aad(context, &raw);
-    let mut wrapped = Key32::zero();
-    wrapped.0.copy_from_slice(dek.expose());
-    let tag = cipher
-        .encrypt_inout_detached(&nonce, &aad, (&mut wrapped.0[..]).into())
-        .expect("32 bytes is within GCM limits");
+    let mut wrapped = Key32::zeroed();
+    wrapped.expose_mut().copy_from_slice(dek.expose());
+    let tag = cipher.seal(&rnd.nonce, &aad, wrapped.expose_mut());
     raw[48..80].copy_from_slice(wrapped.expose());
     raw[80..96].copy_from_slice(&tag);
     let check = slot_check(&raw);
@@ -630,7 +620,7 @@ impl Header {
             if let SlotKind::Keystore { owner, category, version } = &slot.kind {
                 let attempt = (|| {
                     let key = resolve(resolver, owner, category, *version, "decrypt")?;
-                    if !key.state.may_decrypt() {
+                    if !key.state.permits(Operation::Process) {
                         return Err(AtRestError::KeyUnavailable {
                             owner: owner.clone(),
                             category: category.clone(),

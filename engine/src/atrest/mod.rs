@@ -21,7 +21,6 @@
 
 mod error;
 mod format;
-mod gcm;
 mod keys;
 mod rewrap;
 mod segment;
@@ -34,7 +33,7 @@ pub use format::{
     segment_count, segment_offset, segment_plaintext_len,
 };
 pub use keys::{
-    Argon2Params, Key32, KeyResolver, KeyState, ResolveError, ResolvedKey, SecretBytes,
+    Argon2Params, Key32, KeyResolver, KeyState, Operation, ResolveError, ResolvedKey, SecretBytes,
 };
 pub use rewrap::{apply_plan, read_header, rewrap_keystore_to_active, rewrap_passphrase};
 pub use segment::{

@@ -11,14 +11,14 @@ use super::format::{
     SEGMENTS_PER_KEY, SlotRandom, envelope_len, segment_count, segment_offset,
     segment_plaintext_len,
 };
-use super::gcm::Gcm;
 use super::keys::{Key32, hkdf32};
+use crate::crypto::Aead;
 
 /// The per-file segment cipher: derives the AES-256-GCM key of each group of 2^20 segments from
 /// the data key and seals/opens segments. Caches the current group's cipher.
 pub struct SegmentCipher {
     key: FileKey,
-    group: Option<(u64, Gcm)>,
+    group: Option<(u64, Aead)>,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -50,7 +50,7 @@ impl SegmentCipher {
         segment_count(self.key.plaintext_len)
     }
 
-    fn cipher(&mut self, index: u64) -> &Gcm {
+    fn cipher(&mut self, index: u64) -> &Aead {
         let g = index / SEGMENTS_PER_KEY;
         if self.group.as_ref().is_none_or(|(cur, _)| *cur != g) {
             let k: Key32 = hkdf32(
@@ -58,7 +58,7 @@ impl SegmentCipher {
                 &self.key.file_id,
                 &[b"ferry/v1 segment-key", &g.to_be_bytes(), &self.key.context],
             );
-            self.group = Some((g, Gcm::new(k.expose())));
+            self.group = Some((g, Aead::new(k.expose()).expect("32-byte key")));
         }
         &self.group.as_ref().expect("just set").1
     }
@@ -106,7 +106,7 @@ impl SegmentCipher {
         out[..12].copy_from_slice(&iv);
         let (body, tag_out) = out[12..].split_at_mut(plaintext.len());
         body.copy_from_slice(plaintext);
-        let tag = self.cipher(index).seal(iv, &segment_aad(index, last), body);
+        let tag = self.cipher(index).seal(&iv, &segment_aad(index, last), body);
         tag_out.copy_from_slice(&tag);
         Ok(total)
     }
@@ -136,7 +136,7 @@ impl SegmentCipher {
         let len = enc.len();
         let tag: [u8; 16] = enc[len - 16..].try_into().expect("16 bytes");
         let body = &mut enc[12..len - 16];
-        let ok = self.cipher(index).open(iv, &segment_aad(index, last), body, tag);
+        let ok = self.cipher(index).open(&iv, &segment_aad(index, last), body, &tag).is_ok();
         if !ok {
             body.zeroize();
         }
@@ -189,8 +189,8 @@ impl<'a> EnvelopeBuilder<'a> {
         slot: NewSlot<'a>,
         rnd: SlotRandom,
     ) -> Self {
-        let mut k = Key32::zero();
-        k.0.copy_from_slice(&dek);
+        let mut k = Key32::zeroed();
+        k.expose_mut().copy_from_slice(&dek);
         self.fixed = Some((k, file_id));
         self.slots = vec![(slot, rnd)];
         self

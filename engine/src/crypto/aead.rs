@@ -1,4 +1,6 @@
-//! The packet AEAD: AES-GCM with the fastest correct backend for each key size.
+//! The engine's one AES-GCM: packets (`PacketProtection`), at-rest segments and key slots
+//! (`atrest`) all seal and open through [`Aead`], with the fastest correct backend for each key
+//! size.
 //!
 //! AES-128-GCM and AES-256-GCM run on ring's stitched AES-GCM, which selects
 //! AES-NI/PCLMULQDQ/VAES/AVX2 code at run time: about 3x the throughput of the RustCrypto
@@ -13,36 +15,45 @@ use ring::aead;
 use super::gcm::{AesGcm, InvalidKeyLength, NONCE_LEN, TAG_LEN, TagMismatch};
 
 /// AES-GCM under one key, backend chosen by key size.
-pub enum PacketAead {
+pub struct Aead(Backend);
+
+enum Backend {
     /// ring (AES-128 and AES-256).
     Ring(aead::LessSafeKey),
-    /// RustCrypto composition (AES-192).
+    /// RustCrypto composition (AES-192, GMAC, and the reference the tests check ring against).
     Composed(AesGcm),
 }
 
-impl std::fmt::Debug for PacketAead {
+impl std::fmt::Debug for Aead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PacketAead([redacted])")
+        f.write_str("Aead([redacted])")
     }
 }
 
-impl PacketAead {
-    /// Prepares AES-GCM for a 16-, 24- or 32-byte key.
+impl Aead {
+    /// Prepares AES-GCM for a 16-, 24- or 32-byte key, on the fastest backend for its size.
     pub fn new(key: &[u8]) -> Result<Self, InvalidKeyLength> {
         let alg = match key.len() {
             16 => &aead::AES_128_GCM,
             32 => &aead::AES_256_GCM,
-            24 => return Ok(Self::Composed(AesGcm::new(key)?)),
+            24 => return Self::composed(key),
             _ => return Err(InvalidKeyLength),
         };
         let key = aead::UnboundKey::new(alg, key).map_err(|_| InvalidKeyLength)?;
-        Ok(Self::Ring(aead::LessSafeKey::new(key)))
+        Ok(Self(Backend::Ring(aead::LessSafeKey::new(key))))
+    }
+
+    /// The same AES-GCM on the RustCrypto composition (`aes` + `ghash`), whatever the key
+    /// size: the faster backend when all the input is associated data (GMAC), and the
+    /// reference the known-answer tests check ring against.
+    pub fn composed(key: &[u8]) -> Result<Self, InvalidKeyLength> {
+        Ok(Self(Backend::Composed(AesGcm::new(key)?)))
     }
 
     /// Encrypts `buf` in place; returns the tag over `aad` and the ciphertext.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-        match self {
-            Self::Ring(k) => {
+        match &self.0 {
+            Backend::Ring(k) => {
                 let n = aead::Nonce::assume_unique_for_key(*nonce);
                 let tag = k
                     .seal_in_place_separate_tag(n, aead::Aad::from(aad), buf)
@@ -51,7 +62,7 @@ impl PacketAead {
                 out.copy_from_slice(tag.as_ref());
                 out
             }
-            Self::Composed(g) => g.seal(nonce, aad, buf),
+            Backend::Composed(g) => g.seal(nonce, aad, buf),
         }
     }
 
@@ -64,8 +75,8 @@ impl PacketAead {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), TagMismatch> {
-        match self {
-            Self::Ring(k) => {
+        match &self.0 {
+            Backend::Ring(k) => {
                 let n = aead::Nonce::assume_unique_for_key(*nonce);
                 let t = aead::Tag::from(*tag);
                 match k.open_in_place_separate_tag(n, aead::Aad::from(aad), t, buf, 0..) {
@@ -76,7 +87,7 @@ impl PacketAead {
                     }
                 }
             }
-            Self::Composed(g) => g.open(nonce, aad, buf, tag),
+            Backend::Composed(g) => g.open(nonce, aad, buf, tag),
         }
     }
 

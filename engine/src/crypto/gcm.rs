@@ -1,4 +1,5 @@
-//! AES-GCM (NIST SP 800-38D) composed from the RustCrypto `aes` block cipher and `ghash`.
+//! AES-GCM (NIST SP 800-38D) composed from the RustCrypto `aes` block cipher and `ghash`: one
+//! of the two backends of [`Aead`](super::Aead).
 //!
 //! The counter-mode keystream and the GHASH update run in one pass over the packet, a chunk of
 //! [`CHUNK_BLOCKS`] blocks at a time, so each chunk of ciphertext is hashed while it is still in
@@ -121,25 +122,6 @@ impl AesGcm {
             buf.fill(0);
             Err(TagMismatch)
         }
-    }
-
-    /// Computes the tag over `aad` alone (GMAC, SP 800-38D section 3: GCM with an empty
-    /// plaintext).
-    pub fn mac(&self, nonce: &[u8; NONCE_LEN], aad: &[u8]) -> [u8; TAG_LEN] {
-        let mut ghash = self.ghash.clone();
-        ghash.update_padded(aad);
-        self.finish(nonce, ghash, aad.len(), 0)
-    }
-
-    /// Verifies a GMAC tag over `aad` in constant time.
-    pub fn verify_mac(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), TagMismatch> {
-        let expected = self.mac(nonce, aad);
-        if bool::from(expected.ct_eq(tag)) { Ok(()) } else { Err(TagMismatch) }
     }
 
     /// XORs the GCM keystream (counter blocks from inc32(J0)) into `buf`, feeding GHASH with the

@@ -135,7 +135,8 @@ pub trait Side {
     fn file_name(&self, file: u32) -> String;
     /// New rate limits for what this end sends (the receiver sends only feedback: no-op).
     fn set_limits(&mut self, _limits: crate::rate::RateLimits) {}
-    /// A one-line state summary for debugging (`FERRY_DEBUG_DRIVER`).
+    /// A one-line state summary, logged every progress interval at DEBUG on target
+    /// `ferry::driver` (`FERRY_LOG=ferry::driver=debug` in the CLI).
     fn debug_line(&self) -> String {
         String::new()
     }
@@ -618,7 +619,7 @@ fn drive_inner(
     let mut failure: Option<SessionError> = None;
     let mut closed: Option<String> = None;
     let mut cancelled: Option<String> = None;
-    let debug = std::env::var_os("FERRY_DEBUG_DRIVER").is_some();
+    let debug = tracing::enabled!(target: "ferry::driver", tracing::Level::DEBUG);
     let started = Instant::now();
     let mut next_progress = started + PROGRESS_INTERVAL;
     // A message the control layer's queue had no room for.
@@ -628,7 +629,7 @@ fn drive_inner(
         if now >= next_progress {
             on_progress(&progress(side, report, started));
             if debug {
-                eprintln!("driver: {} {report:?}", side.debug_line());
+                tracing::debug!(target: "ferry::driver", "driver: {} {report:?}", side.debug_line());
             }
             next_progress = now + PROGRESS_INTERVAL;
         }

@@ -117,7 +117,7 @@ struct ShareArgs {
     /// Output directory (share.md, share.jsonl, one SVG per scenario and buffer).
     #[arg(long, default_value = "target/wan-grid/share")]
     out: PathBuf,
-    /// Run Ferry with FERRY_DEBUG_DRIVER=1 and keep each Ferry flow's stderr in --out.
+    /// Run Ferry with FERRY_LOG=ferry::driver=debug and keep each Ferry flow's stderr in --out.
     #[arg(long)]
     debug_driver: bool,
     /// Run nothing: redraw the plots and share.md in --out from this share.jsonl.
