@@ -554,3 +554,48 @@ fn ferry_log_selects_the_data_path_state() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("driver:"), "{}", stderr(&out));
 }
+
+/// `ferry serve --json` tells scripts what happens (every server these tests start runs with
+/// it and is found through its `listening` event): a session's start and end with its
+/// counters, a refused key as a failed set-up, and its own stop.
+#[test]
+fn serve_json_reports_sessions_refusals_and_its_stop() {
+    let mut s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), data(300_000, 3)).unwrap();
+    let out = cp(&s, &["--host-key", &s.fingerprint, "f", "127.0.0.1:up"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    keygen(&l.join("stranger"));
+    let port = s.port.to_string();
+    let out = run(
+        &["cp", "-i", "stranger", "-P", &port, "--host-key", &s.fingerprint, "f", "127.0.0.1:."],
+        l,
+    );
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    let has = |s: &Server, name: &str| s.events().iter().any(|e| e["event"] == name);
+    wait_for("session_ended and setup_failed", || {
+        has(&s, "session_ended") && has(&s, "setup_failed")
+    });
+    let events = s.events();
+    let find = |name: &str| events.iter().find(|e| e["event"] == name).unwrap().clone();
+    let (started, ended, failed) =
+        (find("session_started"), find("session_ended"), find("setup_failed"));
+    assert_eq!(started["direction"], "upload", "{started}");
+    assert_eq!(started["path"], "up", "{started}");
+    assert!(started["key"].as_str().unwrap().starts_with("SHA256:"), "{started}");
+    let session = started["session"].as_str().unwrap();
+    assert_eq!(session.len(), 16, "{started}");
+    assert_eq!(ended["session"], session, "{ended}");
+    assert_eq!(ended["files"], 1, "{ended}");
+    assert_eq!(ended["failed_files"], 0, "{ended}");
+    assert_eq!(ended["error"], serde_json::Value::Null, "{ended}");
+    assert!(ended["bytes"].as_u64().unwrap() >= 300_000, "{ended}");
+    assert!(failed["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{failed}");
+    assert!(failed["reason"].as_str().unwrap().contains("key"), "{failed}");
+    assert_eq!(events.iter().filter(|e| e["event"] == "session_started").count(), 1);
+    signal(&s.child, rustix::process::Signal::TERM);
+    wait_for("the server to stop", || !s.alive());
+    // The reader thread may trail the exit by a moment.
+    wait_for("the stopped event", || has(&s, "stopped"));
+}

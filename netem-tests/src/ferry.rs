@@ -109,6 +109,7 @@ impl FerryServer {
             .arg(&authorized)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(logf);
@@ -134,9 +135,13 @@ impl FerryServer {
                 tail(&log)
             ))
         })?;
-        if !first.contains("listening on") || !first.contains(&fingerprint) {
+        let listening: Option<serde_json::Value> = serde_json::from_str(&first).ok();
+        let ok = listening.is_some_and(|v| {
+            v["event"] == "listening" && v["host_key"].as_str() == Some(fingerprint.as_str())
+        });
+        if !ok {
             return Err(NetemError::Parse {
-                what: "ferry serve start-up line".into(),
+                what: "ferry serve --json `listening` event".into(),
                 text: first,
             });
         }

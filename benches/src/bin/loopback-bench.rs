@@ -469,6 +469,7 @@ fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
         .arg(s.join("ferry-authorized_keys"))
         .arg("--state-dir")
         .arg(s.join("ferry-state"))
+        .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -509,10 +510,14 @@ fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
     })
 }
 
-/// The port in "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:...".
+/// The port in `ferry serve --json`'s first event,
+/// `{"address":"127.0.0.1:PORT","host_key":"SHA256:...","event":"listening"}`.
 fn ferry_port(line: &str) -> Option<u16> {
-    let addr = line.split_whitespace().nth(4)?;
-    addr.rsplit(':').next()?.parse().ok()
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["event"] != "listening" {
+        return None;
+    }
+    Some(v["address"].as_str()?.parse::<std::net::SocketAddr>().ok()?.port())
 }
 
 fn run_quic(env: &Env, cc: &str) -> Res<RunResult> {
@@ -885,9 +890,10 @@ mod tests {
 
     #[test]
     fn parses_tool_output() {
-        let line = "ferry serve: listening on 127.0.0.1:50614 (UDP), host key SHA256:fZKB";
+        let line = r#"{"address":"127.0.0.1:50614","host_key":"SHA256:fZKB","event":"listening"}"#;
         assert_eq!(ferry_port(line), Some(50614));
-        assert_eq!(ferry_port("ferry serve: error"), None);
+        assert_eq!(ferry_port(r#"{"event":"stopped"}"#), None);
+        assert_eq!(ferry_port("ferry serve: listening on 127.0.0.1:50614 (UDP)"), None);
         let status = "Name:\tferry\nVmHWM:\t 7788 kB\nRssAnon:\t     756 kB\nRssFile:\t 7032 kB\n";
         assert_eq!(status_field(status, "RssAnon:"), Some(756));
         assert_eq!(status_field(status, "RssShmem:"), None);

@@ -103,7 +103,7 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
     let mut child = Command::new(ferry()?)
         .current_dir(w)
         .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "docroot"])
-        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state"])
+        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -113,14 +113,14 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
     let _server = ServerGuard(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).map_err(|e| fail("ferry serve", e))?;
-    // "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:..."
-    let port = line
-        .split_whitespace()
-        .nth(4)
-        .and_then(|a| a.rsplit(':').next())
-        .filter(|p| p.parse::<u16>().is_ok())
+    // {"address":"127.0.0.1:PORT","host_key":"SHA256:...","event":"listening"}
+    let port = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .filter(|v| v["event"] == "listening")
+        .and_then(|v| v["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
         .ok_or_else(|| fail("ferry serve did not say where it listens", line.trim()))?
-        .to_owned();
+        .port()
+        .to_string();
     println!(
         "real processes on loopback: `ferry serve` on 127.0.0.1:{port}, host key {fingerprint}"
     );

@@ -12,9 +12,13 @@ use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::identity::Identity;
 use ferry_net::limits::{PostAuth, PreAuth};
-use ferry_net::server::{Server, ServerError, ServerOptions, SingleUser};
+use ferry_net::server::{
+    Server, ServerError, ServerEvent, ServerObserver, ServerOptions, SingleUser,
+};
+use serde_json::json;
 
 use super::log::line;
+use super::progress::emit;
 use crate::error::CliError;
 use crate::exit::Exit;
 
@@ -39,6 +43,10 @@ pub(crate) struct ServeArgs {
     /// Print the server's host-key fingerprint (creating the key if needed) and exit.
     #[arg(long)]
     print_fingerprint: bool,
+    /// Print machine-readable events on stdout, one JSON object per line: `listening`,
+    /// `session_started`, `session_ended`, `setup_failed`, `stopped` (see README.md).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -179,15 +187,64 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
                 .hint("choose a free port with --listen HOST:PORT"),
             ServerError::Tls(_) => CliError::new(Exit::Failed, e.to_string()),
         })?;
-        // Ignore write errors: whoever started the server may have closed its stdout.
         let (local, fp) = (server.local_addr(), server.fingerprint().to_owned());
-        let mut stdout = std::io::stdout();
-        let _ = writeln!(stdout, "ferry serve: listening on {local} (UDP), host key {fp}");
-        let _ = writeln!(stdout, "ferry serve: clients pin it with: ferry cp --host-key {fp} ...");
-        let _ = stdout.flush();
+        let server = if args.json {
+            emit("listening", json!({ "address": local.to_string(), "host_key": fp }));
+            server.with_observer(json_observer())
+        } else {
+            // Ignore write errors: whoever started the server may have closed its stdout.
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "ferry serve: listening on {local} (UDP), host key {fp}");
+            let _ =
+                writeln!(stdout, "ferry serve: clients pin it with: ferry cp --host-key {fp} ...");
+            let _ = stdout.flush();
+            server
+        };
         server.run(ferry_net::bridge::termination_signal()).await;
+        if args.json {
+            emit("stopped", json!({}));
+        }
         Ok(())
     })
+}
+
+/// Prints the server's events as JSON lines on stdout (`ferry serve --json`).
+fn json_observer() -> ServerObserver {
+    Arc::new(|event: ServerEvent<'_>| match event {
+        ServerEvent::Started(s) => emit(
+            "session_started",
+            json!({
+                "session": format!("{:016x}", s.id),
+                "peer": s.peer.to_string(),
+                "key": s.key,
+                "user": s.user,
+                "direction": direction(s.direction),
+                "path": s.path,
+            }),
+        ),
+        ServerEvent::Ended { session, report, error, elapsed } => emit(
+            "session_ended",
+            json!({
+                "session": format!("{:016x}", session.id),
+                "peer": session.peer.to_string(),
+                "files": report.files.len(),
+                "failed_files": report.files.iter().filter(|f| !f.reason.is_empty()).count(),
+                "bytes": report.side.bytes,
+                "seconds": (elapsed.as_secs_f64() * 1e3).round() / 1e3,
+                "error": error,
+            }),
+        ),
+        ServerEvent::SetupFailed { peer, reason } => {
+            emit("setup_failed", json!({ "peer": peer.to_string(), "reason": reason }))
+        }
+    })
+}
+
+fn direction(d: ferry_engine::setup::Direction) -> &'static str {
+    match d {
+        ferry_engine::setup::Direction::Upload => "upload",
+        ferry_engine::setup::Direction::Download => "download",
+    }
 }
 
 /// Reads the authorized keys once at start: lines whose key is refused for an option are

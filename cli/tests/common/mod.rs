@@ -19,7 +19,9 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Server {
     pub child: Child,
-    _stdout: BufReader<std::process::ChildStdout>,
+    /// Every event line the server has printed (`ferry serve --json`), drained by a thread so
+    /// a busy server never blocks on a full pipe.
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     pub port: u16,
     pub fingerprint: String,
     pub dir: tempfile::TempDir,
@@ -66,21 +68,37 @@ impl Server {
         let mut child = Command::new(&*FERRY)
             .current_dir(p)
             .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
-            .args(["--authorized-keys", "authorized_keys", "--state-dir", "state"])
+            .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut line).unwrap();
-        // "ferry serve: listening on 127.0.0.1:PORT (UDP), host key SHA256:..."
-        let addr = line.split_whitespace().nth(4).unwrap_or_else(|| panic!("server said {line:?}"));
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        assert!(line.contains(&fingerprint), "{line}");
-        Server { child, _stdout: stdout, port, fingerprint, dir }
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (first_tx, first) = std::sync::mpsc::channel();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let event: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("ferry serve --json printed {line:?}: {e}"));
+                let _ = first_tx.send(event.clone());
+                sink.lock().unwrap().push(event);
+            }
+        });
+        let listening = first.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!("ferry serve did not report listening: {}", stderr_file(&p.join("serve.log")))
+        });
+        assert_eq!(listening["event"], "listening", "{listening}");
+        assert_eq!(listening["host_key"], fingerprint.as_str(), "{listening}");
+        let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+        Server { child, events, port: addr.port(), fingerprint, dir }
+    }
+
+    /// The events the server has printed so far, `listening` first.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
     }
 
     pub fn docroot(&self) -> PathBuf {
@@ -105,6 +123,10 @@ impl Server {
     pub fn usage(&self) -> Usage {
         usage(self.child.id())
     }
+}
+
+fn stderr_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// A process's resource use, from `/proc`.

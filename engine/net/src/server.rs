@@ -131,6 +131,36 @@ impl Registry {
     }
 }
 
+/// What happens on a server, for an observer ([`Server::with_observer`]): `ferry serve --json`
+/// prints these as events.
+#[derive(Debug)]
+pub enum ServerEvent<'a> {
+    /// A client was authenticated and its session set up; data flows next.
+    Started(&'a SessionSnapshot),
+    /// A session ended, with its final counters, and why if it failed.
+    Ended {
+        /// The session as it was listed.
+        session: &'a SessionSnapshot,
+        /// Its outcome per file and its counters.
+        report: &'a DriveReport,
+        /// Why it failed (`None`: it completed; files that failed alone are in `report`).
+        error: Option<&'a str>,
+        /// How long it ran.
+        elapsed: Duration,
+    },
+    /// A connection ended before any session started: refused, timed out or closed by the
+    /// client during set-up.
+    SetupFailed {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// Receives [`ServerEvent`]s (from the server's tasks; keep it quick).
+pub type ServerObserver = Arc<dyn Fn(ServerEvent<'_>) + Send + Sync>;
+
 /// What a [`Policy`] grants an authenticated client.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -254,6 +284,24 @@ struct Ctx {
     gate: Arc<Gate>,
     policy: Arc<dyn Policy>,
     registry: Arc<Registry>,
+    observer: Option<Observed>,
+}
+
+/// The observer, shown as such in `Debug`.
+struct Observed(ServerObserver);
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerObserver")
+    }
+}
+
+impl Ctx {
+    fn notify(&self, event: ServerEvent<'_>) {
+        if let Some(Observed(o)) = &self.observer {
+            o(event);
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Policy {
@@ -280,7 +328,17 @@ impl Server {
         let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
         let gate = Arc::new(Gate::default());
         let registry = Arc::new(Registry::default());
-        let ctx = Arc::new(Ctx { local, cancel, pre, post, rules, gate, policy, registry });
+        let ctx = Arc::new(Ctx {
+            local,
+            cancel,
+            pre,
+            post,
+            rules,
+            gate,
+            policy,
+            registry,
+            observer: None,
+        });
         Ok(Self { endpoint, ctx, cancel_tx, sweep, fingerprint: identity.fingerprint() })
     }
 
@@ -292,6 +350,13 @@ impl Server {
     /// The host key's fingerprint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Tells `observer` what happens: sessions started and ended, set-ups that failed.
+    pub fn with_observer(mut self, observer: ServerObserver) -> Self {
+        Arc::get_mut(&mut self.ctx).expect("the server is not running yet").observer =
+            Some(Observed(observer));
+        self
     }
 
     /// The sessions running on it.
@@ -399,6 +464,33 @@ struct Authenticated {
 
 async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Result<(), String> {
     let peer = incoming.remote_address();
+    match admit(incoming, ctx, guard).await {
+        Ok(admitted) => run(admitted, ctx).await,
+        Err(reason) => {
+            ctx.notify(ServerEvent::SetupFailed { peer, reason: &reason });
+            Err(reason)
+        }
+    }
+}
+
+/// A session set up and told so (SERVER_HELLO sent), about to run.
+struct Admitted {
+    conn: quinn::Connection,
+    stream: ControlStream,
+    prepared: Prepared,
+    snapshot: SessionSnapshot,
+    /// Held while the session runs (the per-key and total session limits).
+    key_guard: crate::limits::SessionGuard,
+}
+
+/// Everything before data flows: set-up within its deadline, the session limits, the
+/// policy's storage and paths, the reply.
+async fn admit(
+    incoming: quinn::Incoming,
+    ctx: &Ctx,
+    guard: SetupGuard,
+) -> Result<Admitted, String> {
+    let peer = incoming.remote_address();
     let deadline = ctx.pre.setup_timeout;
     let auth = match tokio::time::timeout(deadline, set_up(incoming, ctx)).await {
         Ok(r) => r?,
@@ -429,18 +521,26 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
         }
     };
     stream.send.write_all(&prepared.reply).await.map_err(|e| e.to_string())?;
-    let started = Instant::now();
     let snapshot = SessionSnapshot {
         id: session_id,
         peer,
-        key: fingerprint.clone(),
-        user: grant.user.clone(),
+        key: fingerprint,
+        user: grant.user,
         direction: hello.direction,
-        path: hello.path.clone(),
+        path: hello.path,
         started: std::time::SystemTime::now(),
         progress: Progress::default(),
     };
-    let progress = ctx.registry.insert(snapshot);
+    Ok(Admitted { conn, stream, prepared, snapshot, key_guard })
+}
+
+/// Runs an admitted session, listed in the registry while it runs.
+async fn run(admitted: Admitted, ctx: &Ctx) -> Result<(), String> {
+    let Admitted { conn, stream, prepared, snapshot, key_guard } = admitted;
+    let (session_id, peer) = (snapshot.id, snapshot.peer);
+    let started = Instant::now();
+    ctx.notify(ServerEvent::Started(&snapshot));
+    let progress = ctx.registry.insert(snapshot.clone());
     let on_progress = Box::new(move |p: &Progress| *progress.lock().expect("progress") = p.clone());
     let registry = ctx.registry.clone();
     let on_start = move |h| registry.set_handle(session_id, h);
@@ -458,7 +558,11 @@ async fn handle(incoming: quinn::Incoming, ctx: &Ctx, guard: SetupGuard) -> Resu
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     drop(key_guard);
     log_end(peer, session_id, started, &report);
-    result.map_err(|e| format!("session {session_id:016x} failed: {e}"))
+    let result = result.map_err(|e| format!("session {session_id:016x} failed: {e}"));
+    let error = result.as_ref().err().map(String::as_str);
+    let elapsed = started.elapsed();
+    ctx.notify(ServerEvent::Ended { session: &snapshot, report: &report, error, elapsed });
+    result
 }
 
 fn log_end(peer: SocketAddr, session_id: u64, started: Instant, report: &DriveReport) {
