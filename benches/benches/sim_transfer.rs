@@ -32,6 +32,7 @@ fn transfer(c: &mut Criterion) {
         time_limit: Duration::from_secs(60),
         trace_every: None,
         rate_changes: Vec::new(),
+        receiver_limits: Vec::new(),
         faults: Default::default(),
     };
     let mut group = c.benchmark_group("sim_transfer");

@@ -113,6 +113,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
             time_limit: Duration::from_secs(3600),
             trace_every: None,
             rate_changes: Vec::new(),
+            receiver_limits: Vec::new(),
             faults: Default::default(),
         };
         let o = sim::run(args.seed, &scenario);

@@ -98,6 +98,16 @@ pub enum ControlMessage {
         /// Why, sanitised by the sender.
         reason: String,
     },
+    /// Receiver to sender: the receiving end's rate limits for what it is sent, bits/s. The
+    /// sender paces within the lower of these and its own (`target >= 1`, `min <= target`).
+    /// A server receiving an upload sends one at the start with the limits it negotiated, and
+    /// another whenever they change while the session runs.
+    RateLimit {
+        /// The highest rate to send at.
+        target: u64,
+        /// The rate not to fall below.
+        min: u64,
+    },
     /// Either way: the session ends now.
     Abort {
         /// Machine-readable reason (see the protocol document).
@@ -113,6 +123,7 @@ const T_FILE_DIGEST: u8 = 3;
 const T_FILE_RESULT: u8 = 4;
 const T_ABORT: u8 = 5;
 const T_FILE_ABANDON: u8 = 6;
+const T_RATE_LIMIT: u8 = 7;
 
 /// Longest reason string carried in a frame, in bytes (longer ones are cut on a character
 /// boundary).
@@ -142,6 +153,7 @@ impl ControlMessage {
             ControlMessage::FileResult { .. } => T_FILE_RESULT,
             ControlMessage::Abort { .. } => T_ABORT,
             ControlMessage::FileAbandon { .. } => T_FILE_ABANDON,
+            ControlMessage::RateLimit { .. } => T_RATE_LIMIT,
         }
     }
 
@@ -170,6 +182,10 @@ impl ControlMessage {
             ControlMessage::FileAbandon { file, reason } => {
                 out.extend_from_slice(&file.to_be_bytes());
                 put_reason(out, reason);
+            }
+            ControlMessage::RateLimit { target, min } => {
+                out.extend_from_slice(&target.to_be_bytes());
+                out.extend_from_slice(&min.to_be_bytes());
             }
             ControlMessage::Abort { code, reason } => {
                 out.extend_from_slice(&code.to_be_bytes());
@@ -215,6 +231,13 @@ impl ControlMessage {
             T_FILE_ABANDON => {
                 let file = r.u32()?;
                 ControlMessage::FileAbandon { file, reason: get_reason(&mut r)? }
+            }
+            T_RATE_LIMIT => {
+                let (target, min) = (r.u64()?, r.u64()?);
+                if target == 0 || min > target {
+                    return Err(ParseError::Invalid("rate limit: target 0 or min above target"));
+                }
+                ControlMessage::RateLimit { target, min }
             }
             T_ABORT => {
                 let code = r.u16()?;
@@ -328,6 +351,8 @@ mod tests {
             },
             ControlMessage::FileResult { file: 4, status: FileStatus::Verified, reason: "".into() },
             ControlMessage::FileAbandon { file: 5, reason: "\"x\" shrank".into() },
+            ControlMessage::RateLimit { target: 40_000_000, min: 0 },
+            ControlMessage::RateLimit { target: u64::MAX, min: u64::MAX },
             ControlMessage::Abort { code: 2, reason: "disk full".into() },
         ];
         let mut buf = Vec::new();
@@ -350,5 +375,12 @@ mod tests {
         assert_eq!(ControlMessage::decode(&[0, 0, 0, 1, 99]), Err(ParseError::UnknownType(99)));
         assert!(ControlMessage::decode(&[0, 0, 0, 6, T_MANIFEST_END, 0, 0, 0, 1, 9]).is_err());
         assert!(ControlMessage::decode(&[0, 0, 0, 0]).is_err());
+        // A rate limit of zero, or with its minimum above its target, is malformed.
+        for (target, min) in [(0u64, 0u64), (5, 6)] {
+            let mut bad = vec![0, 0, 0, 17, T_RATE_LIMIT];
+            bad.extend_from_slice(&target.to_be_bytes());
+            bad.extend_from_slice(&min.to_be_bytes());
+            assert!(matches!(ControlMessage::decode(&bad), Err(ParseError::Invalid(_))));
+        }
     }
 }

@@ -21,6 +21,13 @@ impl RateLimits {
     pub fn clamp(&self, rate: u64) -> u64 {
         rate.clamp(self.min.min(self.target), self.target)
     }
+
+    /// Both ends' limits at once: the lower target, and the higher minimum (never above that
+    /// target).
+    pub fn within(&self, other: &RateLimits) -> RateLimits {
+        let target = self.target.min(other.target);
+        RateLimits { target, min: self.min.max(other.min).min(target) }
+    }
 }
 
 /// What the sender learned from one feedback packet.

@@ -369,11 +369,27 @@ impl From<PathError> for Refusal {
     }
 }
 
+/// What a server's policy granted one key, as far as set-up is concerned: the policy decides
+/// per session, on top of the server-wide [`Rules`].
+pub trait Permits {
+    /// The highest target rate this session may run at, bits/s (`None`: only the server's
+    /// [`Rules::rate_cap`] applies). The lower of the two caps what the client asks for.
+    fn rate_cap(&self) -> Option<u64>;
+}
+
+/// A grant with no limits of its own (tests, fuzzing).
+impl Permits for () {
+    fn rate_cap(&self) -> Option<u64> {
+        None
+    }
+}
+
 /// The server's decision on a CLIENT_HELLO, with no I/O: the version, the signature over this
 /// connection's exporter value, the key (`authorize`, the server's policy, called only once the
-/// signature verified), then every parameter and the path's syntax. `session_id` is drawn by
-/// the caller. Returns the plan and what `authorize` granted, or the refusal to send.
-pub fn negotiate<G>(
+/// signature verified), then every parameter (within the rules and what the policy permits)
+/// and the path's syntax. `session_id` is drawn by the caller. Returns the plan and what
+/// `authorize` granted, or the refusal to send.
+pub fn negotiate<G: Permits>(
     hello: &ClientHello,
     exporter: &[u8; 32],
     session_id: u64,
@@ -407,7 +423,11 @@ pub fn negotiate<G>(
     if hello.min_rate > hello.target_rate {
         return Err(Refusal::Parameters("the minimum rate exceeds the target rate".into()));
     }
-    let target = rules.rate_cap.map_or(hello.target_rate, |cap| hello.target_rate.min(cap));
+    let cap = match (rules.rate_cap, grant.rate_cap()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let target = cap.map_or(hello.target_rate, |cap| hello.target_rate.min(cap));
     let limits = RateLimits { target, min: hello.min_rate.min(target) };
     let (path, wants_dir) = RelPath::parse_request(&hello.path)?;
     let plan = Plan {
@@ -534,6 +554,23 @@ mod tests {
         let capped = signed(|h| h.suite = CipherSuite::Aes256);
         let (plan, ()) = negotiate(&capped, &EXPORTER, 1, &strict, allow).unwrap();
         assert_eq!(plan.limits, RateLimits { target: 500, min: 0 });
+        // The policy's cap for this key: the lower of it and the server's applies.
+        struct Capped(u64);
+        impl Permits for Capped {
+            fn rate_cap(&self) -> Option<u64> {
+                Some(self.0)
+            }
+        }
+        let slow = signed(|h| h.min_rate = 900_000);
+        for (rules, cap, target) in [(&rules, 700_000, 700_000), (&strict, 300, 300)] {
+            let h = if rules.suites.len() == 1 { &capped } else { &slow };
+            let (plan, g) = negotiate(h, &EXPORTER, 1, rules, |_| Ok(Capped(cap))).unwrap();
+            assert_eq!(plan.limits.target, target);
+            assert!(plan.limits.min <= target, "{:?}", plan.limits);
+            assert_eq!(g.0, cap);
+        }
+        let strict_wins = negotiate(&capped, &EXPORTER, 1, &strict, |_| Ok(Capped(9_000)));
+        assert_eq!(strict_wins.unwrap().0.limits.target, 500);
         for (r, code) in [
             (Refusal::Protocol, 3),
             (Refusal::Server("x".into()), refusal::SERVER),

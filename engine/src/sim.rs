@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::{ControlMessage, FileEntry, FileStatus};
 use crate::crypto::SessionSecret;
-use crate::rate::Policy;
+use crate::rate::{Policy, RateLimits};
 use crate::session::{
     BlockSink, BlockSource, Event, Receiver, ReceiverStats, Sender, SenderStats, SessionConfig,
     SinkError,
@@ -453,6 +453,8 @@ pub struct Scenario {
     pub trace_every: Option<Duration>,
     /// Scripted changes of the forward bottleneck rate: `(at, rate_bps)`.
     pub rate_changes: Vec<(Duration, u64)>,
+    /// Scripted limits the receiver sends the sender (RATE_LIMIT): `(at, limits)`.
+    pub receiver_limits: Vec<(Duration, RateLimits)>,
     /// Files that fail on the way: see [`Faults`].
     pub faults: Faults,
 }
@@ -506,6 +508,8 @@ pub struct Outcome {
     pub rate_trace: Vec<(u64, f64)>,
     /// Total file bytes.
     pub file_bytes: u64,
+    /// The sender's rate limits when it ended (its own within the receiver's).
+    pub final_limits: RateLimits,
 }
 
 /// Runs `scenario` with `seed`.
@@ -554,6 +558,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let mut trace = Vec::new();
     let mut next_trace = scenario.trace_every.map(|_| t0);
     let mut rate_changes: VecDeque<_> = scenario.rate_changes.iter().copied().collect();
+    let mut receiver_limits: VecDeque<_> = scenario.receiver_limits.iter().copied().collect();
     let mut now = t0;
     let mut spins = 0u32;
     let deadline = t0 + scenario.time_limit;
@@ -573,6 +578,13 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             }
             forward.config.rate_bps = rate;
             rate_changes.pop_front();
+        }
+        while let Some(&(at, limits)) = receiver_limits.front() {
+            if t0 + at > now {
+                break;
+            }
+            receiver.set_limits(limits);
+            receiver_limits.pop_front();
         }
         sink.advance(now);
         while let Some(mut p) = forward.receive(now) {
@@ -636,6 +648,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             receiver.poll_timeout(),
             next_trace,
             rate_changes.front().map(|(at, _)| t0 + *at),
+            receiver_limits.front().map(|(at, _)| t0 + *at),
             scenario.slow_sink.map(|_| now + Duration::from_micros(500)),
         ];
         let next =
@@ -670,5 +683,6 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         nonces_unique,
         rate_trace: trace,
         file_bytes: scenario.files.iter().map(|f| f.len() as u64).sum(),
+        final_limits: sender.limits(),
     }
 }

@@ -25,6 +25,7 @@ fn scenario(policy: Policy, target: u64, link: LinkConfig, bytes: usize) -> Scen
         time_limit: Duration::from_secs(120),
         trace_every: Some(Duration::from_millis(100)),
         rate_changes: Vec::new(),
+        receiver_limits: Vec::new(),
         faults: Default::default(),
     }
 }

@@ -85,6 +85,14 @@ fn random_scenario(seed: u64) -> Scenario {
             }
         }
     }
+    // Some receivers limit the sender's rate (a server's cap, an operator's change), at the
+    // start or on the way. Drawn last, so the rest of each seed's scenario stays as it was.
+    let mut receiver_limits = Vec::new();
+    if rng.chance(0.15) {
+        let at = Duration::from_millis(rng.range(0, 400));
+        let cap = (target / rng.range(2, 5)).max(1_000_000);
+        receiver_limits.push((at, RateLimits { target: cap, min: 0 }));
+    }
     Scenario {
         files,
         config,
@@ -95,6 +103,7 @@ fn random_scenario(seed: u64) -> Scenario {
         time_limit: Duration::from_secs(600),
         trace_every: None,
         rate_changes: Vec::new(),
+        receiver_limits,
         faults,
     }
 }
@@ -119,6 +128,17 @@ fn check(seed: u64, s: &Scenario, o: &Outcome) -> Result<(), String> {
     }
     if !o.nonces_unique {
         return Err(format!("seed {seed}: packet number reused\n{replay}"));
+    }
+    // A limit sent while the receiver was still active (it is done one control delay before
+    // the sender) reached the sender, and bounds it.
+    if let Some((at, cap)) = s.receiver_limits.last()
+        && *at + s.reverse.delay + Duration::from_millis(1) < o.elapsed
+        && o.final_limits.target > cap.target
+    {
+        return Err(format!(
+            "seed {seed}: the sender ended at {:?}, above the receiver's {cap:?}\n{replay}",
+            o.final_limits
+        ));
     }
     for (i, st) in o.statuses.iter().enumerate() {
         let fails = s.faults.fails(i, s.files[i].len() as u64);

@@ -123,8 +123,9 @@ impl SessionHandle {
         self.input.send(ControlIn::Cancel(reason)).await
     }
 
-    /// Changes the rate limits of what this end sends (a download, on the server). Returns
-    /// false when the session is already over.
+    /// Changes the session's rate limits: applied here when this end sends, sent to the
+    /// sender as a RATE_LIMIT when this end receives. Returns false when the session is
+    /// already over.
     pub async fn set_limits(&self, limits: RateLimits) -> bool {
         self.input.send(ControlIn::SetLimits(limits)).await
     }

@@ -103,8 +103,9 @@ impl Registry {
         }
     }
 
-    /// Changes the rate limits of session `id` where the server sends (a download). False if
-    /// there is no such session running.
+    /// Changes the rate limits of session `id`, either way: a download's sender is this
+    /// server; an uploading client is sent a RATE_LIMIT and paces within it (and within its
+    /// own `-l`). False if there is no such session running.
     pub async fn set_limits(&self, id: u64, limits: RateLimits) -> bool {
         match self.handle(id) {
             Some(h) => h.set_limits(limits).await,
@@ -170,6 +171,15 @@ pub struct Grant {
     pub docroot: Arc<Docroot>,
     /// How its files are stored ([`PlainFiles`] stores them as they are).
     pub storage: Arc<dyn Storage>,
+    /// The highest target rate its sessions run at, bits/s, on top of the server's
+    /// [`Rules::rate_cap`](setup::Rules::rate_cap) (`None`: only that applies).
+    pub rate_cap: Option<u64>,
+}
+
+impl setup::Permits for Grant {
+    fn rate_cap(&self) -> Option<u64> {
+        self.rate_cap
+    }
 }
 
 /// Decides, per session, who the client is and what it may do.
@@ -224,6 +234,7 @@ impl Policy for SingleUser {
             user: self.user.clone(),
             docroot: self.docroot.clone(),
             storage: Arc::new(PlainFiles),
+            rate_cap: None,
         })
     }
 }
@@ -696,8 +707,11 @@ fn receiver(
         warn!("storage for {}: {e}", escape(&grant.user, 64));
         Refusal::Server("the server cannot store files for this session".into())
     })?;
-    let receiver = Receiver::new(config, secret, Instant::now())
+    let mut receiver = Receiver::new(config, secret, Instant::now())
         .map_err(|e| Refusal::Parameters(e.to_string()))?;
+    // The uploading client paces within what was negotiated (the caps of the rules and the
+    // grant): its first control message from us says so.
+    receiver.set_limits(plan.limits);
     Ok(Box::new(ReceiverSide { receiver, sink }))
 }
 

@@ -99,6 +99,7 @@ impl Policy for OneKey {
             user: "counted".into(),
             docroot: self.docroot.clone(),
             storage: self.storage.clone(),
+            rate_cap: None,
         })
     }
 }

@@ -133,8 +133,9 @@ pub trait Side {
     fn progress(&self) -> SideProgress;
     /// File `file`'s name for reports.
     fn file_name(&self, file: u32) -> String;
-    /// New rate limits for what this end sends (the receiver sends only feedback: no-op).
-    fn set_limits(&mut self, _limits: crate::rate::RateLimits) {}
+    /// New rate limits for the session's data: the sender applies them (within the
+    /// receiver's), the receiver sends them to the sender (RATE_LIMIT).
+    fn set_limits(&mut self, limits: crate::rate::RateLimits);
     /// A one-line state summary, logged every progress interval at DEBUG on target
     /// `ferry::driver` (`FERRY_LOG=ferry::driver=debug` in the CLI).
     fn debug_line(&self) -> String {
@@ -226,6 +227,9 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
     }
     fn file_name(&self, file: u32) -> String {
         self.sink.name(file).unwrap_or_else(|| format!("file {file}"))
+    }
+    fn set_limits(&mut self, limits: crate::rate::RateLimits) {
+        self.receiver.set_limits(limits);
     }
     fn poll_control(&mut self) -> Option<ControlMessage> {
         self.receiver.poll_control()

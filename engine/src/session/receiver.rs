@@ -11,6 +11,7 @@ use super::tree_hash::TreeHasher;
 use super::{BlockSink, Event, SessionConfig, SessionError, SinkError, abort_code};
 use crate::control::{ControlMessage, Digest, FileStatus};
 use crate::crypto::{Direction, PacketProtection, SessionSecret, TAG_LEN};
+use crate::rate::RateLimits;
 use crate::wire::{
     self, DATA_BODY_LEN, DataFields, FEEDBACK_FIXED_LEN, FeedbackFields, HEADER_LEN, Header,
     PacketType, StatusFields,
@@ -194,6 +195,17 @@ impl Receiver {
         self.events.pop_front()
     }
 
+    /// Limits the rate the sender sends at (a RATE_LIMIT to it): the server's rate cap at the
+    /// start of an upload, an operator's change while it runs. The sender keeps within these
+    /// and its own.
+    pub fn set_limits(&mut self, limits: RateLimits) {
+        if self.state == State::Active {
+            let RateLimits { target, min } = limits;
+            let target = target.max(1);
+            self.control_out.push_back(ControlMessage::RateLimit { target, min: min.min(target) });
+        }
+    }
+
     /// A control message from the sender.
     pub fn handle_control(&mut self, msg: ControlMessage, sink: &mut dyn BlockSink) {
         if self.state != State::Active {
@@ -263,7 +275,7 @@ impl Receiver {
                 self.state = State::Failed;
                 self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
             }
-            ControlMessage::FileResult { .. } => {
+            ControlMessage::FileResult { .. } | ControlMessage::RateLimit { .. } => {
                 self.fail_protocol("unexpected control message for a receiver")
             }
         }

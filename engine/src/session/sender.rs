@@ -106,6 +106,10 @@ pub struct Sender {
     last_heard: Instant,
     state: State,
     stats: SenderStats,
+    /// This end's own limits (`config.limits` holds what applies: these within the peer's).
+    own_limits: RateLimits,
+    /// The receiver's limits, once it sent a RATE_LIMIT.
+    peer_limits: Option<RateLimits>,
 }
 
 impl Sender {
@@ -150,6 +154,8 @@ impl Sender {
             last_heard: now,
             state: State::Active,
             stats: SenderStats::default(),
+            own_limits: config.limits,
+            peer_limits: None,
             config,
         })
     }
@@ -178,11 +184,27 @@ impl Sender {
         self.check_complete();
     }
 
-    /// Changes the rate limits mid-transfer (`-l`/`-m` live).
+    /// Changes this end's rate limits mid-transfer (`-l`/`-m` live). The receiver's, if it
+    /// sent any, still bound them.
     pub fn set_limits(&mut self, limits: RateLimits) {
+        self.own_limits = limits;
+        self.apply_limits();
+    }
+
+    /// The limits that apply: this end's within the receiver's.
+    fn apply_limits(&mut self) {
+        let limits = match &self.peer_limits {
+            Some(peer) => self.own_limits.within(peer),
+            None => self.own_limits,
+        };
         self.config.limits = limits;
         self.controller.set_limits(limits);
         self.update_pacer();
+    }
+
+    /// The rate limits that apply now (this end's within the receiver's).
+    pub fn limits(&self) -> RateLimits {
+        self.config.limits
     }
 
     /// Counters.
@@ -247,6 +269,10 @@ impl Sender {
                     self.hash_sent(None);
                 }
                 self.check_complete();
+            }
+            ControlMessage::RateLimit { target, min } => {
+                self.peer_limits = Some(RateLimits { target, min });
+                self.apply_limits();
             }
             ControlMessage::Abort { code, reason } => {
                 self.state = State::Failed;
