@@ -621,8 +621,7 @@ fn drive_inner(
 ) -> Result<(), DriveError> {
     let Io { socket, waker, control_in, control_out, on_progress } = io;
     let mut failure: Option<SessionError> = None;
-    let mut closed: Option<String> = None;
-    let mut cancelled: Option<String> = None;
+    let mut ending = Ending::default();
     let debug = tracing::enabled!(target: "ferry::driver", tracing::Level::DEBUG);
     let started = Instant::now();
     let mut next_progress = started + PROGRESS_INTERVAL;
@@ -637,73 +636,23 @@ fn drive_inner(
             }
             next_progress = now + PROGRESS_INTERVAL;
         }
-        while let Some(input) = control_in() {
-            match input {
-                ControlIn::Message(m) => {
-                    if let ControlMessage::File(f) = &m {
-                        report.file_bytes += f.size;
-                    }
-                    side.handle_control(m);
-                }
-                ControlIn::Closed(reason) => {
-                    closed = Some(reason);
-                    break;
-                }
-                ControlIn::Cancel(reason) => {
-                    cancelled = Some(reason);
-                    break;
-                }
-                ControlIn::SetLimits(limits) => side.set_limits(limits),
-            }
-        }
+        take_control(side, control_in, report, &mut ending);
         socket.receive(side, report)?;
         let now = Instant::now();
         side.handle_timeout(now);
         let blocked = socket.transmit(side, now, report)? == Flush::Blocked;
-        while let Some(m) = held.take().or_else(|| {
-            let m = side.poll_control()?;
-            if let ControlMessage::File(f) = &m {
-                report.file_bytes += f.size;
-            }
-            Some(m)
-        }) {
-            match control_out(m) {
-                Outbox::Sent => {}
-                Outbox::Full(m) => {
-                    held = Some(m);
-                    break;
-                }
-                Outbox::Closed => {
-                    closed.get_or_insert_with(|| "control layer gone".into());
-                    break;
-                }
-            }
-        }
-        while let Some(e) = side.poll_event() {
-            match e {
-                Event::FileDone { file, status, reason } => {
-                    // Only failures are named (a report of many files stays small).
-                    let path = if status == FileStatus::Verified {
-                        String::new()
-                    } else {
-                        side.file_name(file)
-                    };
-                    report.files.push(FileReport { file, status, reason, path })
-                }
-                Event::Complete => {}
-                Event::Failed(err) => failure = Some(err),
-            }
-        }
+        give_control(side, control_out, &mut held, report, &mut ending);
+        collect_events(side, report, &mut failure);
         if side.is_finished() {
             return match failure {
                 Some(e) => Err(e.into()),
                 None => Ok(()),
             };
         }
-        if let Some(reason) = cancelled {
+        if let Some(reason) = ending.cancelled {
             return Err(DriveError::Cancelled(reason));
         }
-        if let Some(reason) = closed {
+        if let Some(reason) = ending.closed {
             return Err(DriveError::ControlClosed(reason));
         }
         let cap = if held.is_some() { HELD_WAIT } else { MAX_WAIT };
@@ -714,6 +663,96 @@ fn drive_inner(
             .min(next_progress.saturating_duration_since(Instant::now()));
         if blocked || wait >= Duration::from_micros(20) {
             socket.wait(if blocked { HELD_WAIT } else { wait }, blocked, waker)?;
+        }
+    }
+}
+
+/// Why the driver will stop after this turn of its loop, besides the session's own end.
+#[derive(Debug, Default)]
+struct Ending {
+    /// The control layer is gone (its reason).
+    closed: Option<String>,
+    /// The session was cancelled (the reason).
+    cancelled: Option<String>,
+}
+
+/// Hands the session what the control layer has for it, until a close or a cancel.
+fn take_control(
+    side: &mut dyn Side,
+    control_in: &mut dyn FnMut() -> Option<ControlIn>,
+    report: &mut DriveReport,
+    ending: &mut Ending,
+) {
+    while let Some(input) = control_in() {
+        match input {
+            ControlIn::Message(m) => {
+                if let ControlMessage::File(f) = &m {
+                    report.file_bytes += f.size;
+                }
+                side.handle_control(m);
+            }
+            ControlIn::Closed(reason) => {
+                ending.closed = Some(reason);
+                return;
+            }
+            ControlIn::Cancel(reason) => {
+                ending.cancelled = Some(reason);
+                return;
+            }
+            ControlIn::SetLimits(limits) => side.set_limits(limits),
+        }
+    }
+}
+
+/// Gives the control layer the session's control messages while its queue has room; the one
+/// that did not fit is `held` for the next turn.
+fn give_control(
+    side: &mut dyn Side,
+    control_out: &mut dyn FnMut(ControlMessage) -> Outbox,
+    held: &mut Option<ControlMessage>,
+    report: &mut DriveReport,
+    ending: &mut Ending,
+) {
+    while let Some(m) = held.take().or_else(|| {
+        let m = side.poll_control()?;
+        if let ControlMessage::File(f) = &m {
+            report.file_bytes += f.size;
+        }
+        Some(m)
+    }) {
+        match control_out(m) {
+            Outbox::Sent => {}
+            Outbox::Full(m) => {
+                *held = Some(m);
+                return;
+            }
+            Outbox::Closed => {
+                ending.closed.get_or_insert_with(|| "control layer gone".into());
+                return;
+            }
+        }
+    }
+}
+
+/// Records the session's events: per-file outcomes in the report, a failure in `failure`.
+fn collect_events(
+    side: &mut dyn Side,
+    report: &mut DriveReport,
+    failure: &mut Option<SessionError>,
+) {
+    while let Some(e) = side.poll_event() {
+        match e {
+            Event::FileDone { file, status, reason } => {
+                // Only failures are named (a report of many files stays small).
+                let path = if status == FileStatus::Verified {
+                    String::new()
+                } else {
+                    side.file_name(file)
+                };
+                report.files.push(FileReport { file, status, reason, path })
+            }
+            Event::Complete => {}
+            Event::Failed(err) => *failure = Some(err),
         }
     }
 }

@@ -86,36 +86,26 @@ pub fn list(
     let meta = root.meta(rel)?.ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", rel.shown()))
     })?;
-    let mut out = Vec::new();
-    let file = |manifest: String, path: RelPath, m: &Meta| SourceFile {
-        manifest,
-        root: root.clone(),
-        path,
-        size: m.size,
-        mode: m.mode & 0o777,
-        mtime_ns: m.mtime_ns,
+    let refuse = |why: &str| {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} {why}", rel.shown())))
     };
     match meta.kind {
-        Kind::File => {
-            out.push(file(name, rel.clone(), &meta));
-            return Ok(out);
-        }
-        Kind::Dir => {}
-        Kind::Symlink => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is a symbolic link (not followed)", rel.shown()),
-            ));
-        }
-        Kind::Special => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file or directory", rel.shown()),
-            ));
-        }
+        Kind::File => Ok(vec![SourceFile::new(root, name, rel.clone(), &meta)]),
+        Kind::Dir => walk(root, rel, name, limits),
+        Kind::Symlink => refuse("is a symbolic link (not followed)"),
+        Kind::Special => refuse("is not a regular file or directory"),
     }
-    // Depth-first in name order: a stack of directories, each with its remaining entries
-    // (reversed, so the next one pops off the end).
+}
+
+/// The files of the tree `rel` (a directory), named `name/...` in the manifest: depth first
+/// in name order, a stack of directories each with its remaining entries (reversed, so the
+/// next one pops off the end).
+fn walk(
+    root: &Arc<Docroot>,
+    rel: &RelPath,
+    name: String,
+    limits: SourceLimits,
+) -> io::Result<Vec<SourceFile>> {
     struct Frame {
         path: RelPath,
         manifest: String,
@@ -127,6 +117,8 @@ pub fn list(
         e.sort_by(|a, b| b.0.cmp(&a.0));
         Ok(e)
     };
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let mut out = Vec::new();
     let mut stack = vec![Frame { path: rel.clone(), manifest: name, entries: read(rel)? }];
     while let Some(top) = stack.last_mut() {
         let Some((n, kind)) = top.entries.pop() else {
@@ -136,10 +128,8 @@ pub fn list(
         let path = top.path.join(&n).map_err(io::Error::other)?;
         let manifest = format!("{}/{n}", top.manifest);
         if manifest.len() > crate::control::MAX_PATH {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is longer than {} bytes", path.shown(), crate::control::MAX_PATH),
-            ));
+            let max = crate::control::MAX_PATH;
+            return Err(invalid(format!("{} is longer than {max} bytes", path.shown())));
         }
         if matches!(kind, Some(Kind::Symlink | Kind::Special)) {
             continue;
@@ -148,16 +138,13 @@ pub fn list(
         match m.kind {
             Kind::File => {
                 if out.len() == limits.max_files {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "{} holds more than {} files (the limit of one session)",
-                            rel.shown(),
-                            limits.max_files
-                        ),
-                    ));
+                    return Err(invalid(format!(
+                        "{} holds more than {} files (the limit of one session)",
+                        rel.shown(),
+                        limits.max_files
+                    )));
                 }
-                out.push(file(manifest, path, &m));
+                out.push(SourceFile::new(root, manifest, path, &m));
             }
             Kind::Dir => {
                 let entries = read(&path)?;
@@ -167,6 +154,19 @@ pub fn list(
         }
     }
     Ok(out)
+}
+
+impl SourceFile {
+    fn new(root: &Arc<Docroot>, manifest: String, path: RelPath, m: &Meta) -> Self {
+        SourceFile {
+            manifest,
+            root: root.clone(),
+            path,
+            size: m.size,
+            mode: m.mode & 0o777,
+            mtime_ns: m.mtime_ns,
+        }
+    }
 }
 
 /// A [`BlockSource`] over [`SourceFile`]s (see the [module docs](self)).
