@@ -31,7 +31,7 @@ fn upload_and_download_files_and_trees() {
     std::fs::write(l.join("tree/sub/empty"), b"").unwrap();
 
     let fp = s.fingerprint.clone();
-    let dest = "me@127.0.0.1:.".to_string();
+    let dest = format!("{USER}@127.0.0.1:.");
     let out = cp(&s, &["--host-key", &fp, "big.bin", "empty", "ünïcödé ✓.txt", "tree", &dest], l);
     assert!(out.status.success(), "upload: {}", stderr(&out));
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -116,6 +116,36 @@ fn unauthorised_client_key_is_refused() {
     assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
     assert!(stderr(&out).contains("refused the key"), "{}", stderr(&out));
     assert!(tree(&s.docroot()).is_empty());
+}
+
+/// The client names its transfer user (`user@host`, `--user`); the server checks the key
+/// against that user and refuses a user it does not serve, without telling which part failed.
+#[test]
+fn a_user_the_server_does_not_serve_is_refused() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), b"data").unwrap();
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "f", "mallory@127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    assert!(stderr(&out).contains("for user \"mallory\""), "{}", stderr(&out));
+    assert!(stderr(&out).contains("transfer user \"mallory\""), "{}", stderr(&out));
+    assert!(tree(&s.docroot()).is_empty());
+    wait_for("the refusal event", || s.events().iter().any(|e| e["event"] == "setup_failed"));
+    let refused = s.events().into_iter().find(|e| e["event"] == "setup_failed").unwrap();
+    assert!(refused["reason"].as_str().unwrap().contains("no transfer user"), "{refused}");
+    // Two names for the user, or a name no server could have: usage errors, nothing sent.
+    let out = cp(&s, &["--host-key", &fp, "--user", "tester", "f", "bob@127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = cp(&s, &["--host-key", &fp, "f", "-rf@127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Its own user, by either spelling.
+    let out = cp(&s, &["--host-key", &fp, "--user", USER, "f", "127.0.0.1:a"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cp(&s, &["--host-key", &fp, "f", &format!("{USER}@127.0.0.1:b")], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&s.docroot()), ["a", "b"]);
 }
 
 #[test]
@@ -582,6 +612,7 @@ fn serve_json_reports_sessions_refusals_and_its_stop() {
     let (started, ended, failed) =
         (find("session_started"), find("session_ended"), find("setup_failed"));
     assert_eq!(started["direction"], "upload", "{started}");
+    assert_eq!(started["user"], USER, "{started}");
     assert_eq!(started["path"], "up", "{started}");
     assert!(started["key"].as_str().unwrap().starts_with("SHA256:"), "{started}");
     let session = started["session"].as_str().unwrap();

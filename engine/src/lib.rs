@@ -13,8 +13,9 @@
 /// The protocol version this implementation speaks: the version byte of every data-path header
 /// (docs/PROTOCOL.md section 3) and the version set-up negotiates (section 8.2). One number
 /// for the whole protocol. Version 2: per-file failures (FILE_RESULT with a reason,
-/// FILE_ABANDON).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// FILE_ABANDON). Version 3: the client names its transfer user in CLIENT_HELLO; the receiver's
+/// RATE_LIMIT.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 pub mod atrest;
 pub mod control;

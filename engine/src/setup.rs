@@ -77,6 +77,9 @@ pub struct ClientHello {
     pub flags: u8,
     /// Upload: destination; download: source. Relative to the server's docroot.
     pub path: String,
+    /// The transfer user the client asks to act as (`user@host`); empty: the server's default
+    /// user. The server checks the key against this user's keys.
+    pub user: String,
     /// The client's ed25519 public key.
     pub public_key: [u8; 32],
     /// Ed25519 signature over [`ClientHello::signed_message`].
@@ -125,6 +128,8 @@ impl ClientHello {
         p.push(self.flags);
         p.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
         p.extend_from_slice(self.path.as_bytes());
+        p.push(self.user.len() as u8);
+        p.extend_from_slice(self.user.as_bytes());
         p.extend_from_slice(&self.public_key);
         p
     }
@@ -173,6 +178,13 @@ impl ClientHello {
         let path = std::str::from_utf8(r.take(len)?)
             .map_err(|_| ParseError::Invalid("path is not UTF-8"))?
             .to_owned();
+        let user_len = r.u8()? as usize;
+        if user_len > ferry_keys::MAX_USER_NAME {
+            return Err(ParseError::Invalid("user name length").into());
+        }
+        let user = std::str::from_utf8(r.take(user_len)?)
+            .map_err(|_| ParseError::Invalid("user name is not UTF-8"))?
+            .to_owned();
         let public_key = r.take(32)?.try_into().expect("32");
         let signature = r.take(64)?.try_into().expect("64");
         if !r.0.is_empty() {
@@ -191,6 +203,7 @@ impl ClientHello {
             data_port,
             flags,
             path,
+            user,
             public_key,
             signature,
         })
@@ -385,8 +398,9 @@ impl Permits for () {
 }
 
 /// The server's decision on a CLIENT_HELLO, with no I/O: the version, the signature over this
-/// connection's exporter value, the key (`authorize`, the server's policy, called only once the
-/// signature verified), then every parameter (within the rules and what the policy permits)
+/// connection's exporter value, the user name's syntax, the user and key (`authorize(user,
+/// key)`, the server's policy, called only once the signature verified; `user` is empty when
+/// the client named none), then every parameter (within the rules and what the policy permits)
 /// and the path's syntax. `session_id` is drawn by the caller. Returns the plan and what
 /// `authorize` granted, or the refusal to send.
 pub fn negotiate<G: Permits>(
@@ -394,7 +408,7 @@ pub fn negotiate<G: Permits>(
     exporter: &[u8; 32],
     session_id: u64,
     rules: &Rules,
-    authorize: impl FnOnce(&[u8; 32]) -> Result<G, String>,
+    authorize: impl FnOnce(&str, &[u8; 32]) -> Result<G, String>,
 ) -> Result<(Plan, G), Refusal> {
     if !hello.versions.contains(&VERSION) {
         return Err(Refusal::UnsupportedVersion);
@@ -406,7 +420,12 @@ pub fn negotiate<G: Permits>(
     ) {
         return Err(Refusal::Authentication("the signature does not verify".into()));
     }
-    let grant = authorize(&hello.public_key).map_err(Refusal::Authentication)?;
+    if !hello.user.is_empty() {
+        ferry_keys::check_user_name(&hello.user).map_err(|e| {
+            Refusal::Authentication(format!("invalid user name {:?}: {e}", hello.user))
+        })?;
+    }
+    let grant = authorize(&hello.user, &hello.public_key).map_err(Refusal::Authentication)?;
     if !rules.suites.contains(&hello.suite) {
         return Err(Refusal::Parameters(format!(
             "cipher {} is not allowed here",
@@ -499,7 +518,7 @@ mod tests {
         h
     }
 
-    fn allow(_: &[u8; 32]) -> Result<(), String> {
+    fn allow(_: &str, _: &[u8; 32]) -> Result<(), String> {
         Ok(())
     }
 
@@ -545,8 +564,25 @@ mod tests {
         let other_exporter = negotiate(&signed(|_| {}), &[8; 32], 1, &rules, allow);
         assert_eq!(other_exporter.unwrap_err().code(), refusal::AUTHENTICATION);
         let unknown =
-            negotiate(&signed(|_| {}), &EXPORTER, 1, &rules, |_| Err::<(), _>("no".into()));
+            negotiate(&signed(|_| {}), &EXPORTER, 1, &rules, |_, _| Err::<(), _>("no".into()));
         assert_eq!(unknown.unwrap_err(), Refusal::Authentication("no".into()));
+        // The policy sees the user the client named; a name that breaks the rules is refused
+        // before the policy is asked.
+        let mut asked = None;
+        let named = signed(|h| h.user = "bob".into());
+        let ok = negotiate(&named, &EXPORTER, 1, &rules, |u, _| {
+            asked = Some(u.to_owned());
+            Ok(())
+        });
+        assert!(ok.is_ok());
+        assert_eq!(asked.as_deref(), Some("bob"));
+        for bad in ["-rf", "a b", "../x", "ü"] {
+            let h = signed(|h| h.user = bad.into());
+            let r = negotiate(&h, &EXPORTER, 1, &rules, |_, _| -> Result<(), String> {
+                panic!("the policy was asked about {bad:?}")
+            });
+            assert_eq!(r.unwrap_err().code(), refusal::AUTHENTICATION, "{bad:?}");
+        }
         // The server's rules: a suite it does not allow; a rate it caps.
         let strict =
             Rules { suites: vec![CipherSuite::Aes256], rate_cap: Some(500), ..Rules::default() };
@@ -564,12 +600,12 @@ mod tests {
         let slow = signed(|h| h.min_rate = 900_000);
         for (rules, cap, target) in [(&rules, 700_000, 700_000), (&strict, 300, 300)] {
             let h = if rules.suites.len() == 1 { &capped } else { &slow };
-            let (plan, g) = negotiate(h, &EXPORTER, 1, rules, |_| Ok(Capped(cap))).unwrap();
+            let (plan, g) = negotiate(h, &EXPORTER, 1, rules, |_, _| Ok(Capped(cap))).unwrap();
             assert_eq!(plan.limits.target, target);
             assert!(plan.limits.min <= target, "{:?}", plan.limits);
             assert_eq!(g.0, cap);
         }
-        let strict_wins = negotiate(&capped, &EXPORTER, 1, &strict, |_| Ok(Capped(9_000)));
+        let strict_wins = negotiate(&capped, &EXPORTER, 1, &strict, |_, _| Ok(Capped(9_000)));
         assert_eq!(strict_wins.unwrap().0.limits.target, 500);
         for (r, code) in [
             (Refusal::Protocol, 3),
@@ -632,6 +668,7 @@ mod tests {
             data_port: 4000,
             flags: 1,
             path: "in/ü".into(),
+            user: "alice".into(),
             public_key: [3; 32],
             signature: [4; 64],
         }
@@ -654,6 +691,22 @@ mod tests {
         let mut other = h.clone();
         other.data_port = 4001;
         assert_ne!(h.signed_message(&e), other.signed_message(&e));
+        let mut other = h.clone();
+        other.user = "mallory".into();
+        assert_ne!(h.signed_message(&e), other.signed_message(&e));
+        // No user (the server's default), and a user name longer than 64 bytes.
+        let mut anonymous = h.clone();
+        anonymous.user.clear();
+        let mut buf = Vec::new();
+        anonymous.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        assert_eq!(ClientHello::decode(payload).unwrap(), anonymous);
+        let mut long = h.clone();
+        long.user = "x".repeat(65);
+        let mut buf = Vec::new();
+        long.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        assert!(matches!(ClientHello::decode(payload), Err(HelloError::Malformed(_))));
 
         let s = ServerHello {
             version: 1,

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     hello.public_key = key.public_key().as_ref().try_into().expect("32");
     hello.signature = key.sign(&hello.signed_message(&exporter)).as_ref().try_into().expect("64");
     let rules = Rules { rate_cap: Some(1 << 30), ..Rules::default() };
-    match setup::negotiate(&hello, &exporter, 1, &rules, |_| Ok::<(), String>(())) {
+    match setup::negotiate(&hello, &exporter, 1, &rules, |_, _| Ok::<(), String>(())) {
         Ok((plan, ())) => {
             assert!(plan.limits.target > 0 && plan.limits.min <= plan.limits.target);
             assert!(plan.limits.target <= 1 << 30);

@@ -173,15 +173,7 @@ impl Owner {
             name: name.chars().take(64).collect(),
             reason: reason.into(),
         };
-        if name.is_empty() || name.len() > 64 {
-            return Err(bad("a user name is 1 to 64 characters"));
-        }
-        if name.starts_with('-') || name.starts_with('.') {
-            return Err(bad("a user name must not start with '-' or '.'"));
-        }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)) {
-            return Err(bad("a user name may only contain A-Z, a-z, 0-9, '.', '_', '-' and '@'"));
-        }
+        ferry_keys::check_user_name(name).map_err(bad)?;
         Ok(Owner::User(name.to_owned()))
     }
 

@@ -104,6 +104,7 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
         .current_dir(w)
         .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "docroot"])
         .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
+        .args(["--user", "demo"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -62,6 +62,10 @@ pub(crate) struct CpArgs {
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// The transfer user to act as on the server (as `user@host:path` does; the two must
+    /// agree). Default: the server's default user.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// Sources then the destination; exactly one side is remote: `[user@]host[:port]:path`.
     #[arg(required = true, num_args = 2.., value_name = "SOURCE... DEST")]
     paths: Vec<String>,
@@ -77,6 +81,8 @@ fn parse_suite(s: &str) -> Result<CipherSuite, String> {
 /// A remote location `[user@]host[:port]:path`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Remote {
+    /// The user named before the host (as written; checked later).
+    user: Option<String>,
     host: String,
     port: Option<u16>,
     path: String,
@@ -87,7 +93,13 @@ pub(crate) fn parse_remote(s: &str) -> Option<Remote> {
     if s.starts_with('/') || s.starts_with('.') {
         return None;
     }
-    let rest = s.split_once('@').map_or(s, |(_, r)| r);
+    // The user is what precedes the last `@` before the first `:` (user names may hold `@`;
+    // paths may too, after the `:`).
+    let head = &s[..s.find(':').unwrap_or(s.len())];
+    let (user, rest) = match head.rfind('@') {
+        Some(at) => (Some(s[..at].to_owned()), &s[at + 1..]),
+        None => (None, s),
+    };
     let (host, after) = if let Some(r) = rest.strip_prefix('[') {
         let (h, a) = r.split_once(']')?;
         (h.to_owned(), a.strip_prefix(':')?)
@@ -104,7 +116,7 @@ pub(crate) fn parse_remote(s: &str) -> Option<Remote> {
         }
         _ => (None, after),
     };
-    Some(Remote { host, port, path: path.to_owned() })
+    Some(Remote { user, host, port, path: path.to_owned() })
 }
 
 pub(crate) fn run(args: CpArgs) -> Result<(), CliError> {
@@ -128,6 +140,22 @@ fn usage(m: String) -> CliError {
     CliError::new(Exit::Usage, m).hint(
         "ferry cp -i KEY --host-key SHA256:... SOURCE... [user@]host:PATH, or host:PATH LOCAL",
     )
+}
+
+/// The transfer user: `--user` or `user@host`, the same if both; empty for none.
+fn user(args: &CpArgs, remote: &Remote) -> Result<String, CliError> {
+    let user = match (&args.user, &remote.user) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(usage(format!("--user {a:?} and {b:?}@{} name two users", remote.host)));
+        }
+        (Some(u), _) | (None, Some(u)) => u.clone(),
+        (None, None) => return Ok(String::new()),
+    };
+    ferry_keys::check_user_name(&user).map_err(|e| {
+        CliError::new(Exit::Usage, format!("invalid user name {user:?}: {e}"))
+            .hint("name the transfer user as the server's configuration does: USER@host:PATH")
+    })?;
+    Ok(user)
 }
 
 /// Which side is remote: the direction and the remote location.
@@ -178,6 +206,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         None => HostKey::KnownHosts(args.known_hosts.clone()),
     };
     let port = args.port.or(remote.port).unwrap_or(DEFAULT_PORT);
+    let user = user(&args, &remote)?;
     let opts = ClientOptions {
         host: remote.host.clone(),
         port,
@@ -187,6 +216,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         target_rate: args.target_rate,
         min_rate: args.min_rate,
         policy: args.policy,
+        user,
     };
     let started = Instant::now();
     let reporter = Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet))));
@@ -329,6 +359,12 @@ fn client_error(e: ClientError, opts: &ClientOptions, args: &CpArgs, remote: &Re
         )),
         E::ControlStream(_) => CliError::new(Exit::TransferFailed, msg),
         E::Setup(_) | E::Refused { .. } => CliError::new(Exit::Setup, msg),
+        E::KeyRefused { user, .. } if !user.is_empty() => CliError::new(Exit::KeyRefused, msg)
+            .hint(format!(
+                "check that the server has a transfer user {user:?} and that the contents of \
+                 {}.pub are among its authorized keys",
+                args.identity.display()
+            )),
         E::KeyRefused { .. } => CliError::new(Exit::KeyRefused, msg).hint(format!(
             "add the contents of {}.pub to the server's authorized keys file",
             args.identity.display()
@@ -409,10 +445,17 @@ mod tests {
     #[test]
     fn remote_specs() {
         let r = |h: &str, p: Option<u16>, path: &str| {
-            Some(Remote { host: h.into(), port: p, path: path.into() })
+            Some(Remote { user: None, host: h.into(), port: p, path: path.into() })
+        };
+        let u = |u: &str, h: &str, p: Option<u16>, path: &str| {
+            Some(Remote { user: Some(u.into()), host: h.into(), port: p, path: path.into() })
         };
         assert_eq!(parse_remote("host:dir/f"), r("host", None, "dir/f"));
-        assert_eq!(parse_remote("me@127.0.0.1:7000:in"), r("127.0.0.1", Some(7000), "in"));
+        assert_eq!(parse_remote("me@127.0.0.1:7000:in"), u("me", "127.0.0.1", Some(7000), "in"));
+        assert_eq!(parse_remote("a@b.org@h:x"), u("a@b.org", "h", None, "x"));
+        assert_eq!(parse_remote("h:dir/a@b"), r("h", None, "dir/a@b"));
+        assert_eq!(parse_remote("bob@[::1]:x"), u("bob", "::1", None, "x"));
+        assert_eq!(parse_remote("@h:x"), u("", "h", None, "x"));
         assert_eq!(parse_remote("[::1]:x"), r("::1", None, "x"));
         assert_eq!(parse_remote("h:"), r("h", None, ""));
         assert_eq!(parse_remote("./a:b"), None);

@@ -36,6 +36,10 @@ pub(crate) struct ServeArgs {
     /// is refused).
     #[arg(long, required_unless_present = "print_fingerprint")]
     authorized_keys: Option<PathBuf>,
+    /// The name of the one transfer user (what clients write as `USER@host:PATH`; clients
+    /// that name no user get it too). Default: the account the server runs as.
+    #[arg(long, value_name = "NAME", value_parser = parse_user)]
+    user: Option<String>,
     /// Where the server keeps its identity (host_ed25519_key, created on first start). Must
     /// belong to this user, be writable by no one else, and lie outside the docroot.
     #[arg(long)]
@@ -106,6 +110,10 @@ impl LimitArgs {
     }
 }
 
+fn parse_user(s: &str) -> Result<String, String> {
+    ferry_keys::check_user_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
+
 pub(crate) fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("ferry");
@@ -167,7 +175,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     let (pre, post) = args.limits.limits();
     let docroot = Arc::new(docroot);
     let policy = Arc::new(SingleUser::new(
-        crate::keys::current_user_name(),
+        args.user.unwrap_or_else(crate::keys::current_user_name),
         docroot.clone(),
         authorized_keys,
     ));

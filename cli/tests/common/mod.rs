@@ -16,6 +16,8 @@ pub static FERRY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     std::env::var("FERRY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ferry").to_owned())
 });
 pub const LIMIT: Duration = Duration::from_secs(120);
+/// The transfer user of every test server (`ferry serve --user`).
+pub const USER: &str = "tester";
 
 pub struct Server {
     pub child: Child,
@@ -69,6 +71,7 @@ impl Server {
             .current_dir(p)
             .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
             .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
+            .args(["--user", USER])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -53,6 +53,13 @@ pub struct ClientOptions {
     pub min_rate: u64,
     /// Rate policy.
     pub policy: RatePolicy,
+    /// The transfer user to act as on the server (`user@host`); empty: the server's default
+    /// user.
+    pub user: String,
+}
+
+fn for_user(user: &str) -> String {
+    if user.is_empty() { String::new() } else { format!(" for user {user:?}") }
 }
 
 /// One transfer.
@@ -223,11 +230,13 @@ pub enum ClientError {
     /// Set-up failed: protocol, version or parameters.
     #[error("session setup failed: {0}")]
     Setup(String),
-    /// The server refused the client's key.
-    #[error("the server refused the key {fingerprint}: {reason}")]
+    /// The server refused the client's key (for the user it named).
+    #[error("the server refused the key {fingerprint}{}: {reason}", for_user(user))]
     KeyRefused {
         /// The client key's fingerprint.
         fingerprint: String,
+        /// The user the client named (empty: none, the server's default).
+        user: String,
         /// The server's reason.
         reason: String,
     },
@@ -475,6 +484,7 @@ fn hello(
         data_port,
         flags: u8::from(direction == Direction::Upload && single_file),
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
+        user: opts.user.clone(),
         public_key: *opts.identity.public(),
         signature: [0; 64],
     };
@@ -502,7 +512,8 @@ fn read_reply(
         };
         return Err(match code {
             refusal::AUTHENTICATION => {
-                ClientError::KeyRefused { fingerprint: opts.identity.fingerprint(), reason }
+                let (fingerprint, user) = (opts.identity.fingerprint(), opts.user.clone());
+                ClientError::KeyRefused { fingerprint, user, reason }
             }
             refusal::PATH | refusal::EXISTS => {
                 ClientError::PathRefused { path: path.to_owned(), reason }

@@ -184,14 +184,17 @@ impl setup::Permits for Grant {
 
 /// Decides, per session, who the client is and what it may do.
 pub trait Policy: Send + Sync + 'static {
-    /// Whether `key` (whose signature has been verified) may start a session from `peer` now,
-    /// and with what. The error is logged; the client only learns that it was refused.
-    fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String>;
+    /// Whether `key` (whose signature has been verified) may start a session as `user` from
+    /// `peer` now, and with what. `user` is what the client named (`user@host`), its syntax
+    /// checked ([`ferry_keys::check_user_name`]), or empty when it named none: the server's
+    /// default user, if it has one. The error is logged; the client only learns that it was
+    /// refused.
+    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String>;
 }
 
 /// The simple policy of `ferry serve` without a configuration file: one user, one docroot,
 /// files stored as they are, the keys of one `authorized_keys` file (read again whenever it
-/// changes).
+/// changes). A client names that user or none; any other name is refused.
 #[derive(Debug)]
 pub struct SingleUser {
     user: String,
@@ -227,7 +230,13 @@ impl SingleUser {
 }
 
 impl Policy for SingleUser {
-    fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+        if !user.is_empty() && user != self.user {
+            return Err(format!(
+                "no transfer user {user:?} on this server (it serves {:?})",
+                self.user
+            ));
+        }
         let keys = self.keys()?;
         keys.check(key, peer, ferry_keystore::time::now()).map_err(|d| d.to_string())?;
         Ok(Grant {
@@ -615,7 +624,7 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
     let mut id = [0u8; 8];
     ring::rand::SystemRandom::new().fill(&mut id).map_err(|_| "no randomness".to_string())?;
     let outcome = decoded.and_then(|hello| {
-        let authorize = |key: &[u8; 32]| ctx.policy.authorize(key, peer.ip());
+        let authorize = |user: &str, key: &[u8; 32]| ctx.policy.authorize(user, key, peer.ip());
         let (plan, grant) =
             setup::negotiate(&hello, &exporter, u64::from_be_bytes(id), &ctx.rules, authorize)?;
         Ok((hello, plan, grant))

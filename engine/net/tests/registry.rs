@@ -62,6 +62,7 @@ impl Running {
             target_rate,
             min_rate: 0,
             policy: Policy::Fixed,
+            user: "tester".into(),
         }
     }
 
@@ -112,8 +113,8 @@ impl Running {
 struct Capped(SingleUser, u64);
 
 impl ServerPolicy for Capped {
-    fn authorize(&self, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
-        Ok(Grant { rate_cap: Some(self.1), ..self.0.authorize(key, peer)? })
+    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+        Ok(Grant { rate_cap: Some(self.1), ..self.0.authorize(user, key, peer)? })
     }
 }
 

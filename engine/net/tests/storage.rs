@@ -91,7 +91,7 @@ struct OneKey {
 }
 
 impl Policy for OneKey {
-    fn authorize(&self, key: &[u8; 32], _peer: IpAddr) -> Result<Grant, String> {
+    fn authorize(&self, _user: &str, key: &[u8; 32], _peer: IpAddr) -> Result<Grant, String> {
         if key != &self.key {
             return Err("not the test's key".into());
         }
@@ -142,6 +142,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         target_rate: 200_000_000,
         min_rate: 0,
         policy: RatePolicy::Fixed,
+        user: String::new(),
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);
