@@ -388,12 +388,20 @@ pub trait Permits {
     /// The highest target rate this session may run at, bits/s (`None`: only the server's
     /// [`Rules::rate_cap`] applies). The lower of the two caps what the client asks for.
     fn rate_cap(&self) -> Option<u64>;
+
+    /// Whether this session's direction and transit cipher are allowed (on top of
+    /// [`Rules::suites`]); the error says why not (code 13, parameters).
+    fn permit(&self, direction: Direction, suite: CipherSuite) -> Result<(), String>;
 }
 
 /// A grant with no limits of its own (tests, fuzzing).
 impl Permits for () {
     fn rate_cap(&self) -> Option<u64> {
         None
+    }
+
+    fn permit(&self, _: Direction, _: CipherSuite) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -432,6 +440,7 @@ pub fn negotiate<G: Permits>(
             hello.suite.name()
         )));
     }
+    grant.permit(hello.direction, hello.suite).map_err(Refusal::Parameters)?;
     let block_size = hello.block_size as usize;
     if block_size < MIN_BLOCK_SIZE || block_size + DATA_OVERHEAD > MAX_DATAGRAM {
         return Err(Refusal::Parameters(format!("block size {block_size} out of range")));
@@ -591,10 +600,14 @@ mod tests {
         let (plan, ()) = negotiate(&capped, &EXPORTER, 1, &strict, allow).unwrap();
         assert_eq!(plan.limits, RateLimits { target: 500, min: 0 });
         // The policy's cap for this key: the lower of it and the server's applies.
+        #[derive(Debug)]
         struct Capped(u64);
         impl Permits for Capped {
             fn rate_cap(&self) -> Option<u64> {
                 Some(self.0)
+            }
+            fn permit(&self, d: Direction, _: CipherSuite) -> Result<(), String> {
+                if d == Direction::Download { Err("no downloads".into()) } else { Ok(()) }
             }
         }
         let slow = signed(|h| h.min_rate = 900_000);
@@ -607,6 +620,10 @@ mod tests {
         }
         let strict_wins = negotiate(&capped, &EXPORTER, 1, &strict, |_, _| Ok(Capped(9_000)));
         assert_eq!(strict_wins.unwrap().0.limits.target, 500);
+        // What the policy does not permit this key is refused as a parameter.
+        let down = signed(|h| h.direction = Direction::Download);
+        let r = negotiate(&down, &EXPORTER, 1, &rules, |_, _| Ok(Capped(1))).unwrap_err();
+        assert_eq!(r, Refusal::Parameters("no downloads".into()));
         for (r, code) in [
             (Refusal::Protocol, 3),
             (Refusal::Server("x".into()), refusal::SERVER),

@@ -1,5 +1,5 @@
 //! `ferry serve`: the daemon for the simple case, one transfer user confined to a docroot.
-//! Arguments become [`ServerOptions`] and a [`SingleUser`] policy; the server itself is
+//! Arguments become [`ServerOptions`] and a [`Users`] policy; the server itself is
 //! `ferry_net::server`. Log lines go to stderr ([`super::log`]).
 
 use std::io::Write;
@@ -12,9 +12,8 @@ use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::identity::Identity;
 use ferry_net::limits::{PostAuth, PreAuth};
-use ferry_net::server::{
-    Server, ServerError, ServerEvent, ServerObserver, ServerOptions, SingleUser,
-};
+use ferry_net::server::{Server, ServerError, ServerEvent, ServerObserver, ServerOptions};
+use ferry_net::users::Users;
 use serde_json::json;
 
 use super::log::line;
@@ -79,6 +78,12 @@ struct LimitArgs {
     /// Sessions at once per client key.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_sessions_per_key: usize,
+    /// Sessions at once per transfer user (all its keys).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_sessions_per_user: usize,
+    /// Sessions at once from one client address.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_sessions_per_source: usize,
     /// Files one session may upload or download.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     max_files: u32,
@@ -102,6 +107,8 @@ impl LimitArgs {
         let post = PostAuth {
             max_sessions: self.max_sessions.max(1),
             max_sessions_per_key: self.max_sessions_per_key.max(1),
+            max_sessions_per_user: self.max_sessions_per_user.max(1),
+            max_sessions_per_source: self.max_sessions_per_source.max(1),
             max_files: self.max_files.max(1),
             max_open_files: self.max_open_files.max(1),
             max_manifest_bytes: self.max_manifest_bytes.max(1),
@@ -174,7 +181,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     check_keys(&authorized_keys)?;
     let (pre, post) = args.limits.limits();
     let docroot = Arc::new(docroot);
-    let policy = Arc::new(SingleUser::new(
+    let policy = Arc::new(Users::single(
         args.user.unwrap_or_else(crate::keys::current_user_name),
         docroot.clone(),
         authorized_keys,
@@ -185,7 +192,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         pre,
         post,
         rules: Default::default(),
-        sweep: Some(docroot),
+        sweep: vec![docroot],
     };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;

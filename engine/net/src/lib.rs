@@ -10,6 +10,8 @@
 //! - [`bridge`]: the control stream to data-thread bridge (bounded queues, cancellation).
 //! - [`sockets`]: the shared-port UDP sockets.
 //! - [`limits`]: what a server allows before and after authentication.
+//! - [`users`]: the server's transfer users (docroot, keys, rights), the policy of `ferry
+//!   serve`.
 //!
 //! The engine's sans-IO core builds and is tested without any of this (`cargo test -p
 //! ferry-engine`). Logs go through `tracing`.
@@ -24,3 +26,4 @@ pub mod limits;
 pub mod server;
 pub mod sockets;
 pub mod tls;
+pub mod users;

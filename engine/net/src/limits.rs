@@ -47,6 +47,10 @@ pub struct PostAuth {
     pub max_sessions: usize,
     /// Sessions at once of one client key. Default 8.
     pub max_sessions_per_key: usize,
+    /// Sessions at once of one transfer user (all its keys). Default 64.
+    pub max_sessions_per_user: usize,
+    /// Sessions at once from one client address. Default 32.
+    pub max_sessions_per_source: usize,
     /// Files one session may announce (uploads) or list (downloads). Default 1,000,000.
     pub max_files: u32,
     /// Sum of the paths one session may announce, in bytes. Default 256 MiB.
@@ -61,6 +65,8 @@ impl Default for PostAuth {
         Self {
             max_sessions: 256,
             max_sessions_per_key: 8,
+            max_sessions_per_user: 64,
+            max_sessions_per_source: 32,
             max_files: 1_000_000,
             max_manifest_bytes: 256 << 20,
             max_open_files: 64,
@@ -84,7 +90,15 @@ struct Counts {
     setup: usize,
     setup_by_source: HashMap<IpAddr, usize>,
     sessions: usize,
-    sessions_by_key: HashMap<[u8; 32], usize>,
+    sessions_by: HashMap<Holder, usize>,
+}
+
+/// Whose sessions are counted against a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Holder {
+    Key([u8; 32]),
+    User(String),
+    Source(IpAddr),
 }
 
 /// Counts connections in set-up and running sessions.
@@ -104,7 +118,7 @@ pub struct SetupGuard {
 #[derive(Debug)]
 pub struct SessionGuard {
     gate: Arc<Gate>,
-    key: [u8; 32],
+    holders: [Holder; 3],
 }
 
 impl Gate {
@@ -126,10 +140,13 @@ impl Gate {
         Admission::Accept(SetupGuard { gate: self.clone(), source })
     }
 
-    /// Starts a session of `key`, if the limits allow.
+    /// Starts a session of `key` acting as `user` from `source`, if the limits allow (in all,
+    /// per key, per user, per source address).
     pub fn start_session(
         self: &Arc<Self>,
         key: [u8; 32],
+        user: &str,
+        source: IpAddr,
         l: &PostAuth,
     ) -> Result<SessionGuard, String> {
         let mut c = self.counts.lock().expect("gate lock");
@@ -139,15 +156,23 @@ impl Gate {
                 l.max_sessions
             ));
         }
-        let of_key = c.sessions_by_key.get(&key).copied().unwrap_or(0);
-        if of_key >= l.max_sessions_per_key {
-            return Err(format!(
-                "this key already has {of_key} sessions running (the limit per key)"
-            ));
+        let holders = [Holder::Key(key), Holder::User(user.to_owned()), Holder::Source(source)];
+        let limits = [
+            (l.max_sessions_per_key, "this key"),
+            (l.max_sessions_per_user, "this user"),
+            (l.max_sessions_per_source, "this address"),
+        ];
+        for (h, (max, whose)) in holders.iter().zip(limits) {
+            let n = c.sessions_by.get(h).copied().unwrap_or(0);
+            if n >= max {
+                return Err(format!("{whose} already has {n} sessions running (its limit)"));
+            }
         }
         c.sessions += 1;
-        *c.sessions_by_key.entry(key).or_default() += 1;
-        Ok(SessionGuard { gate: self.clone(), key })
+        for h in &holders {
+            *c.sessions_by.entry(h.clone()).or_default() += 1;
+        }
+        Ok(SessionGuard { gate: self.clone(), holders })
     }
 
     /// Connections in set-up and sessions running now.
@@ -174,10 +199,12 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut c = self.gate.counts.lock().expect("gate lock");
         c.sessions -= 1;
-        if let Some(n) = c.sessions_by_key.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.sessions_by_key.remove(&self.key);
+        for h in &self.holders {
+            if let Some(n) = c.sessions_by.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    c.sessions_by.remove(h);
+                }
             }
         }
     }
@@ -212,10 +239,24 @@ mod tests {
         drop(g1);
         assert_eq!(gate.load().0, 2);
         let p = PostAuth { max_sessions_per_key: 1, ..PostAuth::default() };
-        let s = gate.start_session([1; 32], &p).unwrap();
-        assert!(gate.start_session([1; 32], &p).is_err());
-        assert!(gate.start_session([2; 32], &p).is_ok());
+        let s = gate.start_session([1; 32], "u", a, &p).unwrap();
+        assert!(gate.start_session([1; 32], "u", a, &p).is_err());
+        assert!(gate.start_session([2; 32], "u", a, &p).is_ok());
         drop(s);
-        assert!(gate.start_session([1; 32], &p).is_ok());
+        assert!(gate.start_session([1; 32], "u", a, &p).is_ok());
+        // Per user (whatever the key) and per source address (whatever the user).
+        let gate = Arc::new(Gate::default());
+        let p = PostAuth { max_sessions_per_user: 2, max_sessions_per_source: 3, ..p };
+        let _k1 = gate.start_session([1; 32], "alice", a, &p).unwrap();
+        let _k2 = gate.start_session([2; 32], "alice", b, &p).unwrap();
+        let e = gate.start_session([3; 32], "alice", b, &p).unwrap_err();
+        assert!(e.contains("this user"), "{e}");
+        let _b1 = gate.start_session([4; 32], "bob", a, &p).unwrap();
+        let _b2 = gate.start_session([5; 32], "carol", a, &p).unwrap();
+        let e = gate.start_session([6; 32], "dave", a, &p).unwrap_err();
+        assert!(e.contains("this address"), "{e}");
+        drop((_k1, _k2, _b1, _b2));
+        assert_eq!(gate.load().1, 0);
+        assert!(gate.counts.lock().unwrap().sessions_by.is_empty());
     }
 }

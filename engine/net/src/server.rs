@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
 use ferry_engine::io::driver::{DataSocket, DriveReport, Progress, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{Destination, SinkLimits};
 use ferry_engine::io::source::{self, SourceLimits};
-use ferry_engine::io::storage::{PlainFiles, Storage};
+use ferry_engine::io::storage::Storage;
 use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig};
 use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
@@ -28,10 +27,10 @@ use ring::rand::SecureRandom;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::authorized_keys::AuthorizedKeys;
 use crate::bridge::{self, Cancel, ControlStream, SessionHandle};
 use crate::identity::{self, Identity};
 use crate::limits::{Admission, Gate, PostAuth, PreAuth, SetupGuard};
+use crate::users::Rights;
 
 /// Partial files untouched for this long are left over from a session that ended without
 /// cleaning up (a crash): they are removed at start and then every [`SWEEP_EVERY`].
@@ -169,16 +168,24 @@ pub struct Grant {
     pub user: String,
     /// The directory the client's paths are confined to.
     pub docroot: Arc<Docroot>,
-    /// How its files are stored ([`PlainFiles`] stores them as they are).
+    /// How its files are stored ([`PlainFiles`](ferry_engine::io::storage::PlainFiles) stores them as they are).
     pub storage: Arc<dyn Storage>,
-    /// The highest target rate its sessions run at, bits/s, on top of the server's
-    /// [`Rules::rate_cap`](setup::Rules::rate_cap) (`None`: only that applies).
-    pub rate_cap: Option<u64>,
+    /// What it may do: directions, ciphers, and the highest target rate of its sessions, on
+    /// top of the server's [`Rules`] (the lower rate cap applies).
+    pub rights: Rights,
 }
 
 impl setup::Permits for Grant {
     fn rate_cap(&self) -> Option<u64> {
-        self.rate_cap
+        self.rights.rate_cap
+    }
+
+    fn permit(
+        &self,
+        direction: Direction,
+        suite: ferry_engine::crypto::CipherSuite,
+    ) -> Result<(), String> {
+        self.rights.permit(&self.user, direction, suite)
     }
 }
 
@@ -190,62 +197,6 @@ pub trait Policy: Send + Sync + 'static {
     /// default user, if it has one. The error is logged; the client only learns that it was
     /// refused.
     fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String>;
-}
-
-/// The simple policy of `ferry serve` without a configuration file: one user, one docroot,
-/// files stored as they are, the keys of one `authorized_keys` file (read again whenever it
-/// changes). A client names that user or none; any other name is refused.
-#[derive(Debug)]
-pub struct SingleUser {
-    user: String,
-    docroot: Arc<Docroot>,
-    authorized_keys: PathBuf,
-    /// The parsed file and the metadata it was read with.
-    cache: Mutex<Option<(std::fs::Metadata, Arc<AuthorizedKeys>)>>,
-}
-
-impl SingleUser {
-    /// The policy granting `docroot` as `user` to the keys in `authorized_keys`.
-    pub fn new(user: impl Into<String>, docroot: Arc<Docroot>, authorized_keys: PathBuf) -> Self {
-        Self { user: user.into(), docroot, authorized_keys, cache: Mutex::new(None) }
-    }
-
-    /// The authorized keys, read again when the file changed.
-    fn keys(&self) -> Result<Arc<AuthorizedKeys>, String> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&self.authorized_keys)
-            .map_err(|e| format!("{}: {e}", self.authorized_keys.display()))?;
-        let mut cache = self.cache.lock().expect("keys lock");
-        if let Some((m, k)) = cache.as_ref()
-            && m.modified().ok() == meta.modified().ok()
-            && m.len() == meta.len()
-            && m.ino() == meta.ino()
-        {
-            return Ok(k.clone());
-        }
-        let keys = Arc::new(AuthorizedKeys::read(&self.authorized_keys)?);
-        *cache = Some((meta, keys.clone()));
-        Ok(keys)
-    }
-}
-
-impl Policy for SingleUser {
-    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
-        if !user.is_empty() && user != self.user {
-            return Err(format!(
-                "no transfer user {user:?} on this server (it serves {:?})",
-                self.user
-            ));
-        }
-        let keys = self.keys()?;
-        keys.check(key, peer, ferry_keystore::time::now()).map_err(|d| d.to_string())?;
-        Ok(Grant {
-            user: self.user.clone(),
-            docroot: self.docroot.clone(),
-            storage: Arc::new(PlainFiles),
-            rate_cap: None,
-        })
-    }
 }
 
 /// How a server runs.
@@ -261,9 +212,9 @@ pub struct ServerOptions {
     pub post: PostAuth,
     /// What set-up accepts (ciphers, rate cap).
     pub rules: Rules,
-    /// A directory whose stale partial files are swept at start and hourly (the docroot of the
-    /// simple policy).
-    pub sweep: Option<Arc<Docroot>>,
+    /// Directories whose stale partial files are swept at start and hourly (the users'
+    /// docroots).
+    pub sweep: Vec<Arc<Docroot>>,
 }
 
 /// Why a server could not start.
@@ -288,7 +239,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     ctx: Arc<Ctx>,
     cancel_tx: tokio::sync::watch::Sender<Option<&'static str>>,
-    sweep: Option<Arc<Docroot>>,
+    sweep: Vec<Arc<Docroot>>,
     fingerprint: String,
 }
 
@@ -387,11 +338,9 @@ impl Server {
     /// Serves until `shutdown` resolves (with a reason), then ends every session (removing its
     /// partial files and telling its client why) and closes the endpoint.
     pub async fn run(self, shutdown: impl std::future::Future<Output = &'static str>) {
-        let sweeper = self.sweep.clone().map(|root| tokio::spawn(sweep_forever(root)));
+        let sweeper = tokio::spawn(sweep_forever(self.sweep.clone()));
         let reason = accept_loop(&self.endpoint, &self.ctx, shutdown).await;
-        if let Some(s) = sweeper {
-            s.abort();
-        }
+        sweeper.abort();
         self.shutdown(reason).await;
     }
 
@@ -454,19 +403,25 @@ async fn accept_loop(
 }
 
 /// Removes stale partial files now and then, off the runtime.
-async fn sweep_forever(docroot: Arc<Docroot>) {
+async fn sweep_forever(docroots: Vec<Arc<Docroot>>) {
+    if docroots.is_empty() {
+        return;
+    }
     loop {
-        let root = docroot.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            ferry_engine::io::files::sweep_partials(&root, STALE_PARTIAL)
-        })
-        .await;
-        match swept {
-            Ok(Ok(s)) if s.removed > 0 => {
-                info!("removed {} stale partial files left by earlier sessions", s.removed)
+        for docroot in &docroots {
+            let root = docroot.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                ferry_engine::io::files::sweep_partials(&root, STALE_PARTIAL)
+            })
+            .await;
+            let at = docroot.path().display();
+            match swept {
+                Ok(Ok(s)) if s.removed > 0 => {
+                    info!("{at}: removed {} stale partial files of earlier sessions", s.removed)
+                }
+                Ok(Err(e)) => warn!("{at}: sweeping stale partial files failed: {e}"),
+                _ => {}
             }
-            Ok(Err(e)) => warn!("sweeping stale partial files failed: {e}"),
-            _ => {}
         }
         tokio::time::sleep(SWEEP_EVERY).await;
     }
@@ -499,7 +454,7 @@ struct Admitted {
     stream: ControlStream,
     prepared: Prepared,
     snapshot: SessionSnapshot,
-    /// Held while the session runs (the per-key and total session limits).
+    /// Held while the session runs (the session limits: in all, per key, user and address).
     key_guard: crate::limits::SessionGuard,
 }
 
@@ -519,13 +474,14 @@ async fn admit(
     // Set up: no longer counted against the limits on connections in set-up.
     drop(guard);
     let Authenticated { conn, mut stream, hello, plan, fingerprint, grant } = auth;
-    let key_guard = match ctx.gate.start_session(hello.public_key, &ctx.post) {
-        Ok(g) => g,
-        Err(why) => {
-            bridge::send_abort(&mut stream.send, Refusal::Busy(why.clone()).code(), &why).await;
-            return Err(format!("key {fingerprint}: refused: {why}"));
-        }
-    };
+    let key_guard =
+        match ctx.gate.start_session(hello.public_key, &grant.user, peer.ip(), &ctx.post) {
+            Ok(g) => g,
+            Err(why) => {
+                bridge::send_abort(&mut stream.send, Refusal::Busy(why.clone()).code(), &why).await;
+                return Err(format!("key {fingerprint}: refused: {why}"));
+            }
+        };
     let what = match hello.direction {
         Direction::Upload => "upload to",
         Direction::Download => "download of",

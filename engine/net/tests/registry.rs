@@ -1,4 +1,4 @@
-//! The library end to end in one process: a `Server` with the `SingleUser` policy, a client
+//! The library end to end in one process: a `Server` with the `Users::single` policy, a client
 //! download through `client::transfer`, and the server's session registry: the running session
 //! is listed with its progress, its rate is changed while it runs, and cancelling it ends the
 //! client's transfer with a typed, retryable error and removes it from the registry. An upload
@@ -18,9 +18,8 @@ use ferry_engine::rate::{Policy, RateLimits};
 use ferry_engine::setup::{Direction, Rules};
 use ferry_net::client::{self, ClientError, ClientEvent, ClientOptions, HostKey, Transfer};
 use ferry_net::identity::Identity;
-use ferry_net::server::{
-    Grant, Policy as ServerPolicy, Registry, Server, ServerOptions, SingleUser,
-};
+use ferry_net::server::{Grant, Policy as ServerPolicy, Registry, Server, ServerOptions};
+use ferry_net::users::{Rights, Users};
 
 /// A running server and what the tests need of it.
 struct Running {
@@ -38,7 +37,7 @@ fn serve(policy: Arc<dyn ServerPolicy>, rules: Rules) -> Running {
         pre: Default::default(),
         post: Default::default(),
         rules,
-        sweep: None,
+        sweep: Vec::new(),
     };
     let server = Server::bind(options, policy).unwrap();
     let (addr, fingerprint, registry) =
@@ -108,13 +107,14 @@ impl Running {
     }
 }
 
-/// A policy granting what [`SingleUser`] grants, with a rate cap of its own.
+/// A policy granting what [`Users::single`] grants, with a rate cap of its own.
 #[derive(Debug)]
-struct Capped(SingleUser, u64);
+struct Capped(Users, u64);
 
 impl ServerPolicy for Capped {
     fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
-        Ok(Grant { rate_cap: Some(self.1), ..self.0.authorize(user, key, peer)? })
+        let grant = self.0.authorize(user, key, peer)?;
+        Ok(Grant { rights: Rights { rate_cap: Some(self.1), ..grant.rights.clone() }, ..grant })
     }
 }
 
@@ -128,7 +128,7 @@ async fn sessions_are_listed_steered_and_cancelled() {
     let client_id = Identity::generate("client");
     std::fs::write(dir.path().join("ak"), format!("{}\n", client_id.public_line())).unwrap();
     let docroot = Arc::new(Docroot::open(&root).unwrap());
-    let policy = Arc::new(SingleUser::new("tester", docroot.clone(), dir.path().join("ak")));
+    let policy = Arc::new(Users::single("tester", docroot.clone(), dir.path().join("ak")));
     let server = serve(policy, Rules::default());
     let registry = server.registry.clone();
 
@@ -173,7 +173,7 @@ async fn an_upload_is_paced_within_the_servers_caps_and_changes() {
     let client_id = Identity::generate("client");
     std::fs::write(dir.path().join("ak"), format!("{}\n", client_id.public_line())).unwrap();
     let docroot = Arc::new(Docroot::open(&root).unwrap());
-    let single = SingleUser::new("tester", docroot, dir.path().join("ak"));
+    let single = Users::single("tester", docroot, dir.path().join("ak"));
     // The rules cap at 100 Mbit/s, the grant at 8: the client asks for 400.
     let rules = Rules { rate_cap: Some(100_000_000), ..Rules::default() };
     let server = serve(Arc::new(Capped(single, 8_000_000)), rules);

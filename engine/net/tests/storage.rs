@@ -99,7 +99,7 @@ impl Policy for OneKey {
             user: "counted".into(),
             docroot: self.docroot.clone(),
             storage: self.storage.clone(),
-            rate_cap: None,
+            rights: Default::default(),
         })
     }
 }
@@ -124,7 +124,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         pre: Default::default(),
         post: Default::default(),
         rules: Default::default(),
-        sweep: None,
+        sweep: Vec::new(),
     };
     let server = Server::bind(options, policy).unwrap();
     let (port, fingerprint) = (server.local_addr().port(), server.fingerprint().to_owned());

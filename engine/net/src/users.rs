@@ -1,0 +1,209 @@
+//! The server's transfer users: each confined to a docroot, with the keys that may act as it,
+//! what it may do (directions, transit ciphers) and the rate it is allowed. [`Users`] is the
+//! [`Policy`] of `ferry serve`: one user from flags ([`Users::single`]) or many from a
+//! configuration file.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ferry_engine::crypto::CipherSuite;
+use ferry_engine::io::docroot::Docroot;
+use ferry_engine::io::storage::PlainFiles;
+use ferry_engine::setup::Direction;
+
+use crate::authorized_keys::AuthorizedKeys;
+use crate::server::{Grant, Policy};
+
+/// A parsed keys file and the metadata it was read with.
+type Cached = (std::fs::Metadata, Arc<AuthorizedKeys>);
+
+/// Where a user's keys come from.
+#[derive(Debug)]
+pub enum Keys {
+    /// An OpenSSH `authorized_keys` file, read again whenever it changes.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parsed file and the metadata it was read with.
+        cache: Box<Mutex<Option<Cached>>>,
+    },
+    /// Lines given inline (in the configuration), parsed once.
+    Inline(Arc<AuthorizedKeys>),
+}
+
+impl Keys {
+    /// Keys read from `path` (when a client connects; see [`Keys::File`]).
+    pub fn file(path: PathBuf) -> Self {
+        Keys::File { path, cache: Box::new(Mutex::new(None)) }
+    }
+
+    /// The keys now.
+    pub fn current(&self) -> Result<Arc<AuthorizedKeys>, String> {
+        let (path, cache) = match self {
+            Keys::Inline(k) => return Ok(k.clone()),
+            Keys::File { path, cache } => (path, cache),
+        };
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cache = cache.lock().expect("keys lock");
+        if let Some((m, k)) = cache.as_ref()
+            && m.modified().ok() == meta.modified().ok()
+            && m.len() == meta.len()
+            && m.ino() == meta.ino()
+        {
+            return Ok(k.clone());
+        }
+        let keys = Arc::new(AuthorizedKeys::read(path)?);
+        *cache = Some((meta, keys.clone()));
+        Ok(keys)
+    }
+}
+
+/// What a user may do, besides where ([`User::docroot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    /// Uploads allowed.
+    pub upload: bool,
+    /// Downloads allowed.
+    pub download: bool,
+    /// Transit ciphers allowed (on top of the server's rules).
+    pub suites: Vec<CipherSuite>,
+    /// The highest target rate of its sessions, bits/s (`None`: only the server's cap).
+    pub rate_cap: Option<u64>,
+}
+
+impl Default for Rights {
+    /// Both directions, the ciphers that encrypt (not `none`), no rate cap of its own.
+    fn default() -> Self {
+        let suites = CipherSuite::ALL.into_iter().filter(|s| *s != CipherSuite::None).collect();
+        Self { upload: true, download: true, suites, rate_cap: None }
+    }
+}
+
+impl Rights {
+    /// Whether a session in `direction` with `suite` is allowed; the error says why not.
+    pub fn permit(
+        &self,
+        user: &str,
+        direction: Direction,
+        suite: CipherSuite,
+    ) -> Result<(), String> {
+        let (allowed, what) = match direction {
+            Direction::Upload => (self.upload, "uploads"),
+            Direction::Download => (self.download, "downloads"),
+        };
+        if !allowed {
+            return Err(format!("{what} are not allowed for user {user:?}"));
+        }
+        if !self.suites.contains(&suite) {
+            let names: Vec<_> = self.suites.iter().map(|s| s.name()).collect();
+            return Err(format!(
+                "cipher {} is not allowed for user {user:?} (allowed: {})",
+                suite.name(),
+                names.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One transfer user.
+#[derive(Debug)]
+pub struct User {
+    /// Its name (what clients write as `user@host`).
+    pub name: String,
+    /// The directory its paths are confined to.
+    pub docroot: Arc<Docroot>,
+    /// The keys that may act as it.
+    pub keys: Keys,
+    /// What it may do.
+    pub rights: Rights,
+}
+
+/// The server's users, and the one a client gets when it names none.
+#[derive(Debug)]
+pub struct Users {
+    by_name: HashMap<String, Arc<User>>,
+    default: Option<String>,
+}
+
+impl Users {
+    /// `users` by name; `default` (one of them) serves clients that name no user. Refuses two
+    /// users of one name and a default that is not among them.
+    pub fn new(users: Vec<User>, default: Option<String>) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        for u in users {
+            let name = u.name.clone();
+            if by_name.insert(name.clone(), Arc::new(u)).is_some() {
+                return Err(format!("user {name:?} is defined twice"));
+            }
+        }
+        if let Some(d) = &default
+            && !by_name.contains_key(d)
+        {
+            return Err(format!("the default user {d:?} is not one of the users"));
+        }
+        Ok(Self { by_name, default })
+    }
+
+    /// The simple case: one user, `docroot`, the keys of `authorized_keys`, every right but
+    /// the cipher `none`; clients that name no user get it.
+    pub fn single(
+        name: impl Into<String>,
+        docroot: Arc<Docroot>,
+        authorized_keys: PathBuf,
+    ) -> Self {
+        let name = name.into();
+        let user = User {
+            name: name.clone(),
+            docroot,
+            keys: Keys::file(authorized_keys),
+            rights: Rights { suites: CipherSuite::ALL.to_vec(), ..Rights::default() },
+        };
+        Self::new(vec![user], Some(name)).expect("one user")
+    }
+
+    /// The user called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+
+    /// Every user's docroot (for sweeping stale partial files).
+    pub fn docroots(&self) -> Vec<Arc<Docroot>> {
+        self.by_name.values().map(|u| u.docroot.clone()).collect()
+    }
+
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+impl Policy for Users {
+    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+        let name = match (user, &self.default) {
+            ("", Some(d)) => d.as_str(),
+            ("", None) => return Err("the client named no user and there is no default".into()),
+            (u, _) => u,
+        };
+        let Some(u) = self.by_name.get(name) else {
+            return Err(format!("no transfer user {name:?} on this server"));
+        };
+        let keys = u.keys.current()?;
+        keys.check(key, peer, ferry_keystore::time::now())
+            .map_err(|d| format!("user {name:?}: {d}"))?;
+        Ok(Grant {
+            user: u.name.clone(),
+            docroot: u.docroot.clone(),
+            storage: Arc::new(PlainFiles),
+            rights: u.rights.clone(),
+        })
+    }
+}
