@@ -21,7 +21,8 @@ pub(crate) enum Command {
     Demo(crate::demo::DemoArgs),
     /// Create a client identity: an ed25519 key pair in OpenSSH format (PATH and PATH.pub).
     Keygen(crate::keygen::KeygenArgs),
-    /// Run the transfer server: one user confined to a docroot, keys from authorized_keys.
+    /// Run the transfer server: users from a configuration file (--config), or one user
+    /// confined to a docroot with keys from authorized_keys.
     Serve(crate::transfer::serve::ServeArgs),
     /// Copy files to or from a server: `ferry cp -i KEY --host-key FP SOURCE... host:PATH`.
     Cp(crate::transfer::cp::CpArgs),

@@ -67,6 +67,8 @@ pub(crate) enum Exit {
     FilesFailed,
     /// 40: the server is at a session limit.
     Busy,
+    /// 41: `serve`: the configuration file cannot be used.
+    ServeConfig,
     /// 130: interrupted (SIGINT or SIGTERM).
     Interrupted,
 }
@@ -74,7 +76,7 @@ pub(crate) enum Exit {
 impl Exit {
     /// Every code, in numeric order.
     #[cfg(test)]
-    pub(crate) const ALL: [Exit; 31] = [
+    pub(crate) const ALL: [Exit; 32] = [
         Exit::Failed,
         Exit::Usage,
         Exit::CryptIo,
@@ -105,6 +107,7 @@ impl Exit {
         Exit::PortClosed,
         Exit::FilesFailed,
         Exit::Busy,
+        Exit::ServeConfig,
         Exit::Interrupted,
     ];
 
@@ -142,6 +145,7 @@ impl Exit {
             PortClosed => (38, true, "nothing listens on the server's UDP port"),
             FilesFailed => (39, false, "some files failed; the others were transferred"),
             Busy => (40, true, "the server is at a session limit; retry later"),
+            ServeConfig => (41, false, "`serve`: the configuration file cannot be used"),
             Interrupted => (130, false, "interrupted (SIGINT or SIGTERM); partial files removed"),
         }
     }

@@ -1,21 +1,26 @@
-//! `ferry serve`: the daemon for the simple case, one transfer user confined to a docroot.
-//! Arguments become [`ServerOptions`] and a [`Users`] policy; the server itself is
+//! `ferry serve`: the daemon. Its users come from a configuration file (`--config`, see
+//! [`super::config`]; reread on SIGHUP) or, in the simple case, from flags (one user, one
+//! docroot). Either becomes [`ServerOptions`] and a [`Users`] policy; the server itself is
 //! `ferry_net::server`. Log lines go to stderr ([`super::log`]).
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::identity::Identity;
 use ferry_net::limits::{PostAuth, PreAuth};
-use ferry_net::server::{Server, ServerError, ServerEvent, ServerObserver, ServerOptions};
-use ferry_net::users::Users;
+use ferry_net::server::{
+    Grant, Policy, Server, ServerError, ServerEvent, ServerObserver, ServerOptions,
+};
+use ferry_net::users::{Keys, Users};
 use serde_json::json;
 
+use super::config;
 use super::log::line;
 use super::progress::emit;
 use crate::error::CliError;
@@ -24,16 +29,25 @@ use crate::exit::Exit;
 /// Arguments of `ferry serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
+    /// The server's configuration (TOML: users, their docroots, keys and rights, limits;
+    /// `docs/examples/ferry-serve.toml`). Reread on SIGHUP. Instead of the flags that set the
+    /// same things.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["docroot", "authorized_keys", "user", "listen", "state_dir"]
+    )]
+    config: Option<PathBuf>,
     /// Address and UDP port to listen on for control connections.
     #[arg(long, default_value = "0.0.0.0:33001")]
     listen: SocketAddr,
     /// The directory the transfer user is confined to.
-    #[arg(long, required_unless_present = "print_fingerprint")]
+    #[arg(long, required_unless_present_any = ["print_fingerprint", "config"])]
     docroot: Option<PathBuf>,
     /// OpenSSH authorized_keys file listing the ed25519 keys allowed to connect (`from=`,
     /// `expiry-time=`, `restrict` and `no-*` options are honoured; a key with any other option
     /// is refused).
-    #[arg(long, required_unless_present = "print_fingerprint")]
+    #[arg(long, required_unless_present_any = ["print_fingerprint", "config"])]
     authorized_keys: Option<PathBuf>,
     /// The name of the one transfer user (what clients write as `USER@host:PATH`; clients
     /// that name no user get it too). Default: the account the server runs as.
@@ -131,7 +145,7 @@ pub(crate) fn default_state_dir() -> PathBuf {
 
 /// Refuses a state directory and a docroot that contain each other: the host key must never be
 /// downloadable, and uploads must never land among the server's own files.
-fn check_separate(docroot: &Path, state: &Path, keys: &Path) -> Result<(), CliError> {
+fn check_separate(docroot: &Path, state: &Path, keys: Option<&Path>) -> Result<(), CliError> {
     let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
     let (root, state) = (canon(docroot), canon(state));
     if state.starts_with(&root) || root.starts_with(&state) {
@@ -146,7 +160,7 @@ fn check_separate(docroot: &Path, state: &Path, keys: &Path) -> Result<(), CliEr
         )
         .hint("keep --state-dir outside --docroot (and the docroot outside the state directory)"));
     }
-    let keys = canon(keys);
+    let Some(keys) = keys.map(canon) else { return Ok(()) };
     if keys.starts_with(&root) {
         return Err(CliError::new(
             Exit::Local,
@@ -158,7 +172,12 @@ fn check_separate(docroot: &Path, state: &Path, keys: &Path) -> Result<(), CliEr
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
-    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    let config = args.config.as_deref().map(config::load).transpose().map_err(config_error)?;
+    let state_dir = config
+        .as_ref()
+        .and_then(|c| c.state_dir.clone())
+        .or(args.state_dir.clone())
+        .unwrap_or_else(default_state_dir);
     let id = Identity::load_or_create_host(&state_dir).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot load the server identity: {e}")).hint(
             "use a --state-dir that belongs to this user with mode 0700 (chmod 700 DIR), holding \
@@ -171,56 +190,132 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     super::log::install("ferry serve", "ferry=info");
     ferry_net::sockets::raise_fd_limit();
-    let docroot_path = args.docroot.expect("clap requires it");
-    let docroot = Docroot::open(&docroot_path).map_err(|e| {
+    let (listen, (pre, post), users) = match config {
+        Some(c) => {
+            for w in &c.warnings {
+                line(format_args!("{w}"));
+            }
+            let listen = c.listen.unwrap_or(args.listen);
+            (listen, (c.pre, c.post), c.users)
+        }
+        None => (args.listen, args.limits.limits(), flag_user(&args)?),
+    };
+    for u in users.iter() {
+        let keys = match &u.keys {
+            Keys::File { path, .. } => Some(path.as_path()),
+            Keys::Inline(_) => None,
+        };
+        check_separate(u.docroot.path(), &state_dir, keys)?;
+    }
+    let sweep = users.docroots();
+    let policy = Arc::new(Reloadable(RwLock::new(Arc::new(users))));
+    let options =
+        ServerOptions { listen, identity: id, pre, post, rules: Default::default(), sweep };
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(serve(options, policy, args.config, args.json))
+}
+
+/// The one user of the flag mode.
+fn flag_user(args: &ServeArgs) -> Result<Users, CliError> {
+    let docroot_path = args.docroot.as_ref().expect("clap requires it");
+    let docroot = Docroot::open(docroot_path).map_err(|e| {
         CliError::new(Exit::Local, format!("docroot {e}"))
             .hint("create the directory or pass an existing one with --docroot")
     })?;
-    let authorized_keys = args.authorized_keys.expect("clap requires it");
-    check_separate(docroot.path(), &state_dir, &authorized_keys)?;
+    let authorized_keys = args.authorized_keys.clone().expect("clap requires it");
     check_keys(&authorized_keys)?;
-    let (pre, post) = args.limits.limits();
-    let docroot = Arc::new(docroot);
-    let policy = Arc::new(Users::single(
-        args.user.unwrap_or_else(crate::keys::current_user_name),
-        docroot.clone(),
-        authorized_keys,
-    ));
-    let options = ServerOptions {
-        listen: args.listen,
-        identity: id,
-        pre,
-        post,
-        rules: Default::default(),
-        sweep: vec![docroot],
+    let name = args.user.clone().unwrap_or_else(crate::keys::current_user_name);
+    Ok(Users::single(name, Arc::new(docroot), authorized_keys))
+}
+
+/// Binds, says where it listens, serves until SIGTERM or SIGINT; SIGHUP rereads `config`.
+async fn serve(
+    options: ServerOptions,
+    policy: Arc<Reloadable>,
+    config: Option<PathBuf>,
+    json: bool,
+) -> Result<(), CliError> {
+    let server = Server::bind(options, policy.clone()).map_err(|e| match e {
+        ServerError::Listen { .. } => CliError::new(Exit::Connect, e.to_string())
+            .hint("choose a free port with --listen HOST:PORT (or listen in the configuration)"),
+        ServerError::Tls(_) => CliError::new(Exit::Failed, e.to_string()),
+    })?;
+    let (local, fp) = (server.local_addr(), server.fingerprint().to_owned());
+    let server = if json {
+        emit("listening", json!({ "address": local.to_string(), "host_key": fp }));
+        server.with_observer(json_observer())
+    } else {
+        // Ignore write errors: whoever started the server may have closed its stdout.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "ferry serve: listening on {local} (UDP), host key {fp}");
+        let _ = writeln!(stdout, "ferry serve: clients pin it with: ferry cp --host-key {fp} ...");
+        let _ = stdout.flush();
+        server
     };
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
-    rt.block_on(async move {
-        let server = Server::bind(options, policy).map_err(|e| match e {
-            ServerError::Listen { .. } => CliError::new(Exit::Connect, e.to_string())
-                .hint("choose a free port with --listen HOST:PORT"),
-            ServerError::Tls(_) => CliError::new(Exit::Failed, e.to_string()),
-        })?;
-        let (local, fp) = (server.local_addr(), server.fingerprint().to_owned());
-        let server = if args.json {
-            emit("listening", json!({ "address": local.to_string(), "host_key": fp }));
-            server.with_observer(json_observer())
-        } else {
-            // Ignore write errors: whoever started the server may have closed its stdout.
-            let mut stdout = std::io::stdout();
-            let _ = writeln!(stdout, "ferry serve: listening on {local} (UDP), host key {fp}");
-            let _ =
-                writeln!(stdout, "ferry serve: clients pin it with: ferry cp --host-key {fp} ...");
-            let _ = stdout.flush();
-            server
-        };
-        server.run(ferry_net::bridge::termination_signal()).await;
-        if args.json {
-            emit("stopped", json!({}));
+    let reloader = config.map(|path| tokio::spawn(reload_on_hangup(path, policy, json)));
+    server.run(ferry_net::bridge::termination_signal()).await;
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    if json {
+        emit("stopped", json!({}));
+    }
+    Ok(())
+}
+
+/// The users now: replaced as a whole when the configuration is reloaded, so a session set
+/// up before keeps the grant it got.
+#[derive(Debug)]
+struct Reloadable(RwLock<Arc<Users>>);
+
+impl Policy for Reloadable {
+    fn authorize(&self, user: &str, key: &[u8; 32], peer: IpAddr) -> Result<Grant, String> {
+        let users = self.0.read().expect("users lock").clone();
+        users.authorize(user, key, peer)
+    }
+}
+
+/// Rereads the configuration on every SIGHUP: a good one replaces the users (running sessions
+/// go on), a bad one is refused with its reason and the old one stays.
+async fn reload_on_hangup(path: PathBuf, policy: Arc<Reloadable>, json: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&p)).await;
+        match loaded {
+            Ok(Ok(c)) => {
+                for w in &c.warnings {
+                    line(format_args!("{w}"));
+                }
+                let n = c.users.len();
+                *policy.0.write().expect("users lock") = Arc::new(c.users);
+                line(format_args!(
+                    "configuration reloaded from {}: {n} users (listen, state_dir and [limits] \
+                     apply at the next start)",
+                    path.display()
+                ));
+                if json {
+                    emit(
+                        "config_reloaded",
+                        json!({ "path": path.display().to_string(), "users": n }),
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                line(format_args!("configuration not reloaded (the old one stays): {}", e.message));
+                if json {
+                    emit("config_rejected", json!({ "error": e.message, "hint": e.hint }));
+                }
+            }
+            Err(_) => {}
         }
-        Ok(())
-    })
+    }
+}
+
+fn config_error(e: config::ConfigError) -> CliError {
+    CliError::new(Exit::ServeConfig, e.message).hint(e.hint)
 }
 
 /// Prints the server's events as JSON lines on stdout (`ferry serve --json`).

@@ -21,9 +21,8 @@ pub const USER: &str = "tester";
 
 pub struct Server {
     pub child: Child,
-    /// Every event line the server has printed (`ferry serve --json`), drained by a thread so
-    /// a busy server never blocks on a full pipe.
-    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Every event line the server has printed (`ferry serve --json`).
+    events: Events,
     pub port: u16,
     pub fingerprint: String,
     pub dir: tempfile::TempDir,
@@ -66,34 +65,11 @@ impl Server {
         assert!(out.status.success(), "{}", stderr(&out));
         let fingerprint = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
-        let log = std::fs::File::create(p.join("serve.log")).unwrap();
-        let mut child = Command::new(&*FERRY)
-            .current_dir(p)
-            .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "root"])
-            .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
-            .args(["--user", USER])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (first_tx, first) = std::sync::mpsc::channel();
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let event: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("ferry serve --json printed {line:?}: {e}"));
-                let _ = first_tx.send(event.clone());
-                sink.lock().unwrap().push(event);
-            }
-        });
-        let listening = first.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!("ferry serve did not report listening: {}", stderr_file(&p.join("serve.log")))
-        });
-        assert_eq!(listening["event"], "listening", "{listening}");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--docroot", "root"];
+        args.extend(["--authorized-keys", "authorized_keys", "--state-dir", "state"]);
+        args.extend(["--user", USER]);
+        args.extend_from_slice(extra);
+        let (child, events, listening) = launch(p, &args);
         assert_eq!(listening["host_key"], fingerprint.as_str(), "{listening}");
         let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
         Server { child, events, port: addr.port(), fingerprint, dir }
@@ -152,6 +128,45 @@ pub fn usage(pid: u32) -> Usage {
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     Usage { rss_kib: field("VmRSS:"), fds, threads: field("Threads:") }
+}
+
+/// What a `ferry serve --json` process has printed, collected by a thread.
+pub type Events = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// Starts `ferry serve ARGS --json` in `dir` (its log in `dir/serve.log`) and waits for its
+/// `listening` event; a thread drains stdout into the events so a busy server never blocks on
+/// a full pipe.
+pub fn launch(dir: &Path, args: &[&str]) -> (Child, Events, serde_json::Value) {
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut child = Command::new(&*FERRY)
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let events = Events::default();
+    let (first_tx, first) = std::sync::mpsc::channel();
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let event: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("ferry serve --json printed {line:?}: {e}"));
+            let _ = first_tx.send(event.clone());
+            sink.lock().unwrap().push(event);
+        }
+    });
+    let Ok(listening) = first.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ferry serve did not report listening: {}", stderr_file(&dir.join("serve.log")));
+    };
+    assert_eq!(listening["event"], "listening", "{listening}");
+    (child, events, listening)
 }
 
 pub fn keygen(path: &Path) {

@@ -170,6 +170,11 @@ impl Users {
         self.by_name.get(name)
     }
 
+    /// Every user.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_name.values()
+    }
+
     /// Every user's docroot (for sweeping stale partial files).
     pub fn docroots(&self) -> Vec<Arc<Docroot>> {
         self.by_name.values().map(|u| u.docroot.clone()).collect()

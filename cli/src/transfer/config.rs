@@ -1,0 +1,373 @@
+//! `ferry serve --config FILE`: the daemon's configuration (TOML), documented in
+//! `docs/examples/ferry-serve.toml`. Reading it checks everything a running server would trip
+//! over later (unknown keys, bad values, unsafe permissions, missing docroots, keys files with
+//! no usable key, secrets in clear) and says where (file, line) and what to do.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_engine::crypto::CipherSuite;
+use ferry_engine::io::docroot::Docroot;
+use ferry_net::authorized_keys::AuthorizedKeys;
+use ferry_net::limits::{PostAuth, PreAuth};
+use ferry_net::users::{Keys, Rights, User, Users};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<Spanned<String>>,
+    state_dir: Option<PathBuf>,
+    default_user: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: LimitsTable,
+    #[serde(default)]
+    defaults: RightsTable,
+    #[serde(default, rename = "user")]
+    users: Vec<UserTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsTable {
+    setup_timeout: Option<u64>,
+    max_setup: Option<usize>,
+    max_setup_per_source: Option<usize>,
+    retry_above: Option<usize>,
+    stream_window: Option<u32>,
+    max_sessions: Option<usize>,
+    max_sessions_per_key: Option<usize>,
+    max_sessions_per_user: Option<usize>,
+    max_sessions_per_source: Option<usize>,
+    max_files: Option<u32>,
+    max_open_files: Option<usize>,
+    max_manifest_bytes: Option<u64>,
+}
+
+/// What a user may do; `[defaults]` and each `[[user]]` (which overrides the defaults).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RightsTable {
+    directions: Option<Spanned<Vec<String>>>,
+    rate_cap: Option<Spanned<String>>,
+    ciphers: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserTable {
+    name: Spanned<String>,
+    docroot: Spanned<PathBuf>,
+    authorized_keys: Option<Spanned<PathBuf>>,
+    keys: Option<Spanned<Vec<String>>>,
+    directions: Option<Spanned<Vec<String>>>,
+    rate_cap: Option<Spanned<String>>,
+    ciphers: Option<Spanned<Vec<String>>>,
+}
+
+impl UserTable {
+    /// Its own rights entries (the rest come from `[defaults]`).
+    fn rights(&self) -> RightsTable {
+        RightsTable {
+            directions: self.directions.clone(),
+            rate_cap: self.rate_cap.clone(),
+            ciphers: self.ciphers.clone(),
+        }
+    }
+}
+
+/// A configuration ready to serve.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) pre: PreAuth,
+    pub(crate) post: PostAuth,
+    pub(crate) users: Users,
+    /// Names of the users that came with warnings (refused lines of their keys), and why.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Why a configuration cannot be used: where, what, and how to fix it.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}
+
+impl ConfigError {
+    fn new(message: String, hint: impl Into<String>) -> Self {
+        Self { message, hint: hint.into() }
+    }
+}
+
+/// Reads and checks `path`.
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_private(path)?;
+    let at = |span: std::ops::Range<usize>| format!("{}:{}", path.display(), line_of(&text, span));
+    refuse_secrets(path, &text)?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(String::new(), |s| format!(":{}", line_of(&text, s)));
+        ConfigError::new(
+            format!("{}{line}: {}", path.display(), e.message().trim_end()),
+            "fix the line named (docs/examples/ferry-serve.toml lists every key)",
+        )
+    })?;
+    let listen = match &file.listen {
+        None => None,
+        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                format!("{}: listen {:?} is not an address", at(l.span()), l.get_ref()),
+                "write HOST:PORT with a numeric host, e.g. \"0.0.0.0:33001\"",
+            )
+        })?),
+    };
+    let (pre, post) = limits(&file.limits);
+    let mut warnings = Vec::new();
+    let mut users = Vec::new();
+    if file.users.is_empty() {
+        return Err(ConfigError::new(
+            format!("{}: no [[user]] entries", path.display()),
+            "add at least one [[user]] with a name, a docroot and its keys",
+        ));
+    }
+    for u in &file.users {
+        users.push(user(u, &file.defaults, &at, &mut warnings)?);
+    }
+    let default = file.default_user.as_ref().map(|d| d.get_ref().clone());
+    let users = Users::new(users, default).map_err(|e| {
+        let span = file.default_user.as_ref().map_or(0..0, |d| d.span());
+        ConfigError::new(format!("{}: {e}", at(span)), "give each [[user]] its own name")
+    })?;
+    Ok(Config { listen, state_dir: file.state_dir.clone(), pre, post, users, warnings })
+}
+
+/// The file's text, if only its owner (this account or root) may change it.
+fn read_private(path: &Path) -> Result<String, ConfigError> {
+    let io = |e: std::io::Error| {
+        ConfigError::new(
+            format!("cannot read the configuration {}: {e}", path.display()),
+            "pass an existing TOML file with --config",
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        return Err(ConfigError::new(
+            format!(
+                "the configuration {} can be changed by others (mode {:o}, owner uid {})",
+                path.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+            format!(
+                "it decides who may read and write which files: chmod go-w {} and make it \
+                 belong to this account or root",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// Secrets belong in the keystore, never in the configuration.
+fn refuse_secrets(path: &Path, text: &str) -> Result<(), ConfigError> {
+    for (i, line) in text.lines().enumerate() {
+        let key = line.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
+        if matches!(key, "content_protection_secret" | "secret" | "password" | "passphrase") {
+            return Err(ConfigError::new(
+                format!("{}:{}: {key} holds a secret in clear", path.display(), i + 1),
+                "move it into the keystore with `ferry keys migrate --config FILE` (it stores the \
+                 secret wrapped and removes it from the file), then start again",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, span: std::ops::Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+fn limits(l: &LimitsTable) -> (PreAuth, PostAuth) {
+    let (p, q) = (PreAuth::default(), PostAuth::default());
+    let pre = PreAuth {
+        setup_timeout: l.setup_timeout.map_or(p.setup_timeout, |s| Duration::from_secs(s.max(1))),
+        max_connections: l.max_setup.unwrap_or(p.max_connections).max(1),
+        max_per_source: l.max_setup_per_source.unwrap_or(p.max_per_source).max(1),
+        retry_above: l.retry_above.unwrap_or(p.retry_above),
+        stream_window: l.stream_window.unwrap_or(p.stream_window).clamp(16 * 1024, 16 << 20),
+    };
+    let post = PostAuth {
+        max_sessions: l.max_sessions.unwrap_or(q.max_sessions).max(1),
+        max_sessions_per_key: l.max_sessions_per_key.unwrap_or(q.max_sessions_per_key).max(1),
+        max_sessions_per_user: l.max_sessions_per_user.unwrap_or(q.max_sessions_per_user).max(1),
+        max_sessions_per_source: l
+            .max_sessions_per_source
+            .unwrap_or(q.max_sessions_per_source)
+            .max(1),
+        max_files: l.max_files.unwrap_or(q.max_files).max(1),
+        max_open_files: l.max_open_files.unwrap_or(q.max_open_files).max(1),
+        max_manifest_bytes: l.max_manifest_bytes.unwrap_or(q.max_manifest_bytes).max(1),
+    };
+    (pre, post)
+}
+
+/// One `[[user]]`, checked: its name, its docroot (opened now), its keys (read now: at least
+/// one usable), its rights over the defaults.
+fn user(
+    u: &UserTable,
+    defaults: &RightsTable,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    warnings: &mut Vec<String>,
+) -> Result<User, ConfigError> {
+    let name = u.name.get_ref().clone();
+    ferry_keys::check_user_name(&name).map_err(|e| {
+        ConfigError::new(format!("{}: user name {name:?}: {e}", at(u.name.span())), "rename it")
+    })?;
+    let root = u.docroot.get_ref();
+    let docroot = Docroot::open(root).map_err(|e| {
+        ConfigError::new(
+            format!("{}: user {name:?}: docroot {e}", at(u.docroot.span())),
+            "create the directory (owned by the account the server runs as) or fix the path",
+        )
+    })?;
+    let keys = match (&u.authorized_keys, &u.keys) {
+        (Some(file), None) => {
+            let parsed = AuthorizedKeys::read(file.get_ref()).map_err(|e| {
+                let m = format!("{}: user {name:?}: authorized_keys: {e}", at(file.span()));
+                ConfigError::new(m, "point authorized_keys at a readable OpenSSH file")
+            })?;
+            usable(&name, &parsed, at(file.span()), warnings)?;
+            Keys::file(file.get_ref().clone())
+        }
+        (None, Some(lines)) => {
+            let parsed = AuthorizedKeys::parse(&lines.get_ref().join("\n")).map_err(|e| {
+                let m = format!("{}: user {name:?}: keys: {e}", at(lines.span()));
+                ConfigError::new(m, "write each key as an OpenSSH line, \"ssh-ed25519 AAAA...\"")
+            })?;
+            usable(&name, &parsed, at(lines.span()), warnings)?;
+            Keys::Inline(Arc::new(parsed))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                format!(
+                    "{}: user {name:?} needs exactly one of authorized_keys and keys",
+                    at(u.name.span())
+                ),
+                "give authorized_keys = \"FILE\" or keys = [\"ssh-ed25519 ...\"]",
+            ));
+        }
+    };
+    let rights = rights(&name, &u.rights(), defaults, at)?;
+    Ok(User { name, docroot: Arc::new(docroot), keys, rights })
+}
+
+fn usable(
+    name: &str,
+    keys: &AuthorizedKeys,
+    at: String,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for r in &keys.refused {
+        warnings.push(format!("{at}: user {name:?}: key line {} refused: {}", r.line, r.reason));
+    }
+    if keys.keys.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}: user {name:?} has no usable ssh-ed25519 key"),
+            "add a client's public key (the .pub file `ferry keygen` wrote)",
+        ));
+    }
+    Ok(())
+}
+
+/// A user's rights: its own entries, else the defaults, else [`Rights::default`].
+fn rights(
+    name: &str,
+    own: &RightsTable,
+    defaults: &RightsTable,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Rights, ConfigError> {
+    let mut r = Rights::default();
+    if let Some(d) = own.directions.as_ref().or(defaults.directions.as_ref()) {
+        let (mut up, mut down) = (false, false);
+        for v in d.get_ref() {
+            match v.as_str() {
+                "upload" => up = true,
+                "download" => down = true,
+                other => {
+                    return Err(ConfigError::new(
+                        format!("{}: user {name:?}: unknown direction {other:?}", at(d.span())),
+                        "directions are \"upload\" and \"download\"",
+                    ));
+                }
+            }
+        }
+        (r.upload, r.download) = (up, down);
+    }
+    if let Some(c) = own.rate_cap.as_ref().or(defaults.rate_cap.as_ref()) {
+        let cap = super::parse_rate(c.get_ref()).map_err(|e| {
+            ConfigError::new(
+                format!("{}: user {name:?}: rate_cap {e}", at(c.span())),
+                "e.g. \"500m\"",
+            )
+        })?;
+        r.rate_cap = Some(cap.max(1));
+    }
+    if let Some(c) = own.ciphers.as_ref().or(defaults.ciphers.as_ref()) {
+        let mut suites = Vec::new();
+        for v in c.get_ref() {
+            let s = CipherSuite::ALL.into_iter().find(|s| s.name() == v).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{}: user {name:?}: unknown cipher {v:?}", at(c.span())),
+                    "ciphers are \"aes128\", \"aes192\", \"aes256\" and \"none\"",
+                )
+            })?;
+            suites.push(s);
+        }
+        r.suites = suites;
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example names every key the server knows, and nothing else.
+    #[test]
+    fn the_example_parses() {
+        let text = include_str!("../../../docs/examples/ferry-serve.toml");
+        let f: File = toml::from_str(text).unwrap();
+        assert_eq!(f.users.len(), 2);
+        assert!(
+            f.limits.max_sessions_per_source.is_some() && f.limits.max_manifest_bytes.is_some()
+        );
+        let reports = &f.users[1];
+        let keys = AuthorizedKeys::parse(&reports.keys.as_ref().unwrap().get_ref().join("\n"));
+        assert_eq!(keys.unwrap().keys.len(), 1);
+        let at = |_| String::new();
+        let r = rights("reports", &reports.rights(), &f.defaults, &at).unwrap();
+        assert_eq!((r.upload, r.download, r.rate_cap), (false, true, Some(200_000_000)));
+        let r = rights("alice", &f.users[0].rights(), &f.defaults, &at).unwrap();
+        assert_eq!((r.upload, r.download, r.rate_cap), (true, true, Some(1_000_000_000)));
+        assert!(!r.suites.contains(&CipherSuite::None));
+    }
+
+    #[test]
+    fn lines_and_secrets() {
+        assert_eq!(line_of("a\nb\nc", 4..5), 3);
+        assert_eq!(line_of("a", 0..1), 1);
+        let p = Path::new("f.toml");
+        assert!(refuse_secrets(p, "[[user]]\nname = \"a\"\n").is_ok());
+        let e = refuse_secrets(p, "x = 1\n  content_protection_secret = \"s\"\n").unwrap_err();
+        assert!(e.message.starts_with("f.toml:2: content_protection_secret"), "{}", e.message);
+        assert!(e.hint.contains("ferry keys migrate"), "{}", e.hint);
+        assert!(!e.message.contains('"'), "the secret is not repeated: {}", e.message);
+    }
+}

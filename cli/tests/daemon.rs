@@ -1,0 +1,271 @@
+//! `ferry serve --config`: many users from one file, each with its docroot, keys and rights;
+//! configuration errors refused at start with the file and line; SIGHUP reloads without
+//! dropping the users that stay, and a bad new file keeps the old one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use common::*;
+
+/// A daemon with users alice (both directions, keys in a file), bob (downloads only, keys
+/// inline) and carol (uploads, capped at 20 Mbit/s), each with a key and a docroot of its own.
+struct Daemon {
+    child: Child,
+    events: Events,
+    port: String,
+    fingerprint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn public_line(p: &Path) -> String {
+    std::fs::read_to_string(p.with_extension("pub")).unwrap().trim().to_owned()
+}
+
+/// The configuration for `dir` (its users' keys and docroots beneath it), with `extra` at the
+/// end of the top-level table.
+fn config_text(dir: &Path, extra_users: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"listen = "127.0.0.1:0"
+state_dir = "{d}/state"
+
+[defaults]
+directions = ["upload", "download"]
+
+[[user]]
+name = "alice"
+docroot = "{d}/alice"
+authorized_keys = "{d}/alice.keys"
+
+[[user]]
+name = "bob"
+docroot = "{d}/bob"
+keys = ["{bob}"]
+directions = ["download"]
+
+[[user]]
+name = "carol"
+docroot = "{d}/carol"
+keys = ["{carol}"]
+rate_cap = "20m"
+{extra_users}"#,
+        bob = public_line(&dir.join("id-bob")),
+        carol = public_line(&dir.join("id-carol")),
+    )
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn prepare() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for u in ["alice", "bob", "carol", "dave"] {
+        std::fs::create_dir(d.join(u)).unwrap();
+        keygen(&d.join(format!("id-{u}")));
+    }
+    std::fs::copy(d.join("id-alice.pub"), d.join("alice.keys")).unwrap();
+    std::fs::create_dir(d.join("local")).unwrap();
+    write_private(&d.join("ferry.toml"), &config_text(d, ""));
+    dir
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = prepare();
+        let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
+        let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+        let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
+        Daemon { child, events, port: addr.port().to_string(), fingerprint, dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// `ferry cp` with `who`'s key, from the local directory.
+    fn cp(&self, who: &str, args: &[&str]) -> std::process::Output {
+        let key = self.path(&format!("id-{who}"));
+        let mut all = vec!["cp", "-i", key.to_str().unwrap(), "-P", &self.port];
+        all.extend(["--host-key", &self.fingerprint, "-l", "200m"]);
+        all.extend_from_slice(args);
+        run(&all, &self.path("local"))
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn users_get_their_docroots_keys_and_rights() {
+    let d = Daemon::start();
+    let payload = data(400_000, 9);
+    std::fs::write(d.path("local/f"), &payload).unwrap();
+
+    // Alice uploads into her docroot, and downloads it back.
+    let out = d.cp("alice", &["f", "alice@127.0.0.1:up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(d.path("alice/up")).unwrap(), payload);
+    let out = d.cp("alice", &["alice@127.0.0.1:up", "back"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(d.path("local/back")).unwrap(), payload);
+
+    // Bob may download from his docroot but not upload.
+    std::fs::write(d.path("bob/report"), b"quarterly").unwrap();
+    let out = d.cp("bob", &["bob@127.0.0.1:report", "report"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(d.path("local/report")).unwrap(), b"quarterly");
+    let out = d.cp("bob", &["f", "bob@127.0.0.1:f"]);
+    assert_eq!(out.status.code(), Some(37), "{}", stderr(&out));
+    assert!(stderr(&out).contains("uploads are not allowed for user \"bob\""), "{}", stderr(&out));
+    assert!(!d.path("bob/f").exists());
+
+    // A key acts only as its own user; no user named and no default user: refused.
+    let out = d.cp("alice", &["f", "bob@127.0.0.1:x"]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    let out = d.cp("bob", &["f", "alice@127.0.0.1:x"]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    let out = d.cp("alice", &["f", "127.0.0.1:x"]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    let out = d.cp("dave", &["f", "dave@127.0.0.1:x"]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    for u in ["alice", "bob"] {
+        assert!(!d.path(u).join("x").exists());
+    }
+    let refusals: Vec<_> =
+        d.events().into_iter().filter(|e| e["event"] == "setup_failed").collect();
+    let reasons: Vec<_> = refusals.iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("no transfer user \"dave\"")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("named no user")), "{reasons:?}");
+
+    // Carol asks for 200 Mbit/s and gets her cap: the upload is paced at 20 (the client's
+    // progress events show the sender's pacing rate).
+    let out = d.cp("carol", &["--json", "f", "carol@127.0.0.1:f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pacing: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress")
+        .filter_map(|e| e["pacing_rate_bps"].as_u64())
+        .filter(|&r| r > 0)
+        .collect();
+    assert!(!pacing.is_empty(), "no progress events");
+    assert!(pacing.iter().all(|&r| r <= 20_000_000), "{pacing:?}");
+    assert_eq!(std::fs::read(d.path("carol/f")).unwrap(), payload);
+    let started: Vec<_> =
+        d.events().into_iter().filter(|e| e["event"] == "session_started").collect();
+    let users: Vec<_> = started.iter().map(|e| e["user"].as_str().unwrap()).collect();
+    assert_eq!(users, ["alice", "alice", "bob", "carol"]);
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_file_keeps_the_old_one() {
+    let d = Daemon::start();
+    std::fs::write(d.path("local/f"), b"hello").unwrap();
+    let out = d.cp("dave", &["f", "dave@127.0.0.1:f"]);
+    assert_eq!(out.status.code(), Some(32), "dave is not a user yet: {}", stderr(&out));
+
+    let dave = format!(
+        "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\n",
+        d.path("dave").display(),
+        public_line(&d.path("id-dave"))
+    );
+    write_private(&d.path("ferry.toml"), &config_text(d.dir.path(), &dave));
+    signal(&d.child, rustix::process::Signal::HUP);
+    let reloaded = |d: &Daemon, what: &str| d.events().iter().any(|e| e["event"] == what);
+    wait_for("the reload", || reloaded(&d, "config_reloaded"));
+    let out = d.cp("dave", &["f", "dave@127.0.0.1:f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(d.path("dave/f")).unwrap(), b"hello");
+
+    // A bad file (an unknown key) is refused with its line; the users of the old one stay.
+    let bad = format!(
+        "{}\n[[user]]\nname = \"eve\"\ndocroot = \"/\"\nshell = \"/bin/sh\"\n",
+        config_text(d.dir.path(), &dave)
+    );
+    write_private(&d.path("ferry.toml"), &bad);
+    signal(&d.child, rustix::process::Signal::HUP);
+    wait_for("the refusal", || reloaded(&d, "config_rejected"));
+    let rejected = d.events().into_iter().find(|e| e["event"] == "config_rejected").unwrap();
+    let error = rejected["error"].as_str().unwrap();
+    let line = bad.lines().position(|l| l.starts_with("shell")).unwrap() + 1;
+    assert!(error.contains(&format!("ferry.toml:{line}")), "{error}");
+    assert!(error.contains("shell"), "{error}");
+    let out = d.cp("dave", &["f", "dave@127.0.0.1:g"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.cp("alice", &["f", "alice@127.0.0.1:f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Starts `ferry serve --config` on `text` and returns its exit code and stderr.
+fn refused(text: &str, mode: u32) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = prepare();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text.replace("@DIR@", &dir.path().display().to_string())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let out = run(&["serve", "--config", path.to_str().unwrap()], dir.path());
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn configuration_errors_name_the_file_the_line_and_a_fix() {
+    let user = "[[user]]\nname = \"alice\"\ndocroot = \"@DIR@/alice\"\nauthorized_keys = \"@DIR@/alice.keys\"\n";
+    let cases: Vec<(String, u32, &str)> = vec![
+        (format!("{user}colour = \"blue\"\n"), 0o600, "bad.toml:5: unknown field `colour`"),
+        (format!("listen = 7\n{user}"), 0o600, "bad.toml:1: invalid type"),
+        (
+            user.replace("@DIR@/alice\"", "@DIR@/nowhere\""),
+            0o600,
+            "bad.toml:3: user \"alice\": docroot",
+        ),
+        (
+            user.replace("alice.keys", "bob.pub2"),
+            0o600,
+            "bad.toml:4: user \"alice\": authorized_keys",
+        ),
+        (format!("{user}directions = [\"sideways\"]\n"), 0o600, "unknown direction \"sideways\""),
+        (format!("{user}rate_cap = \"fast\"\n"), 0o600, "bad.toml:5: user \"alice\": rate_cap"),
+        (format!("{user}ciphers = [\"rot13\"]\n"), 0o600, "unknown cipher \"rot13\""),
+        (format!("{user}{}", user), 0o600, "user \"alice\" is defined twice"),
+        (format!("default_user = \"zed\"\n{user}"), 0o600, "the default user \"zed\""),
+        (
+            user.replace("name = \"alice\"", "name = \"-rf\""),
+            0o600,
+            "bad.toml:2: user name \"-rf\"",
+        ),
+        (String::new(), 0o600, "no [[user]] entries"),
+        (user.to_owned(), 0o666, "can be changed by others"),
+        (
+            format!("{user}content_protection_secret = \"hunter2\"\n"),
+            0o600,
+            "bad.toml:5: content_protection_secret holds a secret in clear",
+        ),
+    ];
+    for (text, mode, expected) in cases {
+        let (code, err) = refused(&text, mode);
+        assert_eq!(code, Some(41), "{text}\n{err}");
+        assert!(err.contains(expected), "expected {expected:?} for\n{text}\ngot: {err}");
+        assert!(err.contains("hint:") || err.lines().count() > 1, "no fix offered: {err}");
+        assert!(!err.contains("hunter2"), "the secret was repeated: {err}");
+    }
+    let (_, err) = refused(&format!("{user}content_protection_secret = \"x\"\n"), 0o600);
+    assert!(err.contains("ferry keys migrate"), "{err}");
+    // The flags that the file sets cannot be given beside it.
+    let dir = prepare();
+    let out = run(&["serve", "--config", "ferry.toml", "--docroot", "alice"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
