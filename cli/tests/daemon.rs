@@ -38,6 +38,9 @@ fn config_text(dir: &Path, extra_users: &str) -> String {
         r#"listen = "127.0.0.1:0"
 state_dir = "{d}/state"
 
+[audit]
+path = "{d}/audit.jsonl"
+
 [defaults]
 directions = ["upload", "download"]
 
@@ -169,6 +172,85 @@ fn users_get_their_docroots_keys_and_rights() {
         d.events().into_iter().filter(|e| e["event"] == "session_started").collect();
     let users: Vec<_> = started.iter().map(|e| e["user"].as_str().unwrap()).collect();
     assert_eq!(users, ["alice", "alice", "bob", "carol"]);
+    check_audit(&d);
+}
+
+/// Every record of the audit log parses, has its fields, and holds no key material.
+fn check_audit(d: &Daemon) {
+    use std::os::unix::fs::MetadataExt;
+    let path = d.path("audit.jsonl");
+    // The writer appends off the server's tasks: wait for the last session's end.
+    wait_for("the audit records", || {
+        std::fs::read_to_string(&path).unwrap_or_default().matches("session_ended").count() == 4
+    });
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for r in &records {
+        assert!(r["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{r}");
+        let fields: &[&str] = match r["event"].as_str().unwrap() {
+            "listening" => &["address", "host_key", "users"],
+            "authentication" => &["peer", "user", "key", "result"],
+            "session_started" => &[
+                "session",
+                "peer",
+                "key",
+                "user",
+                "direction",
+                "path",
+                "cipher",
+                "target_rate_bps",
+                "at_rest",
+            ],
+            "session_ended" => &[
+                "session",
+                "peer",
+                "user",
+                "direction",
+                "path",
+                "cipher",
+                "at_rest",
+                "files",
+                "bytes",
+                "seconds",
+                "rate_bps",
+                "result",
+            ],
+            "setup_failed" => &["peer", "reason"],
+            other => panic!("unexpected audit record {other}: {r}"),
+        };
+        for f in fields {
+            assert!(!r[*f].is_null(), "{f} missing in {r}");
+        }
+    }
+    let count = |event: &str, result: &str| {
+        records.iter().filter(|r| r["event"] == event && r["result"] == result).count()
+    };
+    // Accepted: alice twice, bob twice (one download, one refused upload: authenticated, then
+    // refused for its direction), carol; refused: alice as bob, bob as alice, alice as nobody,
+    // dave.
+    assert_eq!(count("authentication", "accepted"), 5, "{text}");
+    assert_eq!(count("authentication", "refused"), 4, "{text}");
+    assert_eq!(count("session_ended", "completed"), 4, "{text}");
+    let refused = records.iter().find(|r| r["result"] == "refused" && r["user"] == "dave").unwrap();
+    assert!(refused["key"].as_str().unwrap().starts_with("SHA256:"), "{refused}");
+    let ended = records.iter().find(|r| r["event"] == "session_ended" && r["user"] == "carol");
+    let ended = ended.unwrap();
+    assert_eq!(
+        (ended["direction"].as_str(), ended["bytes"].as_u64()),
+        (Some("upload"), Some(400_000))
+    );
+    // No key material: no private key, no public key blob, nothing base64 of a key file.
+    for u in ["alice", "bob", "carol", "dave"] {
+        let private = std::fs::read_to_string(d.path(&format!("id-{u}"))).unwrap();
+        for line in private.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")) {
+            assert!(!text.contains(line), "private key material of {u} in the audit log");
+        }
+        let public = public_line(&d.path(&format!("id-{u}")));
+        let blob = public.split_whitespace().nth(1).unwrap();
+        assert!(!text.contains(blob), "the public key blob of {u} in the audit log");
+    }
 }
 
 #[test]

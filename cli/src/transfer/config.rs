@@ -15,6 +15,8 @@ use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::limits::{PostAuth, PreAuth};
 use ferry_net::users::{Keys, Rights, User, Users};
 use serde::Deserialize;
+
+use super::audit::AuditOptions;
 use toml::Spanned;
 
 /// The file as written.
@@ -26,10 +28,19 @@ struct File {
     default_user: Option<Spanned<String>>,
     #[serde(default)]
     limits: LimitsTable,
+    audit: Option<AuditTable>,
     #[serde(default)]
     defaults: RightsTable,
     #[serde(default, rename = "user")]
     users: Vec<UserTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditTable {
+    path: PathBuf,
+    max_bytes: Option<u64>,
+    keep: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +100,7 @@ pub(crate) struct Config {
     pub(crate) pre: PreAuth,
     pub(crate) post: PostAuth,
     pub(crate) users: Users,
+    pub(crate) audit: Option<AuditOptions>,
     /// Names of the users that came with warnings (refused lines of their keys), and why.
     pub(crate) warnings: Vec<String>,
 }
@@ -144,7 +156,12 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let span = file.default_user.as_ref().map_or(0..0, |d| d.span());
         ConfigError::new(format!("{}: {e}", at(span)), "give each [[user]] its own name")
     })?;
-    Ok(Config { listen, state_dir: file.state_dir.clone(), pre, post, users, warnings })
+    let audit = file.audit.as_ref().map(|a| AuditOptions {
+        path: a.path.clone(),
+        max_bytes: a.max_bytes.unwrap_or(super::serve::DEFAULT_AUDIT_BYTES).max(4096),
+        keep: a.keep.unwrap_or(super::serve::DEFAULT_AUDIT_KEEP),
+    });
+    Ok(Config { listen, state_dir: file.state_dir.clone(), pre, post, users, audit, warnings })
 }
 
 /// The file's text, if only its owner (this account or root) may change it.
@@ -345,6 +362,7 @@ mod tests {
         let text = include_str!("../../../docs/examples/ferry-serve.toml");
         let f: File = toml::from_str(text).unwrap();
         assert_eq!(f.users.len(), 2);
+        assert_eq!(f.audit.as_ref().unwrap().keep, Some(5));
         assert!(
             f.limits.max_sessions_per_source.is_some() && f.limits.max_manifest_bytes.is_some()
         );

@@ -2,8 +2,10 @@
 //! summaries, log lines) and the mapping of the transfer library's typed errors to exit codes.
 //! The transfer itself (QUIC, TLS, identities, sessions) is `ferry-net`.
 
+pub(crate) mod audit;
 pub(crate) mod config;
 pub(crate) mod cp;
+pub(crate) mod events;
 pub(crate) mod log;
 pub(crate) mod progress;
 pub(crate) mod serve;

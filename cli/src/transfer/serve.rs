@@ -14,15 +14,14 @@ use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::identity::Identity;
 use ferry_net::limits::{PostAuth, PreAuth};
-use ferry_net::server::{
-    Grant, Policy, Server, ServerError, ServerEvent, ServerObserver, ServerOptions,
-};
+use ferry_net::server::{Grant, Policy, Server, ServerError, ServerOptions};
 use ferry_net::users::{Keys, Users};
 use serde_json::json;
 
+use super::audit::{Audit, AuditOptions};
 use super::config;
+use super::events::Tell;
 use super::log::line;
-use super::progress::emit;
 use crate::error::CliError;
 use crate::exit::Exit;
 
@@ -60,8 +59,14 @@ pub(crate) struct ServeArgs {
     /// Print the server's host-key fingerprint (creating the key if needed) and exit.
     #[arg(long)]
     print_fingerprint: bool,
+    /// Append an audit record (JSON lines, file mode 0600) for every authentication, session,
+    /// refusal and reload; rotated at 100 MiB (5 kept), reopened on SIGHUP. With --config, its
+    /// [audit] table.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    audit_log: Option<PathBuf>,
     /// Print machine-readable events on stdout, one JSON object per line: `listening`,
-    /// `session_started`, `session_ended`, `setup_failed`, `stopped` (see README.md).
+    /// `authentication`, `session_started`, `session_ended`, `setup_failed`, `stopped` (see
+    /// README.md).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -131,6 +136,11 @@ impl LimitArgs {
     }
 }
 
+/// The audit log rotates past this size ...
+pub(crate) const DEFAULT_AUDIT_BYTES: u64 = 100 << 20;
+/// ... keeping this many old files.
+pub(crate) const DEFAULT_AUDIT_KEEP: u32 = 5;
+
 fn parse_user(s: &str) -> Result<String, String> {
     ferry_keys::check_user_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
@@ -190,15 +200,22 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     super::log::install("ferry serve", "ferry=info");
     ferry_net::sockets::raise_fd_limit();
-    let (listen, (pre, post), users) = match config {
+    let (listen, (pre, post), users, audit) = match config {
         Some(c) => {
             for w in &c.warnings {
                 line(format_args!("{w}"));
             }
             let listen = c.listen.unwrap_or(args.listen);
-            (listen, (c.pre, c.post), c.users)
+            (listen, (c.pre, c.post), c.users, c.audit)
         }
-        None => (args.listen, args.limits.limits(), flag_user(&args)?),
+        None => {
+            let audit = args.audit_log.clone().map(|path| AuditOptions {
+                path,
+                max_bytes: DEFAULT_AUDIT_BYTES,
+                keep: DEFAULT_AUDIT_KEEP,
+            });
+            (args.listen, args.limits.limits(), flag_user(&args)?, audit)
+        }
     };
     for u in users.iter() {
         let keys = match &u.keys {
@@ -207,13 +224,21 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         };
         check_separate(u.docroot.path(), &state_dir, keys)?;
     }
+    let audit = match audit {
+        Some(o) => Some(Audit::open(o).map_err(|e| {
+            CliError::new(Exit::Local, e)
+                .hint("give the audit log a path in a directory of this account, mode 0600")
+        })?),
+        None => None,
+    };
+    let tell = Tell { json: args.json, audit };
     let sweep = users.docroots();
     let policy = Arc::new(Reloadable(RwLock::new(Arc::new(users))));
     let options =
         ServerOptions { listen, identity: id, pre, post, rules: Default::default(), sweep };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(options, policy, args.config, args.json))
+    rt.block_on(serve(options, policy, args.config, tell))
 }
 
 /// The one user of the flag mode.
@@ -229,12 +254,13 @@ fn flag_user(args: &ServeArgs) -> Result<Users, CliError> {
     Ok(Users::single(name, Arc::new(docroot), authorized_keys))
 }
 
-/// Binds, says where it listens, serves until SIGTERM or SIGINT; SIGHUP rereads `config`.
+/// Binds, says where it listens, serves until SIGTERM or SIGINT; SIGHUP rereads `config`
+/// and reopens the audit log.
 async fn serve(
     options: ServerOptions,
     policy: Arc<Reloadable>,
     config: Option<PathBuf>,
-    json: bool,
+    tell: Tell,
 ) -> Result<(), CliError> {
     let server = Server::bind(options, policy.clone()).map_err(|e| match e {
         ServerError::Listen { .. } => CliError::new(Exit::Connect, e.to_string())
@@ -242,25 +268,24 @@ async fn serve(
         ServerError::Tls(_) => CliError::new(Exit::Failed, e.to_string()),
     })?;
     let (local, fp) = (server.local_addr(), server.fingerprint().to_owned());
-    let server = if json {
-        emit("listening", json!({ "address": local.to_string(), "host_key": fp }));
-        server.with_observer(json_observer())
-    } else {
+    let users = policy.0.read().expect("users lock").len();
+    tell.event(
+        "listening",
+        json!({ "address": local.to_string(), "host_key": fp, "users": users }),
+    );
+    if !tell.json {
         // Ignore write errors: whoever started the server may have closed its stdout.
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "ferry serve: listening on {local} (UDP), host key {fp}");
         let _ = writeln!(stdout, "ferry serve: clients pin it with: ferry cp --host-key {fp} ...");
         let _ = stdout.flush();
-        server
-    };
-    let reloader = config.map(|path| tokio::spawn(reload_on_hangup(path, policy, json)));
-    server.run(ferry_net::bridge::termination_signal()).await;
-    if let Some(r) = reloader {
-        r.abort();
     }
-    if json {
-        emit("stopped", json!({}));
-    }
+    let server = server.with_observer(tell.clone().observer());
+    let hangup = tokio::spawn(on_hangup(config, policy, tell.clone()));
+    let reason = ferry_net::bridge::termination_signal();
+    server.run(reason).await;
+    hangup.abort();
+    tell.event("stopped", json!({}));
     Ok(())
 }
 
@@ -276,15 +301,19 @@ impl Policy for Reloadable {
     }
 }
 
-/// Rereads the configuration on every SIGHUP: a good one replaces the users (running sessions
-/// go on), a bad one is refused with its reason and the old one stays.
-async fn reload_on_hangup(path: PathBuf, policy: Arc<Reloadable>, json: bool) {
+/// On every SIGHUP: reopens the audit log, and rereads the configuration: a good one replaces
+/// the users (running sessions go on), a bad one is refused with its reason and the old one
+/// stays.
+async fn on_hangup(config: Option<PathBuf>, policy: Arc<Reloadable>, tell: Tell) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&p)).await;
-        match loaded {
+        if let Some(a) = &tell.audit {
+            a.reopen();
+        }
+        let Some(path) = config.clone() else { continue };
+        let shown = path.display().to_string();
+        match tokio::task::spawn_blocking(move || config::load(&path)).await {
             Ok(Ok(c)) => {
                 for w in &c.warnings {
                     line(format_args!("{w}"));
@@ -292,22 +321,14 @@ async fn reload_on_hangup(path: PathBuf, policy: Arc<Reloadable>, json: bool) {
                 let n = c.users.len();
                 *policy.0.write().expect("users lock") = Arc::new(c.users);
                 line(format_args!(
-                    "configuration reloaded from {}: {n} users (listen, state_dir and [limits] \
-                     apply at the next start)",
-                    path.display()
+                    "configuration reloaded from {shown}: {n} users (listen, state_dir, [limits] \
+                     and [audit] apply at the next start)"
                 ));
-                if json {
-                    emit(
-                        "config_reloaded",
-                        json!({ "path": path.display().to_string(), "users": n }),
-                    );
-                }
+                tell.event("config_reloaded", json!({ "path": shown, "users": n }));
             }
             Ok(Err(e)) => {
                 line(format_args!("configuration not reloaded (the old one stays): {}", e.message));
-                if json {
-                    emit("config_rejected", json!({ "error": e.message, "hint": e.hint }));
-                }
+                tell.event("config_rejected", json!({ "error": e.message, "hint": e.hint }));
             }
             Err(_) => {}
         }
@@ -316,45 +337,6 @@ async fn reload_on_hangup(path: PathBuf, policy: Arc<Reloadable>, json: bool) {
 
 fn config_error(e: config::ConfigError) -> CliError {
     CliError::new(Exit::ServeConfig, e.message).hint(e.hint)
-}
-
-/// Prints the server's events as JSON lines on stdout (`ferry serve --json`).
-fn json_observer() -> ServerObserver {
-    Arc::new(|event: ServerEvent<'_>| match event {
-        ServerEvent::Started(s) => emit(
-            "session_started",
-            json!({
-                "session": format!("{:016x}", s.id),
-                "peer": s.peer.to_string(),
-                "key": s.key,
-                "user": s.user,
-                "direction": direction(s.direction),
-                "path": s.path,
-            }),
-        ),
-        ServerEvent::Ended { session, report, error, elapsed } => emit(
-            "session_ended",
-            json!({
-                "session": format!("{:016x}", session.id),
-                "peer": session.peer.to_string(),
-                "files": report.files.len(),
-                "failed_files": report.files.iter().filter(|f| !f.reason.is_empty()).count(),
-                "bytes": report.side.bytes,
-                "seconds": (elapsed.as_secs_f64() * 1e3).round() / 1e3,
-                "error": error,
-            }),
-        ),
-        ServerEvent::SetupFailed { peer, reason } => {
-            emit("setup_failed", json!({ "peer": peer.to_string(), "reason": reason }))
-        }
-    })
-}
-
-fn direction(d: ferry_engine::setup::Direction) -> &'static str {
-    match d {
-        ferry_engine::setup::Direction::Upload => "upload",
-        ferry_engine::setup::Direction::Download => "download",
-    }
 }
 
 /// Reads the authorized keys once at start: lines whose key is refused for an option are

@@ -53,6 +53,10 @@ pub struct SessionSnapshot {
     pub direction: Direction,
     /// The path the client asked for (beneath its docroot).
     pub path: String,
+    /// The transit cipher.
+    pub suite: ferry_engine::crypto::CipherSuite,
+    /// The target rate it was set up with, bits/s (the client's, capped by the server).
+    pub target_rate: u64,
     /// When it started.
     pub started: std::time::SystemTime,
     /// Its latest progress report (about every 250 ms).
@@ -147,6 +151,18 @@ pub enum ServerEvent<'a> {
         error: Option<&'a str>,
         /// How long it ran.
         elapsed: Duration,
+    },
+    /// A client's key was checked for the user it named: accepted, or refused and why (a
+    /// signature that does not verify, a user or key the policy does not know).
+    Authentication {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The user it named (empty: none).
+        user: &'a str,
+        /// Its key's fingerprint.
+        key: &'a str,
+        /// Why it was refused (`None`: accepted).
+        refused: Option<&'a str>,
     },
     /// A connection ended before any session started: refused, timed out or closed by the
     /// client during set-up.
@@ -488,7 +504,7 @@ async fn admit(
     };
     let user = escape(&grant.user, 64);
     info!("{peer}: authenticated {fingerprint} as {user}, {what} {}", escape(&hello.path, 200));
-    let session_id = plan.session_id;
+    let (session_id, suite, target_rate) = (plan.session_id, plan.suite, plan.limits.target);
     let prepared = match prepare(ctx, &conn, plan, &grant).await {
         Ok(p) => p,
         Err(r) => {
@@ -504,6 +520,8 @@ async fn admit(
         user: grant.user,
         direction: hello.direction,
         path: hello.path,
+        suite,
+        target_rate,
         started: std::time::SystemTime::now(),
         progress: Progress::default(),
     };
@@ -579,8 +597,18 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
         .map_err(|_| "TLS exporter unavailable".to_string())?;
     let mut id = [0u8; 8];
     ring::rand::SystemRandom::new().fill(&mut id).map_err(|_| "no randomness".to_string())?;
+    // The policy's verdict is told as it is given; a refusal before it (a signature that does
+    // not verify, a user name no server could have) is told below.
+    let asked = std::cell::Cell::new(false);
     let outcome = decoded.and_then(|hello| {
-        let authorize = |user: &str, key: &[u8; 32]| ctx.policy.authorize(user, key, peer.ip());
+        let authorize = |user: &str, key: &[u8; 32]| {
+            asked.set(true);
+            let verdict = ctx.policy.authorize(user, key, peer.ip());
+            let fp = identity::fingerprint(key);
+            let refused = verdict.as_ref().err().map(String::as_str);
+            ctx.notify(ServerEvent::Authentication { peer, user, key: &fp, refused });
+            verdict
+        };
         let (plan, grant) =
             setup::negotiate(&hello, &exporter, u64::from_be_bytes(id), &ctx.rules, authorize)?;
         Ok((hello, plan, grant))
@@ -595,8 +623,15 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
             bridge::send_abort(&mut send, r.code(), &r.to_string()).await;
             Err(match r {
                 Refusal::Authentication(why) => {
-                    let key = ClientHello::decode(&payload).map(|h| h.public_key);
-                    let fp = key.map_or_else(|_| "?".into(), |k| identity::fingerprint(&k));
+                    let hello = ClientHello::decode(&payload).ok();
+                    let fp = hello
+                        .as_ref()
+                        .map_or_else(|| "?".into(), |h| identity::fingerprint(&h.public_key));
+                    if !asked.get() {
+                        let user = hello.as_ref().map_or("", |h| h.user.as_str());
+                        let (key, refused) = (fp.as_str(), Some(why.as_str()));
+                        ctx.notify(ServerEvent::Authentication { peer, user, key, refused });
+                    }
                     format!("authentication refused for key {fp}: {why}")
                 }
                 Refusal::UnsupportedVersion => "no common version".into(),
