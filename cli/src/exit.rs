@@ -144,7 +144,13 @@ impl Exit {
             Setup => (37, false, "session set-up failed (protocol, version, parameters, limit)"),
             PortClosed => (38, true, "nothing listens on the server's UDP port"),
             FilesFailed => (39, false, "some files failed; the others were transferred"),
-            Busy => (40, true, "the server is at a session limit; retry later"),
+            Busy => (
+                40,
+                true,
+                "the server is at a session limit, or refused the connection (its limit of \
+                 connections in set-up, or this address is locked out after failed \
+                 authentications); retry later",
+            ),
             ServeConfig => (41, false, "`serve`: the configuration file cannot be used"),
             Interrupted => (130, false, "interrupted (SIGINT or SIGTERM); partial files removed"),
         }

@@ -630,3 +630,30 @@ fn serve_json_reports_sessions_refusals_and_its_stop() {
     // The reader thread may trail the exit by a moment.
     wait_for("the stopped event", || has(&s, "stopped"));
 }
+
+/// After --max-auth-failures failed authentications, the address is refused before its
+/// handshake, even with a good key, and the lockout is told (retryable, exit 40).
+#[test]
+fn repeated_failed_authentications_lock_the_address_out() {
+    let s = Server::with_args(&["--max-auth-failures", "3", "--lockout", "60"]);
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), b"data").unwrap();
+    keygen(&l.join("stranger"));
+    let port = s.port.to_string();
+    let stranger = ["cp", "-i", "stranger", "-P", &port, "--host-key", &s.fingerprint];
+    for _ in 0..3 {
+        let out = run(&[&stranger[..], &["f", "127.0.0.1:."]].concat(), l);
+        assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    }
+    wait_for("the lockout event", || s.events().iter().any(|e| e["event"] == "lockout"));
+    let lockout = s.events().into_iter().find(|e| e["event"] == "lockout").unwrap();
+    assert_eq!((lockout["failures"].as_u64(), lockout["seconds"].as_u64()), (Some(3), Some(60)));
+    assert_eq!(lockout["source"], "127.0.0.1", "{lockout}");
+    let out = cp(&s, &["--host-key", &s.fingerprint, "f", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(40), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused the connection"), "{}", stderr(&out));
+    assert!(tree(&s.docroot()).is_empty());
+    let accepted = s.events().iter().filter(|e| e["result"] == "accepted").count();
+    assert_eq!(accepted, 0, "no handshake for a locked-out address");
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
-use ferry_net::limits::{PostAuth, PreAuth};
+use ferry_net::limits::{AuthFailures, PostAuth, PreAuth};
 use ferry_net::users::{Keys, Rights, User, Users};
 use serde::Deserialize;
 
@@ -58,6 +58,9 @@ struct LimitsTable {
     max_files: Option<u32>,
     max_open_files: Option<usize>,
     max_manifest_bytes: Option<u64>,
+    max_auth_failures: Option<u32>,
+    auth_failure_window: Option<u64>,
+    lockout: Option<u64>,
 }
 
 /// What a user may do; `[defaults]` and each `[[user]]` (which overrides the defaults).
@@ -212,13 +215,19 @@ fn line_of(text: &str, span: std::ops::Range<usize>) -> usize {
 }
 
 fn limits(l: &LimitsTable) -> (PreAuth, PostAuth) {
-    let (p, q) = (PreAuth::default(), PostAuth::default());
+    let (p, q, a) = (PreAuth::default(), PostAuth::default(), AuthFailures::default());
     let pre = PreAuth {
         setup_timeout: l.setup_timeout.map_or(p.setup_timeout, |s| Duration::from_secs(s.max(1))),
         max_connections: l.max_setup.unwrap_or(p.max_connections).max(1),
         max_per_source: l.max_setup_per_source.unwrap_or(p.max_per_source).max(1),
         retry_above: l.retry_above.unwrap_or(p.retry_above),
         stream_window: l.stream_window.unwrap_or(p.stream_window).clamp(16 * 1024, 16 << 20),
+        auth_failures: AuthFailures {
+            max_failures: l.max_auth_failures.unwrap_or(a.max_failures).max(1),
+            window: l.auth_failure_window.map_or(a.window, |s| Duration::from_secs(s.max(1))),
+            lockout: l.lockout.map_or(a.lockout, Duration::from_secs),
+            ..a
+        },
     };
     let post = PostAuth {
         max_sessions: l.max_sessions.unwrap_or(q.max_sessions).max(1),

@@ -372,6 +372,10 @@ fn client_error(e: ClientError, opts: &ClientOptions, args: &CpArgs, remote: &Re
         E::PathRefused { .. } => CliError::new(Exit::PathRefused, msg).hint(
             "paths are relative to the server's docroot; the destination directory must exist",
         ),
+        E::ConnectionRefused { .. } => CliError::new(Exit::Busy, msg).hint(
+            "try again later; if the key or user was wrong, fix it first: the server refuses an \
+             address for a while after repeated failed authentications",
+        ),
         E::Busy { .. } => {
             CliError::new(Exit::Busy, msg).hint("try again later, when fewer sessions are running")
         }

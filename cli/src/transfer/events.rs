@@ -91,6 +91,14 @@ fn describe(event: &ServerEvent<'_>) -> (&'static str, Value) {
                 }),
             )
         }
+        ServerEvent::LockedOut { source, failures, lockout } => (
+            "lockout",
+            json!({
+                "source": source.to_string(),
+                "failures": failures,
+                "seconds": lockout.as_secs(),
+            }),
+        ),
         ServerEvent::SetupFailed { peer, reason } => {
             ("setup_failed", json!({ "peer": peer.to_string(), "reason": reason }))
         }

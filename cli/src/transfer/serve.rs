@@ -13,7 +13,7 @@ use std::time::Duration;
 use ferry_engine::io::docroot::Docroot;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::identity::Identity;
-use ferry_net::limits::{PostAuth, PreAuth};
+use ferry_net::limits::{AuthFailures, PostAuth, PreAuth};
 use ferry_net::server::{Grant, Policy, Server, ServerError, ServerOptions};
 use ferry_net::users::{Keys, Users};
 use serde_json::json;
@@ -112,6 +112,16 @@ struct LimitArgs {
     /// Bytes of file paths one upload may announce in all.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     max_manifest_bytes: u64,
+    /// Failed authentications from one address (within --auth-failure-window) that lock it
+    /// out: its connections are refused before their handshake for --lockout seconds.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_auth_failures: u32,
+    /// Seconds within which failed authentications count together.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    auth_failure_window: u64,
+    /// Seconds a locked-out address is refused.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    lockout: u64,
 }
 
 impl LimitArgs {
@@ -122,6 +132,12 @@ impl LimitArgs {
             max_per_source: self.max_setup_per_source.max(1),
             retry_above: self.retry_above,
             stream_window: self.stream_window.clamp(16 * 1024, 16 << 20),
+            auth_failures: AuthFailures {
+                max_failures: self.max_auth_failures.max(1),
+                window: Duration::from_secs(self.auth_failure_window.max(1)),
+                lockout: Duration::from_secs(self.lockout),
+                ..AuthFailures::default()
+            },
         };
         let post = PostAuth {
             max_sessions: self.max_sessions.max(1),

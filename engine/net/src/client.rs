@@ -254,6 +254,16 @@ pub enum ClientError {
         /// The server's reason.
         reason: String,
     },
+    /// The server refused the connection before its handshake: it is at its limit of
+    /// connections in set-up, or this address is locked out after failed authentications.
+    #[error(
+        "{server} refused the connection: it is at its limit of connections being set up, or \
+         this address is locked out after too many failed authentications"
+    )]
+    ConnectionRefused {
+        /// The server's address.
+        server: SocketAddr,
+    },
     /// The server refused the session for another reason.
     #[error("the server refused the session (code {code}): {reason}")]
     Refused {
@@ -297,7 +307,8 @@ impl ClientError {
             | PortClosed { .. }
             | NoAnswer { .. }
             | ControlStream(_)
-            | Busy { .. } => true,
+            | Busy { .. }
+            | ConnectionRefused { .. } => true,
             Aborted { code, .. } => *code == ferry_engine::session::abort_code::CANCELLED,
             Failed(_) => true,
             Resolve { .. } | LocalSocket { .. } | KnownHosts { .. } | UnknownHostKey { .. } => {
@@ -392,6 +403,11 @@ async fn connect(
         Err(e) => e,
     };
     let detail = e.to_string();
+    if let quinn::ConnectionError::ConnectionClosed(c) = &e
+        && c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    {
+        return Err(ClientError::ConnectionRefused { server });
+    }
     if let Some(seen) = seen.lock().expect("lock").clone() {
         return Err(match pinned {
             None => ClientError::UnknownHostKey { server, seen },

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Limits on connections that are not yet set up.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct PreAuth {
     /// one stream): what a peer can make the server buffer on a connection. Default 64 KiB
     /// (a hello is at most 16 KiB; control messages are read as they arrive).
     pub stream_window: u32,
+    /// Failed authentications from one address before it is locked out.
+    pub auth_failures: AuthFailures,
 }
 
 impl Default for PreAuth {
@@ -36,6 +38,7 @@ impl Default for PreAuth {
             max_per_source: 8,
             retry_above: 16,
             stream_window: 64 * 1024,
+            auth_failures: AuthFailures::default(),
         }
     }
 }
@@ -74,6 +77,49 @@ impl Default for PostAuth {
     }
 }
 
+/// Brute-force protection: an address with `max_failures` failed authentications within
+/// `window` is refused for `lockout`, before its handshake (no signature work for it). At most
+/// `max_tracked` addresses are counted; past that, expired entries go first, then the oldest.
+#[derive(Debug, Clone)]
+pub struct AuthFailures {
+    /// Failures that lock an address out. Default 10.
+    pub max_failures: u32,
+    /// Within this long. Default 60 s.
+    pub window: Duration,
+    /// Refused for this long. Default 300 s.
+    pub lockout: Duration,
+    /// Addresses counted at most. Default 4096.
+    pub max_tracked: usize,
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(300),
+            max_tracked: 4096,
+        }
+    }
+}
+
+/// One address's failed authentications.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Failures {
+    fn expired(&self, now: Instant, l: &AuthFailures) -> bool {
+        match self.locked_until {
+            Some(until) => now >= until,
+            None => now.duration_since(self.first) >= l.window,
+        }
+    }
+}
+
 /// What to do with a new connection.
 #[derive(Debug)]
 pub enum Admission {
@@ -105,6 +151,7 @@ enum Holder {
 #[derive(Debug, Default)]
 pub struct Gate {
     counts: Mutex<Counts>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 /// A connection in set-up; dropping it releases its place.
@@ -173,6 +220,41 @@ impl Gate {
             *c.sessions_by.entry(h.clone()).or_default() += 1;
         }
         Ok(SessionGuard { gate: self.clone(), holders })
+    }
+
+    /// How much longer `source` is locked out, if it is.
+    pub fn locked_out(&self, source: IpAddr, now: Instant) -> Option<Duration> {
+        let f = self.failures.lock().expect("failures lock");
+        let until = f.get(&source)?.locked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a failed authentication from `source`; returns the count when it locks the
+    /// address out.
+    pub fn auth_failed(&self, source: IpAddr, now: Instant, l: &AuthFailures) -> Option<u32> {
+        let mut f = self.failures.lock().expect("failures lock");
+        if f.get(&source).is_some_and(|e| e.expired(now, l)) {
+            f.remove(&source);
+        }
+        if !f.contains_key(&source) && f.len() >= l.max_tracked.max(1) {
+            f.retain(|_, e| !e.expired(now, l));
+            if f.len() >= l.max_tracked.max(1) {
+                let oldest = f.iter().min_by_key(|(_, e)| e.first).map(|(a, _)| *a);
+                if let Some(a) = oldest {
+                    f.remove(&a);
+                }
+            }
+        }
+        let e = f.entry(source).or_insert(Failures { count: 0, first: now, locked_until: None });
+        if e.locked_until.is_some() {
+            return None;
+        }
+        e.count += 1;
+        if e.count >= l.max_failures.max(1) {
+            e.locked_until = Some(now + l.lockout);
+            return Some(e.count);
+        }
+        None
     }
 
     /// Connections in set-up and sessions running now.
@@ -258,5 +340,39 @@ mod tests {
         drop((_k1, _k2, _b1, _b2));
         assert_eq!(gate.load().1, 0);
         assert!(gate.counts.lock().unwrap().sessions_by.is_empty());
+    }
+
+    #[test]
+    fn failed_authentications_lock_an_address_out_for_a_while() {
+        let gate = Gate::default();
+        let l = AuthFailures {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(300),
+            max_tracked: 100,
+        };
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(gate.auth_failed(a, t0, &l), None);
+        assert_eq!(gate.auth_failed(a, t0, &l), None);
+        assert_eq!(gate.locked_out(a, t0), None);
+        // Failures older than the window no longer count.
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(gate.auth_failed(a, t1, &l), None);
+        assert_eq!(gate.auth_failed(a, t1, &l), None);
+        assert_eq!(gate.auth_failed(a, t1, &l), Some(3));
+        assert_eq!(gate.locked_out(a, t1), Some(Duration::from_secs(300)));
+        assert_eq!(gate.locked_out(b, t1), None, "another address is not affected");
+        assert_eq!(gate.auth_failed(a, t1, &l), None, "told once");
+        let t2 = t1 + Duration::from_secs(300);
+        assert_eq!(gate.locked_out(a, t2), None, "the lockout ends");
+        // Memory stays bounded whatever the number of addresses; a lockout in progress
+        // survives a flood of new ones for a while (expired entries go first).
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            gate.auth_failed(ip, t2, &l);
+            assert!(gate.failures.lock().unwrap().len() <= 100);
+        }
     }
 }

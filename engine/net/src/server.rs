@@ -164,6 +164,16 @@ pub enum ServerEvent<'a> {
         /// Why it was refused (`None`: accepted).
         refused: Option<&'a str>,
     },
+    /// An address had too many failed authentications: its connections are refused, before
+    /// any handshake, for `lockout`.
+    LockedOut {
+        /// The address.
+        source: IpAddr,
+        /// Its failures within the window.
+        failures: u32,
+        /// How long it is refused.
+        lockout: Duration,
+    },
     /// A connection ended before any session started: refused, timed out or closed by the
     /// client during set-up.
     SetupFailed {
@@ -391,6 +401,14 @@ async fn accept_loop(
         };
         let Some(incoming) = incoming else { return "the endpoint closed" };
         let peer = incoming.remote_address();
+        if let Some(left) = ctx.gate.locked_out(peer.ip(), Instant::now()) {
+            if refused_logged.elapsed() >= Duration::from_secs(1) {
+                warn!("{peer}: connection refused: locked out for {}s more", left.as_secs());
+                refused_logged = Instant::now();
+            }
+            incoming.refuse();
+            continue;
+        }
         let guard = match ctx.gate.admit(peer.ip(), incoming.remote_address_validated(), &ctx.pre) {
             Admission::Accept(g) => g,
             Admission::Retry => {
@@ -632,12 +650,26 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
                         let (key, refused) = (fp.as_str(), Some(why.as_str()));
                         ctx.notify(ServerEvent::Authentication { peer, user, key, refused });
                     }
+                    count_failure(ctx, peer);
                     format!("authentication refused for key {fp}: {why}")
                 }
                 Refusal::UnsupportedVersion => "no common version".into(),
                 r => format!("session refused: {r}"),
             })
         }
+    }
+}
+
+/// Counts a failed authentication against `peer`'s address, and tells of a lockout it starts.
+fn count_failure(ctx: &Ctx, peer: SocketAddr) {
+    let l = &ctx.pre.auth_failures;
+    if let Some(failures) = ctx.gate.auth_failed(peer.ip(), Instant::now(), l) {
+        let source = peer.ip();
+        warn!(
+            "{source}: locked out for {}s after {failures} failed authentications",
+            l.lockout.as_secs()
+        );
+        ctx.notify(ServerEvent::LockedOut { source, failures, lockout: l.lockout });
     }
 }
 
