@@ -167,11 +167,22 @@ fn users_get_their_docroots_keys_and_rights() {
         .collect();
     assert!(!pacing.is_empty(), "no progress events");
     assert!(pacing.iter().all(|&r| r <= 20_000_000), "{pacing:?}");
+    let capped = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "rate_capped")
+        .expect("the client is told of the cap");
+    assert_eq!(capped["target_rate_bps"], 20_000_000, "{capped}");
+    assert_eq!(capped["asked_bps"], 200_000_000, "{capped}");
+    // Without --json, one line says so.
+    let out = d.cp("carol", &["f", "carol@127.0.0.1:f2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the server caps this transfer at 20"), "{}", stderr(&out));
     assert_eq!(std::fs::read(d.path("carol/f")).unwrap(), payload);
     let started: Vec<_> =
         d.events().into_iter().filter(|e| e["event"] == "session_started").collect();
     let users: Vec<_> = started.iter().map(|e| e["user"].as_str().unwrap()).collect();
-    assert_eq!(users, ["alice", "alice", "bob", "carol"]);
+    assert_eq!(users, ["alice", "alice", "bob", "carol", "carol"]);
     check_audit(&d);
 }
 
@@ -181,7 +192,7 @@ fn check_audit(d: &Daemon) {
     let path = d.path("audit.jsonl");
     // The writer appends off the server's tasks: wait for the last session's end.
     wait_for("the audit records", || {
-        std::fs::read_to_string(&path).unwrap_or_default().matches("session_ended").count() == 4
+        std::fs::read_to_string(&path).unwrap_or_default().matches("session_ended").count() == 5
     });
     assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -230,12 +241,12 @@ fn check_audit(d: &Daemon) {
     // Accepted: alice twice, bob twice (one download, one refused upload: authenticated, then
     // refused for its direction), carol; refused: alice as bob, bob as alice, alice as nobody,
     // dave.
-    assert_eq!(count("authentication", "accepted"), 5, "{text}");
+    assert_eq!(count("authentication", "accepted"), 6, "{text}");
     assert_eq!(count("authentication", "refused"), 4, "{text}");
-    assert_eq!(count("session_ended", "completed"), 4, "{text}");
+    assert_eq!(count("session_ended", "completed"), 5, "{text}");
     let refused = records.iter().find(|r| r["result"] == "refused" && r["user"] == "dave").unwrap();
     assert!(refused["key"].as_str().unwrap().starts_with("SHA256:"), "{refused}");
-    let ended = records.iter().find(|r| r["event"] == "session_ended" && r["user"] == "carol");
+    let ended = records.iter().find(|r| r["event"] == "session_ended" && r["path"] == "f");
     let ended = ended.unwrap();
     assert_eq!(
         (ended["direction"].as_str(), ended["bytes"].as_u64()),

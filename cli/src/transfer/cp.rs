@@ -219,7 +219,8 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         user,
     };
     let started = Instant::now();
-    let reporter = Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet))));
+    let reporter =
+        Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet), args.target_rate)));
     let result = transfer_blocking(&opts, transfer, &args, reporter.clone());
     reporter.lock().expect("reporter").finish();
     let report = result.map_err(|e| client_error(e, &opts, &args, &remote))?;

@@ -48,15 +48,40 @@ pub(crate) struct Reporter {
     last_bytes: u64,
     last_elapsed: Duration,
     drawn: bool,
+    /// The target rate asked for (`-l`).
+    asked: u64,
+    /// The lower target the server set, once told.
+    capped: Option<u64>,
 }
 
 impl Reporter {
-    pub(crate) fn new(mode: Mode) -> Self {
-        Self { mode, last_bytes: 0, last_elapsed: Duration::ZERO, drawn: false }
+    pub(crate) fn new(mode: Mode, asked: u64) -> Self {
+        let (last_bytes, last_elapsed) = (0, Duration::ZERO);
+        Self { mode, last_bytes, last_elapsed, drawn: false, asked, capped: None }
+    }
+
+    /// Tells, once per new value, that the server's RATE_LIMIT holds this sender below the
+    /// rate asked for.
+    fn tell_cap(&mut self, target: u64) {
+        if target == 0 || target >= self.asked || self.capped == Some(target) {
+            return;
+        }
+        self.capped = Some(target);
+        if self.mode == Mode::Json {
+            emit("rate_capped", json!({ "target_rate_bps": target, "asked_bps": self.asked }));
+            return;
+        }
+        self.finish();
+        let (cap, asked) = (human_rate(target as f64), human_rate(self.asked as f64));
+        let _ = writeln!(
+            std::io::stderr(),
+            "ferry cp: the server caps this transfer at {cap} (asked for {asked})"
+        );
     }
 
     /// One periodic report.
     pub(crate) fn update(&mut self, p: &Progress) {
+        self.tell_cap(p.side.target_rate_bps);
         let dt = p.elapsed.saturating_sub(self.last_elapsed).as_secs_f64();
         let rate = if dt > 0.0 {
             p.side.bytes.saturating_sub(self.last_bytes) as f64 * 8.0 / dt
@@ -76,6 +101,7 @@ impl Reporter {
                     "files_done": p.files_done,
                     "rate_bps": rate.round(),
                     "pacing_rate_bps": p.side.rate_bps,
+                    "target_rate_bps": p.side.target_rate_bps,
                     "rtt_ms": p.side.rtt.map(|r| round3(r.as_secs_f64() * 1e3)),
                 }),
             ),

@@ -189,6 +189,7 @@ impl<S: BlockSource> Side for SenderSide<S> {
             bytes: s.new_payload_bytes,
             retransmitted_bytes: s.payload_bytes_sent - s.new_payload_bytes,
             rate_bps: self.sender.rate(),
+            target_rate_bps: self.sender.limits().target,
             rtt: self.sender.srtt(),
             dropped: s.dropped.clone(),
         }
@@ -249,6 +250,7 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
             bytes: s.bytes_stored,
             retransmitted_bytes: 0,
             rate_bps: 0,
+            target_rate_bps: 0,
             rtt: None,
             dropped: s.dropped.clone(),
         }
@@ -267,6 +269,9 @@ pub struct SideProgress {
     pub retransmitted_bytes: u64,
     /// The sender's current pacing rate, bit/s (0 at the receiver).
     pub rate_bps: u64,
+    /// The sender's target rate now, bit/s: its own within the receiver's RATE_LIMIT (0 at
+    /// the receiver).
+    pub target_rate_bps: u64,
     /// The sender's smoothed round-trip time.
     pub rtt: Option<Duration>,
     /// Datagrams this end dropped unread, by reason (forged, replayed, foreign, malformed).
