@@ -362,3 +362,94 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     let out = run(&["serve", "--config", "ferry.toml", "--docroot", "alice"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `ferry serve status|rate|cancel` steer a running transfer through the admin socket.
+#[test]
+fn status_rate_and_cancel_a_running_transfer() {
+    let d = Daemon::start();
+    let socket = d.path("state/admin.sock");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket() && meta.mode() & 0o777 == 0o600, "{meta:?}");
+    std::fs::write(d.path("local/big"), data(24 << 20, 4)).unwrap();
+    // 24 MiB at 8 Mbit/s: about 25 s, time enough to look at it.
+    let key = d.path("id-alice");
+    let mut client = std::process::Command::new(&*FERRY)
+        .current_dir(d.path("local"))
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
+        .args(["-l", "8m", "--policy", "fixed", "big", "alice@127.0.0.1:big"])
+        .env_remove("HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = |json: bool| {
+        let mut args = vec!["serve", "status", "--config", "ferry.toml"];
+        if json {
+            args.push("--json");
+        }
+        let out = run(&args, d.dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let session = loop {
+        let reply: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+        let moving = reply["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["bytes"].as_u64() > Some(0))
+            .cloned();
+        if let Some(s) = moving {
+            break s;
+        }
+        assert!(client.try_wait().unwrap().is_none(), "the transfer ended early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        (session["user"].as_str(), session["direction"].as_str()),
+        (Some("alice"), Some("upload"))
+    );
+    assert_eq!(session["path"], "big");
+    assert_eq!(session["total_bytes"], 24 << 20);
+    assert!(session["eta_s"].as_f64().is_some(), "{session}");
+    let id = session["session"].as_str().unwrap().to_owned();
+    let table = status(false);
+    assert!(table.contains(&id) && table.contains("alice") && table.contains("upload"), "{table}");
+
+    // Slower: the uploading client is told, and paces at the new rate.
+    let out = run(
+        &["serve", "rate", &id, "2m", "--admin-socket", socket.to_str().unwrap()],
+        d.dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Cancelled, with a reason the client sees; nothing is left under the final name.
+    let args = ["serve", "cancel", &id, "--reason", "maintenance window", "--config", "ferry.toml"];
+    let out = run(&args, d.dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = finish_child(&mut client);
+    assert_ne!(code, Some(0), "the cancelled upload succeeded");
+    assert!(err.contains("maintenance window"), "{err}");
+    assert!(
+        err.contains("the server caps this transfer at 2"),
+        "the rate change was not told: {err}"
+    );
+    assert!(!d.path("alice/big").exists());
+    // Unknown sessions and bad requests are refused with a message.
+    let out = run(&["serve", "cancel", "00000000000000ff", "--config", "ferry.toml"], d.dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no such session"), "{}", stderr(&out));
+}
+
+fn finish_child(child: &mut Child) -> (Option<i32>, String) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < LIMIT, "the client did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (child.wait().unwrap().code(), err)
+}

@@ -25,6 +25,7 @@ use toml::Spanned;
 struct File {
     listen: Option<Spanned<String>>,
     state_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
     default_user: Option<Spanned<String>>,
     #[serde(default)]
     limits: LimitsTable,
@@ -100,6 +101,7 @@ impl UserTable {
 pub(crate) struct Config {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) admin_socket: Option<PathBuf>,
     pub(crate) pre: PreAuth,
     pub(crate) post: PostAuth,
     pub(crate) users: Users,
@@ -164,7 +166,8 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         max_bytes: a.max_bytes.unwrap_or(super::serve::DEFAULT_AUDIT_BYTES).max(4096),
         keep: a.keep.unwrap_or(super::serve::DEFAULT_AUDIT_KEEP),
     });
-    Ok(Config { listen, state_dir: file.state_dir.clone(), pre, post, users, audit, warnings })
+    let (state_dir, admin_socket) = (file.state_dir.clone(), file.admin_socket.clone());
+    Ok(Config { listen, state_dir, admin_socket, pre, post, users, audit, warnings })
 }
 
 /// The file's text, if only its owner (this account or root) may change it.

@@ -201,7 +201,7 @@ pub(crate) fn human_bytes(b: u64) -> String {
     if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
-fn human_rate(bps: f64) -> String {
+pub(crate) fn human_rate(bps: f64) -> String {
     if bps >= 1e9 { format!("{:.2} Gbit/s", bps / 1e9) } else { format!("{:.1} Mbit/s", bps / 1e6) }
 }
 

@@ -18,6 +18,7 @@ use ferry_net::server::{Grant, Policy, Server, ServerError, ServerOptions};
 use ferry_net::users::{Keys, Users};
 use serde_json::json;
 
+use super::admin;
 use super::audit::{Audit, AuditOptions};
 use super::config;
 use super::events::Tell;
@@ -27,7 +28,11 @@ use crate::exit::Exit;
 
 /// Arguments of `ferry serve`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct ServeArgs {
+    /// Steer a running server through its admin socket instead of starting one.
+    #[command(subcommand)]
+    command: Option<ServeCommand>,
     /// The server's configuration (TOML: users, their docroots, keys and rights, limits;
     /// `docs/examples/ferry-serve.toml`). Reread on SIGHUP. Instead of the flags that set the
     /// same things.
@@ -64,6 +69,10 @@ pub(crate) struct ServeArgs {
     /// [audit] table.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     audit_log: Option<PathBuf>,
+    /// The local admin socket that `ferry serve status|rate|cancel` use (mode 0600). Default:
+    /// admin.sock in the state directory. With --config, its admin_socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    admin_socket: Option<PathBuf>,
     /// Print machine-readable events on stdout, one JSON object per line: `listening`,
     /// `authentication`, `session_started`, `session_ended`, `setup_failed`, `stopped` (see
     /// README.md).
@@ -71,6 +80,131 @@ pub(crate) struct ServeArgs {
     json: bool,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// What `ferry serve status|rate|cancel` do.
+#[derive(Debug, clap::Subcommand)]
+enum ServeCommand {
+    /// List the running sessions: user, peer, direction, path, bytes, rate and ETA.
+    Status {
+        /// One JSON object on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+    /// Change a running session's target rate (an upload's client is told: RATE_LIMIT).
+    Rate {
+        /// The session id, as `ferry serve status` shows it.
+        session: String,
+        /// The new target rate in bits/s with k/m/g suffixes.
+        #[arg(value_parser = super::parse_rate)]
+        rate: u64,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+    /// End a running session; its client is told the reason, its partial files are removed.
+    Cancel {
+        /// The session id, as `ferry serve status` shows it.
+        session: String,
+        /// What the client is told.
+        #[arg(long, default_value = "cancelled by the operator")]
+        reason: String,
+        #[command(flatten)]
+        at: AdminAt,
+    },
+}
+
+/// Which server: its admin socket, or the configuration that names it.
+#[derive(Debug, clap::Args)]
+struct AdminAt {
+    /// The server's admin socket.
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// The server's configuration (its admin_socket, or admin.sock in its state_dir).
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_socket")]
+    config: Option<PathBuf>,
+}
+
+impl AdminAt {
+    fn path(&self) -> Result<PathBuf, CliError> {
+        if let Some(p) = &self.admin_socket {
+            return Ok(p.clone());
+        }
+        let config = self.config.as_deref().map(config::load).transpose().map_err(config_error)?;
+        Ok(admin_path(config.as_ref(), None, &state_dir(config.as_ref(), None)))
+    }
+}
+
+/// The state directory: the configuration's, else the flag, else the default.
+fn state_dir(config: Option<&config::Config>, flag: Option<&Path>) -> PathBuf {
+    config
+        .and_then(|c| c.state_dir.clone())
+        .or(flag.map(Path::to_owned))
+        .unwrap_or_else(default_state_dir)
+}
+
+/// The admin socket: the flag, else the configuration's, else admin.sock in the state dir.
+fn admin_path(config: Option<&config::Config>, flag: Option<&Path>, state: &Path) -> PathBuf {
+    match flag.or(config.and_then(|c| c.admin_socket.as_deref())) {
+        Some(p) => p.to_owned(),
+        None => admin::default_path(state),
+    }
+}
+
+/// `ferry serve status|rate|cancel`.
+fn steer(command: ServeCommand) -> Result<(), CliError> {
+    match command {
+        ServeCommand::Status { json, at } => {
+            let reply = admin::request(&at.path()?, &json!({ "op": "status" }))?;
+            if json {
+                println!("{reply}");
+            } else {
+                print_status(&reply);
+            }
+        }
+        ServeCommand::Rate { session, rate, at } => {
+            let req = json!({ "op": "rate", "session": session, "target_rate_bps": rate });
+            admin::request(&at.path()?, &req)?;
+            println!("session {session}: target rate {}", super::progress::human_rate(rate as f64));
+        }
+        ServeCommand::Cancel { session, reason, at } => {
+            let req = json!({ "op": "cancel", "session": session, "reason": reason });
+            admin::request(&at.path()?, &req)?;
+            println!("session {session}: cancelled");
+        }
+    }
+    Ok(())
+}
+
+fn print_status(reply: &serde_json::Value) {
+    let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        println!("no sessions running");
+        return;
+    }
+    println!(
+        "{:<16}  {:<12} {:<21} {:<8} {:>10} {:>10} {:>12} {:>6}  PATH",
+        "SESSION", "USER", "PEER", "DIR", "BYTES", "TOTAL", "RATE", "ETA"
+    );
+    for s in sessions {
+        let eta = s["eta_s"]
+            .as_f64()
+            .map_or("-".into(), |e| format!("{}:{:02}", e as u64 / 60, e as u64 % 60));
+        let rate = super::progress::human_rate(s["rate_bps"].as_f64().unwrap_or(0.0));
+        println!(
+            "{:<16}  {:<12} {:<21} {:<8} {:>10} {:>10} {:>12} {:>6}  {}",
+            s["session"].as_str().unwrap_or(""),
+            super::log::sanitize(s["user"].as_str().unwrap_or("")),
+            s["peer"].as_str().unwrap_or(""),
+            s["direction"].as_str().unwrap_or(""),
+            s["bytes"],
+            s["total_bytes"],
+            rate,
+            eta,
+            super::log::sanitize(s["path"].as_str().unwrap_or("")),
+        );
+    }
 }
 
 /// The server's limits (see `SECURITY.md`, "Limits").
@@ -197,13 +331,13 @@ fn check_separate(docroot: &Path, state: &Path, keys: Option<&Path>) -> Result<(
     Ok(())
 }
 
-pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
+pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
+    if let Some(command) = args.command.take() {
+        return steer(command);
+    }
     let config = args.config.as_deref().map(config::load).transpose().map_err(config_error)?;
-    let state_dir = config
-        .as_ref()
-        .and_then(|c| c.state_dir.clone())
-        .or(args.state_dir.clone())
-        .unwrap_or_else(default_state_dir);
+    let state_dir = state_dir(config.as_ref(), args.state_dir.as_deref());
+    let admin_socket = admin_path(config.as_ref(), args.admin_socket.as_deref(), &state_dir);
     let id = Identity::load_or_create_host(&state_dir).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot load the server identity: {e}")).hint(
             "use a --state-dir that belongs to this user with mode 0700 (chmod 700 DIR), holding \
@@ -254,7 +388,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<(), CliError> {
         ServerOptions { listen, identity: id, pre, post, rules: Default::default(), sweep };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(options, policy, args.config, tell))
+    rt.block_on(serve(options, policy, args.config, tell, admin_socket))
 }
 
 /// The one user of the flag mode.
@@ -277,12 +411,14 @@ async fn serve(
     policy: Arc<Reloadable>,
     config: Option<PathBuf>,
     tell: Tell,
+    admin_socket: PathBuf,
 ) -> Result<(), CliError> {
     let server = Server::bind(options, policy.clone()).map_err(|e| match e {
         ServerError::Listen { .. } => CliError::new(Exit::Connect, e.to_string())
             .hint("choose a free port with --listen HOST:PORT (or listen in the configuration)"),
         ServerError::Tls(_) => CliError::new(Exit::Failed, e.to_string()),
     })?;
+    let admin = admin::bind(&admin_socket)?;
     let (local, fp) = (server.local_addr(), server.fingerprint().to_owned());
     let users = policy.0.read().expect("users lock").len();
     tell.event(
@@ -298,9 +434,12 @@ async fn serve(
     }
     let server = server.with_observer(tell.clone().observer());
     let hangup = tokio::spawn(on_hangup(config, policy, tell.clone()));
+    let steering = tokio::spawn(admin::serve(admin, server.registry()));
     let reason = ferry_net::bridge::termination_signal();
     server.run(reason).await;
     hangup.abort();
+    steering.abort();
+    let _ = std::fs::remove_file(&admin_socket);
     tell.event("stopped", json!({}));
     Ok(())
 }
