@@ -453,3 +453,23 @@ fn finish_child(child: &mut Child) -> (Option<i32>, String) {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     (child.wait().unwrap().code(), err)
 }
+
+/// The documented systemd unit is one systemd accepts (`systemd-analyze verify`, where it is
+/// installed), with this build's binary in ExecStart.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(which) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: the unit is not checked here");
+        return;
+    };
+    assert!(which.status.success());
+    let unit = include_str!("../../docs/examples/ferry-serve.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/ferry serve --config"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry-serve.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ferry", &FERRY)).unwrap();
+    let out =
+        std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("ferry-serve.service:"), "{err}");
+}
