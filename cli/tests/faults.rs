@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -456,4 +456,44 @@ fn sessions_per_key_are_capped() {
     assert!(status.success(), "{err}");
     let out = cp(&s, &["--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
     assert!(out.status.success(), "after the first ended: {}", stderr(&out));
+}
+
+/// A small file system mounted for one test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The disk fills during an upload: that file fails alone with a clear reason, its partial is
+/// removed, and the server goes on serving (a smaller upload then lands).
+#[test]
+fn a_full_disk_fails_the_file_and_the_server_goes_on() {
+    let base = tempfile::tempdir().unwrap();
+    let mount = base.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a 3 MiB tmpfs needs root (the tests run as root)");
+    let _fs = SmallFs(mount.clone());
+    let s = Server::in_dir(&mount, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("big"), data(8 << 20, 5)).unwrap();
+    std::fs::write(l.join("small"), data(100_000, 6)).unwrap();
+    let out = cp(&s, &["--host-key", &s.fingerprint, "big", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("big") && err.to_lowercase().contains("no space"), "{err}");
+    wait_for("the partial to go", || names(&s.docroot()).is_empty());
+    let out = cp(&s, &["--host-key", &s.fingerprint, "small", "127.0.0.1:."], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(digest(&s.docroot().join("small")), digest(&l.join("small")));
+    drop(s);
 }
