@@ -60,6 +60,7 @@ name = "carol"
 docroot = "{d}/carol"
 keys = ["{carol}"]
 rate_cap = "20m"
+file_names = "portable"
 {extra_users}"#,
         bob = public_line(&dir.join("id-bob")),
         carol = public_line(&dir.join("id-carol")),
@@ -361,6 +362,33 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     let dir = prepare();
     let out = run(&["serve", "--config", "ferry.toml", "--docroot", "alice"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// A user with `file_names = "portable"` gets only names a Windows client can store: another
+/// file fails alone, a destination with such a name is refused; other users are not affected.
+#[test]
+fn portable_file_names_for_one_user() {
+    let d = Daemon::start();
+    std::fs::create_dir(d.path("local/tree")).unwrap();
+    std::fs::write(d.path("local/tree/ok.txt"), b"fine").unwrap();
+    std::fs::write(d.path("local/tree/a:b.txt"), b"colon").unwrap();
+    std::fs::write(d.path("local/tree/aux.log"), b"device").unwrap();
+    let out = d.cp("carol", &["tree", "carol@127.0.0.1:."]);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Windows cannot store"), "{err}");
+    assert!(err.contains("device name on Windows"), "{err}");
+    assert_eq!(names(&d.path("carol/tree")), ["ok.txt"]);
+    std::fs::write(d.path("local/f"), b"x").unwrap();
+    let out = d.cp("carol", &["f", "carol@127.0.0.1:CON"]);
+    assert_eq!(out.status.code(), Some(35), "{}", stderr(&out));
+    assert!(!d.path("carol/CON").exists());
+    // Alice has no such rule.
+    let out = d.cp("alice", &["tree", "alice@127.0.0.1:."]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut landed = names(&d.path("alice/tree"));
+    landed.sort();
+    assert_eq!(landed, ["a:b.txt", "aux.log", "ok.txt"]);
 }
 
 /// `ferry serve status|rate|cancel` steer a running transfer through the admin socket.

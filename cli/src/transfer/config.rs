@@ -71,6 +71,7 @@ struct RightsTable {
     directions: Option<Spanned<Vec<String>>>,
     rate_cap: Option<Spanned<String>>,
     ciphers: Option<Spanned<Vec<String>>>,
+    file_names: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +84,7 @@ struct UserTable {
     directions: Option<Spanned<Vec<String>>>,
     rate_cap: Option<Spanned<String>>,
     ciphers: Option<Spanned<Vec<String>>>,
+    file_names: Option<Spanned<String>>,
 }
 
 impl UserTable {
@@ -92,6 +94,7 @@ impl UserTable {
             directions: self.directions.clone(),
             rate_cap: self.rate_cap.clone(),
             ciphers: self.ciphers.clone(),
+            file_names: self.file_names.clone(),
         }
     }
 }
@@ -360,6 +363,18 @@ fn rights(
             suites.push(s);
         }
         r.suites = suites;
+    }
+    if let Some(f) = own.file_names.as_ref().or(defaults.file_names.as_ref()) {
+        r.portable_names = match f.get_ref().as_str() {
+            "any" => false,
+            "portable" => true,
+            other => {
+                return Err(ConfigError::new(
+                    format!("{}: user {name:?}: unknown file_names {other:?}", at(f.span())),
+                    "file_names is \"any\" or \"portable\" (names a Windows client can store)",
+                ));
+            }
+        };
     }
     Ok(r)
 }

@@ -736,6 +736,10 @@ fn receiver(
     let dest = upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file)?;
     let limits = SinkLimits { max_open: ctx.post.max_open_files };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            // The storage refuses the destination's name (its message quotes only that).
+            return Refusal::Path(e.to_string());
+        }
         warn!("storage for {}: {e}", escape(&grant.user, 64));
         Refusal::Server("the server cannot store files for this session".into())
     })?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::Docroot;
-use ferry_engine::io::storage::PlainFiles;
+use ferry_engine::io::storage::{PlainFiles, Portable};
 use ferry_engine::setup::Direction;
 
 use crate::authorized_keys::AuthorizedKeys;
@@ -72,13 +72,16 @@ pub struct Rights {
     pub suites: Vec<CipherSuite>,
     /// The highest target rate of its sessions, bits/s (`None`: only the server's cap).
     pub rate_cap: Option<u64>,
+    /// Uploads may only create names a Windows client can store
+    /// ([`portable_name`](ferry_engine::io::storage::portable_name)).
+    pub portable_names: bool,
 }
 
 impl Default for Rights {
     /// Both directions, the ciphers that encrypt (not `none`), no rate cap of its own.
     fn default() -> Self {
         let suites = CipherSuite::ALL.into_iter().filter(|s| *s != CipherSuite::None).collect();
-        Self { upload: true, download: true, suites, rate_cap: None }
+        Self { upload: true, download: true, suites, rate_cap: None, portable_names: false }
     }
 }
 
@@ -207,7 +210,11 @@ impl Policy for Users {
         Ok(Grant {
             user: u.name.clone(),
             docroot: u.docroot.clone(),
-            storage: Arc::new(PlainFiles),
+            storage: if u.rights.portable_names {
+                Arc::new(Portable(PlainFiles))
+            } else {
+                Arc::new(PlainFiles)
+            },
             rights: u.rights.clone(),
         })
     }

@@ -74,3 +74,108 @@ impl Storage for PlainFiles {
         Ok(Outgoing { entries, source: Box::new(FileSource::new(files, limits)) })
     }
 }
+
+/// File names a Windows client could not store: on a storage that refuses them
+/// ([`Portable`]), each such file fails alone, named with this reason.
+pub fn portable_name(path: &str) -> Result<(), String> {
+    for c in path.split('/') {
+        if let Some(bad) = c.chars().find(|ch| "<>:\"\\|?*".contains(*ch) || ch.is_control()) {
+            return Err(format!("{c:?} holds {bad:?}, which Windows cannot store in a name"));
+        }
+        if c.ends_with('.') || c.ends_with(' ') {
+            return Err(format!("{c:?} ends with a dot or a space, which Windows drops"));
+        }
+        let stem = c.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+        let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+            || (stem.len() == 4
+                && (stem.starts_with("COM") || stem.starts_with("LPT"))
+                && stem.as_bytes()[3].is_ascii_digit()
+                && stem.as_bytes()[3] != b'0');
+        if reserved {
+            return Err(format!("{c:?} is a device name on Windows"));
+        }
+    }
+    Ok(())
+}
+
+/// A storage that accepts only names a Windows client can store ([`portable_name`]): a file
+/// with another name fails alone, and a destination with one is refused.
+#[derive(Debug)]
+pub struct Portable<S>(pub S);
+
+impl<S: Storage> Storage for Portable<S> {
+    fn sink(
+        &self,
+        root: Arc<Docroot>,
+        dest: Destination,
+        limits: SinkLimits,
+    ) -> io::Result<Box<dyn BlockSink + Send>> {
+        let (Destination::Dir(p) | Destination::File(p)) = &dest;
+        let shown: String = p.components().collect::<Vec<_>>().join("/");
+        portable_name(&shown).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(Box::new(PortableSink(self.0.sink(root, dest, limits)?)))
+    }
+
+    fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
+        self.0.source(files, limits)
+    }
+}
+
+/// Refuses files whose names are not portable, passes everything else on.
+struct PortableSink(Box<dyn BlockSink + Send>);
+
+impl BlockSink for PortableSink {
+    fn open(&mut self, file: &FileEntry) -> io::Result<()> {
+        // The inner sink sees every file (it counts them; nothing is created before a block
+        // arrives), and discards a refused one when the session finishes it as failed.
+        self.0.open(file)?;
+        portable_name(&file.path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+    fn write(
+        &mut self,
+        file: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), crate::session::SinkError> {
+        self.0.write(file, offset, data)
+    }
+    fn free_blocks(&self) -> u64 {
+        self.0.free_blocks()
+    }
+    fn finish(&mut self, file: u32, verified: bool) -> io::Result<()> {
+        self.0.finish(file, verified)
+    }
+    fn name(&self, file: u32) -> Option<String> {
+        self.0.name(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable_name;
+
+    #[test]
+    fn portable_names() {
+        for ok in ["a.txt", "dir/sub/ünï.bin", "COM0", "console.log", "LPT", "a b.c"] {
+            assert_eq!(portable_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "a:b",
+            "dir/x?y",
+            "q\"",
+            "pipe|",
+            "star*",
+            "lt<",
+            "name.",
+            "name ",
+            "CON",
+            "nul.txt",
+            "com1",
+            "Lpt9.log",
+            "aux .x",
+            "back\\slash",
+        ] {
+            assert!(portable_name(bad).is_err(), "{bad}");
+        }
+    }
+}
