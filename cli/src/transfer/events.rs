@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ferry_engine::setup::Direction;
-use ferry_net::server::{ServerEvent, ServerObserver};
+use ferry_net::server::{ServerEvent, ServerObserver, SessionSnapshot};
 use serde_json::{Value, json};
 
 use super::audit::Audit;
@@ -53,43 +53,29 @@ fn describe(event: &ServerEvent<'_>) -> (&'static str, Value) {
                 "reason": refused,
             }),
         ),
-        ServerEvent::Started(s) => (
-            "session_started",
-            json!({
-                "session": format!("{:016x}", s.id),
-                "peer": s.peer.to_string(),
-                "key": s.key,
-                "user": s.user,
-                "direction": direction(s.direction),
-                "path": s.path,
-                "cipher": s.suite.name(),
-                "target_rate_bps": s.target_rate,
-                "at_rest": "plain",
-            }),
-        ),
+        ServerEvent::Started(s) => {
+            let mut fields = session_fields(s);
+            fields["target_rate_bps"] = json!(s.target_rate);
+            ("session_started", fields)
+        }
         ServerEvent::Ended { session: s, report, error, elapsed } => {
             let seconds = elapsed.as_secs_f64();
             let rate = if seconds > 0.0 { report.side.bytes as f64 * 8.0 / seconds } else { 0.0 };
-            (
-                "session_ended",
-                json!({
-                    "session": format!("{:016x}", s.id),
-                    "peer": s.peer.to_string(),
-                    "key": s.key,
-                    "user": s.user,
-                    "direction": direction(s.direction),
-                    "path": s.path,
-                    "cipher": s.suite.name(),
-                    "at_rest": "plain",
-                    "files": report.files.len(),
-                    "failed_files": report.files.iter().filter(|f| !f.reason.is_empty()).count(),
-                    "bytes": report.side.bytes,
-                    "seconds": (seconds * 1e3).round() / 1e3,
-                    "rate_bps": rate.round(),
-                    "result": if error.is_some() { "failed" } else { "completed" },
-                    "error": error,
-                }),
-            )
+            let failed = report.files.iter().filter(|f| !f.reason.is_empty()).count();
+            let mut fields = session_fields(s);
+            let outcome = json!({
+                "files": report.files.len(),
+                "failed_files": failed,
+                "bytes": report.side.bytes,
+                "seconds": (seconds * 1e3).round() / 1e3,
+                "rate_bps": rate.round(),
+                "result": if error.is_some() { "failed" } else { "completed" },
+                "error": error,
+            });
+            if let (Value::Object(f), Value::Object(o)) = (&mut fields, outcome) {
+                f.extend(o);
+            }
+            ("session_ended", fields)
         }
         ServerEvent::LockedOut { source, failures, lockout } => (
             "lockout",
@@ -103,6 +89,20 @@ fn describe(event: &ServerEvent<'_>) -> (&'static str, Value) {
             ("setup_failed", json!({ "peer": peer.to_string(), "reason": reason }))
         }
     }
+}
+
+/// What a session's start and end both say of it.
+fn session_fields(s: &SessionSnapshot) -> Value {
+    json!({
+        "session": format!("{:016x}", s.id),
+        "peer": s.peer.to_string(),
+        "key": s.key,
+        "user": s.user,
+        "direction": direction(s.direction),
+        "path": s.path,
+        "cipher": s.suite.name(),
+        "at_rest": "plain",
+    })
 }
 
 fn direction(d: Direction) -> &'static str {
