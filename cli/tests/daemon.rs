@@ -452,6 +452,9 @@ fn status_rate_and_cancel_a_running_transfer() {
         d.dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    let reply: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let now = reply["sessions"].as_array().unwrap().iter().find(|s| s["session"] == id.as_str());
+    assert_eq!(now.unwrap()["target_rate_bps"], 2_000_000, "status shows the new rate");
     // Cancelled, with a reason the client sees; nothing is left under the final name.
     let args = ["serve", "cancel", &id, "--reason", "maintenance window", "--config", "ferry.toml"];
     let out = run(&args, d.dir.path());

@@ -69,7 +69,16 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, CliError> {
 pub(crate) async fn serve(listener: UnixListener, registry: Arc<Registry>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait instead of spinning on the error.
+                super::log::line(format_args!("admin socket: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Over the limit, the connection is closed unanswered (the command says so).
         let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -172,6 +181,13 @@ pub(crate) fn request(path: &Path, req: &Value) -> Result<Value, CliError> {
     stream.write_all(format!("{req}\n").as_bytes()).map_err(fail)?;
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line).map_err(fail)?;
+    if line.is_empty() {
+        return Err(CliError::new(
+            Exit::Busy,
+            format!("the server at {} closed the admin connection unanswered", path.display()),
+        )
+        .hint("it answers a few admin connections at once: try again in a moment"));
+    }
     let reply: Value = serde_json::from_str(&line)
         .map_err(|e| CliError::new(Exit::Failed, format!("the server answered {line:?}: {e}")))?;
     if let Some(e) = reply["error"].as_str() {

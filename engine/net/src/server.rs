@@ -55,7 +55,8 @@ pub struct SessionSnapshot {
     pub path: String,
     /// The transit cipher.
     pub suite: ferry_engine::crypto::CipherSuite,
-    /// The target rate it was set up with, bits/s (the client's, capped by the server).
+    /// Its target rate, bits/s: the client's, capped by the server at set-up, then as
+    /// [`Registry::set_limits`] last set it.
     pub target_rate: u64,
     /// When it started.
     pub started: std::time::SystemTime,
@@ -110,10 +111,15 @@ impl Registry {
     /// server; an uploading client is sent a RATE_LIMIT and paces within it (and within its
     /// own `-l`). False if there is no such session running.
     pub async fn set_limits(&self, id: u64, limits: RateLimits) -> bool {
-        match self.handle(id) {
-            Some(h) => h.set_limits(limits).await,
-            None => false,
+        let Some(h) = self.handle(id) else { return false };
+        if !h.set_limits(limits).await {
+            return false;
         }
+        // What `list` shows is the rate the session runs at now.
+        if let Some(r) = self.sessions.lock().expect("registry lock").get_mut(&id) {
+            r.snapshot.target_rate = limits.target;
+        }
+        true
     }
 
     fn insert(&self, snapshot: SessionSnapshot) -> Arc<Mutex<Progress>> {
