@@ -728,7 +728,13 @@ fn collect_envelopes(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError
         for p in entries {
             collect_envelopes(&p, out)?;
         }
-    } else if meta.is_file() {
+    } else if meta.is_file()
+        && !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(ferry_engine::io::docroot::is_partial_name)
+    {
+        // (A partial file of a running upload is left alone: its header may not be written.)
         let mut magic = [0u8; 8];
         let is_env =
             File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == MAGIC;

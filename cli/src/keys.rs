@@ -187,6 +187,12 @@ pub(crate) struct KeystorePaths {
     #[arg(long, env = "FERRY_LOCAL_KEYSTORE", value_name = "PATH")]
     local_keystore: Option<PathBuf>,
 
+    /// The account the local keystore belongs to, when it is not the user's own: e.g. the
+    /// account `ferry serve` runs as, for a transfer user's SSEAR secrets (with
+    /// --local-keystore). Root creates and refreshes it with that account's credentials.
+    #[arg(long, value_name = "ACCOUNT", requires = "local_keystore")]
+    account: Option<String>,
+
     /// File holding the stash passphrase of the root keystore (mode 0600). The environment
     /// variable FERRY_STASH_PASSPHRASE is the alternative. With -i it protects a new stash.
     #[arg(long, value_name = "FILE")]
@@ -288,14 +294,14 @@ fn user_flag_sp(owner: &Owner) -> String {
 }
 
 /// One line of `/etc/passwd`.
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
+pub(crate) struct PasswdEntry {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
 }
 
-fn passwd() -> Vec<PasswdEntry> {
+pub(crate) fn passwd() -> Vec<PasswdEntry> {
     let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
@@ -462,7 +468,15 @@ impl Ctx<'_> {
     /// Where the local keystore is, and whose credentials touch it.
     fn local_target(&self) -> Result<LocalTarget, CliError> {
         let user = self.local_user();
-        let entry = passwd().into_iter().find(|e| e.name == user);
+        let account = self.args.paths.account.as_deref().unwrap_or(&user);
+        let entry = passwd().into_iter().find(|e| e.name == account);
+        if entry.is_none() && self.args.paths.account.is_some() {
+            return Err(CliError::new(
+                exit::INVALID,
+                format!("there is no account '{account}' in /etc/passwd"),
+            )
+            .hint("name the account the keystore belongs to (e.g. the one ferry serve runs as)"));
+        }
         let as_user = match &entry {
             Some(e) if ferry_keystore::euid() == 0 && e.uid != 0 => Some((e.uid, e.gid)),
             _ => None,

@@ -35,11 +35,12 @@ fn public_line(p: &Path) -> String {
 fn config_text(dir: &Path, extra_users: &str) -> String {
     let d = dir.display();
     format!(
-        r#"listen = "127.0.0.1:0"
+        r#"run_as = "nobody"
+listen = "127.0.0.1:0"
 state_dir = "{d}/state"
 
 [audit]
-path = "{d}/audit.jsonl"
+path = "{d}/log/audit.jsonl"
 
 [defaults]
 directions = ["upload", "download"]
@@ -67,18 +68,36 @@ file_names = "portable"
     )
 }
 
+/// Writes a configuration: root's, readable by the daemon's account (which rereads it on
+/// SIGHUP), writable by root only.
 fn write_private(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// Hands `p` to `nobody`, the account the daemon of these tests runs as.
+fn give_to_daemon(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn prepare() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // The daemon starts as root and becomes nobody (run_as): it must reach its state, its audit
+    // directory and the keys file by path.
+    give_to_daemon(d, 0o755);
+    std::os::unix::fs::chown(d, Some(0), Some(0)).unwrap();
     for u in ["alice", "bob", "carol", "dave"] {
         std::fs::create_dir(d.join(u)).unwrap();
+        give_to_daemon(&d.join(u), 0o755);
         keygen(&d.join(format!("id-{u}")));
+    }
+    for p in ["state", "log"] {
+        std::fs::create_dir(d.join(p)).unwrap();
+        give_to_daemon(&d.join(p), 0o700);
     }
     std::fs::copy(d.join("id-alice.pub"), d.join("alice.keys")).unwrap();
     std::fs::create_dir(d.join("local")).unwrap();
@@ -190,7 +209,7 @@ fn users_get_their_docroots_keys_and_rights() {
 /// Every record of the audit log parses, has its fields, and holds no key material.
 fn check_audit(d: &Daemon) {
     use std::os::unix::fs::MetadataExt;
-    let path = d.path("audit.jsonl");
+    let path = d.path("log/audit.jsonl");
     // The writer appends off the server's tasks: wait for the last session's end.
     wait_for("the audit records", || {
         std::fs::read_to_string(&path).unwrap_or_default().matches("session_ended").count() == 5
@@ -308,6 +327,10 @@ fn sighup_reloads_and_a_bad_file_keeps_the_old_one() {
 fn refused(text: &str, mode: u32) -> (Option<i32>, String) {
     use std::os::unix::fs::PermissionsExt;
     let dir = prepare();
+    // These files name no run_as: the server would serve as root, so the docroots are root's.
+    for u in ["alice", "bob", "carol", "dave"] {
+        std::os::unix::fs::chown(dir.path().join(u), Some(0), Some(0)).unwrap();
+    }
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text.replace("@DIR@", &dir.path().display().to_string())).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -342,6 +365,9 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
             "bad.toml:2: user name \"-rf\"",
         ),
         (String::new(), 0o600, "no [[user]] entries"),
+        (user.to_owned(), 0o600, "refusing to serve as root"),
+        (format!("run_as = \"no-such-account\"\n{user}"), 0o600, "bad.toml:1: run_as"),
+        (format!("{user}keystore = \"/k.db\"\n"), 0o600, "keystore is set but ssear is off"),
         (user.to_owned(), 0o666, "can be changed by others"),
         (
             format!("{user}content_protection_secret = \"hunter2\"\n"),
@@ -358,10 +384,41 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     }
     let (_, err) = refused(&format!("{user}content_protection_secret = \"x\"\n"), 0o600);
     assert!(err.contains("ferry keys migrate"), "{err}");
+    // A docroot others may change is refused (here the only user: the server does not start).
+    let unsafe_root = format!("{user}directions = [\"download\"]\n");
+    let dir = prepare();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("alice"), std::fs::Permissions::from_mode(0o777))
+        .unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, unsafe_root.replace("@DIR@", &dir.path().display().to_string())).unwrap();
+    let out = run(&["serve", "--config", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(41), "{}", stderr(&out));
+    assert!(stderr(&out).contains("can be changed by others (mode 777)"), "{}", stderr(&out));
     // The flags that the file sets cannot be given beside it.
     let dir = prepare();
     let out = run(&["serve", "--config", "ferry.toml", "--docroot", "alice"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// A user whose docroot is unsafe is left out with the reason; the others are served.
+#[test]
+fn a_user_with_an_unsafe_docroot_is_left_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = prepare();
+    std::fs::set_permissions(dir.path().join("carol"), std::fs::Permissions::from_mode(0o777))
+        .unwrap();
+    let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
+    let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+    let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
+    let d = Daemon { child, events, port: addr.port().to_string(), fingerprint, dir };
+    assert_eq!(listening["users"], 2, "{listening}");
+    let log = std::fs::read_to_string(d.path("serve.log")).unwrap();
+    assert!(log.contains("user \"carol\": docroot") && log.contains("left out"), "{log}");
+    std::fs::write(d.path("local/f"), b"hello").unwrap();
+    assert!(d.cp("alice", &["f", "alice@127.0.0.1:f"]).status.success());
+    let out = d.cp("carol", &["f", "carol@127.0.0.1:f"]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
 }
 
 /// A user with `file_names = "portable"` gets only names a Windows client can store: another

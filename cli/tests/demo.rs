@@ -16,6 +16,8 @@ fn demo_moves_and_verifies_every_file() {
     );
     assert_eq!(stdout.matches("204/204").count(), 2, "both runs verify all files:\n{stdout}");
     assert!(stdout.contains("envelope opened with the passphrase"), "{stdout}");
+    assert!(stdout.contains("SSEAR:    user vault stores its files encrypted at rest"), "{stdout}");
+    assert!(stdout.contains("wrapped under keystore secret vault/ssear v1"), "{stdout}");
 }
 
 #[test]

@@ -97,14 +97,12 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
     run(w, &["crypt", "encrypt", "large.bin", "-o", "src/large.bin.ferry"], &env)?;
 
     run(w, &["keygen", "-f", "id_demo"], &[])?;
-    fs::copy(w.join("id_demo.pub"), w.join("authorized_keys")).map_err(|e| fail("copy", e))?;
-    let out = run(w, &["serve", "--state-dir", "state", "--print-fingerprint"], &[])?;
+    let vault = Vault::prepare(w)?;
+    let out = run(w, &["serve", "--config", "ferry.toml", "--print-fingerprint"], &[])?;
     let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let mut child = Command::new(ferry()?)
         .current_dir(w)
-        .args(["serve", "--listen", "127.0.0.1:0", "--docroot", "docroot"])
-        .args(["--authorized-keys", "authorized_keys", "--state-dir", "state", "--json"])
-        .args(["--user", "demo"])
+        .args(["serve", "--config", "ferry.toml", "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -123,7 +121,8 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
         .port()
         .to_string();
     println!(
-        "real processes on loopback: `ferry serve` on 127.0.0.1:{port}, host key {fingerprint}"
+        "real processes on loopback: `ferry serve --config` on 127.0.0.1:{port} as {}, host key {fingerprint}",
+        vault.account
     );
 
     let common = ["-i", "id_demo", "--host-key", &fingerprint, "-P", &port, "-l", "10g"];
@@ -160,8 +159,106 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
     println!(
         "  verified: {} files identical (SHA-256) on the server and after the round trip; the large\n  \
          file travelled and is stored as a passphrase envelope (`ferry crypt encrypt`) the server\n  \
-         cannot open, and `ferry crypt decrypt` restored it exactly\n",
+         cannot open, and `ferry crypt decrypt` restored it exactly",
         sent.len()
     );
+    vault.show(w, &common)?;
     Ok(())
+}
+
+/// The demo's SSEAR user `vault`: its `ssear` secret in a root keystore of the demo's own,
+/// copied into a local keystore of the server's account; the configuration that serves it
+/// beside the plain user `demo`. Run as root, the server becomes `nobody` (run_as) and the
+/// directories it writes belong to it.
+struct Vault {
+    account: String,
+    keystore: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Vault {
+    fn prepare(w: &Path) -> Result<Self, CliError> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = rustix::process::geteuid().is_root();
+        let account = if root { "nobody".to_owned() } else { crate::keys::current_user_name() };
+        let mode = |p: &Path, m: u32| {
+            fs::set_permissions(p, fs::Permissions::from_mode(m)).map_err(|e| fail("chmod", e))
+        };
+        for d in ["vault", "keys", "state/keystores"] {
+            fs::create_dir_all(w.join(d)).map_err(|e| fail("cannot create a directory", e))?;
+        }
+        mode(&w.join("keys"), 0o700)?;
+        mode(&w.join("state"), 0o700)?;
+        mode(&w.join("state/keystores"), 0o700)?;
+        if root {
+            // nobody reaches its directories by path; they are its own.
+            mode(w, 0o755)?;
+            for d in ["docroot", "vault", "state", "state/keystores"] {
+                std::os::unix::fs::chown(w.join(d), Some(65534), Some(65534))
+                    .map_err(|e| fail("chown", e))?;
+            }
+        }
+        let root_ks = w.join("keys/rootkeystore.db").display().to_string();
+        let env = vec![("FERRY_ROOT_KEYSTORE".to_owned(), root_ks)];
+        let keystore = w.join("state/keystores/vault.db");
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(w, &["keys", "-i"], &envs)?;
+        run(w, &["keys", "-u", "vault", "-s", "ssear", "--generate"], &envs)?;
+        let ks = keystore.display().to_string();
+        let sync = ["keys", "-i", "-u", "vault", "--account", &account, "--local-keystore", &ks];
+        run(w, &sync, &envs)?;
+        let public = fs::read_to_string(w.join("id_demo.pub")).map_err(|e| fail("read", e))?;
+        let run_as = if root { format!("run_as = \"{account}\"\n") } else { String::new() };
+        let config = format!(
+            "{run_as}listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\ndefault_user = \"demo\"\n\n\
+             [[user]]\nname = \"demo\"\ndocroot = \"{d}/docroot\"\nkeys = [\"{k}\"]\n\n\
+             [[user]]\nname = \"vault\"\ndocroot = \"{d}/vault\"\nkeys = [\"{k}\"]\nssear = true\n",
+            d = w.display(),
+            k = public.trim()
+        );
+        fs::write(w.join("ferry.toml"), config).map_err(|e| fail("cannot write", e))?;
+        mode(&w.join("ferry.toml"), if root { 0o644 } else { 0o600 })?;
+        Ok(Self { account, keystore, env })
+    }
+
+    /// Uploads the large file in clear to `vault`, shows how it is stored, downloads it back.
+    fn show(&self, w: &Path, common: &[&str]) -> Result<(), CliError> {
+        let mut args: Vec<&str> = vec!["cp"];
+        args.extend(common);
+        args.extend(["large.bin", "vault@127.0.0.1:large.bin"]);
+        let up = run(w, &args, &[])?;
+        let stored = fs::read(w.join("vault/large.bin")).map_err(|e| fail("read", e))?;
+        let plain = fs::read(w.join("large.bin")).map_err(|e| fail("read", e))?;
+        let sample = &plain[plain.len() / 2..plain.len() / 2 + 64.min(plain.len() / 2)];
+        if !stored.starts_with(b"FERRYENV") || stored.windows(sample.len()).any(|x| x == sample) {
+            return Err(fail("the SSEAR upload is not stored encrypted", "vault/large.bin"));
+        }
+        let ks = self.keystore.display().to_string();
+        let envs: Vec<(&str, &str)> =
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let inspect =
+            run(w, &["crypt", "inspect", "vault/large.bin", "--local-keystore", &ks], &envs)?;
+        let text = String::from_utf8_lossy(&inspect.stdout);
+        let slot = text
+            .lines()
+            .find_map(|l| l.split_once("keystore secret ").map(|(_, s)| s.to_owned()))
+            .map(|s| s.split(" (generation").next().unwrap_or_default().to_owned())
+            .ok_or_else(|| fail("ferry crypt inspect shows no keystore slot", text.trim()))?;
+        let mut args: Vec<&str> = vec!["cp"];
+        args.extend(common);
+        args.extend(["vault@127.0.0.1:large.bin", "large.vault"]);
+        run(w, &args, &[])?;
+        if sha256(&w.join("large.vault"))? != sha256(&w.join("large.bin"))? {
+            return Err(fail("the SSEAR download differs from the original", "large.bin"));
+        }
+        println!(
+            "  SSEAR:    user vault stores its files encrypted at rest; {}\n  \
+             on the server: a Ferry envelope of {} bytes (no plaintext on disk), its data key\n  \
+             wrapped under keystore secret {slot}; downloaded back (decrypted by the server):\n  \
+             identical (SHA-256)\n",
+            summary(&up),
+            stored.len(),
+        );
+        Ok(())
+    }
 }

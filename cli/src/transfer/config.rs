@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::Docroot;
+use ferry_engine::io::sealed::SecretSource;
 use ferry_net::authorized_keys::AuthorizedKeys;
 use ferry_net::limits::{AuthFailures, PostAuth, PreAuth};
-use ferry_net::users::{Keys, Rights, User, Users};
+use ferry_net::users::{Keys, KeystoreSecrets, Rights, User, Users};
 use serde::Deserialize;
 
+use super::account::Account;
 use super::audit::AuditOptions;
 use toml::Spanned;
 
@@ -24,6 +26,7 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 struct File {
     listen: Option<Spanned<String>>,
+    run_as: Option<Spanned<String>>,
     state_dir: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
     default_user: Option<Spanned<String>>,
@@ -72,6 +75,7 @@ struct RightsTable {
     rate_cap: Option<Spanned<String>>,
     ciphers: Option<Spanned<Vec<String>>>,
     file_names: Option<Spanned<String>>,
+    ssear: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +89,8 @@ struct UserTable {
     rate_cap: Option<Spanned<String>>,
     ciphers: Option<Spanned<Vec<String>>>,
     file_names: Option<Spanned<String>>,
+    ssear: Option<Spanned<bool>>,
+    keystore: Option<Spanned<PathBuf>>,
 }
 
 impl UserTable {
@@ -95,6 +101,7 @@ impl UserTable {
             rate_cap: self.rate_cap.clone(),
             ciphers: self.ciphers.clone(),
             file_names: self.file_names.clone(),
+            ssear: self.ssear.clone(),
         }
     }
 }
@@ -103,6 +110,8 @@ impl UserTable {
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) listen: Option<SocketAddr>,
+    /// The account to run as after binding (required when started as root).
+    pub(crate) run_as: Option<Account>,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) admin_socket: Option<PathBuf>,
     pub(crate) pre: PreAuth,
@@ -147,6 +156,21 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
             )
         })?),
     };
+    let run_as = match &file.run_as {
+        None => None,
+        Some(a) => Some(super::account::lookup(a.get_ref()).map_err(|e| {
+            ConfigError::new(
+                format!("{}: run_as: {e}", at(a.span())),
+                "create the account (e.g. useradd --system ferry) or name an existing one",
+            )
+        })?),
+    };
+    let serving_uid = run_as.as_ref().map_or(rustix::process::geteuid().as_raw(), |a| a.uid);
+    let keystores = file
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| super::serve::default_state_dir(run_as.as_ref()))
+        .join("keystores");
     let (pre, post) = limits(&file.limits);
     let mut warnings = Vec::new();
     let mut users = Vec::new();
@@ -156,8 +180,23 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
             "add at least one [[user]] with a name, a docroot and its keys",
         ));
     }
+    let ctx = UserCtx { defaults: &file.defaults, at: &at, serving_uid, keystores: &keystores };
+    let mut left_out = None;
     for u in &file.users {
-        users.push(user(u, &file.defaults, &at, &mut warnings)?);
+        match user(u, &ctx, &mut warnings)? {
+            Ok(user) => users.push(user),
+            // A user whose docroot is unusable is left out; the others are served.
+            Err(e) => {
+                warnings
+                    .push(format!("{} (the user is left out; the others are served)", e.message));
+                left_out.get_or_insert(e);
+            }
+        }
+    }
+    if users.is_empty()
+        && let Some(e) = left_out
+    {
+        return Err(e);
     }
     let default = file.default_user.as_ref().map(|d| d.get_ref().clone());
     let users = Users::new(users, default).map_err(|e| {
@@ -170,7 +209,7 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         keep: a.keep.unwrap_or(super::serve::DEFAULT_AUDIT_KEEP),
     });
     let (state_dir, admin_socket) = (file.state_dir.clone(), file.admin_socket.clone());
-    Ok(Config { listen, state_dir, admin_socket, pre, post, users, audit, warnings })
+    Ok(Config { listen, run_as, state_dir, admin_socket, pre, post, users, audit, warnings })
 }
 
 /// The file's text, if only its owner (this account or root) may change it.
@@ -250,25 +289,34 @@ fn limits(l: &LimitsTable) -> (PreAuth, PostAuth) {
     (pre, post)
 }
 
-/// One `[[user]]`, checked: its name, its docroot (opened now), its keys (read now: at least
-/// one usable), its rights over the defaults.
+/// What every `[[user]]` is checked against.
+struct UserCtx<'a> {
+    defaults: &'a RightsTable,
+    at: &'a dyn Fn(std::ops::Range<usize>) -> String,
+    /// The uid the server serves as (its `run_as` account, else this process's).
+    serving_uid: u32,
+    /// Where SSEAR users' keystores are unless their entry names one.
+    keystores: &'a Path,
+}
+
+/// One `[[user]]`, checked: its name, its docroot (opened now; an unusable one leaves the user
+/// out: the inner error), its keys (read now: at least one usable), its rights over the
+/// defaults, its SSEAR keystore.
 fn user(
     u: &UserTable,
-    defaults: &RightsTable,
-    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    ctx: &UserCtx<'_>,
     warnings: &mut Vec<String>,
-) -> Result<User, ConfigError> {
+) -> Result<Result<User, ConfigError>, ConfigError> {
+    let at = ctx.at;
     let name = u.name.get_ref().clone();
     ferry_keys::check_user_name(&name).map_err(|e| {
         ConfigError::new(format!("{}: user name {name:?}: {e}", at(u.name.span())), "rename it")
     })?;
-    let root = u.docroot.get_ref();
-    let docroot = Docroot::open(root).map_err(|e| {
-        ConfigError::new(
-            format!("{}: user {name:?}: docroot {e}", at(u.docroot.span())),
-            "create the directory (owned by the account the server runs as) or fix the path",
-        )
-    })?;
+    let rights = rights(&name, &u.rights(), ctx.defaults, at)?;
+    let docroot = match docroot(u, &name, &rights, ctx) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
     let keys = match (&u.authorized_keys, &u.keys) {
         (Some(file), None) => {
             let parsed = AuthorizedKeys::read(file.get_ref()).map_err(|e| {
@@ -296,8 +344,82 @@ fn user(
             ));
         }
     };
-    let rights = rights(&name, &u.rights(), defaults, at)?;
-    Ok(User { name, docroot: Arc::new(docroot), keys, rights })
+    let ssear = u.ssear.as_ref().or(ctx.defaults.ssear.as_ref()).is_some_and(|s| *s.get_ref());
+    let ssear = if ssear {
+        let path = u
+            .keystore
+            .as_ref()
+            .map_or_else(|| ctx.keystores.join(format!("{name}.db")), |k| k.get_ref().clone());
+        let secrets = KeystoreSecrets { path, user: name.clone() };
+        if !secrets.path.exists() {
+            warnings.push(format!(
+                "{}: user {name:?}: SSEAR is on and its keystore {} does not exist yet, so its \
+                 uploads are refused until it does; create it {}",
+                at(u.name.span()),
+                secrets.path.display(),
+                secrets.sync_command()
+            ));
+        }
+        Some(Arc::new(secrets) as Arc<dyn SecretSource>)
+    } else if u.keystore.is_some() {
+        let k = u.keystore.as_ref().expect("checked");
+        return Err(ConfigError::new(
+            format!("{}: user {name:?}: keystore is set but ssear is off", at(k.span())),
+            "add ssear = true to encrypt its files at rest, or remove keystore",
+        ));
+    } else {
+        None
+    };
+    Ok(Ok(User { name, docroot: Arc::new(docroot), keys, rights, ssear }))
+}
+
+/// The user's docroot, opened, if it is safe: a directory no one but its owner may change,
+/// and, for a user who may upload, owned by the account the server serves as.
+fn docroot(
+    u: &UserTable,
+    name: &str,
+    rights: &Rights,
+    ctx: &UserCtx<'_>,
+) -> Result<Docroot, ConfigError> {
+    let at = (ctx.at)(u.docroot.span());
+    let root = u.docroot.get_ref();
+    let docroot = Docroot::open(root).map_err(|e| {
+        ConfigError::new(
+            format!("{at}: user {name:?}: docroot {e}"),
+            "create the directory (owned by the account the server runs as) or fix the path",
+        )
+    })?;
+    let meta = std::fs::metadata(root).map_err(|e| {
+        ConfigError::new(
+            format!("{at}: user {name:?}: docroot {}: {e}", root.display()),
+            "fix the path",
+        )
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::new(
+            format!(
+                "{at}: user {name:?}: docroot {} can be changed by others (mode {mode:o})",
+                root.display()
+            ),
+            format!(
+                "others could plant files and links among the user's: chmod go-w {}",
+                root.display()
+            ),
+        ));
+    }
+    if rights.upload && meta.uid() != ctx.serving_uid {
+        return Err(ConfigError::new(
+            format!(
+                "{at}: user {name:?}: docroot {} belongs to uid {}, not to uid {}, the account the server serves as, so uploads could not be stored",
+                root.display(),
+                meta.uid(),
+                ctx.serving_uid
+            ),
+            "chown it to that account, or make the user download-only (directions = [\"download\"])",
+        ));
+    }
+    Ok(docroot)
 }
 
 fn usable(
@@ -402,6 +524,9 @@ mod tests {
         let r = rights("alice", &f.users[0].rights(), &f.defaults, &at).unwrap();
         assert_eq!((r.upload, r.download, r.rate_cap), (true, true, Some(1_000_000_000)));
         assert!(!r.suites.contains(&CipherSuite::None));
+        assert_eq!(f.users[0].ssear.as_ref().map(|s| *s.get_ref()), Some(true));
+        assert!(f.users[0].keystore.is_some() && f.users[1].ssear.is_none());
+        assert_eq!(f.run_as.as_ref().map(|a| a.get_ref().as_str()), Some("ferry"));
     }
 
     #[test]

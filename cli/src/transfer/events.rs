@@ -101,7 +101,7 @@ fn session_fields(s: &SessionSnapshot) -> Value {
         "direction": direction(s.direction),
         "path": s.path,
         "cipher": s.suite.name(),
-        "at_rest": "plain",
+        "at_rest": s.at_rest,
     })
 }
 

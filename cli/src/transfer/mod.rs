@@ -2,6 +2,7 @@
 //! summaries, log lines) and the mapping of the transfer library's typed errors to exit codes.
 //! The transfer itself (QUIC, TLS, identities, sessions) is `ferry-net`.
 
+pub(crate) mod account;
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod config;

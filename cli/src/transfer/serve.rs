@@ -18,6 +18,7 @@ use ferry_net::server::{Grant, Policy, Server, ServerError, ServerOptions};
 use ferry_net::users::{Keys, Users};
 use serde_json::json;
 
+use super::account::{self, Account};
 use super::admin;
 use super::audit::{Audit, AuditOptions};
 use super::config;
@@ -61,6 +62,10 @@ pub(crate) struct ServeArgs {
     /// belong to this user, be writable by no one else, and lie outside the docroot.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Started as root, become this account before serving (its docroot and state directory
+    /// belong to it). With --config, its run_as.
+    #[arg(long, value_name = "ACCOUNT", conflicts_with = "config")]
+    run_as: Option<String>,
     /// Print the server's host-key fingerprint (creating the key if needed) and exit.
     #[arg(long)]
     print_fingerprint: bool,
@@ -132,16 +137,21 @@ impl AdminAt {
             return Ok(p.clone());
         }
         let config = self.config.as_deref().map(config::load).transpose().map_err(config_error)?;
-        Ok(admin_path(config.as_ref(), None, &state_dir(config.as_ref(), None)))
+        let account = config.as_ref().and_then(|c| c.run_as.as_ref());
+        Ok(admin_path(config.as_ref(), None, &state_dir(config.as_ref(), None, account)))
     }
 }
 
 /// The state directory: the configuration's, else the flag, else the default.
-fn state_dir(config: Option<&config::Config>, flag: Option<&Path>) -> PathBuf {
+fn state_dir(
+    config: Option<&config::Config>,
+    flag: Option<&Path>,
+    account: Option<&Account>,
+) -> PathBuf {
     config
         .and_then(|c| c.state_dir.clone())
         .or(flag.map(Path::to_owned))
-        .unwrap_or_else(default_state_dir)
+        .unwrap_or_else(|| default_state_dir(account))
 }
 
 /// The admin socket: the flag, else the configuration's, else admin.sock in the state dir.
@@ -295,7 +305,12 @@ fn parse_user(s: &str) -> Result<String, String> {
     ferry_keys::check_user_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
-pub(crate) fn default_state_dir() -> PathBuf {
+/// `~/.local/state/ferry` of the account the server runs as (`$XDG_STATE_HOME/ferry` when
+/// it is this process's own account and that is set).
+pub(crate) fn default_state_dir(account: Option<&Account>) -> PathBuf {
+    if let Some(a) = account {
+        return a.home.join(".local/state/ferry");
+    }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("ferry");
     }
@@ -336,8 +351,39 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
         return steer(command);
     }
     let config = args.config.as_deref().map(config::load).transpose().map_err(config_error)?;
-    let state_dir = state_dir(config.as_ref(), args.state_dir.as_deref());
+    let account = match (&config, &args.run_as) {
+        (Some(c), _) => c.run_as.clone(),
+        (None, Some(name)) => Some(account::lookup(name).map_err(|e| {
+            CliError::new(Exit::Local, format!("--run-as: {e}"))
+                .hint("name an existing unprivileged account (e.g. useradd --system ferry)")
+        })?),
+        (None, None) => None,
+    };
+    let state_dir = state_dir(config.as_ref(), args.state_dir.as_deref(), account.as_ref());
     let admin_socket = admin_path(config.as_ref(), args.admin_socket.as_deref(), &state_dir);
+    // Everything root may be needed for is read first: the configuration, the docroots
+    // (opened: kept as descriptors) and the keys; then the server becomes its account, before
+    // it touches its state, binds or serves.
+    let (listen, (pre, post), users, audit, warnings) = match config {
+        Some(c) => {
+            let listen = c.listen.unwrap_or(args.listen);
+            (listen, (c.pre, c.post), c.users, c.audit, c.warnings)
+        }
+        None => {
+            let audit = args.audit_log.clone().map(|path| AuditOptions {
+                path,
+                max_bytes: DEFAULT_AUDIT_BYTES,
+                keep: DEFAULT_AUDIT_KEEP,
+            });
+            let users = if args.print_fingerprint {
+                Users::new(Vec::new(), None).expect("empty")
+            } else {
+                flag_user(&args)?
+            };
+            (args.listen, args.limits.limits(), users, audit, Vec::new())
+        }
+    };
+    let warning = drop_privileges(account.as_ref(), args.config.is_some())?;
     let id = Identity::load_or_create_host(&state_dir).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot load the server identity: {e}")).hint(
             "use a --state-dir that belongs to this user with mode 0700 (chmod 700 DIR), holding \
@@ -350,23 +396,9 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
     }
     super::log::install("ferry serve", "ferry=info");
     ferry_net::sockets::raise_fd_limit();
-    let (listen, (pre, post), users, audit) = match config {
-        Some(c) => {
-            for w in &c.warnings {
-                line(format_args!("{w}"));
-            }
-            let listen = c.listen.unwrap_or(args.listen);
-            (listen, (c.pre, c.post), c.users, c.audit)
-        }
-        None => {
-            let audit = args.audit_log.clone().map(|path| AuditOptions {
-                path,
-                max_bytes: DEFAULT_AUDIT_BYTES,
-                keep: DEFAULT_AUDIT_KEEP,
-            });
-            (args.listen, args.limits.limits(), flag_user(&args)?, audit)
-        }
-    };
+    for w in warning.iter().chain(&warnings) {
+        line(format_args!("{w}"));
+    }
     for u in users.iter() {
         let keys = match &u.keys {
             Keys::File { path, .. } => Some(path.as_path()),
@@ -389,6 +421,41 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;
     rt.block_on(serve(options, policy, args.config, tell, admin_socket))
+}
+
+/// Started as root, becomes `account` (see [`account`]); refuses to serve as root from a
+/// configuration that names none, and returns a warning for the flag mode.
+fn drop_privileges(
+    account: Option<&Account>,
+    configured: bool,
+) -> Result<Option<String>, CliError> {
+    let me = rustix::process::geteuid().as_raw();
+    match account {
+        None if account::is_root() && configured => Err(CliError::new(
+            Exit::ServeConfig,
+            "refusing to serve as root: a transfer server that runs as root turns every bug \
+             into a root compromise",
+        )
+        .hint(
+            "name the account to run as in the configuration: run_as = \"ferry\" (create it \
+               with useradd --system ferry; its docroots, state and keystores belong to it)",
+        )),
+        None if account::is_root() => Ok(Some(
+            "warning: serving as root; pass --run-as ACCOUNT to serve as an unprivileged account"
+                .into(),
+        )),
+        None => Ok(None),
+        Some(a) if a.uid == me => Ok(None),
+        Some(a) if account::is_root() => {
+            account::become_account(a).map_err(|e| CliError::new(Exit::Local, e))?;
+            Ok(None)
+        }
+        Some(a) => Err(CliError::new(
+            Exit::Local,
+            format!("the server should run as {} but was started as uid {me}", a.name),
+        )
+        .hint(format!("start it as root (it becomes {} at once) or as {} itself", a.name, a.name))),
+    }
 }
 
 /// The one user of the flag mode.

@@ -55,6 +55,8 @@ pub struct SessionSnapshot {
     pub path: String,
     /// The transit cipher.
     pub suite: ferry_engine::crypto::CipherSuite,
+    /// How its files are kept at rest (`plain`, `ssear`: [`Storage::at_rest`]).
+    pub at_rest: &'static str,
     /// Its target rate, bits/s: the client's, capped by the server at set-up, then as
     /// [`Registry::set_limits`] last set it.
     pub target_rate: u64,
@@ -545,6 +547,7 @@ async fn admit(
         direction: hello.direction,
         path: hello.path,
         suite,
+        at_rest: grant.storage.at_rest(),
         target_rate,
         started: std::time::SystemTime::now(),
         progress: Progress::default(),
@@ -747,6 +750,14 @@ fn receiver(
             return Refusal::Path(e.to_string());
         }
         warn!("storage for {}: {e}", escape(&grant.user, 64));
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            // The at-rest key refuses: the log has the keystore's reason and the fix.
+            return Refusal::Server(format!(
+                "the server encrypts {}'s files at rest and cannot use its key right now, so \
+                 nothing was stored; ask the server's administrator (the server's log says why)",
+                grant.user
+            ));
+        }
         Refusal::Server("the server cannot store files for this session".into())
     })?;
     let mut receiver = Receiver::new(config, secret, Instant::now())
@@ -770,10 +781,11 @@ async fn sender(
         SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
     let shown = rel.shown();
     let root = grant.docroot.clone();
-    let list = tokio::task::spawn_blocking(move || source::list(&root, &rel, limits))
-        .await
-        .map_err(|_| Refusal::Server("listing failed".into()))?
-        .map_err(|e| {
+    let (storage, user) = (grant.storage.clone(), grant.user.clone());
+    // Listing and the storage's look at each file (SSEAR reads headers and the keystore) are
+    // blocking: off the async runtime.
+    let outgoing = tokio::task::spawn_blocking(move || {
+        let list = source::list(&root, &rel, limits).map_err(|e| {
             let why = if e.kind() == std::io::ErrorKind::NotFound {
                 format!("{shown} does not exist on the server")
             } else {
@@ -781,13 +793,23 @@ async fn sender(
             };
             Refusal::Path(why)
         })?;
+        storage.source(list, limits).map_err(|e| {
+            warn!("storage for {}: {e}", escape(&user, 64));
+            match e.kind() {
+                // Revocation: the message names the file (beneath the docroot) and the key's
+                // state, nothing of the server's.
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData => {
+                    Refusal::Server(format!("{e}; ask the server's administrator"))
+                }
+                _ => Refusal::Server("the server cannot read files for this session".into()),
+            }
+        })
+    })
+    .await
+    .map_err(|_| Refusal::Server("listing failed".into()))??;
     let factory = plan.policy.factory();
     let mut sender = Sender::new(config, secret, factory.as_ref(), Instant::now())
         .map_err(|e| Refusal::Parameters(e.to_string()))?;
-    let outgoing = grant.storage.source(list, limits).map_err(|e| {
-        warn!("storage for {}: {e}", escape(&grant.user, 64));
-        Refusal::Server("the server cannot read files for this session".into())
-    })?;
     for entry in outgoing.entries {
         sender.add_file(entry);
     }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::Docroot;
-use ferry_engine::io::storage::{PlainFiles, Portable};
+use ferry_engine::io::sealed::{self, Sealed, SecretSource};
+use ferry_engine::io::storage::{PlainFiles, Portable, Storage};
 use ferry_engine::setup::Direction;
 
 use crate::authorized_keys::AuthorizedKeys;
@@ -123,6 +124,120 @@ pub struct User {
     pub keys: Keys,
     /// What it may do.
     pub rights: Rights,
+    /// Where its SSEAR secret comes from when its uploads are encrypted at rest (`None`: files
+    /// are stored as they arrive).
+    pub ssear: Option<Arc<dyn SecretSource>>,
+}
+
+impl User {
+    /// How its files are stored: names checked when it must use portable ones, sealed under
+    /// its keystore secret when SSEAR is on.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        let plain: Arc<dyn Storage> = if self.rights.portable_names {
+            Arc::new(Portable(PlainFiles))
+        } else {
+            Arc::new(PlainFiles)
+        };
+        match &self.ssear {
+            Some(secrets) => Arc::new(Sealed::new(plain, self.name.clone(), secrets.clone())),
+            None => plain,
+        }
+    }
+}
+
+/// A transfer user's SSEAR secrets in a local keystore of their own (`ferry keys -i -u USER
+/// --account ACCOUNT --local-keystore PATH`, run by root, copies them from the root keystore),
+/// which belongs to the account the server runs as: the daemon reads exactly the secrets of the
+/// users it serves, and no secret is ever in its configuration.
+#[derive(Debug, Clone)]
+pub struct KeystoreSecrets {
+    /// The local keystore database.
+    pub path: PathBuf,
+    /// The transfer user (the keystore's owner).
+    pub user: String,
+}
+
+impl KeystoreSecrets {
+    /// How to (re)create the keystore, for messages.
+    pub fn sync_command(&self) -> String {
+        format!(
+            "as root: `ferry keys -i -u {} --account {} --local-keystore {}`",
+            self.user,
+            crate::users::account_name(),
+            self.path.display()
+        )
+    }
+}
+
+/// The name of the account this process runs as (for messages).
+pub fn account_name() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+impl SecretSource for KeystoreSecrets {
+    fn open(&self) -> std::io::Result<Box<dyn ferry_keystore::KeyResolver>> {
+        use ferry_keystore::{Keystore, KeystoreError, Options, Owner};
+        let denied = |m: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m);
+        let opts = Options::new().actor("ferry serve");
+        let ks = Keystore::open_local(&self.path, &opts).map_err(|e| match e {
+            KeystoreError::NotFound { .. } => denied(format!(
+                "the keystore {} of user {:?} does not exist; create it {}",
+                self.path.display(),
+                self.user,
+                self.sync_command()
+            )),
+            e => denied(format!("user {:?}: {e}", self.user)),
+        })?;
+        if ks.owner() != Some(&Owner::user(&self.user).map_err(|e| denied(e.to_string()))?) {
+            return Err(denied(format!(
+                "the keystore {} does not belong to user {:?}; point its keystore at the user's own",
+                self.path.display(),
+                self.user
+            )));
+        }
+        let fix = format!(
+            "give it an active {c} secret in the root keystore (`ferry keys -u {u} -s {c} --generate`, or --activate) and copy it here {}",
+            self.sync_command(),
+            c = sealed::CATEGORY,
+            u = self.user,
+        );
+        Ok(Box::new(WithFix { ks, fix }))
+    }
+}
+
+/// The keystore, with the fix added to "no active version" (the upload refusal the server
+/// logs names what the administrator does about it).
+struct WithFix {
+    ks: ferry_keystore::Keystore,
+    fix: String,
+}
+
+impl ferry_keystore::KeyResolver for WithFix {
+    fn resolve(
+        &self,
+        owner: &str,
+        category: &str,
+        version: u32,
+    ) -> Result<ferry_keystore::ResolvedKey, ferry_keystore::ResolveError> {
+        ferry_keystore::KeyResolver::resolve(&self.ks, owner, category, version)
+    }
+
+    fn active_version(
+        &self,
+        owner: &str,
+        category: &str,
+    ) -> Result<u32, ferry_keystore::ResolveError> {
+        ferry_keystore::KeyResolver::active_version(&self.ks, owner, category)
+            .map_err(|e| ferry_keystore::ResolveError::Backend(format!("{e}; {}", self.fix)))
+    }
 }
 
 /// The server's users, and the one a client gets when it names none.
@@ -164,6 +279,7 @@ impl Users {
             docroot,
             keys: Keys::file(authorized_keys),
             rights: Rights { suites: CipherSuite::ALL.to_vec(), ..Rights::default() },
+            ssear: None,
         };
         Self::new(vec![user], Some(name)).expect("one user")
     }
@@ -210,11 +326,7 @@ impl Policy for Users {
         Ok(Grant {
             user: u.name.clone(),
             docroot: u.docroot.clone(),
-            storage: if u.rights.portable_names {
-                Arc::new(Portable(PlainFiles))
-            } else {
-                Arc::new(PlainFiles)
-            },
+            storage: u.storage(),
             rights: u.rights.clone(),
         })
     }

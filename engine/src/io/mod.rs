@@ -9,10 +9,13 @@
 //!   beneath a docroot, created lazily, renamed into place once verified.
 //! - [`storage`]: the seam both meet: a [`Storage`](storage::Storage) makes the sink of an
 //!   upload and the source of a download ([`storage::PlainFiles`]: the two above).
+//! - [`sealed`]: server-side encryption at rest: a storage that seals each 64 KiB segment of an
+//!   upload as it completes and opens envelopes for downloads.
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
 
 pub mod docroot;
 pub mod driver;
 pub mod files;
+pub mod sealed;
 pub mod source;
 pub mod storage;

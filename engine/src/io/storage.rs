@@ -43,6 +43,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// What a download of the listed `files` sends, and where it reads it.
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing>;
+
+    /// How files are kept at rest, for logs and the audit trail: `plain`, or `ssear` when
+    /// they are encrypted with the user's keystore secret ([`Sealed`](super::sealed::Sealed)).
+    fn at_rest(&self) -> &'static str {
+        "plain"
+    }
 }
 
 /// Files stored as they are: partial files renamed into place once verified
@@ -118,6 +124,10 @@ impl<S: Storage> Storage for Portable<S> {
 
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
         self.0.source(files, limits)
+    }
+
+    fn at_rest(&self) -> &'static str {
+        self.0.at_rest()
     }
 }
 
