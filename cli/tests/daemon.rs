@@ -368,6 +368,7 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
         (user.to_owned(), 0o600, "refusing to serve as root"),
         (format!("run_as = \"no-such-account\"\n{user}"), 0o600, "bad.toml:1: run_as"),
         (format!("{user}keystore = \"/k.db\"\n"), 0o600, "keystore is set but ssear is off"),
+        (format!("{user}overwrite = \"sometimes\"\n"), 0o600, "unknown overwrite \"sometimes\""),
         (user.to_owned(), 0o666, "can be changed by others"),
         (
             format!("{user}content_protection_secret = \"hunter2\"\n"),
@@ -399,6 +400,43 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     let dir = prepare();
     let out = run(&["serve", "--config", "ferry.toml", "--docroot", "alice"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// The overwrite policy: alice (the default, "never") cannot replace a file, and her old file
+/// is untouched; dave ("always") replaces his, a single file and a file in a tree alike.
+#[test]
+fn the_overwrite_policy_replaces_only_when_allowed() {
+    let dir = prepare();
+    let dave = format!(
+        "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\noverwrite = \"always\"\n",
+        dir.path().join("dave").display(),
+        public_line(&dir.path().join("id-dave"))
+    );
+    write_private(&dir.path().join("ferry.toml"), &config_text(dir.path(), &dave));
+    let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
+    let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+    let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
+    let d = Daemon { child, events, port: addr.port().to_string(), fingerprint, dir };
+    std::fs::create_dir(d.path("local/t")).unwrap();
+    for (who, content) in [("alice", "first"), ("dave", "first")] {
+        std::fs::write(d.path("local/f"), content).unwrap();
+        std::fs::write(d.path("local/t/g"), content).unwrap();
+        assert!(d.cp(who, &["f", &format!("{who}@127.0.0.1:f")]).status.success());
+        assert!(d.cp(who, &["t", &format!("{who}@127.0.0.1:.")]).status.success());
+    }
+    std::fs::write(d.path("local/f"), "second").unwrap();
+    std::fs::write(d.path("local/t/g"), "second").unwrap();
+    let out = d.cp("alice", &["f", "alice@127.0.0.1:f"]);
+    assert!(!out.status.success() && stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = d.cp("alice", &["t", "alice@127.0.0.1:."]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(d.path("alice/f")).unwrap(), "first");
+    assert_eq!(std::fs::read_to_string(d.path("alice/t/g")).unwrap(), "first");
+    assert!(d.cp("dave", &["f", "dave@127.0.0.1:f"]).status.success());
+    assert!(d.cp("dave", &["t", "dave@127.0.0.1:."]).status.success());
+    assert_eq!(std::fs::read_to_string(d.path("dave/f")).unwrap(), "second");
+    assert_eq!(std::fs::read_to_string(d.path("dave/t/g")).unwrap(), "second");
+    assert_eq!(names(&d.path("dave")).len(), 2, "{:?}", names(&d.path("dave")));
 }
 
 /// A user whose docroot is unsafe is left out with the reason; the others are served.

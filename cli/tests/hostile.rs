@@ -298,6 +298,75 @@ fn many_signed_hellos_with_unknown_keys_leave_the_server_responsive() {
     assert!(s.log().contains("authentication refused for key SHA256:"));
 }
 
+/// Both at once, with the server's default limits: a flood of handshakes from one source
+/// (connections opened as fast as they are refused, the accepted ones held idle) and failed
+/// authentications from 40 other sources (each locked out after its tenth). The authorised
+/// client's transfer, started meanwhile, completes; every failing source is locked out and
+/// audited; the server stays bounded.
+#[test]
+fn a_handshake_flood_and_failures_from_many_sources_do_not_stop_an_authorised_client() {
+    let mut s = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    let addr = server_addr(&s);
+    let rt = rt();
+    rt.block_on(async {
+        let legit = legitimate(&s, local.path(), "legit");
+        let flood = tokio::spawn(async move {
+            let ep = endpoint("127.0.0.2");
+            let mut held = Vec::new();
+            let (mut ok, mut refused) = (0, 0);
+            for _ in 0..10 {
+                let batch = all((0..20).map(|_| {
+                    let ep = ep.clone();
+                    async move { connect(&ep, addr).await }
+                }))
+                .await;
+                for r in batch {
+                    match r {
+                        Ok(c) => {
+                            ok += 1;
+                            held.push(c);
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+            (ok, refused)
+        });
+        let failing = all((10..50).map(|i| async move {
+            let ep = endpoint(&format!("127.0.0.{i}"));
+            let mut codes = Vec::new();
+            for _ in 0..12 {
+                let code = match connect(&ep, addr).await {
+                    Ok(c) => stranger_hello(&c).await.unwrap_or(0),
+                    Err(_) => 0,
+                };
+                codes.push(code);
+            }
+            codes
+        }))
+        .await;
+        let (ok, refused) = flood.await.unwrap();
+        eprintln!("flood: {ok} handshakes accepted, {refused} refused");
+        assert!(ok <= 8 * 10 + 8, "{ok} handshakes accepted from one source");
+        for codes in &failing {
+            let refused = codes.iter().filter(|&&c| c == 11).count();
+            assert!((1..=10).contains(&refused), "a failing source got {codes:?}");
+        }
+        assert_bounded(&s, "during the flood and the failures");
+        assert_legitimate_succeeded(&s, local.path(), "legit", legit);
+    });
+    let locked: std::collections::BTreeSet<String> = s
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "lockout")
+        .map(|e| e["source"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(locked.len(), 40, "every failing source is locked out: {locked:?}");
+    assert!(!locked.contains("127.0.0.1"), "the authorised client's address was locked out");
+    assert!(s.alive());
+}
+
 /// The server's authorised client key, for a hostile client that authenticates.
 fn authorised_key(s: &Server) -> Ed25519KeyPair {
     let key = ssh_key::PrivateKey::read_openssh_file(&s.key()).unwrap();

@@ -30,6 +30,10 @@ use clap::Parser;
 const ROWS: &[&str] = &[
     "ferry-fixed",
     "ferry-fair",
+    "ferry-plain-up",
+    "ferry-ssear-up",
+    "ferry-plain-down",
+    "ferry-ssear-down",
     "quic-cubic",
     "quic-bbr",
     "iperf3-tcp-cubic",
@@ -47,8 +51,10 @@ struct Args {
     /// Rounds; each round runs every row once, in alternation.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Comma-separated rows (default: all): ferry-fixed, ferry-fair, quic-cubic, quic-bbr,
-    /// iperf3-tcp-cubic, iperf3-tcp-bbr, iperf3-udp, scp.
+    /// Comma-separated rows (default: all): ferry-fixed, ferry-fair, ferry-plain-up,
+    /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
+    /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
+    /// iperf3-tcp-bbr, iperf3-udp, scp.
     #[arg(long, value_delimiter = ',')]
     rows: Vec<String>,
     /// Directory for the source file and the copies (tmpfs keeps both ends in page cache).
@@ -283,6 +289,8 @@ struct Env {
     ferry_fp: String,
     /// scp: prepared key files (None when the row is skipped).
     ssh_ready: bool,
+    /// The at-rest rows' server configuration and its host key (None when none of them runs).
+    at_rest: Option<(PathBuf, String)>,
 }
 
 fn sibling(name: &str) -> Res<PathBuf> {
@@ -432,6 +440,10 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
     match row {
         "ferry-fixed" => run_ferry(env, "fixed"),
         "ferry-fair" => run_ferry(env, "fair"),
+        "ferry-plain-up" => run_at_rest(env, "plain", true),
+        "ferry-ssear-up" => run_at_rest(env, "vault", true),
+        "ferry-plain-down" => run_at_rest(env, "plain", false),
+        "ferry-ssear-down" => run_at_rest(env, "vault", false),
         "quic-cubic" => run_quic(env, "cubic"),
         "quic-bbr" => run_quic(env, "bbr"),
         "iperf3-tcp-cubic" => run_iperf3(env, Some("cubic")),
@@ -508,6 +520,146 @@ fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
         recv,
         note: format!("{}, -l {}, cp said: {last}", env.args.ferry_cipher, env.args.ferry_rate),
     })
+}
+
+/// One copy `from` -> `to` through a fresh `ferry serve --config` of the at-rest rows, timed:
+/// seconds, the client's and the server's memory and CPU, what `ferry cp` said.
+fn at_rest_copy(env: &Env, from: &str, to: &str) -> Res<(f64, Mem, Mem, String)> {
+    let (config, fp) = env.at_rest.as_ref().ok_or("the at-rest server is not set up")?;
+    let mut serve = Command::new(&env.ferry);
+    serve
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = Proc::spawn(&mut serve, "ferry serve --config")?;
+    let line = first_line(&mut server, Duration::from_secs(10))?;
+    let port = ferry_port(&line).ok_or_else(|| format!("ferry serve said {line:?}"))?;
+    let mut cp = Command::new(&env.ferry);
+    cp.args(["cp", "-i"])
+        .arg(env.scratch.join("ferry-id"))
+        .args(["--host-key", fp, "-P", &port.to_string()])
+        .args(["-l", &env.args.ferry_rate, "--policy", "fixed", "-c", &env.args.ferry_cipher])
+        .args([from, to])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut cp, "ferry cp")?;
+    let out = collect(client.stdout());
+    let errs = collect(client.stderr());
+    let (ok, client_mem) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let server_mem = server.stop()?;
+    let summary = out.join().unwrap_or_default();
+    if !ok {
+        let stderr = errs.join().unwrap_or_default();
+        return Err(format!("ferry cp {from} {to} failed: {} {}", summary.trim(), stderr.trim()));
+    }
+    Ok((seconds, client_mem, server_mem, summary.lines().last().unwrap_or("").trim().to_owned()))
+}
+
+/// The at-rest rows: through user `plain` or `vault` (SSEAR) of a `--config` server, an upload
+/// of the source to the docroot, or a download of the copy stored there at set-up (`dl/`).
+/// Same flags as the fixed row.
+fn run_at_rest(env: &Env, user: &str, up: bool) -> Res<RunResult> {
+    let s = &env.scratch;
+    let name = env.src.file_name().ok_or("source has no name")?.to_string_lossy().into_owned();
+    let down = s.join("at-rest-down");
+    fs::create_dir_all(&down).map_err(|e| format!("{}: {e}", down.display()))?;
+    let (from, to) = if up {
+        (env.src.display().to_string(), format!("{user}@127.0.0.1:."))
+    } else {
+        (format!("{user}@127.0.0.1:dl/{name}"), down.display().to_string())
+    };
+    let (seconds, client, server, last) = at_rest_copy(env, &from, &to)?;
+    let row = format!("ferry-{user}-{}", if up { "up" } else { "down" });
+    if !up {
+        verify_and_remove(env, &down.join(&name), &row)?;
+    } else if user == "plain" {
+        verify_and_remove(env, &s.join("at-rest/plain").join(&name), &row)?;
+    } else {
+        // Stored sealed: the session verified the plaintext digest; here its envelope length.
+        let stored = s.join("at-rest/vault").join(&name);
+        let len = fs::metadata(&stored).map_err(|e| format!("{row}: {e}"))?.len();
+        if len != envelope_len(env.args.size) {
+            return Err(format!("{row}: {} holds {len} bytes, not an envelope", stored.display()));
+        }
+        fs::remove_file(&stored).map_err(|e| format!("removing {}: {e}", stored.display()))?;
+    }
+    let (send, recv) = if up { (client, server) } else { (server, client) };
+    let mode = if user == "vault" { "SSEAR" } else { "plain" };
+    let (cipher, rate) = (&env.args.ferry_cipher, &env.args.ferry_rate);
+    let note = format!("{mode} at rest, {cipher}, -l {rate}, cp said: {last}");
+    Ok(RunResult { bytes: env.args.size, seconds, send, recv, note })
+}
+
+/// The envelope length of `len` plaintext bytes (docs/FORMAT.md section 2).
+fn envelope_len(len: u64) -> u64 {
+    1024 + len.div_ceil(65536).max(1) * 28 + len
+}
+
+/// The at-rest rows' server: a root keystore of the bench's own with `vault`'s `ssear`
+/// secret, its copy in the local keystore of the server's account, docroots `plain` and
+/// `vault` with the source stored under `dl/` (sealed for vault: uploaded once). Run as root,
+/// the server becomes `nobody` (`run_as`), which owns its directories.
+fn prepare_at_rest(env: &Env) -> Res<(PathBuf, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let s = env.scratch.join("at-rest");
+    let root = is_root();
+    let account =
+        if root { "nobody".to_owned() } else { std::env::var("USER").unwrap_or_default() };
+    let mode = |p: &Path, m: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(m))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))
+    };
+    for d in ["plain/dl", "vault/dl", "state/keystores", "keys"] {
+        fs::create_dir_all(s.join(d)).map_err(|e| format!("{d}: {e}"))?;
+    }
+    for d in ["state", "state/keystores", "keys"] {
+        mode(&s.join(d), 0o700)?;
+    }
+    let name = env.src.file_name().ok_or("source has no name")?;
+    fs::copy(&env.src, s.join("plain/dl").join(name)).map_err(|e| format!("copy: {e}"))?;
+    let root_ks = s.join("keys/rootkeystore.db");
+    let keys = |args: &[&str]| {
+        run_ok(
+            Command::new(&env.ferry).arg("keys").args(args).env("FERRY_ROOT_KEYSTORE", &root_ks),
+            "ferry keys",
+        )
+    };
+    keys(&["-i"])?;
+    keys(&["-u", "vault", "-s", "ssear", "--generate"])?;
+    if root {
+        mode(&env.scratch, 0o755)?;
+        mode(&s, 0o755)?;
+        for d in ["plain", "plain/dl", "vault", "vault/dl", "state", "state/keystores"] {
+            std::os::unix::fs::chown(s.join(d), Some(65534), Some(65534))
+                .map_err(|e| format!("chown {d}: {e}"))?;
+        }
+    }
+    let ks = s.join("state/keystores/vault.db").display().to_string();
+    keys(&["-i", "-u", "vault", "--account", &account, "--local-keystore", &ks])?;
+    let public =
+        fs::read_to_string(env.scratch.join("ferry-id.pub")).map_err(|e| format!("{e}"))?;
+    let run_as = if root { format!("run_as = \"{account}\"\n") } else { String::new() };
+    let config = format!(
+        "{run_as}listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\n\n\
+         [[user]]\nname = \"plain\"\ndocroot = \"{d}/plain\"\nkeys = [\"{k}\"]\nciphers = [\"aes128\", \"aes256\", \"none\"]\n\n\
+         [[user]]\nname = \"vault\"\ndocroot = \"{d}/vault\"\nkeys = [\"{k}\"]\nciphers = [\"aes128\", \"aes256\", \"none\"]\nssear = true\n",
+        d = s.display(),
+        k = public.trim()
+    );
+    let path = s.join("ferry-serve.toml");
+    fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    mode(&path, if root { 0o644 } else { 0o600 })?;
+    let fp = run_ok(
+        Command::new(&env.ferry).args(["serve", "--config"]).arg(&path).arg("--print-fingerprint"),
+        "ferry serve --print-fingerprint",
+    )?;
+    Ok((path, fp.trim().to_owned()))
 }
 
 /// The port in `ferry serve --json`'s first event,
@@ -729,7 +881,8 @@ fn setup(args: Args) -> Res<Env> {
         "ferry serve --print-fingerprint",
     )?;
     let ssh_ready = prepare_ssh(s)?;
-    Ok(Env {
+    let wants_at_rest = args.rows.iter().any(|r| r.contains("plain") || r.contains("ssear"));
+    let mut env = Env {
         args,
         scratch,
         src,
@@ -738,7 +891,19 @@ fn setup(args: Args) -> Res<Env> {
         quic_copy,
         ferry_fp: fp.trim().to_owned(),
         ssh_ready,
-    })
+        at_rest: None,
+    };
+    if wants_at_rest {
+        env.at_rest = Some(prepare_at_rest(&env)?);
+        // vault's copy for the download rows: uploaded (sealed) once.
+        let name = env.src.file_name().ok_or("source has no name")?.to_string_lossy().into_owned();
+        at_rest_copy(&env, &env.src.display().to_string(), "vault@127.0.0.1:dl/")?;
+        let stored = env.scratch.join("at-rest/vault/dl").join(&name);
+        if !stored.exists() {
+            return Err(format!("the sealed copy {} was not stored", stored.display()));
+        }
+    }
+    Ok(env)
 }
 
 fn main() {
@@ -835,7 +1000,7 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
     };
     let mut t = format!(
         "\n{} rounds, {} bytes per copy ({:.2} GiB), {} -> {} over 127.0.0.1\n\n\
-         | row | median Gbit/s | min–max | vs quic-cubic | vs ferry-fixed | CPU per GB send / recv (s) | peak RSS send / recv (MiB) | peak RssAnon send / recv (MiB) | note (last round) |\n\
+         | row | median Gbit/s | min–max | vs quic-cubic | vs ferry-fixed (SSEAR rows: vs plain) | CPU per GB send / recv (s) | peak RSS send / recv (MiB) | peak RssAnon send / recv (MiB) | note (last round) |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         env.args.rounds,
         env.args.size,
@@ -853,7 +1018,13 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
         t += &format!(
             "| {row} | **{m:.3}** | {min:.3}–{max:.3} | {} | {} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} |\n",
             ratio(m, quic),
-            ratio(m, ferry),
+            ratio(
+                m,
+                match row.strip_prefix("ferry-ssear-") {
+                    Some(dir) => med(&format!("ferry-plain-{dir}")),
+                    None => ferry,
+                }
+            ),
             cpu_per_gb(v, |r| r.send.cpu_s),
             cpu_per_gb(v, |r| r.recv.cpu_s),
             peak(|r| r.send.maxrss_kib),

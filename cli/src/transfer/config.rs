@@ -76,6 +76,7 @@ struct RightsTable {
     ciphers: Option<Spanned<Vec<String>>>,
     file_names: Option<Spanned<String>>,
     ssear: Option<Spanned<bool>>,
+    overwrite: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +91,7 @@ struct UserTable {
     ciphers: Option<Spanned<Vec<String>>>,
     file_names: Option<Spanned<String>>,
     ssear: Option<Spanned<bool>>,
+    overwrite: Option<Spanned<String>>,
     keystore: Option<Spanned<PathBuf>>,
 }
 
@@ -102,6 +104,7 @@ impl UserTable {
             ciphers: self.ciphers.clone(),
             file_names: self.file_names.clone(),
             ssear: self.ssear.clone(),
+            overwrite: self.overwrite.clone(),
         }
     }
 }
@@ -494,6 +497,19 @@ fn rights(
                 return Err(ConfigError::new(
                     format!("{}: user {name:?}: unknown file_names {other:?}", at(f.span())),
                     "file_names is \"any\" or \"portable\" (names a Windows client can store)",
+                ));
+            }
+        };
+    }
+    if let Some(o) = own.overwrite.as_ref().or(defaults.overwrite.as_ref()) {
+        r.overwrite = match o.get_ref().as_str() {
+            "never" => false,
+            "always" => true,
+            other => {
+                return Err(ConfigError::new(
+                    format!("{}: user {name:?}: unknown overwrite {other:?}", at(o.span())),
+                    "overwrite is \"never\" (an existing name is refused) or \"always\" (a \
+                     verified upload replaces it)",
                 ));
             }
         };

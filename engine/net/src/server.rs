@@ -647,6 +647,11 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
             Ok(Authenticated { conn, stream, hello, plan, fingerprint, grant })
         }
         Err(r) => {
+            if matches!(r, Refusal::Authentication(_)) {
+                // Counted before the client hears of it, so its next attempt already finds
+                // the lockout this failure may start.
+                count_failure(ctx, peer);
+            }
             bridge::send_abort(&mut send, r.code(), &r.to_string()).await;
             Err(match r {
                 Refusal::Authentication(why) => {
@@ -659,7 +664,6 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
                         let (key, refused) = (fp.as_str(), Some(why.as_str()));
                         ctx.notify(ServerEvent::Authentication { peer, user, key, refused });
                     }
-                    count_failure(ctx, peer);
                     format!("authentication refused for key {fp}: {why}")
                 }
                 Refusal::UnsupportedVersion => "no common version".into(),
@@ -742,8 +746,10 @@ fn receiver(
     plan: &setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
     let root = &grant.docroot;
-    let dest = upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file)?;
-    let limits = SinkLimits { max_open: ctx.post.max_open_files };
+    let replace = grant.rights.overwrite;
+    let dest =
+        upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file, replace)?;
+    let limits = SinkLimits { max_open: ctx.post.max_open_files, replace };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             // The storage refuses the destination's name (its message quotes only that).
@@ -825,6 +831,7 @@ fn upload_destination(
     rel: RelPath,
     wants_dir: bool,
     may_name_file: bool,
+    replace: bool,
 ) -> Result<Destination, Refusal> {
     let path_refusal = Refusal::Path;
     let meta = root.meta(&rel).map_err(|e| path_refusal(e.to_string()))?;
@@ -839,7 +846,9 @@ fn upload_destination(
         Some(_) if wants_dir => {
             return Err(path_refusal(format!("{} is not a directory", rel.shown())));
         }
-        // The single file the client names exists: known now, so refused now (PROTOCOL 8.2).
+        // The single file the client names exists: replaced at the end under the overwrite
+        // policy, else known now, so refused now (PROTOCOL 8.2).
+        Some(Kind::File) if may_name_file && replace => return Ok(Destination::File(rel)),
         Some(_) if may_name_file => return Err(Refusal::Exists(rel.shown().to_string())),
         _ => {}
     }

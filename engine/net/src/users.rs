@@ -76,13 +76,24 @@ pub struct Rights {
     /// Uploads may only create names a Windows client can store
     /// ([`portable_name`](ferry_engine::io::storage::portable_name)).
     pub portable_names: bool,
+    /// The overwrite policy: an upload may replace an existing file of its name (atomically,
+    /// once verified); otherwise such a file is refused.
+    pub overwrite: bool,
 }
 
 impl Default for Rights {
-    /// Both directions, the ciphers that encrypt (not `none`), no rate cap of its own.
+    /// Both directions, the ciphers that encrypt (not `none`), no rate cap of its own, never
+    /// overwrite.
     fn default() -> Self {
         let suites = CipherSuite::ALL.into_iter().filter(|s| *s != CipherSuite::None).collect();
-        Self { upload: true, download: true, suites, rate_cap: None, portable_names: false }
+        Self {
+            upload: true,
+            download: true,
+            suites,
+            rate_cap: None,
+            portable_names: false,
+            overwrite: false,
+        }
     }
 }
 

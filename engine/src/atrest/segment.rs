@@ -97,18 +97,36 @@ impl SegmentCipher {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize> {
-        let last = self.check_index(index, plaintext.len())?;
         let total = plaintext.len() + SEGMENT_OVERHEAD;
         if out.len() < total {
             return Err(AtRestError::InvalidSegment { index, reason: "output buffer too small" });
         }
-        let out = &mut out[..total];
-        out[..12].copy_from_slice(&iv);
-        let (body, tag_out) = out[12..].split_at_mut(plaintext.len());
-        body.copy_from_slice(plaintext);
+        out[12..12 + plaintext.len()].copy_from_slice(plaintext);
+        self.seal_placed(index, iv, &mut out[..total])?;
+        Ok(total)
+    }
+
+    /// Encrypt segment `index` in place: `segment` is the whole encrypted segment's space
+    /// (`IV ‖ plaintext ‖ tag`, 28 bytes more than the plaintext) with the plaintext already at
+    /// `segment[12..len - 16]`; the IV (fresh, random) and the tag are written around it. The
+    /// receive path assembles segments this way, so sealing copies nothing.
+    pub fn seal_in_place(&mut self, index: u64, segment: &mut [u8]) -> Result<()> {
+        let mut iv = [0u8; 12];
+        rand::fill(&mut iv[..]);
+        self.seal_placed(index, iv, segment)
+    }
+
+    fn seal_placed(&mut self, index: u64, iv: [u8; 12], segment: &mut [u8]) -> Result<()> {
+        let len = segment
+            .len()
+            .checked_sub(SEGMENT_OVERHEAD)
+            .ok_or(AtRestError::InvalidSegment { index, reason: "output buffer too small" })?;
+        let last = self.check_index(index, len)?;
+        segment[..12].copy_from_slice(&iv);
+        let (body, tag_out) = segment[12..].split_at_mut(len);
         let tag = self.cipher(index).seal(&iv, &segment_aad(index, last), body);
         tag_out.copy_from_slice(&tag);
-        Ok(total)
+        Ok(())
     }
 
     /// Authenticate and decrypt encrypted segment `index` in place; returns the plaintext

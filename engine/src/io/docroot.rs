@@ -611,6 +611,12 @@ impl Dir {
         }
     }
 
+    /// Renames `from` to `to` in this directory, atomically replacing an existing `to` (the
+    /// overwrite policy `always`): readers see the old file or the new one, never a mix.
+    pub fn rename_replace(&self, from: &str, to: &str) -> io::Result<()> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(errno)
+    }
+
     /// Removes the file `name`.
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(errno)

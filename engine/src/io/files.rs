@@ -25,11 +25,15 @@ pub struct SinkLimits {
     /// Most partial files open at once (descriptors); others are closed and opened again when
     /// more of their blocks arrive.
     pub max_open: usize,
+    /// The overwrite policy: `false` (the default) refuses a file whose name exists; `true`
+    /// lets a verified file replace an existing regular file of its name, atomically, at the
+    /// end (until then the old file is untouched; a failed transfer leaves it as it was).
+    pub replace: bool,
 }
 
 impl Default for SinkLimits {
     fn default() -> Self {
-        Self { max_open: 64 }
+        Self { max_open: 64, replace: false }
     }
 }
 
@@ -370,7 +374,13 @@ impl FileSink {
         };
         let (parent, name) = target.split_last().expect("a target has a name");
         let name = name.to_owned();
-        if self.root.meta(&target).ok().flatten().is_some() {
+        let existing = self.root.meta(&target).ok().flatten();
+        if self.limits.replace
+            && existing.as_ref().is_none_or(|m| m.kind == super::docroot::Kind::File)
+        {
+            return Ok((parent, name));
+        }
+        if existing.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
@@ -392,8 +402,14 @@ impl FileSink {
         f.sync_all()?;
         self.close(file);
         drop(f);
+        let replace = self.limits.replace;
         let dir = self.dir(&parent)?;
-        dir.rename_noreplace(&partial, &name).map_err(|e| {
+        let renamed = if replace {
+            dir.rename_replace(&partial, &name)
+        } else {
+            dir.rename_noreplace(&partial, &name)
+        };
+        renamed.map_err(|e| {
             let shown = super::docroot::escape(&name, 120);
             if e.kind() == io::ErrorKind::AlreadyExists {
                 io::Error::new(
@@ -588,8 +604,11 @@ mod tests {
     fn descriptors_stay_bounded_across_many_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = Arc::new(Docroot::open(dir.path()).unwrap());
-        let mut sink =
-            FileSink::new(root, Destination::Dir(RelPath::root()), SinkLimits { max_open: 3 });
+        let mut sink = FileSink::new(
+            root,
+            Destination::Dir(RelPath::root()),
+            SinkLimits { max_open: 3, replace: false },
+        );
         for i in 0..20 {
             sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();
         }

@@ -28,8 +28,8 @@ use zeroize::Zeroize;
 
 use crate::atrest::{
     AtRestError, ENC_SEGMENT_SIZE, EnvelopeBuilder, HEADER_LEN, Header, MAGIC, MAX_PLAINTEXT_LEN,
-    NewSlot, SEGMENT_OVERHEAD, SEGMENT_SIZE, SegmentCipher, SlotKind, envelope_len, locate,
-    segment_offset, segment_plaintext_len,
+    NewSlot, SEGMENT_OVERHEAD, SegmentCipher, SlotKind, envelope_len, locate, segment_offset,
+    segment_plaintext_len,
 };
 use crate::control::FileEntry;
 use crate::io::docroot::Docroot;
@@ -356,7 +356,6 @@ pub struct SealingSink {
     files: Vec<SealFile>,
     open: HashMap<(u32, u64), Assembly>,
     spare: Vec<Vec<u8>>,
-    sealed: Vec<u8>,
 }
 
 impl fmt::Debug for SealingSink {
@@ -375,14 +374,7 @@ fn sink_io(e: impl fmt::Display) -> SinkError {
 impl SealingSink {
     /// Seals what goes to `inner` with `keys` (which must have an active version).
     pub fn new(inner: Box<dyn BlockSink + Send>, keys: SessionKeys) -> Self {
-        Self {
-            inner,
-            keys,
-            files: Vec::new(),
-            open: HashMap::new(),
-            spare: Vec::new(),
-            sealed: vec![0; ENC_SEGMENT_SIZE],
-        }
+        Self { inner, keys, files: Vec::new(), open: HashMap::new(), spare: Vec::new() }
     }
 
     /// Segments being assembled right now.
@@ -410,16 +402,11 @@ impl SealingSink {
         }
     }
 
-    /// Seals the complete segment `index` of `file` and hands it to the inner sink.
-    fn seal(&mut self, file: u32, index: u64, plaintext: &[u8]) -> Result<(), SinkError> {
-        let mut out = std::mem::take(&mut self.sealed);
-        let sealed = match self.cipher(file) {
-            Ok(cipher) => cipher.seal(index, plaintext, &mut out).map_err(sink_io),
-            Err(e) => Err(e),
-        };
-        let written = sealed.and_then(|n| self.inner.write(file, segment_offset(index), &out[..n]));
-        self.sealed = out;
-        match written {
+    /// Seals the complete segment `index` of `file` in place (`segment` is `IV ‖ plaintext ‖
+    /// tag`) and hands it to the inner sink.
+    fn seal(&mut self, file: u32, index: u64, segment: &mut [u8]) -> Result<(), SinkError> {
+        self.cipher(file)?.seal_in_place(index, segment).map_err(sink_io)?;
+        match self.inner.write(file, segment_offset(index), segment) {
             Err(SinkError::Full) => Err(sink_io("the file stage refused a sealed segment")),
             other => other,
         }
@@ -452,7 +439,7 @@ impl SealingSink {
             SinkError::Full => io::Error::other("the file stage is full"),
         };
         if size == 0 {
-            self.seal(file, 0, &[]).map_err(to_io)?;
+            self.seal(file, 0, &mut [0u8; SEGMENT_OVERHEAD]).map_err(to_io)?;
         }
         if self.open.keys().any(|&(f, _)| f == file) {
             return Err(io::Error::other("a segment of the file is incomplete"));
@@ -499,15 +486,16 @@ impl BlockSink for SealingSink {
             let n = (want - within).min(data.len() - pos);
             let spare = &mut self.spare;
             let a = self.open.entry((file, index)).or_insert_with(|| {
-                let mut buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(SEGMENT_SIZE));
-                buf.resize(want, 0);
+                let mut buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(ENC_SEGMENT_SIZE));
+                // IV ‖ plaintext ‖ tag: the segment is sealed where it was assembled.
+                buf.resize(want + SEGMENT_OVERHEAD, 0);
                 Assembly { buf, filled: 0 }
             });
-            a.buf[within..within + n].copy_from_slice(&data[pos..pos + n]);
+            a.buf[12 + within..12 + within + n].copy_from_slice(&data[pos..pos + n]);
             a.filled += n;
             if a.filled == want {
                 let mut a = self.open.remove(&(file, index)).expect("present");
-                let sealed = self.seal(file, index, &a.buf);
+                let sealed = self.seal(file, index, &mut a.buf);
                 a.buf.clear();
                 self.spare.push(a.buf);
                 sealed?;
@@ -551,7 +539,6 @@ impl Drop for SealingSink {
         for b in &mut self.spare {
             b.zeroize();
         }
-        self.sealed.zeroize();
     }
 }
 
@@ -696,7 +683,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::atrest::EnvelopeReader;
+    use crate::atrest::{EnvelopeReader, SEGMENT_SIZE};
     use crate::io::docroot::RelPath;
     use crate::io::storage::PlainFiles;
 
