@@ -19,6 +19,8 @@ use common::*;
 
 const NOBODY: u32 = 65534;
 const CANARY: &[u8] = b"CANARY-7f3e-PLAINTEXT-";
+/// Alice's first `ssear` secret (later versions are generated).
+const SECRET: &[u8] = b"alice-ssear-secret-3b9f0c71d2e8a6f4b5c1";
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -148,7 +150,9 @@ fn site() -> Site {
     std::fs::set_permissions(d.join("root"), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::create_dir(d.join("local")).unwrap();
     s.ok(&["keys", "-i"]);
-    s.ok(&["keys", "-u", "alice", "-s", "ssear", "--generate"]);
+    // A known value, so that the test can look for it where it must never be.
+    let out = s.ferry(&["keys", "-u", "alice", "-s", "ssear"], SECRET);
+    assert!(out.status.success(), "{}", stderr(&out));
     let init = s.keys(&["-i"]);
     assert!(init.contains("initialised"), "{init}");
     let copy = std::fs::metadata(s.keystore()).unwrap();
@@ -344,6 +348,9 @@ fn three_users_ssear_plain_and_download_only_with_rotation_rewrap_and_revocation
     let out = d.cp(&s, "alice", &["new.txt", "alice@127.0.0.1:new2.txt"]);
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(!names(&s.path("alice")).iter().any(|n| n.contains("new2")));
+    let log = std::fs::read_to_string(s.path("serve.log")).unwrap();
+    assert!(log.contains("no active version of the secret alice/ssear"), "{log}");
+    assert!(log.contains("ferry keys -u alice -s ssear --generate"), "the fix: {log}");
     s.keys(&["-s", "ssear", "--activate", "--version", "2"]);
     ok(&d.cp(&s, "alice", &["alice@127.0.0.1:new.txt", "back4.txt"]));
 
@@ -361,7 +368,17 @@ fn three_users_ssear_plain_and_download_only_with_rotation_rewrap_and_revocation
     assert_eq!(mode_of("alice").into_iter().collect::<Vec<_>>(), ["ssear"]);
     assert_eq!(mode_of("bob").into_iter().collect::<Vec<_>>(), ["plain"]);
     assert!(!contains(audit.as_bytes(), CANARY));
+    // The secret is nowhere but in the keystores: not in the audit, the server's log, its
+    // events, the configuration, or any stored file.
     drop(d);
+    let mut places = raw_scan(&s.path("alice"));
+    places.extend(raw_scan(&s.path("log")));
+    for f in ["serve.log", "ferry.toml"] {
+        places.push((s.path(f), std::fs::read(s.path(f)).unwrap()));
+    }
+    for (p, raw) in places {
+        assert!(!contains(&raw, SECRET), "the ssear secret in {}", p.display());
+    }
 }
 
 /// Killed in the middle of an SSEAR upload (the server with SIGKILL, then the client): no

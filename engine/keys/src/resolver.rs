@@ -15,7 +15,7 @@ pub struct ResolvedKey {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// No such secret (owner, category, version) in the keystore.
-    #[error("no secret {owner}/{category} v{version} in the keystore")]
+    #[error("{}", not_found(owner, category, version))]
     NotFound {
         /// Owner.
         owner: String,
@@ -33,6 +33,14 @@ pub enum ResolveError {
     /// The keystore failed (cannot open, permissions, below the minimum version, ...).
     #[error("{0}")]
     Backend(String),
+}
+
+fn not_found(owner: &str, category: &str, version: &str) -> String {
+    if version == "active" {
+        format!("no active version of the secret {owner}/{category} in the keystore")
+    } else {
+        format!("no secret {owner}/{category} v{version} in the keystore")
+    }
 }
 
 /// Resolves keystore secrets for keystore key slots. The keystore crate implements it, so that
