@@ -369,6 +369,18 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
         (format!("run_as = \"no-such-account\"\n{user}"), 0o600, "bad.toml:1: run_as"),
         (format!("{user}keystore = \"/k.db\"\n"), 0o600, "keystore is set but ssear is off"),
         (format!("{user}overwrite = \"sometimes\"\n"), 0o600, "unknown overwrite \"sometimes\""),
+        (
+            format!("{user}ssear = true\nkeystore = \"@DIR@/alice/k.db\"\n"),
+            0o600,
+            "its keystore @DIR@/alice/k.db lies inside a docroot",
+        ),
+        (
+            format!(
+                "run_as = \"nobody\"\nlisten = \"127.0.0.1:80\"\n{user}directions = [\"download\"]\n"
+            ),
+            0o644,
+            "port 80 is privileged",
+        ),
         (user.to_owned(), 0o666, "can be changed by others"),
         (
             format!("{user}content_protection_secret = \"hunter2\"\n"),
@@ -378,6 +390,10 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     ];
     for (text, mode, expected) in cases {
         let (code, err) = refused(&text, mode);
+        let dir_shown =
+            err.split("bad.toml").next().unwrap_or("").trim_start_matches("ferry: error: ");
+        let expected = expected.replace("@DIR@", dir_shown.trim_end_matches('/'));
+        let expected = expected.as_str();
         assert_eq!(code, Some(41), "{text}\n{err}");
         assert!(err.contains(expected), "expected {expected:?} for\n{text}\ngot: {err}");
         assert!(err.contains("hint:") || err.lines().count() > 1, "no fix offered: {err}");

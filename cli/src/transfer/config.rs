@@ -183,7 +183,15 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
             "add at least one [[user]] with a name, a docroot and its keys",
         ));
     }
-    let ctx = UserCtx { defaults: &file.defaults, at: &at, serving_uid, keystores: &keystores };
+    let docroots: Vec<PathBuf> =
+        file.users.iter().filter_map(|u| u.docroot.get_ref().canonicalize().ok()).collect();
+    let ctx = UserCtx {
+        defaults: &file.defaults,
+        at: &at,
+        serving_uid,
+        keystores: &keystores,
+        docroots: &docroots,
+    };
     let mut left_out = None;
     for u in &file.users {
         match user(u, &ctx, &mut warnings)? {
@@ -300,6 +308,8 @@ struct UserCtx<'a> {
     serving_uid: u32,
     /// Where SSEAR users' keystores are unless their entry names one.
     keystores: &'a Path,
+    /// Every user's docroot, canonical (no keystore may lie beneath one).
+    docroots: &'a [PathBuf],
 }
 
 /// One `[[user]]`, checked: its name, its docroot (opened now; an unusable one leaves the user
@@ -353,6 +363,19 @@ fn user(
             .keystore
             .as_ref()
             .map_or_else(|| ctx.keystores.join(format!("{name}.db")), |k| k.get_ref().clone());
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let dir = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
+        if ctx.docroots.iter().any(|d| dir.starts_with(d)) {
+            let span = u.keystore.as_ref().map_or(u.name.span(), |k| k.span());
+            return Err(ConfigError::new(
+                format!(
+                    "{}: user {name:?}: its keystore {} lies inside a docroot",
+                    at(span),
+                    path.display()
+                ),
+                "keep keystores out of every docroot (clients could download or plant one): e.g. state_dir/keystores",
+            ));
+        }
         let secrets = KeystoreSecrets { path, user: name.clone() };
         if !secrets.path.exists() {
             warnings.push(format!(
@@ -392,13 +415,14 @@ fn docroot(
             "create the directory (owned by the account the server runs as) or fix the path",
         )
     })?;
-    let meta = std::fs::metadata(root).map_err(|e| {
+    // The directory kept open, not whatever the path names by now.
+    let meta = ferry_engine::io::docroot::fd_meta(docroot.as_dir().as_fd()).map_err(|e| {
         ConfigError::new(
             format!("{at}: user {name:?}: docroot {}: {e}", root.display()),
             "fix the path",
         )
     })?;
-    let mode = meta.mode() & 0o7777;
+    let mode = meta.mode;
     if mode & 0o022 != 0 {
         return Err(ConfigError::new(
             format!(
@@ -411,12 +435,12 @@ fn docroot(
             ),
         ));
     }
-    if rights.upload && meta.uid() != ctx.serving_uid {
+    if rights.upload && meta.uid != ctx.serving_uid {
         return Err(ConfigError::new(
             format!(
                 "{at}: user {name:?}: docroot {} belongs to uid {}, not to uid {}, the account the server serves as, so uploads could not be stored",
                 root.display(),
-                meta.uid(),
+                meta.uid,
                 ctx.serving_uid
             ),
             "chown it to that account, or make the user download-only (directions = [\"download\"])",

@@ -383,6 +383,20 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
             (args.listen, args.limits.limits(), users, audit, Vec::new())
         }
     };
+    if account.is_some() && account::is_root() && (1..1024).contains(&listen.port()) {
+        // Becoming the account clears every capability, so the port could not be bound.
+        return Err(CliError::new(
+            Exit::ServeConfig,
+            format!(
+                "port {} is privileged, and the server drops root before it binds",
+                listen.port()
+            ),
+        )
+        .hint(
+            "listen on a port from 1024 up (the default is 33001), or start the server as the \
+               account itself with CAP_NET_BIND_SERVICE (systemd: User= and AmbientCapabilities=)",
+        ));
+    }
     let warning = drop_privileges(account.as_ref(), args.config.is_some())?;
     let id = Identity::load_or_create_host(&state_dir).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot load the server identity: {e}")).hint(

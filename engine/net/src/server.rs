@@ -756,7 +756,7 @@ fn receiver(
             return Refusal::Path(e.to_string());
         }
         warn!("storage for {}: {e}", escape(&grant.user, 64));
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
+        if e.kind() == std::io::ErrorKind::PermissionDenied && grant.storage.at_rest() == "ssear" {
             // The at-rest key refuses: the log has the keystore's reason and the fix.
             return Refusal::Server(format!(
                 "the server encrypts {}'s files at rest and cannot use its key right now, so \

@@ -109,6 +109,9 @@ pub struct FileSink {
     tick: u64,
     pending: WriteBehind,
     writer: Option<Writer>,
+    /// With [`SinkLimits::replace`]: the targets of this session so far, so that a second
+    /// file of one name is refused instead of silently replacing the first.
+    claimed: std::collections::HashSet<(u32, String)>,
 }
 
 /// Size of one write-behind buffer.
@@ -236,6 +239,7 @@ impl FileSink {
             tick: 0,
             pending,
             writer: None,
+            claimed: std::collections::HashSet::new(),
         }
     }
 
@@ -455,8 +459,22 @@ impl BlockSink for FileSink {
         if entry.id as usize != self.files.len() {
             return Err(io::Error::other("file ids out of sequence"));
         }
-        let (parent, name, stage, result) = match self.resolve(entry) {
-            Ok((p, n)) => (self.intern(p), n, Stage::Announced, Ok(())),
+        let resolved = self.resolve(entry).and_then(|(p, n)| {
+            let parent = self.intern(p);
+            if self.limits.replace && !self.claimed.insert((parent, n.clone())) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} appears twice in this transfer",
+                        RelPath::parse(&entry.path)
+                            .map_or_else(|_| entry.path.clone(), |r| r.shown().to_string())
+                    ),
+                ));
+            }
+            Ok((parent, n))
+        });
+        let (parent, name, stage, result) = match resolved {
+            Ok((p, n)) => (p, n, Stage::Announced, Ok(())),
             // Refused: nothing will be written; the manifest path is kept for reports.
             Err(e) => (self.intern(RelPath::root()), entry.path.clone(), Stage::Done, Err(e)),
         };

@@ -28,8 +28,8 @@ use zeroize::Zeroize;
 
 use crate::atrest::{
     AtRestError, ENC_SEGMENT_SIZE, EnvelopeBuilder, HEADER_LEN, Header, MAGIC, MAX_PLAINTEXT_LEN,
-    NewSlot, SEGMENT_OVERHEAD, SegmentCipher, SlotKind, envelope_len, locate, segment_offset,
-    segment_plaintext_len,
+    NewSlot, SEGMENT_OVERHEAD, SegmentCipher, SlotKind, envelope_len, locate, segment_count,
+    segment_offset, segment_plaintext_len,
 };
 use crate::control::FileEntry;
 use crate::io::docroot::Docroot;
@@ -41,12 +41,40 @@ use crate::session::{BlockSink, BlockSource, SinkError};
 /// The keystore category of SSEAR secrets.
 pub const CATEGORY: &str = "ssear";
 
-/// Most segments one upload assembles at once (64 KiB each: 32 MiB). Segments complete in
-/// arrival order, so only those still missing a lost block wait here.
+/// Most segments one upload starts assembling on its own (64 KiB each: 32 MiB). Segments
+/// complete in arrival order, so only those still missing a lost block wait here.
 pub const MAX_OPEN_SEGMENTS: usize = 512;
+/// Beyond [`MAX_OPEN_SEGMENTS`], segments a block may still start when it also completes part
+/// of a segment already open (a block straddling a segment boundary): so that open segments
+/// can always finish, with a hard bound all the same.
+pub const STRADDLE_RESERVE: usize = 64;
+/// Most segments all the uploads of this process assemble at once (64 KiB each: 2 GiB): a
+/// budget that many sessions cannot multiply.
+pub const MAX_OPEN_SEGMENTS_IN_ALL: usize = 32_768;
+/// Emptied assembly buffers a session keeps for reuse; the others are wiped and freed.
+const SPARE_BUFFERS: usize = 16;
 
-/// Decrypted segments a download keeps (a retransmitted block usually falls in a recent one).
-const CACHED_SEGMENTS: usize = 4;
+/// Segments being assembled by every session of this process.
+static ASSEMBLING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes `n` segments of the process-wide budget, if they are free.
+fn reserve_segments(n: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    let prev = ASSEMBLING.fetch_add(n, Ordering::AcqRel);
+    if prev + n > MAX_OPEN_SEGMENTS_IN_ALL {
+        ASSEMBLING.fetch_sub(n, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
+fn release_segments(n: usize) {
+    ASSEMBLING.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// Decrypted segments a download keeps (a retransmitted block usually falls in a recent one;
+/// a miss costs a whole 64 KiB segment read and opened for one block).
+const CACHED_SEGMENTS: usize = 16;
 /// Unlocked file keys a download keeps.
 const CACHED_CIPHERS: usize = 4;
 
@@ -223,26 +251,23 @@ enum Stored {
     Plain,
     /// An envelope of the owner's: its plaintext length and the `ssear` versions of its slots.
     Sealed { len: u64, versions: Vec<u32> },
+    /// An envelope of the owner's that cannot be sent: the file fails alone, with this reason.
+    Damaged(String),
 }
 
-/// How `f` is stored: reads at most its first 1024 bytes.
-fn stored_form(f: &SourceFile, owner: &str) -> io::Result<Stored> {
-    if f.size < MAGIC.len() as u64 {
-        return Ok(Stored::Plain);
+/// How `f` is stored: reads its first 1024 bytes. A file that is not a valid envelope of the
+/// owner's (too short, another magic, version or owner, a damaged header, or unreadable now:
+/// its read will say why) is sent as it is.
+fn stored_form(f: &SourceFile, owner: &str) -> Stored {
+    if f.size < HEADER_LEN as u64 {
+        return Stored::Plain;
     }
-    let (file, _) = f.root.open_file(&f.path)?;
-    let mut head = vec![0u8; HEADER_LEN.min(f.size as usize)];
-    file.read_exact_at(&mut head, 0)?;
-    if head[..MAGIC.len()] != MAGIC {
-        return Ok(Stored::Plain);
+    let mut head = vec![0u8; HEADER_LEN];
+    let read = f.root.open_file(&f.path).and_then(|(file, _)| file.read_exact_at(&mut head, 0));
+    if read.is_err() || head[..MAGIC.len()] != MAGIC {
+        return Stored::Plain;
     }
-    let damaged = |e: &dyn fmt::Display| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is stored as a damaged envelope: {e}", f.path.shown()),
-        )
-    };
-    let header = Header::parse(&head).map_err(|e| damaged(&e))?;
+    let Ok(header) = Header::parse(&head) else { return Stored::Plain };
     let versions: Vec<u32> = header
         .slots()
         .iter()
@@ -256,13 +281,13 @@ fn stored_form(f: &SourceFile, owner: &str) -> io::Result<Stored> {
         })
         .collect();
     if versions.is_empty() {
-        return Ok(Stored::Plain);
+        return Stored::Plain;
     }
     if f.size != header.envelope_len() {
         let e = AtRestError::Truncated { actual: f.size, expected: header.envelope_len() };
-        return Err(damaged(&e));
+        return Stored::Damaged(format!("the stored envelope cannot be opened: {e}"));
     }
-    Ok(Stored::Sealed { len: header.plaintext_len(), versions })
+    Stored::Sealed { len: header.plaintext_len(), versions }
 }
 
 impl Storage for Sealed {
@@ -279,13 +304,12 @@ impl Storage for Sealed {
     }
 
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
-        let stored =
-            files.iter().map(|f| stored_form(f, &self.owner)).collect::<io::Result<Vec<_>>>()?;
+        let stored: Vec<Stored> = files.iter().map(|f| stored_form(f, &self.owner)).collect();
         let needed: BTreeSet<u32> = stored
             .iter()
             .flat_map(|s| match s {
                 Stored::Sealed { versions, .. } => versions.clone(),
-                Stored::Plain => Vec::new(),
+                Stored::Plain | Stored::Damaged(_) => Vec::new(),
             })
             .collect();
         let keys = if needed.is_empty() {
@@ -313,7 +337,7 @@ impl Storage for Sealed {
                     "{} is encrypted at rest under {}'s {CATEGORY} key v{}, which this server cannot use ({why})",
                     f.path.shown(),
                     self.owner,
-                    versions.iter().max().expect("non-empty"),
+                    versions[0],
                 )));
             }
         }
@@ -337,8 +361,9 @@ impl Storage for Sealed {
 enum SealFile {
     /// Announced; nothing of it exists yet.
     Announced { size: u64 },
-    /// Its envelope header went to the inner sink; segments are sealed with this cipher.
-    Sealing { size: u64, cipher: Box<SegmentCipher> },
+    /// Its envelope header went to the inner sink; segments are sealed with this cipher
+    /// (`sealed` of them so far).
+    Sealing { size: u64, cipher: Box<SegmentCipher>, sealed: u64 },
     /// Finished, refused or failed.
     Done,
 }
@@ -393,8 +418,12 @@ impl SealingSink {
             };
             let (header, cipher) =
                 EnvelopeBuilder::new(size).slot(slot).build().map_err(sink_io)?;
-            self.inner.write(file, 0, header.as_bytes())?;
-            self.files[file as usize] = SealFile::Sealing { size, cipher: Box::new(cipher) };
+            match self.inner.write(file, 0, header.as_bytes()) {
+                Err(SinkError::Full) => return Err(sink_io("the file stage refused the header")),
+                other => other?,
+            }
+            self.files[file as usize] =
+                SealFile::Sealing { size, cipher: Box::new(cipher), sealed: 0 };
         }
         match &mut self.files[file as usize] {
             SealFile::Sealing { cipher, .. } => Ok(cipher),
@@ -407,21 +436,40 @@ impl SealingSink {
     fn seal(&mut self, file: u32, index: u64, segment: &mut [u8]) -> Result<(), SinkError> {
         self.cipher(file)?.seal_in_place(index, segment).map_err(sink_io)?;
         match self.inner.write(file, segment_offset(index), segment) {
-            Err(SinkError::Full) => Err(sink_io("the file stage refused a sealed segment")),
-            other => other,
+            Err(SinkError::Full) => return Err(sink_io("the file stage refused a sealed segment")),
+            other => other?,
+        }
+        if let SealFile::Sealing { sealed, .. } = &mut self.files[file as usize] {
+            *sealed += 1;
+        }
+        Ok(())
+    }
+
+    /// Keeps an emptied buffer for reuse (up to [`SPARE_BUFFERS`]), or wipes and frees it.
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            buf.clear();
+            self.spare.push(buf);
+        } else {
+            buf.zeroize();
         }
     }
 
-    /// Returns the assembly buffers of `file` to the pool (its plaintext is overwritten on
-    /// reuse and wiped when the sink drops).
+    /// Wipes the assembly buffers of `file` (plaintext of a file that did not complete) and
+    /// returns them to the pool.
     fn drop_assemblies(&mut self, file: u32) {
-        let spare = &mut self.spare;
+        let mut taken = Vec::new();
         self.open.retain(|&(f, _), a| {
             if f == file {
-                spare.push(std::mem::take(&mut a.buf));
+                taken.push(std::mem::take(&mut a.buf));
             }
             f != file
         });
+        release_segments(taken.len());
+        for mut b in taken {
+            b.zeroize();
+            self.recycle(b);
+        }
     }
 
     fn size(&self, file: u32) -> Option<u64> {
@@ -441,7 +489,11 @@ impl SealingSink {
         if size == 0 {
             self.seal(file, 0, &mut [0u8; SEGMENT_OVERHEAD]).map_err(to_io)?;
         }
-        if self.open.keys().any(|&(f, _)| f == file) {
+        let sealed = match &self.files[file as usize] {
+            SealFile::Sealing { sealed, .. } => *sealed,
+            _ => 0,
+        };
+        if sealed != segment_count(size) || self.open.keys().any(|&(f, _)| f == file) {
             return Err(io::Error::other("a segment of the file is incomplete"));
         }
         Ok(())
@@ -476,9 +528,17 @@ impl BlockSink for SealingSink {
         let (first, _) = locate(offset);
         let (last, _) = locate(offset + data.len() as u64 - 1);
         let starting = (first..=last).filter(|&i| !self.open.contains_key(&(file, i))).count();
-        if starting > 0 && self.open.len() + starting > MAX_OPEN_SEGMENTS {
-            return Err(SinkError::Full);
+        if starting > 0 {
+            // A block that also completes part of an open segment may use the reserve.
+            let completes_open = starting <= (last - first) as usize;
+            let cap = MAX_OPEN_SEGMENTS + if completes_open { STRADDLE_RESERVE } else { 0 };
+            if self.open.len() + starting > cap || !reserve_segments(starting) {
+                return Err(SinkError::Full);
+            }
         }
+        // Budget taken for segments this block starts and not yet theirs (given back if the
+        // block fails half-way).
+        let mut unclaimed = starting;
         let mut pos = 0;
         while pos < data.len() {
             let (index, within) = locate(offset + pos as u64);
@@ -486,6 +546,7 @@ impl BlockSink for SealingSink {
             let n = (want - within).min(data.len() - pos);
             let spare = &mut self.spare;
             let a = self.open.entry((file, index)).or_insert_with(|| {
+                unclaimed -= 1;
                 let mut buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(ENC_SEGMENT_SIZE));
                 // IV ‖ plaintext ‖ tag: the segment is sealed where it was assembled.
                 buf.resize(want + SEGMENT_OVERHEAD, 0);
@@ -494,11 +555,15 @@ impl BlockSink for SealingSink {
             a.buf[12 + within..12 + within + n].copy_from_slice(&data[pos..pos + n]);
             a.filled += n;
             if a.filled == want {
-                let mut a = self.open.remove(&(file, index)).expect("present");
-                let sealed = self.seal(file, index, &mut a.buf);
-                a.buf.clear();
-                self.spare.push(a.buf);
-                sealed?;
+                let a = self.open.remove(&(file, index)).expect("present");
+                release_segments(1);
+                let mut buf = a.buf;
+                let sealed = self.seal(file, index, &mut buf);
+                self.recycle(buf);
+                if let Err(e) = sealed {
+                    release_segments(unclaimed);
+                    return Err(e);
+                }
             }
             pos += n;
         }
@@ -533,6 +598,7 @@ impl BlockSink for SealingSink {
 
 impl Drop for SealingSink {
     fn drop(&mut self) {
+        release_segments(self.open.len());
         for a in self.open.values_mut() {
             a.buf.zeroize();
         }
@@ -645,6 +711,10 @@ impl BlockSource for OpeningSource {
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let len = match self.stored.get(file as usize) {
             Some(Stored::Sealed { len, .. }) => *len,
+            Some(Stored::Damaged(why)) => {
+                let name = self.inner.name(file).unwrap_or_else(|| format!("file {file}"));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {why}")));
+            }
             _ => return self.inner.read(file, offset, buf),
         };
         if offset.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
@@ -887,6 +957,75 @@ mod tests {
         let mut back = Vec::new();
         EnvelopeReader::new(std::io::Cursor::new(raw), key).unwrap().decrypt_to(&mut back).unwrap();
         assert!(back == data);
+    }
+
+    #[test]
+    /// At the bound, a block that straddles into a new segment is still taken when it also
+    /// completes part of an open one (so open segments can always finish); one that only
+    /// starts a new segment is refused.
+    fn a_straddling_block_is_taken_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::with(&[(1, 7, KeyState::Active)]);
+        let root = Arc::new(Docroot::open(dir.path()).unwrap());
+        let mut sink = sealed(&store)
+            .sink(root, Destination::Dir(RelPath::root()), SinkLimits::default())
+            .unwrap();
+        let n = 2 * MAX_OPEN_SEGMENTS;
+        let data = content(n * SEGMENT_SIZE, 4);
+        sink.open(&entry(0, "big", data.len())).unwrap();
+        // The even segments' first 1000 bytes: MAX_OPEN_SEGMENTS open.
+        for i in (0..n).step_by(2) {
+            let at = i * SEGMENT_SIZE;
+            sink.write(0, at as u64, &data[at..at + 1000]).unwrap();
+        }
+        // Only a new (odd) segment: refused.
+        let odd = 3 * SEGMENT_SIZE + 100;
+        assert!(matches!(sink.write(0, odd as u64, &data[odd..odd + 1400]), Err(SinkError::Full)));
+        // The end of segment 0 and the start of segment 1: taken.
+        let edge = SEGMENT_SIZE - 700;
+        sink.write(0, edge as u64, &data[edge..edge + 1400]).unwrap();
+        // Everything else, in order: the file completes.
+        let mut have = vec![false; data.len()];
+        for i in (0..n).step_by(2) {
+            have[i * SEGMENT_SIZE..i * SEGMENT_SIZE + 1000].fill(true);
+        }
+        have[edge..edge + 1400].fill(true);
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at..data.len()).find(|&k| have[k]).unwrap_or(data.len());
+            if end > at {
+                sink.write(0, at as u64, &data[at..end]).unwrap();
+            }
+            at = (end..data.len()).find(|&k| !have[k]).unwrap_or(data.len());
+        }
+        sink.finish(0, true).unwrap();
+    }
+
+    #[test]
+    /// Files that only look like envelopes are sent as they are; an envelope of the owner's
+    /// with the wrong length fails alone, the others are sent.
+    fn odd_files_do_not_stop_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::with(&[(1, 7, KeyState::Active)]);
+        upload(&store, dir.path(), &[("good", content(5000, 1)), ("cut", content(90_000, 2))]);
+        let mut fake = b"FERRYENV".to_vec();
+        fake.resize(3000, 7);
+        std::fs::write(dir.path().join("fake"), &fake).unwrap();
+        let cut = dir.path().join("cut");
+        let raw = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &raw[..raw.len() - 100]).unwrap();
+        let out = sealed(&store).source(list(dir.path()), SourceLimits::default()).unwrap();
+        let sizes: Vec<u64> = out.entries.iter().map(|e| e.size).collect();
+        assert_eq!(sizes, [raw.len() as u64 - 100, 3000, 5000], "cut (as stored), fake, good");
+        let mut src = out.source;
+        let mut buf = vec![0u8; 1000];
+        let e = src.read(0, 0, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        src.read(1, 0, &mut buf).unwrap();
+        assert_eq!(buf, fake[..1000]);
+        let mut good = vec![0u8; 5000];
+        src.read(2, 0, &mut good).unwrap();
+        assert_eq!(good, content(5000, 1));
     }
 
     fn list(dir: &std::path::Path) -> Vec<SourceFile> {
