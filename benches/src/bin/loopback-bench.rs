@@ -473,75 +473,66 @@ fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
     let s = &env.scratch;
     let docroot = s.join("ferry-docroot");
     fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
-    let mut serve = Command::new(&env.ferry);
-    serve
-        .args(["serve", "--listen", "127.0.0.1:0", "--docroot"])
-        .arg(&docroot)
-        .arg("--authorized-keys")
-        .arg(s.join("ferry-authorized_keys"))
-        .arg("--state-dir")
-        .arg(s.join("ferry-state"))
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut server = Proc::spawn(&mut serve, "ferry serve")?;
-    let line = first_line(&mut server, Duration::from_secs(10))?;
-    let port = ferry_port(&line).ok_or_else(|| format!("ferry serve said {line:?}"))?;
-    let mut cp = Command::new(&env.ferry);
-    cp.args(["cp", "-i"])
-        .arg(s.join("ferry-id"))
-        .args(["--host-key", &env.ferry_fp, "-P", &port.to_string()])
-        .args(["-l", &env.args.ferry_rate, "--policy", policy, "-c", &env.args.ferry_cipher])
-        .arg(&env.src)
-        .arg("127.0.0.1:.")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut client = Proc::spawn(&mut cp, "ferry cp")?;
-    let out = collect(client.stdout());
-    let errs = collect(client.stderr());
-    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let recv = server.stop()?;
-    let summary = out.join().unwrap_or_default();
-    let stderr = errs.join().unwrap_or_default();
-    if !ok {
-        return Err(format!("ferry cp failed: {} {}", summary.trim(), stderr.trim()));
-    }
+    let serve = [
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--docroot".into(),
+        docroot.display().to_string(),
+        "--authorized-keys".into(),
+        s.join("ferry-authorized_keys").display().to_string(),
+        "--state-dir".into(),
+        s.join("ferry-state").display().to_string(),
+    ];
+    let from = env.src.display().to_string();
+    let copy = ferry_copy(env, &serve, &env.ferry_fp, policy, &from, "127.0.0.1:.")?;
     let name = env.src.file_name().ok_or("source has no name")?;
     verify_and_remove(env, &docroot.join(name), &format!("ferry-{policy}"))?;
-    let last = summary.lines().last().unwrap_or("").trim();
     Ok(RunResult {
         bytes: env.args.size,
-        seconds,
-        send,
-        recv,
-        note: format!("{}, -l {}, cp said: {last}", env.args.ferry_cipher, env.args.ferry_rate),
+        seconds: copy.seconds,
+        send: copy.client,
+        recv: copy.server,
+        note: format!(
+            "{}, -l {}, cp said: {}",
+            env.args.ferry_cipher, env.args.ferry_rate, copy.said
+        ),
     })
 }
 
-/// One copy `from` -> `to` through a fresh `ferry serve --config` of the at-rest rows, timed:
-/// seconds, the client's and the server's memory and CPU, what `ferry cp` said.
-fn at_rest_copy(env: &Env, from: &str, to: &str) -> Res<(f64, Mem, Mem, String)> {
-    let (config, fp) = env.at_rest.as_ref().ok_or("the at-rest server is not set up")?;
-    let mut serve = Command::new(&env.ferry);
-    serve
-        .args(["serve", "--config"])
-        .arg(config)
+/// One timed `ferry cp` through a fresh `ferry serve SERVE_ARGS --json`.
+struct Copy {
+    seconds: f64,
+    client: Mem,
+    server: Mem,
+    /// The last line `ferry cp` printed.
+    said: String,
+}
+
+/// Starts `ferry serve` with `serve` (and `--json`), copies `from` to `to` with `ferry cp`
+/// (this run's key, `fp` pinned, `-l`, `--policy policy`, `-c`), stops the server.
+fn ferry_copy(
+    env: &Env,
+    serve: &[String],
+    fp: &str,
+    policy: &str,
+    from: &str,
+    to: &str,
+) -> Res<Copy> {
+    let mut cmd = Command::new(&env.ferry);
+    cmd.arg("serve")
+        .args(serve)
         .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut server = Proc::spawn(&mut serve, "ferry serve --config")?;
+    let mut server = Proc::spawn(&mut cmd, "ferry serve")?;
     let line = first_line(&mut server, Duration::from_secs(10))?;
     let port = ferry_port(&line).ok_or_else(|| format!("ferry serve said {line:?}"))?;
     let mut cp = Command::new(&env.ferry);
     cp.args(["cp", "-i"])
         .arg(env.scratch.join("ferry-id"))
         .args(["--host-key", fp, "-P", &port.to_string()])
-        .args(["-l", &env.args.ferry_rate, "--policy", "fixed", "-c", &env.args.ferry_cipher])
+        .args(["-l", &env.args.ferry_rate, "--policy", policy, "-c", &env.args.ferry_cipher])
         .args([from, to])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -558,7 +549,14 @@ fn at_rest_copy(env: &Env, from: &str, to: &str) -> Res<(f64, Mem, Mem, String)>
         let stderr = errs.join().unwrap_or_default();
         return Err(format!("ferry cp {from} {to} failed: {} {}", summary.trim(), stderr.trim()));
     }
-    Ok((seconds, client_mem, server_mem, summary.lines().last().unwrap_or("").trim().to_owned()))
+    let said = summary.lines().last().unwrap_or("").trim().to_owned();
+    Ok(Copy { seconds, client: client_mem, server: server_mem, said })
+}
+
+/// One copy `from` -> `to` through a fresh `ferry serve --config` of the at-rest rows.
+fn at_rest_copy(env: &Env, from: &str, to: &str) -> Res<Copy> {
+    let (config, fp) = env.at_rest.as_ref().ok_or("the at-rest server is not set up")?;
+    ferry_copy(env, &["--config".into(), config.display().to_string()], fp, "fixed", from, to)
 }
 
 /// The at-rest rows: through user `plain` or `vault` (SSEAR) of a `--config` server, an upload
@@ -574,7 +572,7 @@ fn run_at_rest(env: &Env, user: &str, up: bool) -> Res<RunResult> {
     } else {
         (format!("{user}@127.0.0.1:dl/{name}"), down.display().to_string())
     };
-    let (seconds, client, server, last) = at_rest_copy(env, &from, &to)?;
+    let Copy { seconds, client, server, said: last } = at_rest_copy(env, &from, &to)?;
     let row = format!("ferry-{user}-{}", if up { "up" } else { "down" });
     if !up {
         verify_and_remove(env, &down.join(&name), &row)?;

@@ -825,6 +825,22 @@ mod tests {
         Sealed::new(Arc::new(PlainFiles), "alice", store.clone())
     }
 
+    /// The sink of an upload into `dir`.
+    fn sealing(store: &Arc<Store>, dir: &std::path::Path) -> Box<dyn BlockSink + Send> {
+        let root = Arc::new(Docroot::open(dir).unwrap());
+        sealed(store).sink(root, Destination::Dir(RelPath::root()), SinkLimits::default()).unwrap()
+    }
+
+    /// The plaintext of the envelope at `path`.
+    fn opened(store: &Arc<Store>, path: &std::path::Path) -> Vec<u8> {
+        let raw = std::fs::read(path).unwrap();
+        let keys = store.keys.lock().unwrap().clone();
+        let key = Header::parse(&raw).unwrap().unlock_with_keystore(&keys).unwrap();
+        let mut back = Vec::new();
+        EnvelopeReader::new(std::io::Cursor::new(raw), key).unwrap().decrypt_to(&mut back).unwrap();
+        back
+    }
+
     fn content(len: usize, seed: u8) -> Vec<u8> {
         let mut v: Vec<u8> =
             (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
@@ -872,10 +888,7 @@ mod tests {
     fn an_upload_is_sealed_segment_by_segment() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::with(&[(1, 7, KeyState::Deactivated), (2, 9, KeyState::Active)]);
-        let root = Arc::new(Docroot::open(dir.path()).unwrap());
-        let mut sink = sealed(&store)
-            .sink(root, Destination::Dir(RelPath::root()), SinkLimits::default())
-            .unwrap();
+        let mut sink = sealing(&store, dir.path());
         let sizes = [0usize, 1, 1400, SEGMENT_SIZE, SEGMENT_SIZE + 1, 200_000];
         let files: Vec<Vec<u8>> = sizes.iter().map(|&n| content(n, n as u8)).collect();
         for (i, f) in files.iter().enumerate() {
@@ -925,10 +938,7 @@ mod tests {
     fn assembly_is_bounded_without_stalling() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::with(&[(1, 7, KeyState::Active)]);
-        let root = Arc::new(Docroot::open(dir.path()).unwrap());
-        let mut sink = sealed(&store)
-            .sink(root, Destination::Dir(RelPath::root()), SinkLimits::default())
-            .unwrap();
+        let mut sink = sealing(&store, dir.path());
         let n = MAX_OPEN_SEGMENTS + 2;
         let data = content(n * SEGMENT_SIZE, 3);
         sink.open(&entry(0, "big", data.len())).unwrap();
@@ -951,12 +961,7 @@ mod tests {
         }
         sink.finish(0, true).unwrap();
         drop(sink);
-        let raw = std::fs::read(dir.path().join("big")).unwrap();
-        let keys = store.keys.lock().unwrap().clone();
-        let key = Header::parse(&raw).unwrap().unlock_with_keystore(&keys).unwrap();
-        let mut back = Vec::new();
-        EnvelopeReader::new(std::io::Cursor::new(raw), key).unwrap().decrypt_to(&mut back).unwrap();
-        assert!(back == data);
+        assert!(opened(&store, &dir.path().join("big")) == data);
     }
 
     #[test]
@@ -966,10 +971,7 @@ mod tests {
     fn a_straddling_block_is_taken_at_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::with(&[(1, 7, KeyState::Active)]);
-        let root = Arc::new(Docroot::open(dir.path()).unwrap());
-        let mut sink = sealed(&store)
-            .sink(root, Destination::Dir(RelPath::root()), SinkLimits::default())
-            .unwrap();
+        let mut sink = sealing(&store, dir.path());
         let n = 2 * MAX_OPEN_SEGMENTS;
         let data = content(n * SEGMENT_SIZE, 4);
         sink.open(&entry(0, "big", data.len())).unwrap();
