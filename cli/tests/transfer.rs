@@ -657,3 +657,36 @@ fn repeated_failed_authentications_lock_the_address_out() {
     let accepted = s.events().iter().filter(|e| e["result"] == "accepted").count();
     assert_eq!(accepted, 0, "no handshake for a locked-out address");
 }
+
+/// With no options the client asks for no rate cap (the fair policy finds the path's rate);
+/// a server's cap still applies and is told; `--policy fixed` without `-l` is a usage error.
+#[test]
+fn no_options_mean_no_rate_cap_and_fixed_needs_a_rate() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), data(2 << 20, 3)).unwrap();
+    let out = cp(&s, &["--host-key", &s.fingerprint, "--json", "f", "127.0.0.1:."], local.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let session: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "session")
+        .unwrap();
+    assert_eq!(
+        (session["policy"].as_str(), session["target_rate_bps"].as_u64()),
+        (Some("fair"), Some(10_000_000_000_000))
+    );
+    let out = cp(
+        &s,
+        &["--host-key", &s.fingerprint, "--policy", "fixed", "f", "127.0.0.1:g"],
+        local.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--policy fixed") && stderr(&out).contains("-l RATE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s.docroot().join("g").exists());
+}

@@ -28,6 +28,7 @@ use clap::Parser;
 
 /// Every row this runner knows, in the order they run within a round.
 const ROWS: &[&str] = &[
+    "ferry-default",
     "ferry-fixed",
     "ferry-fair",
     "ferry-plain-up",
@@ -51,7 +52,8 @@ struct Args {
     /// Rounds; each round runs every row once, in alternation.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Comma-separated rows (default: all): ferry-fixed, ferry-fair, ferry-plain-up,
+    /// Comma-separated rows (default: all): ferry-default (`ferry cp` with no rate or policy
+    /// option, the headline), ferry-fixed, ferry-fair, ferry-plain-up,
     /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
     /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
     /// iperf3-tcp-bbr, iperf3-udp, scp.
@@ -438,8 +440,9 @@ impl RunResult {
 
 fn run_row(env: &Env, row: &str) -> Res<RunResult> {
     match row {
-        "ferry-fixed" => run_ferry(env, "fixed"),
-        "ferry-fair" => run_ferry(env, "fair"),
+        "ferry-default" => run_ferry(env, None),
+        "ferry-fixed" => run_ferry(env, Some("fixed")),
+        "ferry-fair" => run_ferry(env, Some("fair")),
         "ferry-plain-up" => run_at_rest(env, "plain", true),
         "ferry-ssear-up" => run_at_rest(env, "vault", true),
         "ferry-plain-down" => run_at_rest(env, "plain", false),
@@ -469,7 +472,9 @@ fn unavailable(env: &Env, row: &str) -> Option<String> {
     None
 }
 
-fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
+/// `ferry cp` of the source to a flag-mode server: with no rate or policy option (`None`: what
+/// a newcomer runs), or with `-l RATE --policy POLICY`.
+fn run_ferry(env: &Env, policy: Option<&str>) -> Res<RunResult> {
     let s = &env.scratch;
     let docroot = s.join("ferry-docroot");
     fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
@@ -484,18 +489,24 @@ fn run_ferry(env: &Env, policy: &str) -> Res<RunResult> {
         s.join("ferry-state").display().to_string(),
     ];
     let from = env.src.display().to_string();
-    let copy = ferry_copy(env, &serve, &env.ferry_fp, policy, &from, "127.0.0.1:.")?;
+    let opts = match policy {
+        Some(p) => vec!["-l", &env.args.ferry_rate, "--policy", p, "-c", &env.args.ferry_cipher],
+        None => Vec::new(),
+    };
+    let copy = ferry_copy(env, &serve, &env.ferry_fp, &opts, &from, "127.0.0.1:.")?;
     let name = env.src.file_name().ok_or("source has no name")?;
-    verify_and_remove(env, &docroot.join(name), &format!("ferry-{policy}"))?;
+    let row = format!("ferry-{}", policy.unwrap_or("default"));
+    verify_and_remove(env, &docroot.join(name), &row)?;
+    let note = match policy {
+        Some(_) => format!("{}, -l {}", env.args.ferry_cipher, env.args.ferry_rate),
+        None => "no options (aes128, fair, no rate cap)".into(),
+    };
     Ok(RunResult {
         bytes: env.args.size,
         seconds: copy.seconds,
         send: copy.client,
         recv: copy.server,
-        note: format!(
-            "{}, -l {}, cp said: {}",
-            env.args.ferry_cipher, env.args.ferry_rate, copy.said
-        ),
+        note: format!("{note}, cp said: {}", copy.said),
     })
 }
 
@@ -509,12 +520,12 @@ struct Copy {
 }
 
 /// Starts `ferry serve` with `serve` (and `--json`), copies `from` to `to` with `ferry cp`
-/// (this run's key, `fp` pinned, `-l`, `--policy policy`, `-c`), stops the server.
+/// (this run's key, `fp` pinned, the options `opts`), stops the server.
 fn ferry_copy(
     env: &Env,
     serve: &[String],
     fp: &str,
-    policy: &str,
+    opts: &[&str],
     from: &str,
     to: &str,
 ) -> Res<Copy> {
@@ -532,7 +543,7 @@ fn ferry_copy(
     cp.args(["cp", "-i"])
         .arg(env.scratch.join("ferry-id"))
         .args(["--host-key", fp, "-P", &port.to_string()])
-        .args(["-l", &env.args.ferry_rate, "--policy", policy, "-c", &env.args.ferry_cipher])
+        .args(opts)
         .args([from, to])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -556,7 +567,9 @@ fn ferry_copy(
 /// One copy `from` -> `to` through a fresh `ferry serve --config` of the at-rest rows.
 fn at_rest_copy(env: &Env, from: &str, to: &str) -> Res<Copy> {
     let (config, fp) = env.at_rest.as_ref().ok_or("the at-rest server is not set up")?;
-    ferry_copy(env, &["--config".into(), config.display().to_string()], fp, "fixed", from, to)
+    let a = &env.args;
+    let opts = ["-l", &a.ferry_rate, "--policy", "fixed", "-c", &a.ferry_cipher];
+    ferry_copy(env, &["--config".into(), config.display().to_string()], fp, &opts, from, to)
 }
 
 /// The at-rest rows: through user `plain` or `vault` (SSEAR) of a `--config` server, an upload

@@ -42,9 +42,10 @@ pub(crate) struct CpArgs {
     /// The server's control port (UDP).
     #[arg(short = 'P', long = "port", value_name = "PORT")]
     port: Option<u16>,
-    /// Target rate in bits/s with k/m/g suffixes (e.g. 500m).
-    #[arg(short = 'l', long = "target-rate", default_value = "1g", value_parser = super::parse_rate)]
-    target_rate: u64,
+    /// Target rate in bits/s with k/m/g suffixes (e.g. 500m). Default: none, the policy finds
+    /// the path's rate (a server's cap still applies); `--policy fixed` needs one.
+    #[arg(short = 'l', long = "target-rate", value_parser = super::parse_rate)]
+    target_rate: Option<u64>,
     /// Minimum rate in bits/s with k/m/g suffixes.
     #[arg(short = 'm', long = "min-rate", default_value = "0", value_parser = super::parse_rate)]
     min_rate: u64,
@@ -213,18 +214,35 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         identity,
         host_key,
         cipher: args.cipher,
-        target_rate: args.target_rate,
+        target_rate: target_rate(&args)?,
         min_rate: args.min_rate,
         policy: args.policy,
         user,
     };
     let started = Instant::now();
     let reporter =
-        Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet), args.target_rate)));
+        Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet), opts.target_rate)));
     let result = transfer_blocking(&opts, transfer, &args, reporter.clone());
     reporter.lock().expect("reporter").finish();
     let report = result.map_err(|e| client_error(e, &opts, &args, &remote))?;
     summary(&report, direction, started.elapsed().as_secs_f64(), args.json)
+}
+
+/// The target rate a session asks for when `-l` gives none: the highest `-l` accepts, so that
+/// the policy alone (and the server's cap) decides.
+pub(crate) const UNCAPPED: u64 = 10_000_000_000_000;
+
+/// The target rate to ask for: `-l`, or [`UNCAPPED`]; the fixed policy needs `-l`.
+fn target_rate(args: &CpArgs) -> Result<u64, CliError> {
+    match (args.target_rate, args.policy) {
+        (Some(r), _) => Ok(r),
+        (None, Policy::Fixed) => Err(CliError::new(
+            Exit::Usage,
+            "--policy fixed sends at exactly the target rate, and none was given",
+        )
+        .hint("give one with -l RATE (e.g. -l 500m), or use the default policy (fair), which finds the path's rate")),
+        (None, _) => Ok(UNCAPPED),
+    }
 }
 
 /// Runs the transfer on a runtime of its own; SIGINT or SIGTERM cancels it cleanly.
@@ -254,7 +272,8 @@ fn transfer_blocking(
 
 /// The `--json` session event (nothing without `--json`).
 fn session_event(args: &CpArgs) -> impl Fn(&client::SessionInfo) + Send + Sync + 'static {
-    let (json, cipher, policy, rate) = (args.json, args.cipher, args.policy, args.target_rate);
+    let (json, cipher, policy) = (args.json, args.cipher, args.policy);
+    let rate = args.target_rate.unwrap_or(UNCAPPED);
     move |info| {
         if !json {
             return;

@@ -72,7 +72,12 @@ impl Reporter {
             return;
         }
         self.finish();
-        let (cap, asked) = (human_rate(target as f64), human_rate(self.asked as f64));
+        let cap = human_rate(target as f64);
+        let asked = if self.asked >= super::cp::UNCAPPED {
+            "no limit".to_owned()
+        } else {
+            human_rate(self.asked as f64)
+        };
         let _ = writeln!(
             std::io::stderr(),
             "ferry cp: the server caps this transfer at {cap} (asked for {asked})"
