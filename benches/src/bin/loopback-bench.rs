@@ -31,6 +31,9 @@ const ROWS: &[&str] = &[
     "ferry-default",
     "ferry-fixed",
     "ferry-fair",
+    "ferry-small-up",
+    "ferry-small-down",
+    "scp-small-up",
     "ferry-plain-up",
     "ferry-ssear-up",
     "ferry-plain-down",
@@ -71,6 +74,12 @@ struct Args {
     /// Wall-clock limit of one run, seconds; a run still going then is killed and reported.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Files of the small-files rows (ferry-small-up, ferry-small-down, scp-small-up).
+    #[arg(long, default_value_t = 10_000)]
+    small_files: usize,
+    /// Size of each of those files (k/M suffixes are powers of 1024).
+    #[arg(long, default_value = "16k", value_parser = parse_size)]
+    small_size: u64,
     /// Also write every run as one JSON object per line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -293,6 +302,8 @@ struct Env {
     ssh_ready: bool,
     /// The at-rest rows' server configuration and its host key (None when none of them runs).
     at_rest: Option<(PathBuf, String)>,
+    /// The small-files tree and its digest (None when no small-files row runs).
+    small: Option<(PathBuf, blake3::Hash)>,
 }
 
 fn sibling(name: &str) -> Res<PathBuf> {
@@ -426,6 +437,8 @@ fn first_line(p: &mut Proc, limit: Duration) -> Res<String> {
 #[derive(Debug, Clone)]
 struct RunResult {
     bytes: u64,
+    /// Files copied (the small-files rows; 0 for one file).
+    files: u64,
     seconds: f64,
     send: Mem,
     recv: Mem,
@@ -443,6 +456,9 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
         "ferry-default" => run_ferry(env, None),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
+        "ferry-small-up" => run_small_ferry(env, true),
+        "ferry-small-down" => run_small_ferry(env, false),
+        "scp-small-up" => run_small_scp(env),
         "ferry-plain-up" => run_at_rest(env, "plain", true),
         "ferry-ssear-up" => run_at_rest(env, "vault", true),
         "ferry-plain-down" => run_at_rest(env, "plain", false),
@@ -462,7 +478,7 @@ fn unavailable(env: &Env, row: &str) -> Option<String> {
     if row.starts_with("iperf3") && !have("iperf3") {
         return Some("iperf3 is not installed (apt-get install iperf3)".into());
     }
-    if row == "scp" && !env.ssh_ready {
+    if row.starts_with("scp") && !env.ssh_ready {
         return Some(
             "needs root, scp, ssh-keygen and /usr/sbin/sshd (apt-get install openssh-server \
              openssh-client)"
@@ -478,16 +494,7 @@ fn run_ferry(env: &Env, policy: Option<&str>) -> Res<RunResult> {
     let s = &env.scratch;
     let docroot = s.join("ferry-docroot");
     fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
-    let serve = [
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--docroot".into(),
-        docroot.display().to_string(),
-        "--authorized-keys".into(),
-        s.join("ferry-authorized_keys").display().to_string(),
-        "--state-dir".into(),
-        s.join("ferry-state").display().to_string(),
-    ];
+    let serve = flag_serve(env, &docroot);
     let from = env.src.display().to_string();
     let opts = match policy {
         Some(p) => vec!["-l", &env.args.ferry_rate, "--policy", p, "-c", &env.args.ferry_cipher],
@@ -503,11 +510,98 @@ fn run_ferry(env: &Env, policy: Option<&str>) -> Res<RunResult> {
     };
     Ok(RunResult {
         bytes: env.args.size,
+        files: 0,
         seconds: copy.seconds,
         send: copy.client,
         recv: copy.server,
         note: format!("{note}, cp said: {}", copy.said),
     })
+}
+
+/// The flag-mode server's arguments: `docroot`, this run's authorized key and state.
+fn flag_serve(env: &Env, docroot: &Path) -> Vec<String> {
+    let s = &env.scratch;
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--docroot".into(),
+        docroot.display().to_string(),
+        "--authorized-keys".into(),
+        s.join("ferry-authorized_keys").display().to_string(),
+        "--state-dir".into(),
+        s.join("ferry-state").display().to_string(),
+    ]
+}
+
+/// The small-files tree (`small/fNNNNN`, deterministic content) and its digest.
+fn make_tree(dir: &Path, files: usize, size: u64) -> Res<blake3::Hash> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut xof = blake3::Hasher::new_derive_key("ferry loopback-bench small files").finalize_xof();
+    let mut buf = vec![0u8; size as usize];
+    for i in 0..files {
+        xof.fill(&mut buf);
+        let p = dir.join(format!("f{i:05}"));
+        fs::write(&p, &buf).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    tree_digest(dir)
+}
+
+/// BLAKE3 over every file of `dir` (names and contents, in name order).
+fn tree_digest(dir: &Path) -> Res<blake3::Hash> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for n in names {
+        let bytes = fs::read(dir.join(&n)).map_err(|e| format!("{n:?}: {e}"))?;
+        h.update(n.as_encoded_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize())
+}
+
+/// Fails unless the tree at `copy` is the small-files tree; then deletes it.
+fn verify_tree_and_remove(env: &Env, copy: &Path, row: &str) -> Res<()> {
+    let (_, want) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
+    if tree_digest(copy)? != *want {
+        return Err(format!("{row}: the tree {} is NOT identical to the source", copy.display()));
+    }
+    fs::remove_dir_all(copy).map_err(|e| format!("removing {}: {e}", copy.display()))
+}
+
+fn small_result(env: &Env, copy: Copy, what: &str) -> RunResult {
+    let files = env.args.small_files as u64;
+    let rate = files as f64 / copy.seconds;
+    RunResult {
+        bytes: files * env.args.small_size,
+        files,
+        seconds: copy.seconds,
+        send: copy.client,
+        recv: copy.server,
+        note: format!("{files} x {} B, {rate:.0} files/s, {what}", env.args.small_size),
+    }
+}
+
+/// The small-files tree up to a flag-mode server, or down from the copy stored at set-up
+/// (`dl/small`), with `ferry cp` and no options.
+fn run_small_ferry(env: &Env, up: bool) -> Res<RunResult> {
+    let s = &env.scratch;
+    let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
+    let docroot = s.join("ferry-docroot");
+    let down = s.join("small-down");
+    fs::create_dir_all(&down).map_err(|e| format!("{}: {e}", down.display()))?;
+    let (from, to, landed) = if up {
+        (tree.display().to_string(), "127.0.0.1:.".to_owned(), docroot.join("small"))
+    } else {
+        ("127.0.0.1:dl/small".to_owned(), down.display().to_string(), down.join("small"))
+    };
+    let copy = ferry_copy(env, &flag_serve(env, &docroot), &env.ferry_fp, &[], &from, &to)?;
+    let row = if up { "ferry-small-up" } else { "ferry-small-down" };
+    verify_tree_and_remove(env, &landed, row)?;
+    Ok(small_result(env, copy, "ferry cp, no options"))
 }
 
 /// One timed `ferry cp` through a fresh `ferry serve SERVE_ARGS --json`.
@@ -604,7 +698,7 @@ fn run_at_rest(env: &Env, user: &str, up: bool) -> Res<RunResult> {
     let mode = if user == "vault" { "SSEAR" } else { "plain" };
     let (cipher, rate) = (&env.args.ferry_cipher, &env.args.ferry_rate);
     let note = format!("{mode} at rest, {cipher}, -l {rate}, cp said: {last}");
-    Ok(RunResult { bytes: env.args.size, seconds, send, recv, note })
+    Ok(RunResult { bytes: env.args.size, files: 0, seconds, send, recv, note })
 }
 
 /// The envelope length of `len` plaintext bytes (docs/FORMAT.md section 2).
@@ -724,6 +818,7 @@ fn run_quic(env: &Env, cc: &str) -> Res<RunResult> {
     verify_and_remove(env, &out, &format!("quic-{cc}"))?;
     Ok(RunResult {
         bytes: env.args.size,
+        files: 0,
         seconds,
         send: send_mem,
         recv: recv_mem,
@@ -761,7 +856,7 @@ fn run_iperf3(env: &Env, cc: Option<&str>) -> Res<RunResult> {
     if !ok {
         return Err(format!("iperf3 client failed: {note}"));
     }
-    Ok(RunResult { bytes, seconds, send, recv, note })
+    Ok(RunResult { bytes, files: 0, seconds, send, recv, note })
 }
 
 /// Receiver-side bytes and seconds from iperf3's `-J` output, and a note.
@@ -812,7 +907,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn run_scp(env: &Env) -> Res<RunResult> {
+/// A fresh sshd on loopback for the scp rows (this run's keys), and its port.
+fn start_sshd(env: &Env) -> Res<(Proc, u16)> {
     let s = &env.scratch;
     let port = free_port(false)?;
     let hostpub = fs::read_to_string(s.join("ssh-hostkey.pub"))
@@ -833,20 +929,56 @@ fn run_scp(env: &Env) -> Res<RunResult> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut server = Proc::spawn(&mut sshd, "sshd")?;
+    let server = Proc::spawn(&mut sshd, "sshd")?;
     wait_tcp_listen(port)?;
-    let dest = s.join("scp-dest").join("copy.bin");
+    Ok((server, port))
+}
+
+/// `scp` to the loopback sshd on `port`, `extra` arguments first.
+fn scp_command(env: &Env, port: u16, extra: &[&str]) -> Command {
+    let s = &env.scratch;
     let mut scp = Command::new("scp");
     scp.args(["-q", "-B", "-c", "aes128-gcm@openssh.com", "-P", &port.to_string(), "-i"])
         .arg(s.join("ssh-id"))
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", s.join("ssh-known_hosts").display()))
         .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
-        .arg(&env.src)
-        .arg(format!("root@127.0.0.1:{}", dest.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    scp
+}
+
+/// `scp -r` of the small-files tree to the loopback sshd.
+fn run_small_scp(env: &Env) -> Res<RunResult> {
+    let s = &env.scratch;
+    let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
+    let (mut server, port) = start_sshd(env)?;
+    let dest = s.join("scp-dest");
+    fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let mut scp = scp_command(env, port, &["-r"]);
+    scp.arg(tree).arg(format!("root@127.0.0.1:{}", dest.display()));
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut scp, "scp -r")?;
+    let err = collect(client.stderr());
+    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let recv = server.stop()?;
+    if !ok {
+        return Err(format!("scp -r failed: {}", err.join().unwrap_or_default().trim()));
+    }
+    verify_tree_and_remove(env, &dest.join("small"), "scp-small-up")?;
+    let copy = Copy { seconds, client: send, server: recv, said: String::new() };
+    Ok(small_result(env, copy, "scp -r, aes128-gcm@openssh.com"))
+}
+
+fn run_scp(env: &Env) -> Res<RunResult> {
+    let s = &env.scratch;
+    let (mut server, port) = start_sshd(env)?;
+    let dest = s.join("scp-dest").join("copy.bin");
+    let mut scp = scp_command(env, port, &[]);
+    scp.arg(&env.src).arg(format!("root@127.0.0.1:{}", dest.display()));
     let started = Instant::now();
     let mut client = Proc::spawn(&mut scp, "scp")?;
     let err = collect(client.stderr());
@@ -860,6 +992,7 @@ fn run_scp(env: &Env) -> Res<RunResult> {
     verify_and_remove(env, &dest, "scp")?;
     Ok(RunResult {
         bytes: env.args.size,
+        files: 0,
         seconds,
         send,
         recv,
@@ -893,6 +1026,7 @@ fn setup(args: Args) -> Res<Env> {
     )?;
     let ssh_ready = prepare_ssh(s)?;
     let wants_at_rest = args.rows.iter().any(|r| r.contains("plain") || r.contains("ssear"));
+    let wants_small = args.rows.iter().any(|r| r.contains("small"));
     let mut env = Env {
         args,
         scratch,
@@ -903,7 +1037,17 @@ fn setup(args: Args) -> Res<Env> {
         ferry_fp: fp.trim().to_owned(),
         ssh_ready,
         at_rest: None,
+        small: None,
     };
+    if wants_small {
+        let tree = env.scratch.join("small");
+        eprintln!("writing {} files of {} bytes ...", env.args.small_files, env.args.small_size);
+        let digest = make_tree(&tree, env.args.small_files, env.args.small_size)?;
+        // The download row's copy, in the flag-mode docroot.
+        let dl = env.scratch.join("ferry-docroot/dl/small");
+        make_tree(&dl, env.args.small_files, env.args.small_size)?;
+        env.small = Some((tree, digest));
+    }
     if wants_at_rest {
         env.at_rest = Some(prepare_at_rest(&env)?);
         // vault's copy for the download rows: uploaded (sealed) once.
@@ -984,7 +1128,8 @@ fn bench(env: &Env) -> Res<()> {
             );
             if let Some(f) = json.as_mut() {
                 let line = serde_json::json!({
-                    "row": row, "round": round, "bytes": r.bytes, "seconds": r.seconds,
+                    "row": row, "round": round, "bytes": r.bytes, "files": r.files,
+                    "seconds": r.seconds,
                     "gbit_per_s": r.gbps(), "send_maxrss_kib": r.send.maxrss_kib,
                     "recv_maxrss_kib": r.recv.maxrss_kib, "send_anon_kib": r.send.anon_kib,
                     "recv_anon_kib": r.recv.anon_kib, "send_cpu_s": r.send.cpu_s,
@@ -1043,6 +1188,23 @@ fn table(env: &Env, rows: &[&str], results: &BTreeMap<&str, Vec<RunResult>>) -> 
             peak(|r| r.send.anon_kib),
             peak(|r| r.recv.anon_kib),
             v.last().map(|r| r.note.split(", cp said").next().unwrap_or("")).unwrap_or(""),
+        );
+    }
+    let small: Vec<String> = rows
+        .iter()
+        .filter_map(|&row| {
+            let v = results.get(row)?;
+            let f: Vec<f64> =
+                v.iter().filter(|r| r.files > 0).map(|r| r.files as f64 / r.seconds).collect();
+            (!f.is_empty()).then(|| format!("| {row} | **{:.0}** |", median(&f)))
+        })
+        .collect();
+    if !small.is_empty() {
+        t += &format!(
+            "\nsmall files ({} x {} bytes):\n\n| row | median files/s |\n|---|---|\n{}\n",
+            env.args.small_files,
+            env.args.small_size,
+            small.join("\n")
         );
     }
     t
