@@ -293,31 +293,7 @@ fn user_flag_sp(owner: &Owner) -> String {
     }
 }
 
-/// One line of `/etc/passwd`.
-pub(crate) struct PasswdEntry {
-    pub(crate) name: String,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) home: PathBuf,
-}
-
-pub(crate) fn passwd() -> Vec<PasswdEntry> {
-    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 7 {
-                return None;
-            }
-            Some(PasswdEntry {
-                name: f[0].to_owned(),
-                uid: f[2].parse().ok()?,
-                gid: f[3].parse().ok()?,
-                home: PathBuf::from(f[5]),
-            })
-        })
-        .collect()
-}
+pub(crate) use ferry_keystore::passwd;
 
 /// The name of the account this process runs as.
 pub(crate) fn current_user_name() -> String {

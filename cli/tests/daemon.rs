@@ -335,7 +335,8 @@ fn refused(text: &str, mode: u32) -> (Option<i32>, String) {
     std::fs::write(&path, text.replace("@DIR@", &dir.path().display().to_string())).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     let out = run(&["serve", "--config", path.to_str().unwrap()], dir.path());
-    (out.status.code(), stderr(&out))
+    // The scratch directory reads as @DIR@ again, as in the text.
+    (out.status.code(), stderr(&out).replace(&dir.path().display().to_string(), "@DIR@"))
 }
 
 #[test]
@@ -390,10 +391,6 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
     ];
     for (text, mode, expected) in cases {
         let (code, err) = refused(&text, mode);
-        let dir_shown =
-            err.split("bad.toml").next().unwrap_or("").trim_start_matches("ferry: error: ");
-        let expected = expected.replace("@DIR@", dir_shown.trim_end_matches('/'));
-        let expected = expected.as_str();
         assert_eq!(code, Some(41), "{text}\n{err}");
         assert!(err.contains(expected), "expected {expected:?} for\n{text}\ngot: {err}");
         assert!(err.contains("hint:") || err.lines().count() > 1, "no fix offered: {err}");

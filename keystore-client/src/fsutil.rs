@@ -12,6 +12,38 @@ pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// One account of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: std::path::PathBuf,
+}
+
+/// The accounts of `/etc/passwd` (none when it cannot be read; malformed lines skipped).
+pub fn passwd() -> Vec<PasswdEntry> {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 7 {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0].to_owned(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: std::path::PathBuf::from(f[5]),
+            })
+        })
+        .collect()
+}
+
 /// Checks that `path` is a regular file (not a symlink), not accessible by group or others,
 /// and owned by this process's effective uid (root may use files owned by anyone: it opens
 /// users' local keystores on their behalf). Returns `Ok(false)` when the file does not exist.

@@ -59,7 +59,8 @@ pub use category::{Category, Home, MAX_SECRET_LEN, Owner, Scope, TOKEN_KEY_DEFAU
 pub use error::KeystoreError;
 pub use ferry_keys::{Argon2Params, KeyResolver, KeyState, Operation, ResolveError, ResolvedKey};
 pub use fsutil::{
-    check_private_dir, check_private_file, euid, replace_file, replace_file_owned, write_new_file,
+    PasswdEntry, check_private_dir, check_private_file, euid, passwd, replace_file,
+    replace_file_owned, write_new_file,
 };
 pub use secret::{GENERATED_SECRET_LEN, SecretBytes};
 pub use store::{

@@ -118,7 +118,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-type Res<T> = Result<T, String>;
+use ferry_benches::runner::{Res, daemon_account, is_root, run_ok, sibling, ssear_secret};
 
 // ---------------------------------------------------------------------------------------------
 // Child processes: killed on drop and on Ctrl-C; reaped with wait4 for their peak RSS.
@@ -306,22 +306,6 @@ struct Env {
     small: Option<(PathBuf, blake3::Hash)>,
 }
 
-fn sibling(name: &str) -> Res<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let dir = exe.parent().ok_or("this executable has no parent directory")?;
-    let p = dir.join(name);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} not found next to {}: build all of them in the same profile with \
-             `cargo build --release -p ferry -p ferry-benches --bins`",
-            p.display(),
-            exe.display()
-        ))
-    }
-}
-
 fn have(prog: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {prog}")])
@@ -330,19 +314,6 @@ fn have(prog: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// Runs a short command to completion, returning its stdout or an error with its stderr.
-fn run_ok(cmd: &mut Command, what: &str) -> Res<String> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Writes `bytes` of incompressible data (BLAKE3 output stream) and returns its BLAKE3.
@@ -714,8 +685,12 @@ fn prepare_at_rest(env: &Env) -> Res<(PathBuf, String)> {
     use std::os::unix::fs::PermissionsExt;
     let s = env.scratch.join("at-rest");
     let root = is_root();
-    let account =
-        if root { "nobody".to_owned() } else { std::env::var("USER").unwrap_or_default() };
+    let account = daemon_account();
+    if root {
+        "nobody".to_owned()
+    } else {
+        std::env::var("USER").unwrap_or_default()
+    };
     let mode = |p: &Path, m: u32| {
         fs::set_permissions(p, fs::Permissions::from_mode(m))
             .map_err(|e| format!("chmod {}: {e}", p.display()))
@@ -728,15 +703,7 @@ fn prepare_at_rest(env: &Env) -> Res<(PathBuf, String)> {
     }
     let name = env.src.file_name().ok_or("source has no name")?;
     fs::copy(&env.src, s.join("plain/dl").join(name)).map_err(|e| format!("copy: {e}"))?;
-    let root_ks = s.join("keys/rootkeystore.db");
-    let keys = |args: &[&str]| {
-        run_ok(
-            Command::new(&env.ferry).arg("keys").args(args).env("FERRY_ROOT_KEYSTORE", &root_ks),
-            "ferry keys",
-        )
-    };
-    keys(&["-i"])?;
-    keys(&["-u", "vault", "-s", "ssear", "--generate"])?;
+
     if root {
         mode(&env.scratch, 0o755)?;
         mode(&s, 0o755)?;
@@ -745,8 +712,8 @@ fn prepare_at_rest(env: &Env) -> Res<(PathBuf, String)> {
                 .map_err(|e| format!("chown {d}: {e}"))?;
         }
     }
-    let ks = s.join("state/keystores/vault.db").display().to_string();
-    keys(&["-i", "-u", "vault", "--account", &account, "--local-keystore", &ks])?;
+    let (root_ks, ks) = (s.join("keys/rootkeystore.db"), s.join("state/keystores/vault.db"));
+    ssear_secret(&env.ferry, &root_ks, "vault", &ks, &account)?;
     let public =
         fs::read_to_string(env.scratch.join("ferry-id.pub")).map_err(|e| format!("{e}"))?;
     let run_as = if root { format!("run_as = \"{account}\"\n") } else { String::new() };
@@ -900,11 +867,6 @@ fn prepare_ssh(s: &Path) -> Res<bool> {
     // sshd refuses to start without its privilege-separation directory.
     fs::create_dir_all("/run/sshd").map_err(|e| format!("creating /run/sshd: {e}"))?;
     Ok(true)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// A fresh sshd on loopback for the scp rows (this run's keys), and its port.

@@ -43,27 +43,7 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-type Res<T> = Result<T, String>;
-
-fn sibling(name: &str) -> Res<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let p = exe.with_file_name(name);
-    p.exists().then_some(p.clone()).ok_or_else(|| {
-        format!("{} not found; cargo build --release -p ferry -p ferry-benches", p.display())
-    })
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> Res<String> {
-    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
+use ferry_benches::runner::{Res, daemon_account, is_root, run_ok, sibling, ssear_secret};
 
 fn mode(p: &Path, m: u32) -> Res<()> {
     fs::set_permissions(p, fs::Permissions::from_mode(m))
@@ -178,8 +158,7 @@ fn main() {
 fn bench(args: &Args, w: &Path) -> Res<()> {
     let ferry = sibling("ferry")?;
     let root = is_root();
-    let account =
-        if root { "nobody".to_owned() } else { std::env::var("USER").unwrap_or_default() };
+    let account = daemon_account();
     mode(w, 0o755)?;
     for d in ["state", "state/keystores", "keys", "local", "back"] {
         fs::create_dir_all(w.join(d)).map_err(|e| format!("{d}: {e}"))?;
@@ -192,13 +171,6 @@ fn bench(args: &Args, w: &Path) -> Res<()> {
     run_ok(Command::new(&ferry).args(["keygen", "-f"]).arg(w.join("id")), "ferry keygen")?;
     let public = fs::read_to_string(w.join("id.pub")).map_err(|e| e.to_string())?;
     let root_ks = w.join("keys/rootkeystore.db");
-    let keys = |a: &[&str]| {
-        run_ok(
-            Command::new(&ferry).arg("keys").args(a).env("FERRY_ROOT_KEYSTORE", &root_ks),
-            "ferry keys",
-        )
-    };
-    keys(&["-i"])?;
     let mut config = format!(
         "{}listen = \"127.0.0.1:0\"\nstate_dir = \"{}/state\"\n\n[limits]\nmax_sessions = 512\n\
          max_sessions_per_source = 512\nmax_sessions_per_user = 512\nmax_sessions_per_key = 512\n\
@@ -214,9 +186,8 @@ fn bench(args: &Args, w: &Path) -> Res<()> {
         give(&docroot)?;
         let ssear = u % 2 == 1;
         if ssear {
-            keys(&["-u", &name, "-s", "ssear", "--generate"])?;
-            let ks = w.join(format!("state/keystores/{name}.db")).display().to_string();
-            keys(&["-i", "-u", &name, "--account", &account, "--local-keystore", &ks])?;
+            let ks = w.join(format!("state/keystores/{name}.db"));
+            ssear_secret(&ferry, &root_ks, &name, &ks, &account)?;
         }
         config += &format!(
             "\n[[user]]\nname = \"{name}\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\nssear = {ssear}\n",

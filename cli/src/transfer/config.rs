@@ -513,30 +513,27 @@ fn rights(
         }
         r.suites = suites;
     }
-    if let Some(f) = own.file_names.as_ref().or(defaults.file_names.as_ref()) {
-        r.portable_names = match f.get_ref().as_str() {
-            "any" => false,
-            "portable" => true,
-            other => {
-                return Err(ConfigError::new(
-                    format!("{}: user {name:?}: unknown file_names {other:?}", at(f.span())),
-                    "file_names is \"any\" or \"portable\" (names a Windows client can store)",
-                ));
-            }
-        };
+    let either = |key: &str, v: Option<&Spanned<String>>, off: &str, on: &str, hint: &str| {
+        let Some(v) = v else { return Ok(None) };
+        match v.get_ref().as_str() {
+            s if s == off => Ok(Some(false)),
+            s if s == on => Ok(Some(true)),
+            other => Err(ConfigError::new(
+                format!("{}: user {name:?}: unknown {key} {other:?}", at(v.span())),
+                hint,
+            )),
+        }
+    };
+    let file_names = own.file_names.as_ref().or(defaults.file_names.as_ref());
+    let hint = "file_names is \"any\" or \"portable\" (names a Windows client can store)";
+    if let Some(p) = either("file_names", file_names, "any", "portable", hint)? {
+        r.portable_names = p;
     }
-    if let Some(o) = own.overwrite.as_ref().or(defaults.overwrite.as_ref()) {
-        r.overwrite = match o.get_ref().as_str() {
-            "never" => false,
-            "always" => true,
-            other => {
-                return Err(ConfigError::new(
-                    format!("{}: user {name:?}: unknown overwrite {other:?}", at(o.span())),
-                    "overwrite is \"never\" (an existing name is refused) or \"always\" (a \
-                     verified upload replaces it)",
-                ));
-            }
-        };
+    let overwrite = own.overwrite.as_ref().or(defaults.overwrite.as_ref());
+    let hint = "overwrite is \"never\" (an existing name is refused) or \"always\" (a verified \
+                upload replaces it)";
+    if let Some(o) = either("overwrite", overwrite, "never", "always", hint)? {
+        r.overwrite = o;
     }
     Ok(r)
 }

@@ -383,21 +383,7 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
             (args.listen, args.limits.limits(), users, audit, Vec::new())
         }
     };
-    if account.is_some() && account::is_root() && (1..1024).contains(&listen.port()) {
-        // Becoming the account clears every capability, so the port could not be bound.
-        return Err(CliError::new(
-            Exit::ServeConfig,
-            format!(
-                "port {} is privileged, and the server drops root before it binds",
-                listen.port()
-            ),
-        )
-        .hint(
-            "listen on a port from 1024 up (the default is 33001), or start the server as the \
-               account itself with CAP_NET_BIND_SERVICE (systemd: User= and AmbientCapabilities=)",
-        ));
-    }
-    let warning = drop_privileges(account.as_ref(), args.config.is_some())?;
+    let warning = drop_privileges(account.as_ref(), args.config.is_some(), listen.port())?;
     let id = Identity::load_or_create_host(&state_dir).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot load the server identity: {e}")).hint(
             "use a --state-dir that belongs to this user with mode 0700 (chmod 700 DIR), holding \
@@ -438,12 +424,26 @@ pub(crate) fn run(mut args: ServeArgs) -> Result<(), CliError> {
 }
 
 /// Started as root, becomes `account` (see [`account`]); refuses to serve as root from a
-/// configuration that names none, and returns a warning for the flag mode.
+/// configuration that names none, and a privileged `port` it could no longer bind; returns a
+/// warning for the flag mode.
 fn drop_privileges(
     account: Option<&Account>,
     configured: bool,
+    port: u16,
 ) -> Result<Option<String>, CliError> {
     let me = rustix::process::geteuid().as_raw();
+    if account.is_some() && account::is_root() && (1..1024).contains(&port) {
+        // Becoming the account clears every capability, so the port could not be bound.
+        return Err(CliError::new(
+            Exit::ServeConfig,
+            format!("port {} is privileged, and the server drops root before it binds", port),
+        )
+        .hint(
+            "listen on a port from 1024 up (the default is 33001), or start the server as the \
+               account itself with CAP_NET_BIND_SERVICE (systemd: User= and AmbientCapabilities=)",
+        ));
+    }
+
     match account {
         None if account::is_root() && configured => Err(CliError::new(
             Exit::ServeConfig,

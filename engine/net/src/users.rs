@@ -182,15 +182,11 @@ impl KeystoreSecrets {
 
 /// The name of the account this process runs as (for messages).
 pub fn account_name() -> String {
-    let uid = rustix::process::geteuid().as_raw();
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
-        })
-        .unwrap_or_else(|| uid.to_string())
+    let uid = ferry_keystore::euid();
+    ferry_keystore::passwd()
+        .into_iter()
+        .find(|e| e.uid == uid)
+        .map_or_else(|| uid.to_string(), |e| e.name)
 }
 
 impl SecretSource for KeystoreSecrets {
