@@ -677,6 +677,8 @@ fn no_options_mean_no_rate_cap_and_fixed_needs_a_rate() {
         (session["policy"].as_str(), session["target_rate_bps"].as_u64()),
         (Some("fair"), Some(10_000_000_000_000))
     );
+    // Loopback's MTU is 64 KiB: the largest datagram the protocol has (8972 bytes).
+    assert_eq!(session["block_size"].as_u64(), Some(8972 - 59), "{session}");
     let out = cp(
         &s,
         &["--host-key", &s.fingerprint, "--policy", "fixed", "f", "127.0.0.1:g"],
@@ -689,4 +691,30 @@ fn no_options_mean_no_rate_cap_and_fixed_needs_a_rate() {
         stderr(&out)
     );
     assert!(!s.docroot().join("g").exists());
+}
+
+#[test]
+fn datagram_size_is_the_routes_unless_given() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let bytes = data(3 << 20, 9);
+    std::fs::write(local.path().join("f"), &bytes).unwrap();
+    // A standard Ethernet datagram on request, byte-for-byte intact.
+    let out = cp(
+        &s,
+        &["--host-key", &s.fingerprint, "--json", "-Z", "1472", "f", "127.0.0.1:g"],
+        local.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"block_size\":1413"), "{stdout}");
+    assert_eq!(std::fs::read(s.docroot().join("g")).unwrap(), bytes);
+    // Outside 576..=8972: a usage error naming the range, nothing sent.
+    for bad in ["100", "9000", "big"] {
+        let out =
+            cp(&s, &["--host-key", &s.fingerprint, "-Z", bad, "f", "127.0.0.1:h"], local.path());
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("576") && stderr(&out).contains("8972"), "{}", stderr(&out));
+        assert!(!s.docroot().join("h").exists());
+    }
 }

@@ -483,7 +483,7 @@ pub enum SetupError {
     /// The server chose another suite than the client asked for.
     #[error("the server chose another cipher suite than the one asked for")]
     Suite,
-    /// A block size outside the protocol's range.
+    /// A block size outside the protocol's range, or above the one proposed.
     #[error("the server chose an invalid block size {0}")]
     BlockSize(u32),
     /// A window of no blocks.
@@ -500,7 +500,7 @@ pub fn accept_reply(hello: &ClientHello, reply: &ServerHello) -> Result<(), Setu
         return Err(SetupError::Suite);
     }
     let b = reply.block_size as usize;
-    if b < MIN_BLOCK_SIZE || b + DATA_OVERHEAD > MAX_DATAGRAM {
+    if b < MIN_BLOCK_SIZE || b + DATA_OVERHEAD > MAX_DATAGRAM || b > hello.block_size as usize {
         return Err(SetupError::BlockSize(reply.block_size));
     }
     if reply.max_window == 0 {
@@ -666,6 +666,11 @@ mod tests {
             (ServerHello { version: 9, ..ok }, SetupError::Version(9)),
             (ServerHello { suite: 0, ..ok }, SetupError::Suite),
             (ServerHello { block_size: 1, ..ok }, SetupError::BlockSize(1)),
+            // Larger than proposed: the server may only lower the client's block size.
+            (
+                ServerHello { block_size: h.block_size + 1, ..ok },
+                SetupError::BlockSize(h.block_size + 1),
+            ),
             (ServerHello { max_window: 0, ..ok }, SetupError::Window),
         ];
         for (reply, e) in bad {

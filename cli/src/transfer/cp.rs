@@ -55,6 +55,12 @@ pub(crate) struct CpArgs {
     /// Transit cipher: aes128, aes192, aes256 or none (packets are authenticated even with none).
     #[arg(short = 'c', long = "cipher", default_value = "aes128", value_parser = parse_suite)]
     cipher: CipherSuite,
+    /// Datagram size in bytes: the UDP payload of a full data packet, 576 to 8972. Default: the
+    /// largest the route to the server carries unfragmented (1472 on a 1500-byte Ethernet, 8972
+    /// on loopback and jumbo-frame links). Set it lower when a link beyond the first hop has a
+    /// smaller MTU than this host's route (a tunnel, a VPN).
+    #[arg(short = 'Z', long = "datagram-size", value_name = "BYTES", value_parser = parse_datagram)]
+    datagram_size: Option<usize>,
     /// Machine-readable output: JSON events, one object per line on stdout (`session`,
     /// `progress` about every 250 ms, then `done` or `error`), instead of the progress bar and
     /// the summary line.
@@ -77,6 +83,17 @@ fn parse_suite(s: &str) -> Result<CipherSuite, String> {
         .into_iter()
         .find(|c| c.name() == s)
         .ok_or_else(|| format!("unknown cipher {s:?}: expected aes128, aes192, aes256 or none"))
+}
+
+fn parse_datagram(s: &str) -> Result<usize, String> {
+    let max = ferry_engine::wire::MAX_DATAGRAM;
+    match s.parse::<usize>() {
+        Ok(n) if (576..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a datagram size: give bytes from 576 (the smallest every IPv4 path \
+             carries) to {max} (a 9000-byte jumbo frame's UDP payload)"
+        )),
+    }
 }
 
 /// A remote location `[user@]host[:port]:path`.
@@ -218,6 +235,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         min_rate: args.min_rate,
         policy: args.policy,
         user,
+        datagram_size: args.datagram_size,
     };
     let started = Instant::now();
     let reporter =
@@ -291,6 +309,7 @@ fn session_event(args: &CpArgs) -> impl Fn(&client::SessionInfo) + Send + Sync +
                 "policy": format!("{policy:?}").to_lowercase(),
                 "target_rate_bps": rate,
                 "files": info.files,
+                "block_size": info.block_size,
             }),
         );
     }

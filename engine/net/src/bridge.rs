@@ -132,8 +132,9 @@ impl SessionHandle {
 }
 
 /// Runs a session: the driver on its own thread with `socket`, control messages bridged to the
-/// QUIC stream in both directions. Returns when the session is over and the peer has received
-/// every control message (or a bounded wait ran out). `on_start` receives a handle to the
+/// QUIC stream in both directions. Returns when the session is over and, where the peer needs
+/// them ([`Side::speaks_last`], or the session failed), the peer has read every control message
+/// (or a bounded wait ran out). `on_start` receives a handle to the
 /// running session.
 pub async fn run_session(
     stream: ControlStream,
@@ -144,6 +145,7 @@ pub async fn run_session(
     on_start: impl FnOnce(SessionHandle),
 ) -> (Result<(), DriveError>, DriveReport) {
     let ControlStream { mut send, recv, leftover } = stream;
+    let speaks_last = side.speaks_last();
     let waker = match Waker::new() {
         Ok(w) => Arc::new(w),
         Err(e) => {
@@ -183,7 +185,12 @@ pub async fn run_session(
         let _ = send.write_all(&bytes).await;
     }
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    // Waiting until the peer has read the stream to its end costs a round trip: worth it when
+    // the peer needs what this end said last (the receiver's results, an ABORT), not after a
+    // sender heard every result.
+    if speaks_last || outcome.0.is_err() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
     reader.abort();
     outcome
 }

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use ferry_engine::control::ControlMessage;
 use ferry_engine::crypto::{CipherSuite, SessionSecret};
 use ferry_engine::io::driver::{
-    DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
+    self, DataSocket, DriveError, DriveReport, Progress, ReceiverSide, SenderSide, Side,
 };
 use ferry_engine::io::storage::Outgoing;
 use ferry_engine::rate::{Policy as RatePolicy, RateLimits};
 use ferry_engine::session::{
     BlockSink, MAX_STANDARD_BLOCK, Receiver, Sender, SessionConfig, SessionError,
+    block_size_for_datagram,
 };
 use ferry_engine::setup::{self, ClientHello, Direction, ServerHello, refusal};
 use zeroize::Zeroizing;
@@ -56,6 +57,11 @@ pub struct ClientOptions {
     /// The transfer user to act as on the server (`user@host`); empty: the server's default
     /// user.
     pub user: String,
+    /// The UDP payload of a full DATA packet, bytes (`-Z`), at most 8972. `None`: the largest
+    /// the route to the server carries unfragmented
+    /// ([`route_datagram_limit`](ferry_engine::io::driver::route_datagram_limit); 1472 when it
+    /// cannot be told). The server may lower it to what its route back allows.
+    pub datagram_size: Option<usize>,
 }
 
 fn for_user(user: &str) -> String {
@@ -124,6 +130,8 @@ pub struct SessionInfo {
     pub remote_data: SocketAddr,
     /// Files to send (upload).
     pub files: usize,
+    /// The session's block size (the payload of a full DATA datagram, which is 59 bytes longer).
+    pub block_size: usize,
 }
 
 /// What a transfer reports while it runs.
@@ -353,7 +361,10 @@ pub async fn transfer(
     let conn = connect(&endpoint, server, local_ip, pinned).await?;
     let outcome = session(&conn, opts, transfer, local_ip, observer, cancel).await;
     conn.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    // Long enough for the CONNECTION_CLOSE to leave (the endpoint sends it at once); not the
+    // whole draining period (three probe timeouts, seconds on a long path): the session's
+    // outcome is known, and a server that misses the close ends the connection by itself.
+    let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
     outcome
 }
 
@@ -469,6 +480,7 @@ async fn session(
         local_data: socket.local_addr().ok(),
         remote_data,
         files,
+        block_size: reply.block_size as usize,
     };
     observer(ClientEvent::Session(&info));
     let side = side(conn, opts, &reply, transfer)?;
@@ -479,6 +491,9 @@ async fn session(
     result.map_err(drive_error)?;
     Ok(report)
 }
+
+/// How long the client waits for its CONNECTION_CLOSE to leave before it returns.
+const CLOSE_LINGER: Duration = Duration::from_millis(100);
 
 /// The signed CLIENT_HELLO.
 fn hello(
@@ -493,7 +508,7 @@ fn hello(
         versions: vec![setup::VERSION],
         direction,
         suite: opts.cipher,
-        block_size: MAX_STANDARD_BLOCK as u32,
+        block_size: block_size(opts, conn.remote_address()) as u32,
         target_rate: opts.target_rate,
         min_rate: opts.min_rate,
         policy: opts.policy,
@@ -509,6 +524,12 @@ fn hello(
         .map_err(|_| ClientError::Setup("TLS exporter unavailable".into()))?;
     hello.signature = opts.identity.sign(&hello.signed_message(&exporter));
     Ok(hello)
+}
+
+/// The block size to propose: `-Z`'s datagram, else the route's, else a 1500-byte MTU's.
+fn block_size(opts: &ClientOptions, server: SocketAddr) -> usize {
+    let datagram = opts.datagram_size.or_else(|| driver::route_datagram_limit(server));
+    datagram.map_or(MAX_STANDARD_BLOCK, block_size_for_datagram)
 }
 
 /// The server's answer: its SERVER_HELLO, or its refusal as a typed error.

@@ -21,7 +21,7 @@ use ferry_engine::io::files::{Destination, SinkLimits};
 use ferry_engine::io::source::{self, SourceLimits};
 use ferry_engine::io::storage::Storage;
 use ferry_engine::rate::RateLimits;
-use ferry_engine::session::{Receiver, Sender, SessionConfig};
+use ferry_engine::session::{Receiver, Sender, SessionConfig, block_size_for_datagram};
 use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
 use ring::rand::SecureRandom;
 use tracing::{info, warn};
@@ -636,8 +636,13 @@ async fn set_up(incoming: quinn::Incoming, ctx: &Ctx) -> Result<Authenticated, S
             ctx.notify(ServerEvent::Authentication { peer, user, key: &fp, refused });
             verdict
         };
-        let (plan, grant) =
+        let (mut plan, grant) =
             setup::negotiate(&hello, &exporter, u64::from_be_bytes(id), &ctx.rules, authorize)?;
+        // Datagrams no larger than this end's route to the client carries unfragmented (the
+        // client chose by its own route; the data of a download travels this one).
+        if let Some(datagram) = ferry_engine::io::driver::route_datagram_limit(peer) {
+            plan.block_size = plan.block_size.min(block_size_for_datagram(datagram));
+        }
         Ok((hello, plan, grant))
     });
     match outcome {

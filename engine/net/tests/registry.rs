@@ -62,6 +62,7 @@ impl Running {
             min_rate: 0,
             policy: Policy::Fixed,
             user: "tester".into(),
+            datagram_size: None,
         }
     }
 

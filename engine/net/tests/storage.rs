@@ -143,6 +143,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         min_rate: 0,
         policy: RatePolicy::Fixed,
         user: String::new(),
+        datagram_size: None,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

@@ -45,6 +45,30 @@ const RECV_SLOT_BYTES: usize = 1 << 16;
 /// Largest payload of one GSO `sendmsg` (the kernel's limit is one 64 KiB IP packet).
 const GSO_MAX_BYTES: usize = 65_000;
 
+/// The largest UDP payload that crosses the route to `peer` unfragmented as far as this host
+/// knows: the MTU of the route the kernel would use (`IP_MTU` / `IPV6_MTU` of a UDP socket
+/// connected to `peer`; connecting a UDP socket sends nothing) less the IP and UDP headers, at
+/// most [`MAX_DATAGRAM`]. 65,508 on loopback, 1,472 behind a 1500-byte Ethernet (IPv4). `None`
+/// when the kernel cannot say (no route). A path whose narrowest link lies beyond this host's
+/// own route (a 9000-byte LAN behind a 1500-byte router) is not seen here: `ferry cp -Z` sets
+/// the size by hand.
+pub fn route_datagram_limit(peer: SocketAddr) -> Option<usize> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let (any, headers): (SocketAddr, usize) = if peer.is_ipv4() {
+        ((Ipv4Addr::UNSPECIFIED, 0).into(), 20 + 8)
+    } else {
+        ((Ipv6Addr::UNSPECIFIED, 0).into(), 40 + 8)
+    };
+    let probe = UdpSocket::bind(any).ok()?;
+    probe.connect(peer).ok()?;
+    let mtu = if peer.is_ipv4() {
+        rustix::net::sockopt::ip_mtu(&probe).ok()?
+    } else {
+        rustix::net::sockopt::ipv6_mtu(&probe).ok()?
+    };
+    Some((mtu as usize).saturating_sub(headers).min(MAX_DATAGRAM))
+}
+
 /// Wakes a driver blocked on its socket: whoever queues control input for the session calls
 /// [`Waker::wake`] after it. An eventfd in the driver's poll set, so a session waiting for
 /// nothing but its peer costs no CPU (no periodic polling).
@@ -136,6 +160,10 @@ pub trait Side {
     /// New rate limits for the session's data: the sender applies them (within the
     /// receiver's), the receiver sends them to the sender (RATE_LIMIT).
     fn set_limits(&mut self, limits: crate::rate::RateLimits);
+    /// Whether the peer needs this end's last control messages to complete: the receiver's
+    /// (its FILE_RESULTs end the sender's session); not the sender's, which completes only once
+    /// it has heard every result, so nothing it still has to say matters to the receiver.
+    fn speaks_last(&self) -> bool;
     /// A one-line state summary, logged every progress interval at DEBUG on target
     /// `ferry::driver` (`FERRY_LOG=ferry::driver=debug` in the CLI).
     fn debug_line(&self) -> String {
@@ -164,6 +192,9 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         self.sender.poll_transmit(now, &mut self.source, buf)
+    }
+    fn speaks_last(&self) -> bool {
+        false
     }
     fn file_name(&self, file: u32) -> String {
         self.source.name(file).unwrap_or_else(|| format!("file {file}"))
@@ -225,6 +256,9 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         self.receiver.poll_transmit(now, &self.sink, buf)
+    }
+    fn speaks_last(&self) -> bool {
+        true
     }
     fn file_name(&self, file: u32) -> String {
         self.sink.name(file).unwrap_or_else(|| format!("file {file}"))

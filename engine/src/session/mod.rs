@@ -105,6 +105,12 @@ pub(crate) const HASH_BATCH: usize = 64 * 1024;
 /// The default block size: a DATA packet fills a 1500-byte MTU (IPv4, UDP).
 pub const MAX_STANDARD_BLOCK: usize = 1472 - DATA_OVERHEAD;
 
+/// The block size whose full DATA packets are `datagram` bytes long (within the protocol's
+/// range: at most [`MAX_DATAGRAM`], at least [`MIN_BLOCK_SIZE`] of payload).
+pub fn block_size_for_datagram(datagram: usize) -> usize {
+    datagram.min(MAX_DATAGRAM).saturating_sub(DATA_OVERHEAD).max(MIN_BLOCK_SIZE)
+}
+
 /// Where a [`Sender`] reads file bytes.
 pub trait BlockSource {
     /// Fills `buf` with the bytes of file `file` at `offset` (exactly `buf.len()` bytes).
