@@ -47,6 +47,9 @@ pub struct RateSample {
     /// Datagram bytes (whole DATA packets, the unit the pacer counts) the receiver has accepted
     /// since the session began, as it reported.
     pub delivered_bytes: u64,
+    /// DATA datagram bytes the sender had sent by the packet this feedback echoes: with
+    /// `delivered_bytes`, the loss rate (what was sent but never accepted).
+    pub sent_bytes: u64,
     /// The rate the pacer is currently sending at.
     pub sending_rate: u64,
 }
@@ -160,11 +163,6 @@ pub struct AdaptiveConfig {
     /// Standing forward queueing delay the controller aims for. Default (fair): 10 ms, small
     /// enough that a deep buffer stays nearly empty, large enough to be measured above jitter.
     pub queue_target: Duration,
-    /// Largest factor above the measured bottleneck bandwidth the controller sends at while the
-    /// queue is below target (its probing gain). Default 1.25: enough to find new capacity
-    /// quickly, and to keep the link full under up to 20% random loss, which lowers the
-    /// measured delivery rate by the loss fraction.
-    pub max_gain: f64,
     /// Starting rate in bits per second before any feedback (clamped into the limits).
     /// Default 10 Mbit/s.
     pub initial_rate: u64,
@@ -180,7 +178,6 @@ impl AdaptiveConfig {
     pub fn fair() -> Self {
         Self {
             queue_target: Duration::from_millis(10),
-            max_gain: 1.25,
             initial_rate: 10_000_000,
             compete: true,
             name: "adaptive",
@@ -222,20 +219,29 @@ enum Phase {
     Steady,
 }
 
-/// Delay-based controller with a bandwidth estimate. Forward queueing delay (measured by the
-/// receiver from one-way delays) is the congestion signal; loss is not, so random loss does not
-/// slow it down.
+/// Delay-based controller with a bandwidth and a loss estimate. Forward queueing delay
+/// (measured by the receiver from one-way delays) is the congestion signal; loss is not, so random
+/// loss does not slow it down.
 ///
 /// Every update interval (one smoothed RTT, at least 5 ms) it measures the delivery rate over the
 /// interval and keeps the maximum of the last [`BW_WINDOW`] intervals as the bottleneck bandwidth
-/// `B`, and takes the smallest queueing delay reported in the interval as the standing queue `q`.
+/// `B`; the share of what was sent that never arrived over the last [`LOSS_WINDOW`] intervals as
+/// the loss rate `p` (so `B / (1 − p)` is the sending rate that keeps the bottleneck as busy as
+/// `B` says, wherever on the path the loss happens); and the smallest queueing delay reported in
+/// the interval as the standing queue `q`.
 /// - *Startup*: the rate doubles each interval (`2·B`) until a feedback reports `q` above the
 ///   target (checked on every feedback, not once per interval) or `B` stops growing by 25% for
 ///   three intervals; then *drain* at `0.75·B` until `q` is below half the target (at most
 ///   [`MAX_DRAIN_INTERVALS`]: a queue that outlasts it is not only this session's).
-/// - *Steady*: rate `= B · clamp(1 + (max_gain − 1)·(target − q)/target, 0.5, max_gain)`: probing
-///   up to `max_gain·B` on an empty queue, exactly `B` at the target, down to half when the queue
-///   is three times the target. The equilibrium is a standing queue at or below the target.
+/// - *Steady*, queue at or below the target: rate `= B / (1 − p)` times a gain cycle of
+///   [`PROBE_CYCLE`] intervals: one interval at `1 + g`, one at `1 − g` (which drains what the
+///   probe queued), the rest at 1, where `g = target / min_rtt` within [`MIN_PROBE`]..=
+///   [`MAX_PROBE`]: a probe queues at most about the target's worth of delay whatever the RTT,
+///   and finds capacity that opened up by `g` per cycle. The link stays full with a small queue.
+/// - *Steady*, queue above the target: the bottleneck is busy, so this interval's delivery rate
+///   is the session's current capacity share; the rate is that share times
+///   `1 − (q − target) / (2·min_rtt)` (at least 0.5), which drains the excess over two round
+///   trips (one of them is the loop's own delay) instead of overshooting into an empty queue.
 /// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue stayed above the target after
 ///   [`COMPETE_AFTER`] deep cuts in a row (a queue of this session's own empties after one), the
 ///   queue is not this session's: a loss-based flow keeps the buffer full, and yielding further
@@ -256,8 +262,16 @@ pub struct Adaptive {
     bw_next: usize,
     full_bw: f64,
     full_bw_count: u32,
-    interval: Option<(Instant, u64)>,
+    /// Start of the current interval: when, bytes delivered and sent by then.
+    interval: Option<(Instant, u64, u64)>,
     interval_min_queue: Option<Duration>,
+    /// The queueing delay of the latest sample.
+    last_queue: Duration,
+    /// Bytes delivered and sent in each of the last [`LOSS_WINDOW`] intervals.
+    loss: [(u64, u64); LOSS_WINDOW],
+    loss_next: usize,
+    /// Steady state: intervals since it began (the position in [`PROBE_CYCLE`]).
+    cycle: usize,
     /// Deep cuts in a row after which the queue stayed above target.
     compete_evidence: u32,
     /// Whether the last steady interval cut deeply.
@@ -270,6 +284,25 @@ pub struct Adaptive {
     /// In competing mode: intervals since it began, and the rate the gain cycle multiplies.
     competing: Option<(usize, f64)>,
 }
+
+/// The drain phase's rate: below the bandwidth estimate by enough to empty a queue of `q`
+/// seconds within about one round trip (`1 − q / min_rtt`), between half and 90% of it.
+fn drain_rate(bw: f64, q: f64, min_rtt: Duration) -> f64 {
+    let min_rtt = min_rtt.max(Duration::from_millis(1)).as_secs_f64();
+    bw * (1.0 - q / min_rtt).clamp(0.5, 0.9)
+}
+
+/// Intervals the loss estimate spans.
+pub const LOSS_WINDOW: usize = 8;
+/// Intervals of one steady-state gain cycle: a probe, its drain, then cruising.
+pub const PROBE_CYCLE: usize = 8;
+/// Smallest and largest probe gain above the estimate (`g` in [`Adaptive`]).
+pub const MIN_PROBE: f64 = 0.02;
+/// See [`MIN_PROBE`].
+pub const MAX_PROBE: f64 = 0.25;
+/// The highest loss rate the estimate believes: beyond it, sending harder to make up for loss
+/// would mostly feed the loss.
+pub const MAX_LOSS: f64 = 0.5;
 
 /// A `compete` controller starts competing after this many deep cuts in a row (rate at most
 /// 0.75 of the delivery rate) each followed by an interval whose queue was still above target.
@@ -299,6 +332,10 @@ impl Adaptive {
             full_bw_count: 0,
             interval: None,
             interval_min_queue: None,
+            last_queue: Duration::ZERO,
+            loss: [(0, 0); LOSS_WINDOW],
+            loss_next: 0,
+            cycle: 0,
             compete_evidence: 0,
             last_cut: false,
             drain_intervals: 0,
@@ -311,30 +348,53 @@ impl Adaptive {
     fn bandwidth(&self) -> f64 {
         self.bw.iter().copied().fold(0.0, f64::max)
     }
+
+    /// The share of what was sent that never arrived, over the last [`LOSS_WINDOW`] intervals.
+    fn loss_rate(&self) -> f64 {
+        let (delivered, sent) =
+            self.loss.iter().fold((0u64, 0u64), |(d, s), &(dd, ss)| (d + dd, s + ss));
+        if sent == 0 {
+            return 0.0;
+        }
+        (1.0 - delivered as f64 / sent as f64).clamp(0.0, MAX_LOSS)
+    }
 }
 
 impl Controller for Adaptive {
     fn on_sample(&mut self, s: &RateSample) {
         let q = s.queue_delay;
+        self.last_queue = q;
         self.interval_min_queue = Some(self.interval_min_queue.map_or(q, |m| m.min(q)));
         if self.phase == Phase::Startup && q > self.config.queue_target && self.bandwidth() > 0.0 {
             // The first sign of a queue ends startup at once, not at the end of the interval:
             // every interval of doubling past capacity adds a bandwidth-delay product of queue.
             self.phase = Phase::Drain;
-            self.rate = (0.75 * self.bandwidth()).max(1.0);
+            self.rate = drain_rate(self.bandwidth(), q.as_secs_f64(), s.min_rtt).max(1.0);
         }
-        let (start, start_bytes) = *self.interval.get_or_insert((s.now, s.delivered_bytes));
+        let (start, start_bytes, start_sent) =
+            *self.interval.get_or_insert((s.now, s.delivered_bytes, s.sent_bytes));
         let length = s.now.saturating_duration_since(start);
         if length < s.srtt.max(Duration::from_millis(5)) {
             return;
         }
-        let delivered = s.delivered_bytes.saturating_sub(start_bytes) as f64 * 8.0;
+        let delivered_bytes = s.delivered_bytes.saturating_sub(start_bytes);
+        let sent_bytes = s.sent_bytes.saturating_sub(start_sent);
+        let interval_queue = self.interval_min_queue.unwrap_or_default();
+        if interval_queue <= self.config.queue_target && start_sent > 0 {
+            // Loss where no queue stood is the path's own (random) loss, which sending harder
+            // makes up for; loss behind a standing queue may be the queue overflowing, which
+            // sending harder would feed. Duplicates count as delivered, so a stretch may seem
+            // to have delivered more than was sent.
+            self.loss[self.loss_next] = (delivered_bytes.min(sent_bytes), sent_bytes);
+            self.loss_next = (self.loss_next + 1) % LOSS_WINDOW;
+        }
+        let delivered = delivered_bytes as f64 * 8.0;
         let last_bw = delivered / length.as_secs_f64();
         self.bw[self.bw_next] = last_bw;
         self.recent[self.recent_next] = last_bw;
         self.recent_next = (self.recent_next + 1) % self.recent.len();
         self.bw_next = (self.bw_next + 1) % BW_WINDOW;
-        self.interval = Some((s.now, s.delivered_bytes));
+        self.interval = Some((s.now, s.delivered_bytes, s.sent_bytes));
         let q = self.interval_min_queue.take().unwrap_or_default().as_secs_f64();
         let target = self.config.queue_target.as_secs_f64();
         let bw = self.bandwidth();
@@ -348,20 +408,26 @@ impl Controller for Adaptive {
                 }
                 if q > target || self.full_bw_count >= 3 {
                     self.phase = Phase::Drain;
-                    self.rate = 0.75 * bw;
+                    self.rate = drain_rate(bw, q, s.min_rtt);
                 } else {
-                    self.rate = (2.0 * bw).max(self.rate);
+                    // Doubling the sending rate each interval while deliveries keep up (they
+                    // lag it by one interval, so they show half of it); never lower than it
+                    // was (the first interval may have seen only part of a flight).
+                    self.rate = (2.0 * self.rate).min((4.0 * bw).max(self.rate));
                 }
             }
             Phase::Drain => {
                 self.drain_intervals += 1;
                 // A queue that outlasts the drain is not (only) this session's: steady state
                 // takes over and decides whether to compete.
-                if q <= target / 2.0 || self.drain_intervals > MAX_DRAIN_INTERVALS {
+                // The latest report, not the interval's smallest: the interval may have begun
+                // before the queue startup built had shown up at all.
+                let now_q = self.last_queue.as_secs_f64();
+                if now_q <= target / 2.0 || self.drain_intervals > MAX_DRAIN_INTERVALS {
                     self.phase = Phase::Steady;
                     self.rate = bw;
                 } else {
-                    self.rate = 0.75 * bw;
+                    self.rate = drain_rate(bw, now_q, s.min_rtt);
                 }
             }
             Phase::Steady => {
@@ -400,8 +466,17 @@ impl Controller for Adaptive {
                     } else if self.last_cut {
                         self.compete_evidence += 1;
                     }
+                    let keep_up = 1.0 / (1.0 - self.loss_rate());
+                    let min_rtt = s.min_rtt.max(Duration::from_millis(1)).as_secs_f64();
                     self.rate = if q <= target {
-                        bw * (1.0 + (self.config.max_gain - 1.0) * (1.0 - q / target))
+                        let g = (target / min_rtt).clamp(MIN_PROBE, MAX_PROBE);
+                        let gain = match self.cycle % PROBE_CYCLE {
+                            0 => 1.0 + g,
+                            1 => 1.0 - g,
+                            _ => 1.0,
+                        };
+                        self.cycle += 1;
+                        bw * keep_up * gain
                     } else {
                         // With a queue the bottleneck is busy, so this interval's delivery rate
                         // is the current capacity share; larger samples in the window are stale
@@ -409,7 +484,8 @@ impl Controller for Adaptive {
                         for b in &mut self.bw {
                             *b = b.min(last_bw);
                         }
-                        last_bw.min(bw) * (target / q).max(0.5)
+                        let drain = (1.0 - (q - target) / (2.0 * min_rtt)).max(0.5);
+                        last_bw.min(bw) * keep_up * drain
                     };
                     self.last_cut = self.rate <= 0.75 * last_bw;
                     if self.config.compete && self.compete_evidence >= COMPETE_AFTER {
@@ -560,6 +636,7 @@ mod tests {
                 srtt: Duration::from_millis(50),
                 queue_delay: q,
                 delivered_bytes: (self.delivered / 8.0) as u64,
+                sent_bytes: (self.delivered / 8.0) as u64,
                 sending_rate: rate as u64,
             }
         }
@@ -596,6 +673,7 @@ mod tests {
                     srtt: Duration::from_millis(50) + q,
                     queue_delay: q,
                     delivered_bytes: (delivered / 8.0) as u64,
+                    sent_bytes: (delivered / 8.0 / 0.99) as u64,
                     sending_rate: rate as u64,
                 });
             }

@@ -14,6 +14,7 @@ mod ranges;
 mod receiver;
 mod rtt;
 mod sender;
+mod sendlog;
 mod tree_hash;
 
 pub use inbound::DropCounts;

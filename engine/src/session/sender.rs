@@ -21,8 +21,11 @@ use crate::wire::{
 pub struct SenderStats {
     /// DATA packets carrying a block for the first time.
     pub data_packets: u64,
-    /// DATA packets carrying a block again because the receiver asked for it.
+    /// DATA packets carrying a block again because the receiver asked for it, or as the
+    /// deliberate second copy of a repair in the session's tail (counted in both).
     pub retransmitted_packets: u64,
+    /// Second copies of tail repairs (see [`Sender`]: a lost repair would cost a round trip).
+    pub second_copies: u64,
     /// STATUS packets.
     pub status_packets: u64,
     /// Datagram bytes handed to the network (all packet types).
@@ -73,9 +76,14 @@ enum Transmitted {
 #[derive(Debug, Clone, Copy)]
 enum Next {
     Retransmit(u64),
+    /// A second copy of a block retransmitted in the session's tail ([`Sender::again`]).
+    Again(u64),
     New(u64),
     Status,
 }
+
+/// Second copies queued at most (more retransmissions in the tail are sent once).
+const MAX_AGAIN: usize = 1 << 16;
 
 /// The sending end of a session (see the [module docs](super)).
 #[derive(Debug)]
@@ -110,6 +118,14 @@ pub struct Sender {
     own_limits: RateLimits,
     /// The receiver's limits, once it sent a RATE_LIMIT.
     peer_limits: Option<RateLimits>,
+    /// DATA bytes sent by each send time, and by the packet the newest feedback echoed: the
+    /// controller's loss estimate compares this with what the receiver accepted.
+    send_log: super::sendlog::SendLog,
+    sent_at_echo: u64,
+    /// Blocks retransmitted once every block had been sent (the tail), to be sent a second
+    /// time: there is nothing new to send then, and a repair lost again would cost another
+    /// round trip (with loss `p`, a tail repair round then fails with `p²`, not `p`).
+    again: VecDeque<u64>,
 }
 
 impl Sender {
@@ -156,6 +172,9 @@ impl Sender {
             stats: SenderStats::default(),
             own_limits: config.limits,
             peer_limits: None,
+            send_log: Default::default(),
+            sent_at_echo: 0,
+            again: VecDeque::new(),
             config,
         })
     }
@@ -326,6 +345,15 @@ impl Sender {
         if let Some(r) = rtt {
             self.rtt.update(now, r.max(Duration::from_micros(1)));
         }
+        if fb.echo_delay_us != u32::MAX {
+            // The echoed send time on the session's 64-bit clock (the wire carries 32 bits).
+            let now_us = self.micros64(now);
+            let echo =
+                now_us.saturating_sub(u64::from(self.micros(now).wrapping_sub(fb.echo_time_us)));
+            if let Some(sent) = self.send_log.sent_by(echo) {
+                self.sent_at_echo = sent;
+            }
+        }
 
         if let (Some(srtt), Some(min_rtt)) = (self.rtt.srtt(), self.rtt.min_rtt()) {
             self.controller.on_sample(&RateSample {
@@ -335,6 +363,7 @@ impl Sender {
                 srtt,
                 queue_delay: Duration::from_micros(u64::from(fb.queue_delay_us)),
                 delivered_bytes: fb.rx_bytes,
+                sent_bytes: self.sent_at_echo,
                 sending_rate: self.pacer.rate(),
             });
             self.update_pacer();
@@ -371,7 +400,7 @@ impl Sender {
         buf: &mut [u8],
     ) -> Transmitted {
         let len = match next {
-            Next::Retransmit(b) | Next::New(b) => {
+            Next::Retransmit(b) | Next::Again(b) | Next::New(b) => {
                 let (_, _, block_len) = self.layout.locate(b).expect("block inside the layout");
                 HEADER_LEN + DATA_BODY_LEN + block_len + TAG_LEN
             }
@@ -392,7 +421,7 @@ impl Sender {
         let send_time_us = self.micros(now);
         let rtt_hint_us = self.rtt.srtt().map_or(0, wire::duration_us_u32);
         match next {
-            Next::Retransmit(block) | Next::New(block) => {
+            Next::Retransmit(block) | Next::Again(block) | Next::New(block) => {
                 let is_new = matches!(next, Next::New(_));
                 let frontier = if is_new { block + 1 } else { self.frontier };
                 let flags = if is_new { 0 } else { wire::DATA_RETRANSMISSION };
@@ -411,7 +440,15 @@ impl Sender {
                     self.stats.new_payload_bytes += block_len as u64;
                     self.hash_sent(Some(source));
                 } else {
-                    self.retransmit.pop_first();
+                    if matches!(next, Next::Again(_)) {
+                        self.again.pop_front();
+                        self.stats.second_copies += 1;
+                    } else {
+                        self.retransmit.pop_first();
+                        if self.frontier >= self.layout.end() && self.again.len() < MAX_AGAIN {
+                            self.again.push_back(block);
+                        }
+                    }
                     self.stats.retransmitted_packets += 1;
                 }
                 self.stats.payload_bytes_sent += block_len as u64;
@@ -431,6 +468,10 @@ impl Sender {
         self.next_pn += 1;
         self.pacer.consume(now, len);
         self.stats.bytes_sent += len as u64;
+        if ptype == PacketType::Data {
+            let at = self.micros64(now);
+            self.send_log.record(at, len as u64);
+        }
         self.next_status = now + self.status_interval();
         Transmitted::Sent(len)
     }
@@ -513,6 +554,13 @@ impl Sender {
                     None => return Some(Next::Retransmit(b)),
                 }
             }
+            if let Some(&b) = self.again.front() {
+                if b < self.cumulative || self.skipped(b).is_some() {
+                    self.again.pop_front();
+                    continue;
+                }
+                return Some(Next::Again(b));
+            }
             if self.frontier < self.window_end.min(self.layout.end()) {
                 if let Some(file) = self.skipped(self.frontier) {
                     // The receiver learns the jump from the frontier field of the next packet.
@@ -531,7 +579,11 @@ impl Sender {
     }
 
     fn micros(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.start).as_micros() as u32
+        self.micros64(now) as u32
+    }
+
+    fn micros64(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_micros() as u64
     }
 
     fn update_pacer(&mut self) {
