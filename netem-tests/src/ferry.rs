@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::NetemError;
 use crate::netns::{self, ChildGuard, Netns};
-use crate::peers::{Row, RowOutcome, Workload, verify_copy};
+use crate::peers::{Row, RowOutcome, Workload, steady_from_samples, verify_copy};
 use crate::probe;
 use crate::testbed::{SERVER_IP, Testbed};
 
@@ -158,16 +158,16 @@ impl FerryServer {
             .arg("--host-key")
             .arg(&self.fingerprint)
             .arg("-P")
-            .arg(self.port.to_string())
-            .arg("-l")
-            .arg(opts.target_rate_bps.to_string())
-            .arg("--policy")
-            .arg(opts.policy)
-            .arg("-c")
-            .arg("aes128")
-            .arg(file)
-            .arg(format!("root@{SERVER_IP}:/"))
-            .env_remove("HOME");
+            .arg(self.port.to_string());
+        if let Some((policy, rate_bps)) = opts.policy {
+            cmd.arg("-l")
+                .arg(rate_bps.to_string())
+                .arg("--policy")
+                .arg(policy)
+                .arg("-c")
+                .arg("aes128");
+        }
+        cmd.arg(file).arg(format!("root@{SERVER_IP}:/")).env_remove("HOME");
         if opts.debug_driver {
             cmd.env("FERRY_LOG", "ferry::driver=debug");
         }
@@ -215,12 +215,31 @@ fn tail(p: &Path) -> String {
 /// Settings of one `ferry cp`.
 #[derive(Debug, Clone)]
 pub struct CpOptions {
-    /// `--policy`: fixed, high, fair or low.
-    pub policy: &'static str,
-    /// `-l`, bit/s.
-    pub target_rate_bps: u64,
+    /// `--policy POLICY -l RATE -c aes128` (policy fixed, high, fair or low; rate in bit/s);
+    /// `None`: no rate, policy or cipher option at all, what a newcomer types.
+    pub policy: Option<(&'static str, u64)>,
     /// Set `FERRY_LOG=ferry::driver=debug` (the driver's state every 250 ms on stderr).
     pub debug_driver: bool,
+}
+
+impl CpOptions {
+    /// `--policy policy -l rate_bps -c aes128`.
+    pub fn with(policy: &'static str, rate_bps: u64) -> Self {
+        Self { policy: Some((policy, rate_bps)), debug_driver: false }
+    }
+
+    /// No options.
+    pub fn defaults() -> Self {
+        Self { policy: None, debug_driver: false }
+    }
+
+    /// How the row's note describes these options.
+    fn note(&self) -> String {
+        match self.policy {
+            Some((policy, rate)) => format!("--policy {policy} -l {}, aes128", fmt_mbit(rate)),
+            None => "no options (defaults)".into(),
+        }
+    }
 }
 
 /// One upload of `file` from the client namespace to a fresh server, bounded by `limit`.
@@ -233,10 +252,38 @@ pub fn upload(
     opts: &CpOptions,
     limit: Duration,
 ) -> Result<(RowOutcome, String), NetemError> {
+    upload_sampled(tb, ferry, scratch, file, opts, limit).map(|(o, err, _)| (o, err))
+}
+
+/// [`upload`], also returning `(seconds since the start, bytes arrived)` every
+/// [`SAMPLE_EVERY`] while the copy ran.
+pub fn upload_sampled(
+    tb: &Testbed,
+    ferry: &Path,
+    scratch: &Path,
+    file: &Path,
+    opts: &CpOptions,
+    limit: Duration,
+) -> Result<(RowOutcome, String, Samples), NetemError> {
     let server = FerryServer::start(tb.server(), ferry, scratch, FERRY_PORT)?;
     let mut cmd = server.cp_command(tb.client(), file, opts);
+    let want = std::fs::metadata(file).map_err(io(format!("reading {}", file.display())))?.len();
     let started = Instant::now();
-    let (out, err, in_time) = probe::run_bounded(&mut cmd, limit).map_err(|e| match e {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut samples = vec![(0.0, 0)];
+    let ran = std::thread::scope(|scope| {
+        let copy = scope.spawn(|| {
+            let r = probe::run_bounded(&mut cmd, limit);
+            done.store(true, std::sync::atomic::Ordering::Release);
+            r
+        });
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(SAMPLE_EVERY);
+            samples.push((started.elapsed().as_secs_f64(), server.received_bytes(file, want)));
+        }
+        copy.join().expect("the copy thread")
+    });
+    let (out, err, in_time) = ran.map_err(|e| match e {
         NetemError::Command { command, status, stderr } => NetemError::Command {
             command,
             status,
@@ -245,7 +292,6 @@ pub fn upload(
         e => e,
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let want = std::fs::metadata(file).map_err(io(format!("reading {}", file.display())))?.len();
     let dest = server.dest_of(file);
     let (have, same) = verify_copy(file, &dest)?;
     if in_time && !same {
@@ -258,9 +304,11 @@ pub fn upload(
         )));
     }
     let partial = if same { want } else { server.received_bytes(file, want) };
-    let note = format!("--policy {} -l {}, aes128", opts.policy, fmt_mbit(opts.target_rate_bps));
+    let note = opts.note();
+    samples.push((seconds, partial));
     Ok((
         RowOutcome {
+            steady: None,
             payload_bytes: partial,
             seconds,
             completed: same,
@@ -274,8 +322,20 @@ pub fn upload(
             },
         },
         err,
+        samples,
     ))
 }
+
+/// `(seconds since the start, bytes arrived)`, oldest first.
+pub type Samples = Vec<(f64, u64)>;
+
+/// How often [`upload_sampled`] looks at the bytes that have arrived (their granularity is the
+/// receiver's write-behind run, 1 MiB).
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Ferry's payload per IP byte on a 1500-byte MTU: a 1413-byte block in a 1472-byte datagram
+/// (IPv4, UDP).
+pub const PAYLOAD_SHARE: f64 = 1413.0 / 1500.0;
 
 fn fmt_mbit(bps: u64) -> String {
     format!("{}m", bps as f64 / 1e6)
@@ -288,6 +348,8 @@ pub enum FerryPolicy {
     Fixed,
     /// `--policy fair -l 2C`: the controller finds the rate.
     Adaptive,
+    /// No rate, policy or cipher option: the defaults (no cap, the default policy).
+    Default,
 }
 
 /// `ferry cp` to `ferry serve`, file to file, AES-128-GCM.
@@ -302,6 +364,7 @@ impl Row for FerryRow {
         match self.policy {
             FerryPolicy::Fixed => "Ferry fixed".into(),
             FerryPolicy::Adaptive => "Ferry adaptive (fair)".into(),
+            FerryPolicy::Default => "Ferry default (no options)".into(),
         }
     }
     fn available(&self) -> Result<(), String> {
@@ -310,15 +373,28 @@ impl Row for FerryRow {
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
         let ferry = ferry_binary().map_err(NetemError::Unavailable)?;
         let opts = match self.policy {
-            FerryPolicy::Fixed => {
-                CpOptions { policy: "fixed", target_rate_bps: w.rate_bps, debug_driver: false }
-            }
+            FerryPolicy::Fixed => CpOptions::with("fixed", w.rate_bps),
             // Twice the link rate: a ceiling the controller should never reach, so that the
             // rate it settles at is its own finding.
-            FerryPolicy::Adaptive => {
-                CpOptions { policy: "fair", target_rate_bps: 2 * w.rate_bps, debug_driver: false }
-            }
+            FerryPolicy::Adaptive => CpOptions::with("fair", 2 * w.rate_bps),
+            FerryPolicy::Default => CpOptions::defaults(),
         };
-        upload(tb, &ferry, &w.scratch, &w.file, &opts, w.limit).map(|(o, _)| o)
+        let (mut o, stderr, samples) =
+            upload_sampled(tb, &ferry, &w.scratch, &w.file, &opts, w.limit)?;
+        if let Some(dir) = std::env::var_os("FERRY_GRID_LOGS") {
+            // For investigations: `FERRY_GRID_LOGS=DIR FERRY_LOG=ferry=debug wan-grid ...` keeps
+            // each copy's stderr (with FERRY_LOG, the client's log) and its arrival samples.
+            let name = format!("{}ms-{}pct-{:?}", w.rtt_ms, w.loss * 100.0, self.policy);
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(dir.join(format!("{name}.stderr")), &stderr);
+            let lines: String = samples.iter().map(|(t, b)| format!("{t:.3} {b}\n")).collect();
+            let _ = std::fs::write(dir.join(format!("{name}.samples")), lines);
+        }
+        // The ramp is judged over half a second or two round trips, whichever is longer.
+        let window = (2.0 * w.rtt_ms as f64 / 1000.0).max(0.5);
+        let ceiling = w.rate_bps as f64 * (1.0 - w.loss) * PAYLOAD_SHARE;
+        o.steady = steady_from_samples(&samples, w.file_bytes, ceiling, window);
+        Ok(o)
     }
 }

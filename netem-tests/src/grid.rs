@@ -120,6 +120,14 @@ pub struct Result {
     /// Queueing delay the traffic built at the forward bottleneck: median and 95th
     /// percentile, ms (emulator only).
     pub queue_ms: (f64, f64),
+    /// Seconds until the copy first delivered 90% of its payload ceiling (rows that watch their
+    /// copy arrive: Ferry's).
+    #[serde(default)]
+    pub ramp_s: Option<f64>,
+    /// Goodput after that ramp until 95% of the file had arrived, over the payload ceiling
+    /// `C x (1-p) x payload/datagram`.
+    #[serde(default)]
+    pub steady_of_ceiling: Option<f64>,
     /// Remark, or the error when the row failed.
     pub note: String,
 }
@@ -205,6 +213,8 @@ pub fn run_cell(
             after.forward.queue_p50_us as f64 / 1000.0,
             after.forward.queue_p95_us as f64 / 1000.0,
         ),
+        ramp_s: None,
+        steady_of_ceiling: None,
         note,
     };
     Ok(match out {
@@ -227,6 +237,8 @@ pub fn run_cell(
                     f64::NAN
                 },
                 completion_s: o.completed.then_some(o.seconds),
+                ramp_s: o.steady.map(|s| s.ramp_s),
+                steady_of_ceiling: o.steady.map(|s| s.of_payload_ceiling),
                 ..base(note)
             }
         }
@@ -248,9 +260,9 @@ fn fmt_rate(bps: f64) -> String {
 pub fn markdown(results: &[Result]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | Mathis (bit/s) | queue p50 / p95 (ms) | link late p99 (us) | note |\n",
+        "| rate (Mbit/s) | buffer (BDP) | RTT (ms) | loss | tool | goodput (bit/s) | efficiency | wire / payload | completion (s) | ramp (s) | after ramp, of payload ceiling | Mathis (bit/s) | queue p50 / p95 (ms) | link late p99 (us) | note |\n",
     );
-    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let c = &r.cell;
         let mathis = if c.loss > 0.0 {
@@ -261,9 +273,11 @@ pub fn markdown(results: &[Result]) -> String {
         let wire =
             if r.wire_ratio.is_finite() { format!("{:.3}", r.wire_ratio) } else { "-".into() };
         let done = r.completion_s.map_or("-".into(), |t| format!("{t:.1}"));
+        let ramp = r.ramp_s.map_or("-".into(), |t| format!("{t:.1}"));
+        let steady = r.steady_of_ceiling.map_or("-".into(), |e| format!("{:.1}%", e * 100.0));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
+            "| {} | {} | {} | {}% | {} | {} | {:.1}% | {} | {} | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
             c.rate_mbps,
             c.buffer_bdp,
             c.rtt_ms,
@@ -273,6 +287,8 @@ pub fn markdown(results: &[Result]) -> String {
             r.efficiency * 100.0,
             wire,
             done,
+            ramp,
+            steady,
             mathis,
             r.queue_ms.0,
             r.queue_ms.1,
@@ -432,6 +448,8 @@ mod tests {
             unaccounted: 0,
             late_p99_us: 0,
             queue_ms: (0.0, 0.0),
+            ramp_s: None,
+            steady_of_ceiling: None,
             note: String::new(),
         }
     }

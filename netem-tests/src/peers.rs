@@ -51,6 +51,51 @@ pub struct RowOutcome {
     pub completed: bool,
     /// Free-form remark for the table (e.g. "timed out", the cipher used).
     pub note: String,
+    /// For rows that watch their copy arrive (Ferry's): the ramp and the rate after it.
+    pub steady: Option<Steady>,
+}
+
+/// How a copy ramped up and what it held after the ramp, from the bytes that had arrived,
+/// sampled while it ran ([`steady_from_samples`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Steady {
+    /// Seconds from the command's start until the goodput over the sampling window first
+    /// reached 90% of the payload ceiling (handshake and set-up included).
+    pub ramp_s: f64,
+    /// Goodput from the end of the ramp until 95% of the file had arrived (the session's tail
+    /// excluded), bit/s.
+    pub steady_bps: f64,
+    /// That goodput over the row's payload ceiling `C x (1-p) x payload/datagram`.
+    pub of_payload_ceiling: f64,
+}
+
+/// [`Steady`] from `(seconds since start, bytes arrived)` samples of a copy of `total` bytes
+/// whose payload ceiling is `ceiling_bps`, judging the ramp over windows of `window_s`. `None`
+/// when the copy never reached 90% of the ceiling, or reached it too late to leave a stretch of
+/// at least one window before 95% had arrived.
+pub fn steady_from_samples(
+    samples: &[(f64, u64)],
+    total: u64,
+    ceiling_bps: f64,
+    window_s: f64,
+) -> Option<Steady> {
+    let rate = |a: (f64, u64), b: (f64, u64)| (b.1 - a.1) as f64 * 8.0 / (b.0 - a.0);
+    let mut ramp = None;
+    for (j, &b) in samples.iter().enumerate() {
+        // The latest sample at least a window before this one.
+        let Some(a) = samples[..j].iter().rev().find(|a| b.0 - a.0 >= window_s) else { continue };
+        if rate(*a, b) >= 0.9 * ceiling_bps {
+            ramp = Some(b);
+            break;
+        }
+    }
+    let start = ramp?;
+    let end = *samples.iter().find(|s| s.1 as f64 >= 0.95 * total as f64)?;
+    if end.0 - start.0 < window_s {
+        return None;
+    }
+    let steady_bps = rate(start, end);
+    Some(Steady { ramp_s: start.0, steady_bps, of_payload_ceiling: steady_bps / ceiling_bps })
 }
 
 /// One tool in the comparison.
@@ -64,7 +109,7 @@ pub trait Row: std::fmt::Debug {
 }
 
 /// The rows this crate knows, by name: `iperf3-cubic`, `iperf3-bbr`, `scp`, `uftp`,
-/// `ferry-fixed`, `ferry-adaptive` (these two in [`crate::ferry`]), `quic-cubic`, `quic-bbr`
+/// `ferry-default`, `ferry-fixed`, `ferry-adaptive` (these three in [`crate::ferry`]), `quic-cubic`, `quic-bbr`
 /// ([`QuicRow`]).
 pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
     match name {
@@ -72,6 +117,7 @@ pub fn row_by_name(name: &str) -> Option<Box<dyn Row>> {
         "iperf3-bbr" => Some(Box::new(Iperf3Row { cc: "bbr" })),
         "scp" => Some(Box::new(ScpRow)),
         "uftp" => Some(Box::new(UftpRow)),
+        "ferry-default" => Some(Box::new(FerryRow { policy: FerryPolicy::Default })),
         "ferry-fixed" => Some(Box::new(FerryRow { policy: FerryPolicy::Fixed })),
         "ferry-adaptive" => Some(Box::new(FerryRow { policy: FerryPolicy::Adaptive })),
         "quic-cubic" => Some(Box::new(QuicRow { cc: "cubic" })),
@@ -86,6 +132,7 @@ pub const ROW_NAMES: &[&str] = &[
     "iperf3-bbr",
     "scp",
     "uftp",
+    "ferry-default",
     "ferry-fixed",
     "ferry-adaptive",
     "quic-cubic",
@@ -123,6 +170,7 @@ impl Row for Iperf3Row {
     fn run(&self, tb: &Testbed, w: &Workload) -> Result<RowOutcome, NetemError> {
         let r = probe::iperf3(tb, IperfMode::Tcp(self.cc), w.seconds, 5201)?;
         Ok(RowOutcome {
+            steady: None,
             payload_bytes: r.bytes_received,
             seconds: r.seconds,
             completed: false,
@@ -193,6 +241,7 @@ fn file_copy_outcome(
         )));
     }
     Ok(RowOutcome {
+        steady: None,
         payload_bytes: if same { w.file_bytes } else { have },
         seconds,
         completed: same,
@@ -431,5 +480,38 @@ impl Row for QuicRow {
         let outcome = file_copy_outcome(w, &dest, started, in_time, &format!("quinn {}", self.cc));
         drop(out);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod steady_tests {
+    use super::*;
+
+    /// Nothing for a second, a ramp, 80 Mbit/s held, a slow tail.
+    #[test]
+    fn ramp_and_steady_rate_from_samples() {
+        let mut samples = Vec::new();
+        let (mut t, mut bytes) = (0.0f64, 0u64);
+        let total = 100_000_000u64;
+        while bytes < total {
+            samples.push((t, bytes));
+            let rate = if t < 1.0 {
+                0.0
+            } else if t < 2.0 {
+                80e6 * (t - 1.0)
+            } else if (bytes as f64) < 0.97 * total as f64 {
+                80e6
+            } else {
+                8e6
+            };
+            bytes = (bytes + (rate * 0.05 / 8.0) as u64).min(total);
+            t += 0.05;
+        }
+        samples.push((t, bytes));
+        let s = steady_from_samples(&samples, total, 80e6, 0.5).expect("ramped");
+        assert!((2.0..2.3).contains(&s.ramp_s), "{s:?}");
+        assert!((s.of_payload_ceiling - 1.0).abs() < 0.02, "{s:?}");
+        // A copy that never gets there has no steady figure.
+        assert_eq!(steady_from_samples(&samples, total, 200e6, 0.5), None);
     }
 }

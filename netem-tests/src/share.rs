@@ -243,7 +243,7 @@ pub fn run_scenario(sc: &Scenario, s: &ShareSettings) -> Result<ScenarioResult, 
                     .map_err(io(format!("linking {}", file.display())))?;
                 let srv = server.as_ref().expect("a Ferry server for Ferry flows");
                 let opts =
-                    CpOptions { policy, target_rate_bps: *rate_bps, debug_driver: s.debug_driver };
+                    CpOptions { policy: Some((policy, *rate_bps)), debug_driver: s.debug_driver };
                 let mut cmd = srv.cp_command(tb.client(), &file, &opts);
                 let err = std::fs::File::create(w.join(format!("flow{i}.stderr")))
                     .map_err(io("creating a log".into()))?;

@@ -56,10 +56,13 @@ fn copy_across(cfg: &LinkConfig, label: &str) {
     let file = scratch.path().join("payload.bin");
     make_file(&file, 3 << 20, 5).expect("payload");
     for opts in backends() {
-        for policy in ["fair", "fixed"] {
+        for policy in ["default", "fair", "fixed"] {
             let tb = Testbed::new(cfg, &opts).expect("test bed");
             let work = tempfile::tempdir_in(scratch.path()).expect("work dir");
-            let cp = CpOptions { policy, target_rate_bps: 40_000_000, debug_driver: false };
+            let cp = match policy {
+                "default" => CpOptions::defaults(),
+                p => CpOptions::with(p, 40_000_000),
+            };
             let (out, stderr) =
                 upload(&tb, &ferry, work.path(), &file, &cp, Duration::from_secs(20))
                     .unwrap_or_else(|e| panic!("{label}, {}, {policy}: {e}", tb.kind()));

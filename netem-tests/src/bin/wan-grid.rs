@@ -46,7 +46,7 @@ struct Args {
     /// Only the presets (no --rtt x --loss cells).
     #[arg(long)]
     presets_only: bool,
-    /// Rows to run (comma-separated): iperf3-cubic, iperf3-bbr, scp, uftp, ferry-fixed,
+    /// Rows to run (comma-separated): iperf3-cubic, iperf3-bbr, scp, uftp, ferry-default, ferry-fixed,
     /// ferry-adaptive (Ferry rows need `ferry` built next to this binary:
     /// `cargo build --release -p ferry`).
     #[arg(long, value_delimiter = ',', default_values_t = ROW_NAMES.iter().map(|s| s.to_string()))]
