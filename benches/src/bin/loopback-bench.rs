@@ -29,6 +29,7 @@ use clap::Parser;
 /// Every row this runner knows, in the order they run within a round.
 const ROWS: &[&str] = &[
     "ferry-default",
+    "ferry-1500",
     "ferry-fixed",
     "ferry-fair",
     "ferry-small-up",
@@ -56,7 +57,8 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Comma-separated rows (default: all): ferry-default (`ferry cp` with no rate or policy
-    /// option, the headline), ferry-fixed, ferry-fair, ferry-plain-up,
+    /// option, the headline), ferry-1500 (the same with `-Z 1472`, a 1500-byte MTU's datagram),
+    /// ferry-fixed, ferry-fair, ferry-plain-up,
     /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
     /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
     /// iperf3-tcp-bbr, iperf3-udp, scp.
@@ -425,6 +427,14 @@ impl RunResult {
 fn run_row(env: &Env, row: &str) -> Res<RunResult> {
     match row {
         "ferry-default" => run_ferry(env, None),
+        // The datagram a 1500-byte Ethernet carries: what a WAN path gets (loopback's 64 KiB
+        // MTU lets the default use 8972-byte datagrams).
+        "ferry-1500" => run_ferry_with(
+            env,
+            "ferry-1500",
+            &["-Z", "1472"],
+            "no options but -Z 1472 (a 1500-byte MTU's datagram)".into(),
+        ),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
         "ferry-small-up" => run_small_ferry(env, true),
@@ -462,23 +472,29 @@ fn unavailable(env: &Env, row: &str) -> Option<String> {
 /// `ferry cp` of the source to a flag-mode server: with no rate or policy option (`None`: what
 /// a newcomer runs), or with `-l RATE --policy POLICY`.
 fn run_ferry(env: &Env, policy: Option<&str>) -> Res<RunResult> {
+    let (row, opts, note) = match policy {
+        Some(p) => (
+            format!("ferry-{p}"),
+            vec!["-l", &env.args.ferry_rate, "--policy", p, "-c", &env.args.ferry_cipher],
+            format!("{}, -l {}", env.args.ferry_cipher, env.args.ferry_rate),
+        ),
+        None => {
+            ("ferry-default".into(), Vec::new(), "no options (aes128, fair, no rate cap)".into())
+        }
+    };
+    run_ferry_with(env, &row, &opts, note)
+}
+
+/// One timed `ferry cp` of the source file with `opts` to a fresh flag-mode server, checked.
+fn run_ferry_with(env: &Env, row: &str, opts: &[&str], note: String) -> Res<RunResult> {
     let s = &env.scratch;
     let docroot = s.join("ferry-docroot");
     fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
     let serve = flag_serve(env, &docroot);
     let from = env.src.display().to_string();
-    let opts = match policy {
-        Some(p) => vec!["-l", &env.args.ferry_rate, "--policy", p, "-c", &env.args.ferry_cipher],
-        None => Vec::new(),
-    };
-    let copy = ferry_copy(env, &serve, &env.ferry_fp, &opts, &from, "127.0.0.1:.")?;
+    let copy = ferry_copy(env, &serve, &env.ferry_fp, opts, &from, "127.0.0.1:.")?;
     let name = env.src.file_name().ok_or("source has no name")?;
-    let row = format!("ferry-{}", policy.unwrap_or("default"));
-    verify_and_remove(env, &docroot.join(name), &row)?;
-    let note = match policy {
-        Some(_) => format!("{}, -l {}", env.args.ferry_cipher, env.args.ferry_rate),
-        None => "no options (aes128, fair, no rate cap)".into(),
-    };
+    verify_and_remove(env, &docroot.join(name), row)?;
     Ok(RunResult {
         bytes: env.args.size,
         files: 0,

@@ -326,12 +326,19 @@ fn read_full(f: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl BlockSource for FileSource {
-    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+impl FileSource {
+    /// Hands `f` the bytes of `file` in `[offset, end)` straight from the chunk buffers,
+    /// loading chunks as needed.
+    fn each_slice(
+        &mut self,
+        file: u32,
+        offset: u64,
+        end: u64,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
         let size = self.files.get(file as usize).map(|f| f.size).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("no file {file} in the source"))
         })?;
-        let end = offset + buf.len() as u64;
         if end > size {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond the file's size"));
         }
@@ -348,8 +355,7 @@ impl BlockSource for FileSource {
                     c.used = tick;
                     let from = (pos - c.start) as usize;
                     let n = ((end - pos) as usize).min(c.len - from);
-                    let at = (pos - offset) as usize;
-                    buf[at..at + n].copy_from_slice(&c.buf[from..from + n]);
+                    f(&c.buf[from..from + n]);
                     pos += n as u64;
                     continue;
                 }
@@ -362,6 +368,27 @@ impl BlockSource for FileSource {
             self.chunks[slot].used = tick;
         }
         Ok(())
+    }
+}
+
+impl BlockSource for FileSource {
+    fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        self.each_slice(file, offset, offset + buf.len() as u64, &mut |bytes| {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        })
+    }
+
+    fn visit(
+        &mut self,
+        file: u32,
+        offset: u64,
+        len: usize,
+        _scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        self.each_slice(file, offset, offset + len as u64, f)
     }
 
     fn name(&self, file: u32) -> Option<String> {
@@ -423,6 +450,33 @@ mod tests {
             .unwrap();
         let e = src.read(2, 3 * CHUNK as u64, &mut buf[..5]).unwrap_err();
         assert!(e.to_string().contains("shrank"), "{e}");
+    }
+
+    /// `visit` hands over the same bytes as `read`, across chunk boundaries, without a copy.
+    #[test]
+    fn visit_sees_what_read_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * CHUNK as u32 + 777).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.path().join("f"), &data).unwrap();
+        let root = Arc::new(Docroot::open(d.path()).unwrap());
+        let l = list(&root, &RelPath::parse("f").unwrap(), SourceLimits::default()).unwrap();
+        let mut src = FileSource::new(l, SourceLimits::default());
+        for (offset, len) in [(0usize, 100usize), (CHUNK - 10, 20), (5, 2 * CHUNK + 700)] {
+            let mut seen = Vec::new();
+            let mut slices = 0;
+            src.visit(0, offset as u64, len, &mut [], &mut |b| {
+                seen.extend_from_slice(b);
+                slices += 1;
+            })
+            .unwrap();
+            assert_eq!(seen, &data[offset..offset + len]);
+            assert!(slices >= 1);
+            let mut buf = vec![0; len];
+            src.read(0, offset as u64, &mut buf).unwrap();
+            assert_eq!(buf, seen);
+        }
+        let e = src.visit(0, data.len() as u64 - 1, 2, &mut [], &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -116,6 +116,22 @@ pub fn block_size_for_datagram(datagram: usize) -> usize {
 pub trait BlockSource {
     /// Fills `buf` with the bytes of file `file` at `offset` (exactly `buf.len()` bytes).
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Hands `f` the `len` bytes of file `file` at `offset`, in order, in one or more slices:
+    /// a source holding them in memory passes its own buffers (no copy); the default reads
+    /// them into `scratch` (at least `len` bytes) first.
+    fn visit(
+        &mut self,
+        file: u32,
+        offset: u64,
+        len: usize,
+        scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let buf = &mut scratch[..len];
+        self.read(file, offset, buf)?;
+        f(buf);
+        Ok(())
+    }
     /// The file's name for reports, if the source knows it.
     fn name(&self, _file: u32) -> Option<String> {
         None
@@ -153,6 +169,16 @@ pub trait BlockSink {
 impl<T: BlockSource + ?Sized> BlockSource for Box<T> {
     fn read(&mut self, file: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read(file, offset, buf)
+    }
+    fn visit(
+        &mut self,
+        file: u32,
+        offset: u64,
+        len: usize,
+        scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        (**self).visit(file, offset, len, scratch, f)
     }
     fn name(&self, file: u32) -> Option<String> {
         (**self).name(file)

@@ -621,14 +621,16 @@ impl Sender {
                 }
                 let Some(src) = source.as_deref_mut() else { break };
                 let n = ready.min(HASH_BATCH as u64) as usize;
-                let buf = &mut self.hash_buf[..n];
-                if let Err(e) = src.read(id, hashed, buf) {
+                let f = &mut self.files[id as usize];
+                let hasher = f.hasher.get_or_insert_with(Default::default);
+                let visited = src.visit(id, hashed, n, &mut self.hash_buf, &mut |bytes| {
+                    hasher.update(bytes);
+                });
+                if let Err(e) = visited {
                     self.abandon(id, &e);
                     continue 'files;
                 }
-                let f = &mut self.files[id as usize];
-                f.hasher.get_or_insert_with(Default::default).update(buf);
-                f.hashed += n as u64;
+                self.files[id as usize].hashed += n as u64;
             }
             let f = &mut self.files[id as usize];
             if f.hashed < span.size || span.end() > self.frontier {
