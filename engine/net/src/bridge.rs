@@ -108,6 +108,16 @@ impl Input {
         self.waker.wake();
         sent
     }
+
+    /// Queues `m` without waking the driver (the caller wakes it once after a batch), unless
+    /// the queue is full: then the driver is woken to make room and this waits for it.
+    async fn queue(&self, m: ControlIn) -> bool {
+        match self.tx.try_send(m) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(m)) => self.send(m).await,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// What a running session is told by its owner (besides the peer's control messages).
@@ -239,11 +249,14 @@ fn spawn_driver(
 async fn read_control(mut recv: quinn::RecvStream, mut buf: Vec<u8>, input: Input) {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
+        // Every frame a read brought goes to the driver with one wake-up, not one per frame
+        // (a tree of small files is a stream of short frames).
+        let mut used_total = 0;
         loop {
-            match ControlMessage::decode(&buf) {
+            match ControlMessage::decode(&buf[used_total..]) {
                 Ok(Some((m, used))) => {
-                    buf.drain(..used);
-                    if !input.send(ControlIn::Message(m)).await {
+                    used_total += used;
+                    if !input.queue(ControlIn::Message(m)).await {
                         return;
                     }
                 }
@@ -254,6 +267,10 @@ async fn read_control(mut recv: quinn::RecvStream, mut buf: Vec<u8>, input: Inpu
                     return;
                 }
             }
+        }
+        buf.drain(..used_total);
+        if used_total > 0 {
+            input.waker.wake();
         }
         let reason = match recv.read(&mut chunk).await {
             Ok(Some(n)) => {
@@ -274,6 +291,13 @@ async fn write_control(send: &mut quinn::SendStream, mut output: mpsc::Receiver<
     while let Some(m) = output.recv().await {
         bytes.clear();
         m.encode(&mut bytes);
+        // Whatever else is already waiting goes in the same write (up to 64 KiB).
+        while bytes.len() < 64 * 1024 {
+            match output.try_recv() {
+                Ok(m) => m.encode(&mut bytes),
+                Err(_) => break,
+            }
+        }
         if send.write_all(&bytes).await.is_err() {
             break;
         }
