@@ -396,7 +396,12 @@ impl FileSink {
         };
         let (parent, name) = target.split_last().expect("a target has a name");
         let name = name.to_owned();
-        let existing = self.root.meta(&target).ok().flatten();
+        // Through the directory cache when the parent is in it (a tree of small files keeps
+        // landing in the same few directories): one fstatat instead of an open of the parent.
+        let existing = match self.dirs.iter().find(|(p, _)| *p == parent) {
+            Some((_, dir)) => dir.meta(&name).ok().flatten(),
+            None => self.root.meta(&target).ok().flatten(),
+        };
         if self.limits.replace
             && existing.as_ref().is_none_or(|m| m.kind == super::docroot::Kind::File)
         {

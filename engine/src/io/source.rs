@@ -109,17 +109,24 @@ fn walk(
     struct Frame {
         path: RelPath,
         manifest: String,
+        /// The directory, kept open while its entries are examined (so each entry costs one
+        /// `fstatat`, not an open of its parent first), for the [`OPEN_LEVELS`] levels nearest
+        /// the top: a pathologically deep tree must not run out of descriptors.
+        dir: Option<super::docroot::Dir>,
         entries: Vec<(String, Option<Kind>)>,
     }
-    let read = |path: &RelPath| -> io::Result<Vec<(String, Option<Kind>)>> {
-        let mut e = root.open_dir(path)?.entries()?;
+    const OPEN_LEVELS: usize = 64;
+    let read = |path: &RelPath, manifest: String, depth: usize| -> io::Result<Frame> {
+        let dir = root.open_dir(path)?;
+        let mut e = dir.entries()?;
         e.retain(|(n, _)| super::docroot::check_name(n, n).is_ok());
         e.sort_by(|a, b| b.0.cmp(&a.0));
-        Ok(e)
+        let dir = (depth < OPEN_LEVELS).then_some(dir);
+        Ok(Frame { path: path.clone(), manifest, dir, entries: e })
     };
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     let mut out = Vec::new();
-    let mut stack = vec![Frame { path: rel.clone(), manifest: name, entries: read(rel)? }];
+    let mut stack = vec![read(rel, name, 0)?];
     while let Some(top) = stack.last_mut() {
         let Some((n, kind)) = top.entries.pop() else {
             stack.pop();
@@ -134,7 +141,11 @@ fn walk(
         if matches!(kind, Some(Kind::Symlink | Kind::Special)) {
             continue;
         }
-        let Some(m) = root.meta(&path)? else { continue };
+        let m = match &top.dir {
+            Some(dir) => dir.meta(&n)?,
+            None => root.meta(&path)?,
+        };
+        let Some(m) = m else { continue };
         match m.kind {
             Kind::File => {
                 if out.len() == limits.max_files {
@@ -147,8 +158,8 @@ fn walk(
                 out.push(SourceFile::new(root, manifest, path, &m));
             }
             Kind::Dir => {
-                let entries = read(&path)?;
-                stack.push(Frame { path, manifest, entries });
+                let frame = read(&path, manifest, stack.len())?;
+                stack.push(frame);
             }
             Kind::Symlink | Kind::Special => {}
         }
