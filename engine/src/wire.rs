@@ -120,12 +120,17 @@ pub struct DataFields {
     pub frontier: u64,
     /// The sender's smoothed RTT in microseconds (0 if unknown), saturating.
     pub rtt_hint_us: u32,
-    /// [`DATA_RETRANSMISSION`] if the block was sent before.
+    /// [`DATA_RETRANSMISSION`] if the block was sent before, with [`DATA_TWICE`] for a repair
+    /// sent twice on purpose.
     pub flags: u8,
 }
 
 /// [`DataFields::flags`] bit: this block was sent before (the receiver asked for it again).
 pub const DATA_RETRANSMISSION: u8 = 1;
+/// [`DataFields::flags`] bit, only with [`DATA_RETRANSMISSION`]: this repair is sent twice on
+/// purpose (a repair in the session's tail), so the copy that arrives second says nothing about
+/// a request made too early.
+pub const DATA_TWICE: u8 = 2;
 
 impl DataFields {
     /// Writes the fields into the first [`DATA_BODY_LEN`] bytes of `out`.
@@ -149,8 +154,11 @@ impl DataFields {
             rtt_hint_us: be_u32(&body[20..24]),
             flags: body[24],
         };
-        if f.flags & !DATA_RETRANSMISSION != 0 {
+        if f.flags & !(DATA_RETRANSMISSION | DATA_TWICE) != 0 {
             return Err(ParseError::Invalid("reserved data flags set"));
+        }
+        if f.flags & DATA_TWICE != 0 && f.flags & DATA_RETRANSMISSION == 0 {
+            return Err(ParseError::Invalid("a block sent twice must be a retransmission"));
         }
         if f.frontier <= f.block {
             return Err(ParseError::Invalid("frontier must exceed the block index"));
@@ -416,6 +424,23 @@ mod tests {
         assert!(NackRanges::new(&out, 100, 4).any(|r| r.is_err()));
         // A zero-length range is refused.
         assert!(NackRanges::new(&[0, 0], 0, 1).any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn data_flags_allow_retransmissions_sent_twice_and_nothing_else() {
+        let mut body = [0u8; DATA_BODY_LEN];
+        let mut f = DataFields { block: 1, send_time_us: 0, frontier: 2, rtt_hint_us: 0, flags: 0 };
+        for (flags, ok) in [
+            (0, true),
+            (DATA_RETRANSMISSION, true),
+            (DATA_RETRANSMISSION | DATA_TWICE, true),
+            (DATA_TWICE, false),
+            (4, false),
+        ] {
+            f.flags = flags;
+            f.encode(&mut body);
+            assert_eq!(DataFields::decode(&body).is_ok(), ok, "flags {flags}");
+        }
     }
 
     #[test]

@@ -92,14 +92,24 @@ pub struct Receiver {
     reorder_learned: Duration,
     /// Extra wait before requesting a block again, learned from duplicate retransmissions.
     renack_extra: Duration,
+    /// When `reorder_learned` and `renack_extra` last grew or were halved: both halve after
+    /// [`LEARNING_HALF_LIFE`] without new evidence, so a burst of reordering long past does
+    /// not slow every later repair.
+    learned_at: Instant,
+    /// The smallest relative one-way delay of the current and the previous
+    /// [`BASE_DELAY_WINDOW`], and when the current one began: the base delay is their minimum,
+    /// so a route change that lengthens the path stops reading as a standing queue within two
+    /// windows.
+    owd_min_current: Option<i64>,
+    owd_min_previous: Option<i64>,
+    owd_window_start: Instant,
     rx_packets: u64,
     rx_bytes: u64,
     start: Instant,
     /// One-way delay (receiver clock minus sender timestamp, modulo 2^32 us) of the first packet;
     /// later delays are kept relative to it.
     owd_origin: Option<u32>,
-    /// Smallest relative one-way delay ever seen, and the smallest since the last feedback.
-    owd_min: i64,
+    /// The smallest relative one-way delay since the last feedback.
     owd_min_interval: Option<i64>,
     owd_last: Option<i64>,
     /// Interarrival jitter in microseconds (RFC 3550 section 6.4.1 estimator).
@@ -120,6 +130,12 @@ pub struct Receiver {
 
 /// Feedback interval bounds: at least this often while data flows...
 const FEEDBACK_MAX_INTERVAL: Duration = Duration::from_millis(20);
+/// The base one-way delay is the minimum over the current and the previous window of this
+/// length (as the sender's minimum RTT is).
+const BASE_DELAY_WINDOW: Duration = Duration::from_secs(10);
+/// The reordering and re-request waits learned from the traffic halve after this long without
+/// new evidence.
+const LEARNING_HALF_LIFE: Duration = Duration::from_secs(10);
 /// ...and never more often than this.
 const FEEDBACK_MIN_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -152,11 +168,14 @@ impl Receiver {
             rtt_hint: Duration::ZERO,
             reorder_learned: Duration::ZERO,
             renack_extra: Duration::ZERO,
+            learned_at: now,
+            owd_min_current: None,
+            owd_min_previous: None,
+            owd_window_start: now,
             rx_packets: 0,
             rx_bytes: 0,
             start: now,
             owd_origin: None,
-            owd_min: 0,
             owd_min_interval: None,
             owd_last: None,
             jitter_us: 0.0,
@@ -292,10 +311,7 @@ impl Receiver {
         let body = &datagram[HEADER_LEN..HEADER_LEN + body_len];
         let (send_time_us, frontier, rtt_hint_us, block) = match header.ptype {
             PacketType::Data => match DataFields::decode(body) {
-                Ok(f) => {
-                    let retransmission = f.flags & wire::DATA_RETRANSMISSION != 0;
-                    (f.send_time_us, f.frontier, f.rtt_hint_us, Some((f.block, retransmission)))
-                }
+                Ok(f) => (f.send_time_us, f.frontier, f.rtt_hint_us, Some((f.block, f.flags))),
                 Err(_) => return self.stats.dropped.malformed += 1,
             },
             _ => match StatusFields::decode(body) {
@@ -337,10 +353,10 @@ impl Receiver {
                 self.stats.status_received += 1;
                 self.learn_frontier(now, frontier, None);
             }
-            Some((block, retransmission)) => {
+            Some((block, flags)) => {
                 self.rx_bytes += datagram.len() as u64;
                 let payload = &datagram[payload_range];
-                self.accept_block(now, block, retransmission, frontier, payload, sink);
+                self.accept_block(now, block, flags, frontier, payload, sink);
             }
         }
     }
@@ -349,19 +365,22 @@ impl Receiver {
         &mut self,
         now: Instant,
         block: u64,
-        retransmission: bool,
+        flags: u8,
         frontier: u64,
         payload: &[u8],
         sink: &mut dyn BlockSink,
     ) {
+        let retransmission = flags & wire::DATA_RETRANSMISSION != 0;
         self.rx_packets += 1;
         let already = block < self.known_end && !self.gaps.contains(block);
         if already {
             self.stats.duplicate_blocks += 1;
-            if retransmission {
+            // A repair sent twice on purpose arrives twice: no sign of an early request.
+            if retransmission && flags & wire::DATA_TWICE == 0 {
                 // We asked again before the first answer could arrive: wait longer next time.
                 let rtt = self.rtt();
                 self.renack_extra = (self.renack_extra + rtt / 4).min(rtt);
+                self.learned_at = now;
             }
             self.learn_frontier(now, frontier, None);
             return;
@@ -407,6 +426,7 @@ impl Receiver {
             let late = now.saturating_duration_since(filled.detected) * 5 / 4;
             let cap = self.rtt() + Duration::from_millis(100);
             self.reorder_learned = self.reorder_learned.max(late).min(cap);
+            self.learned_at = now;
         }
         let size = self.layout.span(file).size;
         let f = &mut self.files[file as usize];
@@ -454,7 +474,16 @@ impl Receiver {
         let owd = local_us.wrapping_sub(send_time_us);
         let origin = *self.owd_origin.get_or_insert(owd);
         let rel = i64::from(owd.wrapping_sub(origin) as i32);
-        self.owd_min = self.owd_min.min(rel);
+        if now.saturating_duration_since(self.owd_window_start) >= BASE_DELAY_WINDOW {
+            self.owd_min_previous = self.owd_min_current.take();
+            self.owd_window_start = now;
+        }
+        self.owd_min_current = Some(self.owd_min_current.map_or(rel, |m| m.min(rel)));
+        if now.saturating_duration_since(self.learned_at) >= LEARNING_HALF_LIFE {
+            self.reorder_learned /= 2;
+            self.renack_extra /= 2;
+            self.learned_at = now;
+        }
         self.owd_min_interval = Some(self.owd_min_interval.map_or(rel, |m| m.min(rel)));
         if let Some(last) = self.owd_last {
             // A plain average over the first samples, then RFC 3550's gain of 1/16.
@@ -467,7 +496,11 @@ impl Receiver {
 
     /// The forward queueing delay now: the standing minimum since the last feedback.
     fn queue_delay(&self) -> Duration {
-        let q = self.owd_min_interval.map_or(0, |m| m - self.owd_min);
+        let base = match (self.owd_min_current, self.owd_min_previous) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        let q = self.owd_min_interval.map_or(0, |m| m - base);
         Duration::from_micros(q.max(0) as u64)
     }
 
@@ -712,5 +745,67 @@ impl Receiver {
             self.control_out.push_back(ControlMessage::Abort { code, reason: error.to_string() });
             self.events.push_back(Event::Failed(error));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{CipherSuite, SessionSecret};
+    use crate::rate::RateLimits;
+
+    fn receiver(now: Instant) -> Receiver {
+        let limits = RateLimits { target: 1_000_000_000, min: 0 };
+        let config = SessionConfig::new(1, CipherSuite::Aes128, limits);
+        Receiver::new(config, &SessionSecret::new([1; 32]), now).unwrap()
+    }
+
+    /// The sender's clock runs 7 s ahead of ours; the path's one-way delay is `owd`.
+    fn arrive(r: &mut Receiver, t0: Instant, at_ms: u64, owd_ms: u64) {
+        let now = t0 + Duration::from_millis(at_ms);
+        let sent_us = ((at_ms - owd_ms) * 1000 + 7_000_000) as u32;
+        r.owd_min_interval = None;
+        r.observe_one_way_delay(now, sent_us);
+    }
+
+    /// A route change that lengthens the path by 40 ms reads as a standing queue at first and
+    /// as the new base delay within two windows; a queue on the new path still shows.
+    #[test]
+    fn the_base_one_way_delay_expires_after_a_route_change() {
+        let t0 = Instant::now();
+        let mut r = receiver(t0);
+        for ms in (0..5_000).step_by(10) {
+            arrive(&mut r, t0, 1_000 + ms, 20);
+        }
+        assert_eq!(r.queue_delay(), Duration::ZERO);
+        arrive(&mut r, t0, 6_000, 60);
+        assert_eq!(r.queue_delay(), Duration::from_millis(40), "new path, old base");
+        for ms in (0..25_000).step_by(10) {
+            arrive(&mut r, t0, 6_010 + ms, 60);
+        }
+        assert_eq!(r.queue_delay(), Duration::ZERO, "the old base expired");
+        arrive(&mut r, t0, 31_100, 75);
+        assert_eq!(r.queue_delay(), Duration::from_millis(15), "a queue on the new path");
+    }
+
+    /// What spurious requests taught (wait longer before asking) halves every 10 s without new
+    /// evidence.
+    #[test]
+    fn learned_waits_decay() {
+        let t0 = Instant::now();
+        let mut r = receiver(t0);
+        r.reorder_learned = Duration::from_millis(80);
+        r.renack_extra = Duration::from_millis(40);
+        r.learned_at = t0;
+        arrive(&mut r, t0, 9_000, 20);
+        assert_eq!(r.reorder_learned, Duration::from_millis(80));
+        arrive(&mut r, t0, 10_500, 20);
+        assert_eq!((r.reorder_learned, r.renack_extra), (ms(40), ms(20)));
+        arrive(&mut r, t0, 21_000, 20);
+        assert_eq!((r.reorder_learned, r.renack_extra), (ms(20), ms(10)));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 }

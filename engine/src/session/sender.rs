@@ -424,7 +424,13 @@ impl Sender {
             Next::Retransmit(block) | Next::Again(block) | Next::New(block) => {
                 let is_new = matches!(next, Next::New(_));
                 let frontier = if is_new { block + 1 } else { self.frontier };
-                let flags = if is_new { 0 } else { wire::DATA_RETRANSMISSION };
+                // A repair once every block went out (the tail) is sent twice: both copies say so.
+                let twice = !is_new && self.frontier >= self.layout.end();
+                let flags = match (is_new, twice) {
+                    (true, _) => 0,
+                    (false, false) => wire::DATA_RETRANSMISSION,
+                    (false, true) => wire::DATA_RETRANSMISSION | wire::DATA_TWICE,
+                };
                 let fields = DataFields { block, send_time_us, frontier, rtt_hint_us, flags };
                 fields.encode(&mut packet[HEADER_LEN..]);
                 let (file, offset, block_len) = self.layout.locate(block).expect("located above");
