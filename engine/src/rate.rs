@@ -229,10 +229,12 @@ enum Phase {
 /// the loss rate `p` (so `B / (1 − p)` is the sending rate that keeps the bottleneck as busy as
 /// `B` says, wherever on the path the loss happens); and the smallest queueing delay reported in
 /// the interval as the standing queue `q`.
-/// - *Startup*: the rate doubles each interval (`2·B`) until a feedback reports `q` above the
-///   target (checked on every feedback, not once per interval) or `B` stops growing by 25% for
-///   three intervals; then *drain* at `0.75·B` until `q` is below half the target (at most
-///   [`MAX_DRAIN_INTERVALS`]: a queue that outlasts it is not only this session's).
+/// - *Startup*: the sending rate doubles each interval (to at most `4·B`, since deliveries lag it
+///   by an interval, and never below what it was) until a feedback reports `q` above the target
+///   (checked on every feedback, not once per interval) or `B` stops growing by 25% for three
+///   intervals; then *drain* at `B·clamp(1 − q/min_rtt, 0.5, 0.9)` (a queue of `q` empties in
+///   about a round trip), judged by the latest report's `q`, until it is below half the target
+///   (at most [`MAX_DRAIN_INTERVALS`]: a queue that outlasts it is not only this session's).
 /// - *Steady*, queue at or below the target: rate `= B / (1 − p)` times a gain cycle of
 ///   [`PROBE_CYCLE`] intervals: one interval at `1 + g`, one at `1 − g` (which drains what the
 ///   probe queued), the rest at 1, where `g = target / min_rtt` within [`MIN_PROBE`]..=

@@ -96,13 +96,10 @@ pub struct Receiver {
     /// [`LEARNING_HALF_LIFE`] without new evidence, so a burst of reordering long past does
     /// not slow every later repair.
     learned_at: Instant,
-    /// The smallest relative one-way delay of the current and the previous
-    /// [`BASE_DELAY_WINDOW`], and when the current one began: the base delay is their minimum,
-    /// so a route change that lengthens the path stops reading as a standing queue within two
-    /// windows.
-    owd_min_current: Option<i64>,
-    owd_min_previous: Option<i64>,
-    owd_window_start: Instant,
+    /// The base one-way delay: the smallest relative one-way delay over two windows of
+    /// [`BASE_DELAY_WINDOW`], so a route change that lengthens the path stops reading as a
+    /// standing queue within two windows.
+    owd_base: super::rtt::WindowedMin<i64>,
     rx_packets: u64,
     rx_bytes: u64,
     start: Instant,
@@ -169,9 +166,7 @@ impl Receiver {
             reorder_learned: Duration::ZERO,
             renack_extra: Duration::ZERO,
             learned_at: now,
-            owd_min_current: None,
-            owd_min_previous: None,
-            owd_window_start: now,
+            owd_base: super::rtt::WindowedMin::new(BASE_DELAY_WINDOW),
             rx_packets: 0,
             rx_bytes: 0,
             start: now,
@@ -339,6 +334,7 @@ impl Receiver {
             self.echo = Some((send_time_us, now));
         }
         self.observe_one_way_delay(now, send_time_us);
+        self.forget_old_learning(now);
         if rtt_hint_us != 0 {
             self.rtt_hint = Duration::from_micros(u64::from(rtt_hint_us));
         }
@@ -467,6 +463,16 @@ impl Receiver {
         filled
     }
 
+    /// Halves the learned reordering and re-request waits after [`LEARNING_HALF_LIFE`] without
+    /// new evidence.
+    fn forget_old_learning(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.learned_at) >= LEARNING_HALF_LIFE {
+            self.reorder_learned /= 2;
+            self.renack_extra /= 2;
+            self.learned_at = now;
+        }
+    }
+
     /// Tracks one-way delay relative to the first packet: its minimum is the path's base delay,
     /// the excess over it is forward-path queueing (clock offsets cancel out).
     fn observe_one_way_delay(&mut self, now: Instant, send_time_us: u32) {
@@ -474,16 +480,7 @@ impl Receiver {
         let owd = local_us.wrapping_sub(send_time_us);
         let origin = *self.owd_origin.get_or_insert(owd);
         let rel = i64::from(owd.wrapping_sub(origin) as i32);
-        if now.saturating_duration_since(self.owd_window_start) >= BASE_DELAY_WINDOW {
-            self.owd_min_previous = self.owd_min_current.take();
-            self.owd_window_start = now;
-        }
-        self.owd_min_current = Some(self.owd_min_current.map_or(rel, |m| m.min(rel)));
-        if now.saturating_duration_since(self.learned_at) >= LEARNING_HALF_LIFE {
-            self.reorder_learned /= 2;
-            self.renack_extra /= 2;
-            self.learned_at = now;
-        }
+        self.owd_base.update(now, rel);
         self.owd_min_interval = Some(self.owd_min_interval.map_or(rel, |m| m.min(rel)));
         if let Some(last) = self.owd_last {
             // A plain average over the first samples, then RFC 3550's gain of 1/16.
@@ -496,10 +493,7 @@ impl Receiver {
 
     /// The forward queueing delay now: the standing minimum since the last feedback.
     fn queue_delay(&self) -> Duration {
-        let base = match (self.owd_min_current, self.owd_min_previous) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(0),
-        };
+        let base = self.owd_base.get().unwrap_or(0);
         let q = self.owd_min_interval.map_or(0, |m| m - base);
         Duration::from_micros(q.max(0) as u64)
     }
@@ -766,6 +760,7 @@ mod tests {
         let sent_us = ((at_ms - owd_ms) * 1000 + 7_000_000) as u32;
         r.owd_min_interval = None;
         r.observe_one_way_delay(now, sent_us);
+        r.forget_old_learning(now);
     }
 
     /// A route change that lengthens the path by 40 ms reads as a standing queue at first and

@@ -6,24 +6,50 @@ use std::time::{Duration, Instant};
 /// route change that lengthens the path is noticed within two windows.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 
+/// The smallest value seen over the current and the previous window of a fixed length (a new
+/// window begins with the first value at least that long after the current one began): a path's
+/// base delay that follows a route change within two windows. Used for the sender's minimum RTT
+/// and the receiver's base one-way delay.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowedMin<T> {
+    window: Duration,
+    current: Option<T>,
+    previous: Option<T>,
+    start: Option<Instant>,
+}
+
+impl<T: Ord + Copy> WindowedMin<T> {
+    pub fn new(window: Duration) -> Self {
+        Self { window, current: None, previous: None, start: None }
+    }
+
+    pub fn update(&mut self, now: Instant, value: T) {
+        let start = *self.start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= self.window {
+            self.previous = self.current.take();
+            self.start = Some(now);
+        }
+        self.current = Some(self.current.map_or(value, |m| m.min(value)));
+    }
+
+    pub fn get(&self) -> Option<T> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
-    min_current: Option<Duration>,
-    min_previous: Option<Duration>,
-    window_start: Option<Instant>,
+    min: WindowedMin<Duration>,
 }
 
 impl RttEstimator {
     pub fn new() -> Self {
-        Self {
-            srtt: None,
-            rttvar: Duration::ZERO,
-            min_current: None,
-            min_previous: None,
-            window_start: None,
-        }
+        Self { srtt: None, rttvar: Duration::ZERO, min: WindowedMin::new(MIN_RTT_WINDOW) }
     }
 
     pub fn update(&mut self, now: Instant, sample: Duration) {
@@ -38,12 +64,7 @@ impl RttEstimator {
                 self.srtt = Some((srtt * 7 + sample) / 8);
             }
         }
-        let start = *self.window_start.get_or_insert(now);
-        if now.saturating_duration_since(start) >= MIN_RTT_WINDOW {
-            self.min_previous = self.min_current.take();
-            self.window_start = Some(now);
-        }
-        self.min_current = Some(self.min_current.map_or(sample, |m| m.min(sample)));
+        self.min.update(now, sample);
     }
 
     /// Smoothed RTT, if any sample arrived.
@@ -52,9 +73,6 @@ impl RttEstimator {
     }
 
     pub fn min_rtt(&self) -> Option<Duration> {
-        match (self.min_current, self.min_previous) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.min.get()
     }
 }

@@ -424,8 +424,12 @@ impl Sender {
             Next::Retransmit(block) | Next::Again(block) | Next::New(block) => {
                 let is_new = matches!(next, Next::New(_));
                 let frontier = if is_new { block + 1 } else { self.frontier };
-                // A repair once every block went out (the tail) is sent twice: both copies say so.
-                let twice = !is_new && self.frontier >= self.layout.end();
+                // A repair once every block went out (the tail) is sent twice (while the queue
+                // of second copies has room): both copies say so.
+                let queue_again = matches!(next, Next::Retransmit(_))
+                    && self.frontier >= self.layout.end()
+                    && self.again.len() < MAX_AGAIN;
+                let twice = queue_again || matches!(next, Next::Again(_));
                 let flags = match (is_new, twice) {
                     (true, _) => 0,
                     (false, false) => wire::DATA_RETRANSMISSION,
@@ -451,7 +455,7 @@ impl Sender {
                         self.stats.second_copies += 1;
                     } else {
                         self.retransmit.pop_first();
-                        if self.frontier >= self.layout.end() && self.again.len() < MAX_AGAIN {
+                        if queue_again {
                             self.again.push_back(block);
                         }
                     }
