@@ -581,6 +581,77 @@ fn status_rate_and_cancel_a_running_transfer() {
     assert!(stderr(&out).contains("no such session"), "{}", stderr(&out));
 }
 
+/// `ferry cp -C 2`: a large file goes up in two parts on two sessions at once, and small
+/// files whole; the server cancels one session mid-way, the client runs that share again, and
+/// the file lands complete and byte-exact under its name, with no partial left behind.
+#[test]
+fn a_multi_session_upload_survives_one_session_dying() {
+    let d = Daemon::start();
+    let big = data(24 << 20, 5);
+    std::fs::write(d.path("local/big"), &big).unwrap();
+    std::fs::create_dir_all(d.path("local/tree")).unwrap();
+    for i in 0..6 {
+        std::fs::write(d.path(&format!("local/tree/f{i}")), data(3000 + i, i as u32)).unwrap();
+    }
+    let key = d.path("id-alice");
+    // 12 MiB per session at 24 Mbit/s: about 4 s, time enough to cancel one of them.
+    let mut client = std::process::Command::new(&*FERRY)
+        .current_dir(d.path("local"))
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
+        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
+        .args(["--json", "big", "tree", "alice@127.0.0.1:."])
+        .env_remove("HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sessions = || -> Vec<serde_json::Value> {
+        let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["sessions"].as_array().unwrap().clone()
+    };
+    let victim = loop {
+        let now = sessions();
+        let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
+        if now.len() == 2 && moving.len() == 2 {
+            break moving[0]["session"].as_str().unwrap().to_owned();
+        }
+        if client.try_wait().unwrap().is_some() {
+            let (code, err) = finish_child(&mut client);
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut out).unwrap();
+            panic!("the transfer ended early ({code:?}): {err}\n{out}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let args = ["serve", "cancel", &victim, "--reason", "fault test", "--config", "ferry.toml"];
+    let out = run(&args, d.dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = finish_child(&mut client);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(code, Some(0), "{err}\n{stdout}");
+    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
+    let sessions_seen = stdout.lines().filter(|l| l.contains("\"event\":\"session\"")).count();
+    assert_eq!(sessions_seen, 3, "two sessions and one retry: {stdout}");
+    let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
+    let done: serde_json::Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["files"], 7, "{done}");
+    assert_eq!(std::fs::read(d.path("alice/big")).unwrap(), big, "the assembled file");
+    for i in 0..6 {
+        let name = format!("tree/f{i}");
+        assert_eq!(
+            digest(&d.path(&format!("alice/{name}"))),
+            digest(&d.path(&format!("local/{name}")))
+        );
+    }
+    let mut left = names(&d.path("alice"));
+    left.sort();
+    assert_eq!(left, ["big", "tree"], "a partial was left behind");
+}
+
 fn finish_child(child: &mut Child) -> (Option<i32>, String) {
     use std::io::Read;
     let start = std::time::Instant::now();

@@ -396,7 +396,8 @@ fn a_manifest_flood_after_authentication_hits_the_file_cap() {
             let mut frame = Vec::new();
             for id in 0..200_000u32 {
                 let path = format!("flood/{id:08}-{}", "x".repeat(80));
-                let entry = FileEntry { id, size: 1 << 20, mtime_ns: 0, mode: 0o644, path };
+                let entry =
+                    FileEntry { id, size: 1 << 20, mtime_ns: 0, mode: 0o644, path, part: None };
                 ControlMessage::File(entry).encode(&mut frame);
                 if frame.len() > 32 * 1024 {
                     if send.write_all(&frame).await.is_err() {

@@ -25,6 +25,26 @@ pub struct FileEntry {
     pub mode: u32,
     /// Relative path, `/`-separated, UTF-8. The receiving driver validates it against its docroot.
     pub path: String,
+    /// `Some` when this entry is one part of a larger file that several sessions of one
+    /// multi-session transfer send (`ferry cp -C N`): the entry's `size` bytes are the bytes
+    /// at [`Part::offset`] of that file. Sent as a FILE_PART frame.
+    pub part: Option<Part>,
+}
+
+/// Where a manifest entry's bytes sit in the larger file it is a part of (a FILE_PART frame).
+///
+/// The receiver assembles the parts of one file that carry the same `transfer` id into one
+/// partial file and moves it into place once every byte of `[0, total)` arrived in a verified
+/// part (docs/PROTOCOL.md, "Multi-session transfers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Offset of the entry's first byte in the whole file.
+    pub offset: u64,
+    /// Size of the whole file.
+    pub total: u64,
+    /// Random id the client draws for the whole multi-session transfer: parts assemble only
+    /// with parts of the same transfer (another transfer to the same name cannot join in).
+    pub transfer: [u8; 16],
 }
 
 /// Outcome of one file at the receiver.
@@ -124,6 +144,7 @@ const T_FILE_RESULT: u8 = 4;
 const T_ABORT: u8 = 5;
 const T_FILE_ABANDON: u8 = 6;
 const T_RATE_LIMIT: u8 = 7;
+const T_FILE_PART: u8 = 8;
 
 /// Longest reason string carried in a frame, in bytes (longer ones are cut on a character
 /// boundary).
@@ -147,6 +168,7 @@ impl ControlMessage {
     /// The frame type of this message.
     fn frame_type(&self) -> u8 {
         match self {
+            ControlMessage::File(f) if f.part.is_some() => T_FILE_PART,
             ControlMessage::File(_) => T_FILE,
             ControlMessage::ManifestEnd { .. } => T_MANIFEST_END,
             ControlMessage::FileDigest { .. } => T_FILE_DIGEST,
@@ -168,6 +190,11 @@ impl ControlMessage {
                 out.extend_from_slice(&f.mode.to_be_bytes());
                 out.extend_from_slice(&(f.path.len() as u16).to_be_bytes());
                 out.extend_from_slice(f.path.as_bytes());
+                if let Some(p) = &f.part {
+                    out.extend_from_slice(&p.offset.to_be_bytes());
+                    out.extend_from_slice(&p.total.to_be_bytes());
+                    out.extend_from_slice(&p.transfer);
+                }
             }
             ControlMessage::ManifestEnd { files } => out.extend_from_slice(&files.to_be_bytes()),
             ControlMessage::FileDigest { file, digest } => {
@@ -201,7 +228,7 @@ impl ControlMessage {
         let Some((t, payload, used)) = split_frame(buf, MAX_FRAME)? else { return Ok(None) };
         let mut r = Reader(payload);
         let msg = match t {
-            T_FILE => {
+            T_FILE | T_FILE_PART => {
                 let id = r.u32()?;
                 let size = r.u64()?;
                 let mtime_ns = r.u64()? as i64;
@@ -213,7 +240,17 @@ impl ControlMessage {
                 let path = std::str::from_utf8(r.take(path_len)?)
                     .map_err(|_| ParseError::Invalid("path is not UTF-8"))?
                     .to_owned();
-                ControlMessage::File(FileEntry { id, size, mtime_ns, mode, path })
+                let part = if t == T_FILE_PART {
+                    let (offset, total) = (r.u64()?, r.u64()?);
+                    let transfer = r.take(16)?.try_into().expect("16 bytes");
+                    if size == 0 || offset.checked_add(size).is_none_or(|end| end > total) {
+                        return Err(ParseError::Invalid("file part: empty, or beyond its file"));
+                    }
+                    Some(Part { offset, total, transfer })
+                } else {
+                    None
+                };
+                ControlMessage::File(FileEntry { id, size, mtime_ns, mode, path, part })
             }
             T_MANIFEST_END => ControlMessage::ManifestEnd { files: r.u32()? },
             T_FILE_DIGEST => {
@@ -341,6 +378,15 @@ mod tests {
                 mtime_ns: -5,
                 mode: 0o644,
                 path: "dir/ünïcode name.bin".into(),
+                part: None,
+            }),
+            ControlMessage::File(FileEntry {
+                id: 4,
+                size: 1 << 20,
+                mtime_ns: 7,
+                mode: 0o600,
+                path: "big".into(),
+                part: Some(Part { offset: 3 << 20, total: 4 << 20, transfer: [9; 16] }),
             }),
             ControlMessage::ManifestEnd { files: 4 },
             ControlMessage::FileDigest { file: 3, digest: [0xab; 32] },
@@ -367,6 +413,24 @@ mod tests {
             at += used;
         }
         assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn a_part_must_be_inside_its_file() {
+        let entry = |size: u64, offset: u64, total: u64| {
+            let part = Some(Part { offset, total, transfer: [1; 16] });
+            let mut buf = Vec::new();
+            let f = FileEntry { id: 0, size, mtime_ns: 0, mode: 0, path: "f".into(), part };
+            ControlMessage::File(f).encode(&mut buf);
+            ControlMessage::decode(&buf).map(|m| m.is_some())
+        };
+        assert_eq!(entry(10, 90, 100), Ok(true));
+        assert_eq!(
+            entry(0, 0, 100),
+            Err(ParseError::Invalid("file part: empty, or beyond its file"))
+        );
+        assert!(entry(11, 90, 100).is_err());
+        assert!(entry(2, u64::MAX, u64::MAX).is_err());
     }
 
     #[test]

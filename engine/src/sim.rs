@@ -545,6 +545,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             mtime_ns: 0,
             mode: 0o644,
             path: format!("file-{i}"),
+            part: None,
         });
     }
     sender.finish_manifest();

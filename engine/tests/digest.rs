@@ -44,6 +44,7 @@ fn a_file_modified_during_the_transfer_fails_its_digest_and_is_discarded() {
             mtime_ns: 0,
             mode: 0,
             path: format!("f{i}"),
+            part: None,
         });
     }
     sender.finish_manifest();

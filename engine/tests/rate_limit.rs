@@ -39,6 +39,7 @@ impl Pair {
             mtime_ns: 0,
             mode: 0,
             path: "f".into(),
+            part: None,
         });
         sender.finish_manifest();
         let source = MemSource { files: vec![vec![9; file]], fail_at: Vec::new() };

@@ -32,6 +32,7 @@ fn pair(suite: CipherSuite) -> Pair {
         mtime_ns: 0,
         mode: 0,
         path: "f".into(),
+        part: None,
     });
     sender.finish_manifest();
     let mut sink = MemSink::new(ferry_engine::session::MAX_STANDARD_BLOCK, None);

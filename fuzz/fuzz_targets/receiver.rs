@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut sender = Sender::new(config.clone(), &secret, &FixedFactory, now).unwrap();
     let mut receiver = Receiver::new(config.clone(), &secret, now).unwrap();
     for (i, f) in files.iter().enumerate() {
-        sender.add_file(FileEntry { id: 0, size: f.len() as u64, mtime_ns: 0, mode: 0, path: format!("f{i}") });
+        sender.add_file(FileEntry { id: 0, size: f.len() as u64, mtime_ns: 0, mode: 0, path: format!("f{i}"), part: None });
     }
     sender.finish_manifest();
     let mut source = MemSource { files: files.clone(), fail_at: Vec::new() };

@@ -30,6 +30,7 @@ use clap::Parser;
 const ROWS: &[&str] = &[
     "ferry-default",
     "ferry-1500",
+    "ferry-c2",
     "ferry-fixed",
     "ferry-fair",
     "ferry-small-up",
@@ -58,6 +59,7 @@ struct Args {
     rounds: usize,
     /// Comma-separated rows (default: all): ferry-default (`ferry cp` with no rate or policy
     /// option, the headline), ferry-1500 (the same with `-Z 1472`, a 1500-byte MTU's datagram),
+    /// ferry-c2 (no options but `-C 2`: two sessions, the file in two parts),
     /// ferry-fixed, ferry-fair, ferry-plain-up,
     /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
     /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
@@ -434,6 +436,13 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
             "ferry-1500",
             &["-Z", "1472"],
             "no options but -Z 1472 (a 1500-byte MTU's datagram)".into(),
+        ),
+        // Two sessions at once, the file cut in two parts (a multi-session transfer).
+        "ferry-c2" => run_ferry_with(
+            env,
+            "ferry-c2",
+            &["-C", "2"],
+            "no options but -C 2 (two sessions, the file in two parts)".into(),
         ),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),

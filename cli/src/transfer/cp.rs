@@ -21,6 +21,7 @@ use ferry_net::client::{
     self, ClientError, ClientEvent, ClientOptions, DEFAULT_PORT, HostKey, Transfer,
 };
 use ferry_net::identity::Identity;
+use ferry_net::multi;
 
 use super::progress::{self, Mode, Reporter};
 use crate::error::CliError;
@@ -61,6 +62,19 @@ pub(crate) struct CpArgs {
     /// smaller MTU than this host's route (a tunnel, a VPN).
     #[arg(short = 'Z', long = "datagram-size", value_name = "BYTES", value_parser = parse_datagram)]
     datagram_size: Option<usize>,
+    /// Sessions to carry the transfer at once (ascp's -C), 1 to 16: each has its own connection,
+    /// data socket and threads, so more cores move it. Files are dealt out whole, and files of
+    /// --multi-session-threshold bytes or more are cut into one part per session, assembled on
+    /// the server and moved into place once every part verified. A session that fails on the
+    /// way is run again for what it had not delivered. Uploads only, for now.
+    #[arg(short = 'C', long = "sessions", value_name = "N", default_value = "1",
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    sessions: u8,
+    /// With -C: files at least this large (bytes, with a k/m/g/t suffix) are cut into parts,
+    /// one per session; smaller ones go whole.
+    #[arg(long = "multi-session-threshold", value_name = "SIZE", default_value = "64m",
+          value_parser = super::parse_size)]
+    multi_session_threshold: u64,
     /// Machine-readable output: JSON events, one object per line on stdout (`session`,
     /// `progress` about every 250 ms, then `done` or `error`), instead of the progress bar and
     /// the summary line.
@@ -210,13 +224,26 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             for s in sources {
                 files.extend(local_sources(s)?);
             }
-            let files = PlainFiles
-                .source(files, SourceLimits::default())
-                .map_err(|e| CliError::new(Exit::Local, format!("cannot read the sources: {e}")))?;
-            Transfer::Upload { files, path: remote.path.clone() }
+            if args.sessions > 1 {
+                let single = files.len() == 1;
+                let (n, threshold) = (args.sessions.into(), args.multi_session_threshold);
+                let shares = source::shares(files, n, threshold, source::transfer_id());
+                Job::Shares { shares, single, path: remote.path.clone() }
+            } else {
+                let files = PlainFiles.source(files, SourceLimits::default()).map_err(|e| {
+                    CliError::new(Exit::Local, format!("cannot read the sources: {e}"))
+                })?;
+                Job::One(Transfer::Upload { files, path: remote.path.clone() })
+            }
+        }
+        Direction::Download if args.sessions > 1 => {
+            return Err(usage(format!(
+                "-C {} carries uploads only: a download runs in one session (for now)",
+                args.sessions
+            )));
         }
         Direction::Download => {
-            Transfer::Download { path: remote.path.clone(), sink: download_sink(dest)? }
+            Job::One(Transfer::Download { path: remote.path.clone(), sink: download_sink(dest)? })
         }
     };
     let host_key = match &args.host_key {
@@ -263,10 +290,16 @@ fn target_rate(args: &CpArgs) -> Result<u64, CliError> {
     }
 }
 
+/// What `ferry cp` runs: one session, or a multi-session upload (`-C`).
+enum Job {
+    One(Transfer),
+    Shares { shares: Vec<Vec<SourceFile>>, single: bool, path: String },
+}
+
 /// Runs the transfer on a runtime of its own; SIGINT or SIGTERM cancels it cleanly.
 fn transfer_blocking(
     opts: &ClientOptions,
-    transfer: Transfer,
+    transfer: Job,
     args: &CpArgs,
     reporter: Arc<Mutex<Reporter>>,
 ) -> Result<DriveReport, ClientError> {
@@ -282,7 +315,12 @@ fn transfer_blocking(
         let interrupt = tokio::spawn(async move {
             let _ = cancel_tx.send(Some(ferry_net::bridge::termination_signal().await));
         });
-        let result = client::transfer(opts, transfer, observer, cancel).await;
+        let result = match transfer {
+            Job::One(t) => client::transfer(opts, t, observer, cancel).await,
+            Job::Shares { shares, single, path } => {
+                multi::upload(opts, &PlainFiles, shares, &path, single, observer, cancel).await
+            }
+        };
         interrupt.abort();
         result
     })

@@ -31,9 +31,40 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     Ok((v * mult).round() as u64)
 }
 
+/// Parses a size in bytes: a number with an optional `k`, `m`, `g` or `t` suffix (powers of
+/// 1024), e.g. `64m`, `1.5g`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_lowercase()) {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: use bytes with an optional k, m, g or t suffix, e.g. 64m")
+    })?;
+    let bytes = v * mult as f64;
+    if !v.is_finite() || v < 0.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        for bad in ["", "k", "big", "-1m", "1e30t"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn rates() {

@@ -338,6 +338,33 @@ pub async fn transfer(
     observer: Observer,
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
+    let single = matches!(&transfer, Transfer::Upload { files, .. } if files.entries.len() == 1);
+    let (result, report) = attempt(opts, transfer, single, observer, cancel).await;
+    result.map(|()| report.expect("a completed session reports"))
+}
+
+/// One session: its outcome, and what its data path reported (also when it failed, if it got
+/// that far). `single`: the upload is of one file, which the destination may name.
+pub(crate) async fn attempt(
+    opts: &ClientOptions,
+    transfer: Transfer,
+    single: bool,
+    observer: Observer,
+    cancel: Cancel,
+) -> (Result<(), ClientError>, Option<DriveReport>) {
+    match connect_and_run(opts, transfer, single, observer, cancel).await {
+        Ok(done) => done,
+        Err(e) => (Err(e), None),
+    }
+}
+
+async fn connect_and_run(
+    opts: &ClientOptions,
+    transfer: Transfer,
+    single: bool,
+    observer: Observer,
+    cancel: Cancel,
+) -> Result<(Result<(), ClientError>, Option<DriveReport>), ClientError> {
     let server = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
         .ok()
@@ -359,13 +386,16 @@ pub async fn transfer(
     let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))
         .map_err(|source| ClientError::LocalSocket { what: "cannot open a UDP socket", source })?;
     let conn = connect(&endpoint, server, local_ip, pinned).await?;
-    let outcome = session(&conn, opts, transfer, local_ip, observer, cancel).await;
+    let outcome = match session(&conn, opts, transfer, single, local_ip, observer, cancel).await {
+        Ok(done) => done,
+        Err(e) => (Err(e), None),
+    };
     conn.close(0u32.into(), b"done");
     // Long enough for the CONNECTION_CLOSE to leave (the endpoint sends it at once); not the
     // whole draining period (three probe timeouts, seconds on a long path): the session's
     // outcome is known, and a server that misses the close ends the connection by itself.
     let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
-    outcome
+    Ok(outcome)
 }
 
 /// The local address to send from: loopback for a loopback server, else any.
@@ -438,10 +468,11 @@ async fn session(
     conn: &quinn::Connection,
     opts: &ClientOptions,
     transfer: Transfer,
+    single: bool,
     local_ip: IpAddr,
     observer: Observer,
     cancel: Cancel,
-) -> Result<DriveReport, ClientError> {
+) -> Result<(Result<(), ClientError>, Option<DriveReport>), ClientError> {
     let stream_err = |e: &dyn std::fmt::Display| ClientError::ControlStream(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
     let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).map_err(|source| {
@@ -451,7 +482,6 @@ async fn session(
         what: "cannot open the data socket",
         source,
     })?;
-    let single = matches!(&transfer, Transfer::Upload { files, .. } if files.entries.len() == 1);
     let hello = hello(conn, opts, transfer.direction(), transfer.path(), data_port.port(), single)?;
     let mut out = Vec::new();
     hello.encode(&mut out);
@@ -488,8 +518,7 @@ async fn session(
     let on_progress = Box::new(move |p: &Progress| observer(ClientEvent::Progress(p)));
     let (result, report) =
         bridge::run_session(stream, side, socket, on_progress, cancel, |_| {}).await;
-    result.map_err(drive_error)?;
-    Ok(report)
+    Ok((result.map_err(drive_error), Some(report)))
 }
 
 /// How long the client waits for its CONNECTION_CLOSE to leave before it returns.

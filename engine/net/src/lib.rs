@@ -23,6 +23,7 @@ pub mod client;
 pub mod identity;
 pub mod known_hosts;
 pub mod limits;
+pub mod multi;
 pub mod server;
 pub mod sockets;
 pub mod tls;

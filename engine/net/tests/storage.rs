@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ferry_engine::control::FileEntry;
+use ferry_engine::control::{FileEntry, FileStatus};
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::{Docroot, RelPath};
 use ferry_engine::io::files::{Destination, SinkLimits};
@@ -18,6 +18,7 @@ use ferry_engine::rate::Policy as RatePolicy;
 use ferry_engine::session::{BlockSink, BlockSource, SinkError};
 use ferry_net::client::{self, ClientOptions, HostKey, Transfer};
 use ferry_net::identity::Identity;
+use ferry_net::multi;
 use ferry_net::server::{Grant, Policy, Server, ServerOptions};
 
 /// Plain files, with a count of the bytes written to sinks and read from sources.
@@ -160,6 +161,35 @@ async fn the_granted_storage_stores_and_reads_everything() {
     assert_eq!(report.files.len(), 1);
     assert_eq!(std::fs::read(server_dir.path().join("up.bin")).unwrap(), data);
     assert_eq!(storage.written.load(Ordering::Relaxed), data.len() as u64);
+
+    // A three-session upload of the file in parts and two small files beside it: every byte
+    // is written exactly once, the parts assemble into the file under its name, and nothing
+    // else is left.
+    let small: Vec<u8> = data[..5000].to_vec();
+    std::fs::create_dir(client_dir.path().join("more")).unwrap();
+    std::fs::copy(client_dir.path().join("up.bin"), client_dir.path().join("more/up.bin")).unwrap();
+    std::fs::write(client_dir.path().join("more/a"), &small).unwrap();
+    std::fs::write(client_dir.path().join("more/b"), &small).unwrap();
+    let listed =
+        source::list(&local, &RelPath::parse("more").unwrap(), SourceLimits::default()).unwrap();
+    let shares = source::shares(listed, 3, 1 << 20, source::transfer_id());
+    assert_eq!(shares.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "{shares:?}");
+    let before = storage.written.load(Ordering::Relaxed);
+    let (_tx, cancel) = tokio::sync::watch::channel(None);
+    let multi = multi::upload(&opts, &PlainFiles, shares, "", false, Arc::new(|_| {}), cancel);
+    let report = tokio::time::timeout(Duration::from_secs(60), multi).await.unwrap().unwrap();
+    assert_eq!(report.files.len(), 3, "one report per file: {:?}", report.files);
+    assert!(report.files.iter().all(|f| f.status == FileStatus::Verified), "{:?}", report.files);
+    assert_eq!(report.file_bytes, data.len() as u64 + 10_000);
+    assert_eq!(storage.written.load(Ordering::Relaxed) - before, data.len() as u64 + 10_000);
+    assert_eq!(std::fs::read(server_dir.path().join("more/up.bin")).unwrap(), data);
+    assert_eq!(std::fs::read(server_dir.path().join("more/a")).unwrap(), small);
+    let mut landed: Vec<_> = std::fs::read_dir(server_dir.path().join("more"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    landed.sort();
+    assert_eq!(landed, ["a", "b", "up.bin"]);
 
     // Download: every byte comes out of the granted storage's source.
     let back = tempfile::tempdir().unwrap();

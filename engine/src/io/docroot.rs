@@ -523,6 +523,11 @@ impl Docroot {
 }
 
 impl Dir {
+    /// Device and inode of the directory.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        Ok(fd_meta(&self.fd)?.dev_ino)
+    }
+
     /// Another descriptor for the same directory.
     pub fn try_clone(&self) -> io::Result<Dir> {
         Ok(Dir { fd: self.fd.try_clone()? })

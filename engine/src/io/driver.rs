@@ -857,7 +857,14 @@ mod tests {
         }
         for f in &files {
             let path = f.manifest.clone();
-            sender.add_file(FileEntry { id: 0, size: f.size, mtime_ns: 0, mode: 0o600, path });
+            sender.add_file(FileEntry {
+                id: 0,
+                size: f.size,
+                mtime_ns: 0,
+                mode: 0o600,
+                path,
+                part: None,
+            });
         }
         let source = FileSource::new(files, SourceLimits::default());
         sender.finish_manifest();

@@ -65,6 +65,19 @@ struct SinkFile {
     stage: Stage,
     /// Device and inode of the partial file: a reopened partial must be the same file.
     identity: Option<(u64, u64)>,
+    /// A part of a larger file (a multi-session transfer): the file is assembled with the
+    /// other parts ([`assembly`](super::assembly)) once the first block arrives.
+    part: Option<crate::control::Part>,
+    /// The source's modification time (parts of one version agree on it).
+    mtime_ns: i64,
+    claim: Option<super::assembly::Claim>,
+}
+
+impl SinkFile {
+    /// Offset in the file of the entry's first byte.
+    fn base(&self) -> u64 {
+        self.part.map_or(0, |p| p.offset)
+    }
 }
 
 impl SinkFile {
@@ -217,7 +230,7 @@ fn invalid(e: PathError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
-fn random_suffix() -> u64 {
+pub(crate) fn random_suffix() -> u64 {
     let mut b = [0u8; 8];
     rand::fill(&mut b);
     u64::from_le_bytes(b)
@@ -264,9 +277,10 @@ impl FileSink {
         if self.writer.is_none() {
             self.writer = Some(Writer::start()?);
         }
+        let at = self.files[file as usize].base() + self.pending.offset;
         let writer = self.writer.as_mut().expect("started");
         let full = std::mem::take(&mut self.pending.buf);
-        self.pending.buf = writer.submit((f, self.pending.offset, full))?;
+        self.pending.buf = writer.submit((f, at, full))?;
         Ok(())
     }
 
@@ -285,8 +299,9 @@ impl FileSink {
             if let Some(w) = &mut self.writer {
                 w.take_error()?;
             }
-            let (file, offset) = (self.pending.file, self.pending.offset);
-            let written = self.handle(file).and_then(|f| f.write_all_at(&self.pending.buf, offset));
+            let file = self.pending.file;
+            let at = self.files.get(file as usize).map_or(0, SinkFile::base) + self.pending.offset;
+            let written = self.handle(file).and_then(|f| f.write_all_at(&self.pending.buf, at));
             self.pending.buf.clear();
             return written;
         }
@@ -322,6 +337,9 @@ impl FileSink {
             return Ok(o.1.clone());
         }
         let sf = self.files.get(file as usize).ok_or_else(|| io::Error::other("no such file"))?;
+        if let Some(claim) = &sf.claim {
+            return Ok(claim.file().clone());
+        }
         let parent = self.parents[sf.parent as usize].clone();
         let (partial, stage, size) = (sf.partial(), sf.stage, sf.size);
         let shown = parent.join(&sf.name).map_or_else(|_| sf.name.clone(), |p| p.to_string());
@@ -333,6 +351,22 @@ impl FileSink {
         };
         let handle = match stage {
             Stage::Done => return Err(io::Error::other("the file is already finished")),
+            Stage::Created if sf.part.is_some() => {
+                return Err(io::Error::other("the file's part was given up"));
+            }
+            Stage::Announced if sf.part.is_some() => {
+                let (part, name, mtime_ns) =
+                    (sf.part.expect("a part"), sf.name.clone(), sf.mtime_ns);
+                let dir =
+                    self.dir(&parent).map_err(|e| context("cannot create its directory", e))?;
+                let claim = super::assembly::claim(dir, &name, &part, size, mtime_ns)
+                    .map_err(|e| context("cannot join the file's other parts", e))?;
+                let f = claim.file().clone();
+                let sf = &mut self.files[file as usize];
+                sf.stage = Stage::Created;
+                sf.claim = Some(claim);
+                return Ok(f);
+            }
             Stage::Announced => {
                 let dir =
                     self.dir(&parent).map_err(|e| context("cannot create its directory", e))?;
@@ -419,8 +453,18 @@ impl FileSink {
         Ok((parent, name))
     }
 
-    /// Renames the complete partial of `file` into place.
+    /// Renames the complete partial of `file` into place (for a part: counts it, and moves the
+    /// file into place if it was the last).
     fn publish(&mut self, file: u32) -> io::Result<()> {
+        if self.files[file as usize].part.is_some() {
+            // A part with no block yet (nothing claimed) cannot be verified: parts are never
+            // empty.
+            let sf = &mut self.files[file as usize];
+            let claim = sf.claim.take().ok_or_else(|| io::Error::other("no bytes of the part"))?;
+            claim.complete(sf.mode, self.limits.replace)?;
+            sf.stage = Stage::Done;
+            return Ok(());
+        }
         let f = self.handle(file)?;
         let sf = &self.files[file as usize];
         let parent = self.parents[sf.parent as usize].clone();
@@ -431,23 +475,7 @@ impl FileSink {
         drop(f);
         let replace = self.limits.replace;
         let dir = self.dir(&parent)?;
-        let renamed = if replace {
-            dir.rename_replace(&partial, &name)
-        } else {
-            dir.rename_noreplace(&partial, &name)
-        };
-        renamed.map_err(|e| {
-            let shown = super::docroot::escape(&name, 120);
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                io::Error::new(
-                    e.kind(),
-                    format!("{shown} appeared at the destination during the transfer; Ferry does not overwrite files"),
-                )
-            } else {
-                io::Error::new(e.kind(), format!("{shown}: cannot move into place: {e}"))
-            }
-        })?;
-        let _ = dir.sync();
+        move_into_place(dir, &partial, &name, replace)?;
         self.files[file as usize].stage = Stage::Done;
         Ok(())
     }
@@ -463,11 +491,14 @@ impl FileSink {
         i
     }
 
-    /// Removes the partial of `file`, if it was created.
+    /// Removes the partial of `file`, if it was created (a part gives up its claim instead:
+    /// the partial is the whole file's).
     fn discard(&mut self, file: u32) {
         self.close(file);
-        let sf = &self.files[file as usize];
-        if sf.stage == Stage::Created {
+        let sf = &mut self.files[file as usize];
+        if sf.part.is_some() {
+            sf.claim = None;
+        } else if sf.stage == Stage::Created {
             let partial = sf.partial();
             if let Ok(dir) = self.root.open_dir(&self.parents[sf.parent as usize]) {
                 let _ = dir.remove_file(&partial);
@@ -475,6 +506,34 @@ impl FileSink {
         }
         self.files[file as usize].stage = Stage::Done;
     }
+}
+
+/// Renames the complete, synced `partial` in `dir` to `name` (replacing an existing file only
+/// with `replace`), then syncs the directory.
+pub(crate) fn move_into_place(
+    dir: &Dir,
+    partial: &str,
+    name: &str,
+    replace: bool,
+) -> io::Result<()> {
+    let renamed = if replace {
+        dir.rename_replace(partial, name)
+    } else {
+        dir.rename_noreplace(partial, name)
+    };
+    renamed.map_err(|e| {
+        let shown = super::docroot::escape(name, 120);
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            io::Error::new(
+                e.kind(),
+                format!("{shown} appeared at the destination during the transfer; Ferry does not overwrite files"),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("{shown}: cannot move into place: {e}"))
+        }
+    })?;
+    let _ = dir.sync();
+    Ok(())
 }
 
 impl BlockSink for FileSink {
@@ -509,6 +568,9 @@ impl BlockSink for FileSink {
             mode: if entry.mode & 0o777 != 0 { entry.mode & 0o777 } else { 0o644 },
             stage,
             identity: None,
+            part: entry.part,
+            mtime_ns: entry.mtime_ns,
+            claim: None,
         });
         result
     }
@@ -575,7 +637,7 @@ mod tests {
     use super::*;
 
     fn entry(id: u32, path: &str, size: u64) -> FileEntry {
-        FileEntry { id, size, mtime_ns: 0, mode: 0o640, path: path.into() }
+        FileEntry { id, size, mtime_ns: 0, mode: 0o640, path: path.into(), part: None }
     }
 
     fn sink(dir: &std::path::Path) -> FileSink {

@@ -13,6 +13,7 @@
 //!   upload as it completes and opens envelopes for downloads.
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
 
+pub mod assembly;
 pub mod docroot;
 pub mod driver;
 pub mod files;

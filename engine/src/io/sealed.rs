@@ -512,8 +512,18 @@ impl BlockSink for SealingSink {
                 "the file is too large to encrypt at rest",
             ));
         }
-        let stored = FileEntry { size: envelope_len(file.size), ..file.clone() };
+        let stored = FileEntry { size: envelope_len(file.size), part: None, ..file.clone() };
         self.inner.open(&stored)?;
+        if file.part.is_some() {
+            // The inner sink saw the file (nothing is created before a block arrives) and
+            // discards it when the session finishes it as failed.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this user's files are encrypted at rest, and an envelope is sealed by one \
+                 session: send this file whole (ferry cp -C 1, or a --multi-session-threshold \
+                 above its size)",
+            ));
+        }
         self.files[file.id as usize] = SealFile::Announced { size: file.size };
         Ok(())
     }
@@ -852,7 +862,7 @@ mod tests {
     }
 
     fn entry(id: u32, path: &str, size: usize) -> FileEntry {
-        FileEntry { id, size: size as u64, mtime_ns: 0, mode: 0o640, path: path.into() }
+        FileEntry { id, size: size as u64, mtime_ns: 0, mode: 0o640, path: path.into(), part: None }
     }
 
     /// The blocks of a file of `len` bytes, in a scrambled order (every 7th first, then the rest

@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::docroot::{Docroot, Kind, Meta, RelPath};
+use crate::control::Part;
 use crate::session::BlockSource;
 
 /// Bytes read ahead per `pread` when a file is read forward.
@@ -55,6 +56,9 @@ pub struct SourceFile {
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// `Some` when only a part of the file is sent (a multi-session transfer, [`shares`]): the
+    /// `size` bytes at [`Part::offset`].
+    pub part: Option<Part>,
 }
 
 /// Bounds of a listing and of a [`FileSource`].
@@ -176,8 +180,69 @@ impl SourceFile {
             size: m.size,
             mode: m.mode & 0o777,
             mtime_ns: m.mtime_ns,
+            part: None,
         }
     }
+
+    /// Offset in the file of the first byte sent.
+    fn base(&self) -> u64 {
+        self.part.map_or(0, |p| p.offset)
+    }
+}
+
+/// Files at least this large are split into parts across the sessions of a multi-session
+/// transfer by default (`ferry cp -C N`; `--multi-session-threshold` sets another).
+pub const DEFAULT_PART_THRESHOLD: u64 = 64 << 20;
+/// Parts start at multiples of this (whole pages, whole write-behind runs).
+pub const PART_ALIGN: u64 = 1 << 20;
+/// What a file costs a session besides its bytes, in bytes, when whole files are dealt out:
+/// its metadata round, its open, digest and rename (so that many small files spread evenly by
+/// count as well as by size).
+const FILE_COST: u64 = 64 << 10;
+
+/// A new random id for a multi-session transfer ([`Part::transfer`]).
+pub fn transfer_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    rand::fill(&mut id);
+    id
+}
+
+/// Deals `files` out to `n` sessions of one multi-session transfer: a file of `threshold`
+/// bytes or more (when `n > 1`) is cut into up to `n` parts of equal size (aligned to
+/// [`PART_ALIGN`]), part `k` to session `k`; every other file goes whole to the session with
+/// the least work so far (bytes plus a fixed cost per file). Each share keeps the listing's
+/// order; a share may be empty. Parts carry `transfer`, the transfer's random id. Deterministic:
+/// the same listing gives the same shares.
+pub fn shares(
+    files: Vec<SourceFile>,
+    n: usize,
+    threshold: u64,
+    transfer: [u8; 16],
+) -> Vec<Vec<SourceFile>> {
+    let n = n.max(1);
+    let mut out: Vec<Vec<SourceFile>> = (0..n).map(|_| Vec::new()).collect();
+    let mut load = vec![0u64; n];
+    for f in files {
+        if n > 1 && f.part.is_none() && f.size >= threshold.max(1) && f.size > PART_ALIGN {
+            let len = f.size.div_ceil(n as u64).next_multiple_of(PART_ALIGN);
+            let mut offset = 0;
+            for (k, share) in out.iter_mut().enumerate() {
+                if offset >= f.size {
+                    break;
+                }
+                let size = len.min(f.size - offset);
+                let part = Some(Part { offset, total: f.size, transfer });
+                share.push(SourceFile { size, part, ..f.clone() });
+                load[k] += size + FILE_COST;
+                offset += size;
+            }
+            continue;
+        }
+        let k = (0..n).min_by_key(|&k| load[k]).expect("n >= 1");
+        load[k] += f.size + FILE_COST;
+        out[k].push(f);
+    }
+    out
 }
 
 /// A [`BlockSource`] over [`SourceFile`]s (see the [module docs](self)).
@@ -242,7 +307,7 @@ impl FileSource {
             format!(
                 "{} shrank while being sent (it had {} bytes, now {now})",
                 f.path.shown(),
-                f.size
+                f.part.map_or(f.size, |p| p.total)
             ),
         )
     }
@@ -257,7 +322,7 @@ impl FileSource {
         }
         let f = &self.files[id as usize];
         let (handle, meta) = f.root.open_file(&f.path)?;
-        if meta.size < f.size {
+        if meta.size < f.base() + f.size {
             return Err(self.shrank(id, meta.size));
         }
         let st = &mut self.state[id as usize];
@@ -270,6 +335,13 @@ impl FileSource {
                 )));
             }
             _ => st.identity = Some(identity),
+        }
+        if f.part.is_some() && meta.mtime_ns != f.mtime_ns {
+            // The other parts are read from the file as listed; this one would not match them.
+            return Err(io::Error::other(format!(
+                "{} changed since it was listed (sent in parts, all from one version)",
+                f.path.shown()
+            )));
         }
         if self.open.len() >= self.limits.max_open.max(1) {
             let lru = (0..self.open.len()).min_by_key(|&i| self.open[i].used).expect("non-empty");
@@ -291,7 +363,7 @@ impl FileSource {
     /// Loads the chunk of file `id` starting at `start` into the least recently used buffer
     /// of its kind: a read-ahead buffer, or one for reads behind it (`back`).
     fn load(&mut self, id: u32, start: u64, back: bool) -> io::Result<usize> {
-        let size = self.files[id as usize].size;
+        let (size, base) = (self.files[id as usize].size, self.files[id as usize].base());
         let (cap, count) = if back { (BACK_CHUNK, BACK_CHUNKS) } else { (CHUNK, CHUNKS) };
         let len = (size - start).min(cap as u64) as usize;
         let mine = || (0..self.chunks.len()).filter(|&i| self.chunks[i].back == back);
@@ -306,8 +378,8 @@ impl FileSource {
         self.chunks[slot].len = 0;
         let i = self.handle(id)?;
         let chunk = &mut self.chunks[slot];
-        if let Err(e) = read_full(&self.open[i].handle, start, &mut chunk.buf[..len]) {
-            return Err(self.explain(id, start + len as u64, e));
+        if let Err(e) = read_full(&self.open[i].handle, base + start, &mut chunk.buf[..len]) {
+            return Err(self.explain(id, base + start + len as u64, e));
         }
         let chunk = &mut self.chunks[slot];
         chunk.file = id;
@@ -464,6 +536,53 @@ mod tests {
     }
 
     /// `visit` hands over the same bytes as `read`, across chunk boundaries, without a copy.
+    #[test]
+    fn shares_cut_large_files_into_parts_and_deal_small_ones_out_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let big = 5 * PART_ALIGN as usize + 3;
+        let data: Vec<u8> = (0..big as u32).map(|i| (i % 253) as u8).collect();
+        std::fs::create_dir(d.path().join("t")).unwrap();
+        std::fs::write(d.path().join("t/big"), &data).unwrap();
+        for name in ["a", "c", "d"] {
+            std::fs::write(d.path().join("t").join(name), b"small").unwrap();
+        }
+        let root = Arc::new(Docroot::open(d.path()).unwrap());
+        let l = list(&root, &RelPath::parse("t").unwrap(), SourceLimits::default()).unwrap();
+        let id = [7; 16];
+        let cut = shares(l.clone(), 3, PART_ALIGN, id);
+        let names = |s: &[SourceFile]| -> Vec<String> {
+            let at = |f: &SourceFile| f.part.map_or(String::new(), |p| format!("@{}", p.offset));
+            s.iter().map(|f| format!("{}{}", f.manifest, at(f))).collect()
+        };
+        // t/a, t/big, t/c, t/d in listing order: parts of 2 MiB (5 MiB + 3 over 3, aligned up),
+        // the last one shorter; the small files after it go to the session with least to do.
+        assert_eq!(names(&cut[0]), ["t/a", "t/big@0"]);
+        assert_eq!(names(&cut[1]), ["t/big@2097152"]);
+        assert_eq!(names(&cut[2]), ["t/big@4194304", "t/c", "t/d"]);
+        let parts: Vec<_> =
+            cut.iter().flatten().filter_map(|f| f.part.map(|p| (p, f.size))).collect();
+        assert_eq!(parts.iter().map(|(_, n)| n).sum::<u64>(), big as u64);
+        assert!(parts.iter().all(|(p, _)| p.total == big as u64 && p.transfer == id));
+        // Deterministic; one session, or a threshold above every file: nothing is cut.
+        assert_eq!(names(&shares(l.clone(), 3, PART_ALIGN, id)[1]), names(&cut[1]));
+        assert_eq!(shares(l.clone(), 1, 1, id)[0].len(), 4);
+        assert!(shares(l, 2, big as u64 + 1, id).iter().flatten().all(|f| f.part.is_none()));
+
+        // A part reads its own bytes of the file.
+        let mut src = FileSource::new(cut[1].clone(), SourceLimits::default());
+        let mut buf = vec![0; 2 * PART_ALIGN as usize];
+        src.read(0, 0, &mut buf).unwrap();
+        assert_eq!(buf, &data[2 * PART_ALIGN as usize..4 * PART_ALIGN as usize]);
+        let e = src.read(0, 2 * PART_ALIGN - 1, &mut [0; 2]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "beyond the part: {e}");
+        // The file changed since it was listed: a part refuses to read it.
+        let mut src = FileSource::new(cut[0].clone(), SourceLimits::default());
+        let f = std::fs::File::options().write(true).open(d.path().join("t/big")).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        let e = src.read(1, 0, &mut [0; 10]).unwrap_err();
+        assert!(e.to_string().contains("changed since it was listed"), "{e}");
+    }
+
     #[test]
     fn visit_sees_what_read_reads() {
         let d = tempfile::tempdir().unwrap();

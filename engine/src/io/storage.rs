@@ -72,9 +72,12 @@ impl Storage for PlainFiles {
             .map(|f| FileEntry {
                 id: 0,
                 size: f.size,
-                mtime_ns: 0,
+                // A part names its file's version, so that parts of two versions never
+                // assemble into one file.
+                mtime_ns: if f.part.is_some() { f.mtime_ns } else { 0 },
                 mode: f.mode,
                 path: f.manifest.clone(),
+                part: f.part,
             })
             .collect();
         Ok(Outgoing { entries, source: Box::new(FileSource::new(files, limits)) })
