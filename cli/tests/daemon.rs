@@ -652,6 +652,70 @@ fn a_multi_session_upload_survives_one_session_dying() {
     assert_eq!(left, ["big", "tree"], "a partial was left behind");
 }
 
+/// `ferry cp -C 2` the other way: the server deals its listing out, each session asks for its
+/// share; one session cancelled mid-way asks again, and what it had already received is not
+/// sent twice; the download lands byte-exact with no partial left behind.
+#[test]
+fn a_multi_session_download_survives_one_session_dying() {
+    let d = Daemon::start();
+    let big = data(24 << 20, 6);
+    std::fs::create_dir_all(d.path("alice/out/tree")).unwrap();
+    std::fs::write(d.path("alice/out/big"), &big).unwrap();
+    for i in 0..5 {
+        std::fs::write(d.path(&format!("alice/out/tree/f{i}")), data(2000 + i, i as u32)).unwrap();
+    }
+    let back = tempfile::tempdir().unwrap();
+    let key = d.path("id-alice");
+    let mut client = std::process::Command::new(&*FERRY)
+        .current_dir(back.path())
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
+        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
+        .args(["--json", "alice@127.0.0.1:out", "."])
+        .env_remove("HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sessions = || -> Vec<serde_json::Value> {
+        let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["sessions"].as_array().unwrap().clone()
+    };
+    let victim = loop {
+        let now = sessions();
+        let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
+        if now.len() == 2 && moving.len() == 2 {
+            break moving[0]["session"].as_str().unwrap().to_owned();
+        }
+        if client.try_wait().unwrap().is_some() {
+            let (code, err) = finish_child(&mut client);
+            panic!("the transfer ended early ({code:?}): {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let args = ["serve", "cancel", &victim, "--reason", "fault test", "--config", "ferry.toml"];
+    let out = run(&args, d.dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = finish_child(&mut client);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(code, Some(0), "{err}\n{stdout}");
+    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
+    let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
+    let done: serde_json::Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["files"], 6, "each file once: {done}");
+    let b = back.path();
+    assert_eq!(std::fs::read(b.join("out/big")).unwrap(), big, "the assembled file");
+    assert_eq!(tree(b).len(), 6, "{:?}", tree(b));
+    for i in 0..5 {
+        let name = format!("out/tree/f{i}");
+        assert_eq!(digest(&b.join(&name)), digest(&d.path(&format!("alice/{name}"))));
+    }
+    assert_eq!(names(&b.join("out")).len(), 2, "a partial was left: {:?}", names(&b.join("out")));
+}
+
 fn finish_child(child: &mut Child) -> (Option<i32>, String) {
     use std::io::Read;
     let start = std::time::Instant::now();

@@ -229,6 +229,7 @@ fn signed_hello(c: &quinn::Connection, key: &Ed25519KeyPair, d: Direction, port:
         flags: 0,
         path: ".".into(),
         user: String::new(),
+        share: None,
         public_key: key.public_key().as_ref().try_into().unwrap(),
         signature: [0; 64],
     };

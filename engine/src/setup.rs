@@ -73,18 +73,39 @@ pub struct ClientHello {
     /// The client's UDP data port.
     pub data_port: u16,
     /// Bit 0: on upload, the destination may name the single file when it is not an existing
-    /// directory.
+    /// directory. Bit 1: [`ClientHello::share`] is present (set by [`ClientHello::encode`]).
     pub flags: u8,
     /// Upload: destination; download: source. Relative to the server's docroot.
     pub path: String,
     /// The transfer user the client asks to act as (`user@host`); empty: the server's default
     /// user. The server checks the key against this user's keys.
     pub user: String,
+    /// A download that is one session of a multi-session transfer: which share of the listing
+    /// this session carries (docs/PROTOCOL.md 8.5).
+    pub share: Option<Share>,
     /// The client's ed25519 public key.
     pub public_key: [u8; 32],
     /// Ed25519 signature over [`ClientHello::signed_message`].
     pub signature: [u8; 64],
 }
+
+/// Which share of a download's listing one session of a multi-session download carries: the
+/// server deals the listing out to `count` sessions as
+/// [`shares`](crate::io::source::shares) does and sends share `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This session's share, `0 ..= count - 1`.
+    pub index: u8,
+    /// Sessions of the transfer, `2 ..= 16`.
+    pub count: u8,
+    /// Files of at least this many bytes are cut into parts.
+    pub threshold: u64,
+    /// The transfer's random id, carried by its parts.
+    pub transfer: [u8; 16],
+}
+
+/// Flag bit: a [`Share`] follows the user name.
+const FLAG_SHARE: u8 = 2;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,11 +146,18 @@ impl ClientHello {
         p.extend_from_slice(&self.min_rate.to_be_bytes());
         p.push(self.policy.code());
         p.extend_from_slice(&self.data_port.to_be_bytes());
-        p.push(self.flags);
+        let flags = (self.flags & !FLAG_SHARE) | if self.share.is_some() { FLAG_SHARE } else { 0 };
+        p.push(flags);
         p.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
         p.extend_from_slice(self.path.as_bytes());
         p.push(self.user.len() as u8);
         p.extend_from_slice(self.user.as_bytes());
+        if let Some(sh) = &self.share {
+            p.push(sh.index);
+            p.push(sh.count);
+            p.extend_from_slice(&sh.threshold.to_be_bytes());
+            p.extend_from_slice(&sh.transfer);
+        }
         p.extend_from_slice(&self.public_key);
         p
     }
@@ -185,6 +213,18 @@ impl ClientHello {
         let user = std::str::from_utf8(r.take(user_len)?)
             .map_err(|_| ParseError::Invalid("user name is not UTF-8"))?
             .to_owned();
+        let share = if flags & FLAG_SHARE != 0 {
+            let (index, count, threshold) = (r.u8()?, r.u8()?, r.u64()?);
+            let transfer = r.take(16)?.try_into().expect("16");
+            if !(2..=16).contains(&count) || index >= count || direction != Direction::Download {
+                return Err(
+                    ParseError::Invalid("share: not 2..=16 sessions, or not a download").into()
+                );
+            }
+            Some(Share { index, count, threshold, transfer })
+        } else {
+            None
+        };
         let public_key = r.take(32)?.try_into().expect("32");
         let signature = r.take(64)?.try_into().expect("64");
         if !r.0.is_empty() {
@@ -201,9 +241,10 @@ impl ClientHello {
             min_rate,
             policy,
             data_port,
-            flags,
+            flags: flags & !FLAG_SHARE,
             path,
             user,
+            share,
             public_key,
             signature,
         })
@@ -305,6 +346,8 @@ pub struct Plan {
     pub data_port: u16,
     /// The receiver's window cap.
     pub max_window: u64,
+    /// On download: the share of the listing this session sends.
+    pub share: Option<Share>,
 }
 
 impl Plan {
@@ -470,6 +513,7 @@ pub fn negotiate<G: Permits>(
         may_name_file: hello.direction == Direction::Upload && hello.flags & 1 != 0,
         data_port: hello.data_port,
         max_window: rules.max_window,
+        share: hello.share,
     };
     Ok((plan, grant))
 }
@@ -691,6 +735,7 @@ mod tests {
             flags: 1,
             path: "in/ü".into(),
             user: "alice".into(),
+            share: None,
             public_key: [3; 32],
             signature: [4; 64],
         }
@@ -716,6 +761,36 @@ mod tests {
         let mut other = h.clone();
         other.user = "mallory".into();
         assert_ne!(h.signed_message(&e), other.signed_message(&e));
+        // A download's share round-trips and is signed; a share on an upload, of one session,
+        // or beyond its count is refused.
+        let share = Share { index: 1, count: 3, threshold: 64 << 20, transfer: [5; 16] };
+        let mut shared = h.clone();
+        (shared.direction, shared.flags, shared.share) = (Direction::Download, 0, Some(share));
+        let mut buf = Vec::new();
+        shared.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        assert_eq!(ClientHello::decode(payload).unwrap(), shared);
+        let mut other = shared.clone();
+        other.share = Some(Share { index: 2, ..share });
+        assert_ne!(shared.signed_message(&e), other.signed_message(&e));
+        for bad in [
+            Share { index: 3, ..share },
+            Share { count: 1, index: 0, ..share },
+            Share { count: 17, ..share },
+        ] {
+            let mut b = shared.clone();
+            b.share = Some(bad);
+            let mut buf = Vec::new();
+            b.encode(&mut buf);
+            let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+            assert!(ClientHello::decode(payload).is_err(), "{bad:?}");
+        }
+        let mut up = shared.clone();
+        up.direction = Direction::Upload;
+        let mut buf = Vec::new();
+        up.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        assert!(ClientHello::decode(payload).is_err(), "a share on an upload");
         // No user (the server's default), and a user name longer than 64 bytes.
         let mut anonymous = h.clone();
         anonymous.user.clear();

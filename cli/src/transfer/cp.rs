@@ -66,7 +66,8 @@ pub(crate) struct CpArgs {
     /// data socket and threads, so more cores move it. Files are dealt out whole, and files of
     /// --multi-session-threshold bytes or more are cut into one part per session, assembled on
     /// the server and moved into place once every part verified. A session that fails on the
-    /// way is run again for what it had not delivered. Uploads only, for now.
+    /// way is run again for what it had not delivered. Downloads likewise: the server deals its
+    /// listing out the same way and each session asks for its share.
     #[arg(short = 'C', long = "sessions", value_name = "N", default_value = "1",
           value_parser = clap::value_parser!(u8).range(1..=16))]
     sessions: u8,
@@ -237,10 +238,13 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             }
         }
         Direction::Download if args.sessions > 1 => {
-            return Err(usage(format!(
-                "-C {} carries uploads only: a download runs in one session (for now)",
-                args.sessions
-            )));
+            download_sink(dest)?; // the destination's mistakes before any round trip
+            Job::Download {
+                path: remote.path.clone(),
+                dest: dest.clone(),
+                sessions: args.sessions,
+                threshold: args.multi_session_threshold,
+            }
         }
         Direction::Download => {
             Job::One(Transfer::Download { path: remote.path.clone(), sink: download_sink(dest)? })
@@ -294,6 +298,7 @@ fn target_rate(args: &CpArgs) -> Result<u64, CliError> {
 enum Job {
     One(Transfer),
     Shares { shares: Vec<Vec<SourceFile>>, single: bool, path: String },
+    Download { path: String, dest: String, sessions: u8, threshold: u64 },
 }
 
 /// Runs the transfer on a runtime of its own; SIGINT or SIGTERM cancels it cleanly.
@@ -319,6 +324,12 @@ fn transfer_blocking(
             Job::One(t) => client::transfer(opts, t, observer, cancel).await,
             Job::Shares { shares, single, path } => {
                 multi::upload(opts, &PlainFiles, shares, &path, single, observer, cancel).await
+            }
+            Job::Download { path, dest, sessions, threshold } => {
+                let sink = move || {
+                    download_sink(&dest).map_err(|e| std::io::Error::other(e.message.clone()))
+                };
+                multi::download(opts, &sink, &path, sessions, threshold, observer, cancel).await
             }
         };
         interrupt.abort();

@@ -339,20 +339,30 @@ pub async fn transfer(
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
     let single = matches!(&transfer, Transfer::Upload { files, .. } if files.entries.len() == 1);
-    let (result, report) = attempt(opts, transfer, single, observer, cancel).await;
+    let role = Role { single, share: None };
+    let (result, report) = attempt(opts, transfer, role, observer, cancel).await;
     result.map(|()| report.expect("a completed session reports"))
 }
 
+/// What one session is within its transfer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Role {
+    /// The upload is of one file (perhaps in parts), which the destination may name.
+    pub single: bool,
+    /// A download's share of the listing (multi-session).
+    pub share: Option<setup::Share>,
+}
+
 /// One session: its outcome, and what its data path reported (also when it failed, if it got
-/// that far). `single`: the upload is of one file, which the destination may name.
+/// that far).
 pub(crate) async fn attempt(
     opts: &ClientOptions,
     transfer: Transfer,
-    single: bool,
+    role: Role,
     observer: Observer,
     cancel: Cancel,
 ) -> (Result<(), ClientError>, Option<DriveReport>) {
-    match connect_and_run(opts, transfer, single, observer, cancel).await {
+    match connect_and_run(opts, transfer, role, observer, cancel).await {
         Ok(done) => done,
         Err(e) => (Err(e), None),
     }
@@ -361,7 +371,7 @@ pub(crate) async fn attempt(
 async fn connect_and_run(
     opts: &ClientOptions,
     transfer: Transfer,
-    single: bool,
+    role: Role,
     observer: Observer,
     cancel: Cancel,
 ) -> Result<(Result<(), ClientError>, Option<DriveReport>), ClientError> {
@@ -386,7 +396,7 @@ async fn connect_and_run(
     let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))
         .map_err(|source| ClientError::LocalSocket { what: "cannot open a UDP socket", source })?;
     let conn = connect(&endpoint, server, local_ip, pinned).await?;
-    let outcome = match session(&conn, opts, transfer, single, local_ip, observer, cancel).await {
+    let outcome = match session(&conn, opts, transfer, role, local_ip, observer, cancel).await {
         Ok(done) => done,
         Err(e) => (Err(e), None),
     };
@@ -468,7 +478,7 @@ async fn session(
     conn: &quinn::Connection,
     opts: &ClientOptions,
     transfer: Transfer,
-    single: bool,
+    role: Role,
     local_ip: IpAddr,
     observer: Observer,
     cancel: Cancel,
@@ -482,7 +492,7 @@ async fn session(
         what: "cannot open the data socket",
         source,
     })?;
-    let hello = hello(conn, opts, transfer.direction(), transfer.path(), data_port.port(), single)?;
+    let hello = hello(conn, opts, transfer.direction(), transfer.path(), data_port.port(), role)?;
     let mut out = Vec::new();
     hello.encode(&mut out);
     send.write_all(&out).await.map_err(|e| stream_err(&e))?;
@@ -531,7 +541,7 @@ fn hello(
     direction: Direction,
     path: &str,
     data_port: u16,
-    single_file: bool,
+    role: Role,
 ) -> Result<ClientHello, ClientError> {
     let mut hello = ClientHello {
         versions: vec![setup::VERSION],
@@ -542,9 +552,10 @@ fn hello(
         min_rate: opts.min_rate,
         policy: opts.policy,
         data_port,
-        flags: u8::from(direction == Direction::Upload && single_file),
+        flags: u8::from(direction == Direction::Upload && role.single),
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
+        share: role.share,
         public_key: *opts.identity.public(),
         signature: [0; 64],
     };

@@ -16,10 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use ferry_engine::control::FileStatus;
+use ferry_engine::control::{FileEntry, FileStatus};
 use ferry_engine::io::driver::{DriveReport, FileReport, Progress};
 use ferry_engine::io::source::{SourceFile, SourceLimits};
 use ferry_engine::io::storage::Storage;
+use ferry_engine::session::{BlockSink, SinkError};
+use ferry_engine::setup::Share;
 
 use crate::bridge::Cancel;
 use crate::client::{self, ClientError, ClientEvent, ClientOptions, Observer, Transfer};
@@ -29,11 +31,21 @@ pub const SHARE_ATTEMPTS: u32 = 3;
 /// The wait before a share's first retry; it doubles for the next.
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
-/// What one share did: each file (or part) with its outcome, and the sessions' counters.
+/// A manifest entry as the transfer's report knows it: its path, and whether it is a part.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Entry {
+    path: String,
+    /// The part's offset, for a part.
+    part: Option<u64>,
+}
+
+/// What one share did: each entry with its outcome, and the sessions' counters.
 struct ShareOutcome {
-    files: Vec<(SourceFile, FileReport)>,
+    files: Vec<(Entry, FileReport)>,
     report: DriveReport,
 }
+
+type ShareFuture<'a> = Pin<Box<dyn Future<Output = Result<ShareOutcome, ClientError>> + Send + 'a>>;
 
 /// Uploads `shares` (from [`shares`](ferry_engine::io::source::shares)), one session per
 /// non-empty share, all at once, to `path` on the server. The report lists each file once, in
@@ -50,6 +62,51 @@ pub async fn upload(
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
     let shares: Vec<_> = shares.into_iter().filter(|s| !s.is_empty()).collect();
+    run_all(shares.len(), observer, cancel, |i, observer, stop| {
+        let share = shares[i].clone();
+        Box::pin(upload_share(opts, storage, share, path, single, observer, stop))
+    })
+    .await
+}
+
+/// Makes the sink of one session of a multi-session download (each session writes through its
+/// own; the parts of a file meet in the process's [`assembly`](ferry_engine::io::assembly)).
+pub type SinkFactory = dyn Fn() -> std::io::Result<Box<dyn BlockSink + Send>> + Send + Sync;
+
+/// Downloads `path` in `sessions` sessions at once: the server deals its listing out as
+/// [`shares`](ferry_engine::io::source::shares) does (files of `threshold` bytes or more in
+/// parts) and each session asks for its share; `sink` makes each session's sink. A session
+/// that fails in a way worth retrying asks for its share again (what an earlier attempt
+/// received is refused at once and keeps its outcome). If the transfer fails, the partials of
+/// files it was assembling are removed.
+pub async fn download(
+    opts: &ClientOptions,
+    sink: &SinkFactory,
+    path: &str,
+    sessions: u8,
+    threshold: u64,
+    observer: Observer,
+    cancel: Cancel,
+) -> Result<DriveReport, ClientError> {
+    let transfer = ferry_engine::io::source::transfer_id();
+    let count = sessions.clamp(2, 16);
+    let result = run_all(count.into(), observer, cancel, |i, observer, stop| {
+        let share = Share { index: i as u8, count, threshold, transfer };
+        Box::pin(download_share(opts, sink, path, share, observer, stop))
+    })
+    .await;
+    ferry_engine::io::assembly::abandon(&transfer);
+    result
+}
+
+/// Runs `n` shares at once (`start(i, observer, stop)` makes share `i`'s future), stops the
+/// others when one fails for good, and merges what they did.
+async fn run_all<'a>(
+    n: usize,
+    observer: Observer,
+    cancel: Cancel,
+    start: impl Fn(usize, Observer, Cancel) -> ShareFuture<'a>,
+) -> Result<DriveReport, ClientError> {
     let (stop_tx, stop) = tokio::sync::watch::channel(None);
     let stop_tx = Arc::new(stop_tx);
     let forward = {
@@ -62,13 +119,10 @@ pub async fn upload(
             let _ = tx.send(reason);
         })
     };
-    let sum = Arc::new(Mutex::new(vec![ShareProgress::default(); shares.len()]));
-    let mut running: Vec<Option<Pin<Box<dyn Future<Output = _> + Send + '_>>>> = Vec::new();
-    for (i, share) in shares.into_iter().enumerate() {
-        let observer = summing(i, sum.clone(), observer.clone());
-        let share = run_share(opts, storage, share, path, single, observer, stop.clone());
-        running.push(Some(Box::pin(share)));
-    }
+    let sum = Arc::new(Mutex::new(vec![ShareProgress::default(); n]));
+    let mut running: Vec<Option<ShareFuture<'a>>> = (0..n)
+        .map(|i| Some(start(i, summing(i, sum.clone(), observer.clone()), stop.clone())))
+        .collect();
     let mut outcomes: Vec<Option<Result<ShareOutcome, ClientError>>> =
         running.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -89,7 +143,7 @@ pub async fn upload(
     .await;
     forward.abort();
     let mut merged = DriveReport::default();
-    let mut files: Vec<(SourceFile, FileReport)> = Vec::new();
+    let mut files = Vec::new();
     let mut errors = Vec::new();
     for outcome in outcomes.into_iter().flatten() {
         match outcome {
@@ -116,9 +170,108 @@ fn stopped_by_sibling(e: &ClientError) -> bool {
     matches!(e, ClientError::Cancelled { reason } if reason == SIBLING_FAILED)
 }
 
-/// Runs one share: a session, and again for what had no outcome if it failed in a way worth
+/// Whether a share's failed session is worth running again.
+fn retry(e: &ClientError, attempt: u32, stop: &Cancel) -> bool {
+    e.retryable() && attempt < SHARE_ATTEMPTS && stop.borrow().is_none()
+}
+
+/// Runs one download share: a session, and again if it failed in a way worth retrying.
+async fn download_share(
+    opts: &ClientOptions,
+    make_sink: &SinkFactory,
+    path: &str,
+    share: Share,
+    observer: Observer,
+    stop: Cancel,
+) -> Result<ShareOutcome, ClientError> {
+    let mut out = ShareOutcome { files: Vec::new(), report: DriveReport::default() };
+    // Each entry's latest outcome, in the order first seen.
+    let mut outcome: Vec<(Entry, FileReport)> = Vec::new();
+    let received = Arc::new(Mutex::new(std::collections::HashSet::<Entry>::new()));
+    let mut backoff = RETRY_BACKOFF;
+    let role = client::Role { single: false, share: Some(share) };
+    for attempt in 1..=SHARE_ATTEMPTS {
+        let inner = make_sink().map_err(|e| ClientError::Storage { message: e.to_string() })?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Recording { inner, seen: seen.clone(), received: received.clone() };
+        let transfer = Transfer::Download { path: path.to_owned(), sink: Box::new(sink) };
+        let (result, report) =
+            client::attempt(opts, transfer, role, observer.clone(), stop.clone()).await;
+        if let Some(r) = report {
+            add(&mut out.report, &r);
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            for f in r.files {
+                let Some((entry, earlier)) = seen.get(f.file as usize).cloned() else { continue };
+                if earlier {
+                    continue; // refused here because an earlier attempt received it
+                }
+                if f.status == FileStatus::Verified {
+                    received.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.clone());
+                }
+                match outcome.iter_mut().find(|(e, _)| *e == entry) {
+                    Some(slot) => slot.1 = f,
+                    None => outcome.push((entry, f)),
+                }
+            }
+        }
+        match result {
+            Ok(()) => break,
+            Err(e) if retry(&e, attempt, &stop) => {
+                tracing::warn!(
+                    target: "ferry::multi",
+                    attempt,
+                    share = share.index,
+                    "a session of the transfer failed ({e}); retrying its files in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.files = outcome;
+    Ok(out)
+}
+
+/// A download session's sink that notes each entry (path, part) and refuses at once an entry an
+/// earlier attempt of its share received.
+struct Recording {
+    inner: Box<dyn BlockSink + Send>,
+    /// Per file id: the entry, and whether it was refused as received before.
+    seen: Arc<Mutex<Vec<(Entry, bool)>>>,
+    received: Arc<Mutex<std::collections::HashSet<Entry>>>,
+}
+
+impl BlockSink for Recording {
+    fn open(&mut self, file: &FileEntry) -> std::io::Result<()> {
+        let entry = Entry { path: file.path.clone(), part: file.part.map(|p| p.offset) };
+        let earlier = self.received.lock().unwrap_or_else(|e| e.into_inner()).contains(&entry);
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).push((entry, earlier));
+        // The inner sink sees every file (its ids stay in sequence) and discards a refused one
+        // when the session finishes it as failed.
+        let opened = self.inner.open(file);
+        if earlier {
+            return Err(std::io::Error::other("received by an earlier session of this transfer"));
+        }
+        opened
+    }
+    fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.inner.write(file, offset, data)
+    }
+    fn free_blocks(&self) -> u64 {
+        self.inner.free_blocks()
+    }
+    fn finish(&mut self, file: u32, verified: bool) -> std::io::Result<()> {
+        self.inner.finish(file, verified)
+    }
+    fn name(&self, file: u32) -> Option<String> {
+        self.inner.name(file)
+    }
+}
+
+/// Runs one upload share: a session, and again for what had no outcome if it failed in a way worth
 /// retrying.
-async fn run_share(
+async fn upload_share(
     opts: &ClientOptions,
     storage: &dyn Storage,
     mut pending: Vec<SourceFile>,
@@ -129,20 +282,21 @@ async fn run_share(
 ) -> Result<ShareOutcome, ClientError> {
     let mut out = ShareOutcome { files: Vec::new(), report: DriveReport::default() };
     let mut backoff = RETRY_BACKOFF;
+    let role = client::Role { single, share: None };
     for attempt in 1..=SHARE_ATTEMPTS {
         let files = storage
             .source(pending.clone(), SourceLimits::default())
             .map_err(|e| ClientError::Failed(format!("cannot read the sources: {e}")))?;
         let transfer = Transfer::Upload { files, path: path.to_owned() };
         let (result, report) =
-            client::attempt(opts, transfer, single, observer.clone(), stop.clone()).await;
+            client::attempt(opts, transfer, role, observer.clone(), stop.clone()).await;
         let mut reported = vec![false; pending.len()];
         if let Some(r) = report {
             add(&mut out.report, &r);
             for f in r.files {
                 if let Some(src) = pending.get(f.file as usize) {
                     reported[f.file as usize] = true;
-                    out.files.push((src.clone(), f));
+                    out.files.push((entry(src), f));
                 }
             }
         }
@@ -151,7 +305,7 @@ async fn run_share(
         match result {
             Ok(()) => break,
             Err(_) if pending.is_empty() => break,
-            Err(e) if e.retryable() && attempt < SHARE_ATTEMPTS && stop.borrow().is_none() => {
+            Err(e) if retry(&e, attempt, &stop) => {
                 tracing::warn!(
                     target: "ferry::multi",
                     attempt,
@@ -169,38 +323,40 @@ async fn run_share(
         let reason = "no session of the transfer delivered it".to_owned();
         let path = src.manifest.clone();
         let status = FileStatus::StorageFailed;
-        out.files.push((src, FileReport { file: 0, status, reason, path }));
+        out.files.push((entry(&src), FileReport { file: 0, status, reason, path }));
     }
     Ok(out)
 }
 
+fn entry(src: &SourceFile) -> Entry {
+    Entry { path: src.manifest.clone(), part: src.part.map(|p| p.offset) }
+}
+
 /// One report per file: the parts of a file (adjacent or not) become one entry, verified when
 /// all are.
-fn per_file(files: Vec<(SourceFile, FileReport)>) -> Vec<FileReport> {
+fn per_file(files: Vec<(Entry, FileReport)>) -> Vec<FileReport> {
     let mut out: Vec<FileReport> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (src, mut f) in files {
+        if f.status != FileStatus::Verified && f.path.is_empty() {
+            f.path = src.path.clone();
+        }
         if src.part.is_none() {
             f.file = out.len() as u32;
             out.push(f);
             continue;
         }
-        match index.get(&src.manifest) {
+        match index.get(&src.path) {
             Some(&i) => {
                 if out[i].status == FileStatus::Verified && f.status != FileStatus::Verified {
                     out[i] = FileReport { file: i as u32, ..f };
                 }
             }
             None => {
-                index.insert(src.manifest.clone(), out.len());
+                index.insert(src.path.clone(), out.len());
                 f.file = out.len() as u32;
                 out.push(f);
             }
-        }
-    }
-    for f in &mut out {
-        if f.status != FileStatus::Verified && f.path.is_empty() {
-            f.path = "?".into();
         }
     }
     out

@@ -446,10 +446,9 @@ async fn accept_loop(
 
 /// Removes stale partial files now and then, off the runtime.
 async fn sweep_forever(docroots: Vec<Arc<Docroot>>) {
-    if docroots.is_empty() {
-        return;
-    }
     loop {
+        // Files of multi-session uploads whose parts stopped coming.
+        let _ = tokio::task::spawn_blocking(ferry_engine::io::assembly::sweep_orphans).await;
         for docroot in &docroots {
             let root = docroot.clone();
             let swept = tokio::task::spawn_blocking(move || {
@@ -787,7 +786,7 @@ async fn sender(
     secret: &SessionSecret,
     plan: setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
-    let rel = plan.path;
+    let (rel, share) = (plan.path, plan.share);
     let limits =
         SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
     let shown = rel.shown();
@@ -804,6 +803,16 @@ async fn sender(
             };
             Refusal::Path(why)
         })?;
+        // One session of a multi-session download sends its share of the listing. Files kept
+        // in a form only read whole (encrypted at rest) are dealt out whole.
+        let list = match share {
+            Some(sh) => {
+                let threshold = if storage.at_rest() == "plain" { sh.threshold } else { u64::MAX };
+                let mut shares = source::shares(list, sh.count.into(), threshold, sh.transfer);
+                shares.swap_remove(sh.index.into())
+            }
+            None => list,
+        };
         storage.source(list, limits).map_err(|e| {
             warn!("storage for {}: {e}", escape(&user, 64));
             match e.kind() {

@@ -231,6 +231,24 @@ pub fn in_progress() -> usize {
     lock().len()
 }
 
+/// Removes the files of multi-session transfer `transfer` that no session holds any more (the
+/// transfer ended without them): the receiving client calls it when its transfer ends.
+pub fn abandon(transfer: &[u8; 16]) {
+    lock().retain(|k, a| {
+        let drop = k.transfer == *transfer && a.claimed.is_empty();
+        if drop {
+            a.remove();
+        }
+        !drop
+    });
+}
+
+/// Removes the files no session has held for [`ORPHAN_LINGER`] (a long-running receiver calls
+/// it now and then: claims also sweep, but only when parts keep coming).
+pub fn sweep_orphans() {
+    sweep(&mut lock(), Instant::now());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
