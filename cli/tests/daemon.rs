@@ -639,6 +639,7 @@ fn a_multi_session_upload_survives_one_session_dying() {
     let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
     let done: serde_json::Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["files"], 7, "{done}");
+    assert_eq!(done["bytes"], (24 << 20) + (0..6).map(|i| 3000 + i).sum::<u64>(), "{done}");
     assert_eq!(std::fs::read(d.path("alice/big")).unwrap(), big, "the assembled file");
     for i in 0..6 {
         let name = format!("tree/f{i}");
@@ -706,6 +707,7 @@ fn a_multi_session_download_survives_one_session_dying() {
     let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
     let done: serde_json::Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["files"], 6, "each file once: {done}");
+    assert_eq!(done["bytes"], (24 << 20) + (0..5).map(|i| 2000 + i).sum::<u64>(), "{done}");
     let b = back.path();
     assert_eq!(std::fs::read(b.join("out/big")).unwrap(), big, "the assembled file");
     assert_eq!(tree(b).len(), 6, "{:?}", tree(b));

@@ -198,7 +198,7 @@ async fn download_share(
         let (result, report) =
             client::attempt(opts, transfer, role, observer.clone(), stop.clone()).await;
         if let Some(r) = report {
-            add(&mut out.report, &r);
+            add_attempt(&mut out.report, &r);
             let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             for f in r.files {
                 let Some((entry, earlier)) = seen.get(f.file as usize).cloned() else { continue };
@@ -292,7 +292,7 @@ async fn upload_share(
             client::attempt(opts, transfer, role, observer.clone(), stop.clone()).await;
         let mut reported = vec![false; pending.len()];
         if let Some(r) = report {
-            add(&mut out.report, &r);
+            add_attempt(&mut out.report, &r);
             for f in r.files {
                 if let Some(src) = pending.get(f.file as usize) {
                     reported[f.file as usize] = true;
@@ -360,6 +360,14 @@ fn per_file(files: Vec<(Entry, FileReport)>) -> Vec<FileReport> {
         }
     }
     out
+}
+
+/// Adds an attempt's counters to its share's. Every attempt announces what is left of the share
+/// (a download's, all of it again), so the share's size is the most any attempt announced.
+fn add_attempt(to: &mut DriveReport, r: &DriveReport) {
+    let file_bytes = to.file_bytes.max(r.file_bytes);
+    add(to, r);
+    to.file_bytes = file_bytes;
 }
 
 /// Adds a session's counters to the transfer's.
