@@ -11,6 +11,8 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v uftp >/dev/null 2>&1 || need+=(uftp)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v scp >/dev/null 2>&1 || need+=(openssh-client)
+# The loopback benchmark's rsync-small-up row (rsync over the same local sshd).
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

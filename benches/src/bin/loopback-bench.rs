@@ -36,6 +36,7 @@ const ROWS: &[&str] = &[
     "ferry-small-up",
     "ferry-small-down",
     "scp-small-up",
+    "rsync-small-up",
     "ferry-plain-up",
     "ferry-ssear-up",
     "ferry-plain-down",
@@ -78,7 +79,8 @@ struct Args {
     /// Wall-clock limit of one run, seconds; a run still going then is killed and reported.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Files of the small-files rows (ferry-small-up, ferry-small-down, scp-small-up).
+    /// Files of the small-files rows (ferry-small-up, ferry-small-down, scp-small-up,
+    /// rsync-small-up).
     #[arg(long, default_value_t = 10_000)]
     small_files: usize,
     /// Size of each of those files (k/M suffixes are powers of 1024).
@@ -449,6 +451,7 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
         "ferry-small-up" => run_small_ferry(env, true),
         "ferry-small-down" => run_small_ferry(env, false),
         "scp-small-up" => run_small_scp(env),
+        "rsync-small-up" => run_small_rsync(env),
         "ferry-plain-up" => run_at_rest(env, "plain", true),
         "ferry-ssear-up" => run_at_rest(env, "vault", true),
         "ferry-plain-down" => run_at_rest(env, "plain", false),
@@ -468,7 +471,10 @@ fn unavailable(env: &Env, row: &str) -> Option<String> {
     if row.starts_with("iperf3") && !have("iperf3") {
         return Some("iperf3 is not installed (apt-get install iperf3)".into());
     }
-    if row.starts_with("scp") && !env.ssh_ready {
+    if row.starts_with("rsync") && !have("rsync") {
+        return Some("rsync is not installed (apt-get install rsync)".into());
+    }
+    if (row.starts_with("scp") || row.starts_with("rsync")) && !env.ssh_ready {
         return Some(
             "needs root, scp, ssh-keygen and /usr/sbin/sshd (apt-get install openssh-server \
              openssh-client)"
@@ -958,6 +964,42 @@ fn run_small_scp(env: &Env) -> Res<RunResult> {
     verify_tree_and_remove(env, &dest.join("small"), "scp-small-up")?;
     let copy = Copy { seconds, client: send, server: recv, said: String::new() };
     Ok(small_result(env, copy, "scp -r, aes128-gcm@openssh.com"))
+}
+
+/// `rsync -a` of the small-files tree to the loopback sshd (ssh with the scp rows' cipher and
+/// key; rsync's own delta algorithm has nothing to compare against: the destination is empty).
+fn run_small_rsync(env: &Env) -> Res<RunResult> {
+    let s = &env.scratch;
+    let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
+    let (mut server, port) = start_sshd(env)?;
+    let dest = s.join("rsync-dest");
+    fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let ssh = format!(
+        "ssh -q -c aes128-gcm@openssh.com -p {port} -i {} -o UserKnownHostsFile={} \
+         -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        s.join("ssh-id").display(),
+        s.join("ssh-known_hosts").display()
+    );
+    let mut rsync = Command::new("rsync");
+    rsync
+        .args(["-a", "-e", &ssh])
+        .arg(tree)
+        .arg(format!("root@127.0.0.1:{}/", dest.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut client = Proc::spawn(&mut rsync, "rsync -a")?;
+    let err = collect(client.stderr());
+    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let recv = server.stop()?;
+    if !ok {
+        return Err(format!("rsync -a failed: {}", err.join().unwrap_or_default().trim()));
+    }
+    verify_tree_and_remove(env, &dest.join("small"), "rsync-small-up")?;
+    let copy = Copy { seconds, client: send, server: recv, said: String::new() };
+    Ok(small_result(env, copy, "rsync -a over ssh, aes128-gcm@openssh.com"))
 }
 
 fn run_scp(env: &Env) -> Res<RunResult> {
