@@ -593,47 +593,9 @@ fn a_multi_session_upload_survives_one_session_dying() {
     for i in 0..6 {
         std::fs::write(d.path(&format!("local/tree/f{i}")), data(3000 + i, i as u32)).unwrap();
     }
-    let key = d.path("id-alice");
-    // 12 MiB per session at 24 Mbit/s: about 4 s, time enough to cancel one of them.
-    let mut client = std::process::Command::new(&*FERRY)
-        .current_dir(d.path("local"))
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
-        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
-        .args(["--json", "big", "tree", "alice@127.0.0.1:."])
-        .env_remove("HOME")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let sessions = || -> Vec<serde_json::Value> {
-        let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
-        assert!(out.status.success(), "{}", stderr(&out));
-        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        reply["sessions"].as_array().unwrap().clone()
-    };
-    let victim = loop {
-        let now = sessions();
-        let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
-        if now.len() == 2 && moving.len() == 2 {
-            break moving[0]["session"].as_str().unwrap().to_owned();
-        }
-        if client.try_wait().unwrap().is_some() {
-            let (code, err) = finish_child(&mut client);
-            let mut out = String::new();
-            std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut out).unwrap();
-            panic!("the transfer ended early ({code:?}): {err}\n{out}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let args = ["serve", "cancel", &victim, "--reason", "fault test", "--config", "ferry.toml"];
-    let out = run(&args, d.dir.path());
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (code, err) = finish_child(&mut client);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut stdout).unwrap();
+    let (code, err, stdout) =
+        cp_two_sessions_cancelling_one(&d, &d.path("local"), &["big", "tree", "alice@127.0.0.1:."]);
     assert_eq!(code, Some(0), "{err}\n{stdout}");
-    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
     let sessions_seen = stdout.lines().filter(|l| l.contains("\"event\":\"session\"")).count();
     assert_eq!(sessions_seen, 3, "two sessions and one retry: {stdout}");
     let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
@@ -666,44 +628,9 @@ fn a_multi_session_download_survives_one_session_dying() {
         std::fs::write(d.path(&format!("alice/out/tree/f{i}")), data(2000 + i, i as u32)).unwrap();
     }
     let back = tempfile::tempdir().unwrap();
-    let key = d.path("id-alice");
-    let mut client = std::process::Command::new(&*FERRY)
-        .current_dir(back.path())
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
-        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
-        .args(["--json", "alice@127.0.0.1:out", "."])
-        .env_remove("HOME")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let sessions = || -> Vec<serde_json::Value> {
-        let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
-        assert!(out.status.success(), "{}", stderr(&out));
-        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        reply["sessions"].as_array().unwrap().clone()
-    };
-    let victim = loop {
-        let now = sessions();
-        let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
-        if now.len() == 2 && moving.len() == 2 {
-            break moving[0]["session"].as_str().unwrap().to_owned();
-        }
-        if client.try_wait().unwrap().is_some() {
-            let (code, err) = finish_child(&mut client);
-            panic!("the transfer ended early ({code:?}): {err}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let args = ["serve", "cancel", &victim, "--reason", "fault test", "--config", "ferry.toml"];
-    let out = run(&args, d.dir.path());
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (code, err) = finish_child(&mut client);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut stdout).unwrap();
+    let (code, err, stdout) =
+        cp_two_sessions_cancelling_one(&d, back.path(), &["alice@127.0.0.1:out", "."]);
     assert_eq!(code, Some(0), "{err}\n{stdout}");
-    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
     let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
     let done: serde_json::Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["files"], 6, "each file once: {done}");
@@ -716,6 +643,59 @@ fn a_multi_session_download_survives_one_session_dying() {
         assert_eq!(digest(&b.join(&name)), digest(&d.path(&format!("alice/{name}"))));
     }
     assert_eq!(names(&b.join("out")).len(), 2, "a partial was left: {:?}", names(&b.join("out")));
+}
+
+/// Runs `ferry cp -C 2` as alice with `paths` from `cwd` (8 MiB threshold, 24 Mbit/s per
+/// session: a 12 MiB part takes about 4 s), cancels one of its two sessions through the admin
+/// socket once both move, and returns the client's exit code, stderr and `--json` stdout.
+fn cp_two_sessions_cancelling_one(
+    d: &Daemon,
+    cwd: &Path,
+    paths: &[&str],
+) -> (Option<i32>, String, String) {
+    let key = d.path("id-alice");
+    let mut client = std::process::Command::new(&*FERRY)
+        .current_dir(cwd)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
+        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
+        .arg("--json")
+        .args(paths)
+        .env_remove("HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sessions = || -> Vec<serde_json::Value> {
+        let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["sessions"].as_array().unwrap().clone()
+    };
+    let stdout = |client: &mut Child| {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut client.stdout.take().unwrap(), &mut out).unwrap();
+        out
+    };
+    let victim = loop {
+        let now = sessions();
+        let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
+        if now.len() == 2 && moving.len() == 2 {
+            break moving[0]["session"].as_str().unwrap().to_owned();
+        }
+        if client.try_wait().unwrap().is_some() {
+            let (code, err) = finish_child(&mut client);
+            panic!("the transfer ended early ({code:?}): {err}\n{}", stdout(&mut client));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let args = ["serve", "cancel", &victim, "--reason", "fault test", "--config", "ferry.toml"];
+    let out = run(&args, d.dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = finish_child(&mut client);
+    let out = stdout(&mut client);
+    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
+    (code, err, out)
 }
 
 fn finish_child(child: &mut Child) -> (Option<i32>, String) {
