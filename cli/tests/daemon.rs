@@ -509,17 +509,8 @@ fn status_rate_and_cancel_a_running_transfer() {
     assert!(meta.file_type().is_socket() && meta.mode() & 0o777 == 0o600, "{meta:?}");
     std::fs::write(d.path("local/big"), data(24 << 20, 4)).unwrap();
     // 24 MiB at 8 Mbit/s: about 25 s, time enough to look at it.
-    let key = d.path("id-alice");
-    let mut client = std::process::Command::new(&*FERRY)
-        .current_dir(d.path("local"))
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
-        .args(["-l", "8m", "--policy", "fixed", "big", "alice@127.0.0.1:big"])
-        .env_remove("HOME")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = ["-l", "8m", "--policy", "fixed", "big", "alice@127.0.0.1:big"];
+    let mut client = spawn_alice_cp(&d, &d.path("local"), &args);
     let status = |json: bool| {
         let mut args = vec!["serve", "status", "--config", "ferry.toml"];
         if json {
@@ -645,6 +636,21 @@ fn a_multi_session_download_survives_one_session_dying() {
     assert_eq!(names(&b.join("out")).len(), 2, "a partial was left: {:?}", names(&b.join("out")));
 }
 
+/// Starts `ferry cp` as alice with `args` from `cwd`, its output piped.
+fn spawn_alice_cp(d: &Daemon, cwd: &Path, args: &[&str]) -> Child {
+    let key = d.path("id-alice");
+    std::process::Command::new(&*FERRY)
+        .current_dir(cwd)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
+        .args(args)
+        .env_remove("HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs `ferry cp -C 2` as alice with `paths` from `cwd` (8 MiB threshold, 24 Mbit/s per
 /// session: a 12 MiB part takes about 4 s), cancels one of its two sessions through the admin
 /// socket once both move, and returns the client's exit code, stderr and `--json` stdout.
@@ -653,19 +659,10 @@ fn cp_two_sessions_cancelling_one(
     cwd: &Path,
     paths: &[&str],
 ) -> (Option<i32>, String, String) {
-    let key = d.path("id-alice");
-    let mut client = std::process::Command::new(&*FERRY)
-        .current_dir(cwd)
-        .args(["cp", "-i", key.to_str().unwrap(), "-P", &d.port, "--host-key", &d.fingerprint])
-        .args(["-C", "2", "--multi-session-threshold", "8m", "-l", "24m", "--policy", "fixed"])
-        .arg("--json")
-        .args(paths)
-        .env_remove("HOME")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut args = vec!["-C", "2", "--multi-session-threshold", "8m", "-l", "24m"];
+    args.extend(["--policy", "fixed", "--json"]);
+    args.extend_from_slice(paths);
+    let mut client = spawn_alice_cp(d, cwd, &args);
     let sessions = || -> Vec<serde_json::Value> {
         let out = run(&["serve", "status", "--json", "--config", "ferry.toml"], d.dir.path());
         assert!(out.status.success(), "{}", stderr(&out));
