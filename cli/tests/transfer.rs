@@ -718,3 +718,27 @@ fn datagram_size_is_the_routes_unless_given() {
         assert!(!s.docroot().join("h").exists());
     }
 }
+
+/// `-C 3` both ways with one file cut in parts, to and from a new name: the parts assemble
+/// under that name on either side, and nothing else is left.
+#[test]
+fn multi_session_copies_of_one_file_under_a_new_name() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("big.bin"), data(5 << 20, 21)).unwrap();
+    let fp = s.fingerprint.clone();
+    let multi = ["--host-key", &fp, "-C", "3", "--multi-session-threshold", "1m"];
+    let out = cp(&s, &[&multi[..], &["big.bin", "127.0.0.1:renamed.bin"]].concat(), l);
+    assert!(out.status.success(), "upload: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("upload complete: 1 files"));
+    assert_eq!(digest(&s.docroot().join("renamed.bin")), digest(&l.join("big.bin")));
+    assert_eq!(names(&s.docroot()), ["renamed.bin"]);
+    let out = cp(&s, &[&multi[..], &["127.0.0.1:renamed.bin", "back.bin"]].concat(), l);
+    assert!(out.status.success(), "download: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("download complete: 1 files"));
+    assert_eq!(digest(&l.join("back.bin")), digest(&l.join("big.bin")));
+    let mut here = names(l);
+    here.sort();
+    assert_eq!(here, ["back.bin", "big.bin"]);
+}

@@ -191,6 +191,19 @@ async fn the_granted_storage_stores_and_reads_everything() {
     landed.sort();
     assert_eq!(landed, ["a", "b", "up.bin"]);
 
+    // One file in two parts to a new name: both parts land under that name.
+    let listed =
+        source::list(&local, &RelPath::parse("up.bin").unwrap(), SourceLimits::default()).unwrap();
+    let shares = source::shares(listed, 2, 1 << 20, source::transfer_id());
+    assert!(shares.iter().all(|s| s.len() == 1 && s[0].part.is_some()), "{shares:?}");
+    let (_tx, cancel) = tokio::sync::watch::channel(None);
+    let multi =
+        multi::upload(&opts, &PlainFiles, shares, "renamed.bin", true, Arc::new(|_| {}), cancel);
+    let report = tokio::time::timeout(Duration::from_secs(60), multi).await.unwrap().unwrap();
+    assert_eq!(report.files.len(), 1, "{:?}", report.files);
+    assert_eq!(report.files[0].status, FileStatus::Verified, "{:?}", report.files);
+    assert_eq!(std::fs::read(server_dir.path().join("renamed.bin")).unwrap(), data);
+
     // Download: every byte comes out of the granted storage's source.
     let back = tempfile::tempdir().unwrap();
     let root = Arc::new(Docroot::open(back.path()).unwrap());
