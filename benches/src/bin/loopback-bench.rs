@@ -35,6 +35,8 @@ const ROWS: &[&str] = &[
     "ferry-fair",
     "ferry-small-up",
     "ferry-small-down",
+    "ferry-small-up-c2",
+    "ferry-small-down-c2",
     "scp-small-up",
     "rsync-small-up",
     "ferry-plain-up",
@@ -79,8 +81,8 @@ struct Args {
     /// Wall-clock limit of one run, seconds; a run still going then is killed and reported.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Files of the small-files rows (ferry-small-up, ferry-small-down, scp-small-up,
-    /// rsync-small-up).
+    /// Files of the small-files rows (ferry-small-up, ferry-small-down, their -C 2 variants
+    /// ferry-small-up-c2 and ferry-small-down-c2, scp-small-up, rsync-small-up).
     #[arg(long, default_value_t = 10_000)]
     small_files: usize,
     /// Size of each of those files (k/M suffixes are powers of 1024).
@@ -448,8 +450,10 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
         ),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
-        "ferry-small-up" => run_small_ferry(env, true),
-        "ferry-small-down" => run_small_ferry(env, false),
+        "ferry-small-up" => run_small_ferry(env, true, &[]),
+        "ferry-small-down" => run_small_ferry(env, false, &[]),
+        "ferry-small-up-c2" => run_small_ferry(env, true, &["-C", "2"]),
+        "ferry-small-down-c2" => run_small_ferry(env, false, &["-C", "2"]),
         "scp-small-up" => run_small_scp(env),
         "rsync-small-up" => run_small_rsync(env),
         "ferry-plain-up" => run_at_rest(env, "plain", true),
@@ -589,7 +593,7 @@ fn small_result(env: &Env, copy: Copy, what: &str) -> RunResult {
 
 /// The small-files tree up to a flag-mode server, or down from the copy stored at set-up
 /// (`dl/small`), with `ferry cp` and no options.
-fn run_small_ferry(env: &Env, up: bool) -> Res<RunResult> {
+fn run_small_ferry(env: &Env, up: bool, opts: &[&str]) -> Res<RunResult> {
     let s = &env.scratch;
     let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
     let docroot = s.join("ferry-docroot");
@@ -600,10 +604,15 @@ fn run_small_ferry(env: &Env, up: bool) -> Res<RunResult> {
     } else {
         ("127.0.0.1:dl/small".to_owned(), down.display().to_string(), down.join("small"))
     };
-    let copy = ferry_copy(env, &flag_serve(env, &docroot), &env.ferry_fp, &[], &from, &to)?;
+    let copy = ferry_copy(env, &flag_serve(env, &docroot), &env.ferry_fp, opts, &from, &to)?;
     let row = if up { "ferry-small-up" } else { "ferry-small-down" };
     verify_tree_and_remove(env, &landed, row)?;
-    Ok(small_result(env, copy, "ferry cp, no options"))
+    let what = if opts.is_empty() {
+        "ferry cp, no options".into()
+    } else {
+        format!("ferry cp {}", opts.join(" "))
+    };
+    Ok(small_result(env, copy, &what))
 }
 
 /// One timed `ferry cp` through a fresh `ferry serve SERVE_ARGS --json`.
