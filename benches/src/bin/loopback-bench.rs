@@ -954,61 +954,70 @@ fn scp_command(env: &Env, port: u16, extra: &[&str]) -> Command {
 
 /// `scp -r` of the small-files tree to the loopback sshd.
 fn run_small_scp(env: &Env) -> Res<RunResult> {
-    let s = &env.scratch;
-    let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
-    let (mut server, port) = start_sshd(env)?;
-    let dest = s.join("scp-dest");
-    fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let mut scp = scp_command(env, port, &["-r"]);
-    scp.arg(tree).arg(format!("root@127.0.0.1:{}", dest.display()));
-    let started = Instant::now();
-    let mut client = Proc::spawn(&mut scp, "scp -r")?;
-    let err = collect(client.stderr());
-    let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let recv = server.stop()?;
-    if !ok {
-        return Err(format!("scp -r failed: {}", err.join().unwrap_or_default().trim()));
-    }
-    verify_tree_and_remove(env, &dest.join("small"), "scp-small-up")?;
-    let copy = Copy { seconds, client: send, server: recv, said: String::new() };
-    Ok(small_result(env, copy, "scp -r, aes128-gcm@openssh.com"))
+    small_over_ssh(
+        env,
+        "scp-small-up",
+        "scp -r",
+        "scp -r, aes128-gcm@openssh.com",
+        |port, tree, dest| {
+            let mut scp = scp_command(env, port, &["-r"]);
+            scp.arg(tree).arg(format!("root@127.0.0.1:{}", dest.display()));
+            scp
+        },
+    )
 }
 
 /// `rsync -a` of the small-files tree to the loopback sshd (ssh with the scp rows' cipher and
 /// key; rsync's own delta algorithm has nothing to compare against: the destination is empty).
 fn run_small_rsync(env: &Env) -> Res<RunResult> {
     let s = &env.scratch;
+    let what = "rsync -a over ssh, aes128-gcm@openssh.com";
+    small_over_ssh(env, "rsync-small-up", "rsync -a", what, |port, tree, dest| {
+        let ssh = format!(
+            "ssh -q -c aes128-gcm@openssh.com -p {port} -i {} -o UserKnownHostsFile={} \
+             -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            s.join("ssh-id").display(),
+            s.join("ssh-known_hosts").display()
+        );
+        let mut rsync = Command::new("rsync");
+        rsync
+            .args(["-a", "-e", &ssh])
+            .arg(tree)
+            .arg(format!("root@127.0.0.1:{}/", dest.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        rsync
+    })
+}
+
+/// One timed copy of the small-files tree to a fresh loopback sshd: `command(port, tree, dest)`
+/// makes the client's command (stderr piped), `what` names it in errors and `note` in the row;
+/// the copy at `dest/small` is checked and removed.
+fn small_over_ssh(
+    env: &Env,
+    row: &str,
+    what: &str,
+    note: &str,
+    command: impl FnOnce(u16, &Path, &Path) -> Command,
+) -> Res<RunResult> {
     let (tree, _) = env.small.as_ref().ok_or("the small-files tree is not set up")?;
     let (mut server, port) = start_sshd(env)?;
-    let dest = s.join("rsync-dest");
+    let dest = env.scratch.join(format!("{row}-dest"));
     fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let ssh = format!(
-        "ssh -q -c aes128-gcm@openssh.com -p {port} -i {} -o UserKnownHostsFile={} \
-         -o StrictHostKeyChecking=yes -o BatchMode=yes",
-        s.join("ssh-id").display(),
-        s.join("ssh-known_hosts").display()
-    );
-    let mut rsync = Command::new("rsync");
-    rsync
-        .args(["-a", "-e", &ssh])
-        .arg(tree)
-        .arg(format!("root@127.0.0.1:{}/", dest.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = command(port, tree, &dest);
     let started = Instant::now();
-    let mut client = Proc::spawn(&mut rsync, "rsync -a")?;
+    let mut client = Proc::spawn(&mut cmd, what)?;
     let err = collect(client.stderr());
     let (ok, send) = client.wait(Duration::from_secs(env.args.timeout))?;
     let seconds = started.elapsed().as_secs_f64();
     let recv = server.stop()?;
     if !ok {
-        return Err(format!("rsync -a failed: {}", err.join().unwrap_or_default().trim()));
+        return Err(format!("{what} failed: {}", err.join().unwrap_or_default().trim()));
     }
-    verify_tree_and_remove(env, &dest.join("small"), "rsync-small-up")?;
+    verify_tree_and_remove(env, &dest.join("small"), row)?;
     let copy = Copy { seconds, client: send, server: recv, said: String::new() };
-    Ok(small_result(env, copy, "rsync -a over ssh, aes128-gcm@openssh.com"))
+    Ok(small_result(env, copy, note))
 }
 
 fn run_scp(env: &Env) -> Res<RunResult> {

@@ -73,7 +73,7 @@ pub(crate) struct CpArgs {
     sessions: u8,
     /// With -C: files at least this large (bytes, with a k/m/g/t suffix) are cut into parts,
     /// one per session; smaller ones go whole.
-    #[arg(long = "multi-session-threshold", value_name = "SIZE", default_value = "64m",
+    #[arg(long = "multi-session-threshold", value_name = "SIZE", default_value = THRESHOLD_ARG,
           value_parser = super::parse_size)]
     multi_session_threshold: u64,
     /// Machine-readable output: JSON events, one object per line on stdout (`session`,
@@ -92,6 +92,10 @@ pub(crate) struct CpArgs {
     #[arg(required = true, num_args = 2.., value_name = "SOURCE... DEST")]
     paths: Vec<String>,
 }
+
+/// `--multi-session-threshold`'s default as written in `--help`: the library's
+/// [`DEFAULT_PART_THRESHOLD`](ferry_engine::io::source::DEFAULT_PART_THRESHOLD).
+const THRESHOLD_ARG: &str = "64m";
 
 fn parse_suite(s: &str) -> Result<CipherSuite, String> {
     CipherSuite::ALL
@@ -533,6 +537,12 @@ fn sink(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_threshold_default_is_the_librarys() {
+        let parsed = super::super::parse_size(THRESHOLD_ARG).unwrap();
+        assert_eq!(parsed, ferry_engine::io::source::DEFAULT_PART_THRESHOLD);
+    }
 
     #[test]
     fn remote_specs() {

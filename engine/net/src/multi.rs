@@ -1,9 +1,9 @@
-//! Multi-session uploads (`ferry cp -C N`, ascp's `-C`): one transfer carried by several
+//! Multi-session transfers (`ferry cp -C N`, ascp's `-C`): one transfer carried by several
 //! sessions at once, each with its own QUIC connection, data socket and data thread, so that
 //! more cores (and, on a bonded or multi-queue NIC, more queues) move it.
 //!
-//! [`shares`](ferry_engine::io::source::shares) deals the files out: small files whole, large
-//! ones in parts, one part per session; the receiving end assembles the parts of a file
+//! [`shares`](ferry_engine::io::source::shares) deals the files out (the client for an upload,
+//! the server for a download): small files whole, large ones in parts, one part per session; the receiving end assembles the parts of a file
 //! ([`assembly`](ferry_engine::io::assembly)) and moves it into place once all of them
 //! verified. A session that fails with an error worth retrying ([`ClientError::retryable`]:
 //! the network, a server that cancelled or restarted it) is run again for the files of its
@@ -62,8 +62,10 @@ pub async fn upload(
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
     let shares: Vec<_> = shares.into_iter().filter(|s| !s.is_empty()).collect();
-    run_all(shares.len(), observer, cancel, |i, observer, stop| {
-        let share = shares[i].clone();
+    let n = shares.len();
+    let mut shares = shares.into_iter();
+    run_all(n, observer, cancel, |_, observer, stop| {
+        let share = shares.next().expect("one share per session");
         Box::pin(upload_share(opts, storage, share, path, single, observer, stop))
     })
     .await
@@ -105,7 +107,7 @@ async fn run_all<'a>(
     n: usize,
     observer: Observer,
     cancel: Cancel,
-    start: impl Fn(usize, Observer, Cancel) -> ShareFuture<'a>,
+    mut start: impl FnMut(usize, Observer, Cancel) -> ShareFuture<'a>,
 ) -> Result<DriveReport, ClientError> {
     let (stop_tx, stop) = tokio::sync::watch::channel(None);
     let stop_tx = Arc::new(stop_tx);
@@ -423,10 +425,11 @@ fn summing(i: usize, sum: Arc<Mutex<Vec<ShareProgress>>>, observer: Observer) ->
                     // A retried share's new session counts from zero again.
                     let share = &mut all[i];
                     let now = std::mem::take(&mut share.now);
+                    let most = share.before.total_bytes.max(now.total_bytes);
                     accumulate(&mut share.before, &now);
                     share.before.side.rate_bps = 0;
                     share.before.side.target_rate_bps = 0;
-                    share.before.total_bytes = share.before.total_bytes.max(now.total_bytes);
+                    share.before.total_bytes = most;
                     None
                 }
                 ClientEvent::Progress(p) => {
@@ -435,7 +438,8 @@ fn summing(i: usize, sum: Arc<Mutex<Vec<ShareProgress>>>, observer: Observer) ->
                     for share in all.iter() {
                         accumulate(&mut t, &share.before);
                         accumulate(&mut t, &share.now);
-                        // A retry announces what is left of the share, not all of it.
+                        // The share's size is the most any of its sessions announced (a retry
+                        // announces what is left of it): the larger of the two, not their sum.
                         t.total_bytes -= share.before.total_bytes.min(share.now.total_bytes);
                     }
                     Some(t)

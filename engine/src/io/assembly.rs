@@ -226,11 +226,6 @@ impl Drop for Claim {
     }
 }
 
-/// Files being assembled now (for tests and status).
-pub fn in_progress() -> usize {
-    lock().len()
-}
-
 /// Removes the files of multi-session transfer `transfer` that no session holds any more (the
 /// transfer ended without them): the receiving client calls it when its transfer ends.
 pub fn abandon(transfer: &[u8; 16]) {

@@ -78,9 +78,7 @@ impl SinkFile {
     fn base(&self) -> u64 {
         self.part.map_or(0, |p| p.offset)
     }
-}
 
-impl SinkFile {
     fn partial(&self) -> String {
         partial_name(&self.name, self.suffix)
     }
