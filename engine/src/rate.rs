@@ -65,6 +65,10 @@ pub trait Controller: Send + fmt::Debug {
     fn set_limits(&mut self, limits: RateLimits);
     /// Name for logs and benchmark tables.
     fn name(&self) -> &'static str;
+    /// A one-line summary of the controller's state for debug logs (empty if it has none).
+    fn state(&self) -> String {
+        String::new()
+    }
 }
 
 /// Builds controllers; one per session.
@@ -244,16 +248,22 @@ enum Phase {
 ///   is the session's current capacity share; the rate is that share times
 ///   `1 − (q − target) / (2·min_rtt)` (at least 0.5), which drains the excess over two round
 ///   trips (one of them is the loop's own delay) instead of overshooting into an empty queue.
-/// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue stayed above the target after
-///   [`COMPETE_AFTER`] deep cuts in a row (a queue of this session's own empties after one), the
-///   queue is not this session's: a loss-based flow keeps the buffer full, and yielding further
-///   would hand it the whole link. The rate then follows a base rate (on entry the largest
-///   delivery rate of those intervals, i.e. what it had before yielding; raised
-///   whenever a probe gets more through, never lowered by loss) in a cycle of
-///   [`COMPETE_CYCLE`] gains (probe 1.25, 0.75, then 1) regardless of the queue, with one
-///   interval at 0.5 near
-///   the end: if the interval after it sees the queue at or below half the target, the queue was this
-///   session's after all (or the competitor left) and steady state resumes.
+/// - *Competing* (when [`AdaptiveConfig::compete`]): if the queue is still above the target in
+///   [`COMPETE_AFTER`] intervals after the session cut deeply (to at most 0.75 of what it delivered
+///   when the queue rose above the target, in one step or in several small ones; a queue of this
+///   session's own empties after that), the queue is not this session's: a loss-based flow keeps
+///   the buffer full, and yielding further would hand it the whole link. The rate then follows a
+///   base rate (on entry the largest delivery rate of the last [`COMPETE_WINDOW`] intervals,
+///   i.e. what it had before yielding) in a cycle of [`COMPETE_CYCLE`] gains regardless of the
+///   queue. The base grows and backs off the way CUBIC's window does (RFC 9438, counted in
+///   [`COMPETE_SEGMENT`]s at the smoothed RTT): an interval that lost clearly more than the
+///   path's own loss rate (the shared buffer overflowed) cuts it by [`COMPETE_BETA`], at most
+///   once per [`COMPETE_BACKOFF_GAP`] intervals; in between it follows `C (t − K)³ + W_max` (or
+///   the Reno-friendly line, if higher), so a loss-based competitor and this session converge on
+///   equal shares; it never exceeds [`COMPETE_MAX_OVERSHOOT`] times the delivery rate. One
+///   interval of the cycle is at 0.5: if the interval after it sees the queue at or below half
+///   the target, the queue was this session's after all (or the competitor left) and steady
+///   state resumes.
 #[derive(Debug)]
 pub struct Adaptive {
     config: AdaptiveConfig,
@@ -276,15 +286,77 @@ pub struct Adaptive {
     cycle: usize,
     /// Deep cuts in a row after which the queue stayed above target.
     compete_evidence: u32,
-    /// Whether the last steady interval cut deeply.
+    /// Whether the steady state has cut deeply since the queue rose above the target: to at most
+    /// 0.75 of [`Adaptive::yield_from`].
     last_cut: bool,
+    /// The delivery rate of the first interval of the current stretch with the queue above the
+    /// target.
+    yield_from: Option<f64>,
     /// Intervals spent in the drain phase.
     drain_intervals: u32,
     /// Delivery rates of the last [`COMPETE_WINDOW`] intervals, unfiltered.
     recent: [f64; COMPETE_WINDOW],
     recent_next: usize,
-    /// In competing mode: intervals since it began, and the rate the gain cycle multiplies.
-    competing: Option<(usize, f64)>,
+    /// In competing mode: its state.
+    competing: Option<Competing>,
+}
+
+/// The competing mode's state: the base rate the gain cycle multiplies, grown and cut the way
+/// CUBIC (RFC 9438) grows and cuts its window, so that a loss-based competitor and this session
+/// converge on equal shares (the window is the base times the smoothed RTT, counted in
+/// [`COMPETE_SEGMENT`]s).
+#[derive(Debug, Clone, Copy)]
+struct Competing {
+    /// Intervals since it began.
+    intervals: usize,
+    /// The interval of the last backoff.
+    last_backoff: usize,
+    /// The rate the gain cycle multiplies, bits per second.
+    base: f64,
+    /// The start of the current growth epoch.
+    epoch: Instant,
+    /// The window before the last backoff (`W_max`), segments.
+    w_max: f64,
+    /// Seconds from the epoch until the window is back at `w_max` (`K`).
+    k: f64,
+}
+
+impl Competing {
+    fn new(base: f64, now: Instant, srtt: Duration) -> Self {
+        let mut c = Self { intervals: 0, last_backoff: 0, base, epoch: now, w_max: 0.0, k: 0.0 };
+        c.restart(now, srtt);
+        c
+    }
+
+    fn window(rate: f64, srtt: Duration) -> f64 {
+        rate * srtt.as_secs_f64().max(0.001) / (8.0 * COMPETE_SEGMENT)
+    }
+
+    /// Growth starts afresh from the current base (a plateau at it, then faster).
+    fn restart(&mut self, now: Instant, srtt: Duration) {
+        self.w_max = Self::window(self.base, srtt);
+        self.epoch = now;
+        self.k = 0.0;
+    }
+
+    /// A loss episode: the base falls by [`COMPETE_BETA`], and growth aims back at where it was.
+    fn backoff(&mut self, now: Instant, srtt: Duration) {
+        self.w_max = Self::window(self.base, srtt);
+        self.base *= COMPETE_BETA;
+        self.epoch = now;
+        self.k = (self.w_max * (1.0 - COMPETE_BETA) / CUBIC_C).cbrt();
+    }
+
+    /// The base CUBIC's window function gives now: `C (t − K)³ + W_max`, or the Reno-friendly
+    /// estimate if that is larger, back in bits per second at the current smoothed RTT.
+    fn growth(&self, now: Instant, srtt: Duration) -> f64 {
+        let t = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let cubic = CUBIC_C * (t - self.k).powi(3) + self.w_max;
+        let rtt = srtt.as_secs_f64().max(0.001);
+        let reno = self.w_max * COMPETE_BETA
+            + 3.0 * (1.0 - COMPETE_BETA) / (1.0 + COMPETE_BETA) * (t / rtt);
+        cubic.max(reno) * 8.0 * COMPETE_SEGMENT / rtt
+    }
 }
 
 /// The drain phase's rate: below the bandwidth estimate by enough to empty a queue of `q`
@@ -311,14 +383,27 @@ pub const MAX_LOSS: f64 = 0.5;
 pub const COMPETE_AFTER: u32 = 4;
 /// While competing, the base rate never exceeds the delivery rate by more than this factor.
 pub const COMPETE_MAX_OVERSHOOT: f64 = 1.15;
+/// While competing, an interval that lost this much more than twice the path's own loss rate
+/// (measured before, where no queue stood) is the shared buffer overflowing.
+pub const COMPETE_LOSS_MARGIN: f64 = 0.005;
+/// While competing, the base's response to an overflow: CUBIC's multiplicative decrease.
+pub const COMPETE_BETA: f64 = 0.7;
+/// CUBIC's growth constant `C`, segments per second cubed.
+pub const CUBIC_C: f64 = 0.4;
+/// The segment the competing mode counts its window in: a 1500-byte packet, as the loss-based
+/// flows it shares a buffer with count theirs.
+pub const COMPETE_SEGMENT: f64 = 1500.0;
+/// While competing, intervals after a backoff before the next (one episode's losses reach over
+/// two intervals at most).
+pub const COMPETE_BACKOFF_GAP: usize = 3;
 /// The drain phase ends after this many intervals even if the queue has not emptied.
 pub const MAX_DRAIN_INTERVALS: u32 = 8;
 /// Intervals of delivery rates remembered for the competing base: what the session had before
 /// it yielded.
 pub const COMPETE_WINDOW: usize = 32;
-/// Rate gains over `B`, one per interval, while competing; the 0.5 is the drain test, judged by
-/// the queue in the interval after it (the last).
-pub const COMPETE_CYCLE: [f64; 12] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0];
+/// Rate gains over the base, one per interval, while competing; the 0.5 is the drain test,
+/// judged by the queue in the interval after it (the last).
+pub const COMPETE_CYCLE: [f64; 12] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0];
 
 impl Adaptive {
     /// A controller starting at the configured initial rate.
@@ -340,6 +425,7 @@ impl Adaptive {
             cycle: 0,
             compete_evidence: 0,
             last_cut: false,
+            yield_from: None,
             drain_intervals: 0,
             recent: [0.0; COMPETE_WINDOW],
             recent_next: 0,
@@ -433,40 +519,59 @@ impl Controller for Adaptive {
                 }
             }
             Phase::Steady => {
-                if let Some((n, mut base)) = self.competing {
+                if let Some(mut c) = self.competing {
                     let len = COMPETE_CYCLE.len();
+                    let n = c.intervals;
                     if n > 0 && n % len == 0 && q <= target / 2.0 {
                         // The interval after the drain test saw the queue empty: it was this
                         // session's, or the competitor left.
                         self.competing = None;
                         self.compete_evidence = 0;
                     } else {
-                        // The base moves up when a probe got more through; loss (which
-                        // buffer-filling competitors cause) lowers it only when most of what is
-                        // sent is lost, i.e. the session itself overruns the bottleneck.
-                        if n % len == 1 && last_bw > base * 1.05 {
-                            base = last_bw;
+                        // Loss well above the path's own (measured before competing, where no
+                        // queue stood) is the shared buffer overflowing: back off as a
+                        // loss-based flow does there, once per episode.
+                        let lost = if sent_bytes > 0 {
+                            1.0 - delivered_bytes.min(sent_bytes) as f64 / sent_bytes as f64
+                        } else {
+                            0.0
+                        };
+                        let overflow = lost > 2.0 * self.loss_rate() + COMPETE_LOSS_MARGIN;
+                        if overflow && n >= c.last_backoff + COMPETE_BACKOFF_GAP {
+                            c.backoff(s.now, s.srtt);
+                            c.last_backoff = n;
+                        } else {
+                            c.base = c.base.max(c.growth(s.now, s.srtt));
                         }
-                        // Judged only where the last two intervals both sent at least the base
-                        // (deliveries lag sending by the queue).
+                        // Never far above what gets through (judged only where the last two
+                        // intervals both sent at least the base: deliveries lag sending by the
+                        // queue); growth resumes from there.
                         if n > 1
                             && COMPETE_CYCLE[(n - 1) % len] >= 1.0
                             && COMPETE_CYCLE[(n - 2) % len] >= 1.0
+                            && c.base > last_bw * COMPETE_MAX_OVERSHOOT
                         {
-                            base = base.min(last_bw * COMPETE_MAX_OVERSHOOT);
+                            c.base = last_bw * COMPETE_MAX_OVERSHOOT;
+                            c.restart(s.now, s.srtt);
                         }
-                        self.competing = Some((n + 1, base));
-                        self.rate = base * COMPETE_CYCLE[n % len];
+                        c.intervals = n + 1;
+                        self.rate = c.base * COMPETE_CYCLE[n % len];
+                        self.competing = Some(c);
                     }
                 }
                 if self.competing.is_none() {
                     // Evidence of a competitor: the queue stayed above target although the
-                    // previous interval sent well below what got through (a deep cut). A
-                    // queue of this session's own empties after such a cut.
+                    // session already sends well below what got through when the queue rose (a
+                    // deep cut, in one step or several small ones). A queue of this session's own
+                    // empties after such a cut.
                     if q <= target {
                         self.compete_evidence = 0;
+                        self.yield_from = None;
                     } else if self.last_cut {
                         self.compete_evidence += 1;
+                    }
+                    if q > target && self.yield_from.is_none() {
+                        self.yield_from = Some(last_bw);
                     }
                     let keep_up = 1.0 / (1.0 - self.loss_rate());
                     let min_rtt = s.min_rtt.max(Duration::from_millis(1)).as_secs_f64();
@@ -489,11 +594,13 @@ impl Controller for Adaptive {
                         let drain = (1.0 - (q - target) / (2.0 * min_rtt)).max(0.5);
                         last_bw.min(bw) * keep_up * drain
                     };
-                    self.last_cut = self.rate <= 0.75 * last_bw;
+                    self.last_cut = self.rate <= 0.75 * self.yield_from.unwrap_or(last_bw);
                     if self.config.compete && self.compete_evidence >= COMPETE_AFTER {
                         // Start from what this session got before it began yielding.
                         let before = self.recent.iter().copied().fold(bw, f64::max);
-                        self.competing = Some((0, before));
+                        self.competing = Some(Competing::new(before, s.now, s.srtt));
+                        self.yield_from = None;
+                        self.last_cut = false;
                     }
                 }
             }
@@ -516,6 +623,21 @@ impl Controller for Adaptive {
 
     fn name(&self) -> &'static str {
         self.config.name
+    }
+
+    fn state(&self) -> String {
+        let mut line = format!(
+            "{:?} bw {:.1}M loss {:.3} q {:.1}ms",
+            self.phase,
+            self.bandwidth() / 1e6,
+            self.loss_rate(),
+            self.last_queue.as_secs_f64() * 1e3
+        );
+        match &self.competing {
+            Some(c) => line += &format!(" competing n {} base {:.1}M", c.intervals, c.base / 1e6),
+            None => line += &format!(" evidence {}", self.compete_evidence),
+        }
+        line
     }
 }
 
@@ -645,8 +767,8 @@ mod tests {
     }
 
     /// A buffer-filling competitor (the queue stays at 150 ms whatever this session sends, and
-    /// what it sends gets through): `fair` holds a share instead of yielding to the floor, `low`
-    /// yields.
+    /// what it sends gets through, minus 1% that overflows): `fair` holds a share instead of
+    /// yielding to the floor, `low` yields.
     #[test]
     fn fair_competes_with_a_buffer_filling_flow_and_low_yields() {
         let limits = RateLimits { target: 1_000_000_000, min: 0 };
@@ -685,6 +807,62 @@ mod tests {
         let low = run(AdaptiveConfig::low());
         assert!(fair > 20e6, "fair should hold a share against the competitor: {fair}");
         assert!(low < 5e6, "low should yield: {low}");
+    }
+
+    /// Competing against a buffer-filling flow: one episode of overflow loss cuts the base once
+    /// by [`COMPETE_BETA`], and it grows back the way CUBIC's window does, reaching the rate it
+    /// had within about `K` seconds; the slow yield that gets there (many small cuts, the queue
+    /// barely above the target) counts as evidence of a competitor too.
+    #[test]
+    fn competing_backs_off_once_per_overflow_and_grows_back() {
+        let limits = RateLimits { target: 1_000_000_000, min: 0 };
+        let mut c = Adaptive::new(AdaptiveConfig::fair(), limits);
+        let t0 = Instant::now();
+        let (dt, mut t, mut delivered, mut sent) = (0.010, 0.0, 0.0f64, 0.0f64);
+        let mut rate_at = |c: &mut Adaptive, until: f64, lossy: Option<(f64, f64)>| {
+            while t < until {
+                t += dt;
+                let rate = c.rate() as f64;
+                // Alone for 2 s, then a competitor holds the queue 2 ms above the target: this
+                // session's share is what it sends, up to 50 Mbit/s.
+                let queue = if t > 2.0 {
+                    Duration::from_millis(12)
+                } else {
+                    Duration::from_secs_f64(((rate - 100e6).max(0.0) / 100e6) * 0.05)
+                };
+                let got = if t > 2.0 { rate.min(50e6) } else { rate.min(100e6) };
+                let lost = match lossy {
+                    Some((from, to)) if t >= from && t < to => 0.05,
+                    _ => 0.0,
+                };
+                sent += got * dt;
+                delivered += got * (1.0 - lost) * dt;
+                c.on_sample(&RateSample {
+                    now: t0 + Duration::from_secs_f64(t),
+                    rtt: Some(Duration::from_millis(50) + queue),
+                    min_rtt: Duration::from_millis(50),
+                    srtt: Duration::from_millis(50) + queue,
+                    queue_delay: queue,
+                    delivered_bytes: (delivered / 8.0) as u64,
+                    sent_bytes: (sent / 8.0) as u64,
+                    sending_rate: rate as u64,
+                });
+            }
+            c.competing.map(|k| k.base)
+        };
+        let before =
+            rate_at(&mut c, 20.0, None).expect("a queue that outlasts deep cuts is a competitor");
+        assert!(before > 40e6, "competing holds its share: {before}");
+        // One overflow episode of 100 ms: one backoff, not one per interval it touched.
+        let cut = rate_at(&mut c, 20.2, Some((20.0, 20.1))).unwrap();
+        assert!(
+            cut < 0.75 * before && cut > 0.6 * before,
+            "one backoff by beta: {cut} after {before}"
+        );
+        // K = cbrt(W_max (1 - beta) / C) with W_max = 50 Mbit/s x 62 ms / 1500 bytes ≈ 258
+        // segments: about 5.8 s.
+        let back = rate_at(&mut c, 28.0, None).unwrap();
+        assert!(back > 0.95 * before, "grown back within K: {back} of {before}");
     }
 
     #[test]

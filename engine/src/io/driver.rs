@@ -227,9 +227,10 @@ impl<S: BlockSource> Side for SenderSide<S> {
     }
     fn debug_line(&self) -> String {
         format!(
-            "rate {} srtt {:?} {:?}",
+            "rate {} srtt {:?} [{}] {:?}",
             self.sender.rate(),
             self.sender.srtt(),
+            self.sender.controller_state(),
             self.sender.stats()
         )
     }

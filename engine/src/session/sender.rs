@@ -231,6 +231,11 @@ impl Sender {
         &self.stats
     }
 
+    /// The rate controller's state, for debug logs.
+    pub fn controller_state(&self) -> String {
+        self.controller.state()
+    }
+
     /// The current pacing rate in bits per second.
     pub fn rate(&self) -> u64 {
         self.pacer.rate()
