@@ -26,4 +26,8 @@ pub(crate) enum Command {
     Serve(crate::transfer::serve::ServeArgs),
     /// Copy files to or from a server: `ferry cp -i KEY --host-key FP SOURCE... host:PATH`.
     Cp(crate::transfer::cp::CpArgs),
+    /// Write the manual pages (ferry.1, ferry-cp.1, ...) into a directory.
+    Man(crate::manual::ManArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions(crate::manual::CompletionsArgs),
 }

@@ -8,6 +8,7 @@ mod error;
 mod exit;
 mod keygen;
 mod keys;
+mod manual;
 mod transfer;
 
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ fn main() -> ExitCode {
         cli::Command::Keygen(a) => keygen::run(a),
         cli::Command::Serve(a) => transfer::serve::run(a),
         cli::Command::Cp(a) => transfer::cp::run(a),
+        cli::Command::Man(a) => manual::man(a),
+        cli::Command::Completions(a) => manual::completions(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,12 +65,63 @@ fn redact_ports(s: &str) -> String {
 #[test]
 fn help() {
     let d = tempfile::tempdir().unwrap();
-    for cmd in ["", "cp", "serve", "keys", "crypt", "keygen", "demo"] {
+    for cmd in ["", "cp", "serve", "keys", "crypt", "keygen", "demo", "man", "completions"] {
         let mut args: Vec<&str> = cmd.split_whitespace().collect();
         args.push("--help");
         let name = if cmd.is_empty() { "help_ferry".to_owned() } else { format!("help_{cmd}") };
         insta::assert_snapshot!(name, render(d.path(), &args));
     }
+}
+
+/// `ferry man DIR` writes a page per subcommand, each naming that subcommand's options (they
+/// are generated from the definitions the command parses with); `ferry completions SHELL`
+/// completes the subcommands and their options.
+#[test]
+fn manual_pages_and_completions() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("man/man1");
+    let out = Command::new(FERRY).arg("man").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e}"))
+    };
+    let top = page("ferry");
+    assert!(top.starts_with(".ie") || top.contains(".TH ferry 1"), "{top}");
+    for sub in ["cp", "serve", "keys", "crypt", "keygen", "demo", "man", "completions"] {
+        assert!(top.contains(sub), "ferry.1 lists {sub}");
+    }
+    let cp = page("ferry-cp");
+    assert!(cp.contains(".TH ferry-cp 1"), "{cp}");
+    for option in ["identity", "host\\-key", "sessions", "target\\-rate"] {
+        assert!(cp.contains(option), "ferry-cp.1 documents --{option}");
+    }
+    assert!(cp.contains("ferry cp"), "the page's synopsis names the command");
+    page("ferry-serve");
+    page("ferry-keys");
+    // Running it again replaces the pages in place and leaves nothing else behind.
+    let again = Command::new(FERRY).arg("man").arg(&dir).output().unwrap();
+    assert!(again.status.success());
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.starts_with("ferry") && n.ends_with(".1")), "{names:?}");
+
+    for (shell, marker) in
+        [("bash", "_ferry"), ("zsh", "#compdef ferry"), ("fish", "complete -c ferry")]
+    {
+        let out = Command::new(FERRY).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("identity") && script.contains("known-hosts"),
+            "{shell} completes cp's options"
+        );
+    }
+    let bad = Command::new(FERRY).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
 }
 
 #[test]

@@ -88,9 +88,15 @@ pub(crate) struct CpArgs {
     /// agree). Default: the server's default user.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// Sources then the destination; exactly one side is remote: `[user@]host[:port]:path`.
-    #[arg(required = true, num_args = 2.., value_name = "SOURCE... DEST")]
-    paths: Vec<String>,
+    /// What to copy. Upload: local files and directories; download: one remote path,
+    /// `[user@]host[:port]:path` (relative to the server's docroot).
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+    /// Where to: for an upload the remote directory (or, for one file, the remote name),
+    /// `[user@]host[:port]:path`; for a download the local directory or name. Exactly one side is
+    /// remote.
+    #[arg(required = true, value_name = "DEST")]
+    dest: String,
 }
 
 /// `--multi-session-threshold`'s default as written in `--help`: the library's
@@ -197,7 +203,7 @@ fn user(args: &CpArgs, remote: &Remote) -> Result<String, CliError> {
 
 /// Which side is remote: the direction and the remote location.
 fn direction(args: &CpArgs) -> Result<(Direction, Remote), CliError> {
-    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    let (dest, sources) = (&args.dest, &args.sources);
     let remote_dest = parse_remote(dest);
     let remote_sources: Vec<_> = sources.iter().map(|s| parse_remote(s)).collect();
     match (remote_dest, remote_sources.iter().all(Option::is_none)) {
@@ -222,7 +228,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         )
     })?;
     // The local side first, so local mistakes cost no round trip.
-    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    let (dest, sources) = (&args.dest, &args.sources);
     let transfer = match direction {
         Direction::Upload => {
             let mut files = Vec::new();
