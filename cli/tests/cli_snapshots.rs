@@ -167,7 +167,24 @@ fn connection_errors() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let port = port.to_string();
     let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let args = ["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."];
+    // A closed port is retryable (a server may be restarting): with --retry 3 --retry-timeout 2s
+    // one retry after 1 s (the next would start past the timeout), then the error says so;
+    // --json shows the `retry` event.
+    let args = [
+        "cp",
+        "--retry",
+        "3",
+        "--retry-timeout",
+        "2s",
+        "-i",
+        "id",
+        "-P",
+        &port,
+        "--host-key",
+        fp,
+        "f",
+        "127.0.0.1:.",
+    ];
     insta::assert_snapshot!("cp_port_closed", render(p, &args));
     let mut json = args.to_vec();
     json.insert(1, "--json");

@@ -509,7 +509,8 @@ fn status_rate_and_cancel_a_running_transfer() {
     assert!(meta.file_type().is_socket() && meta.mode() & 0o777 == 0o600, "{meta:?}");
     std::fs::write(d.path("local/big"), data(24 << 20, 4)).unwrap();
     // 24 MiB at 8 Mbit/s: about 25 s, time enough to look at it.
-    let args = ["-l", "8m", "--policy", "fixed", "big", "alice@127.0.0.1:big"];
+    // --retry 0: the cancellation is to end the transfer here (retries have their own tests).
+    let args = ["--retry", "0", "-l", "8m", "--policy", "fixed", "big", "alice@127.0.0.1:big"];
     let mut client = spawn_alice_cp(&d, &d.path("local"), &args);
     let status = |json: bool| {
         let mut args = vec!["serve", "status", "--config", "ferry.toml"];
@@ -659,7 +660,23 @@ fn cp_two_sessions_cancelling_one(
     cwd: &Path,
     paths: &[&str],
 ) -> (Option<i32>, String, String) {
-    let mut args = vec!["-C", "2", "--multi-session-threshold", "8m", "-l", "24m"];
+    let (code, err, out) = cp_cancelling_one(d, cwd, 2, paths);
+    let retry = out.lines().find(|l| l.contains("\"event\":\"retry\"")).expect("a retry event");
+    assert!(retry.contains("fault test"), "the retry names the cause: {retry}");
+    (code, err, out)
+}
+
+/// Runs `ferry cp -C count` as alice with `args` (options, then paths) from `cwd` (8 MiB
+/// threshold, 24 Mbit/s per session), cancels one of its sessions through the admin socket
+/// once all of them move, and returns the client's exit code, stderr and `--json` stdout.
+fn cp_cancelling_one(
+    d: &Daemon,
+    cwd: &Path,
+    count: usize,
+    paths: &[&str],
+) -> (Option<i32>, String, String) {
+    let n = count.to_string();
+    let mut args = vec!["-C", &n, "--multi-session-threshold", "8m", "-l", "24m"];
     args.extend(["--policy", "fixed", "--json"]);
     args.extend_from_slice(paths);
     let mut client = spawn_alice_cp(d, cwd, &args);
@@ -677,7 +694,7 @@ fn cp_two_sessions_cancelling_one(
     let victim = loop {
         let now = sessions();
         let moving: Vec<_> = now.iter().filter(|s| s["bytes"].as_u64() > Some(1 << 20)).collect();
-        if now.len() == 2 && moving.len() == 2 {
+        if now.len() == count && moving.len() == count {
             break moving[0]["session"].as_str().unwrap().to_owned();
         }
         if client.try_wait().unwrap().is_some() {
@@ -691,8 +708,76 @@ fn cp_two_sessions_cancelling_one(
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, err) = finish_child(&mut client);
     let out = stdout(&mut client);
-    assert!(err.contains("retrying its files") && err.contains("fault test"), "{err}");
     (code, err, out)
+}
+
+/// `ferry cp` retries by default: one session, cancelled by the server mid-way, runs again for
+/// what had no outcome (the `retry` event says so, the `done` event counts it), and the upload
+/// lands byte-exact with no partial left. With `--retry 0` the same cancellation fails the
+/// transfer with the retryable exit code (33), leaving no partial either.
+#[test]
+fn a_single_session_upload_is_retried_by_default() {
+    let d = Daemon::start();
+    let big = data(12 << 20, 7);
+    std::fs::write(d.path("local/big"), &big).unwrap();
+    std::fs::write(d.path("local/small"), data(5000, 8)).unwrap();
+    let (code, err, stdout) =
+        cp_cancelling_one(&d, &d.path("local"), 1, &["big", "small", "alice@127.0.0.1:."]);
+    assert_eq!(code, Some(0), "{err}\n{stdout}");
+    let events: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kind = |k: &'static str| events.iter().filter(move |e| e["event"] == k);
+    assert_eq!(kind("session").count(), 2, "the session and its retry: {stdout}");
+    let retry = kind("retry").next().expect("a retry event");
+    assert_eq!(retry["attempt"], 2, "{retry}");
+    assert_eq!(retry["attempts"], 6, "five retries by default: {retry}");
+    assert!(retry["error"].as_str().unwrap().contains("fault test"), "{retry}");
+    assert!(retry["files_left"].as_u64().unwrap() >= 1, "{retry}");
+    let done = kind("done").next().expect("a done event");
+    assert_eq!(done["retries"], 1, "{done}");
+    assert_eq!(done["files"], 2, "each file once: {done}");
+    assert_eq!(std::fs::read(d.path("alice/big")).unwrap(), big);
+    assert_eq!(std::fs::read(d.path("alice/small")).unwrap(), data(5000, 8));
+    let mut left = names(&d.path("alice"));
+    left.sort();
+    assert_eq!(left, ["big", "small"], "a partial was left behind");
+
+    // The same without retries: the cancellation ends the transfer, retryable, nothing left.
+    std::fs::write(d.path("local/other"), &big).unwrap();
+    let (code, err, stdout) =
+        cp_cancelling_one(&d, &d.path("local"), 1, &["--retry", "0", "other", "alice@127.0.0.1:."]);
+    assert_eq!(code, Some(33), "{err}\n{stdout}");
+    let error = stdout.lines().find(|l| l.contains("\"event\":\"error\"")).expect("an error event");
+    let error: serde_json::Value = serde_json::from_str(error).unwrap();
+    assert_eq!(error["retryable"], true, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("fault test"), "{error}");
+    assert!(!stdout.contains("\"event\":\"retry\""), "--retry 0 retries nothing: {stdout}");
+    let mut left = names(&d.path("alice"));
+    left.sort();
+    assert_eq!(left, ["big", "small"], "a partial was left behind");
+}
+
+/// A single-session download cancelled by the server mid-way is retried by default; what the
+/// first session had received is kept, the rest arrives, byte-exact, no partial left.
+#[test]
+fn a_single_session_download_is_retried_by_default() {
+    let d = Daemon::start();
+    let big = data(12 << 20, 9);
+    std::fs::create_dir_all(d.path("alice/out")).unwrap();
+    std::fs::write(d.path("alice/out/a"), data(4000, 10)).unwrap();
+    std::fs::write(d.path("alice/out/big"), &big).unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let (code, err, stdout) = cp_cancelling_one(&d, back.path(), 1, &["alice@127.0.0.1:out", "."]);
+    assert_eq!(code, Some(0), "{err}\n{stdout}");
+    assert_eq!(stdout.matches("\"event\":\"retry\"").count(), 1, "{stdout}");
+    let done = stdout.lines().find(|l| l.contains("\"event\":\"done\"")).unwrap();
+    let done: serde_json::Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["files"], 2, "each file once: {done}");
+    assert_eq!(done["retries"], 1, "{done}");
+    let b = back.path();
+    assert_eq!(std::fs::read(b.join("out/big")).unwrap(), big);
+    assert_eq!(std::fs::read(b.join("out/a")).unwrap(), data(4000, 10));
+    assert_eq!(names(&b.join("out")).len(), 2, "a partial was left: {:?}", names(&b.join("out")));
 }
 
 fn finish_child(child: &mut Child) -> (Option<i32>, String) {

@@ -449,7 +449,8 @@ fn sessions_per_key_are_capped() {
     std::fs::write(l.join("second"), b"second").unwrap();
     let first = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
     wait_for("the first session", || names(&s.docroot()).iter().any(|n| n.contains("slow")));
-    let out = cp(&s, &["--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
+    // --retry 0: by default the refused client would retry until the first one is done.
+    let out = cp(&s, &["--retry", "0", "--host-key", &s.fingerprint, "second", "127.0.0.1:."], l);
     assert_eq!(out.status.code(), Some(40), "{}", stderr(&out));
     assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
     let (status, err) = finish(first, "the first session");

@@ -221,7 +221,8 @@ fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
     std::fs::write(s.docroot().join("slow"), data(20 << 20, 11)).unwrap();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
-    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    let client =
+        spawn_cp(&s, &["--retry", "0", "-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
     wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
     s.child.kill().unwrap();
     s.child.wait().unwrap();
@@ -334,7 +335,10 @@ fn a_silent_host_is_unreachable_not_closed() {
     keygen(&l.join("id"));
     std::fs::write(l.join("f"), b"x").unwrap();
     let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let out = run(&["cp", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."], l);
+    let out = run(
+        &["cp", "--retry", "0", "-i", "id", "-P", &port, "--host-key", fp, "f", "127.0.0.1:."],
+        l,
+    );
     assert_eq!(out.status.code(), Some(30), "{}", stderr(&out));
     assert!(stderr(&out).contains("no answer from 127.0.0.1:"), "{}", stderr(&out));
     drop(sink);
@@ -498,7 +502,8 @@ fn server_terminated_mid_upload_cleans_up_and_tells_the_client() {
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
     std::fs::write(l.join("slow"), data(20 << 20, 17)).unwrap();
-    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let client =
+        spawn_cp(&s, &["--retry", "0", "-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
     let root = s.docroot();
     wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
     signal(&s.child, rustix::process::Signal::TERM);

@@ -1,5 +1,5 @@
 //! `ferry cp`: upload or download files and directory trees. Arguments become
-//! [`ClientOptions`] and a [`Transfer`]; presentation is a progress bar or `--json` events and a
+//! [`ClientOptions`] and a job for [`multi`] (one session or several, retried); presentation is a progress bar or `--json` events and a
 //! summary; every [`ClientError`] maps to one exit code ([`client_error`]). The transfer itself
 //! is `ferry_net::client`.
 
@@ -17,9 +17,7 @@ use ferry_engine::io::storage::{PlainFiles, Storage};
 use ferry_engine::rate::Policy;
 use ferry_engine::session::BlockSink;
 use ferry_engine::setup::Direction;
-use ferry_net::client::{
-    self, ClientError, ClientEvent, ClientOptions, DEFAULT_PORT, HostKey, Transfer,
-};
+use ferry_net::client::{self, ClientError, ClientEvent, ClientOptions, DEFAULT_PORT, HostKey};
 use ferry_net::identity::Identity;
 use ferry_net::multi;
 
@@ -76,6 +74,17 @@ pub(crate) struct CpArgs {
     #[arg(long = "multi-session-threshold", value_name = "SIZE", default_value = THRESHOLD_ARG,
           value_parser = super::parse_size)]
     multi_session_threshold: u64,
+    /// Retries after a failure worth retrying (the network went away, the server restarted or
+    /// cancelled the session, the idle timeout fired; the exit-code table's "retryable"): each
+    /// runs a new session for the files that had no outcome yet, after a wait of 1 s, doubling
+    /// up to 30 s. With -C, per session. 0: fail at once. (ascp does not retry by itself.)
+    #[arg(long = "retry", value_name = "N", default_value_t = multi::Retry::default().retries)]
+    retry: u32,
+    /// No retry starts once this long has passed since the first failure (seconds, or with an
+    /// s/m/h suffix).
+    #[arg(long = "retry-timeout", value_name = "DURATION", default_value = RETRY_TIMEOUT_ARG,
+          value_parser = super::parse_duration)]
+    retry_timeout: std::time::Duration,
     /// Machine-readable output: JSON events, one object per line on stdout (`session`,
     /// `progress` about every 250 ms, then `done` or `error`), instead of the progress bar and
     /// the summary line.
@@ -102,6 +111,10 @@ pub(crate) struct CpArgs {
 /// `--multi-session-threshold`'s default as written in `--help`: the library's
 /// [`DEFAULT_PART_THRESHOLD`](ferry_engine::io::source::DEFAULT_PART_THRESHOLD).
 const THRESHOLD_ARG: &str = "64m";
+
+/// `--retry-timeout`'s default as written in `--help`: the library's
+/// [`Retry::default`](multi::Retry::default).
+const RETRY_TIMEOUT_ARG: &str = "5m";
 
 fn parse_suite(s: &str) -> Result<CipherSuite, String> {
     CipherSuite::ALL
@@ -235,19 +248,20 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             for s in sources {
                 files.extend(local_sources(s)?);
             }
-            if args.sessions > 1 {
-                let single = files.len() == 1;
+            let single = files.len() == 1;
+            let shares = if args.sessions > 1 {
                 let (n, threshold) = (args.sessions.into(), args.multi_session_threshold);
-                let shares = source::shares(files, n, threshold, source::transfer_id());
-                Job::Shares { shares, single, path: remote.path.clone() }
+                source::shares(files, n, threshold, source::transfer_id())
             } else {
-                let files = PlainFiles.source(files, SourceLimits::default()).map_err(|e| {
+                // The sources' mistakes (too many files, names too long) before any round trip.
+                PlainFiles.source(files.clone(), SourceLimits::default()).map_err(|e| {
                     CliError::new(Exit::Local, format!("cannot read the sources: {e}"))
                 })?;
-                Job::One(Transfer::Upload { files, path: remote.path.clone() })
-            }
+                vec![files]
+            };
+            Job::Shares { shares, single, path: remote.path.clone() }
         }
-        Direction::Download if args.sessions > 1 => {
+        Direction::Download => {
             download_sink(dest)?; // the destination's mistakes before any round trip
             Job::Download {
                 path: remote.path.clone(),
@@ -255,9 +269,6 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 sessions: args.sessions,
                 threshold: args.multi_session_threshold,
             }
-        }
-        Direction::Download => {
-            Job::One(Transfer::Download { path: remote.path.clone(), sink: download_sink(dest)? })
         }
     };
     let host_key = match &args.host_key {
@@ -282,9 +293,20 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let reporter =
         Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet), opts.target_rate)));
     let result = transfer_blocking(&opts, transfer, &args, reporter.clone());
-    reporter.lock().expect("reporter").finish();
-    let report = result.map_err(|e| client_error(e, &opts, &args, &remote))?;
-    summary(&report, direction, started.elapsed().as_secs_f64(), args.json)
+    let retries = {
+        let mut r = reporter.lock().expect("reporter");
+        r.finish();
+        r.retries()
+    };
+    let report = result.map_err(|e| {
+        let mut err = client_error(e, &opts, &args, &remote);
+        if retries > 0 {
+            let s = if retries == 1 { "y" } else { "ies" };
+            err.message = format!("{} (after {retries} retr{s})", err.message);
+        }
+        err
+    })?;
+    summary(&report, direction, started.elapsed().as_secs_f64(), retries, args.json)
 }
 
 /// The target rate a session asks for when `-l` gives none: the highest `-l` accepts, so that
@@ -304,9 +326,9 @@ fn target_rate(args: &CpArgs) -> Result<u64, CliError> {
     }
 }
 
-/// What `ferry cp` runs: one session, or a multi-session upload (`-C`).
+/// What `ferry cp` runs: an upload of shares (one per session), or a download in `sessions`
+/// sessions; either retried as `--retry` allows.
 enum Job {
-    One(Transfer),
     Shares { shares: Vec<Vec<SourceFile>>, single: bool, path: String },
     Download { path: String, dest: String, sessions: u8, threshold: u64 },
 }
@@ -324,22 +346,26 @@ fn transfer_blocking(
     let observer: client::Observer = Arc::new(move |e: ClientEvent<'_>| match e {
         ClientEvent::Session(info) => session_event(info),
         ClientEvent::Progress(p) => reporter.lock().expect("reporter").update(p),
+        ClientEvent::Retry(r) => reporter.lock().expect("reporter").retry(r),
     });
+    let retry =
+        multi::Retry { retries: args.retry, timeout: args.retry_timeout, ..Default::default() };
     rt.block_on(async {
         let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
         let interrupt = tokio::spawn(async move {
             let _ = cancel_tx.send(Some(ferry_net::bridge::termination_signal().await));
         });
         let result = match transfer {
-            Job::One(t) => client::transfer(opts, t, observer, cancel).await,
             Job::Shares { shares, single, path } => {
-                multi::upload(opts, &PlainFiles, shares, &path, single, observer, cancel).await
+                let storage = &PlainFiles;
+                multi::upload(opts, storage, shares, &path, single, retry, observer, cancel).await
             }
             Job::Download { path, dest, sessions, threshold } => {
                 let sink = move || {
                     download_sink(&dest).map_err(|e| std::io::Error::other(e.message.clone()))
                 };
-                multi::download(opts, &sink, &path, sessions, threshold, observer, cancel).await
+                let (n, t) = (sessions, threshold);
+                multi::download(opts, &sink, &path, n, t, retry, observer, cancel).await
             }
         };
         interrupt.abort();
@@ -379,13 +405,16 @@ fn summary(
     report: &DriveReport,
     direction: Direction,
     secs: f64,
+    retries: u32,
     json: bool,
 ) -> Result<(), CliError> {
     let what = if direction == Direction::Upload { "upload" } else { "download" };
     let failed: Vec<_> = report.files.iter().filter(|f| f.status != FileStatus::Verified).collect();
     let (bytes, nfiles) = (report.file_bytes, report.files.len());
     if json {
-        progress::emit("done", progress::done_fields(report, what, secs));
+        let mut fields = progress::done_fields(report, what, secs);
+        fields["retries"] = retries.into();
+        progress::emit("done", fields);
     } else {
         let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
         let files = if failed.is_empty() {
@@ -393,8 +422,13 @@ fn summary(
         } else {
             format!("finished: {} of {nfiles} files", nfiles - failed.len())
         };
+        let retried = match retries {
+            0 => String::new(),
+            1 => ", after 1 retry".to_owned(),
+            n => format!(", after {n} retries"),
+        };
         println!(
-            "ferry: {what} {files}, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s)",
+            "ferry: {what} {files}, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s){retried}",
             progress::human_bytes(bytes)
         );
         const SHOWN: usize = 50;
@@ -548,6 +582,8 @@ mod tests {
     fn the_threshold_default_is_the_librarys() {
         let parsed = super::super::parse_size(THRESHOLD_ARG).unwrap();
         assert_eq!(parsed, ferry_engine::io::source::DEFAULT_PART_THRESHOLD);
+        let timeout = super::super::parse_duration(RETRY_TIMEOUT_ARG).unwrap();
+        assert_eq!(timeout, multi::Retry::default().timeout);
     }
 
     #[test]

@@ -52,12 +52,51 @@ pub(crate) struct Reporter {
     asked: u64,
     /// The lower target the server set, once told.
     capped: Option<u64>,
+    /// Sessions run again after a failure so far.
+    retries: u32,
 }
 
 impl Reporter {
     pub(crate) fn new(mode: Mode, asked: u64) -> Self {
         let (last_bytes, last_elapsed) = (0, Duration::ZERO);
-        Self { mode, last_bytes, last_elapsed, drawn: false, asked, capped: None }
+        Self { mode, last_bytes, last_elapsed, drawn: false, asked, capped: None, retries: 0 }
+    }
+
+    /// A failed session is about to be run again: a `retry` event, or a line on stderr.
+    pub(crate) fn retry(&mut self, r: &ferry_net::multi::RetryInfo) {
+        self.retries += 1;
+        // The new session counts its bytes from zero.
+        (self.last_bytes, self.last_elapsed) = (0, Duration::ZERO);
+        if self.mode == Mode::Json {
+            emit(
+                "retry",
+                json!({
+                    "session": r.share,
+                    "attempt": r.attempt,
+                    "attempts": r.attempts,
+                    "delay_s": round3(r.delay.as_secs_f64()),
+                    "files_left": r.files_left,
+                    "error": r.error,
+                }),
+            );
+            return;
+        }
+        self.finish();
+        let _ = writeln!(
+            std::io::stderr(),
+            "ferry cp: {}; retrying in {:.0} s (attempt {} of at most {}, {} file{} to go)",
+            super::log::sanitize(&r.error),
+            r.delay.as_secs_f64().ceil(),
+            r.attempt,
+            r.attempts,
+            r.files_left,
+            if r.files_left == 1 { "" } else { "s" }
+        );
+    }
+
+    /// Sessions run again after a failure so far.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// Tells, once per new value, that the server's RATE_LIMIT holds this sender below the

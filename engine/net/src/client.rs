@@ -141,6 +141,9 @@ pub enum ClientEvent<'a> {
     Session(&'a SessionInfo),
     /// Progress, about every 250 ms and once at the end (from the data thread).
     Progress(&'a Progress),
+    /// A session failed in a way worth retrying, and is run again after a wait
+    /// ([`multi`](crate::multi) transfers only).
+    Retry(&'a crate::multi::RetryInfo),
 }
 
 /// Receives [`ClientEvent`]s.

@@ -1,13 +1,13 @@
-//! Multi-session transfers (`ferry cp -C N`, ascp's `-C`): one transfer carried by several
-//! sessions at once, each with its own QUIC connection, data socket and data thread, so that
-//! more cores (and, on a bonded or multi-queue NIC, more queues) move it.
+//! Transfers with retries, in one session or several at once (`ferry cp -C N`, ascp's `-C`):
+//! each session has its own QUIC connection, data socket and data thread, so that more cores
+//! (and, on a bonded or multi-queue NIC, more queues) move it.
 //!
 //! [`shares`](ferry_engine::io::source::shares) deals the files out (the client for an upload,
 //! the server for a download): small files whole, large ones in parts, one part per session; the receiving end assembles the parts of a file
 //! ([`assembly`](ferry_engine::io::assembly)) and moves it into place once all of them
 //! verified. A session that fails with an error worth retrying ([`ClientError::retryable`]:
 //! the network, a server that cancelled or restarted it) is run again for the files of its
-//! share that had no outcome yet, up to [`SHARE_ATTEMPTS`] times, while the other sessions go
+//! share that had no outcome yet, as its [`Retry`] policy allows, while the other sessions go
 //! on; a session that fails for good stops the others.
 
 use std::future::Future;
@@ -26,10 +26,77 @@ use ferry_engine::setup::Share;
 use crate::bridge::Cancel;
 use crate::client::{self, ClientError, ClientEvent, ClientOptions, Observer, Transfer};
 
-/// How many sessions one share may take (the first and its retries).
-pub const SHARE_ATTEMPTS: u32 = 3;
-/// The wait before a share's first retry; it doubles for the next.
-pub const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// When a failed session is run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries per share after its first session (0: none).
+    pub retries: u32,
+    /// No retry starts once this long has passed since the share's first failure.
+    pub timeout: Duration,
+    /// The wait before the first retry; it doubles for each next one, up to [`MAX_BACKOFF`].
+    pub backoff: Duration,
+}
+
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Default for Retry {
+    /// `ferry cp`'s defaults: 5 retries, within 5 minutes of the first failure, waiting 1 s,
+    /// 2 s, 4 s, ... in between.
+    fn default() -> Self {
+        Self { retries: 5, timeout: Duration::from_secs(300), backoff: Duration::from_secs(1) }
+    }
+}
+
+impl Retry {
+    /// No retries.
+    pub const NONE: Retry = Retry { retries: 0, timeout: Duration::ZERO, backoff: Duration::ZERO };
+}
+
+/// A retry about to happen, as [`ClientEvent::Retry`] reports it.
+#[derive(Debug, Clone)]
+pub struct RetryInfo {
+    /// The share (session slot) retried, from 0.
+    pub share: usize,
+    /// The attempt about to start (2 for the first retry).
+    pub attempt: u32,
+    /// The most attempts the policy allows.
+    pub attempts: u32,
+    /// The wait before it starts.
+    pub delay: Duration,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// Files of the share still to go.
+    pub files_left: usize,
+}
+
+/// Retries so far and when a share first failed: decides whether one more may start.
+struct Attempts {
+    policy: Retry,
+    first_failure: Option<std::time::Instant>,
+    backoff: Duration,
+}
+
+impl Attempts {
+    fn new(policy: Retry) -> Self {
+        Self { policy, first_failure: None, backoff: policy.backoff }
+    }
+
+    /// After attempt `attempt` failed with `e`: the wait before the next, if there is one.
+    fn next(&mut self, e: &ClientError, attempt: u32, stop: &Cancel) -> Option<Duration> {
+        let first = *self.first_failure.get_or_insert_with(std::time::Instant::now);
+        let worth = e.retryable()
+            && attempt <= self.policy.retries
+            && stop.borrow().is_none()
+            && first.elapsed() + self.backoff <= self.policy.timeout;
+        if !worth {
+            return None;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Some(wait)
+    }
+}
 
 /// A manifest entry as the transfer's report knows it: its path, and whether it is a part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,22 +118,28 @@ type ShareFuture<'a> = Pin<Box<dyn Future<Output = Result<ShareOutcome, ClientEr
 /// non-empty share, all at once, to `path` on the server. The report lists each file once, in
 /// the shares' order: a file sent in parts is verified when every part is, else it failed with
 /// the first failed part's reason. `single`: the transfer is of one file (which may be cut in
-/// parts), so the destination may name it. Progress events add up the sessions'.
+/// parts), so the destination may name it. Progress events add up the sessions'. One share is
+/// a single-session transfer, retried as `retry` allows like any other.
+#[allow(clippy::too_many_arguments)]
 pub async fn upload(
     opts: &ClientOptions,
     storage: &dyn Storage,
     shares: Vec<Vec<SourceFile>>,
     path: &str,
     single: bool,
+    retry: Retry,
     observer: Observer,
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
-    let shares: Vec<_> = shares.into_iter().filter(|s| !s.is_empty()).collect();
+    let mut shares: Vec<_> = shares.into_iter().filter(|s| !s.is_empty()).collect();
+    if shares.is_empty() {
+        shares.push(Vec::new()); // an empty upload is still one session
+    }
     let n = shares.len();
     let mut shares = shares.into_iter();
-    run_all(n, observer, cancel, |_, observer, stop| {
+    run_all(n, observer, cancel, |i, observer, stop| {
         let share = shares.next().expect("one share per session");
-        Box::pin(upload_share(opts, storage, share, path, single, observer, stop))
+        Box::pin(upload_share(opts, storage, share, path, single, (i, retry), observer, stop))
     })
     .await
 }
@@ -75,26 +148,28 @@ pub async fn upload(
 /// own; the parts of a file meet in the process's [`assembly`](ferry_engine::io::assembly)).
 pub type SinkFactory = dyn Fn() -> std::io::Result<Box<dyn BlockSink + Send>> + Send + Sync;
 
-/// Downloads `path` in `sessions` sessions at once: the server deals its listing out as
-/// [`shares`](ferry_engine::io::source::shares) does (files of `threshold` bytes or more in
-/// parts) and each session asks for its share; `sink` makes each session's sink. A session
-/// that fails in a way worth retrying asks for its share again (what an earlier attempt
-/// received is refused at once and keeps its outcome). If the transfer fails, the partials of
-/// files it was assembling are removed.
+/// Downloads `path` in `sessions` sessions at once (1 to 16): with more than one, the server
+/// deals its listing out as [`shares`](ferry_engine::io::source::shares) does (files of
+/// `threshold` bytes or more in parts) and each session asks for its share; `sink` makes each
+/// session's sink. A session that fails in a way worth retrying asks for its share again, as
+/// `retry` allows (what an earlier attempt received is refused at once and keeps its outcome).
+/// If the transfer fails, the partials of files it was assembling are removed.
+#[allow(clippy::too_many_arguments)]
 pub async fn download(
     opts: &ClientOptions,
     sink: &SinkFactory,
     path: &str,
     sessions: u8,
     threshold: u64,
+    retry: Retry,
     observer: Observer,
     cancel: Cancel,
 ) -> Result<DriveReport, ClientError> {
     let transfer = ferry_engine::io::source::transfer_id();
-    let count = sessions.clamp(2, 16);
+    let count = sessions.clamp(1, 16);
     let result = run_all(count.into(), observer, cancel, |i, observer, stop| {
-        let share = Share { index: i as u8, count, threshold, transfer };
-        Box::pin(download_share(opts, sink, path, share, observer, stop))
+        let share = (count > 1).then_some(Share { index: i as u8, count, threshold, transfer });
+        Box::pin(download_share(opts, sink, path, share, (i, retry), observer, stop))
     })
     .await;
     ferry_engine::io::assembly::abandon(&transfer);
@@ -172,17 +247,34 @@ fn stopped_by_sibling(e: &ClientError) -> bool {
     matches!(e, ClientError::Cancelled { reason } if reason == SIBLING_FAILED)
 }
 
-/// Whether a share's failed session is worth running again.
-fn retry(e: &ClientError, attempt: u32, stop: &Cancel) -> bool {
-    e.retryable() && attempt < SHARE_ATTEMPTS && stop.borrow().is_none()
+/// Tells the observer a retry is about to start and waits it out (or until the transfer stops).
+async fn before_retry(observer: &Observer, info: RetryInfo, stop: &Cancel) {
+    tracing::info!(
+        target: "ferry::multi",
+        attempt = info.attempt,
+        share = info.share,
+        left = info.files_left,
+        "a session of the transfer failed ({}); retrying in {:?}",
+        info.error,
+        info.delay
+    );
+    let delay = info.delay;
+    observer(ClientEvent::Retry(&info));
+    let mut stop = stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = stop.wait_for(Option::is_some) => {}
+    }
 }
 
-/// Runs one download share: a session, and again if it failed in a way worth retrying.
+/// Runs one download share (the whole listing when `share` is `None`): a session, and again if
+/// it failed in a way worth retrying.
 async fn download_share(
     opts: &ClientOptions,
     make_sink: &SinkFactory,
     path: &str,
-    share: Share,
+    share: Option<Share>,
+    (slot, retry): (usize, Retry),
     observer: Observer,
     stop: Cancel,
 ) -> Result<ShareOutcome, ClientError> {
@@ -190,9 +282,9 @@ async fn download_share(
     // Each entry's latest outcome, in the order first seen.
     let mut outcome: Vec<(Entry, FileReport)> = Vec::new();
     let received = Arc::new(Mutex::new(std::collections::HashSet::<Entry>::new()));
-    let mut backoff = RETRY_BACKOFF;
-    let role = client::Role { single: false, share: Some(share) };
-    for attempt in 1..=SHARE_ATTEMPTS {
+    let mut attempts = Attempts::new(retry);
+    let role = client::Role { single: false, share };
+    for attempt in 1.. {
         let inner = make_sink().map_err(|e| ClientError::Storage { message: e.to_string() })?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Recording { inner, seen: seen.clone(), received: received.clone() };
@@ -218,17 +310,19 @@ async fn download_share(
         }
         match result {
             Ok(()) => break,
-            Err(e) if retry(&e, attempt, &stop) => {
-                tracing::warn!(
-                    target: "ferry::multi",
-                    attempt,
-                    share = share.index,
-                    "a session of the transfer failed ({e}); retrying its files in {backoff:?}"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            Err(e) => {
+                let Some(delay) = attempts.next(&e, attempt, &stop) else { return Err(e) };
+                let files_left = outcome.iter().filter(|(_, f)| f.status != FileStatus::Verified);
+                let info = RetryInfo {
+                    share: slot,
+                    attempt: attempt + 1,
+                    attempts: retry.retries + 1,
+                    delay,
+                    error: e.to_string(),
+                    files_left: files_left.count(),
+                };
+                before_retry(&observer, info, &stop).await;
             }
-            Err(e) => return Err(e),
         }
     }
     out.files = outcome;
@@ -273,19 +367,21 @@ impl BlockSink for Recording {
 
 /// Runs one upload share: a session, and again for what had no outcome if it failed in a way worth
 /// retrying.
+#[allow(clippy::too_many_arguments)]
 async fn upload_share(
     opts: &ClientOptions,
     storage: &dyn Storage,
     mut pending: Vec<SourceFile>,
     path: &str,
     single: bool,
+    (slot, retry): (usize, Retry),
     observer: Observer,
     stop: Cancel,
 ) -> Result<ShareOutcome, ClientError> {
     let mut out = ShareOutcome { files: Vec::new(), report: DriveReport::default() };
-    let mut backoff = RETRY_BACKOFF;
+    let mut attempts = Attempts::new(retry);
     let role = client::Role { single, share: None };
-    for attempt in 1..=SHARE_ATTEMPTS {
+    for attempt in 1.. {
         let files = storage
             .source(pending.clone(), SourceLimits::default())
             .map_err(|e| ClientError::Failed(format!("cannot read the sources: {e}")))?;
@@ -306,18 +402,20 @@ async fn upload_share(
         pending.retain(|_| !flags.next().expect("one flag per file"));
         match result {
             Ok(()) => break,
-            Err(_) if pending.is_empty() => break,
-            Err(e) if retry(&e, attempt, &stop) => {
-                tracing::warn!(
-                    target: "ferry::multi",
-                    attempt,
-                    left = pending.len(),
-                    "a session of the transfer failed ({e}); retrying its files in {backoff:?}"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            // Every file has its outcome: what failed after that costs nothing to redo.
+            Err(_) if pending.is_empty() && !out.files.is_empty() => break,
+            Err(e) => {
+                let Some(delay) = attempts.next(&e, attempt, &stop) else { return Err(e) };
+                let info = RetryInfo {
+                    share: slot,
+                    attempt: attempt + 1,
+                    attempts: retry.retries + 1,
+                    delay,
+                    error: e.to_string(),
+                    files_left: pending.len(),
+                };
+                before_retry(&observer, info, &stop).await;
             }
-            Err(e) => return Err(e),
         }
     }
     // A session that completed reports every file; should one not have been, it failed.
@@ -432,6 +530,7 @@ fn summing(i: usize, sum: Arc<Mutex<Vec<ShareProgress>>>, observer: Observer) ->
                     share.before.total_bytes = most;
                     None
                 }
+                ClientEvent::Retry(_) => None,
                 ClientEvent::Progress(p) => {
                     all[i].now = p.clone();
                     let mut t = Progress::default();

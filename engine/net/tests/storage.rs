@@ -18,7 +18,7 @@ use ferry_engine::rate::Policy as RatePolicy;
 use ferry_engine::session::{BlockSink, BlockSource, SinkError};
 use ferry_net::client::{self, ClientOptions, HostKey, Transfer};
 use ferry_net::identity::Identity;
-use ferry_net::multi;
+use ferry_net::multi::{self, Retry};
 use ferry_net::server::{Grant, Policy, Server, ServerOptions};
 
 /// Plain files, with a count of the bytes written to sinks and read from sources.
@@ -176,7 +176,16 @@ async fn the_granted_storage_stores_and_reads_everything() {
     assert_eq!(shares.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "{shares:?}");
     let before = storage.written.load(Ordering::Relaxed);
     let (_tx, cancel) = tokio::sync::watch::channel(None);
-    let multi = multi::upload(&opts, &PlainFiles, shares, "", false, Arc::new(|_| {}), cancel);
+    let multi = multi::upload(
+        &opts,
+        &PlainFiles,
+        shares,
+        "",
+        false,
+        Retry::default(),
+        Arc::new(|_| {}),
+        cancel,
+    );
     let report = tokio::time::timeout(Duration::from_secs(60), multi).await.unwrap().unwrap();
     assert_eq!(report.files.len(), 3, "one report per file: {:?}", report.files);
     assert!(report.files.iter().all(|f| f.status == FileStatus::Verified), "{:?}", report.files);
@@ -197,8 +206,16 @@ async fn the_granted_storage_stores_and_reads_everything() {
     let shares = source::shares(listed, 2, 1 << 20, source::transfer_id());
     assert!(shares.iter().all(|s| s.len() == 1 && s[0].part.is_some()), "{shares:?}");
     let (_tx, cancel) = tokio::sync::watch::channel(None);
-    let multi =
-        multi::upload(&opts, &PlainFiles, shares, "renamed.bin", true, Arc::new(|_| {}), cancel);
+    let multi = multi::upload(
+        &opts,
+        &PlainFiles,
+        shares,
+        "renamed.bin",
+        true,
+        Retry::default(),
+        Arc::new(|_| {}),
+        cancel,
+    );
     let report = tokio::time::timeout(Duration::from_secs(60), multi).await.unwrap().unwrap();
     assert_eq!(report.files.len(), 1, "{:?}", report.files);
     assert_eq!(report.files[0].status, FileStatus::Verified, "{:?}", report.files);
