@@ -279,8 +279,9 @@ async fn download_share(
     stop: Cancel,
 ) -> Result<ShareOutcome, ClientError> {
     let mut out = ShareOutcome { files: Vec::new(), report: DriveReport::default() };
-    // Each entry's latest outcome, in the order first seen.
+    // Each entry's latest outcome, in the order first seen (and where each sits in it).
     let mut outcome: Vec<(Entry, FileReport)> = Vec::new();
+    let mut slot_of: std::collections::HashMap<Entry, usize> = std::collections::HashMap::new();
     let received = Arc::new(Mutex::new(std::collections::HashSet::<Entry>::new()));
     let mut attempts = Attempts::new(retry);
     let role = client::Role { single: false, share };
@@ -302,9 +303,12 @@ async fn download_share(
                 if f.status == FileStatus::Verified {
                     received.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.clone());
                 }
-                match outcome.iter_mut().find(|(e, _)| *e == entry) {
-                    Some(slot) => slot.1 = f,
-                    None => outcome.push((entry, f)),
+                match slot_of.get(&entry) {
+                    Some(&i) => outcome[i].1 = f,
+                    None => {
+                        slot_of.insert(entry.clone(), outcome.len());
+                        outcome.push((entry, f));
+                    }
                 }
             }
         }
