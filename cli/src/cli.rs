@@ -25,6 +25,10 @@ pub(crate) enum Command {
     /// confined to a docroot with keys from authorized_keys.
     Serve(crate::transfer::serve::ServeArgs),
     /// Copy files to or from a server: `ferry cp -i KEY --host-key FP SOURCE... host:PATH`.
+    #[command(
+        override_usage = "ferry cp [OPTIONS] --identity <KEYFILE> <SOURCE>... <DEST>\n       \
+                                ferry cp [OPTIONS] --identity <KEYFILE> --file-list <FILE> <DEST>"
+    )]
     Cp(crate::transfer::cp::CpArgs),
     /// Write the manual pages (ferry.1, ferry-cp.1, ...) into a directory.
     Man(crate::manual::ManArgs),

@@ -13,10 +13,18 @@ mod transfer;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let mut args = match cli::Cli::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if let (cli::Command::Cp(a), Some(("cp", m))) = (&mut args.command, matches.subcommand()) {
+        // -E and -N apply in command-line order, across the two options.
+        a.order_rules(m);
+    }
     let result: Result<(), error::CliError> = match args.command {
         cli::Command::Crypt(args) => crypt::run(args),
         cli::Command::Keys(a) => keys::run(a),

@@ -747,3 +747,74 @@ fn multi_session_copies_of_one_file_under_a_new_name() {
     here.sort();
     assert_eq!(here, ["back.bin", "big.bin"]);
 }
+
+/// `-E` / `-N` choose what an upload sends, in command-line order, the first match deciding;
+/// an excluded directory is not looked into; `--file-list` (a file, or `-` for standard input)
+/// gives the sources instead of the command line.
+#[test]
+fn exclude_include_rules_and_a_file_list_choose_what_goes_up() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    for f in ["tree/a.txt", "tree/b.log", "tree/keep.log", "tree/cache/x.txt", "tree/sub/c.txt"] {
+        std::fs::create_dir_all(l.join(f).parent().unwrap()).unwrap();
+        std::fs::write(l.join(f), f.as_bytes()).unwrap();
+    }
+    let fp = s.fingerprint.clone();
+    let rules = ["-N", "keep.log", "-E", "*.log", "-E", "cache/", "--json"];
+    let mut args = vec!["--host-key", &fp];
+    args.extend(rules);
+    args.extend(["tree", "127.0.0.1:."]);
+    let out = cp(&s, &args, l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        tree(&s.docroot()),
+        ["tree/a.txt", "tree/keep.log", "tree/sub/c.txt"],
+        "keep.log included before *.log excluded it; cache/ not sent"
+    );
+    // The other order: the exclude comes first and decides.
+    std::fs::create_dir(s.docroot().join("o")).unwrap();
+    let out =
+        cp(&s, &["--host-key", &fp, "-E", "*.log", "-N", "keep.log", "tree", "127.0.0.1:o"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(s.docroot().join("o/tree/sub/c.txt").is_file());
+    assert!(!tree(&s.docroot()).iter().any(|p| p.starts_with("o/") && p.ends_with(".log")));
+
+    // --file-list: the sources from a file (blank lines skipped), the destination alone after.
+    std::fs::create_dir(s.docroot().join("listed")).unwrap();
+    std::fs::write(l.join("list"), "tree/a.txt\n\ntree/sub\n").unwrap();
+    let out = cp(&s, &["--host-key", &fp, "--file-list", "list", "127.0.0.1:listed"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<_> =
+        tree(&s.docroot()).into_iter().filter(|p| p.starts_with("listed/")).collect();
+    assert_eq!(listed, ["listed/a.txt", "listed/sub/c.txt"]);
+    // ... or from standard input.
+    std::fs::create_dir(s.docroot().join("piped")).unwrap();
+    let port = s.port.to_string();
+    let key = s.key();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(l)
+        .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &fp])
+        .args(["--file-list", "-", "127.0.0.1:piped"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"tree/b.log\n").unwrap();
+    let out = wait_output(child, "cp --file-list -");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(s.docroot().join("piped/b.log").is_file());
+
+    // Mistakes, each with its own message and nothing sent.
+    let out = cp(&s, &["--host-key", &fp, "--file-list", "list", "tree", "127.0.0.1:x"], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("names only the destination"), "{}", stderr(&out));
+    let out = cp(&s, &["--host-key", &fp, "-E", "[oops", "tree", "127.0.0.1:x"], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad -E/-N pattern"), "{}", stderr(&out));
+    let out = cp(&s, &["--host-key", &fp, "-E", "*.log", "127.0.0.1:tree", "back"], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("select what to upload"), "{}", stderr(&out));
+    assert!(!s.docroot().join("x").exists());
+}

@@ -12,6 +12,7 @@ use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::{Docroot, RelPath};
 use ferry_engine::io::driver::DriveReport;
 use ferry_engine::io::files::{Destination, SinkLimits};
+use ferry_engine::io::filter::{Rule, Rules};
 use ferry_engine::io::source::{self, SourceFile, SourceLimits};
 use ferry_engine::io::storage::{PlainFiles, Storage};
 use ferry_engine::rate::Policy;
@@ -85,6 +86,25 @@ pub(crate) struct CpArgs {
     #[arg(long = "retry-timeout", value_name = "DURATION", default_value = RETRY_TIMEOUT_ARG,
           value_parser = super::parse_duration)]
     retry_timeout: std::time::Duration,
+    /// Leave out what matches PATTERN (ascp's -E; repeatable). Uploads. -E and -N apply in
+    /// the order given, the first match decides, and what no rule matches is sent. A pattern
+    /// without `/` matches a name at any depth (`*.tmp`); one with `/` the whole path in the
+    /// transfer, starting with the source's name (`tree/cache/*`). `*` and `?` do not cross
+    /// `/`, `**` does; `[a-z]`, `[!a-z]`; a trailing `/` matches directories only. A directory
+    /// left out is not looked into.
+    #[arg(short = 'E', long = "exclude", value_name = "PATTERN", action = clap::ArgAction::Append)]
+    exclude: Vec<String>,
+    /// Send what matches PATTERN even if a later -E would leave it out (ascp's -N; repeatable).
+    /// Uploads.
+    #[arg(short = 'N', long = "include", value_name = "PATTERN", action = clap::ArgAction::Append)]
+    include: Vec<String>,
+    /// Read the sources from FILE, one path per line (`-`: standard input; empty lines are
+    /// skipped), instead of from the command line (ascp's --file-list). Uploads.
+    #[arg(long = "file-list", value_name = "FILE")]
+    file_list: Option<PathBuf>,
+    /// -E and -N in command-line order (filled from the parsed matches by `order_rules`).
+    #[arg(skip)]
+    rules: Vec<(bool, String)>,
     /// Machine-readable output: JSON events, one object per line on stdout (`session`,
     /// `progress` about every 250 ms, then `done` or `error`), instead of the progress bar and
     /// the summary line.
@@ -97,15 +117,85 @@ pub(crate) struct CpArgs {
     /// agree). Default: the server's default user.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// What to copy. Upload: local files and directories; download: one remote path,
-    /// `[user@]host[:port]:path` (relative to the server's docroot).
-    #[arg(required = true, value_name = "SOURCE")]
-    sources: Vec<String>,
-    /// Where to: for an upload the remote directory (or, for one file, the remote name),
-    /// `[user@]host[:port]:path`; for a download the local directory or name. Exactly one side is
-    /// remote.
-    #[arg(required = true, value_name = "DEST")]
-    dest: String,
+    /// Sources, then the destination (the last path). Upload: local files and directories, then
+    /// the remote directory (or, for one file, the remote name), `[user@]host[:port]:path`.
+    /// Download: one remote path, then the local directory or name. Exactly one side is remote.
+    /// With --file-list, only the destination.
+    #[arg(required = true, num_args = 1.., value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+impl CpArgs {
+    /// Puts -E and -N in the order they were given: clap keeps each option's values apart, and
+    /// the order across the two decides.
+    pub(crate) fn order_rules(&mut self, m: &clap::ArgMatches) {
+        let mut rules: Vec<(usize, bool, String)> = Vec::new();
+        for (id, include) in [("exclude", false), ("include", true)] {
+            let (Some(values), Some(at)) = (m.get_many::<String>(id), m.indices_of(id)) else {
+                continue;
+            };
+            rules.extend(values.zip(at).map(|(v, i)| (i, include, v.clone())));
+        }
+        rules.sort_by_key(|r| r.0);
+        self.rules = rules.into_iter().map(|(_, inc, v)| (inc, v)).collect();
+    }
+
+    /// The include and exclude rules.
+    fn filter(&self) -> Result<Rules, CliError> {
+        let bad = |e: String| {
+            CliError::new(Exit::Usage, format!("bad -E/-N pattern: {e}"))
+                .hint("see `ferry cp --help` for the pattern syntax")
+        };
+        let rules = self.rules.iter().map(|(inc, p)| Rule::new(*inc, p)).collect::<Result<_, _>>();
+        Rules::new(rules.map_err(bad)?).map_err(bad)
+    }
+
+    /// The sources (the command line's, or `--file-list`'s) and the destination.
+    fn source_args(&self) -> Result<(Vec<String>, String), CliError> {
+        let Some(list) = &self.file_list else {
+            return match self.paths.split_last() {
+                Some((dest, sources)) if !sources.is_empty() => {
+                    Ok((sources.to_vec(), dest.clone()))
+                }
+                _ => Err(usage(
+                    "give the sources and then the destination (or --file-list FILE and the \
+                     destination)"
+                        .into(),
+                )),
+            };
+        };
+        // With --file-list, the one path on the command line is the destination.
+        let [dest] = self.paths.as_slice() else {
+            return Err(usage(
+                "--file-list gives the sources: the command line then names only the destination"
+                    .into(),
+            ));
+        };
+        let dest = dest.clone();
+        let text = if list.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+        } else {
+            std::fs::read_to_string(list)
+        }
+        .map_err(|e| {
+            CliError::new(Exit::Local, format!("cannot read the file list {}: {e}", list.display()))
+                .hint("give a readable text file of paths, one per line (or - for standard input)")
+        })?;
+        let sources: Vec<String> = text
+            .lines()
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if sources.is_empty() {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("the file list {} names no sources", list.display()),
+            ));
+        }
+        Ok((sources, dest))
+    }
 }
 
 /// `--multi-session-threshold`'s default as written in `--help`: the library's
@@ -215,8 +305,7 @@ fn user(args: &CpArgs, remote: &Remote) -> Result<String, CliError> {
 }
 
 /// Which side is remote: the direction and the remote location.
-fn direction(args: &CpArgs) -> Result<(Direction, Remote), CliError> {
-    let (dest, sources) = (&args.dest, &args.sources);
+fn direction(dest: &str, sources: &[String]) -> Result<(Direction, Remote), CliError> {
     let remote_dest = parse_remote(dest);
     let remote_sources: Vec<_> = sources.iter().map(|s| parse_remote(s)).collect();
     match (remote_dest, remote_sources.iter().all(Option::is_none)) {
@@ -232,7 +321,15 @@ fn direction(args: &CpArgs) -> Result<(Direction, Remote), CliError> {
 }
 
 fn run_inner(args: CpArgs) -> Result<(), CliError> {
-    let (direction, remote) = direction(&args)?;
+    let (sources, dest) = args.source_args()?;
+    let (direction, remote) = direction(&dest, &sources)?;
+    let rules = args.filter()?;
+    if direction == Direction::Download && (!rules.is_empty() || args.file_list.is_some()) {
+        return Err(usage(
+            "-E, -N and --file-list select what to upload; a download names its one remote source"
+                .into(),
+        ));
+    }
     super::log::install("ferry cp", "ferry=warn");
     ferry_net::sockets::raise_fd_limit();
     let identity = Identity::read(&args.identity).map_err(|e| {
@@ -241,12 +338,12 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         )
     })?;
     // The local side first, so local mistakes cost no round trip.
-    let (dest, sources) = (&args.dest, &args.sources);
+    let dest = &dest;
     let transfer = match direction {
         Direction::Upload => {
             let mut files = Vec::new();
-            for s in sources {
-                files.extend(local_sources(s)?);
+            for s in &sources {
+                files.extend(local_sources(s, &rules)?);
             }
             let single = files.len() == 1;
             let shares = if args.sessions > 1 {
@@ -522,7 +619,7 @@ fn client_error(e: ClientError, opts: &ClientOptions, args: &CpArgs, remote: &Re
 
 /// Lists a source argument for upload. The argument itself may be a symbolic link (it is
 /// followed, as `scp` does); inside a directory, links and special files are skipped.
-fn local_sources(arg: &str) -> Result<Vec<SourceFile>, CliError> {
+fn local_sources(arg: &str, rules: &Rules) -> Result<Vec<SourceFile>, CliError> {
     let cannot = |e: String| {
         CliError::new(Exit::Local, format!("cannot read {arg}: {e}"))
             .hint("check the source path and its permissions")
@@ -534,7 +631,8 @@ fn local_sources(arg: &str) -> Result<Vec<SourceFile>, CliError> {
     let name = name.to_str().ok_or_else(|| cannot("the name is not UTF-8".into()))?;
     let rel = RelPath::parse(name).map_err(|e| cannot(e.to_string()))?;
     let root = Arc::new(Docroot::open(parent).map_err(|e| cannot(e.to_string()))?);
-    source::list(&root, &rel, SourceLimits::default()).map_err(|e| cannot(e.to_string()))
+    source::list_filtered(&root, &rel, SourceLimits::default(), rules)
+        .map_err(|e| cannot(e.to_string()))
 }
 
 /// The sink of a download into `dest`: an existing directory, or a new file name in one.

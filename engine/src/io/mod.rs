@@ -17,6 +17,7 @@ pub mod assembly;
 pub mod docroot;
 pub mod driver;
 pub mod files;
+pub mod filter;
 pub mod sealed;
 pub mod source;
 pub mod storage;

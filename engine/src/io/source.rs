@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::docroot::{Docroot, Kind, Meta, RelPath};
+use super::filter::Rules;
 use crate::control::Part;
 use crate::session::BlockSource;
 
@@ -86,6 +87,17 @@ pub fn list(
     rel: &RelPath,
     limits: SourceLimits,
 ) -> io::Result<Vec<SourceFile>> {
+    list_filtered(root, rel, limits, &Rules::default())
+}
+
+/// [`list`], keeping only what `rules` keep ([`filter`](super::filter): a directory left out is
+/// not looked into). The source itself is judged too, by its name.
+pub fn list_filtered(
+    root: &Arc<Docroot>,
+    rel: &RelPath,
+    limits: SourceLimits,
+    rules: &Rules,
+) -> io::Result<Vec<SourceFile>> {
     let name = rel.file_name().unwrap_or(root.name()).to_owned();
     let meta = root.meta(rel)?.ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", rel.shown()))
@@ -94,8 +106,10 @@ pub fn list(
         Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} {why}", rel.shown())))
     };
     match meta.kind {
+        Kind::File if !rules.keeps(&name, false) => Ok(Vec::new()),
+        Kind::Dir if !rules.keeps(&name, true) => Ok(Vec::new()),
         Kind::File => Ok(vec![SourceFile::new(root, name, rel.clone(), &meta)]),
-        Kind::Dir => walk(root, rel, name, limits),
+        Kind::Dir => walk(root, rel, name, limits, rules),
         Kind::Symlink => refuse("is a symbolic link (not followed)"),
         Kind::Special => refuse("is not a regular file or directory"),
     }
@@ -109,6 +123,7 @@ fn walk(
     rel: &RelPath,
     name: String,
     limits: SourceLimits,
+    rules: &Rules,
 ) -> io::Result<Vec<SourceFile>> {
     struct Frame {
         path: RelPath,
@@ -151,6 +166,8 @@ fn walk(
         };
         let Some(m) = m else { continue };
         match m.kind {
+            Kind::File if !rules.keeps(&manifest, false) => {}
+            Kind::Dir if !rules.keeps(&manifest, true) => {}
             Kind::File => {
                 if out.len() == limits.max_files {
                     return Err(invalid(format!(
