@@ -818,3 +818,46 @@ fn exclude_include_rules_and_a_file_list_choose_what_goes_up() {
     assert!(stderr(&out).contains("select what to upload"), "{}", stderr(&out));
     assert!(!s.docroot().join("x").exists());
 }
+
+/// `--remove-after-transfer` deletes each source once the server verified it, and keeps the
+/// ones that failed; `--remove-empty-directories` then removes the directories that left empty
+/// (never the source directory named on the command line, nor one still holding a file).
+#[test]
+fn remove_after_transfer_deletes_only_what_the_server_verified() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    for f in ["tree/a", "tree/sub/deep/b", "tree/sub/c", "tree/other/d"] {
+        std::fs::create_dir_all(l.join(f).parent().unwrap()).unwrap();
+        std::fs::write(l.join(f), data(3000, f.len() as u32)).unwrap();
+    }
+    // tree/other/d exists on the server already: it fails there (no overwrite), so it stays.
+    std::fs::create_dir_all(s.docroot().join("tree/other")).unwrap();
+    std::fs::write(s.docroot().join("tree/other/d"), b"theirs").unwrap();
+    let fp = s.fingerprint.clone();
+    let args = ["--host-key", &fp, "--remove-after-transfer", "--remove-empty-directories"];
+    let mut args = args.to_vec();
+    args.extend(["--json", "tree", "127.0.0.1:."]);
+    let out = cp(&s, &args, l);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    let done = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("\"event\":\"done\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("a done event");
+    assert_eq!(done["removed"], 3, "{done}");
+    assert_eq!(done["removed_directories"], 2, "tree/sub/deep and tree/sub: {done}");
+    assert_eq!(tree(l), ["tree/other/d"], "only the failed source is left");
+    assert!(l.join("tree").is_dir(), "the source directory itself stays");
+    for f in ["tree/a", "tree/sub/deep/b", "tree/sub/c"] {
+        assert_eq!(std::fs::read(s.docroot().join(f)).unwrap(), data(3000, f.len() as u32));
+    }
+    assert_eq!(std::fs::read(s.docroot().join("tree/other/d")).unwrap(), b"theirs");
+
+    // Not for downloads; and --remove-empty-directories needs --remove-after-transfer.
+    let out = cp(&s, &["--host-key", &fp, "--remove-after-transfer", "127.0.0.1:tree", "."], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = cp(&s, &["--host-key", &fp, "--remove-empty-directories", "tree", "127.0.0.1:."], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(tree(l), ["tree/other/d"]);
+}

@@ -102,6 +102,16 @@ pub(crate) struct CpArgs {
     /// skipped), instead of from the command line (ascp's --file-list). Uploads.
     #[arg(long = "file-list", value_name = "FILE")]
     file_list: Option<PathBuf>,
+    /// Delete each source file once the server verified its copy (ascp's
+    /// --remove-after-transfer). Uploads. A file that changed since it was listed (size or
+    /// modification time) is kept, and said so; a file that failed is kept.
+    #[arg(long = "remove-after-transfer")]
+    remove_after_transfer: bool,
+    /// With --remove-after-transfer: then remove the directories the removed files were in,
+    /// and their parents inside each source directory, where that left them empty (ascp's
+    /// --remove-empty-directories; the source directory named on the command line stays).
+    #[arg(long = "remove-empty-directories", requires = "remove_after_transfer")]
+    remove_empty_directories: bool,
     /// -E and -N in command-line order (filled from the parsed matches by `order_rules`).
     #[arg(skip)]
     rules: Vec<(bool, String)>,
@@ -324,6 +334,12 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let (sources, dest) = args.source_args()?;
     let (direction, remote) = direction(&dest, &sources)?;
     let rules = args.filter()?;
+    if direction == Direction::Download && args.remove_after_transfer {
+        return Err(usage(
+            "--remove-after-transfer removes local sources after an upload; a download has none"
+                .into(),
+        ));
+    }
     if direction == Direction::Download && (!rules.is_empty() || args.file_list.is_some()) {
         return Err(usage(
             "-E, -N and --file-list select what to upload; a download names its one remote source"
@@ -339,6 +355,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     })?;
     // The local side first, so local mistakes cost no round trip.
     let dest = &dest;
+    let mut sent: Vec<SourceFile> = Vec::new();
     let transfer = match direction {
         Direction::Upload => {
             let mut files = Vec::new();
@@ -346,6 +363,9 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 files.extend(local_sources(s, &rules)?);
             }
             let single = files.len() == 1;
+            if args.remove_after_transfer {
+                sent = files.clone();
+            }
             let shares = if args.sessions > 1 {
                 let (n, threshold) = (args.sessions.into(), args.multi_session_threshold);
                 source::shares(files, n, threshold, source::transfer_id())
@@ -403,7 +423,79 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         }
         err
     })?;
-    summary(&report, direction, started.elapsed().as_secs_f64(), retries, args.json)
+    let removed = if args.remove_after_transfer {
+        remove_sources(&report, &sent, args.remove_empty_directories, args.json)
+    } else {
+        (0, 0)
+    };
+    summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json)
+}
+
+/// `--remove-after-transfer`: deletes each source the server verified, if it is still the file
+/// that was listed, through its directory's descriptor (no path is resolved twice, no link
+/// followed); then, with `dirs`, the directories that left empty, deepest first, within each
+/// source directory. Returns the files and directories removed. What cannot be removed is kept
+/// and named on stderr; the transfer's outcome does not change.
+fn remove_sources(report: &DriveReport, sent: &[SourceFile], dirs: bool, json: bool) -> (u64, u64) {
+    let by_name: std::collections::HashMap<&str, &SourceFile> =
+        sent.iter().map(|f| (f.manifest.as_str(), f)).collect();
+    let keep = |path: &str, why: String| {
+        let path = ferry_engine::io::docroot::escape(path, 300);
+        if json {
+            progress::emit("kept", serde_json::json!({ "path": path, "reason": why }));
+        } else {
+            eprintln!("ferry: kept {path}: {}", super::log::sanitize(&why));
+        }
+    };
+    let (mut files, mut removed_dirs) = (0u64, 0u64);
+    // Per source root: the directories removed files were in (relative paths).
+    let mut emptied: Vec<(&SourceFile, RelPath)> = Vec::new();
+    for f in report.files.iter().filter(|f| f.status == FileStatus::Verified) {
+        let Some(src) = by_name.get(f.path.as_str()) else { continue };
+        let Some((parent, name)) = src.path.split_last() else { continue };
+        let result = src.root.open_dir(&parent).and_then(|dir| {
+            let now = dir.meta(name)?.ok_or_else(|| std::io::Error::other("it is gone"))?;
+            if now.size != src.size || now.mtime_ns != src.mtime_ns {
+                return Err(std::io::Error::other(
+                    "it changed while it was sent (the server has the earlier version)",
+                ));
+            }
+            dir.remove_file(name)
+        });
+        match result {
+            Ok(()) => {
+                files += 1;
+                if dirs && src.manifest.contains('/') {
+                    emptied.push((src, parent));
+                }
+            }
+            Err(e) => keep(&src.manifest, format!("not removed: {e}")),
+        }
+    }
+    // Deepest first, each directory once, never the source directory itself (the first
+    // component of the manifest path is the source's own name).
+    let mut candidates: Vec<(usize, String, &SourceFile, RelPath)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (src, mut dir) in emptied {
+        let top = src.path.components().count() - src.manifest.split('/').count() + 1;
+        while dir.components().count() > top {
+            let key = (std::sync::Arc::as_ptr(&src.root) as usize, dir.shown().to_string());
+            if !seen.insert(key.clone()) {
+                break;
+            }
+            candidates.push((dir.components().count(), key.1, src, dir.clone()));
+            let Some((up, _)) = dir.split_last() else { break };
+            dir = up;
+        }
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (_, _, src, dir) in candidates {
+        let Some((parent, name)) = dir.split_last() else { continue };
+        if src.root.open_dir(&parent).and_then(|d| d.remove_dir(name)).is_ok() {
+            removed_dirs += 1;
+        }
+    }
+    (files, removed_dirs)
 }
 
 /// The target rate a session asks for when `-l` gives none: the highest `-l` accepts, so that
@@ -503,6 +595,7 @@ fn summary(
     direction: Direction,
     secs: f64,
     retries: u32,
+    (removed, removed_dirs): (u64, u64),
     json: bool,
 ) -> Result<(), CliError> {
     let what = if direction == Direction::Upload { "upload" } else { "download" };
@@ -511,6 +604,8 @@ fn summary(
     if json {
         let mut fields = progress::done_fields(report, what, secs);
         fields["retries"] = retries.into();
+        fields["removed"] = removed.into();
+        fields["removed_directories"] = removed_dirs.into();
         progress::emit("done", fields);
     } else {
         let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
@@ -528,6 +623,11 @@ fn summary(
             "ferry: {what} {files}, {} ({bytes} bytes) in {secs:.2} s ({rate:.1} Mbit/s){retried}",
             progress::human_bytes(bytes)
         );
+        if removed > 0 || removed_dirs > 0 {
+            println!(
+                "ferry: removed {removed} source files and {removed_dirs} emptied directories"
+            );
+        }
         const SHOWN: usize = 50;
         for f in failed.iter().take(SHOWN) {
             let path = ferry_engine::io::docroot::escape(&f.path, 300);

@@ -442,7 +442,9 @@ fn per_file(files: Vec<(Entry, FileReport)>) -> Vec<FileReport> {
     let mut out: Vec<FileReport> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (src, mut f) in files {
-        if f.status != FileStatus::Verified && f.path.is_empty() {
+        // Named in the transfer's report whatever the outcome (a session names only failures),
+        // so that a caller can act on each verified file (`--remove-after-transfer`).
+        if f.path.is_empty() {
             f.path = src.path.clone();
         }
         if src.part.is_none() {

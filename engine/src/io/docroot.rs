@@ -627,6 +627,11 @@ impl Dir {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(errno)
     }
 
+    /// Removes the directory `name` if it is empty.
+    pub fn remove_dir(&self, name: &str) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).map_err(errno)
+    }
+
     /// Makes changes to the directory's entries durable (best effort callers ignore the error).
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fsync(&self.fd).map_err(errno)
