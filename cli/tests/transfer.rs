@@ -861,3 +861,32 @@ fn remove_after_transfer_deletes_only_what_the_server_verified() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(tree(l), ["tree/other/d"]);
 }
+
+/// `-d` creates the destination directory (and its parents) on the server for an upload, here
+/// for a download; a single file then lands inside it under its own name. Without `-d` a
+/// missing destination directory is refused and nothing is created.
+#[test]
+fn create_dir_makes_the_destination_directory() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("one"), data(2000, 4)).unwrap();
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "one", "127.0.0.1:new/deep"], l);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!s.docroot().join("new").exists(), "nothing created without -d");
+    let out = cp(&s, &["--host-key", &fp, "-d", "one", "127.0.0.1:new/deep"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("new/deep/one")).unwrap(), data(2000, 4));
+    // -d with a file where the directory should be: refused, the file untouched.
+    std::fs::write(s.docroot().join("plain"), b"mine").unwrap();
+    let out = cp(&s, &["--host-key", &fp, "-d", "one", "127.0.0.1:plain"], l);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot create the directory"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("plain")).unwrap(), b"mine");
+    // A download into a directory that -d makes here.
+    let out = cp(&s, &["--host-key", &fp, "-d", "127.0.0.1:new/deep/one", "back/here"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(l.join("back/here/one")).unwrap(), data(2000, 4));
+}

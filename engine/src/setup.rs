@@ -74,6 +74,8 @@ pub struct ClientHello {
     pub data_port: u16,
     /// Bit 0: on upload, the destination may name the single file when it is not an existing
     /// directory. Bit 1: [`ClientHello::share`] is present (set by [`ClientHello::encode`]).
+    /// Bit 2 ([`FLAG_CREATE_DIR`]): on upload, create the destination directory (and its missing
+    /// parents) if it does not exist.
     pub flags: u8,
     /// Upload: destination; download: source. Relative to the server's docroot.
     pub path: String,
@@ -106,6 +108,8 @@ pub struct Share {
 
 /// Flag bit: a [`Share`] follows the user name.
 const FLAG_SHARE: u8 = 2;
+/// CLIENT_HELLO flag: on upload, create the destination directory if it is missing (`-d`).
+pub const FLAG_CREATE_DIR: u8 = 4;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,8 +344,10 @@ pub struct Plan {
     pub path: RelPath,
     /// The path ended in `/`: it must be an existing directory.
     pub wants_dir: bool,
-    /// On upload: the path may name the single file (flag bit 0).
+    /// On upload: the path may name the single file (flag bit 0, and not bit 2).
     pub may_name_file: bool,
+    /// On upload: create the destination directory if it is missing (flag bit 2).
+    pub create_dir: bool,
     /// The client's data port.
     pub data_port: u16,
     /// The receiver's window cap.
@@ -510,7 +516,10 @@ pub fn negotiate<G: Permits>(
         policy: hello.policy,
         path,
         wants_dir,
-        may_name_file: hello.direction == Direction::Upload && hello.flags & 1 != 0,
+        may_name_file: hello.direction == Direction::Upload
+            && hello.flags & 1 != 0
+            && hello.flags & FLAG_CREATE_DIR == 0,
+        create_dir: hello.direction == Direction::Upload && hello.flags & FLAG_CREATE_DIR != 0,
         data_port: hello.data_port,
         max_window: rules.max_window,
         share: hello.share,
@@ -585,8 +594,15 @@ mod tests {
         let (plan, ()) = negotiate(&h, &EXPORTER, 9, &Rules::default(), allow).unwrap();
         assert_eq!(plan.session_id, 9);
         assert_eq!(plan.path, RelPath::parse("in/ü").unwrap());
-        assert!(plan.may_name_file && !plan.wants_dir);
+        assert!(plan.may_name_file && !plan.wants_dir && !plan.create_dir);
         assert_eq!(plan.limits, RateLimits { target: 1_000_000, min: 0 });
+        // Bit 2 (-d): the destination is a directory to create, never the file's new name.
+        let h = signed(|h| h.flags = 1 | FLAG_CREATE_DIR);
+        let (plan, ()) = negotiate(&h, &EXPORTER, 9, &Rules::default(), allow).unwrap();
+        assert!(plan.create_dir && !plan.may_name_file);
+        let h = signed(|h| (h.direction, h.flags) = (Direction::Download, FLAG_CREATE_DIR));
+        let (plan, ()) = negotiate(&h, &EXPORTER, 9, &Rules::default(), allow).unwrap();
+        assert!(!plan.create_dir, "a download creates nothing on the server");
         let reply = plan.reply(5000);
         assert_eq!((reply.session_id, reply.data_port, reply.version), (9, 5000, VERSION));
         assert_eq!(accept_reply(&h, &reply), Ok(()));

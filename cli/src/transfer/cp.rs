@@ -102,6 +102,12 @@ pub(crate) struct CpArgs {
     /// skipped), instead of from the command line (ascp's --file-list). Uploads.
     #[arg(long = "file-list", value_name = "FILE")]
     file_list: Option<PathBuf>,
+    /// Create the destination directory, with any missing parents, if it does not exist (ascp's
+    /// -d): on the server for an upload, here for a download. The destination then always
+    /// names a directory, so a single file is stored inside it under its own name, never
+    /// renamed to the destination.
+    #[arg(short = 'd', long = "create-dir")]
+    create_dir: bool,
     /// Delete each source file once the server verified its copy (ascp's
     /// --remove-after-transfer). Uploads. A file that changed since it was listed (size or
     /// modification time) is kept, and said so; a file that failed is kept.
@@ -379,6 +385,12 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             Job::Shares { shares, single, path: remote.path.clone() }
         }
         Direction::Download => {
+            if args.create_dir {
+                std::fs::create_dir_all(dest).map_err(|e| {
+                    CliError::new(Exit::Local, format!("cannot create the directory {dest}: {e}"))
+                        .hint("check the path and its permissions")
+                })?;
+            }
             download_sink(dest)?; // the destination's mistakes before any round trip
             Job::Download {
                 path: remote.path.clone(),
@@ -405,6 +417,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         policy: args.policy,
         user,
         datagram_size: args.datagram_size,
+        create_dir: args.create_dir,
     };
     let started = Instant::now();
     let reporter =

@@ -62,6 +62,9 @@ pub struct ClientOptions {
     /// ([`route_datagram_limit`](ferry_engine::io::driver::route_datagram_limit); 1472 when it
     /// cannot be told). The server may lower it to what its route back allows.
     pub datagram_size: Option<usize>,
+    /// Upload: have the server create the destination directory if it is missing (`-d`); the
+    /// destination then always names a directory.
+    pub create_dir: bool,
 }
 
 fn for_user(user: &str) -> String {
@@ -555,7 +558,13 @@ fn hello(
         min_rate: opts.min_rate,
         policy: opts.policy,
         data_port,
-        flags: u8::from(direction == Direction::Upload && role.single),
+        flags: if direction != Direction::Upload {
+            0
+        } else if opts.create_dir {
+            setup::FLAG_CREATE_DIR
+        } else {
+            u8::from(role.single)
+        },
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
         share: role.share,

@@ -751,8 +751,14 @@ fn receiver(
 ) -> Result<Box<dyn Side + Send>, Refusal> {
     let root = &grant.docroot;
     let replace = grant.rights.overwrite;
-    let dest =
-        upload_destination(root, plan.path.clone(), plan.wants_dir, plan.may_name_file, replace)?;
+    let dest = upload_destination(
+        root,
+        plan.path.clone(),
+        plan.wants_dir,
+        plan.may_name_file,
+        plan.create_dir,
+        replace,
+    )?;
     let limits = SinkLimits { max_open: ctx.post.max_open_files, replace };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {
@@ -845,6 +851,7 @@ fn upload_destination(
     rel: RelPath,
     wants_dir: bool,
     may_name_file: bool,
+    create_dir: bool,
     replace: bool,
 ) -> Result<Destination, Refusal> {
     let path_refusal = Refusal::Path;
@@ -865,6 +872,14 @@ fn upload_destination(
         Some(Kind::File) if may_name_file && replace => return Ok(Destination::File(rel)),
         Some(_) if may_name_file => return Err(Refusal::Exists(rel.shown().to_string())),
         _ => {}
+    }
+    if create_dir {
+        // `-d`: the destination is a directory, made here (beneath the docroot, through its
+        // descriptors, no link followed) with whatever parents it lacks.
+        root.create_dirs(&rel).map_err(|e| {
+            path_refusal(format!("cannot create the directory {}: {e}", rel.shown()))
+        })?;
+        return Ok(Destination::Dir(rel));
     }
     if may_name_file
         && !wants_dir

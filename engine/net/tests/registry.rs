@@ -63,6 +63,7 @@ impl Running {
             policy: Policy::Fixed,
             user: "tester".into(),
             datagram_size: None,
+            create_dir: false,
         }
     }
 

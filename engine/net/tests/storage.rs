@@ -145,6 +145,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         policy: RatePolicy::Fixed,
         user: String::new(),
         datagram_size: None,
+        create_dir: false,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);
