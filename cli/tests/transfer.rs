@@ -890,3 +890,44 @@ fn create_dir_makes_the_destination_directory() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(l.join("back/here/one")).unwrap(), data(2000, 4));
 }
+
+/// `--file-manifest text|json` writes a receipt of what was transferred (and what failed) into
+/// `--file-manifest-path`, under a name of its own, also when some files failed; `-O PORT` is
+/// accepted (and changes nothing: the data shares the server's port).
+#[test]
+fn file_manifest_is_a_receipt_of_the_transfer() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::create_dir_all(l.join("t")).unwrap();
+    std::fs::write(l.join("t/a"), b"a").unwrap();
+    std::fs::write(l.join("t/b"), b"b").unwrap();
+    std::fs::create_dir_all(s.docroot().join("t")).unwrap();
+    std::fs::write(s.docroot().join("t/b"), b"theirs").unwrap(); // b fails: it exists
+    std::fs::create_dir(l.join("receipts")).unwrap();
+    let fp = s.fingerprint.clone();
+    let base = ["--host-key", &fp, "-O", "33001", "--file-manifest-path", "receipts"];
+    let mut args = base.to_vec();
+    args.extend(["--file-manifest", "text", "t", "127.0.0.1:."]);
+    let out = cp(&s, &args, l);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    std::fs::write(l.join("a"), b"mine").unwrap(); // the download of t/a fails: a exists
+    let mut args = base.to_vec();
+    args.extend(["--file-manifest", "json", "127.0.0.1:t/a", "."]);
+    let out = cp(&s, &args, l);
+    assert_ne!(out.status.code(), Some(0), "a exists here: {}", stderr(&out));
+    assert_eq!(std::fs::read(l.join("a")).unwrap(), b"mine");
+    let mut names = names(&l.join("receipts"));
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let text = names.iter().find(|n| n.ends_with(".txt")).expect("a text manifest");
+    let text = std::fs::read_to_string(l.join("receipts").join(text)).unwrap();
+    assert!(text.starts_with("t/a\n"), "{text}");
+    assert!(text.contains("# failed: t/b: "), "{text}");
+    let json = names.iter().find(|n| n.ends_with(".json")).expect("a json manifest");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(l.join("receipts").join(json)).unwrap()).unwrap();
+    assert_eq!(json["direction"], "download");
+    assert_eq!(json["files"].as_array().unwrap().len(), 1, "{json}");
+    assert_ne!(json["files"][0]["status"], "verified", "{json}");
+}

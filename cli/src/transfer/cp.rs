@@ -108,6 +108,22 @@ pub(crate) struct CpArgs {
     /// renamed to the destination.
     #[arg(short = 'd', long = "create-dir")]
     create_dir: bool,
+    /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
+    /// port with its control connection (the server tells the client its data port at set-up),
+    /// so there is no separate data port to choose.
+    #[arg(short = 'O', long = "fasp-port", value_name = "PORT")]
+    _fasp_port: Option<u16>,
+    /// Write a receipt of the transfer (ascp's --file-manifest): `text` (one transferred path
+    /// per line, quoted and escaped if it holds a control character, then `# failed:` lines) or
+    /// `json`; `none` (the default) writes none. It is
+    /// written into --file-manifest-path as `ferry-manifest-TIME-PID.txt` (or `.json`), never
+    /// over an existing file, and also when some files failed.
+    #[arg(long = "file-manifest", value_name = "FORMAT", default_value = "none",
+          value_parser = ["none", "text", "json"])]
+    file_manifest: String,
+    /// The directory --file-manifest writes into [default: the current directory].
+    #[arg(long = "file-manifest-path", value_name = "DIR")]
+    file_manifest_path: Option<PathBuf>,
     /// Delete each source file once the server verified its copy (ascp's
     /// --remove-after-transfer). Uploads. A file that changed since it was listed (size or
     /// modification time) is kept, and said so; a file that failed is kept.
@@ -441,7 +457,84 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     } else {
         (0, 0)
     };
+    if args.file_manifest != "none" {
+        write_manifest(&args, &report, direction, &remote)?;
+    }
     summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json)
+}
+
+/// `--file-manifest`: the transfer's receipt, written to a temporary file and moved to a name
+/// no other file has (never replacing one), so a reader sees all of it or nothing.
+fn write_manifest(
+    args: &CpArgs,
+    report: &DriveReport,
+    direction: Direction,
+    remote: &Remote,
+) -> Result<(), CliError> {
+    let dir = args.file_manifest_path.clone().unwrap_or_else(|| PathBuf::from("."));
+    let json = args.file_manifest == "json";
+    let what = if direction == Direction::Upload { "upload" } else { "download" };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let verified = |f: &&ferry_engine::io::driver::FileReport| f.status == FileStatus::Verified;
+    let body = if json {
+        let files: Vec<serde_json::Value> = report
+            .files
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "path": f.path,
+                    "status": progress::status_name(f.status),
+                    "reason": f.reason,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "direction": what,
+            "host": remote.host,
+            "path": remote.path,
+            "finished_unix_s": now.as_secs(),
+            "files": files,
+        });
+        format!("{doc:#}\n")
+    } else {
+        // One path per line as it is, unless it holds a control character (a newline would
+        // split it): then quoted and escaped.
+        let line = |p: &str| {
+            if p.chars().any(char::is_control) {
+                ferry_engine::io::docroot::escape(p, usize::MAX)
+            } else {
+                p.to_owned()
+            }
+        };
+        let mut text = String::new();
+        for f in report.files.iter().filter(verified) {
+            text.push_str(&line(&f.path));
+            text.push('\n');
+        }
+        for f in report.files.iter().filter(|f| !verified(f)) {
+            let path = line(&f.path);
+            text.push_str(&format!("# failed: {path}: {}\n", super::log::sanitize(&f.reason)));
+        }
+        text
+    };
+    let ext = if json { "json" } else { "txt" };
+    let name = format!("ferry-manifest-{}-{}.{ext}", now.as_secs(), std::process::id());
+    let cannot = |e: std::io::Error| {
+        CliError::new(
+            Exit::Local,
+            format!("cannot write the file manifest into {}: {e}", dir.display()),
+        )
+        .hint("give a writable directory with --file-manifest-path (the transfer itself is done)")
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(cannot)?;
+    std::io::Write::write_all(&mut tmp, body.as_bytes()).map_err(cannot)?;
+    tmp.as_file().sync_all().map_err(cannot)?;
+    tmp.persist_noclobber(dir.join(&name)).map_err(|e| cannot(e.error))?;
+    if !args.json {
+        eprintln!("ferry cp: wrote the file manifest {}", dir.join(&name).display());
+    }
+    Ok(())
 }
 
 /// `--remove-after-transfer`: deletes each source the server verified, if it is still the file
