@@ -931,3 +931,49 @@ fn file_manifest_is_a_receipt_of_the_transfer() {
     assert_eq!(json["files"].as_array().unwrap().len(), 1, "{json}");
     assert_ne!(json["files"][0]["status"], "verified", "{json}");
 }
+
+/// `-p` gives each file at the destination its source's modification time, uploading (also a
+/// file assembled from parts with `-C 2`) and downloading; without it the time is the time of
+/// writing.
+#[test]
+fn preserve_times_carries_modification_times_both_ways() {
+    use std::os::unix::fs::MetadataExt;
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let old = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
+    let stamp = |p: &Path| {
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_times(std::fs::FileTimes::new().set_modified(old)).unwrap();
+    };
+    let mtime = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    std::fs::create_dir_all(l.join("t/sub")).unwrap();
+    for (f, len) in [("t/a", 100), ("t/sub/b", 3 << 20)] {
+        std::fs::write(l.join(f), data(len, 5)).unwrap();
+        stamp(&l.join(f));
+    }
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "-p", "t", "127.0.0.1:."], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mtime(&s.docroot().join("t/a")), (1_000_000_000, 123_456_789));
+    assert_eq!(mtime(&s.docroot().join("t/sub/b")), (1_000_000_000, 123_456_789));
+    // In parts (-C 2, a 1 MiB threshold): the assembled file gets it too.
+    let args = ["--host-key", &fp, "-p", "-C", "2", "--multi-session-threshold", "1m"];
+    let mut args = args.to_vec();
+    args.extend(["-d", "t/sub/b", "127.0.0.1:parts"]);
+    let out = cp(&s, &args, l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mtime(&s.docroot().join("parts/b")), (1_000_000_000, 123_456_789));
+    // Without -p: the time of writing.
+    let out = cp(&s, &["--host-key", &fp, "-d", "t/a", "127.0.0.1:plain"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(mtime(&s.docroot().join("plain/a")).0 > 1_700_000_000);
+    // Down, with -p.
+    let out = cp(&s, &["--host-key", &fp, "-p", "-d", "127.0.0.1:t", "back"], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mtime(&l.join("back/t/sub/b")), (1_000_000_000, 123_456_789));
+    assert_eq!(std::fs::read(l.join("back/t/sub/b")).unwrap(), data(3 << 20, 5));
+}

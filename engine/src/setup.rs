@@ -75,7 +75,8 @@ pub struct ClientHello {
     /// Bit 0: on upload, the destination may name the single file when it is not an existing
     /// directory. Bit 1: [`ClientHello::share`] is present (set by [`ClientHello::encode`]).
     /// Bit 2 ([`FLAG_CREATE_DIR`]): on upload, create the destination directory (and its missing
-    /// parents) if it does not exist.
+    /// parents) if it does not exist. Bit 3 ([`FLAG_PRESERVE_TIMES`]): the receiver gives each
+    /// completed file the modification time of its FILE frame.
     pub flags: u8,
     /// Upload: destination; download: source. Relative to the server's docroot.
     pub path: String,
@@ -110,6 +111,9 @@ pub struct Share {
 const FLAG_SHARE: u8 = 2;
 /// CLIENT_HELLO flag: on upload, create the destination directory if it is missing (`-d`).
 pub const FLAG_CREATE_DIR: u8 = 4;
+/// CLIENT_HELLO flag: the receiver gives each completed file the modification time its FILE
+/// frame carries (`-p`), in either direction.
+pub const FLAG_PRESERVE_TIMES: u8 = 8;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +352,9 @@ pub struct Plan {
     pub may_name_file: bool,
     /// On upload: create the destination directory if it is missing (flag bit 2).
     pub create_dir: bool,
+    /// The receiver (the server on upload, the client on download) gives each completed file
+    /// its FILE frame's modification time (flag bit 3).
+    pub preserve_times: bool,
     /// The client's data port.
     pub data_port: u16,
     /// The receiver's window cap.
@@ -520,6 +527,7 @@ pub fn negotiate<G: Permits>(
             && hello.flags & 1 != 0
             && hello.flags & FLAG_CREATE_DIR == 0,
         create_dir: hello.direction == Direction::Upload && hello.flags & FLAG_CREATE_DIR != 0,
+        preserve_times: hello.flags & FLAG_PRESERVE_TIMES != 0,
         data_port: hello.data_port,
         max_window: rules.max_window,
         share: hello.share,

@@ -108,6 +108,12 @@ pub(crate) struct CpArgs {
     /// renamed to the destination.
     #[arg(short = 'd', long = "create-dir")]
     create_dir: bool,
+    /// Give each file at the destination its source's modification time (ascp's -p), in either
+    /// direction, also for files sent in parts with -C. Ferry differs on purpose: only the
+    /// modification time is carried (the FILE frame holds one time); the access time is the
+    /// time of writing.
+    #[arg(short = 'p', long = "preserve-times")]
+    preserve_times: bool,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
     /// port with its control connection (the server tells the client its data port at set-up),
     /// so there is no separate data port to choose.
@@ -407,7 +413,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                         .hint("check the path and its permissions")
                 })?;
             }
-            download_sink(dest)?; // the destination's mistakes before any round trip
+            download_sink(dest, false)?; // the destination's mistakes before any round trip
             Job::Download {
                 path: remote.path.clone(),
                 dest: dest.clone(),
@@ -434,6 +440,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         user,
         datagram_size: args.datagram_size,
         create_dir: args.create_dir,
+        preserve_times: args.preserve_times,
     };
     let started = Instant::now();
     let reporter =
@@ -656,8 +663,10 @@ fn transfer_blocking(
                 multi::upload(opts, storage, shares, &path, single, retry, observer, cancel).await
             }
             Job::Download { path, dest, sessions, threshold } => {
+                let preserve = opts.preserve_times;
                 let sink = move || {
-                    download_sink(&dest).map_err(|e| std::io::Error::other(e.message.clone()))
+                    download_sink(&dest, preserve)
+                        .map_err(|e| std::io::Error::other(e.message.clone()))
                 };
                 let (n, t) = (sessions, threshold);
                 multi::download(opts, &sink, &path, n, t, retry, observer, cancel).await
@@ -842,7 +851,8 @@ fn local_sources(arg: &str, rules: &Rules) -> Result<Vec<SourceFile>, CliError> 
 }
 
 /// The sink of a download into `dest`: an existing directory, or a new file name in one.
-fn download_sink(dest: &str) -> Result<Box<dyn BlockSink + Send>, CliError> {
+/// `preserve`: give each file the modification time the server sends (`-p`).
+fn download_sink(dest: &str, preserve: bool) -> Result<Box<dyn BlockSink + Send>, CliError> {
     let d = std::path::absolute(dest)
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
     let open = |p: &Path| {
@@ -852,7 +862,7 @@ fn download_sink(dest: &str) -> Result<Box<dyn BlockSink + Send>, CliError> {
     };
     if d.is_dir() {
         let root = open(&d)?;
-        return sink(root, Destination::Dir(RelPath::root()), dest);
+        return sink(root, Destination::Dir(RelPath::root()), dest, preserve);
     }
     let parent = match d.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -865,16 +875,17 @@ fn download_sink(dest: &str) -> Result<Box<dyn BlockSink + Send>, CliError> {
     let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name =
         RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
-    sink(open(&parent)?, Destination::File(name), dest)
+    sink(open(&parent)?, Destination::File(name), dest, preserve)
 }
 
 fn sink(
     root: Arc<Docroot>,
     to: Destination,
     dest: &str,
+    preserve_mtime: bool,
 ) -> Result<Box<dyn BlockSink + Send>, CliError> {
     PlainFiles
-        .sink(root, to, SinkLimits::default())
+        .sink(root, to, SinkLimits { preserve_mtime, ..SinkLimits::default() })
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
 }
 

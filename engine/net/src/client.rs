@@ -65,6 +65,10 @@ pub struct ClientOptions {
     /// Upload: have the server create the destination directory if it is missing (`-d`); the
     /// destination then always names a directory.
     pub create_dir: bool,
+    /// Have the receiver give each file its source's modification time (`-p`): the server on an
+    /// upload, this end's sink on a download (which the caller makes, with
+    /// [`SinkLimits::preserve_mtime`](ferry_engine::io::files::SinkLimits)).
+    pub preserve_times: bool,
 }
 
 fn for_user(user: &str) -> String {
@@ -564,7 +568,7 @@ fn hello(
             setup::FLAG_CREATE_DIR
         } else {
             u8::from(role.single)
-        },
+        } | if opts.preserve_times { setup::FLAG_PRESERVE_TIMES } else { 0 },
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
         share: role.share,

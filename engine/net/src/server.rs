@@ -759,7 +759,11 @@ fn receiver(
         plan.create_dir,
         replace,
     )?;
-    let limits = SinkLimits { max_open: ctx.post.max_open_files, replace };
+    let limits = SinkLimits {
+        max_open: ctx.post.max_open_files,
+        replace,
+        preserve_mtime: plan.preserve_times,
+    };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             // The storage refuses the destination's name (its message quotes only that).

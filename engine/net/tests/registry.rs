@@ -64,6 +64,7 @@ impl Running {
             user: "tester".into(),
             datagram_size: None,
             create_dir: false,
+            preserve_times: false,
         }
     }
 

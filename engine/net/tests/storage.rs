@@ -146,6 +146,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         user: String::new(),
         datagram_size: None,
         create_dir: false,
+        preserve_times: false,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

@@ -95,6 +95,8 @@ pub struct Claim {
     range: (u64, u64),
     file: Arc<File>,
     done: bool,
+    /// Give the completed file its parts' modification time.
+    preserve: bool,
 }
 
 /// Joins (or starts) the assembly of `name` in `dir` for the `size` bytes of `part`: the
@@ -123,7 +125,7 @@ pub fn claim(dir: &Dir, name: &str, part: &Part, size: u64, mtime_ns: i64) -> io
         }
         a.claimed.push(range);
         a.orphaned = None;
-        return Ok(Claim { key, range, file: a.file.clone(), done: false });
+        return Ok(Claim { key, range, file: a.file.clone(), done: false, preserve: false });
     }
     if map.len() >= MAX_ASSEMBLIES {
         return Err(io::Error::new(
@@ -152,7 +154,7 @@ pub fn claim(dir: &Dir, name: &str, part: &Part, size: u64, mtime_ns: i64) -> io
         orphaned: None,
     };
     map.insert(key.clone(), assembly);
-    Ok(Claim { key, range, file, done: false })
+    Ok(Claim { key, range, file, done: false, preserve: false })
 }
 
 impl Claim {
@@ -164,6 +166,12 @@ impl Claim {
     /// Counts the part as verified (its bytes are in the file). If that completes the file,
     /// it is given permission bits `mode`, synced and moved into place under its name
     /// (replacing an existing file only with `replace`): returns `true` then.
+    /// Gives the file its parts' modification time when this claim completes it (`-p`).
+    pub fn preserving_mtime(mut self) -> Self {
+        self.preserve = true;
+        self
+    }
+
     pub fn complete(mut self, mode: u32, replace: bool) -> io::Result<bool> {
         self.done = true;
         let done = {
@@ -199,6 +207,11 @@ impl Claim {
         let moved = (|| {
             use std::os::unix::fs::PermissionsExt;
             done.file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            if self.preserve
+                && let Some(times) = super::files::mtime(done.mtime_ns)
+            {
+                done.file.set_times(times)?;
+            }
             done.file.sync_all()?;
             super::files::move_into_place(&done.dir, &done.partial, &self.key.name, replace)
         })();

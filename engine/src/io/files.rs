@@ -29,12 +29,27 @@ pub struct SinkLimits {
     /// lets a verified file replace an existing regular file of its name, atomically, at the
     /// end (until then the old file is untouched; a failed transfer leaves it as it was).
     pub replace: bool,
+    /// Give each completed file the modification time its FILE frame carries (`-p`; a FILE with
+    /// `mtime_ns` 0 keeps the time of writing).
+    pub preserve_mtime: bool,
 }
 
 impl Default for SinkLimits {
     fn default() -> Self {
-        Self { max_open: 64, replace: false }
+        Self { max_open: 64, replace: false, preserve_mtime: false }
     }
+}
+
+/// The modification time of `mtime_ns` nanoseconds since the Unix epoch (before it if
+/// negative), as a file's times to set; `None` for 0 (not carried).
+pub(crate) fn mtime(mtime_ns: i64) -> Option<std::fs::FileTimes> {
+    use std::time::{Duration, UNIX_EPOCH};
+    let at = match mtime_ns {
+        0 => return None,
+        n if n > 0 => UNIX_EPOCH.checked_add(Duration::from_nanos(n as u64))?,
+        n => UNIX_EPOCH.checked_sub(Duration::from_nanos(n.unsigned_abs()))?,
+    };
+    Some(std::fs::FileTimes::new().set_modified(at))
 }
 
 /// Directories kept open for the files being written (most trees are written one directory
@@ -459,6 +474,7 @@ impl FileSink {
             // empty.
             let sf = &mut self.files[file as usize];
             let claim = sf.claim.take().ok_or_else(|| io::Error::other("no bytes of the part"))?;
+            let claim = if self.limits.preserve_mtime { claim.preserving_mtime() } else { claim };
             claim.complete(sf.mode, self.limits.replace)?;
             sf.stage = Stage::Done;
             return Ok(());
@@ -468,6 +484,11 @@ impl FileSink {
         let parent = self.parents[sf.parent as usize].clone();
         let (mode, partial, name) = (sf.mode, sf.partial(), sf.name.clone());
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if self.limits.preserve_mtime
+            && let Some(times) = mtime(sf.mtime_ns)
+        {
+            f.set_times(times)?;
+        }
         f.sync_all()?;
         self.close(file);
         drop(f);
@@ -708,7 +729,7 @@ mod tests {
         let mut sink = FileSink::new(
             root,
             Destination::Dir(RelPath::root()),
-            SinkLimits { max_open: 3, replace: false },
+            SinkLimits { max_open: 3, replace: false, preserve_mtime: false },
         );
         for i in 0..20 {
             sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();

@@ -72,9 +72,9 @@ impl Storage for PlainFiles {
             .map(|f| FileEntry {
                 id: 0,
                 size: f.size,
-                // A part names its file's version, so that parts of two versions never
-                // assemble into one file.
-                mtime_ns: if f.part.is_some() { f.mtime_ns } else { 0 },
+                // The receiver applies it only when asked (`-p`); a part also names its file's
+                // version by it, so that parts of two versions never assemble into one file.
+                mtime_ns: f.mtime_ns,
                 mode: f.mode,
                 path: f.manifest.clone(),
                 part: f.part,
