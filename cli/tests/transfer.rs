@@ -977,3 +977,27 @@ fn preserve_times_carries_modification_times_both_ways() {
     assert_eq!(mtime(&l.join("back/t/sub/b")), (1_000_000_000, 123_456_789));
     assert_eq!(std::fs::read(l.join("back/t/sub/b")).unwrap(), data(3 << 20, 5));
 }
+
+/// `--src-base PREFIX` strips PREFIX from each source and keeps the rest of its path at the
+/// destination; a source outside PREFIX is refused before anything is sent.
+#[test]
+fn src_base_keeps_the_path_below_the_prefix() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::create_dir_all(l.join("data/proj/a/b")).unwrap();
+    std::fs::write(l.join("data/proj/a/b/f"), b"f").unwrap();
+    std::fs::write(l.join("data/proj/a/g"), b"g").unwrap();
+    std::fs::write(l.join("elsewhere"), b"x").unwrap();
+    let fp = s.fingerprint.clone();
+    let args = ["--host-key", &fp, "-d", "--src-base", "data/proj", "data/proj/a/b/f"];
+    let mut args = args.to_vec();
+    args.extend(["data/proj/a/g", "127.0.0.1:in"]);
+    let out = cp(&s, &args, l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree(&s.docroot()), ["in/a/b/f", "in/a/g"]);
+    let out = cp(&s, &["--host-key", &fp, "--src-base", "data", "elsewhere", "127.0.0.1:in"], l);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not beneath --src-base"), "{}", stderr(&out));
+    assert_eq!(tree(&s.docroot()), ["in/a/b/f", "in/a/g"]);
+}

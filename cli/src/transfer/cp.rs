@@ -130,6 +130,12 @@ pub(crate) struct CpArgs {
     /// The directory --file-manifest writes into [default: the current directory].
     #[arg(long = "file-manifest-path", value_name = "DIR")]
     file_manifest_path: Option<PathBuf>,
+    /// Strip PREFIX (a local directory) from each source's path and keep the rest of it at the
+    /// destination (ascp's --src-base): with `--src-base /data /data/a/b/f host:in`, f arrives
+    /// as `in/a/b/f`. Every source must be beneath PREFIX. Uploads. -E and -N then match the
+    /// path below PREFIX.
+    #[arg(long = "src-base", value_name = "PREFIX")]
+    src_base: Option<PathBuf>,
     /// Delete each source file once the server verified its copy (ascp's
     /// --remove-after-transfer). Uploads. A file that changed since it was listed (size or
     /// modification time) is kept, and said so; a file that failed is kept.
@@ -368,9 +374,11 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 .into(),
         ));
     }
-    if direction == Direction::Download && (!rules.is_empty() || args.file_list.is_some()) {
+    if direction == Direction::Download
+        && (!rules.is_empty() || args.file_list.is_some() || args.src_base.is_some())
+    {
         return Err(usage(
-            "-E, -N and --file-list select what to upload; a download names its one remote source"
+            "-E, -N, --file-list and --src-base select what to upload; a download names its one remote source"
                 .into(),
         ));
     }
@@ -388,9 +396,10 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         Direction::Upload => {
             let mut files = Vec::new();
             for s in &sources {
-                files.extend(local_sources(s, &rules)?);
+                files.extend(local_sources(s, args.src_base.as_deref(), &rules)?);
             }
-            let single = files.len() == 1;
+            // With --src-base the destination is a directory the kept paths go beneath.
+            let single = files.len() == 1 && args.src_base.is_none();
             if args.remove_after_transfer {
                 sent = files.clone();
             }
@@ -834,12 +843,35 @@ fn client_error(e: ClientError, opts: &ClientOptions, args: &CpArgs, remote: &Re
 
 /// Lists a source argument for upload. The argument itself may be a symbolic link (it is
 /// followed, as `scp` does); inside a directory, links and special files are skipped.
-fn local_sources(arg: &str, rules: &Rules) -> Result<Vec<SourceFile>, CliError> {
+fn local_sources(
+    arg: &str,
+    src_base: Option<&Path>,
+    rules: &Rules,
+) -> Result<Vec<SourceFile>, CliError> {
     let cannot = |e: String| {
         CliError::new(Exit::Local, format!("cannot read {arg}: {e}"))
             .hint("check the source path and its permissions")
     };
     let canon = Path::new(arg).canonicalize().map_err(|e| cannot(e.to_string()))?;
+    if let Some(base) = src_base {
+        let base_canon = base.canonicalize().map_err(|e| {
+            CliError::new(Exit::Local, format!("cannot use --src-base {}: {e}", base.display()))
+        })?;
+        let below = canon.strip_prefix(&base_canon).ok().filter(|p| !p.as_os_str().is_empty());
+        let Some(below) = below else {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{arg} is not beneath --src-base {}", base.display()),
+            )
+            .hint("every source must be inside the --src-base directory"));
+        };
+        let below = below.to_str().ok_or_else(|| cannot("the path is not UTF-8".into()))?;
+        let rel = RelPath::parse(below).map_err(|e| cannot(e.to_string()))?;
+        let root = Arc::new(Docroot::open(&base_canon).map_err(|e| cannot(e.to_string()))?);
+        let name = below.to_owned();
+        return source::list_named(&root, &rel, name, SourceLimits::default(), rules)
+            .map_err(|e| cannot(e.to_string()));
+    }
     let (Some(parent), Some(name)) = (canon.parent(), canon.file_name()) else {
         return Err(cannot("the root directory itself cannot be sent; name what is in it".into()));
     };

@@ -99,6 +99,18 @@ pub fn list_filtered(
     rules: &Rules,
 ) -> io::Result<Vec<SourceFile>> {
     let name = rel.file_name().unwrap_or(root.name()).to_owned();
+    list_named(root, rel, name, limits, rules)
+}
+
+/// [`list_filtered`], with the manifest paths starting at `name` instead of the source's own
+/// name (`--src-base`: the whole of `rel`).
+pub fn list_named(
+    root: &Arc<Docroot>,
+    rel: &RelPath,
+    name: String,
+    limits: SourceLimits,
+    rules: &Rules,
+) -> io::Result<Vec<SourceFile>> {
     let meta = root.meta(rel)?.ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", rel.shown()))
     })?;
