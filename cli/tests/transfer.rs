@@ -1001,3 +1001,42 @@ fn src_base_keeps_the_path_below_the_prefix() {
     assert!(stderr(&out).contains("not beneath --src-base"), "{}", stderr(&out));
     assert_eq!(tree(&s.docroot()), ["in/a/b/f", "in/a/g"]);
 }
+
+/// `-L DIR` writes the transfer's own log file (0600): its start, each retry, each failed file
+/// and the outcome, while stderr stays as quiet as without it.
+#[test]
+fn log_dir_keeps_a_log_file_per_transfer() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("f"), b"x").unwrap();
+    std::fs::create_dir(l.join("logs")).unwrap();
+    let fp = s.fingerprint.clone();
+    let out = cp(&s, &["--host-key", &fp, "-L", "logs", "f", "127.0.0.1:."], l);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let logs = names(&l.join("logs"));
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let path = l.join("logs").join(&logs[0]);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains("ferry cp: upload: 1 sources, 127.0.0.1"), "{log}");
+    assert!(log.contains("done: 1 files (0 failed)"), "{log}");
+    // A transfer that fails after a retry: both in the log.
+    drop(s);
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port().to_string();
+    drop(dead);
+    std::fs::remove_file(&path).unwrap();
+    keygen(&l.join("id"));
+    let args = ["cp", "-i", "id", "-P", &port, "--host-key", &fp, "-L", "logs"];
+    let mut args = args.to_vec();
+    args.extend(["--retry", "2", "--retry-timeout", "2s", "f", "127.0.0.1:."]);
+    let out = run(&args, l);
+    assert_eq!(out.status.code(), Some(38), "{}", stderr(&out));
+    let logs = names(&l.join("logs"));
+    let log = std::fs::read_to_string(l.join("logs").join(&logs[0])).unwrap();
+    assert!(log.contains("retrying in"), "{log}");
+    assert!(log.contains("failed: nothing is listening") && log.contains("(exit 38)"), "{log}");
+}

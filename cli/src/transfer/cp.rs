@@ -130,6 +130,11 @@ pub(crate) struct CpArgs {
     /// The directory --file-manifest writes into [default: the current directory].
     #[arg(long = "file-manifest-path", value_name = "DIR")]
     file_manifest_path: Option<PathBuf>,
+    /// Also write this transfer's log into a file of its own in DIR (ascp's -L):
+    /// `ferry-cp-TIME-PID.log`, mode 0600, never over an existing file. It holds the start, each
+    /// retry, each failed file and the outcome (`ferry=info`, or what `FERRY_LOG` selects).
+    #[arg(short = 'L', long = "log-dir", value_name = "DIR")]
+    log_dir: Option<PathBuf>,
     /// Strip PREFIX (a local directory) from each source's path and keep the rest of it at the
     /// destination (ascp's --src-base): with `--src-base /data /data/a/b/f host:in`, f arrives
     /// as `in/a/b/f`. Every source must be beneath PREFIX. Uploads. -E and -N then match the
@@ -382,7 +387,21 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 .into(),
         ));
     }
-    super::log::install("ferry cp", "ferry=warn");
+    let log_file = args.log_dir.as_deref().map(open_log).transpose()?;
+    let logging = log_file.is_some();
+    super::log::install_with_file("ferry cp", "ferry=warn", log_file.map(|(f, _)| f));
+    if logging {
+        let what = if direction == Direction::Upload { "upload" } else { "download" };
+        let remote_shown = ferry_engine::io::docroot::escape(&remote.path, 300);
+        tracing::info!(
+            target: "ferry::cp",
+            "{what}: {} sources, {} {remote_shown} (sessions {}, retries {})",
+            sources.len(),
+            remote.host,
+            args.sessions,
+            args.retry
+        );
+    }
     ferry_net::sockets::raise_fd_limit();
     let identity = Identity::read(&args.identity).map_err(|e| {
         CliError::new(Exit::Identity, format!("cannot use the identity: {e}")).hint(
@@ -466,6 +485,9 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             let s = if retries == 1 { "y" } else { "ies" };
             err.message = format!("{} (after {retries} retr{s})", err.message);
         }
+        if logging {
+            tracing::info!(target: "ferry::cp", "failed: {} (exit {})", err.message, err.code.code());
+        }
         err
     })?;
     let removed = if args.remove_after_transfer {
@@ -476,7 +498,45 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     if args.file_manifest != "none" {
         write_manifest(&args, &report, direction, &remote)?;
     }
+    if logging {
+        for f in report.files.iter().filter(|f| f.status != FileStatus::Verified) {
+            let path = ferry_engine::io::docroot::escape(&f.path, 300);
+            tracing::info!(target: "ferry::cp", "failed: {path}: {}", f.reason);
+        }
+        let failed = report.files.iter().filter(|f| f.status != FileStatus::Verified).count();
+        tracing::info!(
+            target: "ferry::cp",
+            "done: {} files ({failed} failed), {} bytes in {:.2} s, {retries} retries",
+            report.files.len(),
+            report.file_bytes,
+            started.elapsed().as_secs_f64()
+        );
+    }
     summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json)
+}
+
+/// `-L DIR`: this transfer's own log file, created (never over an existing one) 0600.
+fn open_log(dir: &Path) -> Result<(std::fs::File, PathBuf), CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let path = dir.join(format!("ferry-cp-{now}-{}.log", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(|e| {
+            CliError::new(
+                Exit::Local,
+                format!("cannot create the log file {}: {e}", path.display()),
+            )
+            .hint("give -L a directory you can write to")
+        })?;
+    Ok((file, path))
 }
 
 /// `--file-manifest`: the transfer's receipt, written to a temporary file and moved to a name

@@ -44,9 +44,28 @@ pub(crate) fn line(message: std::fmt::Arguments<'_>) {
 }
 
 fn line_of(program: &str, message: std::fmt::Arguments<'_>) {
-    use std::io::Write;
+    line_to(&mut std::io::stderr(), program, message);
+}
+
+fn line_to(out: &mut dyn std::io::Write, program: &str, message: std::fmt::Arguments<'_>) {
     let text = sanitize(&message.to_string());
-    let _ = writeln!(std::io::stderr(), "{} {program}: {text}", timestamp());
+    let _ = writeln!(out, "{} {program}: {text}", timestamp());
+}
+
+/// Writes `tracing` events as log lines of `program` into a log file (`ferry cp -L`).
+#[derive(Debug)]
+pub(crate) struct FileLines {
+    program: &'static str,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FileLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut text = Message(String::new());
+        event.record(&mut text);
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        line_to(&mut *file, self.program, format_args!("{}", text.0));
+    }
 }
 
 /// Writes `tracing` events as log lines of `program` (what reaches it is up to the filter).
@@ -81,16 +100,29 @@ impl tracing::field::Visit for Message {
 /// process: those `FERRY_LOG` selects, or with it unset those `default` selects (a filter such
 /// as `ferry=info`). A `FERRY_LOG` that does not parse is said once and the default is used.
 pub(crate) fn install(program: &'static str, default: &str) {
+    install_with_file(program, default, None);
+}
+
+/// [`install`], and with `file` the same lines, at least at `ferry=info` (or as `FERRY_LOG`
+/// says), also into that file (`ferry cp -L DIR`).
+pub(crate) fn install_with_file(program: &'static str, default: &str, file: Option<std::fs::File>) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::{Layer, SubscriberExt};
-    let filter = match std::env::var("FERRY_LOG") {
+    let chosen = |default: &str, say: bool| match std::env::var("FERRY_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            line_of(program, format_args!("FERRY_LOG ignored ({e}); logging {default}"));
+            if say {
+                line_of(program, format_args!("FERRY_LOG ignored ({e}); logging {default}"));
+            }
             EnvFilter::new(default)
         }),
         _ => EnvFilter::new(default),
     };
-    let subscriber = tracing_subscriber::registry().with(LogLines { program }.with_filter(filter));
+    let lines = LogLines { program }.with_filter(chosen(default, true));
+    let to_file = file.map(|f| {
+        FileLines { program, file: std::sync::Mutex::new(f) }
+            .with_filter(chosen("ferry=info", false))
+    });
+    let subscriber = tracing_subscriber::registry().with(lines).with(to_file);
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
