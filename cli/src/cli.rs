@@ -30,6 +30,9 @@ pub(crate) enum Command {
                                 ferry cp [OPTIONS] --identity <KEYFILE> --file-list <FILE> <DEST>"
     )]
     Cp(crate::transfer::cp::CpArgs),
+    /// Check what stands between you and a fast transfer to a server: name, UDP port, host key,
+    /// identity, MTU, socket buffers; each problem with its fix.
+    Doctor(crate::transfer::doctor::DoctorArgs),
     /// Write the manual pages (ferry.1, ferry-cp.1, ...) into a directory.
     Man(crate::manual::ManArgs),
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Keygen(a) => keygen::run(a),
         cli::Command::Serve(a) => transfer::serve::run(a),
         cli::Command::Cp(a) => transfer::cp::run(a),
+        cli::Command::Doctor(a) => transfer::doctor::run(a),
         cli::Command::Man(a) => manual::man(a),
         cli::Command::Completions(a) => manual::completions(a),
     };

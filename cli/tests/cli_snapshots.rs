@@ -65,7 +65,9 @@ fn redact_ports(s: &str) -> String {
 #[test]
 fn help() {
     let d = tempfile::tempdir().unwrap();
-    for cmd in ["", "cp", "serve", "keys", "crypt", "keygen", "demo", "man", "completions"] {
+    for cmd in
+        ["", "cp", "serve", "keys", "crypt", "keygen", "demo", "doctor", "man", "completions"]
+    {
         let mut args: Vec<&str> = cmd.split_whitespace().collect();
         args.push("--help");
         let name = if cmd.is_empty() { "help_ferry".to_owned() } else { format!("help_{cmd}") };
@@ -88,7 +90,7 @@ fn manual_pages_and_completions() {
     };
     let top = page("ferry");
     assert!(top.starts_with(".ie") || top.contains(".TH ferry 1"), "{top}");
-    for sub in ["cp", "serve", "keys", "crypt", "keygen", "demo", "man", "completions"] {
+    for sub in ["cp", "serve", "keys", "crypt", "keygen", "demo", "doctor", "man", "completions"] {
         assert!(top.contains(sub), "ferry.1 lists {sub}");
     }
     let cp = page("ferry-cp");

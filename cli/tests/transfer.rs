@@ -1040,3 +1040,51 @@ fn log_dir_keeps_a_log_file_per_transfer() {
     assert!(log.contains("retrying in"), "{log}");
     assert!(log.contains("failed: nothing is listening") && log.contains("(exit 38)"), "{log}");
 }
+
+/// `ferry doctor` against a real server and against the failures it tells apart: all well
+/// (exit 0) with a pinned key and an accepted identity; an unpinned key (its fingerprint and
+/// the fix); an identity the server does not know; a closed port; a silent one.
+#[test]
+fn doctor_tells_what_stands_in_the_way() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    let at = format!("127.0.0.1:{}", s.port);
+    let key = s.key();
+    let doctor = |extra: &[&str]| {
+        let mut args = vec!["doctor", "--json", "--timeout", "2"];
+        args.extend_from_slice(extra);
+        let out = run(&args, l);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        (out.status.code(), v)
+    };
+    let fp = s.fingerprint.clone();
+    let (code, v) = doctor(&[&at, "--host-key", &fp, "-i", key.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["port_state"], "open");
+    assert_eq!(v["host_key"]["state"], "pinned");
+    assert_eq!(v["identity"]["accepted"], true, "{v}");
+    assert!(v["rtt_ms"].as_f64().is_some() && v["datagram"].as_u64().is_some(), "{v}");
+    assert!(tree(&s.docroot()).is_empty(), "the identity check wrote nothing");
+
+    let (code, v) = doctor(&[&at]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["host_key"]["state"], "unpinned");
+    assert_eq!(v["host_key"]["presented"], fp.as_str());
+    let fix = v["checks"].as_array().unwrap().iter().find(|c| c["check"] == "host_key").unwrap();
+    assert!(fix["fix"].as_str().unwrap().contains("--host-key"), "{fix}");
+
+    keygen(&l.join("stranger"));
+    let (code, v) = doctor(&[&at, "--host-key", &fp, "-i", "stranger"]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["identity"]["accepted"], false, "{v}");
+
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_, v) = doctor(&[&closed.to_string()]);
+    assert_eq!(v["port_state"], "closed", "{v}");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (code, v) = doctor(&[&silent.local_addr().unwrap().to_string()]);
+    assert_eq!((code, &v["port_state"]), (Some(1), &serde_json::json!("filtered")), "{v}");
+    drop(silent);
+}

@@ -7,6 +7,7 @@ pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod config;
 pub(crate) mod cp;
+pub(crate) mod doctor;
 pub(crate) mod events;
 pub(crate) mod log;
 pub(crate) mod progress;

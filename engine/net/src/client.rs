@@ -419,7 +419,7 @@ async fn connect_and_run(
 }
 
 /// The local address to send from: loopback for a loopback server, else any.
-fn local_ip_for(server: SocketAddr) -> IpAddr {
+pub(crate) fn local_ip_for(server: SocketAddr) -> IpAddr {
     match (server.ip().is_loopback(), server.is_ipv4()) {
         (true, true) => Ipv4Addr::LOCALHOST.into(),
         (true, false) => Ipv6Addr::LOCALHOST.into(),
@@ -430,7 +430,7 @@ fn local_ip_for(server: SocketAddr) -> IpAddr {
 
 /// The QUIC handshake with the pinned key; failures are told apart (unknown or wrong key, a
 /// closed port, no answer).
-async fn connect(
+pub(crate) async fn connect(
     endpoint: &quinn::Endpoint,
     server: SocketAddr,
     local_ip: IpAddr,

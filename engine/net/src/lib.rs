@@ -20,6 +20,7 @@
 pub mod authorized_keys;
 pub mod bridge;
 pub mod client;
+pub mod doctor;
 pub mod identity;
 pub mod known_hosts;
 pub mod limits;

@@ -33,7 +33,7 @@ const HELD_WAIT: Duration = Duration::from_millis(2);
 /// Requested socket buffer size in each direction: enough to ride out a scheduling hiccup of
 /// tens of milliseconds at several Gbit/s, so the receiver's queue shows up as delay (which the
 /// rate controller reacts to) instead of as overflow loss (which it deliberately ignores).
-const SOCKET_BUFFER: usize = 32 << 20;
+pub const SOCKET_BUFFER: usize = 32 << 20;
 /// Datagrams handled per loop iteration before timers and transmission get a turn (a bound in
 /// datagrams, not calls: one GRO call can carry 32 x 44 of them, and feedback must not wait
 /// behind many milliseconds of decryption).
