@@ -772,6 +772,18 @@ fn exclude_include_rules_and_a_file_list_choose_what_goes_up() {
         ["tree/a.txt", "tree/keep.log", "tree/sub/c.txt"],
         "keep.log included before *.log excluded it; cache/ not sent"
     );
+    // One `file` event per file, named, with its outcome; the progress counts them.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut files: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "file")
+        .inspect(|e| assert_eq!(e["status"], "verified", "{e}"))
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["tree/a.txt", "tree/keep.log", "tree/sub/c.txt"], "{stdout}");
+    assert!(stdout.contains("\"files_total\":3"), "{stdout}");
     // The other order: the exclude comes first and decides.
     std::fs::create_dir(s.docroot().join("o")).unwrap();
     let out =

@@ -47,7 +47,10 @@ pub(crate) struct Reporter {
     mode: Mode,
     last_bytes: u64,
     last_elapsed: Duration,
-    drawn: bool,
+    /// The progress bar (indicatif, on stderr), once the first report arrived.
+    bar: Option<indicatif::ProgressBar>,
+    /// The latest file to finish, for the bar.
+    last_file: String,
     /// The target rate asked for (`-l`).
     asked: u64,
     /// The lower target the server set, once told.
@@ -59,7 +62,16 @@ pub(crate) struct Reporter {
 impl Reporter {
     pub(crate) fn new(mode: Mode, asked: u64) -> Self {
         let (last_bytes, last_elapsed) = (0, Duration::ZERO);
-        Self { mode, last_bytes, last_elapsed, drawn: false, asked, capped: None, retries: 0 }
+        Self {
+            mode,
+            last_bytes,
+            last_elapsed,
+            bar: None,
+            last_file: String::new(),
+            asked,
+            capped: None,
+            retries: 0,
+        }
     }
 
     /// A failed session is about to be run again: a `retry` event, or a line on stderr.
@@ -81,9 +93,7 @@ impl Reporter {
             );
             return;
         }
-        self.finish();
-        let _ = writeln!(
-            std::io::stderr(),
+        self.say(&format!(
             "ferry cp: {}; retrying in {:.0} s (attempt {} of at most {}, {} file{} to go)",
             super::log::sanitize(&r.error),
             r.delay.as_secs_f64().ceil(),
@@ -91,7 +101,7 @@ impl Reporter {
             r.attempts,
             r.files_left,
             if r.files_left == 1 { "" } else { "s" }
-        );
+        ));
     }
 
     /// Sessions run again after a failure so far.
@@ -110,17 +120,21 @@ impl Reporter {
             emit("rate_capped", json!({ "target_rate_bps": target, "asked_bps": self.asked }));
             return;
         }
-        self.finish();
         let cap = human_rate(target as f64);
         let asked = if self.asked >= super::cp::UNCAPPED {
             "no limit".to_owned()
         } else {
             human_rate(self.asked as f64)
         };
-        let _ = writeln!(
-            std::io::stderr(),
-            "ferry cp: the server caps this transfer at {cap} (asked for {asked})"
-        );
+        self.say(&format!("ferry cp: the server caps this transfer at {cap} (asked for {asked})"));
+    }
+
+    /// A line on stderr, above the bar if one is drawn.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
     }
 
     /// One periodic report.
@@ -134,6 +148,15 @@ impl Reporter {
         };
         self.last_bytes = p.side.bytes;
         self.last_elapsed = p.elapsed;
+        if self.mode == Mode::Json {
+            // Each file's outcome as it arrives, before the progress that counts it.
+            for f in &p.finished {
+                emit(
+                    "file",
+                    json!({ "path": f.path, "status": status_name(f.status), "reason": f.reason }),
+                );
+            }
+        }
         match self.mode {
             Mode::Quiet => {}
             Mode::Json => emit(
@@ -143,47 +166,45 @@ impl Reporter {
                     "bytes": p.side.bytes,
                     "total_bytes": p.total_bytes,
                     "files_done": p.files_done,
+                    "files_total": p.files_total,
                     "rate_bps": rate.round(),
                     "pacing_rate_bps": p.side.rate_bps,
                     "target_rate_bps": p.side.target_rate_bps,
                     "rtt_ms": p.side.rtt.map(|r| round3(r.as_secs_f64() * 1e3)),
                 }),
             ),
-            Mode::Bar => {
-                let pct = if p.total_bytes > 0 {
-                    p.side.bytes as f64 * 100.0 / p.total_bytes as f64
-                } else {
-                    0.0
-                };
-                let eta = if rate > 0.0 && p.total_bytes > p.side.bytes {
-                    let s = (p.total_bytes - p.side.bytes) as f64 * 8.0 / rate;
-                    format!("{}:{:02}", (s / 60.0) as u64, (s % 60.0) as u64)
-                } else {
-                    "-:--".into()
-                };
-                let width = 24usize;
-                let filled = ((pct / 100.0) * width as f64).round() as usize;
-                let bar: String =
-                    (0..width).map(|i| if i < filled.min(width) { '#' } else { '.' }).collect();
-                let mut err = std::io::stderr().lock();
-                let _ = write!(
-                    err,
-                    "\r[{bar}] {pct:5.1}%  {} / {}  {}  ETA {eta}   ",
-                    human_bytes(p.side.bytes),
-                    human_bytes(p.total_bytes),
-                    human_rate(rate)
-                );
-                let _ = err.flush();
-                self.drawn = true;
-            }
+            Mode::Bar => self.draw(p, rate),
         }
     }
 
-    /// Clears the progress line (before the summary or an error is printed).
+    /// The bar: bytes against the total announced so far, the rate, files done of those
+    /// announced and the latest to finish, the ETA.
+    fn draw(&mut self, p: &Progress, rate: f64) {
+        if let Some(f) = p.finished.last() {
+            self.last_file = ferry_engine::io::docroot::escape(&f.path, 48);
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "[{bar:24}] {percent:>3}%  {bytes}/{total_bytes}  {msg}  ETA {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("#>.");
+            indicatif::ProgressBar::new(p.total_bytes).with_style(style)
+        });
+        bar.set_length(p.total_bytes.max(p.side.bytes));
+        bar.set_position(p.side.bytes);
+        let files = if p.files_total > 1 {
+            format!("  files {}/{}  {}", p.files_done, p.files_total, self.last_file)
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("{}{files}", human_rate(rate)));
+    }
+
+    /// Clears the progress bar (before the summary or an error is printed).
     pub(crate) fn finish(&mut self) {
-        if self.drawn {
-            let _ = write!(std::io::stderr(), "\r{:78}\r", "");
-            self.drawn = false;
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

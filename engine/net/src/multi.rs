@@ -501,6 +501,7 @@ fn accumulate(t: &mut Progress, q: &Progress) {
     t.elapsed = t.elapsed.max(q.elapsed);
     t.total_bytes += q.total_bytes;
     t.files_done += q.files_done;
+    t.files_total += q.files_total;
     t.datagrams_in += q.datagrams_in;
     t.datagrams_out += q.datagrams_out;
     t.send_drops += q.send_drops;
@@ -530,22 +531,26 @@ fn summing(i: usize, sum: Arc<Mutex<Vec<ShareProgress>>>, observer: Observer) ->
                     let share = &mut all[i];
                     let now = std::mem::take(&mut share.now);
                     let most = share.before.total_bytes.max(now.total_bytes);
+                    let most_files = share.before.files_total.max(now.files_total);
                     accumulate(&mut share.before, &now);
                     share.before.side.rate_bps = 0;
                     share.before.side.target_rate_bps = 0;
                     share.before.total_bytes = most;
+                    share.before.files_total = most_files;
                     None
                 }
                 ClientEvent::Retry(_) => None,
                 ClientEvent::Progress(p) => {
-                    all[i].now = p.clone();
-                    let mut t = Progress::default();
+                    // What finished is this event's news, handed on once, never summed.
+                    all[i].now = Progress { finished: Vec::new(), ..p.clone() };
+                    let mut t = Progress { finished: p.finished.clone(), ..Progress::default() };
                     for share in all.iter() {
                         accumulate(&mut t, &share.before);
                         accumulate(&mut t, &share.now);
                         // The share's size is the most any of its sessions announced (a retry
                         // announces what is left of it): the larger of the two, not their sum.
                         t.total_bytes -= share.before.total_bytes.min(share.now.total_bytes);
+                        t.files_total -= share.before.files_total.min(share.now.files_total);
                     }
                     Some(t)
                 }

@@ -325,6 +325,10 @@ pub struct Progress {
     pub total_bytes: u64,
     /// Files with an outcome so far.
     pub files_done: usize,
+    /// Files announced so far (the manifest's entries, sent or received).
+    pub files_total: usize,
+    /// The files that got their outcome since the previous report, each named.
+    pub finished: Vec<FileReport>,
     /// Datagrams received and sent, and sends the kernel refused.
     pub datagrams_in: u64,
     /// See [`DriveReport::datagrams_out`].
@@ -368,6 +372,8 @@ pub struct DriveReport {
     pub foreign_source: u64,
     /// Total size of the files in the manifest (as announced on the control channel).
     pub file_bytes: u64,
+    /// Files in the manifest (as announced on the control channel).
+    pub files_announced: usize,
     /// The session's own counters when it ended.
     pub side: SideProgress,
 }
@@ -626,19 +632,37 @@ pub fn drive(
 ) -> (Result<(), DriveError>, DriveReport) {
     let mut report = DriveReport::default();
     let started = Instant::now();
-    let io = Io { socket, waker, control_in, control_out, on_progress };
+    let mut reported = 0;
+    let io = Io { socket, waker, control_in, control_out, on_progress, reported: &mut reported };
     let result = drive_inner(side, io, &mut report);
     report.side = side.progress();
-    on_progress(&progress(side, &report, started));
+    on_progress(&progress(side, &report, started, &mut reported));
     (result, report)
 }
 
-fn progress(side: &dyn Side, report: &DriveReport, started: Instant) -> Progress {
+/// The periodic report; `reported`: how many of the report's file outcomes earlier reports
+/// carried (the rest go into this one's [`Progress::finished`], named).
+fn progress(
+    side: &dyn Side,
+    report: &DriveReport,
+    started: Instant,
+    reported: &mut usize,
+) -> Progress {
+    let finished = report.files[(*reported).min(report.files.len())..]
+        .iter()
+        .map(|f| FileReport {
+            path: if f.path.is_empty() { side.file_name(f.file) } else { f.path.clone() },
+            ..f.clone()
+        })
+        .collect();
+    *reported = report.files.len();
     Progress {
         elapsed: started.elapsed(),
         side: side.progress(),
         total_bytes: report.file_bytes,
         files_done: report.files.len(),
+        files_total: report.files_announced,
+        finished,
         datagrams_in: report.datagrams_in,
         datagrams_out: report.datagrams_out,
         send_drops: report.send_drops,
@@ -652,6 +676,8 @@ struct Io<'a> {
     control_in: &'a mut dyn FnMut() -> Option<ControlIn>,
     control_out: &'a mut dyn FnMut(ControlMessage) -> Outbox,
     on_progress: &'a mut dyn FnMut(&Progress),
+    /// File outcomes already reported in a [`Progress`].
+    reported: &'a mut usize,
 }
 
 fn drive_inner(
@@ -659,7 +685,7 @@ fn drive_inner(
     io: Io<'_>,
     report: &mut DriveReport,
 ) -> Result<(), DriveError> {
-    let Io { socket, waker, control_in, control_out, on_progress } = io;
+    let Io { socket, waker, control_in, control_out, on_progress, reported } = io;
     let mut failure: Option<SessionError> = None;
     let mut ending = Ending::default();
     let debug = tracing::enabled!(target: "ferry::driver", tracing::Level::DEBUG);
@@ -670,7 +696,7 @@ fn drive_inner(
     loop {
         let now = Instant::now();
         if now >= next_progress {
-            on_progress(&progress(side, report, started));
+            on_progress(&progress(side, report, started, reported));
             if debug {
                 tracing::debug!(target: "ferry::driver", "driver: {} {report:?}", side.debug_line());
             }
@@ -728,6 +754,7 @@ fn take_control(
             ControlIn::Message(m) => {
                 if let ControlMessage::File(f) = &m {
                     report.file_bytes += f.size;
+                    report.files_announced += 1;
                 }
                 side.handle_control(m);
             }
@@ -757,6 +784,7 @@ fn give_control(
         let m = side.poll_control()?;
         if let ControlMessage::File(f) = &m {
             report.file_bytes += f.size;
+            report.files_announced += 1;
         }
         Some(m)
     }) {
