@@ -82,6 +82,26 @@ impl Attempts {
         Self { policy, first_failure: None, backoff: policy.backoff }
     }
 
+    /// After attempt `attempt` of share `slot` failed with `e`, with `files_left` of its files
+    /// still to go: `Err(e)` if no retry may follow, else the retry announced and waited for.
+    async fn again(
+        &mut self,
+        e: ClientError,
+        attempt: u32,
+        slot: usize,
+        files_left: usize,
+        observer: &Observer,
+        stop: &Cancel,
+    ) -> Result<(), ClientError> {
+        let Some(delay) = self.next(&e, attempt, stop) else { return Err(e) };
+        let attempts = self.policy.retries + 1;
+        let error = e.to_string();
+        let info =
+            RetryInfo { share: slot, attempt: attempt + 1, attempts, delay, error, files_left };
+        before_retry(observer, info, stop).await;
+        Ok(())
+    }
+
     /// After attempt `attempt` failed with `e`: the wait before the next, if there is one.
     fn next(&mut self, e: &ClientError, attempt: u32, stop: &Cancel) -> Option<Duration> {
         let first = *self.first_failure.get_or_insert_with(std::time::Instant::now);
@@ -315,17 +335,8 @@ async fn download_share(
         match result {
             Ok(()) => break,
             Err(e) => {
-                let Some(delay) = attempts.next(&e, attempt, &stop) else { return Err(e) };
-                let files_left = outcome.iter().filter(|(_, f)| f.status != FileStatus::Verified);
-                let info = RetryInfo {
-                    share: slot,
-                    attempt: attempt + 1,
-                    attempts: retry.retries + 1,
-                    delay,
-                    error: e.to_string(),
-                    files_left: files_left.count(),
-                };
-                before_retry(&observer, info, &stop).await;
+                let left = outcome.iter().filter(|(_, f)| f.status != FileStatus::Verified).count();
+                attempts.again(e, attempt, slot, left, &observer, &stop).await?;
             }
         }
     }
@@ -409,16 +420,7 @@ async fn upload_share(
             // Every file has its outcome: what failed after that costs nothing to redo.
             Err(_) if pending.is_empty() && !out.files.is_empty() => break,
             Err(e) => {
-                let Some(delay) = attempts.next(&e, attempt, &stop) else { return Err(e) };
-                let info = RetryInfo {
-                    share: slot,
-                    attempt: attempt + 1,
-                    attempts: retry.retries + 1,
-                    delay,
-                    error: e.to_string(),
-                    files_left: pending.len(),
-                };
-                before_retry(&observer, info, &stop).await;
+                attempts.again(e, attempt, slot, pending.len(), &observer, &stop).await?;
             }
         }
     }
