@@ -1100,3 +1100,31 @@ fn doctor_tells_what_stands_in_the_way() {
     assert_eq!((code, &v["port_state"]), (Some(1), &serde_json::json!("filtered")), "{v}");
     drop(silent);
 }
+
+/// `--remove-after-transfer` never deletes a source that changed while it was sent: the server
+/// has the version that was read, so the local file (now another version) is kept and named.
+#[test]
+fn remove_after_transfer_keeps_a_source_that_changed_meanwhile() {
+    let s = server();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("slow"), data(6 << 20, 3)).unwrap();
+    std::fs::write(l.join("quick"), b"quick").unwrap();
+    let args = ["--remove-after-transfer", "--json", "-l", "16m", "--policy", "fixed"];
+    let mut args = args.to_vec();
+    args.extend(["slow", "quick", "127.0.0.1:."]);
+    let client = spawn_cp(&s, &args, l);
+    wait_for("the upload to start", || names(&s.docroot()).iter().any(|n| n.contains("slow")));
+    // Changed mid-way (appended to: a new size and modification time).
+    let mut f = std::fs::File::options().append(true).open(l.join("slow")).unwrap();
+    std::io::Write::write_all(&mut f, b"more").unwrap();
+    drop(f);
+    let out = wait_output(client, "the upload");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kept = stdout.lines().find(|l| l.contains("\"event\":\"kept\"")).expect("a kept event");
+    assert!(kept.contains("slow") && kept.contains("changed while it was sent"), "{kept}");
+    assert!(l.join("slow").exists(), "the changed source is kept");
+    assert!(!l.join("quick").exists(), "the unchanged one is removed");
+    assert_eq!(std::fs::read(s.docroot().join("slow")).unwrap(), data(6 << 20, 3));
+}
