@@ -426,10 +426,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 let (n, threshold) = (args.sessions.into(), args.multi_session_threshold);
                 source::shares(files, n, threshold, source::transfer_id())
             } else {
-                // The sources' mistakes (too many files, names too long) before any round trip.
-                PlainFiles.source(files.clone(), SourceLimits::default()).map_err(|e| {
-                    CliError::new(Exit::Local, format!("cannot read the sources: {e}"))
-                })?;
+                // The listing (local_sources) already refused what cannot be sent.
                 vec![files]
             };
             Job::Shares { shares, single, path: remote.path.clone() }
