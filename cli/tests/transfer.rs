@@ -1128,3 +1128,100 @@ fn remove_after_transfer_keeps_a_source_that_changed_meanwhile() {
     assert!(!l.join("quick").exists(), "the unchanged one is removed");
     assert_eq!(std::fs::read(s.docroot().join("slow")).unwrap(), data(6 << 20, 3));
 }
+
+/// The journal of `name` in `dir`, if one is there: its length.
+fn journal_len(dir: &Path, name: &str) -> Option<u64> {
+    let prefix = format!(".{name}.ferry-journal-");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().into_string().ok()?;
+        n.starts_with(&prefix).then(|| e.metadata().map(|m| m.len()).unwrap_or(0))
+    })
+}
+
+/// The `done` event of a `--json` run.
+fn done_event(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event in {}", String::from_utf8_lossy(stdout)))
+}
+
+/// Resume (`-k`, on by default): a download whose client is killed (SIGKILL) mid-file, and an
+/// upload whose client is killed, leave a partial and its journal at the receiver and no file
+/// under the final name; the next run sends only what the receiver does not hold and the file
+/// arrives exact. With `-k 0` nothing is resumed.
+#[test]
+fn an_interrupted_transfer_resumes_where_it_stopped() {
+    const MIB: usize = 1 << 20;
+    let s = Server::start();
+    let size = 24 * MIB + 12_345;
+    std::fs::write(s.docroot().join("big.bin"), data(size, 77)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let d = dest.to_str().unwrap();
+    // Download, client killed once its journal records six chunks (a 72-byte header, 48 bytes
+    // per chunk).
+    let mut child = spawn_cp(&s, &["-l", "40M", "127.0.0.1:big.bin", d], work.path());
+    let start = Instant::now();
+    while journal_len(&dest, "big.bin").is_none_or(|n| n < 72 + 48 * 6) {
+        assert!(start.elapsed() < LIMIT, "the download never journaled six chunks");
+        if child.try_wait().unwrap().is_some() {
+            let (st, err) = finish(child, "download");
+            panic!("the download ended before it was killed: {st:?} {err} {:?}", names(&dest));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    assert!(!dest.join("big.bin").exists(), "no file under the final name");
+    let out =
+        cp(&s, &["--host-key", &s.fingerprint, "--json", "127.0.0.1:big.bin", d], work.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = done_event(&out.stdout);
+    let new = done["new_bytes"].as_u64().unwrap();
+    assert!(new <= (size - 4 * MIB) as u64, "resumed: {new} of {size} bytes received again");
+    assert_eq!(digest(&dest.join("big.bin")), digest(&s.docroot().join("big.bin")));
+    assert_eq!(names(&dest), ["big.bin"], "the partial and its journal are gone");
+
+    // Upload, client killed: the server's session ends by its idle timeout, releasing the
+    // journal, and the rerun resumes.
+    let src = work.path().join("up.bin");
+    std::fs::write(&src, data(size, 78)).unwrap();
+    let up = src.to_str().unwrap();
+    let mut child = spawn_cp(&s, &["-l", "40M", up, "127.0.0.1:"], work.path());
+    let start = Instant::now();
+    while journal_len(&s.docroot(), "up.bin").is_none_or(|n| n < 72 + 48 * 6) {
+        assert!(start.elapsed() < LIMIT, "the upload never journaled six chunks");
+        assert!(child.try_wait().unwrap().is_none(), "the upload ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    wait_for("the server to end the abandoned upload", || {
+        s.events().iter().any(|e| e["event"] == "session_ended" && e["direction"] == "upload")
+    });
+    assert!(!s.docroot().join("up.bin").exists());
+    let out = cp(&s, &["--host-key", &s.fingerprint, "--json", up, "127.0.0.1:"], work.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = done_event(&out.stdout)["new_bytes"].as_u64().unwrap();
+    assert!(new <= (size - 4 * MIB) as u64, "resumed: {new} of {size} bytes sent again");
+    assert_eq!(digest(&s.docroot().join("up.bin")), digest(&src));
+    assert!(journal_len(&s.docroot(), "up.bin").is_none());
+
+    // -k 0: an interrupted download leaves nothing behind, and the rerun sends everything.
+    std::fs::remove_file(dest.join("big.bin")).unwrap();
+    let mut child = spawn_cp(&s, &["-k", "0", "-l", "40M", "127.0.0.1:big.bin", d], work.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    assert!(journal_len(&dest, "big.bin").is_none());
+    let out = cp(
+        &s,
+        &["--host-key", &s.fingerprint, "--json", "-k", "0", "127.0.0.1:big.bin", d],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(done_event(&out.stdout)["new_bytes"].as_u64().unwrap(), size as u64);
+}

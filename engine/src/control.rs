@@ -128,6 +128,17 @@ pub enum ControlMessage {
         /// The rate not to fall below.
         min: u64,
     },
+    /// Receiver to sender, in a resuming session (docs/PROTOCOL.md 8.4): the blocks of file
+    /// `file` the receiver already holds from an interrupted earlier attempt (verified against
+    /// its journal), as ranges of block indexes relative to the file's first block, increasing
+    /// and neither overlapping nor touching. The sender does not send them. Sent once for every
+    /// resumable file, possibly with no range.
+    FileHave {
+        /// File id.
+        file: u32,
+        /// Held blocks `[start, end)`, relative to the file's first block.
+        ranges: Vec<(u64, u64)>,
+    },
     /// Either way: the session ends now.
     Abort {
         /// Machine-readable reason (see the protocol document).
@@ -145,6 +156,11 @@ const T_ABORT: u8 = 5;
 const T_FILE_ABANDON: u8 = 6;
 const T_RATE_LIMIT: u8 = 7;
 const T_FILE_PART: u8 = 8;
+const T_FILE_HAVE: u8 = 9;
+
+/// Most ranges in one FILE_HAVE (a receiver holding more offers the first ones; the rest is
+/// sent again).
+pub const MAX_HAVE_RANGES: usize = 1024;
 
 /// Longest reason string carried in a frame, in bytes (longer ones are cut on a character
 /// boundary).
@@ -176,6 +192,7 @@ impl ControlMessage {
             ControlMessage::Abort { .. } => T_ABORT,
             ControlMessage::FileAbandon { .. } => T_FILE_ABANDON,
             ControlMessage::RateLimit { .. } => T_RATE_LIMIT,
+            ControlMessage::FileHave { .. } => T_FILE_HAVE,
         }
     }
 
@@ -213,6 +230,15 @@ impl ControlMessage {
             ControlMessage::RateLimit { target, min } => {
                 out.extend_from_slice(&target.to_be_bytes());
                 out.extend_from_slice(&min.to_be_bytes());
+            }
+            ControlMessage::FileHave { file, ranges } => {
+                out.extend_from_slice(&file.to_be_bytes());
+                let n = ranges.len().min(MAX_HAVE_RANGES);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for (start, end) in &ranges[..n] {
+                    out.extend_from_slice(&start.to_be_bytes());
+                    out.extend_from_slice(&end.to_be_bytes());
+                }
             }
             ControlMessage::Abort { code, reason } => {
                 out.extend_from_slice(&code.to_be_bytes());
@@ -275,6 +301,26 @@ impl ControlMessage {
                     return Err(ParseError::Invalid("rate limit: target 0 or min above target"));
                 }
                 ControlMessage::RateLimit { target, min }
+            }
+            T_FILE_HAVE => {
+                let file = r.u32()?;
+                let n = r.u16()? as usize;
+                if n > MAX_HAVE_RANGES {
+                    return Err(ParseError::Invalid("file have: too many ranges"));
+                }
+                let mut ranges = Vec::with_capacity(n);
+                let mut floor = 0u64;
+                for i in 0..n {
+                    let (start, end) = (r.u64()?, r.u64()?);
+                    if start >= end || (i > 0 && start <= floor) {
+                        return Err(ParseError::Invalid(
+                            "file have: ranges empty, out of order, overlapping or touching",
+                        ));
+                    }
+                    floor = end;
+                    ranges.push((start, end));
+                }
+                ControlMessage::FileHave { file, ranges }
             }
             T_ABORT => {
                 let code = r.u16()?;
@@ -400,6 +446,8 @@ mod tests {
             ControlMessage::RateLimit { target: 40_000_000, min: 0 },
             ControlMessage::RateLimit { target: u64::MAX, min: u64::MAX },
             ControlMessage::Abort { code: 2, reason: "disk full".into() },
+            ControlMessage::FileHave { file: 6, ranges: vec![] },
+            ControlMessage::FileHave { file: 7, ranges: vec![(0, 3), (5, 1 << 40)] },
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -431,6 +479,29 @@ mod tests {
         );
         assert!(entry(11, 90, 100).is_err());
         assert!(entry(2, u64::MAX, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn held_ranges_must_increase_without_touching() {
+        let have = |ranges: &[(u64, u64)]| {
+            let mut buf = Vec::new();
+            ControlMessage::FileHave { file: 0, ranges: ranges.to_vec() }.encode(&mut buf);
+            ControlMessage::decode(&buf).map(|m| m.is_some())
+        };
+        assert_eq!(have(&[(0, 1), (2, 3)]), Ok(true));
+        for bad in [&[(1u64, 1u64)][..], &[(0, 2), (2, 3)], &[(4, 5), (0, 1)], &[(0, 5), (3, 9)]] {
+            assert!(have(bad).is_err(), "{bad:?}");
+        }
+        // More ranges than a frame may carry are cut to the first ones by the encoder.
+        let many: Vec<(u64, u64)> = (0..2000u64).map(|i| (3 * i, 3 * i + 1)).collect();
+        let mut buf = Vec::new();
+        ControlMessage::FileHave { file: 0, ranges: many.clone() }.encode(&mut buf);
+        let Some((ControlMessage::FileHave { ranges, .. }, _)) =
+            ControlMessage::decode(&buf).unwrap()
+        else {
+            panic!("a file have")
+        };
+        assert_eq!(ranges, many[..MAX_HAVE_RANGES]);
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub const FLAG_CREATE_DIR: u8 = 4;
 /// CLIENT_HELLO flag: the receiver gives each completed file the modification time its FILE
 /// frame carries (`-p`), in either direction.
 pub const FLAG_PRESERVE_TIMES: u8 = 8;
+/// CLIENT_HELLO flag bits 4-5: the resume level (`-k`, 0 to 3); 1 or more makes the session a
+/// resuming one (docs/PROTOCOL.md 8.6).
+pub const RESUME_SHIFT: u8 = 4;
+/// The mask of the resume level's bits.
+pub const RESUME_MASK: u8 = 0b11 << RESUME_SHIFT;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +360,9 @@ pub struct Plan {
     /// The receiver (the server on upload, the client on download) gives each completed file
     /// its FILE frame's modification time (flag bit 3).
     pub preserve_times: bool,
+    /// The resume level, 0 to 3 (flag bits 4-5; `-k`): 1 or more resumes interrupted partial
+    /// files (docs/PROTOCOL.md 8.6).
+    pub resume: u8,
     /// The client's data port.
     pub data_port: u16,
     /// The receiver's window cap.
@@ -370,6 +378,7 @@ impl Plan {
         let mut c = SessionConfig::new(self.session_id, self.suite, self.limits);
         c.block_size = self.block_size;
         c.max_window = self.max_window;
+        c.resume = self.resume > 0;
         c
     }
 
@@ -528,6 +537,7 @@ pub fn negotiate<G: Permits>(
             && hello.flags & FLAG_CREATE_DIR == 0,
         create_dir: hello.direction == Direction::Upload && hello.flags & FLAG_CREATE_DIR != 0,
         preserve_times: hello.flags & FLAG_PRESERVE_TIMES != 0,
+        resume: (hello.flags & RESUME_MASK) >> RESUME_SHIFT,
         data_port: hello.data_port,
         max_window: rules.max_window,
         share: hello.share,

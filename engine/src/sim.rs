@@ -346,6 +346,9 @@ pub struct MemSink {
     pub refuse: Vec<usize>,
     /// `(file, offset)`: writes of that file reaching past `offset` fail (a disk error).
     pub fail_at: Vec<(usize, u64)>,
+    /// `(file, chunks, bytes)`: what the sink holds of the file from an earlier attempt: the
+    /// chunks, with the file's bytes as they were then.
+    pub held: Vec<(usize, Vec<u64>, Vec<u8>)>,
 }
 
 impl MemSink {
@@ -362,6 +365,7 @@ impl MemSink {
             block_size,
             refuse: Vec::new(),
             fail_at: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -430,6 +434,22 @@ impl BlockSink for MemSink {
         self.finished[file as usize] = Some(verified);
         Ok(())
     }
+
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        let Some((_, chunks, bytes)) = self.held.iter().find(|h| h.0 == file as usize) else {
+            return Vec::new();
+        };
+        let c = crate::session::RESUME_CHUNK;
+        let f = &mut self.files[file as usize];
+        chunks
+            .iter()
+            .map(|&k| {
+                let r = (k * c) as usize..((k + 1) * c) as usize;
+                f[r.clone()].copy_from_slice(&bytes[r.clone()]);
+                (k * c, crate::session::chunk_cv(k * c, &bytes[r]))
+            })
+            .collect()
+    }
 }
 
 /// One simulated transfer.
@@ -468,12 +488,19 @@ pub struct Faults {
     pub sink_refuse: Vec<usize>,
     /// `(file, offset)`: the receiver cannot store the file past `offset`.
     pub sink_fail_at: Vec<(usize, u64)>,
+    /// In a resuming session, `(file, chunks)`: the receiver holds these aligned
+    /// [`RESUME_CHUNK`](crate::session::RESUME_CHUNK)s of the file from an earlier attempt.
+    pub held: Vec<(usize, Vec<u64>)>,
+    /// Files whose held chunks are of another version of the file (every byte differs): the
+    /// file must fail its digest.
+    pub held_stale: Vec<usize>,
 }
 
 impl Faults {
     /// Whether file `i` of `size` bytes is meant to fail.
     pub fn fails(&self, i: usize, size: u64) -> bool {
         self.sink_refuse.contains(&i)
+            || self.held_stale.contains(&i)
             || self.source_fail_at.iter().any(|&(f, at)| f == i && at < size)
             || self.sink_fail_at.iter().any(|&(f, at)| f == i && at < size)
     }
@@ -534,6 +561,13 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let mut sink = MemSink::new(config.block_size, scenario.slow_sink);
     sink.refuse = scenario.faults.sink_refuse.clone();
     sink.fail_at = scenario.faults.sink_fail_at.clone();
+    for (i, chunks) in &scenario.faults.held {
+        let mut bytes = scenario.files[*i].clone();
+        if scenario.faults.held_stale.contains(i) {
+            bytes.iter_mut().for_each(|b| *b ^= 1);
+        }
+        sink.held.push((*i, chunks.clone(), bytes));
+    }
     let mut forward = Link::new(scenario.forward.clone());
     let mut reverse = Link::new(scenario.reverse.clone());
     let mut to_receiver = ControlChannel::new(scenario.forward.delay);
@@ -668,8 +702,14 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let ok_files = |i: &usize| !scenario.faults.fails(*i, scenario.files[*i].len() as u64);
     let files_match = sink.files.len() == scenario.files.len()
         && (0..scenario.files.len()).filter(ok_files).all(|i| sink.files[i] == scenario.files[i]);
-    let written_once =
-        (0..sink.writes.len()).filter(ok_files).all(|i| sink.writes[i].iter().all(|&n| n == 1));
+    // Held bytes need no write; a block reaching into them writes them once more.
+    let held = |i: usize, at: usize| {
+        let c = crate::session::RESUME_CHUNK as usize;
+        scenario.faults.held.iter().any(|(f, ch)| *f == i && ch.contains(&((at / c) as u64)))
+    };
+    let written_once = (0..sink.writes.len()).filter(ok_files).all(|i| {
+        sink.writes[i].iter().enumerate().all(|(at, &n)| n == 1 || (n == 0 && held(i, at)))
+    });
     Outcome {
         complete: sender_done && receiver_done,
         errors,

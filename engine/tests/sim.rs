@@ -239,3 +239,74 @@ fn random_seeds() {
         failures
     );
 }
+
+/// Resuming sessions (docs/PROTOCOL.md 8.6) over lossy, reordering links: the receiver holds
+/// some chunks of a file from an earlier attempt; none of the blocks wholly inside them is sent,
+/// the file's digest covers the held bytes, and the file arrives exact. Held chunks of another
+/// version of the file fail its digest instead of being trusted.
+#[test]
+fn resumed_sessions_send_only_what_is_missing() {
+    const C: u64 = ferry_engine::session::RESUME_CHUNK;
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    for seed in 0..seeds {
+        let mut rng = Rng::new(seed ^ 0x7e5);
+        let block_size = [MAX_STANDARD_BLOCK, 1000, 8913][rng.range(0, 2) as usize];
+        let big = (3 * C + rng.range(0, C)) as usize;
+        let sizes = [big, rng.range(0, 5000) as usize, (C + 1) as usize];
+        let files: Vec<Vec<u8>> =
+            sizes.iter().map(|&n| (0..n).map(|_| rng.next_u64() as u8).collect()).collect();
+        let held: Vec<u64> = (0..3).filter(|_| rng.chance(0.6)).collect();
+        let stale = rng.chance(0.25) && !held.is_empty();
+        let mut config = SessionConfig::new(
+            seed,
+            CipherSuite::Aes128,
+            RateLimits { target: 400_000_000, min: 0 },
+        );
+        config.block_size = block_size;
+        config.resume = true;
+        let mut forward = LinkConfig::clean(400_000_000, Duration::from_millis(rng.range(1, 40)));
+        forward.loss = rng.unit() * 0.05;
+        forward.reorder = rng.unit() * 0.03;
+        forward.reorder_delay = Duration::from_micros(500);
+        let reverse = LinkConfig::clean(400_000_000, forward.delay);
+        let faults = Faults {
+            held: vec![(0, held.clone())],
+            held_stale: if stale { vec![0] } else { vec![] },
+            ..Faults::default()
+        };
+        let s = Scenario {
+            files,
+            config,
+            policy: Policy::Fair,
+            forward,
+            reverse,
+            slow_sink: None,
+            time_limit: Duration::from_secs(120),
+            trace_every: None,
+            rate_changes: Vec::new(),
+            receiver_limits: Vec::new(),
+            faults,
+        };
+        let o = sim::run(seed, &s);
+        let replay = format!(
+            "seed {seed} (SIM_SEEDS={} cargo test -p ferry-engine --test sim resumed_sessions)",
+            seed + 1
+        );
+        assert!(o.errors.is_empty() && o.complete, "{replay}: {:?}", o.errors);
+        assert!(o.files_match && o.written_once && o.nonces_unique, "{replay}: {o:#?}");
+        let want0 = if stale { FileStatus::DigestMismatch } else { FileStatus::Verified };
+        assert_eq!(o.statuses[0], Some(want0), "{replay}");
+        assert_eq!(o.statuses[1..], [Some(FileStatus::Verified); 2], "{replay}");
+        // New blocks: every block of the files but those wholly inside held chunks (a block
+        // across two held neighbours is held too).
+        let bs = block_size as u64;
+        let inside = |b: u64| {
+            let (start, end) = (b * bs, ((b + 1) * bs).min(big as u64));
+            (start / C..=(end - 1) / C).all(|k| held.contains(&k))
+        };
+        let blocks0 = (big as u64).div_ceil(bs);
+        let new0 = (0..blocks0).filter(|&b| !inside(b)).count() as u64;
+        let others: u64 = sizes[1..].iter().map(|&n| (n as u64).div_ceil(bs)).sum();
+        assert_eq!(o.sender.data_packets, new0 + others, "{replay}");
+    }
+}

@@ -114,6 +114,20 @@ pub(crate) struct CpArgs {
     /// time of writing.
     #[arg(short = 'p', long = "preserve-times")]
     preserve_times: bool,
+    /// Resume level (ascp's -k). 1 (the default) or more resumes interrupted files: the receiver
+    /// keeps each partly received file larger than 1 MiB in a partial beside its final name
+    /// (`.NAME.ferry-partial-HEX`) with a journal of the 1 MiB chunks it holds
+    /// (`.NAME.ferry-journal-HEX`); the next attempt, a retry or a rerun of the same command,
+    /// checks every recorded chunk against the partial's bytes and sends only the rest, and the
+    /// whole file is still verified end to end. A partial of another version of the source
+    /// (its size or modification time changed) is started again. 0 resends everything and
+    /// leaves no partial behind. Ferry differs on purpose: ascp resumes only on a rerun and
+    /// compares whole files; levels 2 and 3 (ascp's sparse and full checksum of files already at
+    /// the destination) resume partials as 1 does and do not yet skip complete files, which
+    /// Ferry never overwrites unless the server's policy allows it.
+    #[arg(short = 'k', long = "resume", value_name = "LEVEL", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    resume: u8,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
     /// port with its control connection (the server tells the client its data port at set-up),
     /// so there is no separate data port to choose.
@@ -438,7 +452,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                         .hint("check the path and its permissions")
                 })?;
             }
-            download_sink(dest, false)?; // the destination's mistakes before any round trip
+            download_sink(dest, SinkLimits::default())?; // the destination's mistakes before any round trip
             Job::Download {
                 path: remote.path.clone(),
                 dest: dest.clone(),
@@ -466,6 +480,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         datagram_size: args.datagram_size,
         create_dir: args.create_dir,
         preserve_times: args.preserve_times,
+        resume: args.resume,
     };
     let started = Instant::now();
     let reporter =
@@ -729,9 +744,13 @@ fn transfer_blocking(
                 multi::upload(opts, storage, shares, &path, single, retry, observer, cancel).await
             }
             Job::Download { path, dest, sessions, threshold } => {
-                let preserve = opts.preserve_times;
+                let limits = SinkLimits {
+                    preserve_mtime: opts.preserve_times,
+                    resume: opts.resume > 0,
+                    ..SinkLimits::default()
+                };
                 let sink = move || {
-                    download_sink(&dest, preserve)
+                    download_sink(&dest, limits)
                         .map_err(|e| std::io::Error::other(e.message.clone()))
                 };
                 let (n, t) = (sessions, threshold);
@@ -940,8 +959,9 @@ fn local_sources(
 }
 
 /// The sink of a download into `dest`: an existing directory, or a new file name in one.
-/// `preserve`: give each file the modification time the server sends (`-p`).
-fn download_sink(dest: &str, preserve: bool) -> Result<Box<dyn BlockSink + Send>, CliError> {
+/// `limits`: whether to give each file the modification time the server sends (`-p`) and to
+/// resume (`-k`).
+fn download_sink(dest: &str, limits: SinkLimits) -> Result<Box<dyn BlockSink + Send>, CliError> {
     let d = std::path::absolute(dest)
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
     let open = |p: &Path| {
@@ -951,7 +971,7 @@ fn download_sink(dest: &str, preserve: bool) -> Result<Box<dyn BlockSink + Send>
     };
     if d.is_dir() {
         let root = open(&d)?;
-        return sink(root, Destination::Dir(RelPath::root()), dest, preserve);
+        return sink(root, Destination::Dir(RelPath::root()), dest, limits);
     }
     let parent = match d.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -964,17 +984,17 @@ fn download_sink(dest: &str, preserve: bool) -> Result<Box<dyn BlockSink + Send>
     let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name =
         RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
-    sink(open(&parent)?, Destination::File(name), dest, preserve)
+    sink(open(&parent)?, Destination::File(name), dest, limits)
 }
 
 fn sink(
     root: Arc<Docroot>,
     to: Destination,
     dest: &str,
-    preserve_mtime: bool,
+    limits: SinkLimits,
 ) -> Result<Box<dyn BlockSink + Send>, CliError> {
     PlainFiles
-        .sink(root, to, SinkLimits { preserve_mtime, ..SinkLimits::default() })
+        .sink(root, to, limits)
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
 }
 

@@ -98,6 +98,7 @@ pub(crate) fn run(args: DoctorArgs) -> Result<(), CliError> {
         datagram_size: None,
         create_dir: false,
         preserve_times: false,
+        resume: 0,
     };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;

@@ -227,6 +227,7 @@ pub(crate) fn done_fields(r: &DriveReport, direction: &str, seconds: f64) -> Val
         "seconds": round3(seconds),
         "rate_bps": if seconds > 0.0 { (r.file_bytes as f64 * 8.0 / seconds).round() } else { 0.0 },
         "retransmitted_bytes": r.side.retransmitted_bytes,
+        "new_bytes": r.side.bytes,
         "datagrams_in": r.datagrams_in,
         "datagrams_out": r.datagrams_out,
         "send_drops": r.send_drops,

@@ -69,6 +69,11 @@ pub struct ClientOptions {
     /// upload, this end's sink on a download (which the caller makes, with
     /// [`SinkLimits::preserve_mtime`](ferry_engine::io::files::SinkLimits)).
     pub preserve_times: bool,
+    /// The resume level (`-k`, 0 to 3): 1 or more makes every session a resuming one
+    /// (docs/PROTOCOL.md 8.6): the receiver keeps an interrupted file's partial with a journal
+    /// and the next attempt sends only what it does not hold. On a download the caller's sink
+    /// must resume too ([`SinkLimits::resume`](ferry_engine::io::files::SinkLimits)).
+    pub resume: u8,
 }
 
 fn for_user(user: &str) -> String {
@@ -568,7 +573,8 @@ fn hello(
             setup::FLAG_CREATE_DIR
         } else {
             u8::from(role.single)
-        } | if opts.preserve_times { setup::FLAG_PRESERVE_TIMES } else { 0 },
+        } | if opts.preserve_times { setup::FLAG_PRESERVE_TIMES } else { 0 }
+            | (opts.resume.min(3) << setup::RESUME_SHIFT),
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
         share: role.share,
@@ -632,6 +638,7 @@ fn side(
     let mut config = SessionConfig::new(reply.session_id, opts.cipher, limits);
     config.block_size = reply.block_size as usize;
     config.max_window = reply.max_window;
+    config.resume = opts.resume > 0;
     config.initial_rtt = conn.rtt().max(Duration::from_millis(1));
     config.validate().map_err(|e| ClientError::Setup(e.to_string()))?;
     let mut s = Zeroizing::new([0u8; 32]);

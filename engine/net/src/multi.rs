@@ -378,6 +378,12 @@ impl BlockSink for Recording {
     fn name(&self, file: u32) -> Option<String> {
         self.inner.name(file)
     }
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        self.inner.resumed(file)
+    }
+    fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
+        self.inner.chunk_received(file, offset, cv)
+    }
 }
 
 /// Runs one upload share: a session, and again for what had no outcome if it failed in a way worth

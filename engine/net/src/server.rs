@@ -763,6 +763,7 @@ fn receiver(
         max_open: ctx.post.max_open_files,
         replace,
         preserve_mtime: plan.preserve_times,
+        resume: plan.resume > 0,
     };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {

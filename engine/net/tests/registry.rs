@@ -65,6 +65,7 @@ impl Running {
             datagram_size: None,
             create_dir: false,
             preserve_times: false,
+            resume: 0,
         }
     }
 

@@ -147,6 +147,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         datagram_size: None,
         create_dir: false,
         preserve_times: false,
+        resume: 0,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

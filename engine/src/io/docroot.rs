@@ -251,12 +251,35 @@ impl fmt::Debug for RelPath {
     }
 }
 
-/// Whether `name` is the name of a partial file ([`partial_name`]).
+/// The mark of a resumable partial file's journal (as long as [`PARTIAL_MARK`]).
+const JOURNAL_MARK: &str = ".ferry-journal-";
+
+/// Whether `name` is the name of a partial file ([`partial_name`]) or of a partial file's
+/// journal ([`journal_name`]): both are reserved.
 pub fn is_partial_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.') else { return false };
-    let Some(at) = rest.rfind(PARTIAL_MARK) else { return false };
-    let suffix = &rest[at + PARTIAL_MARK.len()..];
-    suffix.len() == PARTIAL_SUFFIX_LEN && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+    [PARTIAL_MARK, JOURNAL_MARK].iter().any(|mark| {
+        rest.rfind(mark).is_some_and(|at| {
+            let suffix = &rest[at + mark.len()..];
+            suffix.len() == PARTIAL_SUFFIX_LEN && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    })
+}
+
+/// The journal's name of the resumable partial [`partial_name`]`(name, suffix)`:
+/// `.NAME.ferry-journal-HEX16`, NAME shortened the same way.
+pub fn journal_name(name: &str, suffix: u64) -> String {
+    let partial = partial_name(name, suffix);
+    let at = partial.len() - PARTIAL_SUFFIX_LEN - PARTIAL_MARK.len();
+    format!("{}{JOURNAL_MARK}{suffix:016x}", &partial[..at])
+}
+
+/// The suffix of `name`'s resumable partial file: the same in every attempt (so the next one
+/// finds it), the first 8 bytes of BLAKE3 of `"ferry/1 resumable partial" || 0x00 || name`.
+pub fn resume_suffix(name: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry/1 resumable partial\0").update(name.as_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The partial file name for `name` with the random `suffix`: `.NAME.ferry-partial-HEX16`,
@@ -558,6 +581,29 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Opens the regular file `name` for reading and writing, creating it (empty, permission
+    /// bits `mode`) if it does not exist; never through a symbolic link, and refusing anything
+    /// but a regular file without blocking on a FIFO.
+    pub fn open_or_create(&self, name: &str, mode: u32) -> io::Result<(File, Meta)> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDWR
+                | OFlags::CREATE
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC
+                | OFlags::NOCTTY,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(errno)?;
+        let meta = fd_meta(&fd)?;
+        if meta.kind != Kind::File {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        Ok((File::from(fd), meta))
+    }
+
     /// Opens the existing regular file `name` for reading and writing (refusing anything else,
     /// without blocking on a FIFO).
     pub fn open_rw(&self, name: &str) -> io::Result<(File, Meta)> {
@@ -716,7 +762,11 @@ mod tests {
             let p = partial_name(name, u64::MAX);
             assert!(p.len() <= NAME_MAX, "{} bytes", p.len());
             assert!(is_partial_name(&p), "{p}");
+            let j = journal_name(name, resume_suffix(name));
+            assert!(j.len() <= NAME_MAX && is_partial_name(&j), "{j}");
+            assert_eq!(j.len(), partial_name(name, 7).len());
         }
+        assert_eq!(journal_name("a.txt", 0xab), ".a.txt.ferry-journal-00000000000000ab");
         assert!(!is_partial_name("f"));
         assert!(!is_partial_name(".f.ferry-partial-xyz"));
         assert!(!is_partial_name("f.ferry-partial-0123456789abcdef"));

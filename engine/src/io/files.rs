@@ -32,13 +32,22 @@ pub struct SinkLimits {
     /// Give each completed file the modification time its FILE frame carries (`-p`; a FILE with
     /// `mtime_ns` 0 keeps the time of writing).
     pub preserve_mtime: bool,
+    /// A resuming session (docs/PROTOCOL.md 8.6): each resumable file is received into a
+    /// partial named the same in every attempt, with a journal of its chunks; a session that
+    /// ends before the file is verified leaves both, and the next one resumes from the chunks
+    /// that check out ([`BlockSink::resumed`]).
+    pub resume: bool,
 }
 
 impl Default for SinkLimits {
     fn default() -> Self {
-        Self { max_open: 64, replace: false, preserve_mtime: false }
+        Self { max_open: 64, replace: false, preserve_mtime: false, resume: false }
     }
 }
+
+/// Journals (descriptors, each holding its lock) one sink holds at most; further resumable
+/// files are received without one (and are not resumable).
+const MAX_JOURNALS: usize = 256;
 
 /// The modification time of `mtime_ns` nanoseconds since the Unix epoch (before it if
 /// negative), as a file's times to set; `None` for 0 (not carried).
@@ -86,6 +95,13 @@ struct SinkFile {
     /// The source's modification time (parts of one version agree on it).
     mtime_ns: i64,
     claim: Option<super::assembly::Claim>,
+    /// A resumable file of a resuming session: its journal is claimed when it is announced
+    /// (if its directory exists) or when its partial is created.
+    resumable: bool,
+    /// Its journal, while this sink holds it (then `suffix` is the deterministic one).
+    journal: Option<Box<super::journal::Journal>>,
+    /// Chunks resumed from an earlier attempt, until [`BlockSink::resumed`] takes them.
+    resumed: Vec<(u64, [u8; 32])>,
 }
 
 impl SinkFile {
@@ -96,6 +112,10 @@ impl SinkFile {
 
     fn partial(&self) -> String {
         partial_name(&self.name, self.suffix)
+    }
+
+    fn journal_name(&self) -> String {
+        super::docroot::journal_name(&self.name, self.suffix)
     }
 }
 
@@ -138,6 +158,8 @@ pub struct FileSink {
     /// With [`SinkLimits::replace`]: the targets of this session so far, so that a second
     /// file of one name is refused instead of silently replacing the first.
     claimed: std::collections::HashSet<(u32, String)>,
+    /// Journals held now.
+    journals: usize,
 }
 
 /// Size of one write-behind buffer.
@@ -266,7 +288,50 @@ impl FileSink {
             pending,
             writer: None,
             claimed: std::collections::HashSet::new(),
+            journals: 0,
         }
+    }
+
+    /// Claims the journal of resumable `file` in `dir` (see [`super::journal::resume`]): on
+    /// success the file's partial gets its deterministic name and what checked out is kept for
+    /// [`BlockSink::resumed`]. Returns the partial left by an earlier attempt, if any checked
+    /// out. Without a journal (another session holds it, too many are held, or it cannot be
+    /// used) the file is received as in a session that does not resume.
+    fn claim_journal(&mut self, file: u32, dir: &Dir) -> Option<File> {
+        let sf = &mut self.files[file as usize];
+        sf.resumable = false;
+        if self.journals >= MAX_JOURNALS {
+            return None;
+        }
+        let suffix = super::docroot::resume_suffix(&sf.name);
+        match super::journal::resume(dir, &sf.name, suffix, sf.size, sf.mtime_ns) {
+            Ok(Some(r)) => {
+                self.journals += 1;
+                sf.suffix = suffix;
+                sf.journal = Some(Box::new(r.journal));
+                sf.resumed = r.chunks;
+                r.partial
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot use the journal of a resumable file");
+                None
+            }
+        }
+    }
+
+    /// Drops the journal of `file`, removing it (`remove`) or leaving it for the next attempt.
+    fn release_journal(&mut self, file: u32, remove: bool) {
+        let sf = &mut self.files[file as usize];
+        let Some(journal) = sf.journal.take() else { return };
+        self.journals -= 1;
+        if remove {
+            let name = sf.journal_name();
+            if let Ok(dir) = self.root.open_dir(&self.parents[sf.parent as usize]) {
+                let _ = dir.remove_file(&name);
+            }
+        }
+        drop(journal);
     }
 
     /// Partial files open right now.
@@ -354,7 +419,7 @@ impl FileSink {
             return Ok(claim.file().clone());
         }
         let parent = self.parents[sf.parent as usize].clone();
-        let (partial, stage, size) = (sf.partial(), sf.stage, sf.size);
+        let (partial, stage, size, resumable) = (sf.partial(), sf.stage, sf.size, sf.resumable);
         let shown = parent.join(&sf.name).map_or_else(|_| sf.name.clone(), |p| p.to_string());
         let context = |what: &str, e: io::Error| {
             io::Error::new(
@@ -383,6 +448,22 @@ impl FileSink {
             Stage::Announced => {
                 let dir =
                     self.dir(&parent).map_err(|e| context("cannot create its directory", e))?;
+                let mut partial = partial;
+                if resumable {
+                    // Its directory did not exist when it was announced: nothing to resume,
+                    // but this attempt keeps a journal for the next one.
+                    let dir = dir.try_clone()?;
+                    if let Some(left) = self.claim_journal(file, &dir) {
+                        // Another session made the directory and left a partial meanwhile:
+                        // the receiver was told nothing is held, so start it again.
+                        drop(left);
+                        let sf = &mut self.files[file as usize];
+                        sf.resumed.clear();
+                        let _ = dir.remove_file(&sf.partial());
+                    }
+                    partial = self.files[file as usize].partial();
+                }
+                let dir = self.dir(&parent).map_err(|e| context("cannot open its directory", e))?;
                 let f = dir
                     .create_new(&partial, 0o600)
                     .map_err(|e| context("cannot create the partial file", e))?;
@@ -496,6 +577,7 @@ impl FileSink {
         let dir = self.dir(&parent)?;
         move_into_place(dir, &partial, &name, replace)?;
         self.files[file as usize].stage = Stage::Done;
+        self.release_journal(file, true);
         Ok(())
     }
 
@@ -514,6 +596,7 @@ impl FileSink {
     /// the partial is the whole file's).
     fn discard(&mut self, file: u32) {
         self.close(file);
+        self.release_journal(file, true);
         let sf = &mut self.files[file as usize];
         if sf.part.is_some() {
             sf.claim = None;
@@ -590,7 +673,27 @@ impl BlockSink for FileSink {
             part: entry.part,
             mtime_ns: entry.mtime_ns,
             claim: None,
+            resumable: false,
+            journal: None,
+            resumed: Vec::new(),
         });
+        if result.is_ok()
+            && self.limits.resume
+            && crate::session::resumable(entry.size, entry.part.is_some())
+        {
+            self.files[entry.id as usize].resumable = true;
+            let parent = self.parents[parent as usize].clone();
+            // A missing directory holds nothing to resume; the journal is claimed when the
+            // partial is created.
+            if let Ok(dir) = self.root.open_dir(&parent)
+                && let Some(left) = self.claim_journal(entry.id, &dir)
+            {
+                let identity = super::docroot::fd_meta(&left)?.dev_ino;
+                let sf = &mut self.files[entry.id as usize];
+                sf.stage = Stage::Created;
+                sf.identity = Some(identity);
+            }
+        }
         result
     }
 
@@ -639,6 +742,25 @@ impl BlockSink for FileSink {
         let parent = &self.parents[f.parent as usize];
         Some(parent.join(&f.name).map_or_else(|_| f.name.clone(), |p| p.to_string()))
     }
+
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        self.files
+            .get_mut(file as usize)
+            .map(|f| std::mem::take(&mut f.resumed))
+            .unwrap_or_default()
+    }
+
+    fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
+        let Some(journal) = self.files.get_mut(file as usize).and_then(|f| f.journal.as_mut())
+        else {
+            return;
+        };
+        if let Err(e) = journal.record(offset, cv) {
+            // The file still arrives; only a later attempt could not resume it.
+            tracing::debug!(error = %e, "cannot write a partial file's journal");
+            self.release_journal(file, true);
+        }
+    }
 }
 
 impl Drop for FileSink {
@@ -646,6 +768,12 @@ impl Drop for FileSink {
         // Stop the writer first: nothing may be written after a partial file is removed.
         self.writer = None;
         for id in 0..self.files.len() {
+            let f = &self.files[id];
+            if f.journal.is_some() && f.stage == Stage::Created {
+                // Interrupted: the partial and its journal stay for the next attempt.
+                self.release_journal(id as u32, false);
+                continue;
+            }
             self.discard(id as u32);
         }
     }
@@ -729,7 +857,7 @@ mod tests {
         let mut sink = FileSink::new(
             root,
             Destination::Dir(RelPath::root()),
-            SinkLimits { max_open: 3, replace: false, preserve_mtime: false },
+            SinkLimits { max_open: 3, replace: false, preserve_mtime: false, resume: false },
         );
         for i in 0..20 {
             sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();

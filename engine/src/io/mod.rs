@@ -6,7 +6,8 @@
 //! - [`source`]: the sender's [`BlockSource`](crate::session::BlockSource): files listed
 //!   beneath a docroot, opened lazily, read with `pread` into reused read-ahead buffers.
 //! - [`files`]: the receiver's [`BlockSink`](crate::session::BlockSink): unique partial files
-//!   beneath a docroot, created lazily, renamed into place once verified.
+//!   beneath a docroot, created lazily, renamed into place once verified; in a resuming session
+//!   a large file's partial keeps a `journal` of its chunks, so the next attempt resumes it.
 //! - [`storage`]: the seam both meet: a [`Storage`](storage::Storage) makes the sink of an
 //!   upload and the source of a download ([`storage::PlainFiles`]: the two above).
 //! - [`sealed`]: server-side encryption at rest: a storage that seals each 64 KiB segment of an
@@ -18,6 +19,7 @@ pub mod docroot;
 pub mod driver;
 pub mod files;
 pub mod filter;
+mod journal;
 pub mod sealed;
 pub mod source;
 pub mod storage;

@@ -161,6 +161,12 @@ impl BlockSink for PortableSink {
     fn name(&self, file: u32) -> Option<String> {
         self.0.name(file)
     }
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        self.0.resumed(file)
+    }
+    fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
+        self.0.chunk_received(file, offset, cv)
+    }
 }
 
 #[cfg(test)]

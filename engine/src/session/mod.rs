@@ -64,6 +64,21 @@ pub struct SessionConfig {
     /// The receiver's bound on the sum of the announced paths' lengths, in bytes. Default
     /// 256 MiB.
     pub max_manifest_bytes: u64,
+    /// A resuming session (CLIENT_HELLO resume level 1 or more, docs/PROTOCOL.md 8.6): the
+    /// receiver answers every whole file (not a part) longer than [`RESUME_CHUNK`] with a
+    /// FILE_HAVE naming the blocks it holds from an earlier attempt, and the sender sends none of
+    /// such a file's blocks before that answer (or the file's result) arrives. Default `false`.
+    pub resume: bool,
+}
+
+/// Files longer than this are resumable; the journal of a partial file records the CV of each
+/// aligned chunk of this many bytes (docs/PROTOCOL.md 8.6).
+pub const RESUME_CHUNK: u64 = tree_hash::CHUNK;
+pub use tree_hash::chunk_cv;
+
+/// Whether a manifest entry gets a FILE_HAVE in a resuming session.
+pub(crate) fn resumable(entry_size: u64, part: bool) -> bool {
+    !part && entry_size > RESUME_CHUNK
 }
 
 impl SessionConfig {
@@ -80,6 +95,7 @@ impl SessionConfig {
             limits,
             max_files: 1_000_000,
             max_manifest_bytes: 256 << 20,
+            resume: false,
         }
     }
 
@@ -164,6 +180,17 @@ pub trait BlockSink {
     fn name(&self, _file: u32) -> Option<String> {
         None
     }
+    /// In a resuming session, right after a successful [`BlockSink::open`] of a resumable
+    /// file: the aligned [`RESUME_CHUNK`]s the sink already holds from an earlier attempt
+    /// (start offsets, increasing) and each one's CV ([`chunk_cv`] of its bytes, checked
+    /// against the stored bytes now). Those bytes are not sent again; the file's digest is
+    /// computed over them as over received ones. The default holds nothing.
+    fn resumed(&mut self, _file: u32) -> Vec<(u64, [u8; 32])> {
+        Vec::new()
+    }
+    /// The aligned chunk at `offset` of file `file` has all its bytes, whose CV is `cv` (for a
+    /// journal of a resumable file; the file is not verified yet). The default ignores it.
+    fn chunk_received(&mut self, _file: u32, _offset: u64, _cv: &[u8; 32]) {}
 }
 
 impl<T: BlockSource + ?Sized> BlockSource for Box<T> {
@@ -200,6 +227,12 @@ impl<T: BlockSink + ?Sized> BlockSink for Box<T> {
     }
     fn name(&self, file: u32) -> Option<String> {
         (**self).name(file)
+    }
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        (**self).resumed(file)
+    }
+    fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
+        (**self).chunk_received(file, offset, cv)
     }
 }
 

@@ -102,6 +102,11 @@ impl RangeSet {
         self.map.range(..=value).next_back().is_some_and(|(_, &e)| value < e)
     }
 
+    /// The end of the range holding `value`, if one does.
+    pub fn end_of(&self, value: u64) -> Option<u64> {
+        self.map.range(..=value).next_back().filter(|(_, e)| value < **e).map(|(_, &e)| e)
+    }
+
     /// Removes every value below `bound`.
     pub fn remove_below(&mut self, bound: u64) {
         while let Some((&s, &e)) = self.map.first_key_value() {

@@ -54,6 +54,9 @@ struct RecvFile {
     tree: Option<Box<TreeHasher>>,
     expected: Option<Box<Digest>>,
     status: Option<FileStatus>,
+    /// Byte ranges held from an earlier attempt (resumed chunks, already in `tree`): the bytes
+    /// of arriving blocks that fall in them are stored but not hashed again.
+    held: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,12 @@ pub struct Receiver {
     last_heard: Instant,
     state: State,
     stats: ReceiverStats,
+}
+
+/// A file's tree hasher, reporting its chunks in a resuming session.
+fn new_tree(size: u64, report: bool) -> TreeHasher {
+    let tree = TreeHasher::new(size);
+    if report { tree.reporting() } else { tree }
 }
 
 /// Feedback interval bounds: at least this often while data flows...
@@ -251,7 +260,13 @@ impl Receiver {
                 // The window grew: tell the sender now rather than at the next interval.
                 self.feedback_urgent = true;
                 match sink.open(&entry) {
-                    Ok(()) => self.try_finish(entry.id, sink),
+                    Ok(()) => {
+                        if self.config.resume && super::resumable(entry.size, entry.part.is_some())
+                        {
+                            self.resume_file(entry.id, sink);
+                        }
+                        self.try_finish(entry.id, sink)
+                    }
                     Err(e) => self.refuse(entry.id, FileStatus::StorageFailed, &e, sink),
                 }
             }
@@ -289,7 +304,9 @@ impl Receiver {
                 self.state = State::Failed;
                 self.events.push_back(Event::Failed(SessionError::PeerAborted { code, reason }));
             }
-            ControlMessage::FileResult { .. } | ControlMessage::RateLimit { .. } => {
+            ControlMessage::FileResult { .. }
+            | ControlMessage::RateLimit { .. }
+            | ControlMessage::FileHave { .. } => {
                 self.fail_protocol("unexpected control message for a receiver")
             }
         }
@@ -426,9 +443,86 @@ impl Receiver {
         }
         let size = self.layout.span(file).size;
         let f = &mut self.files[file as usize];
-        let tree = f.tree.get_or_insert_with(|| Box::new(TreeHasher::new(size)));
-        tree.add(offset, payload, &mut self.region_pool);
+        let report = self.config.resume;
+        let tree = f.tree.get_or_insert_with(|| Box::new(new_tree(size, report)));
+        if f.held.is_empty() {
+            tree.add(offset, payload, &mut self.region_pool);
+        } else {
+            // Bytes held from an earlier attempt are in the tree already.
+            let end = offset + payload.len() as u64;
+            let mut at = offset;
+            for &(s, e) in &f.held {
+                if e <= at || s >= end {
+                    continue;
+                }
+                if s > at {
+                    tree.add(
+                        at,
+                        &payload[(at - offset) as usize..(s - offset) as usize],
+                        &mut self.region_pool,
+                    );
+                }
+                at = e.min(end);
+            }
+            if at < end {
+                tree.add(at, &payload[(at - offset) as usize..], &mut self.region_pool);
+            }
+        }
+        if report {
+            for (start, cv) in tree.take_chunks() {
+                sink.chunk_received(file, start, &cv);
+            }
+        }
         self.try_finish(file, sink);
+    }
+
+    /// A resumable file was opened: asks the sink what it holds of it from an earlier attempt,
+    /// takes those chunks into the file's digest, stops expecting the blocks they cover, and
+    /// tells the sender (FILE_HAVE, possibly with no range).
+    fn resume_file(&mut self, file: u32, sink: &mut dyn BlockSink) {
+        let span = self.layout.span(file);
+        let size = span.size;
+        let bs = self.config.block_size as u64;
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        let mut tree = None;
+        for (start, cv) in sink.resumed(file) {
+            let in_order = held.last().is_none_or(|&(_, e)| e <= start);
+            if !start.is_multiple_of(super::RESUME_CHUNK)
+                || start + super::RESUME_CHUNK > size
+                || !in_order
+            {
+                debug_assert!(false, "a sink resumed a chunk that is not one");
+                continue;
+            }
+            tree.get_or_insert_with(|| Box::new(new_tree(size, true))).add_chunk(start, cv);
+            match held.last_mut() {
+                Some(last) if last.1 == start => last.1 += super::RESUME_CHUNK,
+                _ => held.push((start, start + super::RESUME_CHUNK)),
+            }
+        }
+        // The blocks wholly inside held bytes are not sent; the others arrive whole (their
+        // held bytes are written again and not hashed again).
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &(s, e) in &held {
+            let first = s.div_ceil(bs);
+            let end = if e >= size { span.blocks } else { e / bs };
+            if first >= end {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some(last) if last.1 >= first => last.1 = end,
+                _ => ranges.push((first, end)),
+            }
+        }
+        ranges.truncate(crate::control::MAX_HAVE_RANGES);
+        for &(a, b) in &ranges {
+            self.skipped.insert(span.first + a, span.first + b);
+            self.gaps.remove_range(span.first + a, span.first + b);
+        }
+        let f = &mut self.files[file as usize];
+        f.tree = tree;
+        f.held = held;
+        self.control_out.push_back(ControlMessage::FileHave { file, ranges });
     }
 
     /// Every block below `frontier` was sent; those not received become gaps. `received` is a
@@ -536,6 +630,7 @@ impl Receiver {
         f.status = Some(status);
         f.tree = None;
         f.expected = None;
+        f.held = Vec::new();
         self.verified += 1;
         if status != FileStatus::Verified {
             self.stats.files_failed += 1;

@@ -54,6 +54,9 @@ struct SendFile {
     skip: bool,
     /// This end gave it up (FILE_ABANDON sent).
     abandoned: bool,
+    /// A resumable file in a resuming session whose FILE_HAVE (or result) has not arrived:
+    /// none of its blocks may be sent yet.
+    awaiting_have: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,8 @@ pub struct Sender {
     /// time: there is nothing new to send then, and a repair lost again would cost another
     /// round trip (with loss `p`, a tail repair round then fails with `p²`, not `p`).
     again: VecDeque<u64>,
+    /// Blocks the receiver holds from an earlier attempt (its FILE_HAVEs): never sent.
+    held: RangeSet,
 }
 
 impl Sender {
@@ -175,6 +180,7 @@ impl Sender {
             send_log: Default::default(),
             sent_at_echo: 0,
             again: VecDeque::new(),
+            held: RangeSet::default(),
             config,
         })
     }
@@ -186,7 +192,9 @@ impl Sender {
         let id = self.files.len() as u32;
         entry.id = id;
         self.layout.push(entry.size);
-        self.files.push(SendFile::default());
+        let awaiting_have =
+            self.config.resume && super::resumable(entry.size, entry.part.is_some());
+        self.files.push(SendFile { awaiting_have, ..SendFile::default() });
         self.control_out.push_back(ControlMessage::File(entry));
         // An empty file's digest needs no bytes: queue it as soon as its turn comes.
         self.hash_sent(None);
@@ -286,6 +294,7 @@ impl Sender {
                     return self.fail_protocol("result the file's state does not allow");
                 }
                 f.result = Some(status);
+                f.awaiting_have = false;
                 self.results += 1;
                 self.events.push_back(Event::FileDone { file, status, reason });
                 if status != FileStatus::Verified {
@@ -293,6 +302,22 @@ impl Sender {
                     self.hash_sent(None);
                 }
                 self.check_complete();
+            }
+            ControlMessage::FileHave { file, ranges } => {
+                let Some(f) = self.files.get_mut(file as usize) else {
+                    return self.fail_protocol("file have for an unknown file");
+                };
+                if !f.awaiting_have {
+                    return self.fail_protocol("file have for a file that does not expect one");
+                }
+                f.awaiting_have = false;
+                let span = self.layout.span(file);
+                if ranges.last().is_some_and(|&(_, end)| end > span.blocks) {
+                    return self.fail_protocol("file have beyond the file's blocks");
+                }
+                for (start, end) in ranges {
+                    self.held.insert(span.first + start, span.first + end);
+                }
             }
             ControlMessage::RateLimit { target, min } => {
                 self.peer_limits = Some(RateLimits { target, min });
@@ -553,7 +578,15 @@ impl Sender {
     }
 
     fn has_data(&self) -> bool {
-        !self.retransmit.is_empty() || self.frontier < self.window_end.min(self.layout.end())
+        !self.retransmit.is_empty()
+            || (self.frontier < self.window_end.min(self.layout.end()) && !self.frontier_waits())
+    }
+
+    /// Whether the block at the frontier belongs to a file whose FILE_HAVE is still awaited.
+    fn frontier_waits(&self) -> bool {
+        self.layout
+            .locate(self.frontier)
+            .is_some_and(|(file, _, _)| self.files[file as usize].awaiting_have)
     }
 
     fn next_to_send(&mut self, now: Instant, source: &mut dyn BlockSource) -> Option<Next> {
@@ -583,7 +616,16 @@ impl Sender {
                     self.hash_sent(Some(source));
                     continue;
                 }
-                return Some(Next::New(self.frontier));
+                if let Some(end) = self.held.end_of(self.frontier) {
+                    // Held by the receiver: jumped over like a skipped file's blocks (and hashed
+                    // from the source for the digest like sent ones).
+                    self.frontier = end;
+                    self.hash_sent(Some(source));
+                    continue;
+                }
+                if !self.frontier_waits() {
+                    return Some(Next::New(self.frontier));
+                }
             }
             return (now >= self.next_status).then_some(Next::Status);
         }

@@ -44,13 +44,35 @@ pub(crate) struct TreeHasher {
     root: Option<[u8; 32]>,
     /// Bytes in so far.
     received: u64,
+    /// CVs of the aligned [`CHUNK`]-byte subtrees completed from bytes (not from
+    /// [`TreeHasher::add_subtree`]) and not yet taken: a resumable receiver journals them.
+    chunks: Vec<(u64, ChainingValue)>,
+    /// Whether completed chunks are collected in `chunks`.
+    report: bool,
+}
+
+/// The journal's chunk: aligned subtrees of this many bytes have their CVs reported
+/// ([`TreeHasher::take_chunks`]). docs/PROTOCOL.md section 8.6.
+pub(crate) const CHUNK: u64 = 1 << 20;
+
+/// The CV of the [`CHUNK`]-aligned subtree `bytes` at `start` of a file longer than one
+/// chunk (what [`TreeHasher::take_chunks`] reports for it).
+pub fn chunk_cv(start: u64, bytes: &[u8]) -> ChainingValue {
+    blake3::Hasher::new().set_input_offset(start).update(bytes).finalize_non_root()
 }
 
 impl TreeHasher {
     /// A hasher for a file of `len` bytes.
     pub(crate) fn new(len: u64) -> Self {
-        let mut h =
-            Self { len, partial: HashMap::new(), done: HashMap::new(), root: None, received: 0 };
+        let mut h = Self {
+            len,
+            partial: HashMap::new(),
+            done: HashMap::new(),
+            root: None,
+            received: 0,
+            chunks: Vec::new(),
+            report: false,
+        };
         if len == 0 {
             h.root = Some(*blake3::hash(&[]).as_bytes());
         }
@@ -66,6 +88,26 @@ impl TreeHasher {
     #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
         self.partial.values().map(|p| p.buf.len()).sum()
+    }
+
+    /// Reports completed chunks ([`TreeHasher::take_chunks`]).
+    pub(crate) fn reporting(mut self) -> Self {
+        self.report = true;
+        self
+    }
+
+    /// Adds the aligned [`CHUNK`] `[start, start + CHUNK)` (of a file longer than one chunk) by
+    /// its CV, computed by [`chunk_cv`] from bytes held from an earlier attempt: as if its
+    /// bytes had been added, without reporting it again.
+    pub(crate) fn add_chunk(&mut self, start: u64, cv: ChainingValue) {
+        debug_assert!(start.is_multiple_of(CHUNK) && start + CHUNK <= self.len && self.len > CHUNK);
+        self.received += CHUNK;
+        self.complete(start, CHUNK, cv);
+    }
+
+    /// The aligned chunks completed from bytes since the last call: start offsets and CVs.
+    pub(crate) fn take_chunks(&mut self) -> std::vec::Drain<'_, (u64, ChainingValue)> {
+        self.chunks.drain(..)
     }
 
     /// Adds the bytes at `offset` (never added before). Empty buffers from `pool` are used for
@@ -135,6 +177,9 @@ impl TreeHasher {
             }
             cv = merge_subtrees_non_root(&left, &right, Mode::Hash);
             (start, len) = (p_start, p_len);
+            if self.report && len == CHUNK && start.is_multiple_of(CHUNK) {
+                self.chunks.push((start, cv));
+            }
         }
     }
 
@@ -205,6 +250,57 @@ mod tests {
             }
         }
         assert!(!pool.is_empty() && pool.len() <= POOL, "buffers are reused: {}", pool.len());
+    }
+
+    /// Every full aligned chunk is reported once, with the CV [`chunk_cv`] computes from its
+    /// bytes; a file hashed partly from bytes and partly from reported chunks (a resumed
+    /// attempt) has the same hash, and fed chunks are not reported again.
+    #[test]
+    fn reports_chunks_and_resumes_from_them() {
+        let mut next = rng(42);
+        let mut pool = Vec::new();
+        for size in [CHUNK + 1, 3 * CHUNK, 5 * CHUNK + 12_345] {
+            let data: Vec<u8> = (0..size).map(|_| next() as u8).collect();
+            let want = *blake3::hash(&data).as_bytes();
+            let mut h = TreeHasher::new(size).reporting();
+            // Backwards in 8913-byte blocks: chunks complete out of order.
+            let starts: Vec<u64> = (0..size.div_ceil(8913)).rev().map(|b| b * 8913).collect();
+            let mut got = Vec::new();
+            for s in starts {
+                let e = (s + 8913).min(size);
+                h.add(s, &data[s as usize..e as usize], &mut pool);
+                got.extend(h.take_chunks());
+            }
+            assert_eq!(h.finalize(), Some(want));
+            got.sort();
+            let full = size / CHUNK;
+            assert_eq!(got.len() as u64, full, "size {size}");
+            for (k, (start, cv)) in got.iter().enumerate() {
+                assert_eq!(*start, k as u64 * CHUNK);
+                let bytes = &data[*start as usize..(*start + CHUNK) as usize];
+                assert_eq!(*cv, chunk_cv(*start, bytes));
+            }
+            // Resume: the even chunks from their CVs, everything else from bytes.
+            let mut h = TreeHasher::new(size).reporting();
+            let mut reported = 0;
+            for (start, cv) in got.iter().step_by(2) {
+                h.add_chunk(*start, *cv);
+            }
+            let mut s = 0;
+            while s < size {
+                let k = s / CHUNK;
+                if k < full && k.is_multiple_of(2) {
+                    s += CHUNK;
+                    continue;
+                }
+                let e = if k < full { s + CHUNK } else { size };
+                h.add(s, &data[s as usize..e as usize], &mut pool);
+                reported += h.take_chunks().count();
+                s = e;
+            }
+            assert_eq!(h.finalize(), Some(want), "resumed, size {size}");
+            assert_eq!(reported as u64, full / 2, "only the chunks added as bytes are reported");
+        }
     }
 
     /// In order, only one region is ever partly filled.
