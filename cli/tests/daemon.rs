@@ -752,9 +752,21 @@ fn a_single_session_upload_is_retried_by_default() {
     assert_eq!(error["retryable"], true, "{error}");
     assert!(error["message"].as_str().unwrap().contains("fault test"), "{error}");
     assert!(!stdout.contains("\"event\":\"retry\""), "--retry 0 retries nothing: {stdout}");
+    // Nothing under the final name; the interrupted file's partial and its journal stay for
+    // the next attempt (resume, `-k 1` by default), which completes it and removes both.
     let mut left = names(&d.path("alice"));
     left.sort();
-    assert_eq!(left, ["big", "small"], "a partial was left behind");
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left[0].starts_with(".other.ferry-journal-"), "{left:?}");
+    assert!(left[1].starts_with(".other.ferry-partial-"), "{left:?}");
+    let mut client =
+        spawn_alice_cp(&d, &d.path("local"), &["--retry", "0", "other", "alice@127.0.0.1:."]);
+    let (code, err) = finish_child(&mut client);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(std::fs::read(d.path("alice/other")).unwrap(), big);
+    let mut left = names(&d.path("alice"));
+    left.sort();
+    assert_eq!(left, ["big", "other", "small"], "the partial and its journal are gone");
 }
 
 /// A single-session download cancelled by the server mid-way is retried by default; what the

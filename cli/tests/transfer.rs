@@ -200,12 +200,15 @@ fn a_100_mib_file_round_trips() {
 
 #[test]
 fn client_killed_mid_upload_leaves_no_file_on_the_server() {
+    // `-k 0` in the interruption tests: they are about a session that does not resume (nothing
+    // left behind); what resuming leaves and reuses is `an_interrupted_transfer_resumes_...`.
     let s = server();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
     std::fs::write(l.join("slow"), data(20 << 20, 9)).unwrap();
     // 20 MiB at 10 Mbit/s: about 17 s, plenty of time to kill it midway.
-    let mut client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let mut client =
+        spawn_cp(&s, &["-k", "0", "-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
     let root = s.docroot();
     wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
     client.kill().unwrap();
@@ -221,8 +224,11 @@ fn server_killed_mid_download_fails_clearly_and_leaves_nothing() {
     std::fs::write(s.docroot().join("slow"), data(20 << 20, 11)).unwrap();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
-    let client =
-        spawn_cp(&s, &["--retry", "0", "-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    let client = spawn_cp(
+        &s,
+        &["--retry", "0", "-k", "0", "-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."],
+        l,
+    );
     wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
     s.child.kill().unwrap();
     s.child.wait().unwrap();
@@ -502,8 +508,11 @@ fn server_terminated_mid_upload_cleans_up_and_tells_the_client() {
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
     std::fs::write(l.join("slow"), data(20 << 20, 17)).unwrap();
-    let client =
-        spawn_cp(&s, &["--retry", "0", "-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."], l);
+    let client = spawn_cp(
+        &s,
+        &["--retry", "0", "-k", "0", "-l", "10m", "--policy", "fixed", "slow", "127.0.0.1:."],
+        l,
+    );
     let root = s.docroot();
     wait_for("the partial file", || names(&root).iter().any(|n| n.contains(".ferry-partial-")));
     signal(&s.child, rustix::process::Signal::TERM);
@@ -530,7 +539,8 @@ fn client_interrupted_mid_download_removes_its_partial_file() {
     std::fs::write(s.docroot().join("slow"), data(20 << 20, 19)).unwrap();
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
-    let client = spawn_cp(&s, &["-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
+    let client =
+        spawn_cp(&s, &["-k", "0", "-l", "10m", "--policy", "fixed", "127.0.0.1:slow", "."], l);
     wait_for("the partial file", || names(l).iter().any(|n| n.contains(".ferry-partial-")));
     signal(&client, rustix::process::Signal::INT);
     let (status, err) = finish(client, "the client");
