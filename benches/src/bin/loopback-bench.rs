@@ -31,6 +31,7 @@ const ROWS: &[&str] = &[
     "ferry-default",
     "ferry-1500",
     "ferry-c2",
+    "ferry-k0",
     "ferry-fixed",
     "ferry-fair",
     "ferry-small-up",
@@ -62,7 +63,8 @@ struct Args {
     rounds: usize,
     /// Comma-separated rows (default: all): ferry-default (`ferry cp` with no rate or policy
     /// option, the headline), ferry-1500 (the same with `-Z 1472`, a 1500-byte MTU's datagram),
-    /// ferry-c2 (no options but `-C 2`: two sessions, the file in two parts),
+    /// ferry-c2 (no options but `-C 2`: two sessions, the file in two parts), ferry-k0 (no
+    /// options but `-k 0`: resume off),
     /// ferry-fixed, ferry-fair, ferry-plain-up,
     /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
     /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
@@ -447,6 +449,13 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
             "ferry-c2",
             &["-C", "2"],
             "no options but -C 2 (two sessions, the file in two parts)".into(),
+        ),
+        // Resume off: what the resume machinery (FILE_HAVE, the journal) costs a fresh copy.
+        "ferry-k0" => run_ferry_with(
+            env,
+            "ferry-k0",
+            &["-k", "0"],
+            "no options but -k 0 (resume off)".into(),
         ),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
