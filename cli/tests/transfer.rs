@@ -1195,8 +1195,9 @@ fn an_interrupted_transfer_resumes_where_it_stopped() {
     assert_eq!(digest(&dest.join("big.bin")), digest(&s.docroot().join("big.bin")));
     assert_eq!(names(&dest), ["big.bin"], "the partial and its journal are gone");
 
-    // Upload, client killed: the server's session ends by its idle timeout, releasing the
-    // journal, and the rerun resumes.
+    // Upload, client killed: the server's session lives on (until its idle timeout) holding
+    // the journal; the rerun, a newer session of the same user, takes the journal over at
+    // once (the old session ends superseded) and resumes.
     let src = work.path().join("up.bin");
     std::fs::write(&src, data(size, 78)).unwrap();
     let up = src.to_str().unwrap();
@@ -1209,14 +1210,24 @@ fn an_interrupted_transfer_resumes_where_it_stopped() {
     }
     signal(&child, rustix::process::Signal::KILL);
     let _ = child.wait();
-    wait_for("the server to end the abandoned upload", || {
-        s.events().iter().any(|e| e["event"] == "session_ended" && e["direction"] == "upload")
-    });
+    let ended = |s: &Server| {
+        s.events()
+            .into_iter()
+            .filter(|e| e["event"] == "session_ended" && e["direction"] == "upload")
+            .collect::<Vec<_>>()
+    };
+    assert!(ended(&s).is_empty(), "the abandoned upload is still running on the server");
     assert!(!s.docroot().join("up.bin").exists());
     let out = cp(&s, &["--host-key", &s.fingerprint, "--json", up, "127.0.0.1:"], work.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let new = done_event(&out.stdout)["new_bytes"].as_u64().unwrap();
     assert!(new <= (size - 4 * MIB) as u64, "resumed: {new} of {size} bytes sent again");
+    wait_for("both uploads to end on the server", || ended(&s).len() == 2);
+    let superseded = ended(&s)
+        .iter()
+        .filter(|e| e["error"].as_str().is_some_and(|m| m.contains("superseded")))
+        .count();
+    assert_eq!(superseded, 1, "the old session was superseded: {:?}", ended(&s));
     assert_eq!(digest(&s.docroot().join("up.bin")), digest(&src));
     assert!(journal_len(&s.docroot(), "up.bin").is_none());
 

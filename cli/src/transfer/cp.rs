@@ -750,7 +750,7 @@ fn transfer_blocking(
                     ..SinkLimits::default()
                 };
                 let sink = move || {
-                    download_sink(&dest, limits)
+                    download_sink(&dest, limits.clone())
                         .map_err(|e| std::io::Error::other(e.message.clone()))
                 };
                 let (n, t) = (sessions, threshold);

@@ -133,6 +133,29 @@ impl SessionHandle {
         self.input.send(ControlIn::Cancel(reason)).await
     }
 
+    /// Ends the session because a newer one of the same owner takes over a partial file it
+    /// holds. For a caller outside the async runtime (a driver thread): a full input queue
+    /// (the session is busy, its driver drains it) is retried for at most a second. Returns
+    /// false when the session is already over or did not take the request in time.
+    pub fn supersede_now(&self, reason: String) -> bool {
+        let mut m = ControlIn::Supersede(reason);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.input.tx.try_send(m) {
+                Ok(()) => {
+                    self.input.waker.wake();
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    m = back;
+                    self.input.waker.wake();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Changes the session's rate limits: applied here when this end sends, sent to the
     /// sender as a RATE_LIMIT when this end receives. Returns false when the session is
     /// already over.
@@ -188,10 +211,14 @@ pub async fn run_session(
         ),
     };
     // A cancelled session tells its peer why (the session itself stopped without a word).
-    if let (Err(DriveError::Cancelled(reason)), _) = &outcome {
+    let told = match &outcome.0 {
+        Err(DriveError::Cancelled(reason)) => Some((abort_code::CANCELLED, reason)),
+        Err(DriveError::Superseded(reason)) => Some((abort_code::SUPERSEDED, reason)),
+        _ => None,
+    };
+    if let Some((code, reason)) = told {
         let mut bytes = Vec::new();
-        ControlMessage::Abort { code: abort_code::CANCELLED, reason: reason.clone() }
-            .encode(&mut bytes);
+        ControlMessage::Abort { code, reason: reason.clone() }.encode(&mut bytes);
         let _ = send.write_all(&bytes).await;
     }
     let _ = send.finish();

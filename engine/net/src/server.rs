@@ -18,6 +18,7 @@ use ferry_engine::crypto::SessionSecret;
 use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
 use ferry_engine::io::driver::{DataSocket, DriveReport, Progress, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{Destination, SinkLimits};
+use ferry_engine::io::{ClaimTicket, Claims};
 use ferry_engine::io::source::{self, SourceLimits};
 use ferry_engine::io::storage::Storage;
 use ferry_engine::rate::RateLimits;
@@ -289,6 +290,10 @@ struct Ctx {
     gate: Arc<Gate>,
     policy: Arc<dyn Policy>,
     registry: Arc<Registry>,
+    /// Which upload holds which partial's journal: a newer session of the same user takes one
+    /// over from an older session (whose client was killed, say) instead of waiting out its
+    /// idle timeout.
+    claims: Claims,
     observer: Option<Observed>,
 }
 
@@ -333,6 +338,18 @@ impl Server {
         let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
         let gate = Arc::new(Gate::default());
         let registry = Arc::new(Registry::default());
+        let claims = {
+            let registry = registry.clone();
+            Claims::new(move |id| {
+                registry.handle(id).is_some_and(|h| {
+                    h.supersede_now(
+                        "a newer transfer by the same user to the same destination took over \
+                         this one's partial file"
+                            .into(),
+                    )
+                })
+            })
+        };
         let ctx = Arc::new(Ctx {
             local,
             cancel,
@@ -342,6 +359,7 @@ impl Server {
             gate,
             policy,
             registry,
+            claims,
             observer: None,
         });
         Ok(Self { endpoint, ctx, cancel_tx, sweep, fingerprint: identity.fingerprint() })
@@ -764,6 +782,11 @@ fn receiver(
         replace,
         preserve_mtime: plan.preserve_times,
         resume: plan.resume > 0,
+        claims: Some(ClaimTicket {
+            claims: ctx.claims.clone(),
+            owner: grant.user.clone(),
+            session: plan.session_id,
+        }),
     };
     let sink = grant.storage.sink(root.clone(), dest, limits).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {

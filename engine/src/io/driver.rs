@@ -131,6 +131,10 @@ pub enum ControlIn {
     /// The session's owner cancels it (a signal, a shutdown, an operator): it ends now with
     /// [`DriveError::Cancelled`], its partial files removed.
     Cancel(String),
+    /// A newer session of the same owner takes over a partial file this one holds
+    /// ([`Claims`](super::Claims)): it ends now with [`DriveError::Superseded`], its resumable
+    /// partials kept for the newer one.
+    Supersede(String),
     /// New rate limits for this end's sending (`-l`/`-m` changed while the session runs).
     SetLimits(crate::rate::RateLimits),
 }
@@ -352,6 +356,9 @@ pub enum DriveError {
     /// The session's owner cancelled it ([`ControlIn::Cancel`]).
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A newer session of the same owner took over ([`ControlIn::Supersede`]).
+    #[error("superseded: {0}")]
+    Superseded(String),
     /// The UDP socket failed.
     #[error("the data socket failed: {0}")]
     Socket(std::io::Error),
@@ -718,6 +725,9 @@ fn drive_inner(
         if let Some(reason) = ending.cancelled {
             return Err(DriveError::Cancelled(reason));
         }
+        if let Some(reason) = ending.superseded {
+            return Err(DriveError::Superseded(reason));
+        }
         if let Some(reason) = ending.closed {
             return Err(DriveError::ControlClosed(reason));
         }
@@ -740,6 +750,8 @@ struct Ending {
     closed: Option<String>,
     /// The session was cancelled (the reason).
     cancelled: Option<String>,
+    /// A newer session took over (the reason).
+    superseded: Option<String>,
 }
 
 /// Hands the session what the control layer has for it, until a close or a cancel.
@@ -764,6 +776,10 @@ fn take_control(
             }
             ControlIn::Cancel(reason) => {
                 ending.cancelled = Some(reason);
+                return;
+            }
+            ControlIn::Supersede(reason) => {
+                ending.superseded = Some(reason);
                 return;
             }
             ControlIn::SetLimits(limits) => side.set_limits(limits),

@@ -20,7 +20,7 @@ pub enum Destination {
 }
 
 /// Bounds of a [`FileSink`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SinkLimits {
     /// Most partial files open at once (descriptors); others are closed and opened again when
     /// more of their blocks arrive.
@@ -37,11 +37,14 @@ pub struct SinkLimits {
     /// ends before the file is verified leaves both, and the next one resumes from the chunks
     /// that check out ([`BlockSink::resumed`]).
     pub resume: bool,
+    /// This session's place on its server's board of journal holders: a journal held by an
+    /// older session of the same owner is taken over ([`Claims`](super::Claims)).
+    pub claims: Option<super::ClaimTicket>,
 }
 
 impl Default for SinkLimits {
     fn default() -> Self {
-        Self { max_open: 64, replace: false, preserve_mtime: false, resume: false }
+        Self { max_open: 64, replace: false, preserve_mtime: false, resume: false, claims: None }
     }
 }
 
@@ -304,8 +307,12 @@ impl FileSink {
             return None;
         }
         let suffix = super::docroot::resume_suffix(&sf.name);
-        match super::journal::resume(dir, &sf.name, suffix, sf.size, sf.mtime_ns) {
+        let ticket = self.limits.claims.as_ref();
+        match super::journal::claim(dir, &sf.name, suffix, sf.size, sf.mtime_ns, ticket) {
             Ok(Some(r)) => {
+                if let Some(t) = ticket {
+                    t.hold(r.journal.key());
+                }
                 self.journals += 1;
                 sf.suffix = suffix;
                 sf.journal = Some(Box::new(r.journal));
@@ -325,13 +332,19 @@ impl FileSink {
         let sf = &mut self.files[file as usize];
         let Some(journal) = sf.journal.take() else { return };
         self.journals -= 1;
+        let key = journal.key();
         if remove {
             let name = sf.journal_name();
             if let Ok(dir) = self.root.open_dir(&self.parents[sf.parent as usize]) {
                 let _ = dir.remove_file(&name);
             }
         }
+        // Unlocked before it leaves the board: a session that finds it locked meanwhile still
+        // finds this one as its holder.
         drop(journal);
+        if let Some(t) = &self.limits.claims {
+            t.release(key);
+        }
     }
 
     /// Partial files open right now.
@@ -857,7 +870,7 @@ mod tests {
         let mut sink = FileSink::new(
             root,
             Destination::Dir(RelPath::root()),
-            SinkLimits { max_open: 3, replace: false, preserve_mtime: false, resume: false },
+            SinkLimits { max_open: 3, replace: false, preserve_mtime: false, resume: false, claims: None },
         );
         for i in 0..20 {
             sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();

@@ -14,10 +14,19 @@
 //! they claim is received again. The journal is held under an exclusive `flock` while in use,
 //! so two sessions never share a partial: the one that cannot lock it receives the file into a
 //! partial of its own (and does not resume).
+//!
+//! Except when the holder is an older session of the same owner ([`Claims`]): a client killed
+//! mid-transfer leaves its session on the server until the idle timeout, holding the lock, and
+//! the client's next attempt would otherwise start that file from zero. The newer session asks
+//! the older one to stop (it ends with ABORT code SUPERSEDED, which its client does not retry),
+//! waits a bounded time for the lock, and resumes.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::docroot::{Dir, journal_name, partial_name};
 use crate::session::{RESUME_CHUNK, chunk_cv};
@@ -37,6 +46,124 @@ pub(crate) struct Journal {
     file: File,
     check: [u8; 8],
     end: u64,
+    /// Device and inode: the journal's identity in [`Claims`].
+    key: (u64, u64),
+}
+
+impl Journal {
+    pub(crate) fn key(&self) -> (u64, u64) {
+        self.key
+    }
+}
+
+/// How long a newer session waits for the journal an older one was asked to give up.
+pub const SUPERSEDE_WAIT: Duration = Duration::from_secs(3);
+
+/// Which session of which owner holds each journal in this process (a server's sessions share
+/// one), and how to ask a session to stop. Only an owner's own sessions can take a journal
+/// from one another: another owner's lock is never broken.
+#[derive(Clone)]
+pub struct Claims {
+    inner: Arc<ClaimsInner>,
+}
+
+struct ClaimsInner {
+    held: Mutex<HashMap<(u64, u64), (String, u64)>>,
+    /// Asks session `id` to stop; false if it is not running.
+    stop: Box<dyn Fn(u64) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.held.lock().map_or(0, |h| h.len());
+        f.debug_struct("Claims").field("held", &n).finish_non_exhaustive()
+    }
+}
+
+impl Claims {
+    /// A board whose sessions are stopped with `stop(session id)`.
+    pub fn new(stop: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        Self { inner: Arc::new(ClaimsInner { held: Mutex::default(), stop: Box::new(stop) }) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), (String, u64)>> {
+        self.inner.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Journals held right now.
+    pub fn len(&self) -> usize {
+        self.held().len()
+    }
+
+    /// Whether no journal is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A session's place on a [`Claims`] board: its owner (the account it writes as) and its id.
+#[derive(Clone, Debug)]
+pub struct ClaimTicket {
+    pub claims: Claims,
+    pub owner: String,
+    pub session: u64,
+}
+
+impl ClaimTicket {
+    /// Records that this session holds `key`.
+    pub(crate) fn hold(&self, key: (u64, u64)) {
+        self.claims.held().insert(key, (self.owner.clone(), self.session));
+    }
+
+    /// Records that this session no longer holds `key` (if it still did).
+    pub(crate) fn release(&self, key: (u64, u64)) {
+        let mut held = self.claims.held();
+        if held.get(&key).is_some_and(|(_, s)| *s == self.session) {
+            held.remove(&key);
+        }
+    }
+
+    /// The journal at `key` is locked: if an older session of this owner holds it, asks that
+    /// one to stop and returns true (the caller then waits for the lock); false if another
+    /// owner, or nobody on this board, holds it.
+    pub(crate) fn supersede(&self, key: (u64, u64)) -> bool {
+        let holder = self.claims.held().get(&key).cloned();
+        match holder {
+            Some((owner, session)) if owner == self.owner && session != self.session => {
+                (self.claims.inner.stop)(session)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// [`resume`], and when another session of the same owner holds the journal, that session
+/// asked to stop and the lock awaited for at most [`SUPERSEDE_WAIT`]. `None`: held by someone
+/// else (or not given up in time).
+pub(crate) fn claim(
+    dir: &Dir,
+    name: &str,
+    suffix: u64,
+    size: u64,
+    mtime_ns: i64,
+    ticket: Option<&ClaimTicket>,
+) -> io::Result<Option<Resumed>> {
+    if let Some(r) = resume(dir, name, suffix, size, mtime_ns)? {
+        return Ok(Some(r));
+    }
+    let Some(ticket) = ticket else { return Ok(None) };
+    let Some(meta) = dir.meta(&journal_name(name, suffix))? else { return Ok(None) };
+    if !ticket.supersede(meta.dev_ino) {
+        return Ok(None);
+    }
+    let deadline = Instant::now() + SUPERSEDE_WAIT;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        if let Some(r) = resume(dir, name, suffix, size, mtime_ns)? {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
 }
 
 /// What an earlier attempt left that checked out.
@@ -147,7 +274,7 @@ pub(crate) fn resume(
     }
     file.set_len(0)?;
     file.write_all_at(&out, 0)?;
-    let journal = Journal { file, check, end: out.len() as u64 };
+    let journal = Journal { file, check, end: out.len() as u64, key: meta.dev_ino };
     Ok(Some(Resumed { journal, partial, chunks }))
 }
 
@@ -260,6 +387,56 @@ mod tests {
         leave(&dir, name, &bytes, 7, &[0, 1]);
         std::fs::write(&ppath, &bytes[..(2 * C) as usize]).unwrap();
         assert!(resume(&dir, name, suffix, size, 7).unwrap().unwrap().chunks.is_empty());
+    }
+
+    #[test]
+    /// A journal held by an older session of the same owner is taken over (that session asked
+    /// to stop, the lock awaited); one held by another owner, or by nobody on the board, is not.
+    fn a_newer_session_of_the_same_owner_takes_the_journal_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Docroot::open(tmp.path()).unwrap();
+        let dir = root.open_dir(&RelPath::root()).unwrap();
+        let (name, size) = ("big.bin", 3 * C);
+        let suffix = resume_suffix(name);
+        // Session 1's journal lives in a thread that drops it when told to stop.
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<u64>();
+        let stops = Arc::new(Mutex::new(Vec::new()));
+        let claims = {
+            let (stops, stop_tx) = (stops.clone(), Mutex::new(stop_tx));
+            Claims::new(move |id| {
+                stops.lock().unwrap().push(id);
+                stop_tx.lock().unwrap().send(id).is_ok()
+            })
+        };
+        let ticket = |owner: &str, session| ClaimTicket {
+            claims: claims.clone(),
+            owner: owner.into(),
+            session,
+        };
+        let first = claim(&dir, name, suffix, size, 1, Some(&ticket("alice", 1))).unwrap().unwrap();
+        ticket("alice", 1).hold(first.journal.key());
+        let holder = std::thread::spawn(move || {
+            let id = stop_rx.recv().unwrap();
+            drop(first);
+            id
+        });
+        // Another owner: refused, nobody asked to stop.
+        assert!(claim(&dir, name, suffix, size, 1, Some(&ticket("bob", 2))).unwrap().is_none());
+        // No ticket: refused.
+        assert!(claim(&dir, name, suffix, size, 1, None).unwrap().is_none());
+        assert!(stops.lock().unwrap().is_empty());
+        // The same owner's newer session: session 1 is asked to stop, and the claim succeeds.
+        let second = claim(&dir, name, suffix, size, 1, Some(&ticket("alice", 3))).unwrap();
+        assert!(second.is_some(), "taken over");
+        assert_eq!(*stops.lock().unwrap(), [1]);
+        assert_eq!(holder.join().unwrap(), 1);
+        // Leaving the board: only the holder's own release removes its entry.
+        let key = second.unwrap().journal.key();
+        ticket("alice", 3).hold(key);
+        ticket("alice", 1).release(key);
+        assert_eq!(claims.len(), 1);
+        ticket("alice", 3).release(key);
+        assert!(claims.is_empty());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod driver;
 pub mod files;
 pub mod filter;
 mod journal;
+pub use journal::{ClaimTicket, Claims, SUPERSEDE_WAIT};
 pub mod sealed;
 pub mod source;
 pub mod storage;

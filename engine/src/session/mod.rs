@@ -313,4 +313,7 @@ pub mod abort_code {
     pub const CANCELLED: u16 = 4;
     /// The peer went past a limit of this end (files or manifest bytes per session).
     pub const LIMIT: u16 = 5;
+    /// A newer session of the same user took over a file this one was receiving (docs/
+    /// PROTOCOL.md 8.6): not worth retrying, the newer session carries on.
+    pub const SUPERSEDED: u16 = 6;
 }
