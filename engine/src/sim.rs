@@ -115,6 +115,9 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Probability that one random byte of a packet is flipped.
     pub corrupt: f64,
+    /// The link is down from `.0` to `.1` after its first packet: everything offered then is
+    /// dropped (a peer killed and restarted, a cable pulled and plugged back).
+    pub outage: Option<(Duration, Duration)>,
 }
 
 impl LinkConfig {
@@ -132,6 +135,7 @@ impl LinkConfig {
             reorder_delay: Duration::ZERO,
             duplicate: 0.0,
             corrupt: 0.0,
+            outage: None,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct LinkStats {
     pub delivered: u64,
     /// The largest queueing delay a packet saw at the bottleneck.
     pub max_queue_delay: Duration,
+    /// Bytes offered while the link was down ([`LinkConfig::outage`]), all dropped.
+    pub outage_bytes: u64,
 }
 
 /// A simulated one-way link.
@@ -166,6 +172,8 @@ pub struct Link {
     seq: u64,
     bad_state: bool,
     stats: LinkStats,
+    /// When the first packet was offered (the origin of [`LinkConfig::outage`]).
+    first: Option<Instant>,
 }
 
 impl Link {
@@ -178,6 +186,7 @@ impl Link {
             seq: 0,
             bad_state: false,
             stats: LinkStats::default(),
+            first: None,
         }
     }
 
@@ -191,6 +200,11 @@ impl Link {
         self.stats.offered += 1;
         self.stats.offered_bytes += packet.len() as u64;
         let c = &self.config;
+        let since = now - *self.first.get_or_insert(now);
+        if c.outage.is_some_and(|(from, to)| since >= from && since < to) {
+            self.stats.outage_bytes += packet.len() as u64;
+            return;
+        }
         let mut depart = now;
         if c.rate_bps > 0 {
             let start = self.busy_until.map_or(now, |b| b.max(now));

@@ -310,3 +310,61 @@ fn resumed_sessions_send_only_what_is_missing() {
         assert_eq!(o.sender.data_packets, new0 + others, "{replay}");
     }
 }
+
+#[test]
+/// Both directions of the path go down for seconds mid-transfer (a peer killed and restarted,
+/// a cable pulled): the sender stops sending data once the receiver has been silent for four
+/// smoothed RTTs (at least 250 ms), probes until it answers, and then completes. Without that
+/// rule it would send at full rate into the void for the whole outage.
+fn an_outage_stops_data_until_the_receiver_answers() {
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    for seed in 0..seeds {
+        let mut rng = Rng::new(seed ^ 0x0a7a);
+        let rate = rng.range(20, 80) * 1_000_000;
+        let one_way = Duration::from_millis(rng.range(5, 30));
+        let from = Duration::from_millis(rng.range(800, 1500));
+        let outage = (from, from + Duration::from_millis(rng.range(1500, 3000)));
+        // About four seconds of data at the link's rate.
+        let size = (rate / 8 * 4) as usize;
+        let files = vec![(0..size).map(|_| rng.next_u64() as u8).collect()];
+        let mut forward = LinkConfig::clean(rate, one_way);
+        forward.loss = rng.unit() * 0.02;
+        forward.outage = Some(outage);
+        let mut reverse = LinkConfig::clean(rate, one_way);
+        reverse.outage = Some(outage);
+        let s = Scenario {
+            files,
+            config: SessionConfig::new(seed, CipherSuite::Aes128, RateLimits { target: 4 * rate, min: 0 }),
+            policy: Policy::Fair,
+            forward,
+            reverse,
+            slow_sink: None,
+            time_limit: Duration::from_secs(60),
+            trace_every: None,
+            rate_changes: Vec::new(),
+            receiver_limits: Vec::new(),
+            faults: Faults::default(),
+        };
+        let o = sim::run(seed, &s);
+        let replay = format!(
+            "seed {seed} (SIM_SEEDS={} cargo test -p ferry-engine --test sim an_outage)",
+            seed + 1
+        );
+        assert!(o.errors.is_empty() && o.complete, "{replay}: {:?}", o.errors);
+        assert!(o.files_match && o.written_once && o.nonces_unique, "{replay}");
+        // What the sender offered while the path was down: the silence it waits out (four
+        // smoothed RTTs; a full one-BDP queue doubles the RTT), at up to 1.5x the link's rate,
+        // and its probes; not the outage's length at the full rate.
+        let rtt = 2 * one_way;
+        let silence = (8 * rtt).max(Duration::from_millis(250)) + Duration::from_millis(100);
+        let bound = (rate as f64 * 1.5 / 8.0 * silence.as_secs_f64()) as u64;
+        let whole = (rate as f64 / 8.0 * (outage.1 - outage.0).as_secs_f64()) as u64;
+        assert!(
+            o.forward.outage_bytes <= bound,
+            "{replay}: {} bytes sent into a {:?} outage (bound {bound}, the outage at full rate \
+             {whole})",
+            o.forward.outage_bytes,
+            outage.1 - outage.0
+        );
+    }
+}

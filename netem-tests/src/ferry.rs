@@ -55,7 +55,8 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> NetemError {
 /// dropped.
 #[derive(Debug)]
 pub struct FerryServer {
-    _guard: ChildGuard,
+    /// The running `ferry serve` (none only inside [`FerryServer::kill_and_restart`]).
+    guard: Option<ChildGuard>,
     /// Host-key fingerprint (`SHA256:...`), pinned by the clients.
     pub fingerprint: String,
     /// The authorised client's private key (`ferry keygen -f`).
@@ -64,15 +65,30 @@ pub struct FerryServer {
     pub docroot: PathBuf,
     /// The server's stderr (session logs), for error messages.
     pub log: PathBuf,
+    /// The address it listens on, inside its namespace.
+    pub ip: String,
     /// UDP control port.
     pub port: u16,
     ferry: PathBuf,
+    /// Its scratch directory (identities, state, log).
+    dir: PathBuf,
 }
 
 impl FerryServer {
     /// Creates the identities under `dir` and starts `ferry serve --listen SERVER_IP:port` in
     /// `ns`; returns once it said it listens (at most 10 s).
     pub fn start(ns: &Netns, ferry: &Path, dir: &Path, port: u16) -> Result<Self, NetemError> {
+        Self::start_at(ns, ferry, dir, SERVER_IP, port)
+    }
+
+    /// [`FerryServer::start`] listening on `ip` (an address inside `ns`).
+    pub fn start_at(
+        ns: &Netns,
+        ferry: &Path,
+        dir: &Path,
+        ip: &str,
+        port: u16,
+    ) -> Result<Self, NetemError> {
         let docroot = dir.join("root");
         std::fs::create_dir_all(&docroot).map_err(io(format!("creating {}", docroot.display())))?;
         let client_key = dir.join("client-id");
@@ -97,18 +113,45 @@ impl FerryServer {
             });
         }
         let log = dir.join("serve.log");
-        let logf =
-            std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-        let mut cmd = ns.command(&ferry.to_string_lossy());
+        std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let mut server = Self {
+            guard: None,
+            fingerprint,
+            client_key,
+            docroot,
+            log,
+            ip: ip.to_string(),
+            port,
+            ferry: ferry.into(),
+            dir: dir.into(),
+        };
+        server.launch(ns)?;
+        Ok(server)
+    }
+
+    /// Kills the server (`SIGKILL`: no session ends cleanly, nothing is flushed) and starts it
+    /// again with the same identity, docroot and port, as after a crash and a restart.
+    pub fn kill_and_restart(&mut self, ns: &Netns) -> Result<(), NetemError> {
+        self.guard = None;
+        self.launch(ns)
+    }
+
+    /// Starts `ferry serve` in `ns` (its log appended to) and waits for `listening`.
+    fn launch(&mut self, ns: &Netns) -> Result<(), NetemError> {
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(io(format!("opening {}", self.log.display())))?;
+        let mut cmd = ns.command(&self.ferry.to_string_lossy());
         cmd.arg("serve")
             .arg("--listen")
-            .arg(format!("{SERVER_IP}:{port}"))
+            .arg(format!("{}:{}", self.ip, self.port))
             .arg("--docroot")
-            .arg(&docroot)
+            .arg(&self.docroot)
             .arg("--authorized-keys")
-            .arg(&authorized)
+            .arg(self.dir.join("authorized_keys"))
             .arg("--state-dir")
-            .arg(&state)
+            .arg(self.dir.join("state"))
             .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -131,13 +174,13 @@ impl FerryServer {
         let first = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
             NetemError::Emulator(format!(
                 "ferry serve did not report listening within 10 s; its log ({}): {}",
-                log.display(),
-                tail(&log)
+                self.log.display(),
+                tail(&self.log)
             ))
         })?;
         let listening: Option<serde_json::Value> = serde_json::from_str(&first).ok();
         let ok = listening.is_some_and(|v| {
-            v["event"] == "listening" && v["host_key"].as_str() == Some(fingerprint.as_str())
+            v["event"] == "listening" && v["host_key"].as_str() == Some(self.fingerprint.as_str())
         });
         if !ok {
             return Err(NetemError::Parse {
@@ -145,12 +188,12 @@ impl FerryServer {
                 text: first,
             });
         }
-        Ok(Self { _guard: guard, fingerprint, client_key, docroot, log, port, ferry: ferry.into() })
+        self.guard = Some(guard);
+        Ok(())
     }
 
-    /// `ferry cp` uploading `file` into the docroot from `client` (stdout and stderr not yet
-    /// redirected; the caller decides).
-    pub fn cp_command(&self, client: &Netns, file: &Path, opts: &CpOptions) -> Command {
+    /// `ferry cp -i KEY --host-key FP -P PORT` run in `client`: the caller adds the rest.
+    pub fn base_command(&self, client: &Netns) -> Command {
         let mut cmd = client.command(&self.ferry.to_string_lossy());
         cmd.arg("cp")
             .arg("-i")
@@ -158,7 +201,20 @@ impl FerryServer {
             .arg("--host-key")
             .arg(&self.fingerprint)
             .arg("-P")
-            .arg(self.port.to_string());
+            .arg(self.port.to_string())
+            .env_remove("HOME");
+        cmd
+    }
+
+    /// `root@IP:PATH`, a remote operand of `ferry cp`.
+    pub fn remote(&self, path: &str) -> String {
+        format!("root@{}:{path}", self.ip)
+    }
+
+    /// `ferry cp` uploading `file` into the docroot from `client` (stdout and stderr not yet
+    /// redirected; the caller decides).
+    pub fn cp_command(&self, client: &Netns, file: &Path, opts: &CpOptions) -> Command {
+        let mut cmd = self.base_command(client);
         if let Some((policy, rate_bps)) = opts.policy {
             cmd.arg("-l")
                 .arg(rate_bps.to_string())
@@ -167,7 +223,7 @@ impl FerryServer {
                 .arg("-c")
                 .arg("aes128");
         }
-        cmd.arg(file).arg(format!("root@{SERVER_IP}:/")).env_remove("HOME");
+        cmd.arg(file).arg(self.remote("/"));
         if opts.debug_driver {
             cmd.env("FERRY_LOG", "ferry::driver=debug");
         }

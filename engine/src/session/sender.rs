@@ -87,6 +87,11 @@ enum Next {
 
 /// Second copies queued at most (more retransmissions in the tail are sent once).
 const MAX_AGAIN: usize = 1 << 16;
+/// The shortest receiver silence that stops data (docs/PROTOCOL.md 7).
+pub const MIN_SILENCE: Duration = Duration::from_millis(250);
+/// The silence that stops data before the first RTT sample: the first feedback comes a round
+/// trip after the first block, and the longest paths served take about a second.
+pub const INITIAL_SILENCE: Duration = Duration::from_secs(3);
 
 /// The sending end of a session (see the [module docs](super)).
 #[derive(Debug)]
@@ -115,6 +120,9 @@ pub struct Sender {
     hash_buf: Vec<u8>,
     next_status: Instant,
     last_heard: Instant,
+    /// The receiver has been silent past [`Sender::silence_limit`] while there was data to
+    /// send: only STATUS probes go out until it is heard again.
+    silent: bool,
     state: State,
     stats: SenderStats,
     /// This end's own limits (`config.limits` holds what applies: these within the peer's).
@@ -173,6 +181,7 @@ impl Sender {
             hash_buf: vec![0; HASH_BATCH],
             next_status: now,
             last_heard: now,
+            silent: false,
             state: State::Active,
             stats: SenderStats::default(),
             own_limits: config.limits,
@@ -346,6 +355,7 @@ impl Sender {
         };
         self.stats.feedback_received += 1;
         self.last_heard = now;
+        self.silent = false;
         if self.state != State::Active {
             return;
         }
@@ -555,8 +565,12 @@ impl Sender {
             return None;
         }
         let idle = self.last_heard + self.config.idle_timeout;
-        let send =
-            if self.has_data() { self.paced_until.unwrap_or(self.start) } else { self.next_status };
+        let send = if self.has_data() && !self.silent {
+            // Data stops (and the next turn finds out) once the receiver is silent too long.
+            self.paced_until.unwrap_or(self.start)
+        } else {
+            self.next_status
+        };
         Some(send.min(idle))
     }
 
@@ -590,6 +604,12 @@ impl Sender {
     }
 
     fn next_to_send(&mut self, now: Instant, source: &mut dyn BlockSource) -> Option<Next> {
+        if now >= self.last_heard + self.silence_limit() {
+            // A receiver that stopped answering (killed, unplugged, the path gone) is not sent
+            // data into the void until the idle timeout: it is probed until it answers.
+            self.silent = true;
+            return (now >= self.next_status).then_some(Next::Status);
+        }
         loop {
             if let Some(b) = self.retransmit.first() {
                 match self.skipped(b) {
@@ -629,6 +649,13 @@ impl Sender {
             }
             return (now >= self.next_status).then_some(Next::Status);
         }
+    }
+
+    /// How long the receiver may be silent before data stops: four smoothed RTTs, at least
+    /// [`MIN_SILENCE`] (a live receiver sends feedback at least every 20 ms while data
+    /// arrives); before the first RTT sample, [`INITIAL_SILENCE`].
+    fn silence_limit(&self) -> Duration {
+        self.rtt.srtt().map_or(INITIAL_SILENCE, |srtt| (4 * srtt).max(MIN_SILENCE))
     }
 
     fn status_interval(&self) -> Duration {
