@@ -1246,3 +1246,73 @@ fn an_interrupted_transfer_resumes_where_it_stopped() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(done_event(&out.stdout)["new_bytes"].as_u64().unwrap(), size as u64);
 }
+
+#[test]
+/// `--file-checksum sha256`: each verified file's `file` event carries the SHA-256 of its
+/// bytes, both ways; without --json, one `SHA256 (PATH) = HEX` line per file; a JSON manifest
+/// has them too; another type is refused before anything is sent.
+fn file_checksum_reports_each_files_sha256() {
+    let s = server();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let (a, b) = (data(3 << 20, 41), data(777, 42));
+    std::fs::write(tree.join("a.bin"), &a).unwrap();
+    std::fs::write(tree.join("sub/b.bin"), &b).unwrap();
+    let hex = |d: &[u8]| hex::encode(Sha256::digest(d));
+    let want = [("tree/a.bin", hex(&a)), ("tree/sub/b.bin", hex(&b))];
+    let sums = |stdout: &[u8]| {
+        let mut v: Vec<(String, String)> = String::from_utf8_lossy(stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "file")
+            .map(|e| (e["path"].as_str().unwrap().to_owned(), e["sha256"].as_str().unwrap().into()))
+            .collect();
+        v.sort();
+        v
+    };
+    let want: Vec<(String, String)> = want.iter().map(|(p, d)| (p.to_string(), d.clone())).collect();
+    let fp = s.fingerprint.clone();
+    let up = cp(
+        &s,
+        &["--host-key", &fp, "--json", "--file-checksum", "sha256", "tree", "127.0.0.1:"],
+        work.path(),
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(sums(&up.stdout), want, "upload");
+    // Download, with a JSON manifest.
+    let dest = work.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let args = [
+        "--host-key", &fp, "--json", "--file-checksum", "sha256", "--file-manifest", "json",
+        "--file-manifest-path", dest.to_str().unwrap(), "127.0.0.1:tree", dest.to_str().unwrap(),
+    ];
+    let down = cp(&s, &args, work.path());
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(sums(&down.stdout), want, "download");
+    let manifest = std::fs::read_dir(&dest)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("ferry-manifest-"))
+        .expect("a manifest");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest.path()).unwrap()).unwrap();
+    let mut in_manifest: Vec<(String, String)> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().into(), f["sha256"].as_str().unwrap().into()))
+        .collect();
+    in_manifest.sort();
+    assert_eq!(in_manifest, want, "manifest");
+    // Text mode: the tagged lines.
+    std::fs::write(work.path().join("c.txt"), b"abc").unwrap();
+    let out = cp(&s, &["--host-key", &fp, "--file-checksum", "sha256", "c.txt", "127.0.0.1:"], work.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = format!("SHA256 (c.txt) = {}", hex(b"abc"));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == line), "{out:?}");
+    // Another type: a usage error, nothing sent.
+    let out = cp(&s, &["--host-key", &fp, "--file-checksum", "md5", "tree", "127.0.0.1:x"], work.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sha256"), "{}", stderr(&out));
+}

@@ -128,6 +128,16 @@ pub(crate) struct CpArgs {
     #[arg(short = 'k', long = "resume", value_name = "LEVEL", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(0..=3))]
     resume: u8,
+    /// Report each transferred file's SHA-256 (ascp's --file-checksum; ascp also offers md5
+    /// and sha1, Ferry only sha256): hashed from the local copy once the transfer ends (the
+    /// source of an upload, if it has not changed since it was sent; the landed file of a
+    /// download), in the `file` event of each verified file (which then comes after the
+    /// transfer, with `sha256`), in a JSON --file-manifest, in the -L log and, without --json,
+    /// one `SHA256 (PATH) = HEX` line per file on stdout. Every file is verified end to end
+    /// (BLAKE3) either way; this is the digest other tools check.
+    #[arg(long = "file-checksum", value_name = "TYPE", default_value = "none",
+          value_parser = ["sha256", "none"])]
+    file_checksum: String,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
     /// port with its control connection (the server tells the client its data port at set-up),
     /// so there is no separate data port to choose.
@@ -433,7 +443,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             }
             // With --src-base the destination is a directory the kept paths go beneath.
             let single = files.len() == 1 && args.src_base.is_none();
-            if args.remove_after_transfer {
+            if args.remove_after_transfer || args.file_checksum == "sha256" {
                 sent = files.clone();
             }
             let shares = if args.sessions > 1 {
@@ -485,6 +495,9 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let reporter =
         Arc::new(Mutex::new(Reporter::new(Mode::choose(args.json, args.quiet), opts.target_rate)));
+    // With checksums, the verified files' events wait for their digest (after the transfer).
+    let checksums = args.file_checksum == "sha256";
+    reporter.lock().expect("reporter").defer_verified(checksums);
     let result = transfer_blocking(&opts, transfer, &args, reporter.clone());
     let retries = {
         let mut r = reporter.lock().expect("reporter");
@@ -507,8 +520,15 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     } else {
         (0, 0)
     };
+    let digests = if checksums {
+        let digests = file_checksums(&report, direction, &sent, dest);
+        report_checksums(&report, &digests, args.json, logging);
+        digests
+    } else {
+        Vec::new()
+    };
     if args.file_manifest != "none" {
-        write_manifest(&args, &report, direction, &remote)?;
+        write_manifest(&args, &report, &digests, direction, &remote)?;
     }
     if logging {
         for f in report.files.iter().filter(|f| f.status != FileStatus::Verified) {
@@ -556,6 +576,7 @@ fn open_log(dir: &Path) -> Result<(std::fs::File, PathBuf), CliError> {
 fn write_manifest(
     args: &CpArgs,
     report: &DriveReport,
+    digests: &[Option<String>],
     direction: Direction,
     remote: &Remote,
 ) -> Result<(), CliError> {
@@ -569,12 +590,17 @@ fn write_manifest(
         let files: Vec<serde_json::Value> = report
             .files
             .iter()
-            .map(|f| {
-                serde_json::json!({
+            .enumerate()
+            .map(|(i, f)| {
+                let mut v = serde_json::json!({
                     "path": f.path,
                     "status": progress::status_name(f.status),
                     "reason": f.reason,
-                })
+                });
+                if let Some(d) = digests.get(i) {
+                    v["sha256"] = serde_json::json!(d);
+                }
+                v
             })
             .collect();
         let doc = serde_json::json!({
@@ -623,6 +649,104 @@ fn write_manifest(
         eprintln!("ferry cp: wrote the file manifest {}", dir.join(&name).display());
     }
     Ok(())
+}
+
+/// `--file-checksum sha256`: the SHA-256 of each file of `report` (`None` for a file that did
+/// not verify, or whose local copy cannot be read as it was transferred), from the local copy:
+/// an upload's source, read through its directory's descriptor and only if its size and
+/// modification time are still those it was sent with; a download's landed file.
+fn file_checksums(
+    report: &DriveReport,
+    direction: Direction,
+    sent: &[SourceFile],
+    dest: &str,
+) -> Vec<Option<String>> {
+    use sha2::Digest;
+    let hash = |mut file: std::fs::File| -> Option<String> {
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match std::io::Read::read(&mut file, &mut buf) {
+                Ok(0) => return Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let by_name: std::collections::HashMap<&str, &SourceFile> =
+        sent.iter().map(|f| (f.manifest.as_str(), f)).collect();
+    // A download's destination: a directory the files landed beneath, or the single file.
+    let landed = std::path::absolute(dest).ok().map(|d| {
+        if d.is_dir() {
+            (Docroot::open(&d).ok(), None)
+        } else {
+            let parent = d.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
+            let name = d.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+            (Docroot::open(&parent).ok(), name)
+        }
+    });
+    report
+        .files
+        .iter()
+        .map(|f| {
+            if f.status != FileStatus::Verified {
+                return None;
+            }
+            match direction {
+                Direction::Upload => {
+                    let src = by_name.get(f.path.as_str())?;
+                    let (file, meta) = src.root.open_file(&src.path).ok()?;
+                    let whole = src.part.is_some() || meta.size == src.size;
+                    (whole && meta.mtime_ns == src.mtime_ns).then_some(())?;
+                    hash(file)
+                }
+                Direction::Download => {
+                    let (root, single) = landed.as_ref()?;
+                    let rel = match single {
+                        Some(name) => RelPath::parse(name).ok()?,
+                        None => RelPath::parse(&f.path).ok()?,
+                    };
+                    hash(root.as_ref()?.open_file(&rel).ok()?.0)
+                }
+            }
+        })
+        .collect()
+}
+
+/// The verified files' `file` events (held back until now) with their `sha256`; without
+/// `--json`, `SHA256 (PATH) = HEX` lines on stdout (the BSD `sha256sum --tag` form); each in
+/// the -L log.
+fn report_checksums(report: &DriveReport, digests: &[Option<String>], json: bool, log: bool) {
+    for (f, d) in report.files.iter().zip(digests) {
+        if f.status != FileStatus::Verified {
+            continue;
+        }
+        if json {
+            let fields = serde_json::json!({
+                "path": f.path, "status": "verified", "reason": "", "sha256": d,
+            });
+            progress::emit("file", fields);
+        } else {
+            // As it is, unless a control character would break the line: then quoted.
+            let path = if f.path.chars().any(char::is_control) {
+                ferry_engine::io::docroot::escape(&f.path, usize::MAX)
+            } else {
+                f.path.clone()
+            };
+            match d {
+                Some(d) => println!("SHA256 ({path}) = {d}"),
+                None => eprintln!(
+                    "ferry cp: {path}: no SHA-256: its local copy changed or cannot be read"
+                ),
+            }
+        }
+        if log {
+            let path = ferry_engine::io::docroot::escape(&f.path, 300);
+            let d = d.as_deref().unwrap_or("unavailable (the local copy changed)");
+            tracing::info!(target: "ferry::cp", "sha256: {path}: {d}");
+        }
+    }
 }
 
 /// `--remove-after-transfer`: deletes each source the server verified, if it is still the file

@@ -57,6 +57,9 @@ pub(crate) struct Reporter {
     capped: Option<u64>,
     /// Sessions run again after a failure so far.
     retries: u32,
+    /// Hold back the `file` events of verified files (`--file-checksum`: they are emitted
+    /// after the transfer, with their digest).
+    defer_verified: bool,
 }
 
 impl Reporter {
@@ -71,7 +74,13 @@ impl Reporter {
             asked,
             capped: None,
             retries: 0,
+            defer_verified: false,
         }
+    }
+
+    /// See [`Reporter::defer_verified`]'s field.
+    pub(crate) fn defer_verified(&mut self, on: bool) {
+        self.defer_verified = on;
     }
 
     /// A failed session is about to be run again: a `retry` event, or a line on stderr.
@@ -151,6 +160,9 @@ impl Reporter {
         if self.mode == Mode::Json {
             // Each file's outcome as it arrives, before the progress that counts it.
             for f in &p.finished {
+                if self.defer_verified && f.status == ferry_engine::control::FileStatus::Verified {
+                    continue;
+                }
                 emit(
                     "file",
                     json!({ "path": f.path, "status": status_name(f.status), "reason": f.reason }),
