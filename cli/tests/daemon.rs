@@ -823,3 +823,139 @@ fn the_systemd_unit_verifies() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("ferry-serve.service:"), "{err}");
 }
+
+/// The four cases of a file whose name exists at the destination, against the source: the
+/// same bytes (the existing copy older), the same size with other bytes (newer), another
+/// size (newer), another size (older).
+const CASES: [&str; 4] = ["identical", "samesize", "newer", "older"];
+
+/// Writes the sources of the cases (and `absent`, which has no existing copy) into `src` and
+/// their existing copies into `dst`, with modification times around one instant.
+fn overwrite_cases(src: &Path, dst: &Path) {
+    let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let hour = std::time::Duration::from_secs(3600);
+    std::fs::create_dir_all(src).unwrap();
+    std::fs::create_dir_all(dst).unwrap();
+    let write = |p: &Path, bytes: &[u8], t: std::time::SystemTime| {
+        std::fs::write(p, bytes).unwrap();
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+    };
+    let cases: [(&str, &[u8], &[u8], std::time::SystemTime); 4] = [
+        ("identical", b"the same bytes", b"the same bytes", t0 - hour),
+        ("samesize", b"source bytes!!", b"other bytes!!!", t0 + hour),
+        ("newer", b"a longer source file", b"short", t0 + hour),
+        ("older", b"a longer source file", b"short", t0 - hour),
+    ];
+    for (name, source, existing, t) in cases {
+        write(&src.join(name), source, t0);
+        write(&dst.join(name), existing, t);
+    }
+    write(&src.join("absent"), b"new here", t0);
+}
+
+/// Checks the outcome of one policy: `want[i]` for `CASES[i]` is `R` (replaced by the source),
+/// `S` (skipped: kept, status `skipped`) or `F` (failed: kept, a failure); `absent` always
+/// arrives. Returns nothing; panics with `what`.
+fn check_overwrite(out: &std::process::Output, src: &Path, dst: &Path, want: &str, what: &str) {
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e["event"] == "file")
+        .collect();
+    let status_of = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(&format!("/{name}"))))
+            .map(|e| e["status"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{what}: no file event for {name}: {events:?}"))
+    };
+    for (name, w) in CASES.iter().zip(want.chars()) {
+        let got = std::fs::read(dst.join(name)).unwrap();
+        let source = std::fs::read(src.join(name)).unwrap();
+        let (status, replaced) = (status_of(name), got == source && *name != "identical");
+        match w {
+            'R' => {
+                assert_eq!(got, source, "{what}: {name} should be replaced");
+                assert_eq!(status, "verified", "{what}: {name}");
+            }
+            'S' => {
+                assert!(!replaced, "{what}: {name} should be kept");
+                assert_eq!(status, "skipped", "{what}: {name}");
+            }
+            _ => {
+                assert!(!replaced, "{what}: {name} should be kept");
+                assert_eq!(status, "storage_failed", "{what}: {name}");
+            }
+        }
+    }
+    assert_eq!(std::fs::read(dst.join("absent")).unwrap(), b"new here", "{what}");
+    let code = if want.contains('F') { 39 } else { 0 };
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", stderr(out));
+    let strays: Vec<_> = names(dst).into_iter().filter(|n| n.starts_with('.')).collect();
+    assert!(strays.is_empty(), "{what}: left behind {strays:?}");
+}
+
+/// `--overwrite` against the table of cases, both ways: on an upload to a user the server lets
+/// replace (dave) and to one it does not (alice), and on a download (this end decides).
+#[test]
+fn overwrite_policies_follow_the_table_both_ways() {
+    let dir = prepare();
+    let dave = format!(
+        "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\noverwrite = \"always\"\n",
+        dir.path().join("dave").display(),
+        public_line(&dir.path().join("id-dave"))
+    );
+    write_private(&dir.path().join("ferry.toml"), &config_text(dir.path(), &dave));
+    let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
+    let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+    let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
+    let d = Daemon { child, events, port: addr.port().to_string(), fingerprint, dir };
+    // (policy, what replacing is allowed gives, what "none given" means on a download)
+    let table = [
+        (None, "SSFF"),
+        (Some("never"), "SSSS"),
+        (Some("always"), "RRRR"),
+        (Some("diff"), "SSRR"),
+        (Some("older"), "RSSR"),
+        (Some("diff+older"), "SSSR"),
+    ];
+    for (i, (policy, want)) in table.iter().enumerate() {
+        let mut opts = vec!["--json"];
+        if let Some(p) = policy {
+            opts.extend(["--overwrite", p]);
+        }
+        let what = |how: &str| format!("{how}, --overwrite {}", policy.unwrap_or("(none)"));
+        // Download: the sources on the server, the existing copies here.
+        let name = format!("down{i}");
+        let (src, dst) = (d.path(&format!("dave/{name}")), d.path(&format!("local/d{i}/{name}")));
+        overwrite_cases(&src, &dst);
+        let mut args = opts.clone();
+        let (from, into) = (format!("dave@127.0.0.1:{name}"), format!("d{i}"));
+        args.extend([from.as_str(), into.as_str()]);
+        check_overwrite(&d.cp("dave", &args), &src, &dst, want, &what("download"));
+        // Upload to dave (who may replace): with no policy the server's own ("always") holds.
+        let name = format!("up{i}");
+        let (src, dst) = (d.path(&format!("local/{name}")), d.path(&format!("dave/{name}")));
+        overwrite_cases(&src, &dst);
+        give_to_daemon(&dst, 0o755);
+        let mut args = opts.clone();
+        args.extend([name.as_str(), "dave@127.0.0.1:."]);
+        let want_up = if policy.is_none() { "RRRR" } else { want };
+        check_overwrite(&d.cp("dave", &args), &src, &dst, want_up, &what("upload, may replace"));
+    }
+    // Upload to alice, whom the server does not let replace: nothing is replaced; what the
+    // policy would replace fails and is kept.
+    for (policy, want) in [(None, "SSFF"), (Some("always"), "FFFF"), (Some("diff"), "SSFF")] {
+        let name = format!("alice-{}", policy.unwrap_or("none"));
+        let (src, dst) = (d.path(&format!("local/{name}")), d.path(&format!("alice/{name}")));
+        overwrite_cases(&src, &dst);
+        give_to_daemon(&dst, 0o755);
+        let mut args = vec!["--json"];
+        if let Some(p) = policy {
+            args.extend(["--overwrite", p]);
+        }
+        args.extend([name.as_str(), "alice@127.0.0.1:."]);
+        let what = format!("upload, may not replace, --overwrite {}", policy.unwrap_or("(none)"));
+        check_overwrite(&d.cp("alice", &args), &src, &dst, want, &what);
+    }
+}

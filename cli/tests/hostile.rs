@@ -230,6 +230,7 @@ fn signed_hello(c: &quinn::Connection, key: &Ed25519KeyPair, d: Direction, port:
         path: ".".into(),
         user: String::new(),
         share: None,
+        overwrite: Default::default(),
         public_key: key.public_key().as_ref().try_into().unwrap(),
         signature: [0; 64],
     };

@@ -562,9 +562,17 @@ fn an_existing_destination_file_is_refused_at_setup() {
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
     std::fs::write(l.join("new"), b"replacement").unwrap();
-    let out = cp(&s, &["--host-key", &s.fingerprint, "new", "127.0.0.1:keep"], l);
+    // Without resume (nothing could make it the same file) and no --overwrite: at set-up.
+    let out = cp(&s, &["--host-key", &s.fingerprint, "-k", "0", "new", "127.0.0.1:keep"], l);
     assert_eq!(out.status.code(), Some(35), "{}", stderr(&out));
     assert!(stderr(&out).contains("already exists on the server"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("keep")).unwrap(), b"original");
+    assert_eq!(names(&s.docroot()), ["keep"]);
+    // With resume (the default) the file's size decides once it is announced: another size
+    // fails alone, and the original is kept.
+    let out = cp(&s, &["--host-key", &s.fingerprint, "new", "127.0.0.1:keep"], l);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists at the destination"), "{}", stderr(&out));
     assert_eq!(std::fs::read(s.docroot().join("keep")).unwrap(), b"original");
     assert_eq!(names(&s.docroot()), ["keep"]);
 }
@@ -1271,7 +1279,8 @@ fn file_checksum_reports_each_files_sha256() {
         v.sort();
         v
     };
-    let want: Vec<(String, String)> = want.iter().map(|(p, d)| (p.to_string(), d.clone())).collect();
+    let want: Vec<(String, String)> =
+        want.iter().map(|(p, d)| (p.to_string(), d.clone())).collect();
     let fp = s.fingerprint.clone();
     let up = cp(
         &s,
@@ -1284,8 +1293,17 @@ fn file_checksum_reports_each_files_sha256() {
     let dest = work.path().join("dest");
     std::fs::create_dir(&dest).unwrap();
     let args = [
-        "--host-key", &fp, "--json", "--file-checksum", "sha256", "--file-manifest", "json",
-        "--file-manifest-path", dest.to_str().unwrap(), "127.0.0.1:tree", dest.to_str().unwrap(),
+        "--host-key",
+        &fp,
+        "--json",
+        "--file-checksum",
+        "sha256",
+        "--file-manifest",
+        "json",
+        "--file-manifest-path",
+        dest.to_str().unwrap(),
+        "127.0.0.1:tree",
+        dest.to_str().unwrap(),
     ];
     let down = cp(&s, &args, work.path());
     assert!(down.status.success(), "{}", stderr(&down));
@@ -1307,12 +1325,17 @@ fn file_checksum_reports_each_files_sha256() {
     assert_eq!(in_manifest, want, "manifest");
     // Text mode: the tagged lines.
     std::fs::write(work.path().join("c.txt"), b"abc").unwrap();
-    let out = cp(&s, &["--host-key", &fp, "--file-checksum", "sha256", "c.txt", "127.0.0.1:"], work.path());
+    let out = cp(
+        &s,
+        &["--host-key", &fp, "--file-checksum", "sha256", "c.txt", "127.0.0.1:"],
+        work.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let line = format!("SHA256 (c.txt) = {}", hex(b"abc"));
     assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == line), "{out:?}");
     // Another type: a usage error, nothing sent.
-    let out = cp(&s, &["--host-key", &fp, "--file-checksum", "md5", "tree", "127.0.0.1:x"], work.path());
+    let out =
+        cp(&s, &["--host-key", &fp, "--file-checksum", "md5", "tree", "127.0.0.1:x"], work.path());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("sha256"), "{}", stderr(&out));
 }

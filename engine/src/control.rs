@@ -59,6 +59,9 @@ pub enum FileStatus {
     /// The sender could not read the file (it shrank, vanished or failed to read); nothing of it
     /// was kept.
     SourceFailed,
+    /// The receiver keeps the file of that name it already has, as the overwrite policy says
+    /// (the reason says why: identical, not older, exists); nothing is sent. Not a failure.
+    Skipped,
 }
 
 impl FileStatus {
@@ -68,6 +71,7 @@ impl FileStatus {
             FileStatus::DigestMismatch => 1,
             FileStatus::StorageFailed => 2,
             FileStatus::SourceFailed => 3,
+            FileStatus::Skipped => 4,
         }
     }
 
@@ -77,7 +81,76 @@ impl FileStatus {
             1 => Some(FileStatus::DigestMismatch),
             2 => Some(FileStatus::StorageFailed),
             3 => Some(FileStatus::SourceFailed),
+            4 => Some(FileStatus::Skipped),
             _ => None,
+        }
+    }
+
+    /// Whether the file's outcome is what was asked: verified, or skipped by the policy.
+    pub fn is_ok(self) -> bool {
+        matches!(self, FileStatus::Verified | FileStatus::Skipped)
+    }
+}
+
+/// What the receiver does with a file whose name already exists at the destination (`ferry cp
+/// --overwrite`, ascp's policies; docs/PROTOCOL.md 8.2). "Same" is judged by the resume level:
+/// at 1 and above, the same size (levels 2 and 3 compare as 1 does for now); at 0, never.
+/// "Older": the existing file's modification time is before the incoming one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// No policy given (Ferry's default, not one of ascp's): an existing file that is the same
+    /// is skipped, one that is not fails and is kept.
+    #[default]
+    Keep,
+    /// Every existing file is kept and the incoming one skipped.
+    Never,
+    /// Every existing file is replaced.
+    Always,
+    /// Replaced unless the same (then skipped): ascp's default.
+    Diff,
+    /// Replaced if older, else skipped.
+    Older,
+    /// Replaced if not the same and older, else skipped.
+    DiffOlder,
+}
+
+impl Overwrite {
+    /// The CLIENT_HELLO code (`Keep` is the absence of the field).
+    pub fn code(self) -> Option<u8> {
+        match self {
+            Overwrite::Keep => None,
+            Overwrite::Never => Some(0),
+            Overwrite::Always => Some(1),
+            Overwrite::Diff => Some(2),
+            Overwrite::Older => Some(3),
+            Overwrite::DiffOlder => Some(4),
+        }
+    }
+
+    /// The policy of a CLIENT_HELLO code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            0 => Overwrite::Never,
+            1 => Overwrite::Always,
+            2 => Overwrite::Diff,
+            3 => Overwrite::Older,
+            4 => Overwrite::DiffOlder,
+            _ => return None,
+        })
+    }
+
+    /// What to do with an existing regular file given whether it is the same as the incoming
+    /// one and whether it is older: `Ok(true)` replace, `Ok(false)` skip, `Err` keep it and fail
+    /// the incoming file (the reason).
+    pub fn decide(self, same: bool, older: bool) -> Result<bool, &'static str> {
+        match self {
+            Overwrite::Keep if same => Ok(false),
+            Overwrite::Keep => Err("exists"),
+            Overwrite::Never => Ok(false),
+            Overwrite::Always => Ok(true),
+            Overwrite::Diff => Ok(!same),
+            Overwrite::Older => Ok(older),
+            Overwrite::DiffOlder => Ok(!same && older),
         }
     }
 }
@@ -517,5 +590,41 @@ mod tests {
             bad.extend_from_slice(&min.to_be_bytes());
             assert!(matches!(ControlMessage::decode(&bad), Err(ParseError::Invalid(_))));
         }
+    }
+
+    #[test]
+    /// ascp's policies (and Ferry's default) as a table of (same, older) to replace / skip /
+    /// fail; status 4 (skipped) round-trips and is not a failure.
+    fn overwrite_policies_decide_as_documented() {
+        use super::Overwrite::*;
+        let cases = [(true, true), (true, false), (false, false), (false, true)];
+        let table = [
+            (Keep, "SSFF"),
+            (Never, "SSSS"),
+            (Always, "RRRR"),
+            (Diff, "SSRR"),
+            (Older, "RSSR"),
+            (DiffOlder, "SSSR"),
+        ];
+        for (policy, want) in table {
+            let got: String = cases
+                .iter()
+                .map(|&(same, older)| match policy.decide(same, older) {
+                    Ok(true) => 'R',
+                    Ok(false) => 'S',
+                    Err(_) => 'F',
+                })
+                .collect();
+            assert_eq!(got, want, "{policy:?}");
+            if let Some(c) = policy.code() {
+                assert_eq!(super::Overwrite::from_code(c), Some(policy));
+            }
+        }
+        assert_eq!(super::Overwrite::from_code(5), None);
+        assert_eq!(
+            super::FileStatus::from_code(super::FileStatus::Skipped.code()),
+            Some(super::FileStatus::Skipped)
+        );
+        assert!(super::FileStatus::Skipped.is_ok() && !super::FileStatus::StorageFailed.is_ok());
     }
 }

@@ -86,6 +86,9 @@ pub struct ClientHello {
     /// A download that is one session of a multi-session transfer: which share of the listing
     /// this session carries (docs/PROTOCOL.md 8.5).
     pub share: Option<Share>,
+    /// What the receiver does with files that exist at the destination (flag bit 6 and a
+    /// byte after the share fields; [`Overwrite::Keep`] is their absence).
+    pub overwrite: crate::control::Overwrite,
     /// The client's ed25519 public key.
     pub public_key: [u8; 32],
     /// Ed25519 signature over [`ClientHello::signed_message`].
@@ -119,6 +122,8 @@ pub const FLAG_PRESERVE_TIMES: u8 = 8;
 pub const RESUME_SHIFT: u8 = 4;
 /// The mask of the resume level's bits.
 pub const RESUME_MASK: u8 = 0b11 << RESUME_SHIFT;
+/// Flag bit: an overwrite policy byte follows the user name and the share fields.
+const FLAG_OVERWRITE: u8 = 64;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +164,10 @@ impl ClientHello {
         p.extend_from_slice(&self.min_rate.to_be_bytes());
         p.push(self.policy.code());
         p.extend_from_slice(&self.data_port.to_be_bytes());
-        let flags = (self.flags & !FLAG_SHARE) | if self.share.is_some() { FLAG_SHARE } else { 0 };
+        let overwrite = self.overwrite.code();
+        let flags = (self.flags & !(FLAG_SHARE | FLAG_OVERWRITE))
+            | if self.share.is_some() { FLAG_SHARE } else { 0 }
+            | if overwrite.is_some() { FLAG_OVERWRITE } else { 0 };
         p.push(flags);
         p.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
         p.extend_from_slice(self.path.as_bytes());
@@ -170,6 +178,9 @@ impl ClientHello {
             p.push(sh.count);
             p.extend_from_slice(&sh.threshold.to_be_bytes());
             p.extend_from_slice(&sh.transfer);
+        }
+        if let Some(code) = overwrite {
+            p.push(code);
         }
         p.extend_from_slice(&self.public_key);
         p
@@ -238,6 +249,12 @@ impl ClientHello {
         } else {
             None
         };
+        let overwrite = if flags & FLAG_OVERWRITE != 0 {
+            crate::control::Overwrite::from_code(r.u8()?)
+                .ok_or(ParseError::Invalid("overwrite policy"))?
+        } else {
+            crate::control::Overwrite::Keep
+        };
         let public_key = r.take(32)?.try_into().expect("32");
         let signature = r.take(64)?.try_into().expect("64");
         if !r.0.is_empty() {
@@ -254,10 +271,11 @@ impl ClientHello {
             min_rate,
             policy,
             data_port,
-            flags: flags & !FLAG_SHARE,
+            flags: flags & !(FLAG_SHARE | FLAG_OVERWRITE),
             path,
             user,
             share,
+            overwrite,
             public_key,
             signature,
         })
@@ -363,6 +381,8 @@ pub struct Plan {
     /// The resume level, 0 to 3 (flag bits 4-5; `-k`): 1 or more resumes interrupted partial
     /// files (docs/PROTOCOL.md 8.6).
     pub resume: u8,
+    /// What the receiver does with files that exist at the destination.
+    pub overwrite: crate::control::Overwrite,
     /// The client's data port.
     pub data_port: u16,
     /// The receiver's window cap.
@@ -538,6 +558,7 @@ pub fn negotiate<G: Permits>(
         create_dir: hello.direction == Direction::Upload && hello.flags & FLAG_CREATE_DIR != 0,
         preserve_times: hello.flags & FLAG_PRESERVE_TIMES != 0,
         resume: (hello.flags & RESUME_MASK) >> RESUME_SHIFT,
+        overwrite: hello.overwrite,
         data_port: hello.data_port,
         max_window: rules.max_window,
         share: hello.share,
@@ -770,6 +791,7 @@ mod tests {
             path: "in/ü".into(),
             user: "alice".into(),
             share: None,
+            overwrite: Default::default(),
             public_key: [3; 32],
             signature: [4; 64],
         }
@@ -795,6 +817,40 @@ mod tests {
         let mut other = h.clone();
         other.user = "mallory".into();
         assert_ne!(h.signed_message(&e), other.signed_message(&e));
+        // Every overwrite policy round-trips (with and without a share) and is signed; an
+        // unknown code is refused.
+        use crate::control::Overwrite;
+        for (ow, share) in [Overwrite::Never, Overwrite::Always, Overwrite::Diff]
+            .into_iter()
+            .chain([Overwrite::Older, Overwrite::DiffOlder])
+            .zip(
+                [None, Some(Share { index: 0, count: 2, threshold: 1, transfer: [9; 16] })]
+                    .into_iter()
+                    .cycle(),
+            )
+        {
+            let mut o = h.clone();
+            o.overwrite = ow;
+            if share.is_some() {
+                (o.direction, o.flags, o.share) = (Direction::Download, 0, share);
+            }
+            let mut buf = Vec::new();
+            o.encode(&mut buf);
+            let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+            assert_eq!(ClientHello::decode(payload).unwrap(), o);
+            assert_ne!(h.signed_message(&e), o.signed_message(&e));
+        }
+        let mut o = h.clone();
+        o.overwrite = Overwrite::Diff;
+        let mut buf = Vec::new();
+        o.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        let mut bad = payload.to_vec();
+        // The policy byte sits right before the public key and the signature.
+        let at = bad.len() - 96 - 1;
+        assert_eq!(bad[at], 2);
+        bad[at] = 9;
+        assert!(ClientHello::decode(&bad).is_err());
         // A download's share round-trips and is signed; a share on an upload, of one session,
         // or beyond its count is refused.
         let share = Share { index: 1, count: 3, threshold: 64 << 20, transfer: [5; 16] };

@@ -334,7 +334,11 @@ fn an_outage_stops_data_until_the_receiver_answers() {
         reverse.outage = Some(outage);
         let s = Scenario {
             files,
-            config: SessionConfig::new(seed, CipherSuite::Aes128, RateLimits { target: 4 * rate, min: 0 }),
+            config: SessionConfig::new(
+                seed,
+                CipherSuite::Aes128,
+                RateLimits { target: 4 * rate, min: 0 },
+            ),
             policy: Policy::Fair,
             forward,
             reverse,

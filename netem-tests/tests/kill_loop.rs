@@ -98,11 +98,7 @@ impl Loop<'_> {
         let (out, in_time) = cp.wait_output(DIRECTION_LIMIT).expect("ferry cp");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(in_time, "{what}: ferry cp did not finish: {stderr}");
-        assert!(
-            out.status.success(),
-            "{what}: {stderr}\nserver log: {}",
-            self.server.log_tail()
-        );
+        assert!(out.status.success(), "{what}: {stderr}\nserver log: {}", self.server.log_tail());
         let stdout = String::from_utf8_lossy(&out.stdout);
         let retries = stdout
             .lines()
@@ -206,8 +202,8 @@ fn kill_loop_resumes_and_never_leaves_a_damaged_final_file() {
     }
     let server_dir = scratch.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
-    let server = FerryServer::start_at(&ns, &ferry, &server_dir, "127.0.0.1", 33017)
-        .expect("ferry serve");
+    let server =
+        FerryServer::start_at(&ns, &ferry, &server_dir, "127.0.0.1", 33017).expect("ferry serve");
     let rate = format!("{}", (size as f64 * 8.0 / COPY_SECONDS).max(8e6) as u64);
     let mut lp = Loop { ns: &ns, server, work: &work, size, rate };
     let up = lp.run(Dir::Up, kills, &mut rng);

@@ -451,12 +451,9 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
             "no options but -C 2 (two sessions, the file in two parts)".into(),
         ),
         // Resume off: what the resume machinery (FILE_HAVE, the journal) costs a fresh copy.
-        "ferry-k0" => run_ferry_with(
-            env,
-            "ferry-k0",
-            &["-k", "0"],
-            "no options but -k 0 (resume off)".into(),
-        ),
+        "ferry-k0" => {
+            run_ferry_with(env, "ferry-k0", &["-k", "0"], "no options but -k 0 (resume off)".into())
+        }
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
         "ferry-small-up" => run_small_ferry(env, true, &[]),

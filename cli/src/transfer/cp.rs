@@ -121,13 +121,26 @@ pub(crate) struct CpArgs {
     /// checks every recorded chunk against the partial's bytes and sends only the rest, and the
     /// whole file is still verified end to end. A partial of another version of the source
     /// (its size or modification time changed) is started again. 0 resends everything and
-    /// leaves no partial behind. Ferry differs on purpose: ascp resumes only on a rerun and
-    /// compares whole files; levels 2 and 3 (ascp's sparse and full checksum of files already at
-    /// the destination) resume partials as 1 does and do not yet skip complete files, which
-    /// Ferry never overwrites unless the server's policy allows it.
+    /// leaves no partial behind. The level also says what makes a file already at the
+    /// destination "the same" for --overwrite: at 1 and above its size. Ferry differs on
+    /// purpose: ascp resumes only on a rerun; levels 2 and 3 (ascp's sparse and full checksum)
+    /// resume and compare as 1 does for now (every file is verified end to end anyway).
     #[arg(short = 'k', long = "resume", value_name = "LEVEL", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(0..=3))]
     resume: u8,
+    /// What happens to a file whose name already exists at the destination (ascp's
+    /// --overwrite): never (keep every existing file; the incoming one is skipped), always
+    /// (replace it), diff (replace it unless it is the same: ascp's default), older (replace it
+    /// if its modification time is older than the source's), diff+older (both). "The same" is
+    /// judged by -k: at 1 and above, the same size (levels 2 and 3 compare as 1 does for now);
+    /// at 0, never. An existing file is replaced only once the new copy verified, atomically;
+    /// a skipped file is reported with status `skipped` and its reason, and is no failure. The
+    /// server's policy may forbid replacing on an upload (the file then fails, kept as it was).
+    /// Ferry differs on purpose when none is given: an existing file that is the same is
+    /// skipped and one that is not fails and is kept (the file is never replaced unless asked).
+    #[arg(long = "overwrite", value_name = "POLICY",
+          value_parser = ["never", "always", "diff", "older", "diff+older"])]
+    overwrite: Option<String>,
     /// Report each transferred file's SHA-256 (ascp's --file-checksum; ascp also offers md5
     /// and sha1, Ferry only sha256): hashed from the local copy once the transfer ends (the
     /// source of an upload, if it has not changed since it was sent; the landed file of a
@@ -491,6 +504,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         create_dir: args.create_dir,
         preserve_times: args.preserve_times,
         resume: args.resume,
+        overwrite: overwrite_policy(args.overwrite.as_deref()),
     };
     let started = Instant::now();
     let reporter =
@@ -533,9 +547,10 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     if logging {
         for f in report.files.iter().filter(|f| f.status != FileStatus::Verified) {
             let path = ferry_engine::io::docroot::escape(&f.path, 300);
-            tracing::info!(target: "ferry::cp", "failed: {path}: {}", f.reason);
+            let what = if f.status.is_ok() { "skipped" } else { "failed" };
+            tracing::info!(target: "ferry::cp", "{what}: {path}: {}", f.reason);
         }
-        let failed = report.files.iter().filter(|f| f.status != FileStatus::Verified).count();
+        let failed = report.files.iter().filter(|f| !f.status.is_ok()).count();
         tracing::info!(
             target: "ferry::cp",
             "done: {} files ({failed} failed), {} bytes in {:.2} s, {retries} retries",
@@ -628,7 +643,8 @@ fn write_manifest(
         }
         for f in report.files.iter().filter(|f| !verified(f)) {
             let path = line(&f.path);
-            text.push_str(&format!("# failed: {path}: {}\n", super::log::sanitize(&f.reason)));
+            let what = if f.status.is_ok() { "skipped" } else { "failed" };
+            text.push_str(&format!("# {what}: {path}: {}\n", super::log::sanitize(&f.reason)));
         }
         text
     };
@@ -816,6 +832,20 @@ fn remove_sources(report: &DriveReport, sent: &[SourceFile], dirs: bool, json: b
     (files, removed_dirs)
 }
 
+/// `--overwrite`'s policy (`None`: none given).
+fn overwrite_policy(arg: Option<&str>) -> ferry_engine::control::Overwrite {
+    use ferry_engine::control::Overwrite;
+    match arg {
+        None => Overwrite::Keep,
+        Some("never") => Overwrite::Never,
+        Some("always") => Overwrite::Always,
+        Some("diff") => Overwrite::Diff,
+        Some("older") => Overwrite::Older,
+        Some("diff+older") => Overwrite::DiffOlder,
+        Some(other) => unreachable!("clap accepts only the listed policies, not {other}"),
+    }
+}
+
 /// The target rate a session asks for when `-l` gives none: the highest `-l` accepts, so that
 /// the policy alone (and the server's cap) decides.
 pub(crate) const UNCAPPED: u64 = 10_000_000_000_000;
@@ -868,9 +898,12 @@ fn transfer_blocking(
                 multi::upload(opts, storage, shares, &path, single, retry, observer, cancel).await
             }
             Job::Download { path, dest, sessions, threshold } => {
+                // Here the user's own policy is the only one: asked for, replacing is permitted.
                 let limits = SinkLimits {
                     preserve_mtime: opts.preserve_times,
                     resume: opts.resume > 0,
+                    overwrite: opts.overwrite,
+                    replace: opts.overwrite != ferry_engine::control::Overwrite::Keep,
                     ..SinkLimits::default()
                 };
                 let sink = move || {
@@ -923,7 +956,8 @@ fn summary(
     json: bool,
 ) -> Result<(), CliError> {
     let what = if direction == Direction::Upload { "upload" } else { "download" };
-    let failed: Vec<_> = report.files.iter().filter(|f| f.status != FileStatus::Verified).collect();
+    let failed: Vec<_> = report.files.iter().filter(|f| !f.status.is_ok()).collect();
+    let skipped = report.files.iter().filter(|f| f.status == FileStatus::Skipped).count();
     let (bytes, nfiles) = (report.file_bytes, report.files.len());
     if json {
         let mut fields = progress::done_fields(report, what, secs);
@@ -933,11 +967,14 @@ fn summary(
         progress::emit("done", fields);
     } else {
         let rate = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
-        let files = if failed.is_empty() {
+        let mut files = if failed.is_empty() {
             format!("complete: {nfiles} files")
         } else {
             format!("finished: {} of {nfiles} files", nfiles - failed.len())
         };
+        if skipped > 0 {
+            files.push_str(&format!(" ({skipped} skipped: already at the destination)"));
+        }
         let retried = match retries {
             0 => String::new(),
             1 => ", after 1 retry".to_owned(),

@@ -99,6 +99,7 @@ pub(crate) fn run(args: DoctorArgs) -> Result<(), CliError> {
         create_dir: false,
         preserve_times: false,
         resume: 0,
+        overwrite: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;

@@ -227,13 +227,16 @@ pub(crate) fn done_fields(r: &DriveReport, direction: &str, seconds: f64) -> Val
     let failed: Vec<Value> = r
         .files
         .iter()
-        .filter(|f| f.status != ferry_engine::control::FileStatus::Verified)
+        .filter(|f| !f.status.is_ok())
         .map(|f| json!({ "path": f.path, "status": status_name(f.status), "reason": f.reason }))
         .collect();
+    let skipped =
+        r.files.iter().filter(|f| f.status == ferry_engine::control::FileStatus::Skipped).count();
     json!({
         "direction": direction,
         "files": r.files.len(),
         "files_failed": failed.len(),
+        "files_skipped": skipped,
         "failed": failed,
         "bytes": r.file_bytes,
         "seconds": round3(seconds),
@@ -261,6 +264,7 @@ pub(crate) fn status_name(s: ferry_engine::control::FileStatus) -> &'static str 
         DigestMismatch => "digest_mismatch",
         StorageFailed => "storage_failed",
         SourceFailed => "source_failed",
+        Skipped => "skipped",
     }
 }
 

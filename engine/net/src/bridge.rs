@@ -146,7 +146,9 @@ impl SessionHandle {
                     self.input.waker.wake();
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                Err(mpsc::error::TrySendError::Full(back))
+                    if std::time::Instant::now() < deadline =>
+                {
                     m = back;
                     self.input.waker.wake();
                     std::thread::sleep(Duration::from_millis(1));

@@ -74,6 +74,10 @@ pub struct ClientOptions {
     /// and the next attempt sends only what it does not hold. On a download the caller's sink
     /// must resume too ([`SinkLimits::resume`](ferry_engine::io::files::SinkLimits)).
     pub resume: u8,
+    /// What the receiver does with files that exist at the destination (`--overwrite`): the
+    /// server on an upload (within what its policy permits), this end's sink on a download
+    /// ([`SinkLimits::overwrite`](ferry_engine::io::files::SinkLimits)).
+    pub overwrite: ferry_engine::control::Overwrite,
 }
 
 fn for_user(user: &str) -> String {
@@ -578,6 +582,7 @@ fn hello(
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
         share: role.share,
+        overwrite: opts.overwrite,
         public_key: *opts.identity.public(),
         signature: [0; 64],
     };

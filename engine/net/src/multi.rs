@@ -320,7 +320,7 @@ async fn download_share(
                 if earlier {
                     continue; // refused here because an earlier attempt received it
                 }
-                if f.status == FileStatus::Verified {
+                if f.status.is_ok() {
                     received.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.clone());
                 }
                 match slot_of.get(&entry) {
@@ -335,7 +335,7 @@ async fn download_share(
         match result {
             Ok(()) => break,
             Err(e) => {
-                let left = outcome.iter().filter(|(_, f)| f.status != FileStatus::Verified).count();
+                let left = outcome.iter().filter(|(_, f)| !f.status.is_ok()).count();
                 attempts.again(e, attempt, slot, left, &observer, &stop).await?;
             }
         }
@@ -462,7 +462,7 @@ fn per_file(files: Vec<(Entry, FileReport)>) -> Vec<FileReport> {
         }
         match index.get(&src.path) {
             Some(&i) => {
-                if out[i].status == FileStatus::Verified && f.status != FileStatus::Verified {
+                if out[i].status.is_ok() && !f.status.is_ok() {
                     out[i] = FileReport { file: i as u32, ..f };
                 }
             }

@@ -14,13 +14,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_engine::control::Overwrite;
 use ferry_engine::crypto::SessionSecret;
 use ferry_engine::io::docroot::{Docroot, Kind, RelPath, escape};
 use ferry_engine::io::driver::{DataSocket, DriveReport, Progress, ReceiverSide, SenderSide, Side};
 use ferry_engine::io::files::{Destination, SinkLimits};
-use ferry_engine::io::{ClaimTicket, Claims};
 use ferry_engine::io::source::{self, SourceLimits};
 use ferry_engine::io::storage::Storage;
+use ferry_engine::io::{ClaimTicket, Claims};
 use ferry_engine::rate::RateLimits;
 use ferry_engine::session::{Receiver, Sender, SessionConfig, block_size_for_datagram};
 use ferry_engine::setup::{self, ClientHello, Direction, HelloError, Refusal, Rules};
@@ -775,11 +776,13 @@ fn receiver(
         plan.wants_dir,
         plan.may_name_file,
         plan.create_dir,
-        replace,
+        // The file's own decision (the sink's) can keep, skip or replace it: not refused here.
+        replace || plan.overwrite != Overwrite::Keep || plan.resume > 0,
     )?;
     let limits = SinkLimits {
         max_open: ctx.post.max_open_files,
         replace,
+        overwrite: plan.overwrite,
         preserve_mtime: plan.preserve_times,
         resume: plan.resume > 0,
         claims: Some(ClaimTicket {
@@ -895,8 +898,9 @@ fn upload_destination(
         Some(_) if wants_dir => {
             return Err(path_refusal(format!("{} is not a directory", rel.shown())));
         }
-        // The single file the client names exists: replaced at the end under the overwrite
-        // policy, else known now, so refused now (PROTOCOL 8.2).
+        // The single file the client names exists: decided for the file (replaced at the end,
+        // skipped or failed) when a policy could keep or replace it, else refused now
+        // (PROTOCOL 8.2).
         Some(Kind::File) if may_name_file && replace => return Ok(Destination::File(rel)),
         Some(_) if may_name_file => return Err(Refusal::Exists(rel.shown().to_string())),
         _ => {}

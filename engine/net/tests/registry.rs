@@ -66,6 +66,7 @@ impl Running {
             create_dir: false,
             preserve_times: false,
             resume: 0,
+            overwrite: Default::default(),
         }
     }
 

@@ -148,6 +148,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         create_dir: false,
         preserve_times: false,
         resume: 0,
+        overwrite: Default::default(),
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

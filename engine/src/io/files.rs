@@ -25,10 +25,16 @@ pub struct SinkLimits {
     /// Most partial files open at once (descriptors); others are closed and opened again when
     /// more of their blocks arrive.
     pub max_open: usize,
-    /// The overwrite policy: `false` (the default) refuses a file whose name exists; `true`
-    /// lets a verified file replace an existing regular file of its name, atomically, at the
-    /// end (until then the old file is untouched; a failed transfer leaves it as it was).
+    /// Whether this end permits replacing: `false` (the default) never replaces an existing
+    /// file; `true` lets a verified file replace an existing regular file of its name,
+    /// atomically, at the end (until then the old file is untouched; a failed transfer leaves
+    /// it as it was), where [`SinkLimits::overwrite`] says so. With
+    /// [`Overwrite::Keep`](crate::control::Overwrite) (no policy asked for) it replaces every
+    /// existing file, as before policies existed.
     pub replace: bool,
+    /// The overwrite policy the client asked for (`--overwrite`): which existing files are
+    /// replaced (if [`SinkLimits::replace`] permits), skipped or failed.
+    pub overwrite: crate::control::Overwrite,
     /// Give each completed file the modification time its FILE frame carries (`-p`; a FILE with
     /// `mtime_ns` 0 keeps the time of writing).
     pub preserve_mtime: bool,
@@ -44,7 +50,14 @@ pub struct SinkLimits {
 
 impl Default for SinkLimits {
     fn default() -> Self {
-        Self { max_open: 64, replace: false, preserve_mtime: false, resume: false, claims: None }
+        Self {
+            max_open: 64,
+            replace: false,
+            overwrite: crate::control::Overwrite::Keep,
+            preserve_mtime: false,
+            resume: false,
+            claims: None,
+        }
     }
 }
 
@@ -101,6 +114,9 @@ struct SinkFile {
     /// A resumable file of a resuming session: its journal is claimed when it is announced
     /// (if its directory exists) or when its partial is created.
     resumable: bool,
+    /// An existing file of its name is replaced when it moves into place (the overwrite
+    /// policy decided so when it was announced).
+    replace: bool,
     /// Its journal, while this sink holds it (then `suffix` is the deterministic one).
     journal: Option<Box<super::journal::Journal>>,
     /// Chunks resumed from an earlier attempt, until [`BlockSink::resumed`] takes them.
@@ -518,7 +534,9 @@ impl FileSink {
     }
 
     /// Where the file of `entry` goes: its directory and name beneath the docroot.
-    fn resolve(&self, entry: &FileEntry) -> io::Result<(RelPath, String)> {
+    /// Also whether an existing file of its name is to be replaced (the overwrite policy);
+    /// an existing file the policy keeps makes this a [`skip`](crate::session::skip) error.
+    fn resolve(&self, entry: &FileEntry) -> io::Result<(RelPath, String, bool)> {
         let rel = RelPath::parse(&entry.path).map_err(invalid)?;
         let target = match &self.dest {
             Destination::Dir(dir) => dir.join_path(&rel),
@@ -543,21 +561,50 @@ impl FileSink {
             Some((_, dir)) => dir.meta(&name).ok().flatten(),
             None => self.root.meta(&target).ok().flatten(),
         };
-        if self.limits.replace
-            && existing.as_ref().is_none_or(|m| m.kind == super::docroot::Kind::File)
-        {
-            return Ok((parent, name));
-        }
-        if existing.is_some() {
+        let Some(existing) = existing else { return Ok((parent, name, false)) };
+        let shown = rel.shown();
+        if existing.kind != super::docroot::Kind::File {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} already exists at the destination; Ferry does not overwrite files (remove it or choose another destination)",
-                    rel.shown()
+                    "{shown} already exists at the destination and is not a regular file; Ferry replaces only files (remove it or choose another destination)"
                 ),
             ));
         }
-        Ok((parent, name))
+        use crate::control::Overwrite;
+        let policy = self.limits.overwrite;
+        let whole = entry.part.map_or(entry.size, |p| p.total);
+        let same = self.limits.resume && existing.size == whole;
+        let older = existing.mtime_ns < entry.mtime_ns;
+        let verdict = if policy == Overwrite::Keep && self.limits.replace {
+            Ok(true)
+        } else {
+            policy.decide(same, older)
+        };
+        match verdict {
+            Ok(true) if self.limits.replace => Ok((parent, name, true)),
+            Ok(true) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{shown} already exists at the destination and the receiving end does not allow replacing files (its administrator decides); nothing was changed"
+                ),
+            )),
+            Ok(false) => Err(crate::session::skip(match policy {
+                Overwrite::Never => "exists at the destination (--overwrite never)".to_owned(),
+                _ if same => format!(
+                    "the same size ({} bytes) at the destination: kept (compared by size, -k {})",
+                    existing.size,
+                    if self.limits.resume { "1 or more" } else { "0" }
+                ),
+                _ => "the destination's copy is not older: kept".to_owned(),
+            })),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{shown} already exists at the destination with another size; Ferry does not overwrite files unless asked (--overwrite diff replaces it once the new copy verified; remove it or choose another destination)"
+                ),
+            )),
+        }
     }
 
     /// Renames the complete partial of `file` into place (for a part: counts it, and moves the
@@ -569,7 +616,7 @@ impl FileSink {
             let sf = &mut self.files[file as usize];
             let claim = sf.claim.take().ok_or_else(|| io::Error::other("no bytes of the part"))?;
             let claim = if self.limits.preserve_mtime { claim.preserving_mtime() } else { claim };
-            claim.complete(sf.mode, self.limits.replace)?;
+            claim.complete(sf.mode, sf.replace)?;
             sf.stage = Stage::Done;
             return Ok(());
         }
@@ -586,7 +633,7 @@ impl FileSink {
         f.sync_all()?;
         self.close(file);
         drop(f);
-        let replace = self.limits.replace;
+        let replace = self.files[file as usize].replace;
         let dir = self.dir(&parent)?;
         move_into_place(dir, &partial, &name, replace)?;
         self.files[file as usize].stage = Stage::Done;
@@ -656,7 +703,7 @@ impl BlockSink for FileSink {
         if entry.id as usize != self.files.len() {
             return Err(io::Error::other("file ids out of sequence"));
         }
-        let resolved = self.resolve(entry).and_then(|(p, n)| {
+        let resolved = self.resolve(entry).and_then(|(p, n, replace)| {
             let parent = self.intern(p);
             if self.limits.replace && !self.claimed.insert((parent, n.clone())) {
                 return Err(io::Error::new(
@@ -668,12 +715,14 @@ impl BlockSink for FileSink {
                     ),
                 ));
             }
-            Ok((parent, n))
+            Ok((parent, n, replace))
         });
-        let (parent, name, stage, result) = match resolved {
-            Ok((p, n)) => (p, n, Stage::Announced, Ok(())),
+        let (parent, name, replace, stage, result) = match resolved {
+            Ok((p, n, r)) => (p, n, r, Stage::Announced, Ok(())),
             // Refused: nothing will be written; the manifest path is kept for reports.
-            Err(e) => (self.intern(RelPath::root()), entry.path.clone(), Stage::Done, Err(e)),
+            Err(e) => {
+                (self.intern(RelPath::root()), entry.path.clone(), false, Stage::Done, Err(e))
+            }
         };
         self.files.push(SinkFile {
             parent,
@@ -689,6 +738,7 @@ impl BlockSink for FileSink {
             resumable: false,
             journal: None,
             resumed: Vec::new(),
+            replace,
         });
         if result.is_ok()
             && self.limits.resume
@@ -870,7 +920,7 @@ mod tests {
         let mut sink = FileSink::new(
             root,
             Destination::Dir(RelPath::root()),
-            SinkLimits { max_open: 3, replace: false, preserve_mtime: false, resume: false, claims: None },
+            SinkLimits { max_open: 3, ..SinkLimits::default() },
         );
         for i in 0..20 {
             sink.open(&entry(i, &format!("d{}/f{i}", i % 4), 2 * WRITE_BEHIND as u64)).unwrap();

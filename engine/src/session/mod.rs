@@ -163,10 +163,35 @@ pub enum SinkError {
     Io(io::Error),
 }
 
+/// The error of a [`BlockSink::open`] that keeps an existing file by the overwrite policy
+/// ([`skip`]): the file is reported [`FileStatus::Skipped`](crate::control::FileStatus), not
+/// failed.
+#[derive(Debug)]
+struct Skip(String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
+/// An error for [`BlockSink::open`] saying the file is skipped, with `reason`.
+pub fn skip(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::AlreadyExists, Skip(reason))
+}
+
+/// Whether `e` came from [`skip`].
+pub fn is_skip(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Skip>())
+}
+
 /// Where a [`Receiver`] writes file bytes.
 pub trait BlockSink {
     /// A new file was announced; prepare to receive it. An error refuses this file only (it is
-    /// reported as failed and its blocks are skipped); the session goes on. After a refusal the
+    /// reported as failed and its blocks are skipped, or as skipped if it came from [`skip`]);
+    /// the session goes on. After a refusal the
     /// sink is not asked about the file again except by [`BlockSink::finish`] with `false`.
     fn open(&mut self, file: &FileEntry) -> io::Result<()>;
     /// Stores `data` at `offset` of file `file`. Blocks arrive in any order, each exactly once.

@@ -267,7 +267,14 @@ impl Receiver {
                         }
                         self.try_finish(entry.id, sink)
                     }
-                    Err(e) => self.refuse(entry.id, FileStatus::StorageFailed, &e, sink),
+                    Err(e) => {
+                        let status = if super::is_skip(&e) {
+                            FileStatus::Skipped
+                        } else {
+                            FileStatus::StorageFailed
+                        };
+                        self.refuse(entry.id, status, &e, sink)
+                    }
                 }
             }
             ControlMessage::ManifestEnd { files } => {
@@ -632,7 +639,7 @@ impl Receiver {
         f.expected = None;
         f.held = Vec::new();
         self.verified += 1;
-        if status != FileStatus::Verified {
+        if !status.is_ok() {
             self.stats.files_failed += 1;
         }
         self.control_out.push_back(ControlMessage::FileResult {

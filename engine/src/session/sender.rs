@@ -295,7 +295,7 @@ impl Sender {
                 // A refusal may come at any time; a verdict on the content only after the
                 // digest; a source failure only for a file this end gave up.
                 let allowed = match status {
-                    FileStatus::StorageFailed => true,
+                    FileStatus::StorageFailed | FileStatus::Skipped => true,
                     FileStatus::Verified | FileStatus::DigestMismatch => digest_sent,
                     FileStatus::SourceFailed => f.abandoned,
                 };
