@@ -114,6 +114,22 @@ impl Daemon {
         Daemon { child, events, port: addr.port().to_string(), fingerprint, dir }
     }
 
+    /// [`Daemon::start`] with a fourth user, dave, whom the server lets replace files
+    /// (`overwrite = "always"`).
+    fn with_dave() -> Self {
+        let dir = prepare();
+        let dave = format!(
+            "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\noverwrite = \"always\"\n",
+            dir.path().join("dave").display(),
+            public_line(&dir.path().join("id-dave"))
+        );
+        write_private(&dir.path().join("ferry.toml"), &config_text(dir.path(), &dave));
+        let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
+        let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+        let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
+        Daemon { child, events, port: addr.port().to_string(), fingerprint, dir }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
@@ -419,17 +435,7 @@ fn configuration_errors_name_the_file_the_line_and_a_fix() {
 /// is untouched; dave ("always") replaces his, a single file and a file in a tree alike.
 #[test]
 fn the_overwrite_policy_replaces_only_when_allowed() {
-    let dir = prepare();
-    let dave = format!(
-        "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\noverwrite = \"always\"\n",
-        dir.path().join("dave").display(),
-        public_line(&dir.path().join("id-dave"))
-    );
-    write_private(&dir.path().join("ferry.toml"), &config_text(dir.path(), &dave));
-    let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
-    let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
-    let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
-    let d = Daemon { child, events, port: addr.port().to_string(), fingerprint, dir };
+    let d = Daemon::with_dave();
     std::fs::create_dir(d.path("local/t")).unwrap();
     for (who, content) in [("alice", "first"), ("dave", "first")] {
         std::fs::write(d.path("local/f"), content).unwrap();
@@ -899,17 +905,7 @@ fn check_overwrite(out: &std::process::Output, src: &Path, dst: &Path, want: &st
 /// replace (dave) and to one it does not (alice), and on a download (this end decides).
 #[test]
 fn overwrite_policies_follow_the_table_both_ways() {
-    let dir = prepare();
-    let dave = format!(
-        "\n[[user]]\nname = \"dave\"\ndocroot = \"{}\"\nkeys = [\"{}\"]\noverwrite = \"always\"\n",
-        dir.path().join("dave").display(),
-        public_line(&dir.path().join("id-dave"))
-    );
-    write_private(&dir.path().join("ferry.toml"), &config_text(dir.path(), &dave));
-    let (child, events, listening) = launch(dir.path(), &["--config", "ferry.toml"]);
-    let addr: std::net::SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
-    let fingerprint = listening["host_key"].as_str().unwrap().to_owned();
-    let d = Daemon { child, events, port: addr.port().to_string(), fingerprint, dir };
+    let d = Daemon::with_dave();
     // (policy, what replacing is allowed gives, what "none given" means on a download)
     let table = [
         (None, "SSFF"),

@@ -694,13 +694,8 @@ fn file_checksums(
         sent.iter().map(|f| (f.manifest.as_str(), f)).collect();
     // A download's destination: a directory the files landed beneath, or the single file.
     let landed = std::path::absolute(dest).ok().map(|d| {
-        if d.is_dir() {
-            (Docroot::open(&d).ok(), None)
-        } else {
-            let parent = d.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
-            let name = d.file_name().and_then(|n| n.to_str()).map(str::to_owned);
-            (Docroot::open(&parent).ok(), name)
-        }
+        let (dir, name) = download_target(&d);
+        (Docroot::open(&dir).ok(), name.map(str::to_owned))
     });
     report
         .files
@@ -1130,22 +1125,31 @@ fn download_sink(dest: &str, limits: SinkLimits) -> Result<Box<dyn BlockSink + S
             .map(Arc::new)
             .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
     };
-    if d.is_dir() {
-        let root = open(&d)?;
+    let (dir, name) = download_target(&d);
+    let Some(name) = name else {
+        let root = open(&dir)?;
         return sink(root, Destination::Dir(RelPath::root()), dest, limits);
+    };
+    if !dir.is_dir() || dest.ends_with('/') {
+        return Err(CliError::new(Exit::Local, format!("{dest}: no such directory"))
+            .hint("create the destination directory first"));
+    }
+    let name =
+        RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
+    sink(open(&dir)?, Destination::File(name), dest, limits)
+}
+
+/// Where a download into the absolute path `d` lands: beneath `d` if it is a directory
+/// (`None`), else as the file named by its last component in its parent directory.
+fn download_target(d: &Path) -> (PathBuf, Option<&str>) {
+    if d.is_dir() {
+        return (d.to_owned(), None);
     }
     let parent = match d.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() || dest.ends_with('/') {
-        return Err(CliError::new(Exit::Local, format!("{dest}: no such directory"))
-            .hint("create the destination directory first"));
-    }
-    let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let name =
-        RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
-    sink(open(&parent)?, Destination::File(name), dest, limits)
+    (parent, Some(d.file_name().and_then(|n| n.to_str()).unwrap_or_default()))
 }
 
 fn sink(

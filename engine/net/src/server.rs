@@ -776,7 +776,6 @@ fn receiver(
         plan.wants_dir,
         plan.may_name_file,
         plan.create_dir,
-        // The file's own decision (the sink's) can keep, skip or replace it: not refused here.
         replace || plan.overwrite != Overwrite::Keep || plan.resume > 0,
     )?;
     let limits = SinkLimits {
@@ -883,7 +882,9 @@ fn upload_destination(
     wants_dir: bool,
     may_name_file: bool,
     create_dir: bool,
-    replace: bool,
+    // Whether an existing single file can be decided for once it is announced (replaced,
+    // skipped or failed by the sink): a policy could keep or replace it.
+    decided_per_file: bool,
 ) -> Result<Destination, Refusal> {
     let path_refusal = Refusal::Path;
     let meta = root.meta(&rel).map_err(|e| path_refusal(e.to_string()))?;
@@ -901,7 +902,9 @@ fn upload_destination(
         // The single file the client names exists: decided for the file (replaced at the end,
         // skipped or failed) when a policy could keep or replace it, else refused now
         // (PROTOCOL 8.2).
-        Some(Kind::File) if may_name_file && replace => return Ok(Destination::File(rel)),
+        Some(Kind::File) if may_name_file && decided_per_file => {
+            return Ok(Destination::File(rel));
+        }
         Some(_) if may_name_file => return Err(Refusal::Exists(rel.shown().to_string())),
         _ => {}
     }

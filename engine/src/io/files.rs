@@ -592,9 +592,9 @@ impl FileSink {
             Ok(false) => Err(crate::session::skip(match policy {
                 Overwrite::Never => "exists at the destination (--overwrite never)".to_owned(),
                 _ if same => format!(
-                    "the same size ({} bytes) at the destination: kept (compared by size, -k {})",
-                    existing.size,
-                    if self.limits.resume { "1 or more" } else { "0" }
+                    "the same size ({} bytes) at the destination: kept (compared by size, as -k 1 \
+                     and above do)",
+                    existing.size
                 ),
                 _ => "the destination's copy is not older: kept".to_owned(),
             })),

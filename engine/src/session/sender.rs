@@ -87,7 +87,7 @@ enum Next {
 
 /// Second copies queued at most (more retransmissions in the tail are sent once).
 const MAX_AGAIN: usize = 1 << 16;
-/// The shortest receiver silence that stops data (docs/PROTOCOL.md 7).
+/// The shortest receiver silence that stops data (docs/PROTOCOL.md 5.1, a silent receiver).
 pub const MIN_SILENCE: Duration = Duration::from_millis(250);
 /// The silence that stops data before the first RTT sample: the first feedback comes a round
 /// trip after the first block, and the longest paths served take about a second.
