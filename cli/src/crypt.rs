@@ -55,7 +55,7 @@ const EXIT_INTEGRITY: Exit = Exit::CryptIntegrity;
 const EXIT_KDF_BOUNDS: Exit = Exit::CryptKdfBounds;
 
 /// Environment variable holding the passphrase (never pass it in argv).
-const PASS_ENV: &str = "FERRY_FILEPASS";
+pub(crate) const PASS_ENV: &str = "FERRY_FILEPASS";
 /// Environment variable holding the new passphrase for `rewrap`.
 const NEW_PASS_ENV: &str = "FERRY_FILEPASS_NEW";
 
@@ -195,9 +195,10 @@ fn map_err(e: AtRestError, path: &Path) -> CliError {
         E::Io(_) => {
             (EXIT_IO, "check that the path exists and is readable, and that the disk has space")
         }
-        E::NotAnEnvelope => {
-            (EXIT_FORMAT, "this file was not produced by `ferry crypt encrypt`; nothing to decrypt")
-        }
+        E::NotAnEnvelope => (
+            EXIT_FORMAT,
+            "this file was not sealed by `ferry crypt encrypt` or `ferry cp --file-crypt encrypt`; nothing to decrypt",
+        ),
         E::UnsupportedVersion { .. } | E::UnsupportedSuite { .. } => {
             (EXIT_FORMAT, "upgrade ferry to a version that reads this envelope format")
         }
@@ -290,7 +291,11 @@ fn io_err(what: &str, path: &Path, e: &io::Error) -> CliError {
 }
 
 /// The passphrase from `var`, or a prompt on the terminal (twice when `confirm`).
-fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Zeroizing<String>, CliError> {
+pub(crate) fn passphrase(
+    var: &str,
+    prompt: &str,
+    confirm: bool,
+) -> Result<Zeroizing<String>, CliError> {
     if let Some(v) = std::env::var_os(var) {
         let s = v
             .into_string()
@@ -324,6 +329,52 @@ fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Zeroizing<String
         }
     }
     Ok(first)
+}
+
+/// The passphrase of `ferry cp --file-crypt`: `FERRY_FILEPASS`; else the active `filepass`
+/// secret of this user's local keystore (`FERRY_LOCAL_KEYSTORE`, default
+/// `~/.ferry/localkeystore.db`), if that keystore exists; else a prompt on the terminal (twice
+/// when `confirm`, for new envelopes).
+pub(crate) fn file_passphrase(confirm: bool) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    use ferry_engine::atrest::KeyResolver;
+    if std::env::var_os(PASS_ENV).is_none() {
+        let path = std::env::var_os("FERRY_LOCAL_KEYSTORE").map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|h| ferry_keystore::default_local_keystore(Path::new(&h)))
+        });
+        if let Some(path) = path.filter(|p| p.exists()) {
+            let opts = ferry_keystore::Options::new().actor("ferry cp");
+            let ks = Keystore::open_local(&path, &opts)
+                .map_err(|e| crate::keys::keystore_error(e, None))?;
+            let user = crate::keys::current_user_name();
+            if let Ok(v) = ks.active_version(&user, "filepass") {
+                let key = KeyResolver::resolve(&ks, &user, "filepass", v).map_err(|e| {
+                    CliError::new(
+                        EXIT_NO_PASSPHRASE,
+                        format!("cannot read the filepass secret of {user}: {e}"),
+                    )
+                    .hint("check it with `ferry keys -s filepass -H`")
+                })?;
+                return Ok(Zeroizing::new(key.secret.expose().to_vec()));
+            }
+        }
+    }
+    let prompt = if confirm { "Passphrase for the new envelopes: " } else { "Passphrase: " };
+    let p = passphrase(PASS_ENV, prompt, confirm).map_err(|e| {
+        if e.code == EXIT_NO_PASSPHRASE && e.message.starts_with("no passphrase") {
+            e.hint(format!(
+                "set {PASS_ENV}, or store one in your local keystore: `ferry keys -s filepass`                  (reads it from stdin)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
+}
+
+/// The exit code and hint of an envelope a download could not open (`ferry cp --file-crypt
+/// decrypt`): the same as `ferry crypt decrypt`'s.
+pub(crate) fn open_failure(e: AtRestError) -> CliError {
+    map_err(e, Path::new("an envelope"))
 }
 
 /// An output file being written. Where the file system allows it (`O_TMPFILE`: ext4, XFS,

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use ferry_engine::atrest::Argon2Params;
 use ferry_engine::control::FileStatus;
 use ferry_engine::crypto::CipherSuite;
 use ferry_engine::io::docroot::{Docroot, RelPath};
 use ferry_engine::io::driver::DriveReport;
+use ferry_engine::io::envelope::{Envelopes, Passkey};
 use ferry_engine::io::files::{Destination, SinkLimits};
 use ferry_engine::io::filter::{Rule, Rules};
 use ferry_engine::io::source::{self, SourceFile, SourceLimits};
@@ -151,6 +153,20 @@ pub(crate) struct CpArgs {
     #[arg(long = "file-checksum", value_name = "TYPE", default_value = "none",
           value_parser = ["sha256", "none"])]
     file_checksum: String,
+    /// Client-side encryption (ascp's --file-crypt). `encrypt` (uploads): each file is sealed
+    /// into an envelope (docs/FORMAT.md) as it is sent, in bounded memory, and stored on the
+    /// server as NAME.ferry; the server never sees the passphrase, the keys or the plaintext.
+    /// `decrypt` (downloads): each envelope is opened as it arrives and its plaintext lands
+    /// under the name without `.ferry`, once the whole envelope verified; without it an
+    /// envelope lands as it is. The passphrase: FERRY_FILEPASS, else the `filepass` secret of
+    /// your local keystore (`ferry keys -s filepass`), else a prompt (twice for encrypt); never
+    /// an argument. A wrong passphrase (exit 11), something that is not an envelope (10), or a
+    /// damaged or cut envelope (13) leaves no file. Files are sent whole (never in -C parts),
+    /// and an interrupted encrypted upload sends its files again from the start (-k applies to
+    /// downloads). Ferry differs on purpose: ascp's envelope format is its own; Ferry's is
+    /// documented.
+    #[arg(long = "file-crypt", value_name = "MODE", value_parser = ["encrypt", "decrypt"])]
+    file_crypt: Option<String>,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
     /// port with its control connection (the server tells the client its data port at set-up),
     /// so there is no separate data port to choose.
@@ -424,6 +440,26 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 .into(),
         ));
     }
+    let envelopes = match (args.file_crypt.as_deref(), direction) {
+        (None, _) => None,
+        (Some("encrypt"), Direction::Upload) | (Some("decrypt"), Direction::Download) => {
+            let encrypt = direction == Direction::Upload;
+            let pass = crate::crypt::file_passphrase(encrypt)?;
+            let passkey = Arc::new(Passkey::new(pass, Argon2Params::DEFAULT));
+            if encrypt {
+                // The one derivation, before anything else (it takes a moment and 64 MiB).
+                passkey.sealing_key().map_err(crate::crypt::open_failure)?;
+            }
+            Some(Envelopes::new(passkey))
+        }
+        (Some(mode), _) => {
+            let (what, other) =
+                if mode == "encrypt" { ("seals", "an upload") } else { ("opens", "a download") };
+            return Err(usage(format!(
+                "--file-crypt {mode} {what} envelopes in {other}; this is not one"
+            )));
+        }
+    };
     let log_file = args.log_dir.as_deref().map(open_log).transpose()?;
     let logging = log_file.is_some();
     super::log::install_with_file("ferry cp", "ferry=warn", log_file.map(|(f, _)| f));
@@ -460,7 +496,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                 sent = files.clone();
             }
             let shares = if args.sessions > 1 {
-                let (n, threshold) = (args.sessions.into(), args.multi_session_threshold);
+                let (n, threshold) = (args.sessions.into(), threshold(&args, envelopes.as_ref()));
                 source::shares(files, n, threshold, source::transfer_id())
             } else {
                 // The listing (local_sources) already refused what cannot be sent.
@@ -475,12 +511,13 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
                         .hint("check the path and its permissions")
                 })?;
             }
-            download_sink(dest, SinkLimits::default())?; // the destination's mistakes before any round trip
+            // The destination's mistakes before any round trip.
+            download_sink(dest, SinkLimits::default(), &*storage(envelopes.as_ref()))?;
             Job::Download {
                 path: remote.path.clone(),
                 dest: dest.clone(),
                 sessions: args.sessions,
-                threshold: args.multi_session_threshold,
+                threshold: threshold(&args, envelopes.as_ref()),
             }
         }
     };
@@ -503,7 +540,9 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         datagram_size: args.datagram_size,
         create_dir: args.create_dir,
         preserve_times: args.preserve_times,
-        resume: args.resume,
+        // An envelope's bytes differ from one attempt to the next (new keys): an encrypted
+        // upload starts its files again rather than resume a partial of other bytes.
+        resume: if envelopes.is_some() && direction == Direction::Upload { 0 } else { args.resume },
         overwrite: overwrite_policy(args.overwrite.as_deref()),
     };
     let started = Instant::now();
@@ -512,7 +551,8 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     // With checksums, the verified files' events wait for their digest (after the transfer).
     let checksums = args.file_checksum == "sha256";
     reporter.lock().expect("reporter").defer_verified(checksums);
-    let result = transfer_blocking(&opts, transfer, &args, reporter.clone());
+    let storage = storage(envelopes.as_ref());
+    let result = transfer_blocking(&opts, transfer, &args, storage, reporter.clone());
     let retries = {
         let mut r = reporter.lock().expect("reporter");
         r.finish();
@@ -559,7 +599,29 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             started.elapsed().as_secs_f64()
         );
     }
-    summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json)
+    let outcome =
+        summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json);
+    // Files that failed because an envelope would not open exit with what `ferry crypt` says.
+    match (outcome, envelopes.and_then(|e| e.passkey().failure())) {
+        (Err(e), Some(why)) if e.code == Exit::FilesFailed => {
+            let c = crate::crypt::open_failure(why);
+            Err(CliError { code: c.code, hint: c.hint, ..e })
+        }
+        (outcome, _) => outcome,
+    }
+}
+
+/// The storage of the transfer: client-side envelopes with --file-crypt, else plain files.
+fn storage(envelopes: Option<&Envelopes>) -> Arc<dyn Storage> {
+    match envelopes {
+        Some(e) => Arc::new(e.clone()),
+        None => Arc::new(PlainFiles),
+    }
+}
+
+/// The -C threshold: none with --file-crypt (an envelope is sealed and opened by one session).
+fn threshold(args: &CpArgs, envelopes: Option<&Envelopes>) -> u64 {
+    if envelopes.is_some() { u64::MAX } else { args.multi_session_threshold }
 }
 
 /// `-L DIR`: this transfer's own log file, created (never over an existing one) 0600.
@@ -870,6 +932,7 @@ fn transfer_blocking(
     opts: &ClientOptions,
     transfer: Job,
     args: &CpArgs,
+    storage: Arc<dyn Storage>,
     reporter: Arc<Mutex<Reporter>>,
 ) -> Result<DriveReport, ClientError> {
     let rt = tokio::runtime::Runtime::new()
@@ -889,8 +952,7 @@ fn transfer_blocking(
         });
         let result = match transfer {
             Job::Shares { shares, single, path } => {
-                let storage = &PlainFiles;
-                multi::upload(opts, storage, shares, &path, single, retry, observer, cancel).await
+                multi::upload(opts, &*storage, shares, &path, single, retry, observer, cancel).await
             }
             Job::Download { path, dest, sessions, threshold } => {
                 // Here the user's own policy is the only one: asked for, replacing is permitted.
@@ -902,7 +964,7 @@ fn transfer_blocking(
                     ..SinkLimits::default()
                 };
                 let sink = move || {
-                    download_sink(&dest, limits.clone())
+                    download_sink(&dest, limits.clone(), &*storage)
                         .map_err(|e| std::io::Error::other(e.message.clone()))
                 };
                 let (n, t) = (sessions, threshold);
@@ -1117,7 +1179,11 @@ fn local_sources(
 /// The sink of a download into `dest`: an existing directory, or a new file name in one.
 /// `limits`: whether to give each file the modification time the server sends (`-p`) and to
 /// resume (`-k`).
-fn download_sink(dest: &str, limits: SinkLimits) -> Result<Box<dyn BlockSink + Send>, CliError> {
+fn download_sink(
+    dest: &str,
+    limits: SinkLimits,
+    storage: &dyn Storage,
+) -> Result<Box<dyn BlockSink + Send>, CliError> {
     let d = std::path::absolute(dest)
         .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
     let open = |p: &Path| {
@@ -1128,7 +1194,7 @@ fn download_sink(dest: &str, limits: SinkLimits) -> Result<Box<dyn BlockSink + S
     let (dir, name) = download_target(&d);
     let Some(name) = name else {
         let root = open(&dir)?;
-        return sink(root, Destination::Dir(RelPath::root()), dest, limits);
+        return sink(storage, root, Destination::Dir(RelPath::root()), dest, limits);
     };
     if !dir.is_dir() || dest.ends_with('/') {
         return Err(CliError::new(Exit::Local, format!("{dest}: no such directory"))
@@ -1136,7 +1202,7 @@ fn download_sink(dest: &str, limits: SinkLimits) -> Result<Box<dyn BlockSink + S
     }
     let name =
         RelPath::parse(name).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))?;
-    sink(open(&dir)?, Destination::File(name), dest, limits)
+    sink(storage, open(&dir)?, Destination::File(name), dest, limits)
 }
 
 /// Where a download into the absolute path `d` lands: beneath `d` if it is a directory
@@ -1153,14 +1219,13 @@ fn download_target(d: &Path) -> (PathBuf, Option<&str>) {
 }
 
 fn sink(
+    storage: &dyn Storage,
     root: Arc<Docroot>,
     to: Destination,
     dest: &str,
     limits: SinkLimits,
 ) -> Result<Box<dyn BlockSink + Send>, CliError> {
-    PlainFiles
-        .sink(root, to, limits)
-        .map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
+    storage.sink(root, to, limits).map_err(|e| CliError::new(Exit::Local, format!("{dest}: {e}")))
 }
 
 #[cfg(test)]

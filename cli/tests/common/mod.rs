@@ -176,10 +176,17 @@ pub fn keygen(path: &Path) {
 
 /// Runs ferry to completion within [`LIMIT`], killing it if it hangs.
 pub fn run(args: &[&str], cwd: &Path) -> Output {
+    run_env(args, cwd, &[])
+}
+
+/// [`run`] with these environment variables set.
+pub fn run_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     let child = Command::new(&*FERRY)
         .current_dir(cwd)
         .args(args)
         .env_remove("HOME")
+        .env_remove("FERRY_FILEPASS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,6 +216,16 @@ pub fn cp(s: &Server, extra: &[&str], cwd: &Path) -> Output {
     let mut args = vec!["cp", "-i", key.to_str().unwrap(), "-P", &port];
     args.extend_from_slice(extra);
     run(&args, cwd)
+}
+
+/// [`cp`] with these environment variables set.
+pub fn cp_env(s: &Server, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let port = s.port.to_string();
+    let key = s.key();
+    let mut args =
+        vec!["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint];
+    args.extend_from_slice(extra);
+    run_env(&args, cwd, env)
 }
 
 /// `ferry cp` against `s` pinned to its host key, started in the background.

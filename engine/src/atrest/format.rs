@@ -265,6 +265,11 @@ pub enum NewSlot<'a> {
         /// Argon2id costs (bounds-checked).
         params: Argon2Params,
     },
+    /// Wrap under a passphrase whose Argon2id output was derived once
+    /// ([`PassphraseKey`]): the slot stores that derivation's salt and costs, and its wrapping
+    /// key still differs per envelope (by the file id, FORMAT.md §4.1). Many envelopes of one
+    /// transfer are sealed this way at the cost of one derivation.
+    PassphraseKey(&'a PassphraseKey),
     /// Wrap under the active version of a keystore secret.
     Keystore {
         /// Resolves the secret.
@@ -284,12 +289,65 @@ impl std::fmt::Debug for NewSlot<'_> {
                 .field("passphrase", &"[redacted]")
                 .field("params", params)
                 .finish(),
+            NewSlot::PassphraseKey(k) => f.debug_tuple("PassphraseKey").field(k).finish(),
             NewSlot::Keystore { owner, category, .. } => f
                 .debug_struct("Keystore")
                 .field("owner", owner)
                 .field("category", category)
                 .finish_non_exhaustive(),
         }
+    }
+}
+
+/// A passphrase's Argon2id output for one salt and one set of costs (FORMAT.md §4.1's `k`):
+/// derived once, it opens or wraps the passphrase slots of every envelope with that salt and
+/// those costs. Zeroized when dropped.
+pub struct PassphraseKey {
+    salt: [u8; 16],
+    params: Argon2Params,
+    k: Key32,
+}
+
+impl std::fmt::Debug for PassphraseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassphraseKey")
+            .field("params", &self.params)
+            .field("k", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl PassphraseKey {
+    /// Derives the key of `passphrase` under a fresh random salt (for new envelopes).
+    pub fn derive(passphrase: &[u8], params: Argon2Params) -> Result<Self> {
+        let mut salt = [0u8; 16];
+        rand::fill(&mut salt[..]);
+        Self::derive_with_salt(passphrase, salt, params)
+    }
+
+    /// Derives the key of `passphrase` under `salt` (to open slots that have that salt).
+    pub fn derive_with_salt(
+        passphrase: &[u8],
+        salt: [u8; 16],
+        params: Argon2Params,
+    ) -> Result<Self> {
+        params.validate()?;
+        let k = argon2id(passphrase, &salt, params)?;
+        Ok(Self { salt, params, k })
+    }
+
+    /// The salt.
+    pub fn salt(&self) -> &[u8; 16] {
+        &self.salt
+    }
+
+    /// The Argon2id costs.
+    pub fn params(&self) -> Argon2Params {
+        self.params
+    }
+
+    fn wrap_key(&self, file_id: &[u8; 16]) -> Key32 {
+        hkdf32(self.k.expose(), file_id, &[b"ferry/v1 passphrase-wrap"])
     }
 }
 
@@ -353,6 +411,14 @@ pub(crate) fn build_slot(
             raw[16..20].copy_from_slice(&params.p_cost.to_be_bytes());
             let k = argon2id(passphrase, &rnd.salt, *params)?;
             hkdf32(k.expose(), file_id, &[b"ferry/v1 passphrase-wrap"])
+        }
+        NewSlot::PassphraseKey(key) => {
+            raw[0] = SLOT_TYPE_PASSPHRASE;
+            raw[8..12].copy_from_slice(&key.params.m_cost_kib.to_be_bytes());
+            raw[12..16].copy_from_slice(&key.params.t_cost.to_be_bytes());
+            raw[16..20].copy_from_slice(&key.params.p_cost.to_be_bytes());
+            raw[20..36].copy_from_slice(&key.salt);
+            key.wrap_key(file_id)
         }
         NewSlot::Keystore { resolver, owner, category } => {
             check_name(owner, OWNER_MAX)?;
@@ -610,6 +676,39 @@ impl Header {
         } else {
             self.first_damage().unwrap_or(AtRestError::NoPassphraseSlot)
         })
+    }
+
+    /// Open with a derived passphrase key: the passphrase slots with its salt and costs (no
+    /// derivation runs), then the key commitment. [`AtRestError::WrongPassphrase`] if such a
+    /// slot does not open, [`AtRestError::NoPassphraseSlot`] if there is none (the passphrase
+    /// may still open another slot: [`passphrase_salts`](Self::passphrase_salts)).
+    pub fn unlock_with_passphrase_key(&self, key: &PassphraseKey) -> Result<FileKey> {
+        let mut any = false;
+        for slot in &self.slots {
+            if let SlotKind::Passphrase { params } = slot.kind
+                && params == key.params
+                && slot.raw[20..36] == key.salt
+            {
+                any = true;
+                if let Some(dek) = slot.unwrap_with(self.context(), &key.wrap_key(&self.file_id)) {
+                    return self.verify_commitment(dek);
+                }
+            }
+        }
+        Err(if any { AtRestError::WrongPassphrase } else { AtRestError::NoPassphraseSlot })
+    }
+
+    /// The salt and costs of each passphrase slot (public), to derive a [`PassphraseKey`] for.
+    pub fn passphrase_salts(&self) -> Vec<([u8; 16], Argon2Params)> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.kind {
+                SlotKind::Passphrase { params } => {
+                    Some((s.raw[20..36].try_into().expect("16 bytes"), params))
+                }
+                SlotKind::Keystore { .. } => None,
+            })
+            .collect()
     }
 
     /// Open with keystore secrets: resolve each keystore slot's secret, refuse versions whose

@@ -28,9 +28,9 @@ mod segment;
 pub use error::{AtRestError, Result};
 pub use format::{
     CONTEXT_LEN, ENC_SEGMENT_SIZE, FileKey, HEADER_LEN, Header, MAGIC, MAX_PLAINTEXT_LEN,
-    MAX_USED_SLOTS, NewSlot, SEGMENT_OVERHEAD, SEGMENT_SIZE, SEGMENTS_PER_KEY, SLOT_COUNT,
-    SLOT_LEN, SLOTS_OFFSET, Slot, SlotKind, SlotRandom, SlotWrite, VERSION, envelope_len, locate,
-    segment_count, segment_offset, segment_plaintext_len,
+    MAX_USED_SLOTS, NewSlot, PassphraseKey, SEGMENT_OVERHEAD, SEGMENT_SIZE, SEGMENTS_PER_KEY,
+    SLOT_COUNT, SLOT_LEN, SLOTS_OFFSET, Slot, SlotKind, SlotRandom, SlotWrite, VERSION,
+    envelope_len, locate, segment_count, segment_offset, segment_plaintext_len,
 };
 pub use keys::{
     Argon2Params, Key32, KeyResolver, KeyState, Operation, ResolveError, ResolvedKey, SecretBytes,

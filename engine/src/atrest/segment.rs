@@ -19,6 +19,8 @@ use crate::crypto::Aead;
 pub struct SegmentCipher {
     key: FileKey,
     group: Option<(u64, Aead)>,
+    /// The key of synthetic IVs ([`SegmentCipher::seal_synthetic`]), derived when first used.
+    siv: Option<Key32>,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -37,7 +39,7 @@ fn segment_aad(index: u64, last: bool) -> [u8; 9] {
 impl SegmentCipher {
     /// Wrap an unlocked file key.
     pub fn new(key: FileKey) -> Self {
-        Self { key, group: None }
+        Self { key, group: None, siv: None }
     }
 
     /// Declared plaintext length.
@@ -86,6 +88,33 @@ impl SegmentCipher {
     pub fn seal(&mut self, index: u64, plaintext: &[u8], out: &mut [u8]) -> Result<usize> {
         let mut iv = [0u8; 12];
         rand::fill(&mut iv[..]);
+        self.seal_with_iv(index, iv, plaintext, out)
+    }
+
+    /// Encrypt segment `index` into `out` as [`seal`](Self::seal) does, with a *synthetic* IV
+    /// (FORMAT.md §6.1): the first 12 bytes of BLAKE3 keyed by
+    /// `HKDF-SHA-256(DEK, file id, "ferry/v1 synthetic-iv" ‖ context)` over
+    /// `uint64(index) ‖ plaintext`. Sealing the same bytes again gives the same segment (a
+    /// sender can resend or re-hash it without keeping it), and different bytes get a
+    /// different IV (a source that changed between two sealings never reuses an IV).
+    pub fn seal_synthetic(
+        &mut self,
+        index: u64,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let key = self.siv.get_or_insert_with(|| {
+            hkdf32(
+                self.key.dek.expose(),
+                &self.key.file_id,
+                &[b"ferry/v1 synthetic-iv", &self.key.context],
+            )
+        });
+        let mut h = blake3::Hasher::new_keyed(key.expose());
+        h.update(&index.to_be_bytes());
+        h.update(plaintext);
+        let mut iv = [0u8; 12];
+        iv.copy_from_slice(&h.finalize().as_bytes()[..12]);
         self.seal_with_iv(index, iv, plaintext, out)
     }
 
@@ -184,6 +213,20 @@ pub struct EnvelopeBuilder<'a> {
     fixed: Option<(Key32, [u8; 16])>,
 }
 
+/// The key, file id and slot randomness of envelope `index` drawn from `seed`
+/// ([`EnvelopeBuilder::seeded`]): HKDF-SHA-256 with the seed as input key, no salt, and
+/// `"ferry/v1 seeded " ‖ what ‖ uint64(index) [‖ uint8(slot)]` as info.
+fn seeded(seed: &Key32, what: &str, index: u64, slot: Option<u8>) -> Key32 {
+    let slot = slot.map(|k| [k]);
+    let info: [&[u8]; 4] = [
+        b"ferry/v1 seeded ",
+        what.as_bytes(),
+        &index.to_be_bytes(),
+        slot.as_ref().map_or(&[], |k| &k[..]),
+    ];
+    hkdf32(seed.expose(), &[], &info)
+}
+
 impl<'a> EnvelopeBuilder<'a> {
     /// A new envelope for a plaintext of exactly `plaintext_len` bytes.
     pub fn new(plaintext_len: u64) -> Self {
@@ -196,6 +239,23 @@ impl<'a> EnvelopeBuilder<'a> {
         rand::fill(&mut rnd.salt[..]);
         rand::fill(&mut rnd.nonce[..]);
         self.slots.push((slot, rnd));
+        self
+    }
+
+    /// Draws the data key, the file id and every slot's salt and nonce from `seed` and
+    /// `index` instead of the system RNG (call it after the slots are added): a sender that
+    /// keeps one random 256-bit seed per transfer can build envelope `index`'s header again,
+    /// byte for byte, whenever it needs its bytes, and holds no per-file state. Each index
+    /// must name one envelope; the keys of distinct indexes are independent (HKDF outputs).
+    pub fn seeded(mut self, seed: &Key32, index: u64) -> Self {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&seeded(seed, "file id", index, None).expose()[..16]);
+        self.fixed = Some((seeded(seed, "dek", index, None), id));
+        for (k, (_, rnd)) in self.slots.iter_mut().enumerate() {
+            let r = seeded(seed, "slot", index, Some(k as u8));
+            rnd.salt.copy_from_slice(&r.expose()[..16]);
+            rnd.nonce.copy_from_slice(&r.expose()[16..28]);
+        }
         self
     }
 

@@ -12,11 +12,14 @@
 //!   upload and the source of a download ([`storage::PlainFiles`]: the two above).
 //! - [`sealed`]: server-side encryption at rest: a storage that seals each 64 KiB segment of an
 //!   upload as it completes and opens envelopes for downloads.
+//! - [`envelope`]: client-side envelopes (`ferry cp --file-crypt`): a storage whose source seals
+//!   each file as it is sent and whose sink opens envelopes as they arrive.
 //! - [`driver`]: the loop that runs one session on one connected UDP socket in its own thread.
 
 pub mod assembly;
 pub mod docroot;
 pub mod driver;
+pub mod envelope;
 pub mod files;
 pub mod filter;
 mod journal;
