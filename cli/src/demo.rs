@@ -1,5 +1,6 @@
 //! `ferry demo`: a one-screen tour. First real processes on loopback (`loopback.rs`): a server,
-//! uploads and downloads through the real CLI, at-rest envelopes, digests. Then the same sans-IO
+//! uploads and downloads through the real CLI, a client-side envelope up and down (`cp
+//! --file-crypt`), an upload killed and resumed, SSEAR, digests. Then the same sans-IO
 //! sessions over the engine's seeded simulation of a long, lossy path, in simulated time (this
 //! machine has no WAN): goodput, efficiency and bytes on the wire next to TCP's ceiling.
 

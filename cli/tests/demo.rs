@@ -1,4 +1,5 @@
-//! `ferry demo` runs end to end and reports every file verified.
+//! `ferry demo` runs end to end and reports every file verified, a client-side envelope up and
+//! down, and an interrupted upload resumed.
 
 use std::process::Command;
 
@@ -17,6 +18,9 @@ fn demo_moves_and_verifies_every_file() {
     assert_eq!(stdout.matches("204/204").count(), 2, "both runs verify all files:\n{stdout}");
     assert!(stdout.contains("envelope opened with the passphrase"), "{stdout}");
     assert!(stdout.contains("SSEAR:    user vault stores its files encrypted at rest"), "{stdout}");
+    assert!(stdout.contains("envelope: `cp --file-crypt encrypt` upload complete"), "{stdout}");
+    assert!(stdout.contains("`cp --file-crypt decrypt` brought back"), "{stdout}");
+    assert!(stdout.contains("resume:   an upload of 2.0 MiB killed (SIGKILL)"), "{stdout}");
     assert!(stdout.contains("wrapped under keystore secret vault/ssear v1"), "{stdout}");
 }
 
