@@ -123,3 +123,73 @@ fn the_mode_must_fit_the_direction_and_a_passphrase_must_exist() {
     assert!(stderr(&out).contains("FERRY_FILEPASS"), "{}", stderr(&out));
     assert_eq!(names(&s.docroot()), Vec::<String>::new());
 }
+
+/// Starts an encrypted upload of `src` at 40 Mbit/s and kills the client (SIGKILL) once the
+/// server's journal of its envelope records six chunks.
+fn upload_killed_part_way(s: &Server, w: &Path, src: &str, pass: (&str, &str)) {
+    let args = ["-l", "40M", "--file-crypt", "encrypt", src, "127.0.0.1:"];
+    let mut child = spawn_cp_env(s, &args, w, &[pass]);
+    let stored = format!("{src}.ferry");
+    let start = std::time::Instant::now();
+    while journal_len(&s.docroot(), &stored).is_none_or(|n| n < 72 + 48 * 6) {
+        assert!(start.elapsed() < LIMIT, "the upload never journaled six chunks");
+        assert!(child.try_wait().unwrap().is_none(), "the upload ended before it was killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    assert!(!s.docroot().join(&stored).exists(), "no envelope under the final name yet");
+}
+
+/// Resume with `--file-crypt encrypt`: the rerun gets back the header of the envelope the
+/// server holds part of, seals the rest under it, and sends only what is missing; the stored
+/// envelope opens to the exact file. Under another passphrase the held part is refused: the
+/// file fails with a reason saying so and leaves nothing; the next run sends it whole.
+#[test]
+fn an_interrupted_encrypted_upload_resumes_under_the_held_envelope() {
+    const MIB: usize = 1 << 20;
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let size = 24 * MIB + 4321;
+    let plain = data(size, 90);
+    std::fs::write(w.join("up.bin"), &plain).unwrap();
+    let opens_to = |pass: (&str, &str)| {
+        let out_path = w.join("check.bin");
+        let _ = std::fs::remove_file(&out_path);
+        let env = s.docroot().join("up.bin.ferry");
+        let o = run_env(
+            &["crypt", "decrypt", env.to_str().unwrap(), "-o", out_path.to_str().unwrap()],
+            w,
+            &[pass],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&out_path).unwrap() == plain
+    };
+
+    upload_killed_part_way(&s, w, "up.bin", PASS);
+    let args = ["--json", "--file-crypt", "encrypt", "up.bin", "127.0.0.1:"];
+    let out = cp_env(&s, &args, w, &[PASS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = done_event(&out.stdout)["new_bytes"].as_u64().unwrap();
+    assert!(new <= (size - 4 * MIB) as u64, "resumed: {new} of {size} bytes sent again");
+    assert!(opens_to(PASS), "the resumed envelope opens to the file");
+    assert_eq!(names(&s.docroot()), ["up.bin.ferry"]);
+
+    // Another passphrase on the rerun.
+    std::fs::remove_file(s.docroot().join("up.bin.ferry")).unwrap();
+    upload_killed_part_way(&s, w, "up.bin", PASS);
+    let other = ("FERRY_FILEPASS", "a different passphrase");
+    let out = cp_env(&s, &args, w, &[other]);
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    let failed = &done_event(&out.stdout)["failed"][0];
+    assert!(failed["reason"].as_str().unwrap().contains("earlier envelope of up.bin"), "{failed}");
+    assert_eq!(names(&s.docroot()), Vec::<String>::new(), "the held part is gone");
+    let out = cp_env(&s, &args, w, &[other]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        done_event(&out.stdout)["new_bytes"].as_u64().unwrap(),
+        size as u64 + 1024 + 28 * 385
+    );
+    assert!(opens_to(other));
+}

@@ -1090,13 +1090,20 @@ fn doctor_tells_what_stands_in_the_way() {
         (out.status.code(), v)
     };
     let fp = s.fingerprint.clone();
-    let (code, v) = doctor(&[&at, "--host-key", &fp, "-i", key.to_str().unwrap()]);
+    let (code, v) =
+        doctor(&[&at, "--host-key", &fp, "-i", key.to_str().unwrap(), "--probe-time", "1"]);
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["port_state"], "open");
     assert_eq!(v["host_key"]["state"], "pinned");
     assert_eq!(v["identity"]["accepted"], true, "{v}");
     assert!(v["rtt_ms"].as_f64().is_some() && v["datagram"].as_u64().is_some(), "{v}");
-    assert!(tree(&s.docroot()).is_empty(), "the identity check wrote nothing");
+    // The rate probe moved data, and neither it nor the identity check left anything.
+    assert!(v["probe"]["bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    assert!(v["probe"]["rate_bps"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    wait_for("the probe's partial to be removed", || tree(&s.docroot()).is_empty());
+    let (code, v) =
+        doctor(&[&at, "--host-key", &fp, "-i", key.to_str().unwrap(), "--probe-time", "0"]);
+    assert_eq!((code, &v["probe"]), (Some(0), &serde_json::Value::Null), "{v}");
 
     let (code, v) = doctor(&[&at]);
     assert_eq!(code, Some(1), "{v}");
@@ -1145,24 +1152,6 @@ fn remove_after_transfer_keeps_a_source_that_changed_meanwhile() {
     assert!(l.join("slow").exists(), "the changed source is kept");
     assert!(!l.join("quick").exists(), "the unchanged one is removed");
     assert_eq!(std::fs::read(s.docroot().join("slow")).unwrap(), data(6 << 20, 3));
-}
-
-/// The journal of `name` in `dir`, if one is there: its length.
-fn journal_len(dir: &Path, name: &str) -> Option<u64> {
-    let prefix = format!(".{name}.ferry-journal-");
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let n = e.file_name().into_string().ok()?;
-        n.starts_with(&prefix).then(|| e.metadata().map(|m| m.len()).unwrap_or(0))
-    })
-}
-
-/// The `done` event of a `--json` run.
-fn done_event(stdout: &[u8]) -> serde_json::Value {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .unwrap_or_else(|| panic!("no done event in {}", String::from_utf8_lossy(stdout)))
 }
 
 /// Resume (`-k`, on by default): a download whose client is killed (SIGKILL) mid-file, and an

@@ -211,6 +211,10 @@ pub enum ControlMessage {
         file: u32,
         /// Held blocks `[start, end)`, relative to the file's first block.
         ranges: Vec<(u64, u64)>,
+        /// In a session whose sender seals its files itself (CLIENT_HELLO flag bit 7), when
+        /// the held ranges start at block 0: the file's first `min(size, MAX_HAVE_HEAD)` held
+        /// bytes (an envelope's header, which the sender must reproduce). Else empty.
+        head: Vec<u8>,
     },
     /// Either way: the session ends now.
     Abort {
@@ -234,6 +238,8 @@ const T_FILE_HAVE: u8 = 9;
 /// Most ranges in one FILE_HAVE (a receiver holding more offers the first ones; the rest is
 /// sent again).
 pub const MAX_HAVE_RANGES: usize = 1024;
+/// Most bytes of a file's head a FILE_HAVE carries (an envelope header's length).
+pub const MAX_HAVE_HEAD: usize = 1024;
 
 /// Longest reason string carried in a frame, in bytes (longer ones are cut on a character
 /// boundary).
@@ -304,13 +310,18 @@ impl ControlMessage {
                 out.extend_from_slice(&target.to_be_bytes());
                 out.extend_from_slice(&min.to_be_bytes());
             }
-            ControlMessage::FileHave { file, ranges } => {
+            ControlMessage::FileHave { file, ranges, head } => {
                 out.extend_from_slice(&file.to_be_bytes());
                 let n = ranges.len().min(MAX_HAVE_RANGES);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 for (start, end) in &ranges[..n] {
                     out.extend_from_slice(&start.to_be_bytes());
                     out.extend_from_slice(&end.to_be_bytes());
+                }
+                if !head.is_empty() {
+                    let h = &head[..head.len().min(MAX_HAVE_HEAD)];
+                    out.extend_from_slice(&(h.len() as u16).to_be_bytes());
+                    out.extend_from_slice(h);
                 }
             }
             ControlMessage::Abort { code, reason } => {
@@ -393,7 +404,18 @@ impl ControlMessage {
                     floor = end;
                     ranges.push((start, end));
                 }
-                ControlMessage::FileHave { file, ranges }
+                let head = if r.0.is_empty() {
+                    Vec::new()
+                } else {
+                    let len = r.u16()? as usize;
+                    if len == 0 || len > MAX_HAVE_HEAD || ranges.first().is_none_or(|r| r.0 != 0) {
+                        return Err(ParseError::Invalid(
+                            "file have: a head that is empty, too long, or of unheld bytes",
+                        ));
+                    }
+                    r.take(len)?.to_vec()
+                };
+                ControlMessage::FileHave { file, ranges, head }
             }
             T_ABORT => {
                 let code = r.u16()?;
@@ -519,8 +541,9 @@ mod tests {
             ControlMessage::RateLimit { target: 40_000_000, min: 0 },
             ControlMessage::RateLimit { target: u64::MAX, min: u64::MAX },
             ControlMessage::Abort { code: 2, reason: "disk full".into() },
-            ControlMessage::FileHave { file: 6, ranges: vec![] },
-            ControlMessage::FileHave { file: 7, ranges: vec![(0, 3), (5, 1 << 40)] },
+            ControlMessage::FileHave { file: 6, ranges: vec![], head: vec![] },
+            ControlMessage::FileHave { file: 7, ranges: vec![(0, 3), (5, 1 << 40)], head: vec![] },
+            ControlMessage::FileHave { file: 8, ranges: vec![(0, 1)], head: vec![7; 1024] },
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -558,17 +581,34 @@ mod tests {
     fn held_ranges_must_increase_without_touching() {
         let have = |ranges: &[(u64, u64)]| {
             let mut buf = Vec::new();
-            ControlMessage::FileHave { file: 0, ranges: ranges.to_vec() }.encode(&mut buf);
+            ControlMessage::FileHave { file: 0, ranges: ranges.to_vec(), head: vec![] }
+                .encode(&mut buf);
             ControlMessage::decode(&buf).map(|m| m.is_some())
         };
         assert_eq!(have(&[(0, 1), (2, 3)]), Ok(true));
+        // A head only of held bytes from block 0 on, 1 ..= 1024 bytes of it.
+        let with_head = |ranges: &[(u64, u64)], head: Vec<u8>| {
+            let mut buf = Vec::new();
+            ControlMessage::FileHave { file: 0, ranges: ranges.to_vec(), head }.encode(&mut buf);
+            ControlMessage::decode(&buf).map(|m| m.is_some())
+        };
+        assert_eq!(with_head(&[(0, 1)], vec![1; 1024]), Ok(true));
+        assert!(with_head(&[(1, 2)], vec![1; 10]).is_err(), "a head of bytes not held");
+        let mut payload = vec![T_FILE_HAVE, 0, 0, 0, 0, 0, 1];
+        payload.extend_from_slice(&0u64.to_be_bytes());
+        payload.extend_from_slice(&1u64.to_be_bytes());
+        payload.extend_from_slice(&1025u16.to_be_bytes());
+        payload.extend_from_slice(&[0; 1025]);
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        assert!(ControlMessage::decode(&frame).is_err(), "a head longer than a header");
         for bad in [&[(1u64, 1u64)][..], &[(0, 2), (2, 3)], &[(4, 5), (0, 1)], &[(0, 5), (3, 9)]] {
             assert!(have(bad).is_err(), "{bad:?}");
         }
         // More ranges than a frame may carry are cut to the first ones by the encoder.
         let many: Vec<(u64, u64)> = (0..2000u64).map(|i| (3 * i, 3 * i + 1)).collect();
         let mut buf = Vec::new();
-        ControlMessage::FileHave { file: 0, ranges: many.clone() }.encode(&mut buf);
+        ControlMessage::FileHave { file: 0, ranges: many.clone(), head: vec![] }.encode(&mut buf);
         let Some((ControlMessage::FileHave { ranges, .. }, _)) =
             ControlMessage::decode(&buf).unwrap()
         else {

@@ -124,6 +124,10 @@ pub const RESUME_SHIFT: u8 = 4;
 pub const RESUME_MASK: u8 = 0b11 << RESUME_SHIFT;
 /// Flag bit: an overwrite policy byte follows the user name and the share fields.
 const FLAG_OVERWRITE: u8 = 64;
+/// CLIENT_HELLO flag: on upload, the client seals each file itself into an envelope it builds
+/// anew every attempt (`ferry cp --file-crypt encrypt`); in a resuming session the receiver's
+/// FILE_HAVE then carries the held head of a file (docs/PROTOCOL.md 8.6).
+pub const FLAG_SEALED: u8 = 128;
 
 /// The server's acceptance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +385,8 @@ pub struct Plan {
     /// The resume level, 0 to 3 (flag bits 4-5; `-k`): 1 or more resumes interrupted partial
     /// files (docs/PROTOCOL.md 8.6).
     pub resume: u8,
+    /// On upload: the client seals its files itself (flag bit 7): FILE_HAVE carries held heads.
+    pub sealed: bool,
     /// What the receiver does with files that exist at the destination.
     pub overwrite: crate::control::Overwrite,
     /// The client's data port.
@@ -399,6 +405,7 @@ impl Plan {
         c.block_size = self.block_size;
         c.max_window = self.max_window;
         c.resume = self.resume > 0;
+        c.resume_head = c.resume && self.sealed;
         c
     }
 
@@ -558,6 +565,7 @@ pub fn negotiate<G: Permits>(
         create_dir: hello.direction == Direction::Upload && hello.flags & FLAG_CREATE_DIR != 0,
         preserve_times: hello.flags & FLAG_PRESERVE_TIMES != 0,
         resume: (hello.flags & RESUME_MASK) >> RESUME_SHIFT,
+        sealed: hello.direction == Direction::Upload && hello.flags & FLAG_SEALED != 0,
         overwrite: hello.overwrite,
         data_port: hello.data_port,
         max_window: rules.max_window,

@@ -161,10 +161,11 @@ pub(crate) struct CpArgs {
     /// envelope lands as it is. The passphrase: FERRY_FILEPASS, else the `filepass` secret of
     /// your local keystore (`ferry keys -s filepass`), else a prompt (twice for encrypt); never
     /// an argument. A wrong passphrase (exit 11), something that is not an envelope (10), or a
-    /// damaged or cut envelope (13) leaves no file. Files are sent whole (never in -C parts),
-    /// and an interrupted encrypted upload sends its files again from the start (-k applies to
-    /// downloads). Ferry differs on purpose: ascp's envelope format is its own; Ferry's is
-    /// documented.
+    /// damaged or cut envelope (13) leaves no file. Files are sent whole (never in -C parts).
+    /// An interrupted encrypted upload resumes (-k): the server sends back the header of the
+    /// envelope it holds part of, and the rest is sealed under it (a download with decrypt
+    /// starts its files again). Ferry differs on purpose: ascp's envelope format is its own;
+    /// Ferry's is documented.
     #[arg(long = "file-crypt", value_name = "MODE", value_parser = ["encrypt", "decrypt"])]
     file_crypt: Option<String>,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
@@ -540,9 +541,9 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         datagram_size: args.datagram_size,
         create_dir: args.create_dir,
         preserve_times: args.preserve_times,
-        // An envelope's bytes differ from one attempt to the next (new keys): an encrypted
-        // upload starts its files again rather than resume a partial of other bytes.
-        resume: if envelopes.is_some() && direction == Direction::Upload { 0 } else { args.resume },
+        resume: args.resume,
+        // The held head of an envelope comes back, and the next attempt seals under it.
+        sealed: envelopes.is_some(),
         overwrite: overwrite_policy(args.overwrite.as_deref()),
     };
     let started = Instant::now();

@@ -230,6 +230,11 @@ pub fn cp_env(s: &Server, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) -> O
 
 /// `ferry cp` against `s` pinned to its host key, started in the background.
 pub fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
+    spawn_cp_env(s, extra, cwd, &[])
+}
+
+/// [`spawn_cp`] with these environment variables set.
+pub fn spawn_cp_env(s: &Server, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Child {
     let port = s.port.to_string();
     let key = s.key();
     Command::new(&*FERRY)
@@ -237,6 +242,8 @@ pub fn spawn_cp(s: &Server, extra: &[&str], cwd: &Path) -> Child {
         .args(["cp", "-i", key.to_str().unwrap(), "-P", &port, "--host-key", &s.fingerprint])
         .args(extra)
         .env_remove("HOME")
+        .env_remove("FERRY_FILEPASS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         // Piped for the tests that read `--json` events; the others write one summary line.
         .stdout(Stdio::piped())
@@ -331,4 +338,22 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The journal of `name` in `dir`, if one is there: its length.
+pub fn journal_len(dir: &Path, name: &str) -> Option<u64> {
+    let prefix = format!(".{name}.ferry-journal-");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().into_string().ok()?;
+        n.starts_with(&prefix).then(|| e.metadata().map(|m| m.len()).unwrap_or(0))
+    })
+}
+
+/// The `done` event of a `--json` run.
+pub fn done_event(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event in {}", String::from_utf8_lossy(stdout)))
 }

@@ -78,6 +78,10 @@ pub struct ClientOptions {
     /// server on an upload (within what its policy permits), this end's sink on a download
     /// ([`SinkLimits::overwrite`](ferry_engine::io::files::SinkLimits)).
     pub overwrite: ferry_engine::control::Overwrite,
+    /// An upload whose source seals each file itself, anew every attempt (client-side
+    /// envelopes, [`Envelopes`](ferry_engine::io::envelope::Envelopes)): CLIENT_HELLO flag bit
+    /// 7, so that a resumed file's held head comes back to be adopted.
+    pub sealed: bool,
 }
 
 fn for_user(user: &str) -> String {
@@ -578,7 +582,8 @@ fn hello(
         } else {
             u8::from(role.single)
         } | if opts.preserve_times { setup::FLAG_PRESERVE_TIMES } else { 0 }
-            | (opts.resume.min(3) << setup::RESUME_SHIFT),
+            | (opts.resume.min(3) << setup::RESUME_SHIFT)
+            | if direction == Direction::Upload && opts.sealed { setup::FLAG_SEALED } else { 0 },
         path: if path.is_empty() { ".".into() } else { path.to_owned() },
         user: opts.user.clone(),
         share: role.share,
@@ -644,6 +649,8 @@ fn side(
     config.block_size = reply.block_size as usize;
     config.max_window = reply.max_window;
     config.resume = opts.resume > 0;
+    config.resume_head =
+        config.resume && opts.sealed && matches!(transfer, Transfer::Upload { .. });
     config.initial_rtt = conn.rtt().max(Duration::from_millis(1));
     config.validate().map_err(|e| ClientError::Setup(e.to_string()))?;
     let mut s = Zeroizing::new([0u8; 32]);

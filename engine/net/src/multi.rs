@@ -384,6 +384,9 @@ impl BlockSink for Recording {
     fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
         self.inner.chunk_received(file, offset, cv)
     }
+    fn held_head(&mut self, file: u32) -> Vec<u8> {
+        self.inner.held_head(file)
+    }
 }
 
 /// Runs one upload share: a session, and again for what had no outcome if it failed in a way worth

@@ -67,6 +67,7 @@ impl Running {
             preserve_times: false,
             resume: 0,
             overwrite: Default::default(),
+            sealed: false,
         }
     }
 

@@ -149,6 +149,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         preserve_times: false,
         resume: 0,
         overwrite: Default::default(),
+        sealed: false,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

@@ -205,7 +205,6 @@ impl Storage for Envelopes {
     }
 
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
-        let key = self.passkey.sealing_key().map_err(io::Error::other)?;
         let mut entries = Vec::with_capacity(files.len());
         for f in &files {
             if f.part.is_some() {
@@ -225,7 +224,8 @@ impl Storage for Envelopes {
         }
         let sizes = files.iter().map(|f| f.size).collect();
         let inner = FileSource::new(files, limits);
-        Ok(Outgoing { entries, source: Box::new(SealingSource::new(Box::new(inner), sizes, key)) })
+        let source = SealingSource::new(Box::new(inner), sizes, self.passkey.clone())?;
+        Ok(Outgoing { entries, source: Box::new(source) })
     }
 
     fn at_rest(&self) -> &'static str {
@@ -282,7 +282,11 @@ pub struct SealingSource {
     inner: Box<dyn BlockSource + Send>,
     /// Plaintext sizes, by file id.
     sizes: Vec<u64>,
+    passkey: Arc<Passkey>,
     key: Arc<PassphraseKey>,
+    /// Headers held by the receiver from an earlier attempt, taken over
+    /// ([`BlockSource::adopt_head`]); 1 KiB per resumed file.
+    adopted: HashMap<u32, Box<[u8; HEADER_LEN]>>,
     seed: Key32,
     ciphers: Vec<FileCipher>,
     segments: Vec<SealedSegment>,
@@ -297,22 +301,26 @@ impl fmt::Debug for SealingSource {
 }
 
 impl SealingSource {
-    /// Envelopes of the files `inner` reads (plaintext `sizes` by file id), wrapped under `key`.
+    /// Envelopes of the files `inner` reads (plaintext `sizes` by file id), sealed with
+    /// `passkey`.
     pub fn new(
         inner: Box<dyn BlockSource + Send>,
         sizes: Vec<u64>,
-        key: Arc<PassphraseKey>,
-    ) -> Self {
-        Self {
+        passkey: Arc<Passkey>,
+    ) -> io::Result<Self> {
+        let key = passkey.sealing_key().map_err(io::Error::other)?;
+        Ok(Self {
             inner,
             sizes,
+            passkey,
             key,
+            adopted: HashMap::new(),
             seed: Key32::random(),
             ciphers: Vec::new(),
             segments: Vec::new(),
             plain: Vec::new(),
             tick: 0,
-        }
+        })
     }
 
     fn size(&self, file: u32) -> io::Result<u64> {
@@ -322,7 +330,7 @@ impl SealingSource {
     }
 
     /// The position in the cache of file `file`'s header and cipher (built again from the seed
-    /// if it was not kept: the same bytes).
+    /// if it was not kept: the same bytes; or opened again from the header the receiver holds).
     fn cipher(&mut self, file: u32) -> io::Result<usize> {
         self.tick += 1;
         if let Some(i) = self.ciphers.iter().position(|c| c.file == file) {
@@ -330,11 +338,18 @@ impl SealingSource {
             return Ok(i);
         }
         let size = self.size(file)?;
-        let (header, cipher) = EnvelopeBuilder::new(size)
-            .slot(NewSlot::PassphraseKey(&self.key))
-            .seeded(&self.seed, u64::from(file))
-            .build()
-            .map_err(io::Error::other)?;
+        let (header, cipher) = match self.adopted.get(&file) {
+            Some(head) => {
+                let header = Header::parse(&head[..]).map_err(io::Error::other)?;
+                let key = self.passkey.unlock(&header).map_err(io::Error::other)?;
+                (header, SegmentCipher::new(key))
+            }
+            None => EnvelopeBuilder::new(size)
+                .slot(NewSlot::PassphraseKey(&self.key))
+                .seeded(&self.seed, u64::from(file))
+                .build()
+                .map_err(io::Error::other)?,
+        };
         let entry =
             FileCipher { file, header: Box::new(*header.as_bytes()), cipher, used: self.tick };
         if self.ciphers.len() < CACHED_CIPHERS {
@@ -414,6 +429,37 @@ impl BlockSource for SealingSource {
 
     fn name(&self, file: u32) -> Option<String> {
         self.inner.name(file)
+    }
+
+    /// The receiver holds the start of an envelope of this file from an earlier attempt: its
+    /// header, under which the rest is sealed from now on (FORMAT.md §6.1: kept only for the
+    /// same source; a changed source fails the file's verification, and the partial goes).
+    fn adopt_head(&mut self, file: u32, head: &[u8]) -> io::Result<()> {
+        let size = self.size(file)?;
+        let name = self.inner.name(file).unwrap_or_else(|| format!("file {file}"));
+        let refuse = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the server holds part of an earlier envelope of {name}, which {why}; it was \
+                     discarded: run the transfer again to send the file whole"
+                ),
+            )
+        };
+        let header = Header::parse(head).map_err(|e| refuse(format!("is damaged ({e})")))?;
+        if header.plaintext_len() != size {
+            return Err(refuse("holds a file of another size".into()));
+        }
+        self.passkey
+            .unlock(&header)
+            .map_err(|e| refuse(format!("this passphrase does not open ({e})")))?;
+        let mut kept = Box::new([0u8; HEADER_LEN]);
+        kept.copy_from_slice(head);
+        self.adopted.insert(file, kept);
+        // Nothing of the file was read yet; drop what the seed built, to be sure.
+        self.ciphers.retain(|c| c.file != file);
+        self.segments.retain(|s| s.file != file);
+        Ok(())
     }
 }
 
@@ -937,6 +983,36 @@ mod tests {
             let left: Vec<_> = std::fs::read_dir(dst.path()).unwrap().collect();
             assert!(left.is_empty(), "{what}: nothing is left ({left:?})");
         }
+    }
+
+    /// A new attempt (a new seed) that adopts the held header reproduces the first attempt's
+    /// envelope byte for byte; a header another passphrase sealed, or of another size, is
+    /// refused.
+    #[test]
+    fn an_adopted_header_reproduces_the_earlier_envelope() {
+        let keys = Envelopes::new(passkey("again"));
+        let data = content(3 * SEGMENT_SIZE + 99, 8);
+        let (d, mut first) = outgoing(&keys, &[("f", data.clone())]);
+        let size = first.entries[0].size;
+        let before = read_all(&mut first.source, size, 0, 1 << 20);
+        let root = Arc::new(Docroot::open(d.path()).unwrap());
+        let mut second = keys.source(second_listing(&root), SourceLimits::default()).unwrap();
+        assert_ne!(read_all(&mut second.source, size, 0, 1 << 20), before, "a new seed");
+        let mut third = keys.source(second_listing(&root), SourceLimits::default()).unwrap();
+        third.source.adopt_head(0, &before[..HEADER_LEN]).unwrap();
+        assert_eq!(read_all(&mut third.source, size, 0, 1000), before);
+
+        let stranger = Envelopes::new(passkey("someone else"));
+        let mut other = stranger.source(second_listing(&root), SourceLimits::default()).unwrap();
+        let e = other.source.adopt_head(0, &before[..HEADER_LEN]).unwrap_err();
+        assert!(e.to_string().contains("this passphrase does not open"), "{e}");
+        let (_d2, mut small) = outgoing(&keys, &[("g", vec![1; 10])]);
+        let e = small.source.adopt_head(0, &before[..HEADER_LEN]).unwrap_err();
+        assert!(e.to_string().contains("another size"), "{e}");
+    }
+
+    fn second_listing(root: &Arc<Docroot>) -> Vec<SourceFile> {
+        source::list(root, &RelPath::parse("f").unwrap(), SourceLimits::default()).unwrap()
     }
 
     /// The IV is FORMAT.md §6.2's formula, computed here from its parts.

@@ -121,6 +121,9 @@ struct SinkFile {
     journal: Option<Box<super::journal::Journal>>,
     /// Chunks resumed from an earlier attempt, until [`BlockSink::resumed`] takes them.
     resumed: Vec<(u64, [u8; 32])>,
+    /// With chunk 0 resumed: the partial's first bytes, until [`BlockSink::held_head`] takes
+    /// them.
+    head: Vec<u8>,
 }
 
 impl SinkFile {
@@ -333,6 +336,14 @@ impl FileSink {
                 sf.suffix = suffix;
                 sf.journal = Some(Box::new(r.journal));
                 sf.resumed = r.chunks;
+                if let (Some(p), Some((0, _))) = (&r.partial, sf.resumed.first()) {
+                    // Its bytes checked out against the journal a moment ago.
+                    let mut head =
+                        vec![0; sf.size.min(crate::control::MAX_HAVE_HEAD as u64) as usize];
+                    if std::os::unix::fs::FileExt::read_exact_at(p, &mut head, 0).is_ok() {
+                        sf.head = head;
+                    }
+                }
                 r.partial
             }
             Ok(None) => None,
@@ -488,6 +499,7 @@ impl FileSink {
                         drop(left);
                         let sf = &mut self.files[file as usize];
                         sf.resumed.clear();
+                        sf.head.clear();
                         let _ = dir.remove_file(&sf.partial());
                     }
                     partial = self.files[file as usize].partial();
@@ -738,6 +750,7 @@ impl BlockSink for FileSink {
             resumable: false,
             journal: None,
             resumed: Vec::new(),
+            head: Vec::new(),
             replace,
         });
         if result.is_ok()
@@ -811,6 +824,10 @@ impl BlockSink for FileSink {
             .get_mut(file as usize)
             .map(|f| std::mem::take(&mut f.resumed))
             .unwrap_or_default()
+    }
+
+    fn held_head(&mut self, file: u32) -> Vec<u8> {
+        self.files.get_mut(file as usize).map(|f| std::mem::take(&mut f.head)).unwrap_or_default()
     }
 
     fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {

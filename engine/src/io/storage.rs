@@ -167,6 +167,9 @@ impl BlockSink for PortableSink {
     fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
         self.0.chunk_received(file, offset, cv)
     }
+    fn held_head(&mut self, file: u32) -> Vec<u8> {
+        self.0.held_head(file)
+    }
 }
 
 #[cfg(test)]

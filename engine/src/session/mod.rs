@@ -69,6 +69,12 @@ pub struct SessionConfig {
     /// FILE_HAVE naming the blocks it holds from an earlier attempt, and the sender sends none of
     /// such a file's blocks before that answer (or the file's result) arrives. Default `false`.
     pub resume: bool,
+    /// In a resuming session whose sender seals each file itself into an envelope it builds
+    /// anew every attempt (CLIENT_HELLO flag bit 7, `ferry cp --file-crypt encrypt`): a
+    /// FILE_HAVE whose held ranges start at block 0 carries the held head of the file
+    /// ([`BlockSink::held_head`]), which the sender adopts ([`BlockSource::adopt_head`]) so that
+    /// what it sends matches what is held. Default `false`.
+    pub resume_head: bool,
 }
 
 /// Files longer than this are resumable; the journal of a partial file records the CV of each
@@ -96,6 +102,7 @@ impl SessionConfig {
             max_files: 1_000_000,
             max_manifest_bytes: 256 << 20,
             resume: false,
+            resume_head: false,
         }
     }
 
@@ -151,6 +158,14 @@ pub trait BlockSource {
     /// The file's name for reports, if the source knows it.
     fn name(&self, _file: u32) -> Option<String> {
         None
+    }
+    /// In a session with [`SessionConfig::resume_head`]: the receiver holds the first bytes of
+    /// file `file` from an earlier attempt, `head`; the file's bytes from now on must agree
+    /// with them (a source that builds its bytes, such as an envelope, takes over the header
+    /// they hold). Called before any of the file's bytes are read. An error abandons the file.
+    /// The default accepts any head (a source that reads a file as it is).
+    fn adopt_head(&mut self, _file: u32, _head: &[u8]) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -216,6 +231,12 @@ pub trait BlockSink {
     /// The aligned chunk at `offset` of file `file` has all its bytes, whose CV is `cv` (for a
     /// journal of a resumable file; the file is not verified yet). The default ignores it.
     fn chunk_received(&mut self, _file: u32, _offset: u64, _cv: &[u8; 32]) {}
+    /// Right after [`BlockSink::resumed`] named a chunk at offset 0: the file's first
+    /// `min(size, MAX_HAVE_HEAD)` bytes as held, if the sink can read them (for
+    /// [`SessionConfig::resume_head`]). The default has none.
+    fn held_head(&mut self, _file: u32) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 impl<T: BlockSource + ?Sized> BlockSource for Box<T> {
@@ -234,6 +255,9 @@ impl<T: BlockSource + ?Sized> BlockSource for Box<T> {
     }
     fn name(&self, file: u32) -> Option<String> {
         (**self).name(file)
+    }
+    fn adopt_head(&mut self, file: u32, head: &[u8]) -> io::Result<()> {
+        (**self).adopt_head(file, head)
     }
 }
 
@@ -258,6 +282,9 @@ impl<T: BlockSink + ?Sized> BlockSink for Box<T> {
     }
     fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
         (**self).chunk_received(file, offset, cv)
+    }
+    fn held_head(&mut self, file: u32) -> Vec<u8> {
+        (**self).held_head(file)
     }
 }
 

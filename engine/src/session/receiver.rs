@@ -526,10 +526,17 @@ impl Receiver {
             self.skipped.insert(span.first + a, span.first + b);
             self.gaps.remove_range(span.first + a, span.first + b);
         }
+        let head = if self.config.resume_head && ranges.first().is_some_and(|r| r.0 == 0) {
+            let mut h = sink.held_head(file);
+            h.truncate(crate::control::MAX_HAVE_HEAD);
+            h
+        } else {
+            Vec::new()
+        };
         let f = &mut self.files[file as usize];
         f.tree = tree;
         f.held = held;
-        self.control_out.push_back(ControlMessage::FileHave { file, ranges });
+        self.control_out.push_back(ControlMessage::FileHave { file, ranges, head });
     }
 
     /// Every block below `frontier` was sent; those not received become gaps. `received` is a

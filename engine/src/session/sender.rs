@@ -139,6 +139,8 @@ pub struct Sender {
     again: VecDeque<u64>,
     /// Blocks the receiver holds from an earlier attempt (its FILE_HAVEs): never sent.
     held: RangeSet,
+    /// Held heads to adopt before the files are read (FILE_HAVE in a `resume_head` session).
+    heads: std::collections::VecDeque<(u32, Vec<u8>)>,
 }
 
 impl Sender {
@@ -190,6 +192,7 @@ impl Sender {
             sent_at_echo: 0,
             again: VecDeque::new(),
             held: RangeSet::default(),
+            heads: Default::default(),
             config,
         })
     }
@@ -312,7 +315,7 @@ impl Sender {
                 }
                 self.check_complete();
             }
-            ControlMessage::FileHave { file, ranges } => {
+            ControlMessage::FileHave { file, ranges, head } => {
                 let Some(f) = self.files.get_mut(file as usize) else {
                     return self.fail_protocol("file have for an unknown file");
                 };
@@ -323,6 +326,17 @@ impl Sender {
                 let span = self.layout.span(file);
                 if ranges.last().is_some_and(|&(_, end)| end > span.blocks) {
                     return self.fail_protocol("file have beyond the file's blocks");
+                }
+                if self.config.resume_head && ranges.first().is_some_and(|r| r.0 == 0) {
+                    // What is held starts with bytes this end must reproduce: it takes them
+                    // over before it reads the file (`poll_transmit`).
+                    if head.len() != span.size.min(crate::control::MAX_HAVE_HEAD as u64) as usize {
+                        return self.fail_protocol("file have without the held head");
+                    }
+                    self.heads.push_back((file, head));
+                } else if !head.is_empty() {
+                    return self
+                        .fail_protocol("file have with a head this session did not ask for");
                 }
                 for (start, end) in ranges {
                     self.held.insert(span.first + start, span.first + end);
@@ -420,6 +434,12 @@ impl Sender {
     ) -> Option<usize> {
         if self.state != State::Active {
             return None;
+        }
+        while let Some((file, head)) = self.heads.pop_front() {
+            if let Err(e) = source.adopt_head(file, &head) {
+                self.abandon(file, &e);
+                self.hash_sent(Some(source));
+            }
         }
         loop {
             let next = self.next_to_send(now, source)?;
