@@ -1328,3 +1328,31 @@ fn file_checksum_reports_each_files_sha256() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("sha256"), "{}", stderr(&out));
 }
+
+/// ascp's `--host HOST --mode send|recv`: plain paths, the mode says which side is remote; a
+/// path that names the host as well is refused before anything is sent.
+#[test]
+fn host_and_mode_take_plain_paths() {
+    let s = server();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(w.join("f.bin"), data(70_000, 5)).unwrap();
+    let fp = s.fingerprint.clone();
+    let up = cp(&s, &["--host-key", &fp, "-q", "--host", "127.0.0.1", "f.bin", "."], w);
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(digest(&s.docroot().join("f.bin")), digest(&w.join("f.bin")));
+    std::fs::create_dir(w.join("down")).unwrap();
+    let args =
+        ["--host-key", &fp, "-q", "--host", "[127.0.0.1]", "--mode", "recv", "f.bin", "down"];
+    let down = cp(&s, &args, w);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(digest(&w.join("down/f.bin")), digest(&w.join("f.bin")));
+    let both = cp(&s, &["--host-key", &fp, "--host", "127.0.0.1", "f.bin", "127.0.0.1:x"], w);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert!(stderr(&both).contains("already does"), "{}", stderr(&both));
+    let two =
+        cp(&s, &["--host-key", &fp, "--host", "127.0.0.1", "--mode", "recv", "a", "b", "c"], w);
+    assert_eq!(two.status.code(), Some(2), "{}", stderr(&two));
+    let lone = cp(&s, &["--host-key", &fp, "--mode", "recv", "a", "b"], w);
+    assert_eq!(lone.status.code(), Some(2), "--mode needs --host: {}", stderr(&lone));
+}

@@ -220,6 +220,16 @@ pub(crate) struct CpArgs {
     /// agree). Default: the server's default user.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
+    /// The server, for paths written without `host:` (ascp's --host): then --mode says which
+    /// side is remote, and no path may name a host. `[::1]` or `::1` for an IPv6 address; the
+    /// port is -P.
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// With --host (ascp's --mode): `send` (the default) uploads the sources to the
+    /// destination path on the server; `recv` downloads the one source path on the server to
+    /// the local destination.
+    #[arg(long, value_name = "MODE", requires = "host", value_parser = ["send", "recv"])]
+    mode: Option<String>,
     /// Sources, then the destination (the last path). Upload: local files and directories, then
     /// the remote directory (or, for one file, the remote name), `[user@]host[:port]:path`.
     /// Download: one remote path, then the local directory or name. Exactly one side is remote.
@@ -408,6 +418,39 @@ fn user(args: &CpArgs, remote: &Remote) -> Result<String, CliError> {
 }
 
 /// Which side is remote: the direction and the remote location.
+/// `--host HOST [--mode send|recv]`: every path is a plain path, the mode says which side is on
+/// the server.
+fn with_host(
+    host: &str,
+    mode: Option<&str>,
+    dest: &str,
+    sources: &[String],
+) -> Result<(Direction, Remote), CliError> {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains('/') {
+        return Err(usage(format!("--host {host:?} is not a host name or address")));
+    }
+    let mut paths = std::iter::once(dest).chain(sources.iter().map(String::as_str));
+    if let Some(p) = paths.find(|p| parse_remote(p).is_some_and(|r| r.host == host)) {
+        return Err(usage(format!(
+            "{p:?} names a host, and --host {host} already does: write the path alone"
+        )));
+    }
+    let remote = |path: &str| Remote {
+        user: None,
+        host: host.to_owned(),
+        port: None,
+        path: path.to_owned(),
+    };
+    match mode.unwrap_or("send") {
+        "send" => Ok((Direction::Upload, remote(dest))),
+        _ => match sources {
+            [one] => Ok((Direction::Download, remote(one))),
+            _ => Err(usage("--mode recv downloads one path from the server".into())),
+        },
+    }
+}
+
 fn direction(dest: &str, sources: &[String]) -> Result<(Direction, Remote), CliError> {
     let remote_dest = parse_remote(dest);
     let remote_sources: Vec<_> = sources.iter().map(|s| parse_remote(s)).collect();
@@ -425,7 +468,10 @@ fn direction(dest: &str, sources: &[String]) -> Result<(Direction, Remote), CliE
 
 fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let (sources, dest) = args.source_args()?;
-    let (direction, remote) = direction(&dest, &sources)?;
+    let (direction, remote) = match &args.host {
+        None => direction(&dest, &sources)?,
+        Some(host) => with_host(host, args.mode.as_deref(), &dest, &sources)?,
+    };
     let rules = args.filter()?;
     if direction == Direction::Download && args.remove_after_transfer {
         return Err(usage(
