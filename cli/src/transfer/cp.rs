@@ -1279,6 +1279,23 @@ fn sink(
 mod tests {
     use super::*;
 
+    /// The README's option table names every option of `ferry cp`.
+    #[test]
+    fn the_readme_maps_every_option() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("### `ferry cp` options").expect("the section");
+        let section =
+            &readme[start..start + readme[start..].find("**Resume and retry.**").unwrap()];
+        let cli = crate::cli::Cli::command();
+        let cp = cli.find_subcommand("cp").expect("cp");
+        for a in cp.get_arguments().filter(|a| !a.is_positional() && a.get_id() != "help") {
+            let named = a.get_long().is_some_and(|l| section.contains(&format!("`--{l}")))
+                || a.get_short().is_some_and(|c| section.contains(&format!("`-{c}")));
+            assert!(named, "README's option table lacks {:?}", a.get_id());
+        }
+    }
+
     #[test]
     fn the_threshold_default_is_the_librarys() {
         let parsed = super::super::parse_size(THRESHOLD_ARG).unwrap();
