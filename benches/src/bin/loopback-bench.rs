@@ -32,6 +32,7 @@ const ROWS: &[&str] = &[
     "ferry-1500",
     "ferry-c2",
     "ferry-k0",
+    "ferry-crypt-up",
     "ferry-fixed",
     "ferry-fair",
     "ferry-small-up",
@@ -64,7 +65,8 @@ struct Args {
     /// Comma-separated rows (default: all): ferry-default (`ferry cp` with no rate or policy
     /// option, the headline), ferry-1500 (the same with `-Z 1472`, a 1500-byte MTU's datagram),
     /// ferry-c2 (no options but `-C 2`: two sessions, the file in two parts), ferry-k0 (no
-    /// options but `-k 0`: resume off),
+    /// options but `-k 0`: resume off), ferry-crypt-up (no options but `--file-crypt encrypt`:
+    /// each file sealed into a client-side envelope as it is sent),
     /// ferry-fixed, ferry-fair, ferry-plain-up,
     /// ferry-ssear-up, ferry-plain-down, ferry-ssear-down (a `--config` server with a plain
     /// user and one with encryption at rest), quic-cubic, quic-bbr, iperf3-tcp-cubic,
@@ -454,6 +456,8 @@ fn run_row(env: &Env, row: &str) -> Res<RunResult> {
         "ferry-k0" => {
             run_ferry_with(env, "ferry-k0", &["-k", "0"], "no options but -k 0 (resume off)".into())
         }
+        // Client-side envelopes: sealing (synthetic IVs, AES-256-GCM) on the sending path.
+        "ferry-crypt-up" => run_crypt_up(env),
         "ferry-fixed" => run_ferry(env, Some("fixed")),
         "ferry-fair" => run_ferry(env, Some("fair")),
         "ferry-small-up" => run_small_ferry(env, true, &[]),
@@ -527,6 +531,47 @@ fn run_ferry_with(env: &Env, row: &str, opts: &[&str], note: String) -> Res<RunR
         send: copy.client,
         recv: copy.server,
         note: format!("{note}, cp said: {}", copy.said),
+    })
+}
+
+/// The passphrase of the `ferry-crypt-up` row's envelopes (given as `FERRY_FILEPASS`).
+const BENCH_PASS: &str = "loopback bench passphrase";
+
+/// `ferry cp --file-crypt encrypt`: the envelope is opened again with `ferry crypt decrypt`
+/// (outside the timing) and compared with the source.
+fn run_crypt_up(env: &Env) -> Res<RunResult> {
+    let s = &env.scratch;
+    let docroot = s.join("ferry-docroot");
+    fs::create_dir_all(&docroot).map_err(|e| format!("creating the docroot: {e}"))?;
+    let serve = flag_serve(env, &docroot);
+    let from = env.src.display().to_string();
+    let opts = ["--file-crypt", "encrypt"];
+    let copy = ferry_copy(env, &serve, &env.ferry_fp, &opts, &from, "127.0.0.1:.")?;
+    let name = env.src.file_name().ok_or("source has no name")?.to_string_lossy();
+    let sealed = docroot.join(format!("{name}.ferry"));
+    let opened = s.join("ferry-crypt-opened");
+    let _ = fs::remove_file(&opened);
+    let status = Command::new(&env.ferry)
+        .args(["crypt", "decrypt"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&opened)
+        .env("FERRY_FILEPASS", BENCH_PASS)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("ferry crypt decrypt: {e}"))?;
+    if !status.success() {
+        return Err(format!("ferry-crypt-up: {} does not open", sealed.display()));
+    }
+    fs::remove_file(&sealed).map_err(|e| format!("removing {}: {e}", sealed.display()))?;
+    verify_and_remove(env, &opened, "ferry-crypt-up")?;
+    Ok(RunResult {
+        bytes: env.args.size,
+        files: 0,
+        seconds: copy.seconds,
+        send: copy.client,
+        recv: copy.server,
+        note: format!("no options but --file-crypt encrypt, cp said: {}", copy.said),
     })
 }
 
@@ -656,6 +701,7 @@ fn ferry_copy(
         .args(["--host-key", fp, "-P", &port.to_string()])
         .args(opts)
         .args([from, to])
+        .env("FERRY_FILEPASS", BENCH_PASS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
