@@ -231,6 +231,7 @@ fn signed_hello(c: &quinn::Connection, key: &Ed25519KeyPair, d: Direction, port:
         user: String::new(),
         share: None,
         overwrite: Default::default(),
+        partial_suffix: None,
         public_key: key.public_key().as_ref().try_into().unwrap(),
         signature: [0; 64],
     };

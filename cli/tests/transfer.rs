@@ -1356,3 +1356,69 @@ fn host_and_mode_take_plain_paths() {
     let lone = cp(&s, &["--host-key", &fp, "--mode", "recv", "a", "b"], w);
     assert_eq!(lone.status.code(), Some(2), "--mode needs --host: {}", stderr(&lone));
 }
+
+/// `--partial-file-suffix`: while a file arrives its partial is `NAME` + the suffix beside the
+/// final name (on the server for an upload, here for a download), gone once it verified; an
+/// interrupted upload resumes from that partial; an existing file of that name is never
+/// touched (the incoming file fails, saying so); a bad suffix is refused before anything runs.
+#[test]
+fn partial_file_suffix_names_the_partial_while_it_arrives() {
+    const MIB: usize = 1 << 20;
+    let s = server();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let size = 24 * MIB + 7;
+    std::fs::write(w.join("big.bin"), data(size, 31)).unwrap();
+    let fp = s.fingerprint.clone();
+    // Upload, watched while it runs, then killed part way.
+    let mut child =
+        spawn_cp(&s, &["-l", "40M", "--partial-file-suffix", ".part", "big.bin", "127.0.0.1:"], w);
+    wait_for("the visible partial", || s.docroot().join("big.bin.part").exists());
+    while journal_len(&s.docroot(), "big.bin").is_none_or(|n| n < 72 + 48 * 6) {
+        assert!(child.try_wait().unwrap().is_none(), "the upload ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    assert!(!s.docroot().join("big.bin").exists());
+    let args =
+        ["--host-key", &fp, "--json", "--partial-file-suffix", ".part", "big.bin", "127.0.0.1:"];
+    let out = cp(&s, &args, w);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = done_event(&out.stdout)["new_bytes"].as_u64().unwrap();
+    assert!(new <= (size - 4 * MIB) as u64, "resumed from big.bin.part: {new} of {size}");
+    assert_eq!(digest(&s.docroot().join("big.bin")), digest(&w.join("big.bin")));
+    assert_eq!(names(&s.docroot()), ["big.bin"], "the partial and its journal are gone");
+
+    // Download: the same, here.
+    let dest = w.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let d = dest.to_str().unwrap();
+    let mut child =
+        spawn_cp(&s, &["-l", "40M", "--partial-file-suffix", "~", "127.0.0.1:big.bin", d], w);
+    wait_for("the visible partial here", || dest.join("big.bin~").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    let out =
+        cp(&s, &["--host-key", &fp, "-q", "--partial-file-suffix", "~", "127.0.0.1:big.bin", d], w);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(digest(&dest.join("big.bin")), digest(&w.join("big.bin")));
+    assert_eq!(names(&dest), ["big.bin"]);
+
+    // Someone's own file under the partial's name: never touched.
+    std::fs::write(w.join("small.txt"), b"incoming").unwrap();
+    std::fs::write(s.docroot().join("small.txt.part"), b"mine, keep it").unwrap();
+    let out = cp(
+        &s,
+        &["--host-key", &fp, "--partial-file-suffix", ".part", "small.txt", "127.0.0.1:"],
+        w,
+    );
+    assert_eq!(out.status.code(), Some(39), "{}", stderr(&out));
+    assert!(stderr(&out).contains("small.txt.part exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(s.docroot().join("small.txt.part")).unwrap(), b"mine, keep it");
+    assert!(!s.docroot().join("small.txt").exists());
+
+    let out =
+        cp(&s, &["--host-key", &fp, "--partial-file-suffix", "a/b", "small.txt", "127.0.0.1:"], w);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

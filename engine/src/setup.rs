@@ -86,9 +86,12 @@ pub struct ClientHello {
     /// A download that is one session of a multi-session transfer: which share of the listing
     /// this session carries (docs/PROTOCOL.md 8.5).
     pub share: Option<Share>,
-    /// What the receiver does with files that exist at the destination (flag bit 6 and a
-    /// byte after the share fields; [`Overwrite::Keep`] is their absence).
+    /// What the receiver does with files that exist at the destination (an option, flag bit
+    /// 6; [`Overwrite::Keep`] is its absence).
     pub overwrite: crate::control::Overwrite,
+    /// The receiver names each file's partial `NAME` + this while it arrives (an option, flag
+    /// bit 6; `ferry cp --partial-file-suffix`), instead of a hidden name.
+    pub partial_suffix: Option<String>,
     /// The client's ed25519 public key.
     pub public_key: [u8; 32],
     /// Ed25519 signature over [`ClientHello::signed_message`].
@@ -122,8 +125,27 @@ pub const FLAG_PRESERVE_TIMES: u8 = 8;
 pub const RESUME_SHIFT: u8 = 4;
 /// The mask of the resume level's bits.
 pub const RESUME_MASK: u8 = 0b11 << RESUME_SHIFT;
-/// Flag bit: an overwrite policy byte follows the user name and the share fields.
-const FLAG_OVERWRITE: u8 = 64;
+/// Flag bit: a list of options follows the user name and the share fields (docs/PROTOCOL.md
+/// 8.2): `u8 count`, then `count` times `u8 tag, u8 len, len bytes`, tags increasing.
+const FLAG_OPTIONS: u8 = 64;
+/// Option tag: the overwrite policy (1 byte, [`Overwrite::code`](crate::control::Overwrite)).
+const OPT_OVERWRITE: u8 = 1;
+/// Option tag: the partial-file suffix (`ferry cp --partial-file-suffix`, UTF-8).
+const OPT_PARTIAL_SUFFIX: u8 = 2;
+/// Longest partial-file suffix, in bytes.
+pub const MAX_PARTIAL_SUFFIX: usize = 64;
+
+/// Whether `s` can be a partial-file suffix: 1 to [`MAX_PARTIAL_SUFFIX`] bytes, no `/`, no NUL or
+/// other control character (so that `NAME` + `s` is a name in the same directory).
+pub fn check_partial_suffix(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_PARTIAL_SUFFIX {
+        return Err(format!("a partial-file suffix has 1 to {MAX_PARTIAL_SUFFIX} bytes"));
+    }
+    if let Some(c) = s.chars().find(|c| *c == '/' || c.is_control()) {
+        return Err(format!("a partial-file suffix cannot hold {c:?}"));
+    }
+    Ok(())
+}
 /// CLIENT_HELLO flag: on upload, the client seals each file itself into an envelope it builds
 /// anew every attempt (`ferry cp --file-crypt encrypt`); in a resuming session the receiver's
 /// FILE_HAVE then carries the held head of a file (docs/PROTOCOL.md 8.6).
@@ -168,10 +190,17 @@ impl ClientHello {
         p.extend_from_slice(&self.min_rate.to_be_bytes());
         p.push(self.policy.code());
         p.extend_from_slice(&self.data_port.to_be_bytes());
-        let overwrite = self.overwrite.code();
-        let flags = (self.flags & !(FLAG_SHARE | FLAG_OVERWRITE))
+        let mut options: Vec<(u8, &[u8])> = Vec::new();
+        let overwrite = self.overwrite.code().map(|c| [c]);
+        if let Some(code) = &overwrite {
+            options.push((OPT_OVERWRITE, code));
+        }
+        if let Some(sfx) = &self.partial_suffix {
+            options.push((OPT_PARTIAL_SUFFIX, sfx.as_bytes()));
+        }
+        let flags = (self.flags & !(FLAG_SHARE | FLAG_OPTIONS))
             | if self.share.is_some() { FLAG_SHARE } else { 0 }
-            | if overwrite.is_some() { FLAG_OVERWRITE } else { 0 };
+            | if options.is_empty() { 0 } else { FLAG_OPTIONS };
         p.push(flags);
         p.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
         p.extend_from_slice(self.path.as_bytes());
@@ -183,8 +212,13 @@ impl ClientHello {
             p.extend_from_slice(&sh.threshold.to_be_bytes());
             p.extend_from_slice(&sh.transfer);
         }
-        if let Some(code) = overwrite {
-            p.push(code);
+        if !options.is_empty() {
+            p.push(options.len() as u8);
+            for (tag, value) in options {
+                p.push(tag);
+                p.push(value.len() as u8);
+                p.extend_from_slice(value);
+            }
         }
         p.extend_from_slice(&self.public_key);
         p
@@ -253,12 +287,39 @@ impl ClientHello {
         } else {
             None
         };
-        let overwrite = if flags & FLAG_OVERWRITE != 0 {
-            crate::control::Overwrite::from_code(r.u8()?)
-                .ok_or(ParseError::Invalid("overwrite policy"))?
-        } else {
-            crate::control::Overwrite::Keep
-        };
+        let mut overwrite = crate::control::Overwrite::Keep;
+        let mut partial_suffix = None;
+        if flags & FLAG_OPTIONS != 0 {
+            let count = r.u8()?;
+            if count == 0 {
+                return Err(ParseError::Invalid("an empty option list").into());
+            }
+            let mut last = 0;
+            for _ in 0..count {
+                let (tag, len) = (r.u8()?, r.u8()? as usize);
+                let value = r.take(len)?;
+                if tag <= last {
+                    return Err(ParseError::Invalid("options out of order").into());
+                }
+                last = tag;
+                match tag {
+                    OPT_OVERWRITE => {
+                        let [code] = value else {
+                            return Err(ParseError::Invalid("overwrite policy").into());
+                        };
+                        overwrite = crate::control::Overwrite::from_code(*code)
+                            .ok_or(ParseError::Invalid("overwrite policy"))?;
+                    }
+                    OPT_PARTIAL_SUFFIX => {
+                        let sfx = std::str::from_utf8(value)
+                            .map_err(|_| ParseError::Invalid("partial suffix is not UTF-8"))?;
+                        check_partial_suffix(sfx).map_err(HelloError::Option)?;
+                        partial_suffix = Some(sfx.to_owned());
+                    }
+                    _ => return Err(HelloError::Option(format!("unknown option {tag}"))),
+                }
+            }
+        }
         let public_key = r.take(32)?.try_into().expect("32");
         let signature = r.take(64)?.try_into().expect("64");
         if !r.0.is_empty() {
@@ -275,11 +336,12 @@ impl ClientHello {
             min_rate,
             policy,
             data_port,
-            flags: flags & !(FLAG_SHARE | FLAG_OVERWRITE),
+            flags: flags & !(FLAG_SHARE | FLAG_OPTIONS),
             path,
             user,
             share,
             overwrite,
+            partial_suffix,
             public_key,
             signature,
         })
@@ -337,6 +399,10 @@ pub enum HelloError {
     /// A well-formed hello with a rate policy this implementation does not know.
     #[error("unknown rate policy {0}")]
     UnknownPolicy(u8),
+    /// A well-formed hello with an option this implementation does not know, or one whose
+    /// value it does not accept.
+    #[error("{0}")]
+    Option(String),
 }
 
 /// What a server accepts, for [`negotiate`]. The defaults accept everything the protocol allows.
@@ -389,6 +455,8 @@ pub struct Plan {
     pub sealed: bool,
     /// What the receiver does with files that exist at the destination.
     pub overwrite: crate::control::Overwrite,
+    /// The receiver's partial files are `NAME` + this (`--partial-file-suffix`).
+    pub partial_suffix: Option<String>,
     /// The client's data port.
     pub data_port: u16,
     /// The receiver's window cap.
@@ -567,6 +635,7 @@ pub fn negotiate<G: Permits>(
         resume: (hello.flags & RESUME_MASK) >> RESUME_SHIFT,
         sealed: hello.direction == Direction::Upload && hello.flags & FLAG_SEALED != 0,
         overwrite: hello.overwrite,
+        partial_suffix: hello.partial_suffix.clone(),
         data_port: hello.data_port,
         max_window: rules.max_window,
         share: hello.share,
@@ -800,6 +869,7 @@ mod tests {
             user: "alice".into(),
             share: None,
             overwrite: Default::default(),
+            partial_suffix: None,
             public_key: [3; 32],
             signature: [4; 64],
         }
@@ -859,6 +929,29 @@ mod tests {
         assert_eq!(bad[at], 2);
         bad[at] = 9;
         assert!(ClientHello::decode(&bad).is_err());
+        // The partial suffix rides the option list with the policy; a bad suffix, an unknown
+        // option and options out of order are refused.
+        let mut o = h.clone();
+        (o.overwrite, o.partial_suffix) = (Overwrite::Diff, Some(".part".into()));
+        let mut buf = Vec::new();
+        o.encode(&mut buf);
+        let (_, payload, _) = split_frame(&buf).unwrap().unwrap();
+        assert_eq!(ClientHello::decode(payload).unwrap(), o);
+        assert_ne!(h.signed_message(&e), o.signed_message(&e));
+        let tail = |opts: &[u8]| {
+            let mut p = payload[..payload.len() - 96 - (1 + 3 + 2 + 5)].to_vec();
+            p.extend_from_slice(opts);
+            p.extend_from_slice(&payload[payload.len() - 96..]);
+            ClientHello::decode(&p)
+        };
+        assert_eq!(
+            tail(&[2, 1, 1, 2, 2, 2, b'.', b'p']).unwrap().partial_suffix.as_deref(),
+            Some(".p")
+        );
+        assert!(matches!(tail(&[1, 2, 2, b'a', b'/']), Err(HelloError::Option(_))));
+        assert!(matches!(tail(&[1, 9, 1, 0]), Err(HelloError::Option(_))));
+        assert!(tail(&[2, 2, 1, b'x', 1, 1, 2]).is_err(), "options out of order");
+        assert!(tail(&[0]).is_err(), "an empty list");
         // A download's share round-trips and is signed; a share on an upload, of one session,
         // or beyond its count is refused.
         let share = Share { index: 1, count: 3, threshold: 64 << 20, transfer: [5; 16] };

@@ -168,6 +168,15 @@ pub(crate) struct CpArgs {
     /// Ferry's is documented.
     #[arg(long = "file-crypt", value_name = "MODE", value_parser = ["encrypt", "decrypt"])]
     file_crypt: Option<String>,
+    /// Name each file's partial `NAME` + SUFFIX beside its final name while it arrives (ascp's
+    /// --partial-file-suffix; e.g. `.partial`), on the server for an upload, here for a
+    /// download; the suffix is taken off once the file verified. Without it the partial is the
+    /// hidden `.NAME.ferry-partial-HEX`. 1 to 64 bytes, no `/`. An existing file of that name
+    /// is never overwritten (the incoming file fails, and says so) and is removed only when
+    /// the journal of this file vouches that it is an earlier attempt's partial. Files sent in
+    /// parts (-C) use the hidden name.
+    #[arg(long = "partial-file-suffix", value_name = "SUFFIX")]
+    partial_file_suffix: Option<String>,
     /// Accepted for ascp command lines, and ignored: Ferry's data shares the server's one UDP
     /// port with its control connection (the server tells the client its data port at set-up),
     /// so there is no separate data port to choose.
@@ -507,6 +516,10 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
             )));
         }
     };
+    if let Some(sfx) = &args.partial_file_suffix {
+        ferry_engine::setup::check_partial_suffix(sfx)
+            .map_err(|e| usage(format!("--partial-file-suffix {sfx:?}: {e}")))?;
+    }
     let log_file = args.log_dir.as_deref().map(open_log).transpose()?;
     let logging = log_file.is_some();
     super::log::install_with_file("ferry cp", "ferry=warn", log_file.map(|(f, _)| f));
@@ -590,6 +603,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
         resume: args.resume,
         // The held head of an envelope comes back, and the next attempt seals under it.
         sealed: envelopes.is_some(),
+        partial_suffix: args.partial_file_suffix.clone(),
         overwrite: overwrite_policy(args.overwrite.as_deref()),
     };
     let started = Instant::now();
@@ -1008,6 +1022,7 @@ fn transfer_blocking(
                     resume: opts.resume > 0,
                     overwrite: opts.overwrite,
                     replace: opts.overwrite != ferry_engine::control::Overwrite::Keep,
+                    partial_suffix: opts.partial_suffix.clone(),
                     ..SinkLimits::default()
                 };
                 let sink = move || {

@@ -107,6 +107,7 @@ pub(crate) fn run(args: DoctorArgs) -> Result<(), CliError> {
         resume: 0,
         overwrite: Default::default(),
         sealed: false,
+        partial_suffix: None,
     };
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Failed, format!("cannot start the runtime: {e}")))?;

@@ -78,6 +78,10 @@ pub struct ClientOptions {
     /// server on an upload (within what its policy permits), this end's sink on a download
     /// ([`SinkLimits::overwrite`](ferry_engine::io::files::SinkLimits)).
     pub overwrite: ferry_engine::control::Overwrite,
+    /// On an upload, the server names each partial file `NAME` + this while it arrives
+    /// (`--partial-file-suffix`; a download's sink takes it from the caller, in
+    /// [`SinkLimits::partial_suffix`](ferry_engine::io::files::SinkLimits)).
+    pub partial_suffix: Option<String>,
     /// An upload whose source seals each file itself, anew every attempt (client-side
     /// envelopes, [`Envelopes`](ferry_engine::io::envelope::Envelopes)): CLIENT_HELLO flag bit
     /// 7, so that a resumed file's held head comes back to be adopted.
@@ -588,6 +592,11 @@ fn hello(
         user: opts.user.clone(),
         share: role.share,
         overwrite: opts.overwrite,
+        partial_suffix: if direction == Direction::Upload {
+            opts.partial_suffix.clone()
+        } else {
+            None
+        },
         public_key: *opts.identity.public(),
         signature: [0; 64],
     };

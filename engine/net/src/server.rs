@@ -784,6 +784,7 @@ fn receiver(
         overwrite: plan.overwrite,
         preserve_mtime: plan.preserve_times,
         resume: plan.resume > 0,
+        partial_suffix: plan.partial_suffix.clone(),
         claims: Some(ClaimTicket {
             claims: ctx.claims.clone(),
             owner: grant.user.clone(),

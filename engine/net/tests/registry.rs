@@ -68,6 +68,7 @@ impl Running {
             resume: 0,
             overwrite: Default::default(),
             sealed: false,
+            partial_suffix: None,
         }
     }
 

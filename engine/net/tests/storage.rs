@@ -150,6 +150,7 @@ async fn the_granted_storage_stores_and_reads_everything() {
         resume: 0,
         overwrite: Default::default(),
         sealed: false,
+        partial_suffix: None,
     };
     let run = |transfer: Transfer| {
         let (_tx, cancel) = tokio::sync::watch::channel(None);

@@ -46,6 +46,15 @@ pub struct SinkLimits {
     /// This session's place on its server's board of journal holders: a journal held by an
     /// older session of the same owner is taken over ([`Claims`](super::Claims)).
     pub claims: Option<super::ClaimTicket>,
+    /// Name each file's partial `NAME` + this suffix beside its final name while it arrives
+    /// (`--partial-file-suffix`, checked by
+    /// [`check_partial_suffix`](crate::setup::check_partial_suffix)) instead of the hidden
+    /// `.NAME.ferry-partial-HEX`. Such a name is created only where nothing has it (an existing
+    /// file of that name fails the file, untouched) and removed only by the session that made
+    /// it, or by one resuming it whose journal vouches for it. A file sent in parts, a
+    /// resumable one whose journal another session holds, and a name too long for the suffix
+    /// use the hidden name.
+    pub partial_suffix: Option<String>,
 }
 
 impl Default for SinkLimits {
@@ -57,6 +66,7 @@ impl Default for SinkLimits {
             preserve_mtime: false,
             resume: false,
             claims: None,
+            partial_suffix: None,
         }
     }
 }
@@ -124,6 +134,8 @@ struct SinkFile {
     /// With chunk 0 resumed: the partial's first bytes, until [`BlockSink::held_head`] takes
     /// them.
     head: Vec<u8>,
+    /// The partial's name when it is `NAME` + [`SinkLimits::partial_suffix`].
+    visible: Option<String>,
 }
 
 impl SinkFile {
@@ -133,7 +145,7 @@ impl SinkFile {
     }
 
     fn partial(&self) -> String {
-        partial_name(&self.name, self.suffix)
+        self.visible.clone().unwrap_or_else(|| partial_name(&self.name, self.suffix))
     }
 
     fn journal_name(&self) -> String {
@@ -327,7 +339,17 @@ impl FileSink {
         }
         let suffix = super::docroot::resume_suffix(&sf.name);
         let ticket = self.limits.claims.as_ref();
-        match super::journal::claim(dir, &sf.name, suffix, sf.size, sf.mtime_ns, ticket) {
+        let partial = super::journal::Partial {
+            name: sf.visible.clone().unwrap_or_else(|| partial_name(&sf.name, suffix)),
+            visible: sf.visible.is_some(),
+        };
+        let claimed =
+            super::journal::claim(dir, &sf.name, suffix, &partial, sf.size, sf.mtime_ns, ticket);
+        if !matches!(claimed, Ok(Some(_))) {
+            // Received into a partial of its own (another session holds this one).
+            sf.visible = None;
+        }
+        match claimed {
             Ok(Some(r)) => {
                 if let Some(t) = ticket {
                     t.hold(r.journal.key());
@@ -504,10 +526,18 @@ impl FileSink {
                     }
                     partial = self.files[file as usize].partial();
                 }
+                let visible = self.files[file as usize].visible.is_some();
                 let dir = self.dir(&parent).map_err(|e| context("cannot open its directory", e))?;
-                let f = dir
-                    .create_new(&partial, 0o600)
-                    .map_err(|e| context("cannot create the partial file", e))?;
+                let f = dir.create_new(&partial, 0o600).map_err(|e| {
+                    if visible && e.kind() == io::ErrorKind::AlreadyExists {
+                        let why = format!(
+                            "{partial} exists, and it is the partial name --partial-file-suffix \
+                             gives this file (Ferry does not overwrite it)"
+                        );
+                        return io::Error::new(io::ErrorKind::AlreadyExists, why);
+                    }
+                    context("cannot create the partial file", e)
+                })?;
                 let identity = super::docroot::fd_meta(&f)?.dev_ino;
                 if let Err(e) = f.set_len(size) {
                     let _ = dir.remove_file(&partial);
@@ -751,8 +781,18 @@ impl BlockSink for FileSink {
             journal: None,
             resumed: Vec::new(),
             head: Vec::new(),
+            visible: None,
             replace,
         });
+        if result.is_ok()
+            && entry.part.is_none()
+            && let Some(sfx) = &self.limits.partial_suffix
+        {
+            let sf = &mut self.files[entry.id as usize];
+            if sf.name.len() + sfx.len() <= super::docroot::NAME_MAX {
+                sf.visible = Some(format!("{}{sfx}", sf.name));
+            }
+        }
         if result.is_ok()
             && self.limits.resume
             && crate::session::resumable(entry.size, entry.part.is_some())

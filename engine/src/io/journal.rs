@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::docroot::{Dir, journal_name, partial_name};
+use super::docroot::{Dir, journal_name};
 use crate::session::{RESUME_CHUNK, chunk_cv};
 
 /// `FERRYJNL`.
@@ -144,11 +144,12 @@ pub(crate) fn claim(
     dir: &Dir,
     name: &str,
     suffix: u64,
+    partial: &Partial,
     size: u64,
     mtime_ns: i64,
     ticket: Option<&ClaimTicket>,
 ) -> io::Result<Option<Resumed>> {
-    if let Some(r) = resume(dir, name, suffix, size, mtime_ns)? {
+    if let Some(r) = resume(dir, name, suffix, partial, size, mtime_ns)? {
         return Ok(Some(r));
     }
     let Some(ticket) = ticket else { return Ok(None) };
@@ -159,11 +160,19 @@ pub(crate) fn claim(
     let deadline = Instant::now() + SUPERSEDE_WAIT;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
-        if let Some(r) = resume(dir, name, suffix, size, mtime_ns)? {
+        if let Some(r) = resume(dir, name, suffix, partial, size, mtime_ns)? {
             return Ok(Some(r));
         }
     }
     Ok(None)
+}
+
+/// The partial a journal describes: its name, and whether it is a name anyone could have made
+/// (`NAME` + a partial-file suffix) rather than one reserved for partials.
+#[derive(Debug, Clone)]
+pub(crate) struct Partial {
+    pub name: String,
+    pub visible: bool,
 }
 
 /// What an earlier attempt left that checked out.
@@ -202,11 +211,13 @@ fn record(check: &[u8; 8], chunk: u64, cv: &[u8; 32]) -> [u8; RECORD_LEN] {
 /// Claims the journal of `name` (a file of `size` bytes, modified at `mtime_ns`) in `dir` and
 /// checks what an earlier attempt left: `None` if another session holds it. The journal is
 /// created if missing and rewritten to hold exactly the records that checked out; a partial
-/// with none is removed (the lock makes it this session's).
+/// with none is removed (the lock makes it this session's) — a visible one only if the journal
+/// was this file's (else it may be anyone's file, and it stays).
 pub(crate) fn resume(
     dir: &Dir,
     name: &str,
     suffix: u64,
+    partial_file: &Partial,
     size: u64,
     mtime_ns: i64,
 ) -> io::Result<Option<Resumed>> {
@@ -224,10 +235,12 @@ pub(crate) fn resume(
     let most = HEADER_LEN as u64 + 2 * RECORD_LEN as u64 * full_chunks.max(1);
     let mut records: Vec<Option<[u8; 32]>> = vec![None; full_chunks as usize];
     let mut any = false;
+    let mut ours = false;
     if meta.size >= HEADER_LEN as u64 && meta.size <= most {
         let mut bytes = vec![0u8; meta.size as usize];
         file.read_exact_at(&mut bytes, 0)?;
         if bytes[..HEADER_LEN] == want {
+            ours = true;
             let check: [u8; 8] = want[64..].try_into().expect("8 bytes");
             for r in bytes[HEADER_LEN..].chunks_exact(RECORD_LEN) {
                 let chunk = u64::from_be_bytes(r[..8].try_into().expect("8 bytes"));
@@ -241,10 +254,10 @@ pub(crate) fn resume(
             }
         }
     }
-    let pname = partial_name(name, suffix);
+    let pname = &partial_file.name;
     let mut chunks = Vec::new();
     let mut partial = None;
-    if any && let Ok((p, pmeta)) = dir.open_rw(&pname) {
+    if any && let Ok((p, pmeta)) = dir.open_rw(pname) {
         if pmeta.size == size {
             let mut buf = vec![0u8; RESUME_CHUNK as usize];
             for (k, cv) in records.iter().enumerate() {
@@ -259,8 +272,8 @@ pub(crate) fn resume(
             partial = Some(p);
         }
     }
-    if partial.is_none() {
-        match dir.remove_file(&pname) {
+    if partial.is_none() && (ours || !partial_file.visible) {
+        match dir.remove_file(pname) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -291,6 +304,33 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::docroot::partial_name;
+
+    /// The reserved (hidden) partial of `name`.
+    fn hidden(name: &str, suffix: u64) -> Partial {
+        Partial { name: partial_name(name, suffix), visible: false }
+    }
+
+    /// A visible partial (`NAME` + a suffix) is removed only when the journal was this file's:
+    /// else it may be anyone's file.
+    #[test]
+    fn a_visible_partial_without_its_journal_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Docroot::open(tmp.path()).unwrap();
+        let dir = root.open_dir(&RelPath::root()).unwrap();
+        let (name, suffix, size) = ("v.bin", 9u64, 3 * RESUME_CHUNK);
+        let visible = Partial { name: "v.bin.part".into(), visible: true };
+        std::fs::write(tmp.path().join("v.bin.part"), b"someone's own file").unwrap();
+        let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
+        assert!(r.chunks.is_empty() && r.partial.is_none());
+        drop(r);
+        assert_eq!(std::fs::read(tmp.path().join("v.bin.part")).unwrap(), b"someone's own file");
+        // Now the journal is this file's (written above): a partial none of whose chunks check
+        // out is this transfer's stale one, and goes.
+        let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
+        drop(r);
+        assert!(!tmp.path().join("v.bin.part").exists());
+    }
     use crate::io::docroot::{Docroot, RelPath, resume_suffix};
 
     const C: u64 = RESUME_CHUNK;
@@ -305,7 +345,9 @@ mod tests {
         let suffix = resume_suffix(name);
         let _ = dir.remove_file(&journal_name(name, suffix));
         let _ = dir.remove_file(&partial_name(name, suffix));
-        let r = resume(dir, name, suffix, data.len() as u64, mtime_ns).unwrap().unwrap();
+        let r = resume(dir, name, suffix, &hidden(name, suffix), data.len() as u64, mtime_ns)
+            .unwrap()
+            .unwrap();
         let mut journal = r.journal;
         let p = dir.open_or_create(&partial_name(name, suffix), 0o600).unwrap().0;
         p.set_len(data.len() as u64).unwrap();
@@ -333,11 +375,11 @@ mod tests {
 
         // Intact: every recorded chunk resumes; the partial is handed back open.
         leave(&dir, name, &bytes, 7, &[0, 2, 3]);
-        let r = resume(&dir, name, suffix, size, 7).unwrap().unwrap();
+        let r = resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().unwrap();
         assert_eq!(starts(&r), [0, 2, 3]);
         assert!(r.partial.is_some());
         // A second claim while this one holds the lock: refused (never shared).
-        assert!(resume(&dir, name, suffix, size, 7).unwrap().is_none());
+        assert!(resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().is_none());
         drop(r);
 
         // A flipped byte in chunk 2 of the partial: chunk 2 is dropped (and the journal
@@ -345,10 +387,10 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[(2 * C + 100) as usize] ^= 0x40;
         std::fs::write(&ppath, &damaged).unwrap();
-        let r = resume(&dir, name, suffix, size, 7).unwrap().unwrap();
+        let r = resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().unwrap();
         assert_eq!(starts(&r), [0, 3]);
         drop(r);
-        let r = resume(&dir, name, suffix, size, 7).unwrap().unwrap();
+        let r = resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().unwrap();
         assert_eq!(starts(&r), [0, 3], "the rewritten journal holds what checked out");
         drop(r);
 
@@ -356,18 +398,26 @@ mod tests {
         leave(&dir, name, &bytes, 7, &[0, 1, 2]);
         let j = std::fs::read(&jpath).unwrap();
         std::fs::write(&jpath, &j[..j.len() - 5]).unwrap();
-        assert_eq!(starts(&resume(&dir, name, suffix, size, 7).unwrap().unwrap()), [0, 1]);
+        assert_eq!(
+            starts(&resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().unwrap()),
+            [0, 1]
+        );
         leave(&dir, name, &bytes, 7, &[0, 1, 2]);
         let mut j = std::fs::read(&jpath).unwrap();
         j[HEADER_LEN + RECORD_LEN + 9] ^= 1;
         std::fs::write(&jpath, &j).unwrap();
-        assert_eq!(starts(&resume(&dir, name, suffix, size, 7).unwrap().unwrap()), [0]);
+        assert_eq!(
+            starts(&resume(&dir, name, suffix, &hidden(name, suffix), size, 7).unwrap().unwrap()),
+            [0]
+        );
 
         // Another version (mtime), another size, a journal of another file: nothing resumes,
         // and the stale partial is removed.
         for (other_size, other_mtime) in [(size, 8), (size + 1, 7)] {
             leave(&dir, name, &bytes, 7, &[0, 1]);
-            let r = resume(&dir, name, suffix, other_size, other_mtime).unwrap().unwrap();
+            let r = resume(&dir, name, suffix, &hidden(name, suffix), other_size, other_mtime)
+                .unwrap()
+                .unwrap();
             assert!(r.chunks.is_empty() && r.partial.is_none());
             assert!(!ppath.exists());
         }
@@ -375,18 +425,36 @@ mod tests {
         let other = journal_name("other.bin", resume_suffix("other.bin"));
         std::fs::copy(tmp.path().join(other), &jpath).unwrap();
         std::fs::write(&ppath, &bytes).unwrap();
-        assert!(resume(&dir, name, suffix, size, 7).unwrap().unwrap().chunks.is_empty());
+        assert!(
+            resume(&dir, name, suffix, &hidden(name, suffix), size, 7)
+                .unwrap()
+                .unwrap()
+                .chunks
+                .is_empty()
+        );
 
         // The journal deleted: the partial is not trusted.
         leave(&dir, name, &bytes, 7, &[0, 1]);
         std::fs::remove_file(&jpath).unwrap();
-        assert!(resume(&dir, name, suffix, size, 7).unwrap().unwrap().chunks.is_empty());
+        assert!(
+            resume(&dir, name, suffix, &hidden(name, suffix), size, 7)
+                .unwrap()
+                .unwrap()
+                .chunks
+                .is_empty()
+        );
         assert!(!ppath.exists());
 
         // The partial truncated: nothing of it is trusted.
         leave(&dir, name, &bytes, 7, &[0, 1]);
         std::fs::write(&ppath, &bytes[..(2 * C) as usize]).unwrap();
-        assert!(resume(&dir, name, suffix, size, 7).unwrap().unwrap().chunks.is_empty());
+        assert!(
+            resume(&dir, name, suffix, &hidden(name, suffix), size, 7)
+                .unwrap()
+                .unwrap()
+                .chunks
+                .is_empty()
+        );
     }
 
     #[test]
@@ -413,7 +481,10 @@ mod tests {
             owner: owner.into(),
             session,
         };
-        let first = claim(&dir, name, suffix, size, 1, Some(&ticket("alice", 1))).unwrap().unwrap();
+        let first =
+            claim(&dir, name, suffix, &hidden(name, suffix), size, 1, Some(&ticket("alice", 1)))
+                .unwrap()
+                .unwrap();
         ticket("alice", 1).hold(first.journal.key());
         let holder = std::thread::spawn(move || {
             let id = stop_rx.recv().unwrap();
@@ -421,12 +492,18 @@ mod tests {
             id
         });
         // Another owner: refused, nobody asked to stop.
-        assert!(claim(&dir, name, suffix, size, 1, Some(&ticket("bob", 2))).unwrap().is_none());
+        assert!(
+            claim(&dir, name, suffix, &hidden(name, suffix), size, 1, Some(&ticket("bob", 2)))
+                .unwrap()
+                .is_none()
+        );
         // No ticket: refused.
-        assert!(claim(&dir, name, suffix, size, 1, None).unwrap().is_none());
+        assert!(claim(&dir, name, suffix, &hidden(name, suffix), size, 1, None).unwrap().is_none());
         assert!(stops.lock().unwrap().is_empty());
         // The same owner's newer session: session 1 is asked to stop, and the claim succeeds.
-        let second = claim(&dir, name, suffix, size, 1, Some(&ticket("alice", 3))).unwrap();
+        let second =
+            claim(&dir, name, suffix, &hidden(name, suffix), size, 1, Some(&ticket("alice", 3)))
+                .unwrap();
         assert!(second.is_some(), "taken over");
         assert_eq!(*stops.lock().unwrap(), [1]);
         assert_eq!(holder.join().unwrap(), 1);
@@ -449,7 +526,7 @@ mod tests {
         let target = tmp.path().join("elsewhere");
         std::fs::write(&target, b"keep").unwrap();
         std::os::unix::fs::symlink(&target, tmp.path().join(journal_name(name, suffix))).unwrap();
-        assert!(resume(&dir, name, suffix, 3 * C, 1).is_err());
+        assert!(resume(&dir, name, suffix, &hidden(name, suffix), 3 * C, 1).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 }
