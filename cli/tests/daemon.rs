@@ -955,3 +955,65 @@ fn overwrite_policies_follow_the_table_both_ways() {
         check_overwrite(&d.cp("alice", &args), &src, &dst, want, &what);
     }
 }
+
+/// `-k 2` and `-k 3` (ascp's sparse and full checksum) decide "the same" for `--overwrite diff`
+/// by content, both ways: a change in a chunk the sparse checksum samples (the first) is seen
+/// at level 2, one in a chunk it does not sample (the second of twenty) only at level 3; level
+/// 1 compares sizes alone.
+#[test]
+fn resume_levels_two_and_three_compare_content() {
+    const MIB: usize = 1 << 20;
+    let d = Daemon::with_dave();
+    let w = d.path("local");
+    let w = w.as_path();
+    let stored = d.path("dave/f.bin");
+    let original = data(20 * MIB, 44);
+    std::fs::write(w.join("f.bin"), &original).unwrap();
+    let up = |level: &str| {
+        let out = d.cp(
+            "dave",
+            &["--json", "-k", level, "--overwrite", "diff", "f.bin", "dave@127.0.0.1:."],
+        );
+        assert!(out.status.success(), "{} {}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        done_event(&out.stdout)["files_skipped"].as_u64().unwrap()
+    };
+    assert_eq!(up("1"), 0);
+    let changed = |at: usize| {
+        let mut d = original.clone();
+        d[at] ^= 0x5a;
+        std::fs::write(w.join("f.bin"), &d).unwrap();
+        d
+    };
+    // A change in chunk 1, which the sparse checksum does not sample.
+    let d1 = changed(MIB + 17);
+    assert_eq!(up("1"), 1, "level 1: the same size is the same");
+    assert_eq!(up("2"), 1, "level 2: the sampled chunks agree");
+    assert_eq!(up("3"), 0, "level 3: replaced");
+    assert_eq!(std::fs::read(&stored).unwrap(), d1);
+    // A change in chunk 0, which it samples.
+    let d0 = changed(100);
+    assert_eq!(up("2"), 0, "level 2: replaced");
+    assert_eq!(std::fs::read(&stored).unwrap(), d0);
+    assert_eq!(up("3"), 1, "level 3: now the same");
+
+    // Download: the server's checksums against the copy here.
+    let dest = w.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("f.bin"), &d1).unwrap();
+    let down = |level: &str| {
+        let out = d.cp(
+            "dave",
+            &["--json", "-k", level, "--overwrite", "diff", "dave@127.0.0.1:f.bin", "dest"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        done_event(&out.stdout)["files_skipped"].as_u64().unwrap()
+    };
+    assert_eq!(down("2"), 0, "chunk 0 differs: replaced");
+    assert_eq!(std::fs::read(dest.join("f.bin")).unwrap(), d0);
+    let mut only_chunk1 = d0.clone();
+    only_chunk1[MIB + 17] ^= 0x5a;
+    std::fs::write(dest.join("f.bin"), &only_chunk1).unwrap();
+    assert_eq!(down("2"), 1, "only chunk 1 differs: the same to level 2");
+    assert_eq!(down("3"), 0, "level 3: replaced");
+    assert_eq!(std::fs::read(dest.join("f.bin")).unwrap(), d0);
+}

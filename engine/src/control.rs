@@ -216,6 +216,15 @@ pub enum ControlMessage {
         /// bytes (an envelope's header, which the sender must reproduce). Else empty.
         head: Vec<u8>,
     },
+    /// Sender to receiver, right before the FILE of `file` (docs/PROTOCOL.md 8.4): the file's
+    /// content checksum at resume level 2 or 3 (ascp's sparse and full checksum), so that a
+    /// receiver holding a file of that name and size can tell whether it is the same.
+    FileSum {
+        /// File id (the FILE that follows).
+        file: u32,
+        /// The checksum.
+        sum: FileSum,
+    },
     /// Either way: the session ends now.
     Abort {
         /// Machine-readable reason (see the protocol document).
@@ -234,6 +243,23 @@ const T_FILE_ABANDON: u8 = 6;
 const T_RATE_LIMIT: u8 = 7;
 const T_FILE_PART: u8 = 8;
 const T_FILE_HAVE: u8 = 9;
+const T_FILE_SUM: u8 = 10;
+
+/// A file's content checksum (FILE_SUM): chunk CVs of sampled [`RESUME_CHUNK`]s, or the whole
+/// file's BLAKE3 digest.
+///
+/// [`RESUME_CHUNK`]: crate::session::RESUME_CHUNK
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSum {
+    /// Level 2 (sparse): `(chunk index, chaining value)` of at most [`MAX_SUM_CHUNKS`] whole
+    /// chunks ([`crate::session::sparse_chunks`]), in increasing index order.
+    Sparse(Vec<(u64, [u8; 32])>),
+    /// Level 3 (full), or a file with no whole chunk: BLAKE3 of the file's bytes.
+    Full([u8; 32]),
+}
+
+/// Most chunks a sparse FILE_SUM names.
+pub const MAX_SUM_CHUNKS: usize = 8;
 
 /// Most ranges in one FILE_HAVE (a receiver holding more offers the first ones; the rest is
 /// sent again).
@@ -272,6 +298,7 @@ impl ControlMessage {
             ControlMessage::FileAbandon { .. } => T_FILE_ABANDON,
             ControlMessage::RateLimit { .. } => T_RATE_LIMIT,
             ControlMessage::FileHave { .. } => T_FILE_HAVE,
+            ControlMessage::FileSum { .. } => T_FILE_SUM,
         }
     }
 
@@ -327,6 +354,24 @@ impl ControlMessage {
             ControlMessage::Abort { code, reason } => {
                 out.extend_from_slice(&code.to_be_bytes());
                 put_reason(out, reason);
+            }
+            ControlMessage::FileSum { file, sum } => {
+                out.extend_from_slice(&file.to_be_bytes());
+                match sum {
+                    FileSum::Sparse(chunks) => {
+                        let n = chunks.len().min(MAX_SUM_CHUNKS);
+                        out.push(2);
+                        out.push(n as u8);
+                        for (k, cv) in &chunks[..n] {
+                            out.extend_from_slice(&k.to_be_bytes());
+                            out.extend_from_slice(cv);
+                        }
+                    }
+                    FileSum::Full(root) => {
+                        out.push(3);
+                        out.extend_from_slice(root);
+                    }
+                }
             }
         }
         end_frame(out, start);
@@ -416,6 +461,29 @@ impl ControlMessage {
                     r.take(len)?.to_vec()
                 };
                 ControlMessage::FileHave { file, ranges, head }
+            }
+            T_FILE_SUM => {
+                let file = r.u32()?;
+                let sum = match r.u8()? {
+                    2 => {
+                        let n = r.u8()? as usize;
+                        if n == 0 || n > MAX_SUM_CHUNKS {
+                            return Err(ParseError::Invalid("file sum: 1 to 8 chunks"));
+                        }
+                        let mut chunks: Vec<(u64, [u8; 32])> = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let k = r.u64()?;
+                            if chunks.last().is_some_and(|&(last, _)| last >= k) {
+                                return Err(ParseError::Invalid("file sum: chunks out of order"));
+                            }
+                            chunks.push((k, r.take(32)?.try_into().expect("32")));
+                        }
+                        FileSum::Sparse(chunks)
+                    }
+                    3 => FileSum::Full(r.take(32)?.try_into().expect("32")),
+                    _ => return Err(ParseError::Invalid("file sum: unknown kind")),
+                };
+                ControlMessage::FileSum { file, sum }
             }
             T_ABORT => {
                 let code = r.u16()?;
@@ -544,6 +612,11 @@ mod tests {
             ControlMessage::FileHave { file: 6, ranges: vec![], head: vec![] },
             ControlMessage::FileHave { file: 7, ranges: vec![(0, 3), (5, 1 << 40)], head: vec![] },
             ControlMessage::FileHave { file: 8, ranges: vec![(0, 1)], head: vec![7; 1024] },
+            ControlMessage::FileSum { file: 9, sum: FileSum::Full([5; 32]) },
+            ControlMessage::FileSum {
+                file: 9,
+                sum: FileSum::Sparse(vec![(0, [1; 32]), (7, [2; 32])]),
+            },
         ];
         let mut buf = Vec::new();
         for m in &msgs {

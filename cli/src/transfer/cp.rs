@@ -124,9 +124,13 @@ pub(crate) struct CpArgs {
     /// whole file is still verified end to end. A partial of another version of the source
     /// (its size or modification time changed) is started again. 0 resends everything and
     /// leaves no partial behind. The level also says what makes a file already at the
-    /// destination "the same" for --overwrite: at 1 and above its size. Ferry differs on
-    /// purpose: ascp resumes only on a rerun; levels 2 and 3 (ascp's sparse and full checksum)
-    /// resume and compare as 1 does for now (every file is verified end to end anyway).
+    /// destination "the same" for --overwrite (ascp's meaning): 1 its size; 2 its size and the
+    /// BLAKE3 chaining values of up to eight sampled 1 MiB chunks (the first, the last and six
+    /// between: a sparse checksum, a few MiB read on each side); 3 its size and BLAKE3 of the
+    /// whole file (both sides read all of it before it is sent). Ferry differs on purpose:
+    /// ascp resumes only on a rerun, and compares modification times at level 1 (Ferry leaves
+    /// times to --overwrite older); a partial is always checked chunk by chunk, whatever the
+    /// level, and every file is verified end to end.
     #[arg(short = 'k', long = "resume", value_name = "LEVEL", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(0..=3))]
     resume: u8,
@@ -134,7 +138,7 @@ pub(crate) struct CpArgs {
     /// --overwrite): never (keep every existing file; the incoming one is skipped), always
     /// (replace it), diff (replace it unless it is the same: ascp's default), older (replace it
     /// if its modification time is older than the source's), diff+older (both). "The same" is
-    /// judged by -k: at 1 and above, the same size (levels 2 and 3 compare as 1 does for now);
+    /// judged by -k: 1 the same size, 2 and the same sampled chunks, 3 and the same content;
     /// at 0, never. An existing file is replaced only once the new copy verified, atomically;
     /// a skipped file is reported with status `skipped` and its reason, and is no failure. The
     /// server's policy may forbid replacing on an upload (the file then fails, kept as it was).

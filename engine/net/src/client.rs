@@ -550,7 +550,22 @@ async fn session(
         block_size: reply.block_size as usize,
     };
     observer(ClientEvent::Session(&info));
-    let side = side(conn, opts, &reply, transfer)?;
+    // -k 2 and 3: each file's checksum, for the server to compare with a copy it has (level 3
+    // reads every file whole: off the async runtime).
+    let (transfer, sums) = match transfer {
+        Transfer::Upload { mut files, path } if opts.resume >= 2 => {
+            let level = opts.resume;
+            let (files, sums) = tokio::task::spawn_blocking(move || {
+                let sums = files.sums(level);
+                (files, sums)
+            })
+            .await
+            .map_err(|e| ClientError::Failed(format!("checksumming the sources: {e}")))?;
+            (Transfer::Upload { files, path }, sums)
+        }
+        t => (t, Vec::new()),
+    };
+    let side = side(conn, opts, &reply, transfer, sums)?;
     let stream = ControlStream { send, recv, leftover };
     let on_progress = Box::new(move |p: &Progress| observer(ClientEvent::Progress(p)));
     let (result, report) =
@@ -652,6 +667,7 @@ fn side(
     opts: &ClientOptions,
     reply: &ServerHello,
     transfer: Transfer,
+    sums: Vec<Option<ferry_engine::control::FileSum>>,
 ) -> Result<Box<dyn Side + Send>, ClientError> {
     let limits = RateLimits { target: opts.target_rate.max(1), min: opts.min_rate };
     let mut config = SessionConfig::new(reply.session_id, opts.cipher, limits);
@@ -677,8 +693,9 @@ fn side(
             let factory = opts.policy.factory();
             let mut sender =
                 Sender::new(config, &secret, factory.as_ref(), now).map_err(setup_err)?;
+            let mut sums = sums.into_iter();
             for entry in files.entries {
-                sender.add_file(entry);
+                sender.add_file_summed(entry, sums.next().flatten());
             }
             sender.finish_manifest();
             Box::new(SenderSide { sender, source: files.source })

@@ -387,6 +387,9 @@ impl BlockSink for Recording {
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         self.inner.held_head(file)
     }
+    fn expect_sum(&mut self, file: u32, sum: ferry_engine::control::FileSum) {
+        self.inner.expect_sum(file, sum)
+    }
 }
 
 /// Runs one upload share: a session, and again for what had no outcome if it failed in a way worth

@@ -823,7 +823,7 @@ async fn sender(
     secret: &SessionSecret,
     plan: setup::Plan,
 ) -> Result<Box<dyn Side + Send>, Refusal> {
-    let (rel, share) = (plan.path, plan.share);
+    let (rel, share, level) = (plan.path, plan.share, plan.resume);
     let limits =
         SourceLimits { max_files: ctx.post.max_files as usize, max_open: ctx.post.max_open_files };
     let shown = rel.shown();
@@ -850,7 +850,7 @@ async fn sender(
             }
             None => list,
         };
-        storage.source(list, limits).map_err(|e| {
+        let mut out = storage.source(list, limits).map_err(|e| {
             warn!("storage for {}: {e}", escape(&user, 64));
             match e.kind() {
                 // Revocation: the message names the file (beneath the docroot) and the key's
@@ -860,15 +860,19 @@ async fn sender(
                 }
                 _ => Refusal::Server("the server cannot read files for this session".into()),
             }
-        })
+        })?;
+        // -k 2 and 3: each file's checksum, for the client to compare with a copy it has.
+        let sums = out.sums(level);
+        Ok::<_, Refusal>((out, sums))
     })
     .await
     .map_err(|_| Refusal::Server("listing failed".into()))??;
+    let (outgoing, sums) = outgoing;
     let factory = plan.policy.factory();
     let mut sender = Sender::new(config, secret, factory.as_ref(), Instant::now())
         .map_err(|e| Refusal::Parameters(e.to_string()))?;
-    for entry in outgoing.entries {
-        sender.add_file(entry);
+    for (entry, sum) in outgoing.entries.into_iter().zip(sums) {
+        sender.add_file_summed(entry, sum);
     }
     sender.finish_manifest();
     Ok(Box::new(SenderSide { sender, source: outgoing.source }))

@@ -194,6 +194,8 @@ pub struct FileSink {
     claimed: std::collections::HashSet<(u32, String)>,
     /// Journals held now.
     journals: usize,
+    /// The sender's content checksum of the file announced next (FILE_SUM).
+    sum: Option<(u32, crate::control::FileSum)>,
 }
 
 /// Size of one write-behind buffer.
@@ -323,6 +325,7 @@ impl FileSink {
             writer: None,
             claimed: std::collections::HashSet::new(),
             journals: 0,
+            sum: None,
         }
     }
 
@@ -616,7 +619,10 @@ impl FileSink {
         use crate::control::Overwrite;
         let policy = self.limits.overwrite;
         let whole = entry.part.map_or(entry.size, |p| p.total);
-        let same = self.limits.resume && existing.size == whole;
+        let sum = self.sum.as_ref().filter(|(id, _)| *id == entry.id).map(|(_, s)| s);
+        let same = self.limits.resume
+            && existing.size == whole
+            && sum.is_none_or(|sum| self.same_content(&target, whole, sum));
         let older = existing.mtime_ns < entry.mtime_ns;
         let verdict = if policy == Overwrite::Keep && self.limits.replace {
             Ok(true)
@@ -633,9 +639,18 @@ impl FileSink {
             )),
             Ok(false) => Err(crate::session::skip(match policy {
                 Overwrite::Never => "exists at the destination (--overwrite never)".to_owned(),
+                _ if same && sum.is_some() => format!(
+                    "the same content at the destination: kept (compared by {})",
+                    match sum {
+                        Some(crate::control::FileSum::Sparse(c)) => {
+                            format!("size and {} sampled 1 MiB chunks, -k 2", c.len())
+                        }
+                        _ => "size and BLAKE3 of the whole file, -k 3".to_owned(),
+                    }
+                ),
                 _ if same => format!(
                     "the same size ({} bytes) at the destination: kept (compared by size, as -k 1 \
-                     and above do)",
+                     does)",
                     existing.size
                 ),
                 _ => "the destination's copy is not older: kept".to_owned(),
@@ -647,6 +662,19 @@ impl FileSink {
                 ),
             )),
         }
+    }
+
+    /// Whether the existing file at `target` (of `size` bytes) has the content `sum` says,
+    /// read through the docroot (no link followed). A file that cannot be read is not the same.
+    fn same_content(&self, target: &RelPath, size: u64, sum: &crate::control::FileSum) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok((f, meta)) = self.root.open_file(target) else { return false };
+        if meta.size != size {
+            return false;
+        }
+        let level = if matches!(sum, crate::control::FileSum::Sparse(_)) { 2 } else { 3 };
+        let mine = crate::session::file_sum(level, size, |at, buf| f.read_exact_at(buf, at));
+        mine.is_ok_and(|m| m.as_ref() == Some(sum))
     }
 
     /// Renames the complete partial of `file` into place (for a part: counts it, and moves the
@@ -868,6 +896,10 @@ impl BlockSink for FileSink {
 
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         self.files.get_mut(file as usize).map(|f| std::mem::take(&mut f.head)).unwrap_or_default()
+    }
+
+    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+        self.sum = Some((file, sum));
     }
 
     fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {

@@ -84,6 +84,26 @@ impl Storage for PlainFiles {
     }
 }
 
+impl Outgoing {
+    /// The content checksum of each entry at resume `level` (FILE_SUM; none below 2, none for a
+    /// part, none for a file that cannot be read now: its blocks will say why), read through
+    /// the source. Blocking: level 3 reads every file whole.
+    pub fn sums(&mut self, level: u8) -> Vec<Option<crate::control::FileSum>> {
+        let source = &mut self.source;
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(id, e)| {
+                if level < 2 || e.part.is_some() {
+                    return None;
+                }
+                let read = |at: u64, buf: &mut [u8]| source.read(id as u32, at, buf);
+                crate::session::file_sum(level, e.size, read).ok().flatten()
+            })
+            .collect()
+    }
+}
+
 /// File names a Windows client could not store: on a storage that refuses them
 /// ([`Portable`]), each such file fails alone, named with this reason.
 pub fn portable_name(path: &str) -> Result<(), String> {
@@ -169,6 +189,9 @@ impl BlockSink for PortableSink {
     }
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         self.0.held_head(file)
+    }
+    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+        self.0.expect_sum(file, sum)
     }
 }
 

@@ -82,6 +82,51 @@ pub struct SessionConfig {
 pub const RESUME_CHUNK: u64 = tree_hash::CHUNK;
 pub use tree_hash::chunk_cv;
 
+/// The chunks a sparse [`FileSum`](crate::control::FileSum) of a file of `size` bytes names:
+/// every whole [`RESUME_CHUNK`] if it has at most eight, else the first, the last and six spread
+/// evenly between (`i * (n - 1) / 7`); none for a file with no whole chunk.
+pub fn sparse_chunks(size: u64) -> Vec<u64> {
+    let n = size / RESUME_CHUNK;
+    let most = crate::control::MAX_SUM_CHUNKS as u64;
+    if n <= most {
+        return (0..n).collect();
+    }
+    (0..most).map(|i| i * (n - 1) / (most - 1)).collect()
+}
+
+/// The content checksum of a file of `size` bytes at resume `level` (`None` below 2), reading
+/// it with `read(offset, buf)`: level 2 the CVs of [`sparse_chunks`] (a few MiB read), level 3
+/// (or a file with no whole chunk) BLAKE3 of all of it.
+pub fn file_sum(
+    level: u8,
+    size: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<Option<crate::control::FileSum>> {
+    use crate::control::FileSum;
+    if level < 2 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; RESUME_CHUNK as usize];
+    let sparse = sparse_chunks(size);
+    if level == 2 && !sparse.is_empty() {
+        let mut chunks = Vec::with_capacity(sparse.len());
+        for k in sparse {
+            read(k * RESUME_CHUNK, &mut buf)?;
+            chunks.push((k, chunk_cv(k * RESUME_CHUNK, &buf)));
+        }
+        return Ok(Some(FileSum::Sparse(chunks)));
+    }
+    let mut h = blake3::Hasher::new();
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(RESUME_CHUNK) as usize;
+        read(at, &mut buf[..n])?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(Some(FileSum::Full(*h.finalize().as_bytes())))
+}
+
 /// Whether a manifest entry gets a FILE_HAVE in a resuming session.
 pub(crate) fn resumable(entry_size: u64, part: bool) -> bool {
     !part && entry_size > RESUME_CHUNK
@@ -231,6 +276,10 @@ pub trait BlockSink {
     /// The aligned chunk at `offset` of file `file` has all its bytes, whose CV is `cv` (for a
     /// journal of a resumable file; the file is not verified yet). The default ignores it.
     fn chunk_received(&mut self, _file: u32, _offset: u64, _cv: &[u8; 32]) {}
+    /// Right before [`BlockSink::open`] of `file`: the sender's content checksum of it (FILE_SUM,
+    /// resume level 2 or 3), to tell whether a file of its name and size at the destination is
+    /// the same (for the overwrite policy). The default ignores it (the same size is the same).
+    fn expect_sum(&mut self, _file: u32, _sum: crate::control::FileSum) {}
     /// Right after [`BlockSink::resumed`] named a chunk at offset 0: the file's first
     /// `min(size, MAX_HAVE_HEAD)` bytes as held, if the sink can read them (for
     /// [`SessionConfig::resume_head`]). The default has none.
@@ -285,6 +334,9 @@ impl<T: BlockSink + ?Sized> BlockSink for Box<T> {
     }
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         (**self).held_head(file)
+    }
+    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+        (**self).expect_sum(file, sum)
     }
 }
 

@@ -70,6 +70,8 @@ enum State {
 #[derive(Debug)]
 pub struct Receiver {
     config: SessionConfig,
+    /// A FILE_SUM arrived for the FILE that comes next.
+    sum_pending: bool,
     inbound: Inbound,
     seal: PacketProtection,
     next_pn: u64,
@@ -163,6 +165,7 @@ impl Receiver {
             layout: Layout::new(config.block_size),
             files: Vec::new(),
             manifest_files: None,
+            sum_pending: false,
             manifest_bytes: 0,
             verified: 0,
             skipped: RangeSet::default(),
@@ -235,7 +238,18 @@ impl Receiver {
             return;
         }
         match msg {
+            ControlMessage::FileSum { file, sum } => {
+                if self.manifest_files.is_some()
+                    || file as usize != self.files.len()
+                    || self.sum_pending
+                {
+                    return self.fail_protocol("a file sum not right before its file");
+                }
+                self.sum_pending = true;
+                sink.expect_sum(file, sum);
+            }
             ControlMessage::File(entry) => {
+                self.sum_pending = false;
                 if self.manifest_files.is_some() {
                     return self.fail_protocol("file after the end of the manifest");
                 }

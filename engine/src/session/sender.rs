@@ -213,6 +213,20 @@ impl Sender {
         id
     }
 
+    /// [`Sender::add_file`], announcing the file's content checksum first (FILE_SUM, resume
+    /// level 2 or 3) when there is one.
+    pub fn add_file_summed(
+        &mut self,
+        entry: FileEntry,
+        sum: Option<crate::control::FileSum>,
+    ) -> u32 {
+        if let Some(sum) = sum {
+            let file = self.files.len() as u32;
+            self.control_out.push_back(ControlMessage::FileSum { file, sum });
+        }
+        self.add_file(entry)
+    }
+
     /// Declares the manifest complete.
     pub fn finish_manifest(&mut self) {
         if self.manifest_closed {
