@@ -422,3 +422,44 @@ fn an_ssear_upload_killed_midway_leaves_no_plaintext() {
         }
     }
 }
+
+/// Resume into a user with encryption at rest: an upload killed part way leaves an envelope
+/// under construction and its journal of plaintext chunks; the rerun checks each recorded
+/// chunk by opening its segments under the partial's own header, carries on under that header
+/// (segments written again draw fresh IVs) and sends only the rest. The stored file is an
+/// envelope with no plaintext on disk, and the server's download gives back the exact file.
+#[test]
+fn an_ssear_upload_resumes_under_the_envelope_it_started() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start the daemon as root and become nobody");
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let s = site();
+    let size = 24 * MIB + 77;
+    let big = canary_data(size, 12);
+    std::fs::write(s.path("local/big.bin"), &big).unwrap();
+    let d = Daemon::start(&s);
+    let mut client = d.spawn_cp(&s, "alice", &["-l", "40m", "big.bin", "alice@127.0.0.1:big.bin"]);
+    let start = std::time::Instant::now();
+    while journal_len(&s.path("alice"), "big.bin").is_none_or(|n| n < 72 + 48 * 6) {
+        assert!(start.elapsed() < LIMIT, "the upload never journaled six chunks");
+        assert!(client.try_wait().unwrap().is_none(), "the upload ended before it was killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(&client, rustix::process::Signal::KILL);
+    let _ = client.wait();
+    let out = d.cp(&s, "alice", &["--json", "big.bin", "alice@127.0.0.1:big.bin"]);
+    ok(&out);
+    let new = done_event(&out.stdout)["new_bytes"].as_u64().unwrap();
+    assert!(new <= (size - 4 * MIB) as u64, "resumed: {new} of {size} bytes sent again");
+    let stored = std::fs::read(s.path("alice/big.bin")).unwrap();
+    assert!(stored.starts_with(b"FERRYENV"), "stored as an envelope");
+    assert!(!contains(&stored, CANARY), "no plaintext at rest");
+    for (p, raw) in raw_scan(&s.path("alice")) {
+        assert!(!contains(&raw, CANARY), "plaintext in {}", p.display());
+    }
+    let back = d.cp(&s, "alice", &["alice@127.0.0.1:big.bin", "back.bin"]);
+    ok(&back);
+    assert_eq!(std::fs::read(s.path("local/back.bin")).unwrap(), big, "the download is exact");
+}

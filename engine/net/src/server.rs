@@ -785,6 +785,7 @@ fn receiver(
         preserve_mtime: plan.preserve_times,
         resume: plan.resume > 0,
         partial_suffix: plan.partial_suffix.clone(),
+        chunk_check: None,
         claims: Some(ClaimTicket {
             claims: ctx.claims.clone(),
             owner: grant.user.clone(),

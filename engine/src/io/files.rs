@@ -55,6 +55,10 @@ pub struct SinkLimits {
     /// resumable one whose journal another session holds, and a name too long for the suffix
     /// use the hidden name.
     pub partial_suffix: Option<String>,
+    /// How a resumed partial's journaled chunks are checked (default: its bytes hashed,
+    /// [`PlainChunks`](super::PlainChunks)); a storage that keeps partials in another form
+    /// (encryption at rest) checks them its way.
+    pub chunk_check: Option<Arc<dyn super::ChunkCheck>>,
 }
 
 impl Default for SinkLimits {
@@ -67,6 +71,7 @@ impl Default for SinkLimits {
             resume: false,
             claims: None,
             partial_suffix: None,
+            chunk_check: None,
         }
     }
 }
@@ -345,6 +350,7 @@ impl FileSink {
         let partial = super::journal::Partial {
             name: sf.visible.clone().unwrap_or_else(|| partial_name(&sf.name, suffix)),
             visible: sf.visible.is_some(),
+            check: self.limits.chunk_check.as_deref().unwrap_or(&super::PlainChunks),
         };
         let claimed =
             super::journal::claim(dir, &sf.name, suffix, &partial, sf.size, sf.mtime_ns, ticket);

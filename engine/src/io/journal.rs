@@ -144,7 +144,7 @@ pub(crate) fn claim(
     dir: &Dir,
     name: &str,
     suffix: u64,
-    partial: &Partial,
+    partial: &Partial<'_>,
     size: u64,
     mtime_ns: i64,
     ticket: Option<&ClaimTicket>,
@@ -167,12 +167,47 @@ pub(crate) fn claim(
     Ok(None)
 }
 
+/// How the chunks a journal records are checked against the bytes of its partial: plain
+/// files hash the partial's bytes ([`PlainChunks`]); a partial kept in another form (an
+/// envelope, encryption at rest) is checked by what reads that form.
+pub trait ChunkCheck: Send + Sync + std::fmt::Debug {
+    /// Of `records` (chunk index, CV) of a file whose partial is `partial` (of the entry's
+    /// `size`), those the partial holds, in the same order.
+    fn check(&self, partial: &File, size: u64, records: &[(u64, [u8; 32])])
+    -> Vec<(u64, [u8; 32])>;
+}
+
+/// Chunk `k` of a plain partial is its bytes `[k * RESUME_CHUNK, (k + 1) * RESUME_CHUNK)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlainChunks;
+
+impl ChunkCheck for PlainChunks {
+    fn check(
+        &self,
+        partial: &File,
+        _size: u64,
+        records: &[(u64, [u8; 32])],
+    ) -> Vec<(u64, [u8; 32])> {
+        let mut buf = vec![0u8; RESUME_CHUNK as usize];
+        records
+            .iter()
+            .filter(|(k, cv)| {
+                let start = k * RESUME_CHUNK;
+                partial.read_exact_at(&mut buf, start).is_ok() && chunk_cv(start, &buf) == *cv
+            })
+            .copied()
+            .collect()
+    }
+}
+
 /// The partial a journal describes: its name, and whether it is a name anyone could have made
 /// (`NAME` + a partial-file suffix) rather than one reserved for partials.
 #[derive(Debug, Clone)]
-pub(crate) struct Partial {
+pub(crate) struct Partial<'a> {
     pub name: String,
     pub visible: bool,
+    /// How its chunks are checked.
+    pub check: &'a dyn ChunkCheck,
 }
 
 /// What an earlier attempt left that checked out.
@@ -217,7 +252,7 @@ pub(crate) fn resume(
     dir: &Dir,
     name: &str,
     suffix: u64,
-    partial_file: &Partial,
+    partial_file: &Partial<'_>,
     size: u64,
     mtime_ns: i64,
 ) -> io::Result<Option<Resumed>> {
@@ -259,14 +294,17 @@ pub(crate) fn resume(
     let mut partial = None;
     if any && let Ok((p, pmeta)) = dir.open_rw(pname) {
         if pmeta.size == size {
-            let mut buf = vec![0u8; RESUME_CHUNK as usize];
-            for (k, cv) in records.iter().enumerate() {
-                let Some(cv) = cv else { continue };
-                let start = k as u64 * RESUME_CHUNK;
-                if p.read_exact_at(&mut buf, start).is_ok() && chunk_cv(start, &buf) == *cv {
-                    chunks.push((start, *cv));
-                }
-            }
+            let recorded: Vec<(u64, [u8; 32])> = records
+                .iter()
+                .enumerate()
+                .filter_map(|(k, cv)| cv.map(|cv| (k as u64, cv)))
+                .collect();
+            chunks = partial_file
+                .check
+                .check(&p, size, &recorded)
+                .into_iter()
+                .map(|(k, cv)| (k * RESUME_CHUNK, cv))
+                .collect();
         }
         if !chunks.is_empty() {
             partial = Some(p);
@@ -307,8 +345,8 @@ mod tests {
     use crate::io::docroot::partial_name;
 
     /// The reserved (hidden) partial of `name`.
-    fn hidden(name: &str, suffix: u64) -> Partial {
-        Partial { name: partial_name(name, suffix), visible: false }
+    fn hidden(name: &str, suffix: u64) -> Partial<'static> {
+        Partial { name: partial_name(name, suffix), visible: false, check: &PlainChunks }
     }
 
     /// A visible partial (`NAME` + a suffix) is removed only when the journal was this file's:
@@ -319,7 +357,7 @@ mod tests {
         let root = Docroot::open(tmp.path()).unwrap();
         let dir = root.open_dir(&RelPath::root()).unwrap();
         let (name, suffix, size) = ("v.bin", 9u64, 3 * RESUME_CHUNK);
-        let visible = Partial { name: "v.bin.part".into(), visible: true };
+        let visible = Partial { name: "v.bin.part".into(), visible: true, check: &PlainChunks };
         std::fs::write(tmp.path().join("v.bin.part"), b"someone's own file").unwrap();
         let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
         assert!(r.chunks.is_empty() && r.partial.is_none());

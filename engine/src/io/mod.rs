@@ -23,7 +23,7 @@ pub mod envelope;
 pub mod files;
 pub mod filter;
 mod journal;
-pub use journal::{ClaimTicket, Claims, SUPERSEDE_WAIT};
+pub use journal::{ChunkCheck, ClaimTicket, Claims, PlainChunks, SUPERSEDE_WAIT};
 pub mod sealed;
 pub mod source;
 pub mod storage;

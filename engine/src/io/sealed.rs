@@ -16,20 +16,29 @@
 //! would start one more segment is refused as [`SinkError::Full`] (it is requested again),
 //! while blocks of segments already being assembled are always taken, so the bound cannot
 //! stall a transfer.
+//!
+//! **Resume.** In a resuming session the inner sink keeps the envelope under construction as
+//! its partial, with a journal of the *plaintext* chunks received ([`SealingSink`] passes the
+//! session's chunk values on). The next attempt's inner sink checks each recorded chunk with
+//! [`SealedChunks`]: the partial's header opens with the session's key, the chunk's sixteen
+//! segments authenticate and their plaintext has the recorded chaining value. The sink then
+//! takes over that header (the same data key: the envelope stays one envelope), counts the held
+//! segments as sealed, ignores the held bytes of blocks that straddle a held chunk's edge, and
+//! seals the rest, each sealing with a fresh IV (FORMAT.md §6.1).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferry_keys::{KeyResolver, KeyState, Operation, ResolveError, ResolvedKey, SecretBytes};
 use zeroize::Zeroize;
 
 use crate::atrest::{
     AtRestError, ENC_SEGMENT_SIZE, EnvelopeBuilder, HEADER_LEN, Header, MAGIC, MAX_PLAINTEXT_LEN,
-    NewSlot, SEGMENT_OVERHEAD, SegmentCipher, SlotKind, envelope_len, locate, segment_count,
-    segment_offset, segment_plaintext_len,
+    NewSlot, SEGMENT_OVERHEAD, SEGMENT_SIZE, SegmentCipher, SlotKind, envelope_len, locate,
+    segment_count, segment_offset, segment_plaintext_len,
 };
 use crate::control::FileEntry;
 use crate::io::docroot::Docroot;
@@ -298,9 +307,11 @@ impl Storage for Sealed {
         limits: SinkLimits,
     ) -> io::Result<Box<dyn BlockSink + Send>> {
         // The key first: an upload the key refuses creates nothing.
-        let keys = SessionKeys::for_upload(&*self.secrets.open()?, &self.owner)?;
+        let keys = Arc::new(SessionKeys::for_upload(&*self.secrets.open()?, &self.owner)?);
+        let check = Arc::new(SealedChunks { keys: keys.clone(), last: Mutex::new(None) });
+        let limits = SinkLimits { chunk_check: Some(check.clone()), ..limits };
         let inner = self.inner.sink(root, dest, limits)?;
-        Ok(Box::new(SealingSink::new(inner, keys)))
+        Ok(Box::new(SealingSink::resuming(inner, keys, check)))
     }
 
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
@@ -361,11 +372,104 @@ impl Storage for Sealed {
 enum SealFile {
     /// Announced; nothing of it exists yet.
     Announced { size: u64 },
-    /// Its envelope header went to the inner sink; segments are sealed with this cipher
-    /// (`sealed` of them so far).
-    Sealing { size: u64, cipher: Box<SegmentCipher>, sealed: u64 },
+    /// Its envelope header is in the inner sink (written now, or held from an earlier
+    /// attempt); segments are sealed with this cipher (`sealed` of them so far, the held ones
+    /// included). `held`: the plaintext chunks (indexes, increasing) an earlier attempt left,
+    /// whose segments are not written again.
+    Sealing { size: u64, cipher: Box<SegmentCipher>, sealed: u64, held: Vec<u64> },
     /// Finished, refused or failed.
     Done,
+}
+
+/// Segments per journaled chunk: a plaintext chunk is exactly this many whole segments.
+const SEGMENTS_PER_CHUNK: u64 = crate::session::RESUME_CHUNK / SEGMENT_SIZE as u64;
+
+/// What [`SealedChunks`] found in the partial it checked last: its header and the plaintext
+/// of its first bytes (for a receiver that asks for the held head).
+struct Checked {
+    header: Box<[u8; HEADER_LEN]>,
+    head: Vec<u8>,
+    chunks: Vec<(u64, [u8; 32])>,
+}
+
+/// Checks the journaled chunks of an SSEAR partial (an envelope under construction): opens the
+/// partial's header with the session's keys, then each chunk's sixteen segments (their tags
+/// authenticate them), and compares the plaintext's chaining value with the record. What it
+/// found is kept for the sink that resumes the file.
+struct SealedChunks {
+    keys: Arc<SessionKeys>,
+    last: Mutex<Option<Checked>>,
+}
+
+impl fmt::Debug for SealedChunks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedChunks").finish_non_exhaustive()
+    }
+}
+
+impl crate::io::ChunkCheck for SealedChunks {
+    fn check(
+        &self,
+        partial: &std::fs::File,
+        size: u64,
+        records: &[(u64, [u8; 32])],
+    ) -> Vec<(u64, [u8; 32])> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut header = Box::new([0u8; HEADER_LEN]);
+        if partial.read_exact_at(&mut header[..], 0).is_err() {
+            return Vec::new();
+        }
+        let Ok(parsed) = Header::parse(&header[..]) else { return Vec::new() };
+        if parsed.envelope_len() != size {
+            return Vec::new();
+        }
+        let Ok(key) = parsed.unlock_with_keystore(&*self.keys) else { return Vec::new() };
+        let plain_len = parsed.plaintext_len();
+        let mut cipher = SegmentCipher::new(key);
+        let mut enc = vec![0u8; ENC_SEGMENT_SIZE];
+        let mut plain = vec![0u8; crate::session::RESUME_CHUNK as usize];
+        let chunk = crate::session::RESUME_CHUNK;
+        let mut good = Vec::new();
+        for &(k, cv) in records {
+            if (k + 1) * chunk > plain_len {
+                continue;
+            }
+            let opened = (0..SEGMENTS_PER_CHUNK).all(|j| {
+                let i = k * SEGMENTS_PER_CHUNK + j;
+                let at = j as usize * SEGMENT_SIZE;
+                partial.read_exact_at(&mut enc, segment_offset(i)).is_ok()
+                    && cipher
+                        .open(i, &mut enc)
+                        .map(|p| plain[at..at + p.len()].copy_from_slice(p))
+                        .is_ok()
+            });
+            if opened && crate::session::chunk_cv(k * chunk, &plain) == cv {
+                good.push((k, cv));
+            }
+        }
+        let head = if good.first().is_some_and(|&(k, _)| k == 0) {
+            plain_len.min(crate::control::MAX_HAVE_HEAD as u64) as usize
+        } else {
+            0
+        };
+        let head = if head > 0 {
+            // Chunk 0 is the last one opened only if it was the only one; open it again.
+            let mut h = vec![0u8; head];
+            if partial.read_exact_at(&mut enc, segment_offset(0)).is_ok()
+                && let Ok(p) = cipher.open(0, &mut enc)
+            {
+                h.copy_from_slice(&p[..head]);
+            }
+            h
+        } else {
+            Vec::new()
+        };
+        plain.zeroize();
+        enc.zeroize();
+        let found = Checked { header, head, chunks: good.clone() };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(found);
+        good
+    }
 }
 
 /// A segment being assembled from blocks.
@@ -377,11 +481,18 @@ struct Assembly {
 /// The sink of an SSEAR upload (see the module documentation).
 pub struct SealingSink {
     inner: Box<dyn BlockSink + Send>,
-    keys: SessionKeys,
+    keys: Arc<SessionKeys>,
     files: Vec<SealFile>,
     open: HashMap<(u32, u64), Assembly>,
     spare: Vec<Vec<u8>>,
+    /// The inner sink's chunk check, when it resumes partials.
+    check: Option<Arc<SealedChunks>>,
+    /// A resumed file's held chunks and plaintext head, until the session asks for them.
+    resumed: HashMap<u32, (Chunks, Vec<u8>)>,
 }
+
+/// Chunks and their chaining values.
+type Chunks = Vec<(u64, [u8; 32])>;
 
 impl fmt::Debug for SealingSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -399,7 +510,57 @@ fn sink_io(e: impl fmt::Display) -> SinkError {
 impl SealingSink {
     /// Seals what goes to `inner` with `keys` (which must have an active version).
     pub fn new(inner: Box<dyn BlockSink + Send>, keys: SessionKeys) -> Self {
-        Self { inner, keys, files: Vec::new(), open: HashMap::new(), spare: Vec::new() }
+        Self::with_keys(inner, Arc::new(keys), None)
+    }
+
+    /// [`SealingSink::new`] over an inner sink whose resumed partials `check` checks: a
+    /// resumable file an earlier attempt left part of carries on under that envelope's header
+    /// (its data key; every segment sealed again draws a fresh IV) and only its missing
+    /// segments are written.
+    fn resuming(
+        inner: Box<dyn BlockSink + Send>,
+        keys: Arc<SessionKeys>,
+        check: Arc<SealedChunks>,
+    ) -> Self {
+        Self::with_keys(inner, keys, Some(check))
+    }
+
+    fn with_keys(
+        inner: Box<dyn BlockSink + Send>,
+        keys: Arc<SessionKeys>,
+        check: Option<Arc<SealedChunks>>,
+    ) -> Self {
+        let (files, open, spare, resumed) =
+            (Vec::new(), HashMap::new(), Vec::new(), HashMap::new());
+        Self { inner, keys, files, open, spare, check, resumed }
+    }
+
+    /// After the inner sink opened `file`: if it resumed chunks of the partial (checked by
+    /// [`SealedChunks`]), take over that envelope's header and count the held segments sealed.
+    fn adopt(&mut self, file: u32, size: u64) {
+        let Some(check) = &self.check else { return };
+        let found = check.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let chunks = self.inner.resumed(file);
+        let Some(found) =
+            found.filter(|f| !chunks.is_empty() && f.chunks == chunks_by_index(&chunks))
+        else {
+            return;
+        };
+        let cipher = Header::parse(&found.header[..])
+            .and_then(|h| h.unlock_with_keystore(&*self.keys))
+            .map(SegmentCipher::new);
+        let Ok(cipher) = cipher else { return };
+        let held: Vec<u64> = found.chunks.iter().map(|&(k, _)| k).collect();
+        let sealed = held.len() as u64 * SEGMENTS_PER_CHUNK;
+        self.files[file as usize] =
+            SealFile::Sealing { size, cipher: Box::new(cipher), sealed, held };
+        self.resumed.insert(file, (chunks, found.head));
+    }
+
+    /// Whether segment `index` of `file` is held from an earlier attempt.
+    fn held(&self, file: u32, index: u64) -> bool {
+        matches!(&self.files[file as usize], SealFile::Sealing { held, .. }
+            if held.binary_search(&(index / SEGMENTS_PER_CHUNK)).is_ok())
     }
 
     /// Segments being assembled right now.
@@ -412,7 +573,7 @@ impl SealingSink {
     fn cipher(&mut self, file: u32) -> Result<&mut SegmentCipher, SinkError> {
         if let SealFile::Announced { size } = self.files[file as usize] {
             let slot = NewSlot::Keystore {
-                resolver: &self.keys,
+                resolver: &*self.keys,
                 owner: &self.keys.owner,
                 category: CATEGORY,
             };
@@ -423,7 +584,7 @@ impl SealingSink {
                 other => other?,
             }
             self.files[file as usize] =
-                SealFile::Sealing { size, cipher: Box::new(cipher), sealed: 0 };
+                SealFile::Sealing { size, cipher: Box::new(cipher), sealed: 0, held: Vec::new() };
         }
         match &mut self.files[file as usize] {
             SealFile::Sealing { cipher, .. } => Ok(cipher),
@@ -513,6 +674,10 @@ impl BlockSink for SealingSink {
             ));
         }
         let stored = FileEntry { size: envelope_len(file.size), part: None, ..file.clone() };
+        if let Some(c) = &self.check {
+            // What the check finds while the inner sink opens this file is this file's alone.
+            *c.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         self.inner.open(&stored)?;
         if file.part.is_some() {
             // The inner sink saw the file (nothing is created before a block arrives) and
@@ -525,6 +690,7 @@ impl BlockSink for SealingSink {
             ));
         }
         self.files[file.id as usize] = SealFile::Announced { size: file.size };
+        self.adopt(file.id, file.size);
         Ok(())
     }
 
@@ -537,7 +703,9 @@ impl BlockSink for SealingSink {
         }
         let (first, _) = locate(offset);
         let (last, _) = locate(offset + data.len() as u64 - 1);
-        let starting = (first..=last).filter(|&i| !self.open.contains_key(&(file, i))).count();
+        let starting = (first..=last)
+            .filter(|&i| !self.open.contains_key(&(file, i)) && !self.held(file, i))
+            .count();
         if starting > 0 {
             // A block that also completes part of an open segment may use the reserve.
             let completes_open = starting <= (last - first) as usize;
@@ -554,6 +722,11 @@ impl BlockSink for SealingSink {
             let (index, within) = locate(offset + pos as u64);
             let want = segment_plaintext_len(size, index);
             let n = (want - within).min(data.len() - pos);
+            if self.held(file, index) {
+                // A block across a held chunk's edge: its held bytes are sealed already.
+                pos += n;
+                continue;
+            }
             let spare = &mut self.spare;
             let a = self.open.entry((file, index)).or_insert_with(|| {
                 unclaimed -= 1;
@@ -604,6 +777,24 @@ impl BlockSink for SealingSink {
     fn name(&self, file: u32) -> Option<String> {
         self.inner.name(file)
     }
+
+    fn resumed(&mut self, file: u32) -> Vec<(u64, [u8; 32])> {
+        self.resumed.get_mut(&file).map(|r| std::mem::take(&mut r.0)).unwrap_or_default()
+    }
+
+    fn held_head(&mut self, file: u32) -> Vec<u8> {
+        self.resumed.remove(&file).map(|r| r.1).unwrap_or_default()
+    }
+
+    fn chunk_received(&mut self, file: u32, offset: u64, cv: &[u8; 32]) {
+        // Plaintext chunks: what the journal records and SealedChunks checks.
+        self.inner.chunk_received(file, offset, cv)
+    }
+}
+
+/// `(start offset, CV)` chunks as `(chunk index, CV)`.
+fn chunks_by_index(chunks: &[(u64, [u8; 32])]) -> Vec<(u64, [u8; 32])> {
+    chunks.iter().map(|&(start, cv)| (start / crate::session::RESUME_CHUNK, cv)).collect()
 }
 
 impl Drop for SealingSink {
