@@ -20,7 +20,7 @@
 //! **Resume.** In a resuming session the inner sink keeps the envelope under construction as
 //! its partial, with a journal of the *plaintext* chunks received ([`SealingSink`] passes the
 //! session's chunk values on). The next attempt's inner sink checks each recorded chunk with
-//! [`SealedChunks`]: the partial's header opens with the session's key, the chunk's sixteen
+//! `SealedChunks`: the partial's header opens with the session's key, the chunk's sixteen
 //! segments authenticate and their plaintext has the recorded chaining value. The sink then
 //! takes over that header (the same data key: the envelope stays one envelope), counts the held
 //! segments as sealed, ignores the held bytes of blocks that straddle a held chunk's edge, and
