@@ -70,6 +70,10 @@ fn a_held_head_is_adopted_before_the_file_is_read() {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let _ = s.poll_transmit(Instant::now(), &mut src, &mut buf);
     assert_eq!(src.adopted, [(0, head)]);
+    // The progress bar's file under way: file 0, of 4 MiB.
+    let (file, done, size) = s.position().unwrap();
+    assert_eq!((file, size), (0, 4 << 20));
+    assert!(done < size);
     assert_eq!(src.reads_before_adopt, 0);
     assert!(!protocol_failure(&mut s));
 }

@@ -190,7 +190,8 @@ impl Reporter {
     }
 
     /// The bar: bytes against the total announced so far, the rate, files done of those
-    /// announced and the latest to finish, the ETA.
+    /// announced and the file under way with its own percentage (else the latest to finish),
+    /// the ETA.
     fn draw(&mut self, p: &Progress, rate: f64) {
         if let Some(f) = p.finished.last() {
             self.last_file = ferry_engine::io::docroot::escape(&f.path, 48);
@@ -206,7 +207,16 @@ impl Reporter {
         bar.set_length(p.total_bytes.max(p.side.bytes));
         bar.set_position(p.side.bytes);
         let files = if p.files_total > 1 {
-            format!("  files {}/{}  {}", p.files_done, p.files_total, self.last_file)
+            let now = match &p.side.current {
+                // The file under way, with its own progress.
+                Some((name, done, size)) if *size > 0 => format!(
+                    "{} {}%",
+                    ferry_engine::io::docroot::escape(name, 40),
+                    done.saturating_mul(100) / size
+                ),
+                _ => self.last_file.clone(),
+            };
+            format!("  files {}/{}  {now}", p.files_done, p.files_total)
         } else {
             String::new()
         };

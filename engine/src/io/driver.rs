@@ -227,6 +227,7 @@ impl<S: BlockSource> Side for SenderSide<S> {
             target_rate_bps: self.sender.limits().target,
             rtt: self.sender.srtt(),
             dropped: s.dropped.clone(),
+            current: self.sender.position().map(|(f, done, size)| (self.file_name(f), done, size)),
         }
     }
     fn debug_line(&self) -> String {
@@ -292,6 +293,10 @@ impl<K: BlockSink> Side for ReceiverSide<K> {
             target_rate_bps: 0,
             rtt: None,
             dropped: s.dropped.clone(),
+            current: self
+                .receiver
+                .position()
+                .map(|(f, done, size)| (self.file_name(f), done, size)),
         }
     }
     fn debug_line(&self) -> String {
@@ -315,6 +320,9 @@ pub struct SideProgress {
     pub rtt: Option<Duration>,
     /// Datagrams this end dropped unread, by reason (forged, replayed, foreign, malformed).
     pub dropped: crate::session::DropCounts,
+    /// The file being sent (the sender's frontier) or received (the first block still
+    /// missing): its name, the bytes of it done and its size.
+    pub current: Option<(String, u64, u64)>,
 }
 
 /// A progress report handed to the driver's observer about every [`PROGRESS_INTERVAL`], and

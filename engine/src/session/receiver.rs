@@ -620,6 +620,13 @@ impl Receiver {
         Duration::from_micros(q.max(0) as u64)
     }
 
+    /// The file of the first block not yet received: its id, the bytes of it received before
+    /// that block and its size; `None` when every announced block is in.
+    pub fn position(&self) -> Option<(u32, u64, u64)> {
+        let (file, offset, _) = self.layout.locate(self.cumulative())?;
+        Some((file, offset, self.layout.span(file).size))
+    }
+
     fn cumulative(&self) -> u64 {
         self.gaps.first().unwrap_or(self.known_end)
     }

@@ -227,6 +227,13 @@ impl Sender {
         self.add_file(entry)
     }
 
+    /// The file the frontier is in: its id, the bytes of it sent so far (for the first time) and
+    /// its size; `None` once every block went out.
+    pub fn position(&self) -> Option<(u32, u64, u64)> {
+        let (file, offset, _) = self.layout.locate(self.frontier)?;
+        Some((file, offset, self.layout.span(file).size))
+    }
+
     /// Declares the manifest complete.
     pub fn finish_manifest(&mut self) {
         if self.manifest_closed {
