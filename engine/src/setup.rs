@@ -311,8 +311,9 @@ impl ClientHello {
                             .ok_or(ParseError::Invalid("overwrite policy"))?;
                     }
                     OPT_PARTIAL_SUFFIX => {
-                        let sfx = std::str::from_utf8(value)
-                            .map_err(|_| ParseError::Invalid("partial suffix is not UTF-8"))?;
+                        let sfx = std::str::from_utf8(value).map_err(|_| {
+                            HelloError::Option("the partial-file suffix is not UTF-8".into())
+                        })?;
                         check_partial_suffix(sfx).map_err(HelloError::Option)?;
                         partial_suffix = Some(sfx.to_owned());
                     }

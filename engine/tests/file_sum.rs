@@ -72,4 +72,5 @@ fn a_sum_comes_right_before_its_file_once() {
     assert!(failed(vec![sum(1), file(0)]), "a sum for a later file");
     assert!(failed(vec![sum(0), sum(0), file(0)]), "two sums");
     assert!(failed(vec![file(0), sum(0)]), "a sum after its file");
+    assert!(failed(vec![sum(0), ControlMessage::ManifestEnd { files: 0 }]), "a sum with no file");
 }

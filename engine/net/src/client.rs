@@ -395,6 +395,9 @@ pub(crate) async fn attempt(
     }
 }
 
+/// FILE_SUM checksums of an upload's files, by file id (empty: none).
+type Sums = Vec<Option<ferry_engine::control::FileSum>>;
+
 async fn connect_and_run(
     opts: &ClientOptions,
     transfer: Transfer,
@@ -402,6 +405,22 @@ async fn connect_and_run(
     observer: Observer,
     cancel: Cancel,
 ) -> Result<(Result<(), ClientError>, Option<DriveReport>), ClientError> {
+    // -k 2 and 3: each file's checksum, for the server to compare with a copy it has. Before
+    // the server is even reached (level 3 reads every file whole: the server's session must
+    // not sit waiting for it), and off the async runtime.
+    let (transfer, sums) = match transfer {
+        Transfer::Upload { mut files, path } if opts.resume >= 2 => {
+            let level = opts.resume;
+            let (files, sums) = tokio::task::spawn_blocking(move || {
+                let sums = files.sums(level);
+                (files, sums)
+            })
+            .await
+            .map_err(|e| ClientError::Failed(format!("checksumming the sources: {e}")))?;
+            (Transfer::Upload { files, path }, sums)
+        }
+        t => (t, Vec::new()),
+    };
     let server = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
         .ok()
@@ -423,10 +442,11 @@ async fn connect_and_run(
     let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0))
         .map_err(|source| ClientError::LocalSocket { what: "cannot open a UDP socket", source })?;
     let conn = connect(&endpoint, server, local_ip, pinned).await?;
-    let outcome = match session(&conn, opts, transfer, role, local_ip, observer, cancel).await {
-        Ok(done) => done,
-        Err(e) => (Err(e), None),
-    };
+    let outcome =
+        match session(&conn, opts, (transfer, sums), role, local_ip, observer, cancel).await {
+            Ok(done) => done,
+            Err(e) => (Err(e), None),
+        };
     conn.close(0u32.into(), b"done");
     // Long enough for the CONNECTION_CLOSE to leave (the endpoint sends it at once); not the
     // whole draining period (three probe timeouts, seconds on a long path): the session's
@@ -501,10 +521,11 @@ pub(crate) async fn connect(
 }
 
 /// Hello, reply, then the session itself.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     conn: &quinn::Connection,
     opts: &ClientOptions,
-    transfer: Transfer,
+    (transfer, sums): (Transfer, Sums),
     role: Role,
     local_ip: IpAddr,
     observer: Observer,
@@ -550,21 +571,6 @@ async fn session(
         block_size: reply.block_size as usize,
     };
     observer(ClientEvent::Session(&info));
-    // -k 2 and 3: each file's checksum, for the server to compare with a copy it has (level 3
-    // reads every file whole: off the async runtime).
-    let (transfer, sums) = match transfer {
-        Transfer::Upload { mut files, path } if opts.resume >= 2 => {
-            let level = opts.resume;
-            let (files, sums) = tokio::task::spawn_blocking(move || {
-                let sums = files.sums(level);
-                (files, sums)
-            })
-            .await
-            .map_err(|e| ClientError::Failed(format!("checksumming the sources: {e}")))?;
-            (Transfer::Upload { files, path }, sums)
-        }
-        t => (t, Vec::new()),
-    };
     let side = side(conn, opts, &reply, transfer, sums)?;
     let stream = ControlStream { send, recv, leftover };
     let on_progress = Box::new(move |p: &Progress| observer(ClientEvent::Progress(p)));
@@ -667,7 +673,7 @@ fn side(
     opts: &ClientOptions,
     reply: &ServerHello,
     transfer: Transfer,
-    sums: Vec<Option<ferry_engine::control::FileSum>>,
+    sums: Sums,
 ) -> Result<Box<dyn Side + Send>, ClientError> {
     let limits = RateLimits { target: opts.target_rate.max(1), min: opts.min_rate };
     let mut config = SessionConfig::new(reply.session_id, opts.cipher, limits);

@@ -185,7 +185,12 @@ pub async fn examine(
 struct Zeros;
 
 impl BlockSource for Zeros {
-    fn read(&mut self, _file: u32, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    fn read(&mut self, _file: u32, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset + buf.len() as u64 >= PROBE_SIZE {
+            // However fast the path, the probe's file never completes: its last block is never
+            // read, the file is abandoned and the server discards it.
+            return Err(std::io::Error::other("the rate probe ends before its file does"));
+        }
         buf.fill(0);
         Ok(())
     }
@@ -256,4 +261,21 @@ fn granted_buffers(server: SocketAddr) -> Option<(usize, usize)> {
     let socket = UdpSocket::bind(local).ok()?;
     socket.connect(server).ok()?;
     DataSocket::new(socket).ok().map(|s| s.buffer_sizes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However fast the path, the probe's file cannot complete: its last block is never read.
+    #[test]
+    fn the_probe_never_reads_its_last_block() {
+        let mut z = Zeros;
+        let mut buf = vec![1u8; 8972];
+        z.read(0, 0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        let last = PROBE_SIZE - buf.len() as u64;
+        assert!(z.read(0, last, &mut buf).is_err());
+        assert!(z.read(0, last - 1, &mut buf).is_ok());
+    }
 }

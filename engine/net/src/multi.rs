@@ -387,7 +387,7 @@ impl BlockSink for Recording {
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         self.inner.held_head(file)
     }
-    fn expect_sum(&mut self, file: u32, sum: ferry_engine::control::FileSum) {
+    fn expect_sum(&mut self, file: u32, sum: Option<ferry_engine::control::FileSum>) {
         self.inner.expect_sum(file, sum)
     }
 }

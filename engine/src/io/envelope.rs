@@ -64,6 +64,9 @@ pub struct Passkey {
     sealing: Mutex<Option<Arc<PassphraseKey>>>,
     /// Keys derived for opening, most recent last.
     opening: Mutex<Vec<Arc<PassphraseKey>>>,
+    /// Salts and costs this passphrase was derived under and opened nothing (so that many
+    /// envelopes of another passphrase cost one derivation, not one each).
+    refused: Mutex<Vec<([u8; 16], Argon2Params)>>,
     /// The first reason an envelope could not be opened (for the exit code).
     failure: Mutex<Option<AtRestError>>,
 }
@@ -82,6 +85,7 @@ impl Passkey {
             params,
             sealing: Mutex::new(None),
             opening: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         }
     }
@@ -123,6 +127,9 @@ impl Passkey {
         }
         let mut last = AtRestError::WrongPassphrase;
         for (salt, params) in salts {
+            if self.refused.lock().expect("passkey").contains(&(salt, params)) {
+                continue;
+            }
             let key = Arc::new(PassphraseKey::derive_with_salt(&self.passphrase, salt, params)?);
             match header.unlock_with_passphrase_key(&key) {
                 Ok(k) => {
@@ -133,7 +140,14 @@ impl Passkey {
                     opening.push(key);
                     return Ok(k);
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    let mut refused = self.refused.lock().expect("passkey");
+                    if refused.len() >= MAX_DERIVED {
+                        refused.remove(0);
+                    }
+                    refused.push((salt, params));
+                    last = e;
+                }
             }
         }
         Err(last)
@@ -664,25 +678,29 @@ impl BlockSink for OpeningSink {
             }
             return Ok(());
         };
+        let in_header = if offset < HEADER_LEN as u64 {
+            (HEADER_LEN - offset as usize).min(data.len())
+        } else {
+            0
+        };
+        if in_header < data.len() {
+            // The bound first: a refused block must leave nothing behind (it comes again).
+            let (first, _) = locate_sealed(offset + in_header as u64);
+            let (last, _) = locate_sealed(offset + data.len() as u64 - 1);
+            let starting = (first..=last).filter(|&i| !self.open.contains_key(&(file, i))).count();
+            // A block that also completes an open segment may start one beyond the bound, so
+            // that open segments can always finish; so may one with header bytes, so that
+            // segments complete but waiting for the header's key can always be opened.
+            let completes_open = starting <= (last - first) as usize;
+            let cap = MAX_OPEN_SEGMENTS + if completes_open || in_header > 0 { 2 } else { 0 };
+            if starting > 0 && self.open.len() + starting > cap {
+                return Err(SinkError::Full);
+            }
+        }
         let mut pos = 0usize;
-        if offset < HEADER_LEN as u64 {
-            let n = (HEADER_LEN - offset as usize).min(data.len());
-            self.header_bytes(file, offset as usize, &data[..n])?;
-            pos = n;
-        }
-        if pos == data.len() {
-            return Ok(());
-        }
-        let start = offset + pos as u64;
-        let (first, _) = locate_sealed(start);
-        let (last, _) = locate_sealed(offset + data.len() as u64 - 1);
-        let starting = (first..=last).filter(|&i| !self.open.contains_key(&(file, i))).count();
-        // A block that also completes an open segment may start one beyond the bound, so that
-        // open segments can always finish.
-        let completes_open = starting <= (last - first) as usize;
-        let cap = MAX_OPEN_SEGMENTS + if completes_open { 2 } else { 0 };
-        if starting > 0 && self.open.len() + starting > cap {
-            return Err(SinkError::Full);
+        if in_header > 0 {
+            self.header_bytes(file, offset as usize, &data[..in_header])?;
+            pos = in_header;
         }
         while pos < data.len() {
             let (index, within) = locate_sealed(offset + pos as u64);
@@ -703,6 +721,12 @@ impl BlockSink for OpeningSink {
             pos += n;
         }
         Ok(())
+    }
+
+    fn expect_sum(&mut self, file: u32, _sum: Option<crate::control::FileSum>) {
+        // The sum is of the bytes on the wire, the file here is of another form: no file
+        // compares equal to it.
+        self.inner.expect_sum(file, None)
     }
 
     fn free_blocks(&self) -> u64 {

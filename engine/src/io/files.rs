@@ -199,8 +199,9 @@ pub struct FileSink {
     claimed: std::collections::HashSet<(u32, String)>,
     /// Journals held now.
     journals: usize,
-    /// The sender's content checksum of the file announced next (FILE_SUM).
-    sum: Option<(u32, crate::control::FileSum)>,
+    /// The sender's content checksum of the file announced next (FILE_SUM; `None` inside: one
+    /// that cannot be compared).
+    sum: Option<(u32, Option<crate::control::FileSum>)>,
 }
 
 /// Size of one write-behind buffer.
@@ -625,10 +626,11 @@ impl FileSink {
         use crate::control::Overwrite;
         let policy = self.limits.overwrite;
         let whole = entry.part.map_or(entry.size, |p| p.total);
-        let sum = self.sum.as_ref().filter(|(id, _)| *id == entry.id).map(|(_, s)| s);
+        let sum = self.sum.as_ref().filter(|(id, _)| *id == entry.id).map(|(_, s)| s.as_ref());
         let same = self.limits.resume
             && existing.size == whole
-            && sum.is_none_or(|sum| self.same_content(&target, whole, sum));
+            && sum.is_none_or(|sum| sum.is_some_and(|sum| self.same_content(&target, whole, sum)));
+        let sum = sum.flatten();
         let older = existing.mtime_ns < entry.mtime_ns;
         let verdict = if policy == Overwrite::Keep && self.limits.replace {
             Ok(true)
@@ -739,7 +741,17 @@ impl FileSink {
         } else if sf.stage == Stage::Created {
             let partial = sf.partial();
             if let Ok(dir) = self.root.open_dir(&self.parents[sf.parent as usize]) {
-                let _ = dir.remove_file(&partial);
+                // A visible partial is removed only if it is still the file this sink had (a
+                // name anyone can use: never someone else's file that took its place).
+                let same = || {
+                    dir.meta(&partial)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|m| Some(m.dev_ino) == sf.identity)
+                };
+                if sf.visible.is_none() || same() {
+                    let _ = dir.remove_file(&partial);
+                }
             }
         }
         self.files[file as usize].stage = Stage::Done;
@@ -823,8 +835,12 @@ impl BlockSink for FileSink {
             && let Some(sfx) = &self.limits.partial_suffix
         {
             let sf = &mut self.files[entry.id as usize];
-            if sf.name.len() + sfx.len() <= super::docroot::NAME_MAX {
-                sf.visible = Some(format!("{}{sfx}", sf.name));
+            let visible = format!("{}{sfx}", sf.name);
+            // Never a name reserved for partials and journals (another file's, say).
+            if visible.len() <= super::docroot::NAME_MAX
+                && !super::docroot::is_partial_name(&visible)
+            {
+                sf.visible = Some(visible);
             }
         }
         if result.is_ok()
@@ -904,7 +920,7 @@ impl BlockSink for FileSink {
         self.files.get_mut(file as usize).map(|f| std::mem::take(&mut f.head)).unwrap_or_default()
     }
 
-    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+    fn expect_sum(&mut self, file: u32, sum: Option<crate::control::FileSum>) {
         self.sum = Some((file, sum));
     }
 

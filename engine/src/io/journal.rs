@@ -246,8 +246,8 @@ fn record(check: &[u8; 8], chunk: u64, cv: &[u8; 32]) -> [u8; RECORD_LEN] {
 /// Claims the journal of `name` (a file of `size` bytes, modified at `mtime_ns`) in `dir` and
 /// checks what an earlier attempt left: `None` if another session holds it. The journal is
 /// created if missing and rewritten to hold exactly the records that checked out; a partial
-/// with none is removed (the lock makes it this session's) — a visible one only if the journal
-/// was this file's (else it may be anyone's file, and it stays).
+/// with none is removed (the lock makes it this session's) — a visible one only if the journal,
+/// bound to that name, recorded chunks (else it may be anyone's file, and it stays).
 pub(crate) fn resume(
     dir: &Dir,
     name: &str,
@@ -263,19 +263,24 @@ pub(crate) fn resume(
         Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let want = header(size, mtime_ns, name);
+    // A visible partial's journal is bound to that partial's name too: one written with
+    // another suffix (or none) vouches for nothing here.
+    let bound = if partial_file.visible {
+        format!("{name}\0{}", partial_file.name)
+    } else {
+        name.to_owned()
+    };
+    let want = header(size, mtime_ns, &bound);
     let full_chunks = size / RESUME_CHUNK;
     // Bounded: one record per chunk of the file, and as many again from earlier attempts
     // (a chunk received again is recorded again); a longer journal is not trusted.
     let most = HEADER_LEN as u64 + 2 * RECORD_LEN as u64 * full_chunks.max(1);
     let mut records: Vec<Option<[u8; 32]>> = vec![None; full_chunks as usize];
     let mut any = false;
-    let mut ours = false;
     if meta.size >= HEADER_LEN as u64 && meta.size <= most {
         let mut bytes = vec![0u8; meta.size as usize];
         file.read_exact_at(&mut bytes, 0)?;
         if bytes[..HEADER_LEN] == want {
-            ours = true;
             let check: [u8; 8] = want[64..].try_into().expect("8 bytes");
             for r in bytes[HEADER_LEN..].chunks_exact(RECORD_LEN) {
                 let chunk = u64::from_be_bytes(r[..8].try_into().expect("8 bytes"));
@@ -310,7 +315,9 @@ pub(crate) fn resume(
             partial = Some(p);
         }
     }
-    if partial.is_none() && (ours || !partial_file.visible) {
+    // A visible partial (a name anyone could have made) is removed only when the journal,
+    // bound to its name, recorded chunks: then this transfer created it and wrote into it.
+    if partial.is_none() && (!partial_file.visible || any) {
         match dir.remove_file(pname) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -363,11 +370,28 @@ mod tests {
         assert!(r.chunks.is_empty() && r.partial.is_none());
         drop(r);
         assert_eq!(std::fs::read(tmp.path().join("v.bin.part")).unwrap(), b"someone's own file");
-        // Now the journal is this file's (written above): a partial none of whose chunks check
-        // out is this transfer's stale one, and goes.
+        // The journal is this file's now (written above) but records nothing: still not
+        // vouched for.
         let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
         drop(r);
+        assert!(tmp.path().join("v.bin.part").exists());
+        // With a recorded chunk that does not check out: this transfer's stale partial, gone.
+        let mut r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
+        r.journal.record(0, &[9; 32]).unwrap();
+        drop(r);
+        let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
+        assert!(r.chunks.is_empty());
+        drop(r);
         assert!(!tmp.path().join("v.bin.part").exists());
+        // A journal written for another suffix vouches for nothing.
+        std::fs::write(tmp.path().join("v.bin.part"), b"again someone's").unwrap();
+        let other = Partial { name: "v.bin.bak".into(), visible: true, check: &PlainChunks };
+        let mut r = resume(&dir, name, suffix, &other, size, 1).unwrap().unwrap();
+        r.journal.record(0, &[9; 32]).unwrap();
+        drop(r);
+        let r = resume(&dir, name, suffix, &visible, size, 1).unwrap().unwrap();
+        drop(r);
+        assert_eq!(std::fs::read(tmp.path().join("v.bin.part")).unwrap(), b"again someone's");
     }
     use crate::io::docroot::{Docroot, RelPath, resume_suffix};
 

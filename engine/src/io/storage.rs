@@ -190,7 +190,7 @@ impl BlockSink for PortableSink {
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         self.0.held_head(file)
     }
-    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+    fn expect_sum(&mut self, file: u32, sum: Option<crate::control::FileSum>) {
         self.0.expect_sum(file, sum)
     }
 }

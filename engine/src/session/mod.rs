@@ -278,8 +278,10 @@ pub trait BlockSink {
     fn chunk_received(&mut self, _file: u32, _offset: u64, _cv: &[u8; 32]) {}
     /// Right before [`BlockSink::open`] of `file`: the sender's content checksum of it (FILE_SUM,
     /// resume level 2 or 3), to tell whether a file of its name and size at the destination is
-    /// the same (for the overwrite policy). The default ignores it (the same size is the same).
-    fn expect_sum(&mut self, _file: u32, _sum: crate::control::FileSum) {}
+    /// the same (for the overwrite policy). `None`: a checksum came that a sink in between
+    /// cannot compare (it changes the bytes' form): no file is the same. The default ignores it
+    /// (the same size is the same).
+    fn expect_sum(&mut self, _file: u32, _sum: Option<crate::control::FileSum>) {}
     /// Right after [`BlockSink::resumed`] named a chunk at offset 0: the file's first
     /// `min(size, MAX_HAVE_HEAD)` bytes as held, if the sink can read them (for
     /// [`SessionConfig::resume_head`]). The default has none.
@@ -335,7 +337,7 @@ impl<T: BlockSink + ?Sized> BlockSink for Box<T> {
     fn held_head(&mut self, file: u32) -> Vec<u8> {
         (**self).held_head(file)
     }
-    fn expect_sum(&mut self, file: u32, sum: crate::control::FileSum) {
+    fn expect_sum(&mut self, file: u32, sum: Option<crate::control::FileSum>) {
         (**self).expect_sum(file, sum)
     }
 }

@@ -246,7 +246,7 @@ impl Receiver {
                     return self.fail_protocol("a file sum not right before its file");
                 }
                 self.sum_pending = true;
-                sink.expect_sum(file, sum);
+                sink.expect_sum(file, Some(sum));
             }
             ControlMessage::File(entry) => {
                 self.sum_pending = false;
@@ -290,6 +290,9 @@ impl Receiver {
                         self.refuse(entry.id, status, &e, sink)
                     }
                 }
+            }
+            ControlMessage::ManifestEnd { .. } if self.sum_pending => {
+                self.fail_protocol("a file sum without its file")
             }
             ControlMessage::ManifestEnd { files } => {
                 if self.manifest_files.is_some() || files as usize != self.files.len() {
@@ -520,6 +523,12 @@ impl Receiver {
                 Some(last) if last.1 == start => last.1 += super::RESUME_CHUNK,
                 _ => held.push((start, start + super::RESUME_CHUNK)),
             }
+        }
+        if self.config.resume_head && held.first().is_some_and(|&(start, _)| start != 0) {
+            // A sender that seals the file anew can reproduce held bytes only under the held
+            // head (chunk 0): without it, nothing held is of use, and all of it comes again.
+            held.clear();
+            tree = None;
         }
         // The blocks wholly inside held bytes are not sent; the others arrive whole (their
         // held bytes are written again and not hashed again).
