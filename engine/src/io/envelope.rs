@@ -366,13 +366,7 @@ impl SealingSource {
         };
         let entry =
             FileCipher { file, header: Box::new(*header.as_bytes()), cipher, used: self.tick };
-        if self.ciphers.len() < CACHED_CIPHERS {
-            self.ciphers.push(entry);
-            return Ok(self.ciphers.len() - 1);
-        }
-        let lru = (0..self.ciphers.len()).min_by_key(|&i| self.ciphers[i].used).expect("non-empty");
-        self.ciphers[lru] = entry;
-        Ok(lru)
+        Ok(super::cache_put(&mut self.ciphers, CACHED_CIPHERS, |c| c.used, entry))
     }
 
     /// The position in the cache of segment `index` of `file`, sealed.

@@ -27,3 +27,20 @@ pub use journal::{ChunkCheck, ClaimTicket, Claims, PlainChunks, SUPERSEDE_WAIT};
 pub mod sealed;
 pub mod source;
 pub mod storage;
+
+/// Puts `entry` into a small cache of at most `cap` entries: at the end while there is room,
+/// else in place of the least recently used one (by `used`). Returns its position.
+pub(crate) fn cache_put<T>(
+    cache: &mut Vec<T>,
+    cap: usize,
+    used: impl Fn(&T) -> u64,
+    entry: T,
+) -> usize {
+    if cache.len() < cap.max(1) {
+        cache.push(entry);
+        return cache.len() - 1;
+    }
+    let lru = (0..cache.len()).min_by_key(|&i| used(&cache[i])).expect("non-empty");
+    cache[lru] = entry;
+    lru
+}

@@ -871,13 +871,7 @@ impl OpeningSource {
         }
         let key = header.unlock_with_keystore(&self.keys).map_err(|e| self.damaged(file, &e))?;
         let entry = (file, SegmentCipher::new(key), self.tick);
-        if self.ciphers.len() < CACHED_CIPHERS {
-            self.ciphers.push(entry);
-            return Ok(self.ciphers.len() - 1);
-        }
-        let lru = (0..self.ciphers.len()).min_by_key(|&i| self.ciphers[i].2).expect("non-empty");
-        self.ciphers[lru] = entry;
-        Ok(lru)
+        Ok(super::cache_put(&mut self.ciphers, CACHED_CIPHERS, |c| c.2, entry))
     }
 
     /// The position in the cache of segment `index` of `file`, decrypted.
