@@ -188,11 +188,17 @@ pub(super) fn run_loopback(files: &[Vec<u8>], passphrase: &str) -> Result<(), Cl
 /// An upload killed part way (SIGKILL, as a crash or a lost laptop would end it) and run
 /// again: the server kept the partial and its journal, the rerun sends only the rest.
 fn resume(w: &Path, common: &[&str], size: u64) -> Result<(), CliError> {
-    let mut args: Vec<&str> = vec!["cp"];
+    // The common options but their rate (the last two), then the rate and this upload.
+    let upload = |rate: &str| {
+        let mut args = vec!["cp".to_owned()];
+        args.extend(common[..common.len() - 2].iter().map(|a| a.to_string()));
+        args.extend(
+            ["-l", rate, "--json", "large.bin", "demo@127.0.0.1:resumed.bin"].map(String::from),
+        );
+        args
+    };
     // Slow enough (about 4 s for the file) to be interrupted part way on any machine.
-    let slow = format!("{}k", (size * 8 / 4 / 1000).max(100));
-    args.extend(common.iter().take(common.len() - 2));
-    args.extend(["-l", &slow, "--json", "large.bin", "demo@127.0.0.1:resumed.bin"]);
+    let args = upload(&format!("{}k", (size * 8 / 4 / 1000).max(100)));
     let mut child = Command::new(ferry()?)
         .current_dir(w)
         .args(&args)
@@ -218,9 +224,8 @@ fn resume(w: &Path, common: &[&str], size: u64) -> Result<(), CliError> {
     if w.join("docroot/resumed.bin").exists() {
         return Err(fail("the upload finished before it could be interrupted", "resumed.bin"));
     }
-    args.truncate(args.len() - 5);
-    args.extend(["-l", "10g", "--json", "large.bin", "demo@127.0.0.1:resumed.bin"]);
-    let again = run(w, &args, &[])?;
+    let args = upload("10g");
+    let again = run(w, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     let done = String::from_utf8_lossy(&again.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -667,7 +667,7 @@ fn run_inner(args: CpArgs) -> Result<(), CliError> {
     let outcome =
         summary(&report, direction, started.elapsed().as_secs_f64(), retries, removed, args.json);
     // Files that failed because an envelope would not open exit with what `ferry crypt` says.
-    match (outcome, envelopes.and_then(|e| e.passkey().failure())) {
+    match (outcome, envelopes.and_then(|e| e.passkey().take_failure())) {
         (Err(e), Some(why)) if e.code == Exit::FilesFailed => {
             let c = crate::crypt::open_failure(why);
             Err(CliError { code: c.code, hint: c.hint, ..e })

@@ -19,7 +19,7 @@ use crate::crypto::Aead;
 pub struct SegmentCipher {
     key: FileKey,
     group: Option<(u64, Aead)>,
-    /// The key of synthetic IVs ([`SegmentCipher::seal_synthetic`]), derived when first used.
+    /// The key of synthetic IVs ([`SegmentCipher::seal_synthetic_in_place`]), derived when first used.
     siv: Option<Key32>,
 }
 
@@ -91,18 +91,17 @@ impl SegmentCipher {
         self.seal_with_iv(index, iv, plaintext, out)
     }
 
-    /// Encrypt segment `index` into `out` as [`seal`](Self::seal) does, with a *synthetic* IV
-    /// (FORMAT.md §6.1): the first 12 bytes of BLAKE3 keyed by
+    /// Encrypt segment `index` in place as [`seal_in_place`](Self::seal_in_place) does (the
+    /// plaintext already at `segment[12..len - 16]`), with a *synthetic* IV (FORMAT.md §6.2):
+    /// the first 12 bytes of BLAKE3 keyed by
     /// `HKDF-SHA-256(DEK, file id, "ferry/v1 synthetic-iv" ‖ context)` over
     /// `uint64(index) ‖ plaintext`. Sealing the same bytes again gives the same segment (a
     /// sender can resend or re-hash it without keeping it), and different bytes get a
     /// different IV (a source that changed between two sealings never reuses an IV).
-    pub fn seal_synthetic(
-        &mut self,
-        index: u64,
-        plaintext: &[u8],
-        out: &mut [u8],
-    ) -> Result<usize> {
+    pub fn seal_synthetic_in_place(&mut self, index: u64, segment: &mut [u8]) -> Result<()> {
+        let plain = segment
+            .get(12..segment.len().saturating_sub(16))
+            .ok_or(AtRestError::InvalidSegment { index, reason: "output buffer too small" })?;
         let key = self.siv.get_or_insert_with(|| {
             hkdf32(
                 self.key.dek.expose(),
@@ -112,10 +111,10 @@ impl SegmentCipher {
         });
         let mut h = blake3::Hasher::new_keyed(key.expose());
         h.update(&index.to_be_bytes());
-        h.update(plaintext);
+        h.update(plain);
         let mut iv = [0u8; 12];
         iv.copy_from_slice(&h.finalize().as_bytes()[..12]);
-        self.seal_with_iv(index, iv, plaintext, out)
+        self.seal_placed(index, iv, segment)
     }
 
     #[doc(hidden)]

@@ -18,7 +18,7 @@
 //!   [`MAX_OPEN_SEGMENTS`] encrypted segments (a block that would start one more is requested
 //!   again, [`SinkError::Full`]).
 //! - **No IV is ever used for two plaintexts.** Segments are sealed with synthetic IVs
-//!   ([`SegmentCipher::seal_synthetic`]): a segment sealed again for a retransmission or for the
+//!   ([`SegmentCipher::seal_synthetic_in_place`]): a segment sealed again for a retransmission or for the
 //!   digest is the same bytes, and one whose source bytes changed in between gets another IV
 //!   (and fails the file's end-to-end verification, as a changed plain file does).
 //! - **Nothing unauthenticated is written.** The sink writes a segment's plaintext only after
@@ -40,8 +40,8 @@ use crate::atrest::{
 use crate::control::FileEntry;
 use crate::io::docroot::Docroot;
 use crate::io::files::{Destination, FileSink, SinkLimits};
-use crate::io::source::{FileSource, SourceFile, SourceLimits};
-use crate::io::storage::{Outgoing, Storage};
+use crate::io::source::{SourceFile, SourceLimits};
+use crate::io::storage::{Outgoing, PlainFiles, Storage};
 use crate::session::{BlockSink, BlockSource, SinkError};
 
 /// What an envelope's name ends with at the destination of an upload (and what a download
@@ -153,37 +153,18 @@ impl Passkey {
         Err(last)
     }
 
-    /// Records why an envelope could not be opened (the first reason is kept).
-    fn failed(&self, e: &AtRestError) -> io::Error {
-        let msg = format!("cannot decrypt: {e}");
-        let mut f = self.failure.lock().expect("passkey");
-        if f.is_none() {
-            *f = Some(clone_error(e));
-        }
-        io::Error::new(io::ErrorKind::InvalidData, msg)
+    /// Records why an envelope could not be opened (the first reason is kept) and says it as
+    /// the file's failure.
+    fn failed(&self, e: AtRestError) -> io::Error {
+        let err = io::Error::new(io::ErrorKind::InvalidData, format!("cannot decrypt: {e}"));
+        self.failure.lock().expect("passkey").get_or_insert(e);
+        err
     }
 
-    /// The first reason an envelope of this transfer could not be opened, if one could not.
-    pub fn failure(&self) -> Option<AtRestError> {
-        self.failure.lock().expect("passkey").as_ref().map(clone_error)
-    }
-}
-
-/// The same error again (its class and message; an I/O error keeps its kind and text).
-fn clone_error(e: &AtRestError) -> AtRestError {
-    use AtRestError as E;
-    match e {
-        E::NotAnEnvelope => E::NotAnEnvelope,
-        E::WrongPassphrase => E::WrongPassphrase,
-        E::NoPassphraseSlot => E::NoPassphraseSlot,
-        E::HeaderCorrupted => E::HeaderCorrupted,
-        E::CommitmentMismatch => E::CommitmentMismatch,
-        E::HeaderTruncated { expected, actual } => {
-            E::HeaderTruncated { expected: *expected, actual: *actual }
-        }
-        E::Truncated { actual, expected } => E::Truncated { actual: *actual, expected: *expected },
-        E::SegmentCorrupted { index } => E::SegmentCorrupted { index: *index },
-        other => E::Io(io::Error::new(io::ErrorKind::InvalidData, other.to_string())),
+    /// The first reason an envelope of this transfer could not be opened, if one could not
+    /// (taken: a second call says none).
+    pub fn take_failure(&self) -> Option<AtRestError> {
+        self.failure.lock().expect("passkey").take()
     }
 }
 
@@ -199,7 +180,7 @@ impl Envelopes {
         Self { passkey }
     }
 
-    /// The passkey (for [`Passkey::failure`] after a download).
+    /// The passkey (for [`Passkey::take_failure`] after a download).
     pub fn passkey(&self) -> &Arc<Passkey> {
         &self.passkey
     }
@@ -219,26 +200,20 @@ impl Storage for Envelopes {
     }
 
     fn source(&self, files: Vec<SourceFile>, limits: SourceLimits) -> io::Result<Outgoing> {
-        let mut entries = Vec::with_capacity(files.len());
-        for f in &files {
-            if f.part.is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "an envelope is sealed by one session: it cannot be sent in parts",
-                ));
-            }
-            entries.push(FileEntry {
-                id: 0,
-                size: sealed_len(f.size)?,
-                mtime_ns: f.mtime_ns,
-                mode: f.mode,
-                path: format!("{}{SUFFIX}", f.manifest),
-                part: None,
-            });
+        if files.iter().any(|f| f.part.is_some()) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an envelope is sealed by one session: it cannot be sent in parts",
+            ));
         }
-        let sizes = files.iter().map(|f| f.size).collect();
-        let inner = FileSource::new(files, limits);
-        let source = SealingSource::new(Box::new(inner), sizes, self.passkey.clone())?;
+        // The plain files' manifest and source, each entry renamed and sized as its envelope.
+        let Outgoing { mut entries, source } = PlainFiles.source(files, limits)?;
+        let sizes = entries.iter().map(|e| e.size).collect();
+        for e in &mut entries {
+            e.size = sealed_len(e.size)?;
+            e.path.push_str(SUFFIX);
+        }
+        let source = SealingSource::new(source, sizes, self.passkey.clone())?;
         Ok(Outgoing { entries, source: Box::new(source) })
     }
 
@@ -304,7 +279,6 @@ pub struct SealingSource {
     seed: Key32,
     ciphers: Vec<FileCipher>,
     segments: Vec<SealedSegment>,
-    plain: Vec<u8>,
     tick: u64,
 }
 
@@ -332,7 +306,6 @@ impl SealingSource {
             seed: Key32::random(),
             ciphers: Vec::new(),
             segments: Vec::new(),
-            plain: Vec::new(),
             tick: 0,
         })
     }
@@ -388,19 +361,28 @@ impl SealingSource {
         // Invalidate first: a failed read must not leave another segment's bytes under this key.
         self.segments[slot].file = u32::MAX;
         let len = segment_plaintext_len(size, index);
-        self.plain.resize(SEGMENT_SIZE, 0);
-        self.inner.read(file, index * SEGMENT_SIZE as u64, &mut self.plain[..len])?;
         let s = &mut self.segments[slot];
-        let sealed = self.ciphers[c]
-            .cipher
-            .seal_synthetic(index, &self.plain[..len], &mut s.buf)
-            .map_err(io::Error::other)?;
-        self.plain[..len].zeroize();
+        // Read where the segment is sealed (IV ‖ plaintext ‖ tag): no copy of the plaintext.
+        let sealed = self
+            .inner
+            .read(file, index * SEGMENT_SIZE as u64, &mut s.buf[12..12 + len])
+            .and_then(|()| {
+                let segment = &mut s.buf[..len + SEGMENT_OVERHEAD];
+                self.ciphers[c]
+                    .cipher
+                    .seal_synthetic_in_place(index, segment)
+                    .map_err(io::Error::other)
+            });
+        if let Err(e) = sealed {
+            s.buf.zeroize();
+            s.buf.resize(ENC_SEGMENT_SIZE, 0);
+            return Err(e);
+        }
         *s = SealedSegment {
             file,
             index,
             buf: std::mem::take(&mut s.buf),
-            len: sealed,
+            len: len + SEGMENT_OVERHEAD,
             used: self.tick,
         };
         Ok(slot)
@@ -476,7 +458,6 @@ impl Drop for SealingSource {
         for s in &mut self.segments {
             s.buf.zeroize();
         }
-        self.plain.zeroize();
     }
 }
 
@@ -534,7 +515,7 @@ impl OpeningSink {
     }
 
     /// Fails `file` for `e` (its assemblies are dropped; the session discards it).
-    fn fail(&mut self, file: u32, e: &AtRestError) -> SinkError {
+    fn fail(&mut self, file: u32, e: AtRestError) -> SinkError {
         self.drop_assemblies(file);
         self.files[file as usize] = Opening::Done;
         SinkError::Io(self.passkey.failed(e))
@@ -583,7 +564,7 @@ impl OpeningSink {
                 }
                 Ok(())
             }
-            Err(e) => Err(self.fail(file, &e)),
+            Err(e) => Err(self.fail(file, e)),
         }
     }
 
@@ -608,7 +589,7 @@ impl OpeningSink {
                 let plain = &a.buf[12..a.buf.len() - 16];
                 self.inner.write(file, index * SEGMENT_SIZE as u64, plain)
             }
-            Err(e) => Err(self.fail(file, &e)),
+            Err(e) => Err(self.fail(file, e)),
         };
         a.buf.zeroize();
         result
@@ -756,7 +737,7 @@ impl BlockSink for OpeningSink {
                 Ok(h) => AtRestError::Truncated { actual: len, expected: h.envelope_len() },
             }
         };
-        Err(self.passkey.failed(&e))
+        Err(self.passkey.failed(e))
     }
 
     fn name(&self, file: u32) -> Option<String> {
@@ -996,7 +977,8 @@ mod tests {
                 assert!(sink.finish(0, true).is_err(), "{what}: refused at the end");
             }
             drop(sink);
-            let e = keys.passkey().failure().unwrap_or_else(|| panic!("{what}: no failure kept"));
+            let e =
+                keys.passkey().take_failure().unwrap_or_else(|| panic!("{what}: no failure kept"));
             assert!(expected(&e), "{what}: {e:?}");
             let left: Vec<_> = std::fs::read_dir(dst.path()).unwrap().collect();
             assert!(left.is_empty(), "{what}: nothing is left ({left:?})");

@@ -542,7 +542,8 @@ impl FileSink {
                     if visible && e.kind() == io::ErrorKind::AlreadyExists {
                         let why = format!(
                             "{partial} exists, and it is the partial name --partial-file-suffix \
-                             gives this file (Ferry does not overwrite it)"
+                             gives this file (Ferry does not overwrite it): remove or rename it, \
+                             or choose another suffix"
                         );
                         return io::Error::new(io::ErrorKind::AlreadyExists, why);
                     }

@@ -430,6 +430,9 @@ impl crate::io::ChunkCheck for SealedChunks {
         let mut plain = vec![0u8; crate::session::RESUME_CHUNK as usize];
         let chunk = crate::session::RESUME_CHUNK;
         let mut good = Vec::new();
+        // The plaintext of the file's first bytes, kept when chunk 0 checks out (for a receiver
+        // that answers with the held head).
+        let mut head = Vec::new();
         for &(k, cv) in records {
             if (k + 1) * chunk > plain_len {
                 continue;
@@ -444,26 +447,12 @@ impl crate::io::ChunkCheck for SealedChunks {
                         .is_ok()
             });
             if opened && crate::session::chunk_cv(k * chunk, &plain) == cv {
+                if k == 0 {
+                    head = plain[..crate::control::MAX_HAVE_HEAD].to_vec();
+                }
                 good.push((k, cv));
             }
         }
-        let head = if good.first().is_some_and(|&(k, _)| k == 0) {
-            plain_len.min(crate::control::MAX_HAVE_HEAD as u64) as usize
-        } else {
-            0
-        };
-        let head = if head > 0 {
-            // Chunk 0 is the last one opened only if it was the only one; open it again.
-            let mut h = vec![0u8; head];
-            if partial.read_exact_at(&mut enc, segment_offset(0)).is_ok()
-                && let Ok(p) = cipher.open(0, &mut enc)
-            {
-                h.copy_from_slice(&p[..head]);
-            }
-            h
-        } else {
-            Vec::new()
-        };
         plain.zeroize();
         enc.zeroize();
         let found = Checked { header, head, chunks: good.clone() };
